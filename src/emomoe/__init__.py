@@ -1,0 +1,3 @@
+"""emomoe: pretrain Mixture-of-Experts language models whose modules emerge (EMO)."""
+
+__version__ = "0.1.0"

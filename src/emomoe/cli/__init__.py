@@ -1,0 +1,38 @@
+"""The `emomoe` command. Each verb lives in its own module in this package.
+
+A verb module defines `register(subparsers)`, which adds its parser and sets `func(args) -> int`
+as the default. Verbs only parse arguments and call library functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from emomoe.errors import EmomoeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emomoe",
+        description="Pretrain EMO and standard MoE language models; select, slice and evaluate expert subsets.",
+    )
+    subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod.name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EmomoeError as e:
+        print(f"emomoe {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emomoe {args.verb}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,186 @@
+"""Nested dataclass configs: YAML in and out, dotted overrides, validation that names the field.
+
+Every config in emomoe is a dataclass deriving from `Config`. Loading is strict: an unknown key or
+a value of the wrong type raises `ConfigError` naming the dotted path of the field, so a typo in a
+YAML file or in `--set model.router.pool=4..31` never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from emomoe.errors import ConfigError
+from emomoe.io import atomic_write_text
+
+C = TypeVar("C", bound="Config")
+
+
+@dataclasses.dataclass
+class Config:
+    """Base for every config dataclass. Subclasses may define `validate()` to check values."""
+
+    def validate(self) -> None:
+        """Check values; raise ConfigError naming the field. Called after every load."""
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], path: str = "") -> C:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            where = f"{path}." if path else ""
+            raise ConfigError(
+                f"unknown config key '{where}{unknown[0]}' (valid keys: {', '.join(sorted(fields))})"
+            )
+        kwargs = {
+            name: _coerce(value, hints[name], _join(path, name)) for name, value in data.items()
+        }
+        obj = cls(**kwargs)
+        _validate_tree(obj, path)
+        return obj
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
+
+    @classmethod
+    def from_yaml(cls: type[C], path: str | Path) -> C:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            atomic_write_text(Path(path), text)
+        return text
+
+    def with_overrides(self: C, overrides: list[str]) -> C:
+        """Return a copy with dotted `key=value` overrides applied (values parsed as YAML scalars)."""
+        data = self.to_dict()
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"override '{item}': expected key=value, e.g. train.max_steps=200")
+            node = data
+            parts = key.split(".")
+            for i, part in enumerate(parts[:-1]):
+                child = node.get(part) if isinstance(node, dict) else None
+                if not isinstance(child, dict):
+                    raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a config section")
+                node = child
+            if parts[-1] not in node:
+                raise ConfigError(f"unknown config key '{key}' in override '{item}'")
+            try:
+                node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+            except yaml.YAMLError:
+                node[parts[-1]] = raw
+        return type(self).from_dict(data)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _validate_tree(obj: Config, path: str) -> None:
+    try:
+        obj.validate()
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(f"{path}.{msg}" if path and not msg.startswith(path) else msg) from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming `path`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        items = [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp) or (Any, Any)
+        return {k: _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if isinstance(tp, type) and issubclass(tp, Config):
+        return tp.from_dict(value if value is not None else {}, path)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            choices = ", ".join(str(m.value) for m in tp)
+            raise ConfigError(f"{path}: '{value}' is not one of {choices}") from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "4e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        # Numbers are accepted for string fields such as `pool: 32` next to `pool: 4..31`.
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    raise ConfigError(f"{path}: unsupported config type {_type_name(tp)}")

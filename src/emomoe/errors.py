@@ -1,0 +1,13 @@
+"""User-facing errors. The CLI prints them as one line and exits non-zero, without a traceback."""
+
+
+class EmomoeError(Exception):
+    """An error caused by the user's input (file, field or value), not by a bug in emomoe."""
+
+
+class ConfigError(EmomoeError, ValueError):
+    """A config key is unknown, has the wrong type, or holds an invalid value. The message names it."""
+
+
+class DataError(EmomoeError):
+    """Input data is missing, malformed or inconsistent. The message names the file."""
