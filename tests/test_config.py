@@ -1,0 +1,97 @@
+import dataclasses
+import enum
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from emomoe.config import Config
+from emomoe.errors import ConfigError
+
+
+class Color(enum.StrEnum):
+    RED = "red"
+    """The colour of a stop sign."""
+    BLUE = "blue"
+    """The colour of the sky."""
+
+
+@dataclasses.dataclass
+class Inner(Config):
+    size: int = 3
+    rate: float = 0.1
+    pool: str = "off"
+    layers: list[int] | None = None
+
+    def validate(self) -> None:
+        if self.size < 1:
+            raise ConfigError(f"size: must be >= 1, got {self.size}")
+
+
+@dataclasses.dataclass
+class Outer(Config):
+    name: str = "x"
+    flag: bool = False
+    color: Color = Color.RED
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = Outer(name="run", flag=True, color=Color.BLUE, inner=Inner(size=7, rate=2e-3, layers=[1, 2]))
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    assert Outer.from_yaml(path) == cfg
+
+
+def test_unknown_key_names_dotted_path():
+    with pytest.raises(ConfigError, match=r"inner\.sise"):
+        Outer.from_dict({"inner": {"sise": 3}})
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"inner": {"size": "three"}}, "inner.size"),
+        ({"flag": "yes"}, "flag"),
+        ({"color": "green"}, "color"),
+        ({"inner": {"layers": [1, "a"]}}, r"inner\.layers\[1\]"),
+        ({"inner": {"rate": "fast"}}, "inner.rate"),
+    ],
+)
+def test_wrong_type_names_field(data, field):
+    with pytest.raises(ConfigError, match=field):
+        Outer.from_dict(data)
+
+
+def test_validate_runs_on_nested_configs_and_names_field():
+    with pytest.raises(ConfigError, match=r"inner\.size"):
+        Outer.from_dict({"inner": {"size": 0}})
+
+
+def test_overrides_parse_yaml_scalars():
+    cfg = Outer().with_overrides(["inner.size=12", "inner.rate=4e-3", "inner.pool=4..31", "flag=true", "color=blue"])
+    assert cfg.inner.size == 12 and cfg.inner.rate == pytest.approx(4e-3)
+    assert cfg.inner.pool == "4..31" and cfg.flag is True and cfg.color is Color.BLUE
+    assert Outer().with_overrides(["inner.pool=32"]).inner.pool == "32"
+
+
+@pytest.mark.parametrize("bad", ["inner.missing=1", "nokey", "name.sub=1", "=3"])
+def test_bad_overrides_are_rejected(bad):
+    with pytest.raises(ConfigError):
+        Outer().with_overrides([bad])
+
+
+@given(size=st.integers(1, 10**6), rate=st.floats(allow_nan=False, allow_infinity=False, width=32))
+def test_override_then_dump_is_identity(size, rate):
+    cfg = Outer().with_overrides([f"inner.size={size}", f"inner.rate={rate!r}"])
+    assert Outer.from_dict(cfg.to_dict()) == cfg
+    assert cfg.inner.size == size and cfg.inner.rate == pytest.approx(rate)
+
+
+def test_invalid_yaml_file_names_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("inner: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        Outer.from_yaml(path)
+    with pytest.raises(ConfigError, match="not found"):
+        Outer.from_yaml(tmp_path / "absent.yaml")
