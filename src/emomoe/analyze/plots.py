@@ -1,0 +1,46 @@
+"""The sweep plot: loss increase versus fraction of experts kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from emomoe.analyze.sweep_results import domains_of, increase, keeps_descending, mean_increase
+from emomoe.io import atomic_path
+
+
+def plot_loss_increase(results: dict[str, Any], path: str | Path) -> Path:
+    """One colour per model: a thick line for the mean over domains, thin lines for each domain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keeps = keeps_descending(results)
+    xs = [float(k) for k in keeps]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, model in enumerate(results["loss"]):
+        color = f"C{i}"
+        for domain in domains_of(results):
+            ys = [increase(results, model, k, domain) for k in keeps]
+            ax.plot(xs, ys, color=color, alpha=0.3, linewidth=0.9)
+        ax.plot(
+            xs, [mean_increase(results, model, k) for k in keeps],
+            color=color, linewidth=2.5, marker="o", label=f"{model} (mean over domains)",
+        )
+    ax.plot([], [], color="gray", alpha=0.3, linewidth=0.9, label="single domains")
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.invert_xaxis()
+    ax.set_xlabel("fraction of routed experts kept per layer")
+    ax.set_ylabel("held-out loss increase (nats/token)")
+    ax.set_title("Selective expert use: loss increase vs experts kept")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path

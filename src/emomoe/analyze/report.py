@@ -1,0 +1,71 @@
+"""report.md: what a sweep found, with its tables, plot and the sizes of the subsets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from emomoe.analyze.plots import plot_loss_increase
+from emomoe.analyze.tables import loss_table, markdown_table, params_table, summary_table
+from emomoe.io import atomic_write_text
+
+PLOT_FILE = "loss_vs_keep.png"
+REPORT_FILE = "report.md"
+
+
+def write_report(
+    out_dir: str | Path,
+    results: dict[str, Any],
+    *,
+    title: str = "emomoe report: selective expert use",
+    training: dict[str, dict[str, Any]] | None = None,
+    command: str | None = None,
+) -> Path:
+    """Write `out_dir/report.md` (and the plot beside it, unless it is already there).
+
+    `results` is a sweep result (see `emomoe.analyze.sweep_results`); `training` optionally maps
+    each model name to a few facts about its training run (steps, tokens, wall time, final loss);
+    `command` is the command line that reproduces the report.
+    """
+    out_dir = Path(out_dir)
+    plot = out_dir / PLOT_FILE
+    if not plot.exists():
+        plot_loss_increase(results, plot)
+    sections = [f"# {title}"]
+    if command:
+        sections.append(f"Reproduce with:\n\n```\n{command}\n```")
+    settings = results.get("settings")
+    if settings:
+        sections.append("Sweep settings: " + ", ".join(f"{k} = {_plain(v)}" for k, v in settings.items()) + ".")
+    sections += [
+        "## Mean held-out loss increase over the full model\n\n"
+        "Averaged over domains, in nats per token; each domain uses its own subset, chosen on its "
+        "training documents and evaluated on its held-out documents.\n\n" + summary_table(results),
+        f"![loss increase vs fraction of experts kept]({PLOT_FILE})",
+        "## Per-domain held-out loss (increase over the full model)\n\n" + loss_table(results),
+        "## Parameters of the subsets\n\n" + params_table(results),
+    ]
+    if training:
+        sections.append("## Training runs\n\n" + _training_table(training))
+    path = out_dir / REPORT_FILE
+    atomic_write_text(path, "\n\n".join(sections) + "\n")
+    return path
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _training_table(training: dict[str, dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for facts in training.values() for k in facts))
+    rows = [[model, *[_fmt(facts.get(k, "")) for k in keys]] for model, facts in training.items()]
+    return markdown_table(["model", *keys], rows)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,48 @@
+"""Reading a sweep's results: loss increases over the full model, per domain and averaged.
+
+A sweep result is the dict `emomoe.evaluate.sweep.run_sweep` returns and writes as results.json:
+
+    {"loss":   {model: {keep: {domain: loss}}},
+     "params": {model: {keep: {"total": int, "active": int}}},
+     "settings": {...}}
+
+`keep` is a fraction of each layer's routed experts spelled with `:g` ("1", "0.5", "0.25"); "1" is
+the full model, the baseline every increase is measured against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+FULL = "1"
+
+
+def keeps_descending(results: dict[str, Any]) -> list[str]:
+    """Every keep label that occurs in the results, largest fraction first."""
+    labels = {keep for per_keep in results["loss"].values() for keep in per_keep}
+    return sorted(labels, key=float, reverse=True)
+
+
+def domains_of(results: dict[str, Any]) -> list[str]:
+    seen: dict[str, None] = {}
+    for per_keep in results["loss"].values():
+        for per_domain in per_keep.values():
+            seen.update(dict.fromkeys(per_domain))
+    return list(seen)
+
+
+def increase(results: dict[str, Any], model: str, keep: str, domain: str) -> float:
+    """Loss at `keep` minus the full model's loss on `domain` (nan if either is missing)."""
+    per_keep = results["loss"][model]
+    try:
+        return per_keep[keep][domain] - per_keep[FULL][domain]
+    except KeyError:
+        return math.nan
+
+
+def mean_increase(results: dict[str, Any], model: str, keep: str) -> float:
+    """Unweighted mean over domains of the loss increase: every domain counts the same."""
+    values = [increase(results, model, keep, d) for d in domains_of(results)]
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan

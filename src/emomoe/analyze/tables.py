@@ -1,0 +1,70 @@
+"""Markdown tables of a sweep: per-domain losses, mean increases, and subset sizes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from emomoe.analyze.sweep_results import FULL, domains_of, increase, keeps_descending, mean_increase
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [_row(header), _row(["---"] * len(header))] + [_row(r) for r in rows]
+    return "\n".join(lines)
+
+
+def _signed(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:+.3f}"
+
+
+def loss_table(results: dict[str, Any]) -> str:
+    """One row per (model, keep): the loss on every domain with its increase over the full model."""
+    domains = domains_of(results)
+    rows = []
+    for model, per_keep in results["loss"].items():
+        for keep in keeps_descending(results):
+            if keep not in per_keep:
+                continue
+            cells = [model, keep]
+            for domain in domains:
+                loss = per_keep[keep].get(domain, math.nan)
+                delta = "" if keep == FULL else f" ({_signed(increase(results, model, keep, domain))})"
+                cells.append(f"{loss:.3f}{delta}")
+            cells.append("0" if keep == FULL else _signed(mean_increase(results, model, keep)))
+            rows.append(cells)
+    return markdown_table(["model", "keep", *domains, "mean increase"], rows)
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Mean loss increase per keep fraction, one column per model; with two models, their ratio."""
+    models = list(results["loss"])
+    header = ["keep", *[f"{m} mean increase" for m in models]]
+    if len(models) == 2:
+        header.append(f"{models[0]} / {models[1]}")
+    rows = []
+    for keep in keeps_descending(results):
+        if keep == FULL:
+            continue
+        means = [mean_increase(results, m, keep) for m in models]
+        cells = [keep, *[_signed(v) for v in means]]
+        if len(models) == 2:
+            ratio = means[0] / means[1] if means[1] and not math.isnan(means[1]) else math.nan
+            cells.append("n/a" if math.isnan(ratio) else f"{ratio:.2f}")
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
+def params_table(results: dict[str, Any]) -> str:
+    """Total and active parameters of every subset, and the share of the full model it keeps."""
+    rows = []
+    for model, per_keep in results["params"].items():
+        full_total = per_keep.get(FULL, {}).get("total")
+        for keep in sorted(per_keep, key=float, reverse=True):
+            counts = per_keep[keep]
+            share = f"{counts['total'] / full_total:.1%}" if full_total else "n/a"
+            rows.append([model, keep, f"{counts['total']:,}", f"{counts['active']:,}", share])
+    return markdown_table(["model", "keep", "total params", "active params", "of full"], rows)

@@ -1,0 +1,31 @@
+from emomoe.analyze.sweep_results import mean_increase
+from emomoe.analyze.tables import loss_table, params_table, summary_table
+
+
+def _rows(table):
+    lines = table.splitlines()
+    assert set(lines[1].replace("|", "").split()) == {"---"}
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_loss_table_has_a_row_per_model_and_keep(sweep_results):
+    rows = _rows(loss_table(sweep_results))
+    assert len(rows) == 2 * 4
+    emo_quarter = next(r for r in rows if r[:2] == ["emo", "0.25"])
+    assert emo_quarter[-1] == f"{mean_increase(sweep_results, 'emo', '0.25'):+.3f}"
+    assert emo_quarter[2].startswith(f"{sweep_results['loss']['emo']['0.25']['code']:.3f} (")
+
+
+def test_summary_table_reports_the_ratio_of_two_models(sweep_results):
+    rows = _rows(summary_table(sweep_results))
+    assert [r[0] for r in rows] == ["0.5", "0.25", "0.125"]
+    ratio = mean_increase(sweep_results, "emo", "0.125") / mean_increase(sweep_results, "std", "0.125")
+    assert rows[-1][3] == f"{ratio:.2f}"
+
+
+def test_params_table_shares_are_relative_to_the_full_model(sweep_results):
+    rows = _rows(params_table(sweep_results))
+    full = sweep_results["params"]["emo"]["1"]["total"]
+    half = sweep_results["params"]["emo"]["0.5"]["total"]
+    row = next(r for r in rows if r[:2] == ["emo", "0.5"])
+    assert row[2] == f"{half:,}" and row[4] == f"{half / full:.1%}"
