@@ -1,0 +1,57 @@
+"""Causal self-attention with RoPE, optional grouped-query heads, QK-norm and document masking.
+
+Shapes: B batch, S sequence, D model dim, H heads, R key/value heads, Dh head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rope_tables(max_seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each [max_seq_len, head_dim], for the rotate-half form of RoPE."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles_SF = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    angles_SDh = torch.cat([angles_SF, angles_SF], dim=-1)
+    return angles_SDh.cos().float(), angles_SDh.sin().float()
+
+
+def apply_rope(x_BHSDh: torch.Tensor, cos_SDh: torch.Tensor, sin_SDh: torch.Tensor) -> torch.Tensor:
+    half = x_BHSDh.shape[-1] // 2
+    rotated = torch.cat([-x_BHSDh[..., half:], x_BHSDh[..., :half]], dim=-1)
+    return x_BHSDh * cos_SDh + rotated * sin_SDh
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, qk_norm: bool, norm_eps: float):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = d_model // num_heads
+        self.q_proj = nn.Linear(d_model, num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * self.head_dim, d_model, bias=False)
+        # Full-width norms over all heads, as in OLMoE (the HF `q_norm`/`k_norm` shapes).
+        self.q_norm = nn.RMSNorm(num_heads * self.head_dim, eps=norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(num_kv_heads * self.head_dim, eps=norm_eps) if qk_norm else None
+
+    def forward(
+        self, x_BSD: torch.Tensor, cos_SDh: torch.Tensor, sin_SDh: torch.Tensor, mask_B1SS: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`mask_B1SS` (True = may attend) already includes causality; None means plain causal."""
+        B, S, _ = x_BSD.shape
+        q, k, v = self.q_proj(x_BSD), self.k_proj(x_BSD), self.v_proj(x_BSD)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q_BHSDh = apply_rope(q.view(B, S, self.num_heads, self.head_dim).transpose(1, 2), cos_SDh, sin_SDh)
+        k_BRSDh = apply_rope(k.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2), cos_SDh, sin_SDh)
+        v_BRSDh = v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        out_BHSDh = F.scaled_dot_product_attention(
+            q_BHSDh, k_BRSDh, v_BRSDh,
+            attn_mask=mask_B1SS,
+            is_causal=mask_B1SS is None,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )
+        return self.o_proj(out_BHSDh.transpose(1, 2).reshape(B, S, -1))

@@ -1,0 +1,67 @@
+"""A layer's SwiGLU experts as stacked tensors, run dropless.
+
+Shapes: T tokens, D model dim, H expert hidden size, E experts, K routed experts per token,
+N = T*K routed token slots.
+
+Routed slots are sorted by expert so every expert sees one contiguous block of its tokens; one
+grouped matmul (or one matmul per non-empty expert where `torch._grouped_mm` is missing) runs
+them, and the weighted outputs are scattered back. Shared experts (the last indices) run densely
+on every token with weight 1.0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
+
+
+def grouped_matmul(x_ND: torch.Tensor, w_EHD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+    """Rows of `x_ND` sorted by expert, `counts_E` rows each: row n -> x_n @ w[e(n)].T, shape [N, H]."""
+    offsets_E = counts_E.cumsum(0).to(torch.int32)
+    return torch._grouped_mm(x_ND, w_EHD.transpose(-2, -1), offs=offsets_E)
+
+
+def looped_matmul(x_ND: torch.Tensor, w_EHD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+    """Same as `grouped_matmul`, one matmul per non-empty expert (needs the counts on the host)."""
+    blocks = x_ND.split(counts_E.tolist())
+    return torch.cat([block @ w_EHD[e].T for e, block in enumerate(blocks) if block.shape[0]])
+
+
+class Experts(nn.Module):
+    def __init__(self, num_experts: int, num_shared: int, d_model: int, hidden: int):
+        super().__init__()
+        self.num_routed = num_experts - num_shared
+        self.w1 = nn.Parameter(torch.empty(num_experts, hidden, d_model))
+        self.w2 = nn.Parameter(torch.empty(num_experts, d_model, hidden))
+        self.w3 = nn.Parameter(torch.empty(num_experts, hidden, d_model))
+        self.matmul = grouped_matmul if HAS_GROUPED_MM else looped_matmul
+
+    def forward(
+        self, x_TD: torch.Tensor, experts_TK: torch.Tensor | None = None, weights_TK: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        out_TD = self._shared(x_TD)
+        if experts_TK is not None:
+            out_TD = out_TD + self._routed(x_TD, experts_TK, weights_TK)
+        return out_TD
+
+    def _shared(self, x_TD: torch.Tensor) -> torch.Tensor:
+        r = self.num_routed
+        if r == self.w1.shape[0]:
+            return torch.zeros_like(x_TD)
+        # [shared, T, H] by broadcasting x over the shared experts, summed back to [T, D].
+        h_STH = F.silu(x_TD @ self.w1[r:].transpose(1, 2)) * (x_TD @ self.w3[r:].transpose(1, 2))
+        return (h_STH @ self.w2[r:].transpose(1, 2)).sum(dim=0)
+
+    def _routed(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, weights_TK: torch.Tensor) -> torch.Tensor:
+        r, top_k = self.num_routed, experts_TK.shape[1]
+        slots_N = experts_TK.flatten()
+        order_N = slots_N.argsort(stable=True)
+        token_N = order_N // top_k
+        counts_E = torch.zeros(r, dtype=torch.long, device=x_TD.device).index_add_(0, slots_N, torch.ones_like(slots_N))
+        x_ND = x_TD[token_N]
+        h_NH = F.silu(self.matmul(x_ND, self.w1[:r], counts_E)) * self.matmul(x_ND, self.w3[:r], counts_E)
+        y_ND = self.matmul(h_NH, self.w2[:r], counts_E) * weights_TK.flatten()[order_N, None]
+        return torch.zeros_like(x_TD).index_add_(0, token_N, y_ND)

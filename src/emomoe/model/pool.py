@@ -1,0 +1,71 @@
+"""The EMO document pool as pure tensor functions, and the sampler that draws pool sizes.
+
+Shapes: T tokens, E routed experts, G segments (documents; see `docs.Segments`).
+
+Per document: sum the unmasked routed softmax over its tokens, keep the top-d experts and mask
+the rest. Everything is vectorised over documents, with no Python loop and no device sync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def pool_keep_mask(
+    probs_TE: torch.Tensor, seg_T: torch.Tensor, num_segments: int, pool_sizes_G: torch.Tensor
+) -> torch.Tensor:
+    """Boolean [T, E]: expert e is in the pool of token t's document.
+
+    A document's pool is the `pool_sizes_G[g]` experts with the largest summed probability over
+    its tokens (ties go to the lower expert index); sizes >= E keep every expert.
+    """
+    num_experts = probs_TE.shape[-1]
+    sums_GE = probs_TE.new_zeros(num_segments, num_experts).index_add_(0, seg_T, probs_TE.detach())
+    order_GE = sums_GE.argsort(dim=-1, descending=True, stable=True)
+    rank_E = torch.arange(num_experts, device=probs_TE.device)
+    keep_sorted_GE = rank_E < pool_sizes_G[:, None]
+    keep_GE = torch.empty_like(keep_sorted_GE).scatter_(1, order_GE, keep_sorted_GE)
+    return keep_GE[seg_T]
+
+
+class PoolSampler:
+    """Deterministic pool-size draws: one generator per (forward, layer), from a seed and a counter.
+
+    Resuming from `state_dict()` replays the same sizes, and recomputing a layer's forward (for
+    activation checkpointing) with the same forward index draws the same sizes again.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.num_forwards = 0
+
+    def next_forward(self) -> int:
+        """Reserve the index of a new training forward pass."""
+        self.num_forwards += 1
+        return self.num_forwards - 1
+
+    def generator(self, forward_index: int, layer: int) -> torch.Generator:
+        key = f"{self.seed}:{forward_index}:{layer}".encode()
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        return torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "num_forwards": self.num_forwards}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed = int(state["seed"])
+        self.num_forwards = int(state["num_forwards"])
+
+
+def draw_pool_sizes(
+    low: int, high: int, num_tokens: int, num_segments: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """Sizes ~ U{low..high} for segments 0..num_segments-1.
+
+    One value is drawn per token position (the most segments there can be), so segment g gets
+    the same size whether `num_segments` is exact or an upper bound.
+    """
+    sizes_T = torch.randint(low, high + 1, (num_tokens,), generator=generator)
+    return sizes_T[:num_segments].to(device, non_blocking=True)

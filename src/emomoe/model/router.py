@@ -1,0 +1,121 @@
+"""One router for both the standard top-k MoE and EMO's document-pool routing.
+
+Shapes: T tokens, D model dim, E routed experts of this layer, K routed experts per token.
+
+The gate has a row for every expert of the layer (shared ones last, as in the HF layout) but
+only the routed rows are used: shared experts always run with weight 1.0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from emomoe import distributed
+from emomoe.model.config import LBScope, RouterConfig, parse_pool
+from emomoe.model.docs import Segments
+from emomoe.model.losses import load_balancing_loss, router_z_loss
+from emomoe.model.pool import draw_pool_sizes, pool_keep_mask
+
+
+@dataclass
+class RouterOutput:
+    logits_TE: torch.Tensor
+    """Routed logits before any pool mask."""
+    experts_TK: torch.Tensor
+    weights_TK: torch.Tensor
+    lb_loss: torch.Tensor
+    z_loss: torch.Tensor
+
+
+class Router(nn.Module):
+    def __init__(self, d_model: int, num_experts: int, top_k: int, cfg: RouterConfig):
+        super().__init__()
+        self.num_routed = num_experts - cfg.num_shared_experts
+        self.top_k = min(top_k, self.num_routed)
+        self.renormalize = cfg.renormalize
+        self.lb_scope = cfg.lb_scope
+        self.train_pool = parse_pool(cfg.pool, "pool")
+        self.eval_pool = parse_pool(cfg.eval_pool, "eval_pool")
+        self.bias_update_rate = cfg.bias_update_rate
+        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        if self.bias_update_rate > 0:
+            # Moves top-k selection only; the weights still come from the unbiased probabilities.
+            self.register_buffer("score_bias_E", torch.zeros(self.num_routed))
+            self.register_buffer("pending_counts_E", torch.zeros(self.num_routed), persistent=False)
+
+    @property
+    def pool(self) -> tuple[int, int] | None:
+        return self.train_pool if self.training else self.eval_pool
+
+    @property
+    def draws_pool_sizes(self) -> bool:
+        pool = self.pool
+        return pool is not None and pool[0] != pool[1]
+
+    def forward(
+        self, x_TD: torch.Tensor, segments: Segments | None = None, pool_rng: torch.Generator | None = None
+    ) -> RouterOutput:
+        """Route tokens. `segments` is needed when a pool is active; `pool_rng` feeds random sizes."""
+        logits_TE = self.gate(x_TD)[:, : self.num_routed]
+        keep_TE = self._pool_keep(logits_TE, segments, pool_rng)
+        masked_TE = logits_TE if keep_TE is None else logits_TE.masked_fill(~keep_TE, float("-inf"))
+        probs_TE = masked_TE.softmax(dim=-1)
+        if self.bias_update_rate > 0:
+            select_TE = probs_TE + self.score_bias_E
+            if keep_TE is not None:
+                select_TE = select_TE.masked_fill(~keep_TE, float("-inf"))
+            experts_TK = select_TE.topk(self.top_k, dim=-1).indices
+            weights_TK = probs_TE.gather(1, experts_TK)
+        else:
+            weights_TK, experts_TK = probs_TE.topk(self.top_k, dim=-1)
+        if self.renormalize:
+            weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
+        return RouterOutput(
+            logits_TE=logits_TE,
+            experts_TK=experts_TK,
+            weights_TK=weights_TK,
+            lb_loss=self._lb_loss(probs_TE, experts_TK),
+            z_loss=router_z_loss(masked_TE.logsumexp(dim=-1)),
+        )
+
+    def _pool_keep(
+        self, logits_TE: torch.Tensor, segments: Segments | None, pool_rng: torch.Generator | None
+    ) -> torch.Tensor | None:
+        pool = self.pool
+        if pool is None or pool[0] >= self.num_routed:
+            return None
+        if segments is None:
+            raise ValueError("an EMO pool is active, so the router needs the document segments")
+        num_tokens = logits_TE.shape[0]
+        if pool[0] == pool[1]:
+            sizes_G = torch.full((segments.num_segments,), pool[0], device=logits_TE.device)
+        else:
+            sizes_G = draw_pool_sizes(*pool, num_tokens, segments.num_segments, pool_rng, logits_TE.device)
+        return pool_keep_mask(logits_TE.detach().softmax(dim=-1), segments.seg_T, segments.num_segments, sizes_G)
+
+    def _lb_loss(self, probs_TE: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            slots = experts_TK.flatten()
+            counts_E = torch.zeros(self.num_routed, device=slots.device).index_add_(
+                0, slots, torch.ones_like(slots, dtype=torch.float32)
+            )
+            if self.bias_update_rate > 0 and self.training:
+                self.pending_counts_E += counts_E
+            num_tokens = torch.tensor(float(experts_TK.shape[0]), device=slots.device)
+            # Only training forwards are in lockstep across ranks; eval passes may differ in count.
+            if self.lb_scope == LBScope.GLOBAL and self.training and distributed.get_world_size() > 1:
+                totals = distributed.all_reduce_sum_(torch.cat([counts_E, num_tokens[None]]))
+                counts_E, num_tokens = totals[:-1], totals[-1]
+        return load_balancing_loss(probs_TE, counts_E, num_tokens, self.top_k)
+
+    @torch.no_grad()
+    def update_bias(self) -> None:
+        """Move the selection bias toward balance using the counts since the last update."""
+        if self.bias_update_rate <= 0:
+            return
+        counts_E = distributed.all_reduce_sum_(self.pending_counts_E.clone())
+        self.score_bias_E += self.bias_update_rate * torch.sign(counts_E.mean() - counts_E)
+        self.pending_counts_E.zero_()

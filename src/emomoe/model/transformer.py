@@ -1,0 +1,133 @@
+"""The decoder-only MoE transformer: pre-norm blocks of attention and an MoE layer, untied LM head.
+
+Shapes: B batch, S sequence, T = B*S tokens, D model dim, V vocab, E routed experts of a layer,
+K routed experts per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from emomoe.model.attention import Attention, rope_tables
+from emomoe.model.config import ModelConfig, parse_pool
+from emomoe.model.docs import Segments, doc_ids_from_eos
+from emomoe.model.experts import Experts
+from emomoe.model.moe import MoE
+from emomoe.model.pool import PoolSampler
+
+
+@dataclass
+class LayerRouting:
+    router_logits_TE: torch.Tensor
+    """Routed-expert logits before any pool mask (shared experts excluded)."""
+    experts_TK: torch.Tensor
+    """Routed experts chosen per token, indices into the layer's routed experts."""
+    weights_TK: torch.Tensor
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    """[B, S, V] float32."""
+    lb_loss: torch.Tensor
+    """Load-balancing loss summed over MoE layers, unweighted."""
+    router_z_loss: torch.Tensor
+    """Router z-loss summed over MoE layers, unweighted."""
+    routing: list[LayerRouting] | None = None
+    """One entry per layer when asked for; layers without routed experts have empty [T, 0] tensors."""
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.qk_norm, cfg.norm_eps)
+        self.moe_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.moe = MoE(
+            cfg.d_model, cfg.moe.expert_hidden_size, cfg.moe.experts_in_layer(layer), cfg.moe.top_k, cfg.moe.router
+        )
+
+    def forward(self, x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_rng):
+        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos_SDh, sin_SDh, mask_B1SS)
+        y_TD, routed = self.moe(self.moe_norm(x_BSD).flatten(0, 1), segments, pool_rng)
+        return x_BSD + y_TD.view_as(x_BSD), routed
+
+
+class EmoTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        cos_SDh, sin_SDh = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos_SDh, persistent=False)
+        self.register_buffer("rope_sin", sin_SDh, persistent=False)
+        self.pool_sampler = PoolSampler()
+        self._train_pool = parse_pool(cfg.moe.router.pool, "pool")
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Truncated normal (std `init_std`, clipped at 3 std) for every weight matrix; norms at 1."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, std=std, a=-3 * std, b=3 * std)
+            elif isinstance(module, Experts):
+                for w in (module.w1, module.w2, module.w3):
+                    nn.init.trunc_normal_(w, std=std, a=-3 * std, b=3 * std)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def forward(
+        self, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None = None, return_routing: bool = False
+    ) -> ModelOutput:
+        B, S = input_ids_BS.shape
+        if S > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {S} exceeds max_seq_len {self.cfg.max_seq_len}")
+        if doc_ids_BS is None:
+            doc_ids_BS = (
+                doc_ids_from_eos(input_ids_BS, self.cfg.eos_id)
+                if self.cfg.eos_id is not None
+                else torch.zeros_like(input_ids_BS)
+            )
+        segments = Segments.from_doc_ids(doc_ids_BS)
+        mask_B1SS = None
+        if self.cfg.doc_attention_mask:
+            causal_SS = torch.ones(S, S, dtype=torch.bool, device=input_ids_BS.device).tril()
+            mask_B1SS = (segments.same_doc_BSS(B) & causal_SS)[:, None]
+        draws = self.training and self._train_pool is not None and self._train_pool[0] != self._train_pool[1]
+        forward_index = self.pool_sampler.next_forward() if draws else None
+
+        x_BSD = self.embed(input_ids_BS)
+        cos_SDh, sin_SDh = self.rope_cos[:S], self.rope_sin[:S]
+        lb_loss = router_z_loss = x_BSD.new_zeros(())
+        routing = []
+        for i, layer in enumerate(self.layers):
+            pool_rng = self.pool_sampler.generator(forward_index, i) if draws else None
+            x_BSD, routed = layer(x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_rng)
+            if routed is None:
+                empty_T0 = x_BSD.new_zeros(B * S, 0)
+                routing.append(LayerRouting(empty_T0, empty_T0.long(), empty_T0))
+                continue
+            lb_loss = lb_loss + routed.lb_loss
+            router_z_loss = router_z_loss + routed.z_loss
+            routing.append(LayerRouting(routed.logits_TE, routed.experts_TK, routed.weights_TK))
+        logits_BSV = self.lm_head(self.norm(x_BSD))
+        return ModelOutput(logits_BSV, lb_loss, router_z_loss, routing if return_routing else None)
+
+    def update_router_biases(self) -> None:
+        """Apply the pending bias-balancing updates (call after each optimizer step; no-op when off)."""
+        for layer in self.layers:
+            if layer.moe.router is not None:
+                layer.moe.router.update_bias()
+
+
+def build_model(cfg: ModelConfig) -> EmoTransformer:
+    cfg.validate()
+    return EmoTransformer(cfg)
