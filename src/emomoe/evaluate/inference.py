@@ -1,0 +1,24 @@
+"""Loading a checkpoint the way selection and evaluation use it: eval mode, no document pool.
+
+Every number in the paper, for full models and subsets alike, comes from pool-free routing (the
+HF inference behaviour); an EMO checkpoint may have been trained with an eval-mode pool for its
+in-loop validation, which must not leak into selection or held-out evaluation here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from emomoe.checkpoint import load_model
+from emomoe.model import ModelConfig
+
+
+def load_for_inference(directory: str | Path) -> tuple[nn.Module, ModelConfig]:
+    model, cfg = load_model(directory)
+    for block in model.layers:
+        if block.moe.router is not None:
+            block.moe.router.eval_pool = None
+    cfg.moe.router.eval_pool = "off"
+    return model.eval(), cfg
