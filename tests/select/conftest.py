@@ -1,6 +1,12 @@
+import random
+
 import pytest
 import torch
 
+from emomoe.checkpoint import save_model
+from emomoe.data.store import TokenStore
+from emomoe.data.tokenize import tokenize_corpus
+from emomoe.data.tokenizer import train_tokenizer
 from emomoe.model import ModelConfig, build_model
 
 
@@ -35,3 +41,43 @@ def random_ids():
 def make_tiny_config():
     """make_tiny_config(num_layers=2, pool="2..8") -> the tiny preset with those fields."""
     return tiny_config
+
+
+_WORDS = {
+    "code": "def return self import class for in if else while yield lambda None x y z = ( ) :".split(),
+    "legal": "licensee shall grant warranty permission notice copyright software liability hereby".split(),
+    "math": "theorem proof lemma integral sum prime group ring field 0 1 2 3 + = < >".split(),
+}
+
+
+def make_documents(num_per_domain: int = 24, seed: int = 0) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    return [
+        {"text": " ".join(rng.choice(words) for _ in range(rng.randint(30, 90))), "domain": domain, "source": "t"}
+        for _ in range(num_per_domain)
+        for domain, words in _WORDS.items()
+    ]
+
+
+@pytest.fixture(scope="session")
+def store_dir(tmp_path_factory):
+    """A token store of three synthetic domains, tokenized with a 300-token byte-level BPE."""
+    docs = make_documents()
+    tok = train_tokenizer((d["text"] for d in docs), vocab_size=300)
+    path = tmp_path_factory.mktemp("store") / "store"
+    tokenize_corpus(docs, tok, path, val_fraction=0.2, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory, store_dir):
+    """An untrained tiny EMO checkpoint (peaked routing) whose vocabulary fits the store."""
+    torch.manual_seed(1)
+    cfg = tiny_config().with_overrides([f"vocab_size={TokenStore.open(store_dir).vocab_size}", "max_seq_len=64"])
+    model = build_model(cfg)
+    with torch.no_grad():
+        for block in model.layers:
+            block.moe.router.gate.weight.mul_(40.0)
+    path = tmp_path_factory.mktemp("ckpt") / "full"
+    save_model(path, model, cfg)
+    return path

@@ -22,16 +22,14 @@ def write_report(
     training: dict[str, dict[str, Any]] | None = None,
     command: str | None = None,
 ) -> Path:
-    """Write `out_dir/report.md` (and the plot beside it, unless it is already there).
+    """Write `out_dir/report.md` and the plot beside it.
 
     `results` is a sweep result (see `emomoe.analyze.sweep_results`); `training` optionally maps
     each model name to a few facts about its training run (steps, tokens, wall time, final loss);
     `command` is the command line that reproduces the report.
     """
     out_dir = Path(out_dir)
-    plot = out_dir / PLOT_FILE
-    if not plot.exists():
-        plot_loss_increase(results, plot)
+    plot_loss_increase(results, out_dir / PLOT_FILE)
     sections = [f"# {title}"]
     if command:
         sections.append(f"Reproduce with:\n\n```\n{command}\n```")

@@ -12,6 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from emomoe.checkpoint import load_model
+from emomoe.errors import ConfigError, DataError
 from emomoe.model import ModelConfig
 
 
@@ -22,3 +23,11 @@ def load_for_inference(directory: str | Path) -> tuple[nn.Module, ModelConfig]:
             block.moe.router.eval_pool = None
     cfg.moe.router.eval_pool = "off"
     return model.eval(), cfg
+
+
+def check_fits(cfg: ModelConfig, checkpoint: str | Path, *, vocab_size: int, seq_len: int) -> None:
+    """Raise unless windows of `seq_len` tokens from a `vocab_size` vocabulary fit the model."""
+    if vocab_size > cfg.vocab_size:
+        raise DataError(f"{checkpoint}: the data's vocabulary ({vocab_size}) is larger than the model's ({cfg.vocab_size})")
+    if seq_len > cfg.max_seq_len:
+        raise ConfigError(f"seq_len: {seq_len} exceeds {checkpoint}'s max_seq_len {cfg.max_seq_len}")

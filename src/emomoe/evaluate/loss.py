@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from emomoe.data.loader import eval_batches
+from emomoe.data.store import Split, TokenStore
+from emomoe.evaluate.inference import check_fits, load_for_inference
 
 Batch = dict[str, torch.Tensor]
 
@@ -33,30 +39,6 @@ class DomainLoss:
 
     def to_dict(self) -> dict[str, float | int]:
         return {"loss": self.loss, "ppl": self.ppl, "num_tokens": self.num_tokens}
-
-
-def held_out_windows(
-    store, domain: str, *, seq_len: int, batch_size: int, max_windows: int | None = None, split: str = "val"
-) -> list[Batch]:
-    """The first `max_windows` packed windows of one domain's documents in `split`, in batches."""
-    from emomoe.data.loader import eval_batches
-
-    batches = eval_batches(store, split=split, seq_len=seq_len, batch_size=batch_size, domains=[domain])
-    return list(take_windows(batches, max_windows))
-
-
-def take_windows(batches: Iterable[Batch], max_windows: int | None) -> Iterator[Batch]:
-    """Pass batches through until `max_windows` rows have been yielded (the last batch trimmed)."""
-    remaining = math.inf if max_windows is None else max_windows
-    for batch in batches:
-        if remaining <= 0:
-            return
-        num_rows = batch["input_ids_BS"].shape[0]
-        if num_rows > remaining:
-            batch = {k: v[: int(remaining)] for k, v in batch.items()}
-            num_rows = int(remaining)
-        remaining -= num_rows
-        yield batch
 
 
 @torch.inference_mode()
@@ -82,4 +64,35 @@ def loss_by_domain(
         name: DomainLoss(float(sums_G[g]), int(counts_G[g]))
         for g, name in enumerate(domain_names)
         if counts_G[g] > 0
+    }
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    store: str | Path | TokenStore,
+    *,
+    domains: list[str] | None = None,
+    seq_len: int = 256,
+    batch_size: int = 16,
+    max_windows_per_domain: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Held-out loss and perplexity of a checkpoint per domain, and over all tokens together."""
+    store = store if isinstance(store, TokenStore) else TokenStore.open(store)
+    names = domains or store.domains
+    store.domain_ids(names)
+    model, cfg = load_for_inference(checkpoint)
+    check_fits(cfg, checkpoint, vocab_size=store.vocab_size, seq_len=seq_len)
+    batches = eval_batches(
+        store, Split.VAL, seq_len=seq_len, batch_size=batch_size, domains=names,
+        max_windows_per_domain=max_windows_per_domain,
+    )
+    per_domain = loss_by_domain(model, batches, store.domains, progress="eval" if progress else None)
+    overall = DomainLoss(sum(d.sum_nats for d in per_domain.values()), sum(d.num_tokens for d in per_domain.values()))
+    return {
+        "checkpoint": str(checkpoint),
+        "data": str(store.path),
+        "seq_len": seq_len,
+        "domains": {name: loss.to_dict() for name, loss in per_domain.items()},
+        "all": overall.to_dict(),
     }

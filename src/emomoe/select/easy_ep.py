@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emomoe.select.calibration import valid_tokens
 from emomoe.select.routing import MoELayer
 
 
@@ -42,20 +43,23 @@ def token_weights(h_TD: torch.Tensor, m_TD: torch.Tensor) -> torch.Tensor:
 def easy_ep_scores(model: nn.Module, layers: list[MoELayer], batches: Iterable[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
     """Per MoE layer, the EASY-EP score of every routed expert, accumulated over `batches`."""
     scores = [torch.zeros(layer.num_routed, dtype=torch.float64) for layer in layers]
+    valid = {}
 
-    def hook_for(i: int, layer: MoELayer):
+    def hook_for(i: int):
         def hook(module: nn.Module, args, output) -> None:
-            h_TD = args[0]
-            m_TD, routed = output
-            norms_TK = slot_output_norms(module.experts, h_TD, routed.experts_TK)
-            contrib_TK = routed.weights_TK * norms_TK * token_weights(h_TD, m_TD)[:, None]
-            scores[i].index_add_(0, routed.experts_TK.flatten(), contrib_TK.flatten().double())
+            h_TD = args[0][valid["T"]]
+            m_TD, routed = output[0][valid["T"]], output[1]
+            experts_TK, weights_TK = routed.experts_TK[valid["T"]], routed.weights_TK[valid["T"]]
+            norms_TK = slot_output_norms(module.experts, h_TD, experts_TK)
+            contrib_TK = weights_TK * norms_TK * token_weights(h_TD, m_TD)[:, None]
+            scores[i].index_add_(0, experts_TK.flatten(), contrib_TK.flatten().double())
 
         return hook
 
     with contextlib.ExitStack() as stack:
         for i, layer in enumerate(layers):
-            stack.callback(layer.moe.register_forward_hook(hook_for(i, layer)).remove)
+            stack.callback(layer.moe.register_forward_hook(hook_for(i)).remove)
         for batch in batches:
+            valid["T"] = valid_tokens(batch)
             model(batch["input_ids_BS"], doc_ids_BS=batch.get("doc_ids_BS"))
     return scores

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from emomoe.select.calibration import valid_tokens
 from emomoe.select.easy_ep import easy_ep_scores
 from emomoe.select.routing import MoELayer, capture_routed_logits, restrict_routing, run_until_stopped
 
@@ -101,9 +102,10 @@ class ExpertSelector:
             num_tokens = 0
             for batch in self._iter("router mass"):
                 self.model(batch["input_ids_BS"], doc_ids_BS=batch.get("doc_ids_BS"))
+                valid_T = valid_tokens(batch)
                 for i, logits in enumerate(captured):
-                    sums[i] += torch.softmax(logits.pop(), dim=-1).sum(0, dtype=torch.float64)
-                num_tokens += batch["input_ids_BS"].numel()
+                    sums[i] += torch.softmax(logits.pop()[valid_T], dim=-1).sum(0, dtype=torch.float64)
+                num_tokens += int(valid_T.sum())
         return [s / num_tokens for s in sums]
 
     def _greedy(self, num_keep_per_layer: list[int]) -> list[list[int]]:
@@ -114,7 +116,7 @@ class ExpertSelector:
                     mass_E = torch.zeros(layer.num_routed, dtype=torch.float64)
                     for batch in self._iter(f"layerwise {i + 1}/{len(self.layers)}"):
                         run_until_stopped(self.model, batch)
-                        mass_E += torch.softmax(captured.pop(), dim=-1).sum(0, dtype=torch.float64)
+                        mass_E += torch.softmax(captured.pop()[valid_tokens(batch)], dim=-1).sum(0, dtype=torch.float64)
                 kept[i] = top_n(mass_E, num_keep_per_layer[i])
         return [kept[i] for i in range(len(self.layers))]
 

@@ -1,0 +1,80 @@
+"""Merging a (fine-tuned) subset's experts back into the full model at their original ids.
+
+By default only the routed experts' weights go back, as in the paper's modular-development
+experiment; the router rows, the shared experts and the non-MoE weights (attention, norms,
+embeddings) can be merged too. Each merged tensor becomes (1 - alpha) * full + alpha * subset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emomoe.checkpoint import checkpoint_hash, load_model, save_model
+from emomoe.errors import ConfigError, DataError
+from emomoe.select.routing import MoELayer, moe_layers
+from emomoe.select.subset import read_selection
+
+
+def merge_subset(
+    full_dir: str | Path,
+    subset_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    alpha: float = 1.0,
+    router: bool = False,
+    shared: bool = False,
+    non_moe: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Write the full model with the subset's weights merged in to `out_dir`; returns the record."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha: expected a number in [0, 1], got {alpha}")
+    record = read_selection(subset_dir)
+    if not force and record["source_sha256"] != checkpoint_hash(full_dir):
+        raise DataError(
+            f"{subset_dir}: was selected from a different checkpoint than {full_dir} "
+            f"(weights sha256 differ; pass --force to merge anyway)"
+        )
+    full, cfg = load_model(full_dir)
+    sub, _ = load_model(subset_dir)
+    layers = moe_layers(full, where=str(full_dir))
+    if [layer.index for layer in layers] != record["moe_layers"]:
+        raise DataError(f"{subset_dir}: its MoE layers {record['moe_layers']} do not match {full_dir}'s")
+    full_state, sub_state = full.state_dict(), sub.state_dict()
+    with torch.no_grad():
+        for layer, kept in zip(layers, record["kept_experts"]):
+            for key, full_ids, sub_ids in _expert_rows(layer, kept, router=router, shared=shared):
+                target = full_state[key]
+                target[full_ids] = (1 - alpha) * target[full_ids] + alpha * sub_state[key][sub_ids]
+        if non_moe:
+            for key, target in full_state.items():
+                if ".moe." not in key:
+                    target.mul_(1 - alpha).add_(sub_state[key], alpha=alpha)
+    merged = {
+        "full": str(Path(full_dir).resolve()), "subset": str(Path(subset_dir).resolve()),
+        "alpha": alpha, "router": router, "shared": shared, "non_moe": non_moe,
+    }
+    save_model(out_dir, full, cfg, meta={"merged": merged})
+    return merged
+
+
+def _expert_rows(layer: MoELayer, kept: list[int], *, router: bool, shared: bool):
+    """(state key, rows in the full model, rows in the subset) of every expert tensor to merge."""
+    num_kept = len(kept)
+    full_ids, sub_ids = list(kept), list(range(num_kept))
+    if shared:
+        full_ids += range(layer.num_routed, layer.num_experts)
+        sub_ids += range(num_kept, num_kept + layer.num_shared)
+    prefix = f"layers.{layer.index}.moe."
+    for name, _ in layer.moe.experts.named_parameters():
+        yield prefix + "experts." + name, full_ids, sub_ids
+    if router:
+        for name, tensor in layer.moe.router.state_dict().items():
+            # Router tensors span all experts (gate rows) or only the routed ones (selection bias).
+            if tensor.shape[0] == layer.num_experts:
+                yield prefix + "router." + name, full_ids, sub_ids
+            else:
+                yield prefix + "router." + name, list(kept), list(range(num_kept))
