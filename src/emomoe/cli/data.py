@@ -60,9 +60,8 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
 def _tokenize(args: argparse.Namespace) -> int:
     tok = load_tokenizer(args.tokenizer, args.eos_token)
-    source = _source(args)
     store = tokenize_corpus(
-        source,
+        _source(args),
         tok,
         args.out,
         val_fraction=args.val_fraction,
@@ -70,8 +69,6 @@ def _tokenize(args: argparse.Namespace) -> int:
         chunk_bytes=max(1, int(args.chunk_mb * _MB)),
         overwrite=args.force,
         progress=not args.no_progress,
-        source_info={"inputs": args.input, "text_field": args.text_field, "domain_field": args.domain_field,
-                     "domain": args.domain, "invalid_utf8": args.invalid_utf8, **vars(source.stats)},
     )
     print(f"wrote {store.path} ({store.metadata['dtype']}, vocab {store.vocab_size}, EOS {store.eos_id})")
     print(store.summary())

@@ -14,7 +14,7 @@ neither overlap nor skip windows, and the whole state is one integer: a resumed 
 different number of ranks, sees exactly the batches it would have seen.
 
 In every batch, doc_ids_BS[b, s] = the number of EOS strictly before position s in row b (the
-EOS ending a document belongs to it), the rule of `emomoe.model.docs.doc_ids_from_eos`;
+EOS ending a document belongs to it), computed by the shared `emomoe.model.docs.doc_ids_from_eos`;
 domain_ids_BS[b, s] is the domain of the document token s belongs to.
 """
 
@@ -31,6 +31,7 @@ import torch
 from emomoe.config import Config
 from emomoe.data.store import Shard, Split, TokenStore
 from emomoe.errors import ConfigError, DataError
+from emomoe.model.docs import doc_ids_from_eos
 
 IGNORE_INDEX = -100
 Batch = dict[str, torch.Tensor]
@@ -85,15 +86,13 @@ class PackedStream:
 
 def _batch(tokens_BS1: np.ndarray, domains_BS1: np.ndarray, eos_id: int, num_labels_B: np.ndarray) -> Batch:
     """Rows of S+1 tokens -> inputs, labels (beyond num_labels: ignored), doc and domain ids."""
-    input_ids_BS = tokens_BS1[:, :-1]
+    input_ids_BS = torch.from_numpy(np.ascontiguousarray(tokens_BS1[:, :-1]))
     labels_BS = tokens_BS1[:, 1:].copy()
     labels_BS[np.arange(labels_BS.shape[1])[None, :] >= num_labels_B[:, None]] = IGNORE_INDEX
-    is_eos_BS = input_ids_BS == eos_id
-    doc_ids_BS = np.cumsum(is_eos_BS, axis=1) - is_eos_BS
     return {
-        "input_ids_BS": torch.from_numpy(np.ascontiguousarray(input_ids_BS)),
+        "input_ids_BS": input_ids_BS,
         "labels_BS": torch.from_numpy(labels_BS),
-        "doc_ids_BS": torch.from_numpy(doc_ids_BS.astype(np.int64)),
+        "doc_ids_BS": doc_ids_from_eos(input_ids_BS, eos_id),
         "domain_ids_BS": torch.from_numpy(np.ascontiguousarray(domains_BS1[:, :-1])),
     }
 

@@ -100,7 +100,8 @@ class DocumentSource:
         domain: str | None = None,
         invalid_text: InvalidText | str = InvalidText.SKIP,
     ) -> None:
-        self.inputs = expand_inputs(inputs)
+        self.paths = [Path(p) for p in inputs]
+        self.inputs = expand_inputs(self.paths)
         self.text_field = text_field
         self.domain_field = domain_field
         self.domain = domain
@@ -128,6 +129,17 @@ class DocumentSource:
         if stats.summary() and not self._warned:
             log.warning("%s [invalid UTF-8 policy: %s]", stats.summary(), self.invalid_text.value)
             self._warned = True
+
+    def info(self) -> dict[str, Any]:
+        """Inputs, reading options and the counts of the last complete pass (for metadata)."""
+        return {
+            "inputs": [str(p) for p in self.paths],
+            "text_field": self.text_field,
+            "domain_field": self.domain_field,
+            "domain": self.domain,
+            "invalid_utf8": self.invalid_text.value,
+            **dataclasses.asdict(self.stats),
+        }
 
     def describe(self) -> str:
         first = str(self.inputs[0].path)

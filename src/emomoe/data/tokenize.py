@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from emomoe.data.arrays import token_dtype, write_shard
 from emomoe.data.holdout import CorpusScan, Fingerprint, text_hash
-from emomoe.data.readers import Document
+from emomoe.data.readers import Document, DocumentSource
 from emomoe.data.store import FORMAT, FORMAT_VERSION, METADATA_FILE, TOKENIZER_DIR, Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer
 from emomoe.errors import ConfigError, DataError
@@ -57,11 +57,10 @@ def tokenize_corpus(
     chunk_bytes: int = CHUNK_BYTES,
     overwrite: bool = False,
     progress: bool = True,
-    source_info: dict[str, Any] | None = None,
 ) -> TokenStore:
     """Write the token store of `documents` (iterated twice: keep it re-iterable) to `out`.
 
-    `source_info` (e.g. the input paths) is recorded in the metadata.
+    For a `DocumentSource`, its inputs, options and skip counts are recorded in the metadata.
     """
     out = Path(out)
     if not 0 <= val_fraction < 1:
@@ -96,6 +95,7 @@ def tokenize_corpus(
                 writer.write(number, chunk, bar)
     if fingerprint.hexdigest() != scan.fingerprint:
         raise DataError(f"{out}: the input changed while it was being tokenized; run again")
+    source_info = documents.info() if isinstance(documents, DocumentSource) else {}
     _finish(partial, out, plan, scan, tokenizer, number + 1, source_info)
     return TokenStore.open(out)
 
@@ -202,7 +202,7 @@ def _finish(
     scan: CorpusScan,
     tokenizer: TextTokenizer,
     num_chunks: int,
-    source_info: dict[str, Any] | None,
+    source_info: dict[str, Any],
 ) -> None:
     domains = list(scan.domains)
     shards: dict[str, list[dict[str, Any]]] = {split.value: [] for split in Split}
@@ -228,7 +228,7 @@ def _finish(
         "num_tokens": {split: sum(c["num_tokens"] for c in per.values()) for split, per in counts.items()},
         "counts": counts,
         "shards": shards,
-        "source": source_info or {},
+        "source": source_info,
     }
     if (partial / TOKENIZER_DIR).exists():
         shutil.rmtree(partial / TOKENIZER_DIR)

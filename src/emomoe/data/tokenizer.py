@@ -178,7 +178,9 @@ def load_tokenizer(path: str | Path, eos_token: str | int | None = None) -> Text
     except Exception as e:  # tokenizers raises a bare Exception for malformed files
         raise DataError(f"{file}: not a valid tokenizers JSON file ({e})") from None
     if isinstance(eos_token, int):
-        eos_token = tokenizer.id_to_token(eos_token) or f"<id {eos_token}>"
+        eos_id, eos_token = eos_token, tokenizer.id_to_token(eos_token)
+        if eos_token is None:
+            raise DataError(f"{file}: EOS id {eos_id} is outside the vocabulary ({tokenizer.get_vocab_size()} tokens)")
     eos_token = eos_token or _declared_eos(file.parent)
     if eos_token is None:
         special = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
