@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from emomoe.data.readers import DocumentSource, InvalidText
+from emomoe.data.readers import DocumentSource, InvalidText, reiterable
 from emomoe.errors import DataError
 
 
@@ -192,3 +192,11 @@ def test_bad_paths_raise(tmp_path: Path) -> None:
         DocumentSource([tmp_path / "x.csv"])
     with pytest.raises(DataError, match="nothing: folder holds no readable files"):
         DocumentSource([tmp_path / "nothing"])
+
+
+def test_reiterable_accepts_collections_and_functions_but_not_one_shot_iterators(docs) -> None:
+    assert list(reiterable(docs)) == docs
+    twice = reiterable(lambda: iter(docs))
+    assert list(twice) == list(twice) == docs
+    with pytest.raises(TypeError, match="documents are read twice"):
+        reiterable(iter(docs))

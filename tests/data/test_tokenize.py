@@ -55,7 +55,7 @@ def test_validation_documents_are_whole_disjoint_and_order_free(store: TokenStor
 
 
 def test_two_builds_are_identical(store_path: Path, tokenizer, corpus_docs, tmp_path: Path) -> None:
-    tokenize_corpus(corpus_docs, tokenizer, tmp_path / "again", **OPTIONS)
+    tokenize_corpus(lambda: iter(corpus_docs), tokenizer, tmp_path / "again", **OPTIONS)  # a function works too
     assert _files(tmp_path / "again") == _files(store_path)
 
 

@@ -27,7 +27,7 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -174,6 +174,24 @@ class DocumentSource:
             if isinstance(value, bytes):
                 return value.decode("utf-8", "replace")
             return _SURROGATE.sub("\ufffd", value)
+
+
+class _Calls:
+    def __init__(self, factory: Callable[[], Iterable[Document]]) -> None:
+        self.factory = factory
+
+    def __iter__(self) -> Iterator[Document]:
+        return iter(self.factory())
+
+
+def reiterable(documents: Iterable[Document] | Callable[[], Iterable[Document]]) -> Iterable[Document]:
+    """Documents that can be read more than once: a collection, a DocumentSource, or a function
+    returning a fresh iterator (such as `embedded_corpus`). A one-shot iterator is refused."""
+    if callable(documents) and not hasattr(documents, "__iter__"):
+        return _Calls(documents)
+    if isinstance(documents, Iterator):
+        raise TypeError("documents are read twice: pass a list, a DocumentSource or a function returning an iterator")
+    return documents
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[_Input]:

@@ -13,13 +13,12 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from emomoe.data.arrays import token_dtype, write_shard
 from emomoe.data.holdout import CorpusScan, Fingerprint, text_hash
-from emomoe.data.readers import Document, DocumentSource
+from emomoe.data.readers import Document, DocumentSource, reiterable
 from emomoe.data.store import FORMAT, FORMAT_VERSION, METADATA_FILE, TOKENIZER_DIR, Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer
 from emomoe.errors import ConfigError, DataError
@@ -48,7 +47,7 @@ def partial_path(out: Path) -> Path:
 
 
 def tokenize_corpus(
-    documents: Iterable[Document],
+    documents: Iterable[Document] | Callable[[], Iterable[Document]],
     tokenizer: TextTokenizer,
     out: str | Path,
     *,
@@ -58,11 +57,15 @@ def tokenize_corpus(
     overwrite: bool = False,
     progress: bool = True,
 ) -> TokenStore:
-    """Write the token store of `documents` (iterated twice: keep it re-iterable) to `out`.
+    """Write the token store of `documents` to `out`.
+
+    The documents are read twice (scan, then encode): pass a collection, a `DocumentSource` or a
+    function returning a fresh iterator (e.g. `emomoe.data.corpus.embedded_corpus`).
 
     For a `DocumentSource`, its inputs, options and skip counts are recorded in the metadata.
     """
     out = Path(out)
+    documents = reiterable(documents)
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"val_fraction: expected a number in [0, 1), got {val_fraction}")
     if min_val_docs < 0 or chunk_bytes < 1:
@@ -167,9 +170,8 @@ class _ChunkWriter:
         shards = []
         for (split, domain), members in sorted(groups.items()):
             lengths = np.array([len(ids[i]) + 1 for i in members], dtype=np.int64)
-            eos = (self.tokenizer.eos_id,)
-            flat = itertools.chain.from_iterable(itertools.chain(ids[i], eos) for i in members)
-            tokens = np.fromiter(flat, dtype=self.dtype, count=int(lengths.sum()))
+            eos = np.array([self.tokenizer.eos_id], self.dtype)
+            tokens = np.concatenate([part for i in members for part in (ids[i], eos)])
             name = f"{split}/c{number:05d}-d{domain:03d}.npy"
             (self.folder / split).mkdir(exist_ok=True)
             write_shard(self.folder / name, tokens, lengths, domain)
@@ -177,8 +179,9 @@ class _ChunkWriter:
                            "num_tokens": len(tokens), "num_documents": len(members)})
         atomic_write_text(self.folder / _CHUNKS_DIR / f"{number:05d}.json", json.dumps(shards))
 
-    def _encode(self, chunk: list[_Doc], bar: tqdm) -> list[list[int]]:
-        ids: list[list[int]] = []
+    def _encode(self, chunk: list[_Doc], bar: tqdm) -> list[np.ndarray]:
+        """Token ids per document, as compact arrays: Python int lists would take 18x the memory."""
+        ids: list[np.ndarray] = []
         start = 0
         while start < len(chunk):
             stop, size = start, 0
@@ -186,7 +189,7 @@ class _ChunkWriter:
                 size += chunk[stop].num_bytes
                 stop += 1
             batch = self.tokenizer.encode_batch([doc.text for doc in chunk[start:stop]])
-            ids.extend(batch)
+            ids.extend(np.array(doc_ids, self.dtype) for doc_ids in batch)
             self.num_tokens += sum(map(len, batch))
             rate = self.num_tokens / max(time.perf_counter() - self.start, 1e-9)
             bar.set_postfix_str(f"{rate / 1e3:.0f}k tok/s", refresh=False)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from emomoe.data.holdout import hash_below, text_hash
-from emomoe.data.readers import Document
+from emomoe.data.readers import Document, reiterable
 from emomoe.errors import DataError
 from emomoe.io import atomic_path
 
@@ -128,11 +128,14 @@ def train_tokenizer(
     return _wrap(tokenizer, eos_token, "trained tokenizer")
 
 
-def sample_texts(documents: Iterable[Document], sample_bytes: int | None) -> Iterator[str]:
+def sample_texts(
+    documents: Iterable[Document] | Callable[[], Iterable[Document]], sample_bytes: int | None
+) -> Iterator[str]:
     """About `sample_bytes` of text spread over the whole input (a hash sample; None: everything).
 
-    Iterates `documents` twice (to measure, then to sample), so pass a re-iterable source.
+    Reads `documents` twice (to measure, then to sample): see `readers.reiterable`.
     """
+    documents = reiterable(documents)
     threshold = None
     if sample_bytes is not None:
         total = sum(len(doc["text"].encode("utf-8")) for doc in documents)
