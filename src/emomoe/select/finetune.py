@@ -85,7 +85,7 @@ def finetune_subset(
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss["ce"]))
+        losses.append(loss["ce"].item())
         bar.set_postfix(ce=f"{losses[-1]:.3f}")
     done = {
         "source": str(Path(subset_dir).resolve()), "store": str(store.path), "domains": domains, "lr": lr,

@@ -36,7 +36,7 @@ def merge_subset(
     if not force and record["source_sha256"] != checkpoint_hash(full_dir):
         raise DataError(
             f"{subset_dir}: was selected from a different checkpoint than {full_dir} "
-            f"(weights sha256 differ; pass --force to merge anyway)"
+            f"(weights sha256 differ; pass --any-source to merge anyway)"
         )
     full, cfg = load_model(full_dir)
     sub, _ = load_model(subset_dir)

@@ -50,6 +50,9 @@ class SweepConfig(Config):
     domains: list[str] | None = None
     """Domains to sweep; None means every domain of the store."""
 
+    def __post_init__(self) -> None:
+        self.method = SelectMethod(self.method)
+
     def validate(self) -> None:
         if not self.keep:
             raise ConfigError("keep: expected at least one fraction")

@@ -1,0 +1,151 @@
+"""`emomoe select`, `emomoe finetune`, `emomoe merge`: carve out, train and merge back expert subsets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from emomoe.checkpoint import load_config
+from emomoe.errors import DataError
+from emomoe.select.calibration import load_calibration
+from emomoe.select.finetune import finetune_subset
+from emomoe.select.keep import KeepSpec
+from emomoe.select.merge import merge_subset
+from emomoe.select.methods import SelectMethod
+from emomoe.select.subset import select_subset
+from emomoe.train.runtime import setup_runtime
+
+SELECT_EXAMPLES = """examples:
+  emomoe select --checkpoint runs/emo/final --data runs/store --calib math --keep 0.25 --out subsets/emo-math
+  emomoe select --checkpoint runs/emo/final --data runs/store --calib code,legal --keep 8 --out subsets/emo-cl
+  emomoe select --checkpoint runs/emo/final --calib prompts.jsonl --tokenizer runs/store/tokenizer \\
+      --keep 8,8,4,4 --method easy-ep --out subsets/emo-prompts
+"""
+
+
+def _refuse_existing(out: str, force: bool) -> None:
+    if Path(out).exists() and not force:
+        raise DataError(f"{out}: already exists (pass --force to replace it)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "select",
+        help="choose a per-domain subset of experts and save it as a smaller model",
+        description="Rank each MoE layer's routed experts on calibration data, keep the top ones (shared "
+        "experts always stay), physically slice the rest away, and save the subset (model.safetensors, "
+        "model.yaml, selection.json). The subset loads on its own and routes by softmax over the kept experts.",
+        epilog=SELECT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="model checkpoint (EMO or standard)")
+    p.add_argument(
+        "--calib", metavar="SOURCE",
+        help="calibration data: domain(s) of the --data store, comma-separated for one subset serving their "
+        "union, or text files (jsonl/parquet/.txt folder); not needed for --method random",
+    )
+    p.add_argument("--data", metavar="STORE", help="token store whose training documents --calib domains name")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer for text-file calibration (default: the store's)")
+    p.add_argument(
+        "--keep", required=True,
+        help="routed experts kept per layer: a count (8), a fraction of the routed experts (0.25), "
+        "or one count per MoE layer (8,8,4,4)",
+    )
+    p.add_argument("--method", choices=[m.value for m in SelectMethod], default=SelectMethod.LAYERWISE.value,
+                   help="layerwise (default; the paper's greedy), global, easy-ep or random")
+    p.add_argument("--num-calib-windows", type=int, default=64, metavar="N",
+                   help="calibration windows of --seq-len tokens (default 64; the paper found one document enough)")
+    p.add_argument("--seq-len", type=int, metavar="S", help="tokens per calibration window (default: the model's max_seq_len)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="seed of --method random")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory of the subset checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_select)
+
+    f = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a subset on its domain (AdamW, small LR, one epoch)",
+        description="Train every parameter of a subset on the training documents of its domain(s): "
+        "AdamW, 10%% warmup then linear decay to 0, clipping at 1.0, the model's auxiliary losses on.",
+    )
+    f.add_argument("--checkpoint", required=True, metavar="DIR", help="subset (or any model) checkpoint")
+    f.add_argument("--data", required=True, metavar="STORE", help="token store")
+    f.add_argument("--domains", nargs="+", metavar="NAME", help="default: the domains the subset was selected on")
+    f.add_argument("--lr", type=float, default=5e-5)
+    f.add_argument("--epochs", type=float, default=1.0, help="passes over the domains' training windows (default 1)")
+    f.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
+    f.add_argument("--seq-len", type=int, default=256)
+    f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", required=True, metavar="DIR")
+    f.add_argument("--force", action="store_true", help="replace an existing --out")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=run_finetune)
+
+    m = subparsers.add_parser(
+        "merge",
+        help="merge a subset's experts back into the full model at their original ids",
+        description="Copy (or blend with --alpha) the subset's routed experts into the full model it was "
+        "selected from. Router rows, shared experts and non-MoE weights stay unless asked for.",
+    )
+    m.add_argument("--full", required=True, metavar="DIR", help="the checkpoint the subset was selected from")
+    m.add_argument("--subset", required=True, metavar="DIR", help="the (fine-tuned) subset")
+    m.add_argument("--out", required=True, metavar="DIR")
+    m.add_argument("--alpha", type=float, default=1.0, help="merged = (1 - alpha) * full + alpha * subset (default 1)")
+    m.add_argument("--router", action="store_true", help="also merge the kept experts' router rows")
+    m.add_argument("--shared", action="store_true", help="also merge the shared experts")
+    m.add_argument("--non-moe", action="store_true", help="also merge attention, norms and embeddings")
+    m.add_argument("--force", action="store_true", help="replace an existing --out")
+    m.add_argument("--any-source", action="store_true",
+                   help="merge even if --full is not the exact checkpoint the subset was selected from")
+    m.set_defaults(func=run_merge)
+
+
+def run_select(args: argparse.Namespace) -> int:
+    _refuse_existing(args.out, args.force)
+    KeepSpec.parse(args.keep)  # a spelling error should not wait for the model and data to load
+    setup_runtime()
+    method = SelectMethod(args.method)
+    calibration = None
+    if method.needs_calibration:
+        if args.calib is None:
+            raise DataError(f"--method {method} needs --calib (domains of --data, or text files)")
+        seq_len = args.seq_len or load_config(args.checkpoint).max_seq_len
+        calibration = load_calibration(
+            args.calib, store=args.data, tokenizer=args.tokenizer, num_windows=args.num_calib_windows,
+            seq_len=seq_len, batch_size=args.batch_size,
+        )
+    record = select_subset(
+        args.checkpoint, args.out, keep=KeepSpec.parse(args.keep), method=method, calibration=calibration, seed=args.seed,
+        progress=not args.no_progress,
+    )
+    kept = ", ".join(str(len(k)) for k in record["kept_experts"])
+    total, source_total = record["num_params"]["total"], record["source_num_params"]["total"]
+    print(f"wrote {args.out}: routed experts kept per MoE layer {kept} (+ shared); "
+          f"{total:,} of {source_total:,} parameters ({total / source_total:.1%})")
+    return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    _refuse_existing(args.out, args.force)
+    setup_runtime()
+    done = finetune_subset(
+        args.checkpoint, args.data, args.out, domains=args.domains, lr=args.lr, num_epochs=args.epochs,
+        max_steps=args.max_steps, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {args.out}: {done['num_steps']} steps on {', '.join(done['domains'])}; "
+          f"train CE {done['first_ce']:.3f} -> {done['last_ce']:.3f}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    _refuse_existing(args.out, args.force)
+    merged = merge_subset(
+        args.full, args.subset, args.out, alpha=args.alpha, router=args.router, shared=args.shared,
+        non_moe=args.non_moe, force=args.any_source,
+    )
+    print(f"wrote {args.out}: " + json.dumps(merged))
+    return 0

@@ -1,0 +1,79 @@
+"""The select / finetune / merge / eval / sweep verbs, end to end through `emomoe.cli.main`."""
+
+import json
+
+import pytest
+
+from emomoe.cli import main
+from emomoe.select.subset import SELECTION_FILE
+
+
+def test_select_finetune_merge(tmp_path, checkpoint_dir, store_dir, capsys):
+    sub, ft, merged = tmp_path / "sub", tmp_path / "ft", tmp_path / "merged"
+    args = ["select", "--checkpoint", str(checkpoint_dir), "--data", str(store_dir), "--calib", "code,math",
+            "--keep", "0.25", "--num-calib-windows", "2", "--seq-len", "32", "--out", str(sub), "--no-progress"]
+    assert main(args) == 0
+    assert "2, 2 (+ shared)" in capsys.readouterr().out
+    record = json.loads((sub / SELECTION_FILE).read_text())
+    assert record["calibration"]["domains"] == ["code", "math"] and record["method"] == "layerwise"
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert main(["finetune", "--checkpoint", str(sub), "--data", str(store_dir), "--max-steps", "2",
+                 "--seq-len", "32", "--out", str(ft), "--no-progress"]) == 0
+    assert "2 steps on code, math" in capsys.readouterr().out
+    assert main(["merge", "--full", str(checkpoint_dir), "--subset", str(ft), "--out", str(merged)]) == 0
+    assert (merged / "model.safetensors").is_file()
+
+
+def test_select_from_a_text_file(tmp_path, checkpoint_dir, store_dir):
+    calib = tmp_path / "prompts.jsonl"
+    calib.write_text(json.dumps({"text": "theorem proof lemma integral " * 10}) + "\n")
+    out = tmp_path / "sub"
+    assert main(["select", "--checkpoint", str(checkpoint_dir), "--calib", str(calib),
+                 "--tokenizer", str(store_dir / "tokenizer"), "--keep", "3,1", "--method", "easy-ep",
+                 "--seq-len", "16", "--out", str(out), "--no-progress"]) == 0
+    record = json.loads((out / SELECTION_FILE).read_text())
+    assert [len(k) for k in record["kept_experts"]] == [3, 1] and record["calibration"]["source"] == "files"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--calib", "code", "--keep", "9"], "only 7 routed experts"),
+        (["--calib", "code", "--keep", "0"], "at least 1"),
+        (["--calib", "code", "--keep", "zero"], "expected a count"),
+        (["--calib", "poetry", "--keep", "2"], "no domain 'poetry'"),
+        (["--keep", "2"], "needs --calib"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, checkpoint_dir, store_dir, capsys, extra, message):
+    out = tmp_path / "sub"
+    code = main(["select", "--checkpoint", str(checkpoint_dir), "--data", str(store_dir), "--seq-len", "32",
+                 "--out", str(out), "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_prints_json_per_domain(tmp_path, checkpoint_dir, store_dir, capsys):
+    assert main(["eval", "--checkpoint", str(checkpoint_dir), "--data", str(store_dir), "--domains", "legal",
+                 "--seq-len", "32", "--max-windows", "2", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["domains"]) == ["legal"] and result["all"]["loss"] == result["domains"]["legal"]["loss"]
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(checkpoint_dir), "--data", str(store_dir), "--seq-len", "32",
+                 "--max-windows", "1", "--out", str(out), "--no-progress"]) == 0
+    assert set(json.loads(out.read_text())["domains"]) == {"code", "legal", "math"}
+
+
+def test_sweep_writes_results_report_and_plot(tmp_path, checkpoint_dir, store_dir, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--checkpoints", str(checkpoint_dir), "--names", "tiny", "--data", str(store_dir),
+                 "--keep", "1,0.5", "--method", "random", "--domains", "code", "math", "--num-eval-windows", "2",
+                 "--seq-len", "32", "--out", str(out), "--no-progress"]) == 0
+    assert "tiny: mean held-out loss increase 0.5:" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["loss"]["tiny"]["0.5"]) == {"code", "math"}
+    assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "loss_vs_keep.png"}
+    assert main(["sweep", "--checkpoints", str(checkpoint_dir), str(checkpoint_dir), "--data", str(store_dir),
+                 "--out", str(out)]) == 2
+    assert "model names must differ" in capsys.readouterr().err
