@@ -35,18 +35,38 @@ def router_z_loss(lse_T: torch.Tensor) -> torch.Tensor:
     return lse_T.square().mean()
 
 
-def cross_entropy_and_logit_z(logits_BSV: torch.Tensor, labels_BS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token CE and output-logit z-loss, both averaged over label tokens (-100 is ignored).
+class _TokenNLLAndLSE(torch.autograd.Function):
+    """Per-token NLL and logsumexp of [T, V] logits with one [T, V] buffer each way.
 
-    Shares one logsumexp between the two, the costliest pass over [T, V].
+    The LM-head output is the largest activation of a small model, and on CPU every fresh [T, V]
+    tensor costs page faults: forward keeps only the log-softmax, and backward builds the
+    gradient in a single new tensor: d nll/dx = softmax - onehot, d lse/dx = softmax.
     """
-    logits_TV = logits_BSV.reshape(-1, logits_BSV.shape[-1])
+
+    @staticmethod
+    def forward(ctx, logits_TV: torch.Tensor, labels_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logprobs_TV = logits_TV.log_softmax(dim=-1)
+        index_T1 = labels_T[:, None]
+        nll_T = -logprobs_TV.gather(1, index_T1).squeeze(1)
+        lse_T = logits_TV[:, 0] - logprobs_TV[:, 0]
+        ctx.save_for_backward(logprobs_TV, index_T1)
+        return nll_T, lse_T
+
+    @staticmethod
+    def backward(ctx, grad_nll_T: torch.Tensor, grad_lse_T: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logprobs_TV, index_T1 = ctx.saved_tensors
+        grad_TV = logprobs_TV.exp().mul_((grad_nll_T + grad_lse_T)[:, None])
+        return grad_TV.scatter_add_(1, index_T1, -grad_nll_T[:, None]), None
+
+
+def cross_entropy_and_logit_z(logits_BSV: torch.Tensor, labels_BS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token CE and output-logit z-loss (mean squared logsumexp), both averaged over label
+    tokens; labels equal to -100 are ignored."""
     labels_T = labels_BS.reshape(-1)
     valid_T = labels_T != IGNORE_INDEX
-    lse_T = logits_TV.logsumexp(dim=-1)
-    target_T = logits_TV.gather(1, labels_T.clamp(min=0)[:, None]).squeeze(1)
+    nll_T, lse_T = _TokenNLLAndLSE.apply(logits_BSV.reshape(-1, logits_BSV.shape[-1]), labels_T.clamp(min=0))
     num_valid = valid_T.sum().clamp(min=1)
-    ce = ((lse_T - target_T) * valid_T).sum() / num_valid
+    ce = (nll_T * valid_T).sum() / num_valid
     logit_z = (lse_T.square() * valid_T).sum() / num_valid
     return ce, logit_z
 
