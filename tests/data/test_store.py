@@ -54,6 +54,11 @@ def test_unknown_domain_names_the_choices(store: TokenStore) -> None:
         store.shards("train", ["klingon"])
 
 
+def test_unknown_split(store: TokenStore) -> None:
+    with pytest.raises(DataError, match=r"no split 'test' \(splits: train, val\)"):
+        store.shards("test")
+
+
 def test_summary_lists_every_domain(store: TokenStore) -> None:
     lines = store.summary().splitlines()
     assert [line.split()[0] for line in lines[1:]] == store.domains

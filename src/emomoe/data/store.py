@@ -155,6 +155,8 @@ class TokenStore:
 
     def shards(self, split: Split | str, domains: list[str] | None = None) -> list[Shard]:
         """The arrays of `split` restricted to `domains`, in store order."""
+        if split not in set(Split):
+            raise DataError(f"{self.path}: no split {split!r} (splits: {', '.join(Split)})")
         wanted = set(self.domain_ids(domains))
         return [s for s in self._shards[Split(split)] if s.domain in wanted]
 
@@ -162,7 +164,11 @@ class TokenStore:
         return sum(s.num_tokens for s in self.shards(split, domains))
 
     def documents(self, split: Split | str, domains: list[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
-        """(domain name, token ids ending in EOS) for every document of `split`, in store order."""
+        """(domain name, token ids) for every document of `split`, in store order.
+
+        Each document ends with EOS, except possibly the last of an index-less array whose writer
+        did not close it.
+        """
         for shard in self.shards(split, domains):
             for offset, length, _ in shard.index:
                 yield self.domains[shard.domain], np.asarray(shard.tokens[offset : offset + length])

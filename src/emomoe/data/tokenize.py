@@ -97,6 +97,7 @@ def tokenize_corpus(
             else:
                 writer.write(number, chunk, bar)
     if fingerprint.hexdigest() != scan.fingerprint:
+        shutil.rmtree(partial)  # its chunks mix two versions of the input
         raise DataError(f"{out}: the input changed while it was being tokenized; run again")
     source_info = documents.info() if isinstance(documents, DocumentSource) else {}
     _finish(partial, out, plan, scan, tokenizer, number + 1, source_info)
