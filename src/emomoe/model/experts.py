@@ -4,8 +4,8 @@ Shapes: T tokens, D model dim, H expert hidden size, E experts, K routed experts
 N = T*K routed token slots.
 
 Routed slots are sorted by expert so every expert sees one contiguous block of its tokens; one
-grouped matmul (or one matmul per non-empty expert where `torch._grouped_mm` is missing) runs
-them, and the weighted outputs are scattered back. Shared experts (the last indices) run densely
+grouped matmul (or one matmul per non-empty expert where `torch._grouped_mm` is missing or
+does not support the dtype or shapes) runs them, and the weighted outputs are scattered back. Shared experts (the last indices) run densely
 on every token with weight 1.0.
 """
 
@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emomoe.model.init import DEFAULT_STD, init_weight_
+
 HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
 
@@ -22,6 +24,18 @@ def grouped_matmul(x_ND: torch.Tensor, w_EHD: torch.Tensor, counts_E: torch.Tens
     """Rows of `x_ND` sorted by expert, `counts_E` rows each: row n -> x_n @ w[e(n)].T, shape [N, H]."""
     offsets_E = counts_E.cumsum(0).to(torch.int32)
     return torch._grouped_mm(x_ND, w_EHD.transpose(-2, -1), offs=offsets_E)
+
+
+def expert_matmul(x_ND: torch.Tensor, w_EHD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+    """`grouped_matmul` where the kernel supports the dtype and row alignment, else `looped_matmul`."""
+    if (
+        HAS_GROUPED_MM
+        and x_ND.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and (w_EHD.shape[1] * x_ND.element_size()) % 16 == 0
+        and (w_EHD.shape[2] * x_ND.element_size()) % 16 == 0
+    ):
+        return grouped_matmul(x_ND, w_EHD, counts_E)
+    return looped_matmul(x_ND, w_EHD, counts_E)
 
 
 def looped_matmul(x_ND: torch.Tensor, w_EHD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
@@ -37,7 +51,11 @@ class Experts(nn.Module):
         self.w1 = nn.Parameter(torch.empty(num_experts, hidden, d_model))
         self.w2 = nn.Parameter(torch.empty(num_experts, d_model, hidden))
         self.w3 = nn.Parameter(torch.empty(num_experts, hidden, d_model))
-        self.matmul = grouped_matmul if HAS_GROUPED_MM else looped_matmul
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float | None = None) -> None:
+        for w in (self.w1, self.w2, self.w3):
+            init_weight_(w, std or DEFAULT_STD)
 
     def forward(
         self, x_TD: torch.Tensor, experts_TK: torch.Tensor | None = None, weights_TK: torch.Tensor | None = None
@@ -62,6 +80,6 @@ class Experts(nn.Module):
         token_N = order_N // top_k
         counts_E = torch.zeros(r, dtype=torch.long, device=x_TD.device).index_add_(0, slots_N, torch.ones_like(slots_N))
         x_ND = x_TD[token_N]
-        h_NH = F.silu(self.matmul(x_ND, self.w1[:r], counts_E)) * self.matmul(x_ND, self.w3[:r], counts_E)
-        y_ND = self.matmul(h_NH, self.w2[:r], counts_E) * weights_TK.flatten()[order_N, None]
+        h_NH = F.silu(expert_matmul(x_ND, self.w1[:r], counts_E)) * expert_matmul(x_ND, self.w3[:r], counts_E)
+        y_ND = expert_matmul(h_NH, self.w2[:r], counts_E) * weights_TK.flatten()[order_N, None]
         return torch.zeros_like(x_TD).index_add_(0, token_N, y_ND)

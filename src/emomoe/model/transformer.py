@@ -15,6 +15,7 @@ from emomoe.model.attention import Attention, rope_tables
 from emomoe.model.config import ModelConfig, parse_pool
 from emomoe.model.docs import Segments, doc_ids_from_eos
 from emomoe.model.experts import Experts
+from emomoe.model.init import init_weight_
 from emomoe.model.moe import MoE
 from emomoe.model.pool import PoolSampler
 
@@ -74,13 +75,11 @@ class EmoTransformer(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Truncated normal (std `init_std`, clipped at 3 std) for every weight matrix; norms at 1."""
-        std = self.cfg.init_std
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(module.weight, std=std, a=-3 * std, b=3 * std)
+                init_weight_(module.weight, self.cfg.init_std)
             elif isinstance(module, Experts):
-                for w in (module.w1, module.w2, module.w3):
-                    nn.init.trunc_normal_(w, std=std, a=-3 * std, b=3 * std)
+                module.reset_parameters(self.cfg.init_std)
             elif isinstance(module, nn.RMSNorm):
                 nn.init.ones_(module.weight)
 

@@ -1,0 +1,71 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emomoe.model.experts import HAS_GROUPED_MM, Experts, expert_matmul, grouped_matmul, looped_matmul
+
+
+def _make_experts(num_routed, num_shared, dtype=torch.float64):
+    torch.manual_seed(0)
+    experts = Experts(num_routed + num_shared, num_shared, d_model=8, hidden=4).to(dtype)
+    experts.reset_parameters(std=1.0)
+    return experts
+
+
+def _naive(experts, x_TD, experts_TK, weights_TK):
+    """Token by token, expert by expert."""
+    def ffn(e, x):
+        return experts.w2[e] @ (F.silu(experts.w1[e] @ x) * (experts.w3[e] @ x))
+
+    rows = []
+    for t in range(x_TD.shape[0]):
+        y = sum(ffn(e, x_TD[t]) for e in range(experts.num_routed, experts.w1.shape[0]))
+        for e, w in zip(experts_TK[t].tolist(), weights_TK[t]):
+            y = y + w * ffn(e, x_TD[t])
+        rows.append(y)
+    return torch.stack(rows)
+
+
+# float32 runs the grouped kernel (where present), float64 the per-expert loop.
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 2), st.integers(1, 9), st.sampled_from([torch.float32, torch.float64]), st.data())
+def test_dropless_experts_equal_a_per_token_loop(num_routed, num_shared, num_tokens, dtype, data):
+    top_k = data.draw(st.integers(1, num_routed))
+    experts = _make_experts(num_routed, num_shared, dtype)
+    x_TD = torch.randn(num_tokens, 8, dtype=dtype)
+    experts_TK = torch.stack([torch.randperm(num_routed)[:top_k] for _ in range(num_tokens)])
+    weights_TK = torch.rand(num_tokens, top_k, dtype=dtype)
+    expected = _naive(experts, x_TD, experts_TK, weights_TK)
+    assert torch.allclose(experts(x_TD, experts_TK, weights_TK), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_experts_alone_apply_to_every_token_with_weight_one():
+    experts = _make_experts(0, 2)
+    x_TD = torch.randn(4, 8, dtype=torch.float64)
+    empty = torch.zeros(4, 0, dtype=torch.long)
+    assert torch.allclose(experts(x_TD), _naive(experts, x_TD, empty, empty.double()))
+
+
+@pytest.mark.skipif(not HAS_GROUPED_MM, reason="torch._grouped_mm is not available")
+def test_grouped_matmul_equals_the_per_expert_loop_in_values_and_gradients():
+    torch.manual_seed(0)
+    counts_E = torch.tensor([3, 0, 5, 1, 0])
+    x_ND = torch.randn(9, 8, requires_grad=True)
+    w_EHD = torch.randn(5, 4, 8, requires_grad=True)
+    grad_NH = torch.randn(9, 4)
+    results = []
+    for fn in (grouped_matmul, looped_matmul):
+        y = fn(x_ND, w_EHD, counts_E)
+        results.append((y, *torch.autograd.grad(y, (x_ND, w_EHD), grad_NH)))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not results[0][2][1].any() and not results[0][2][4].any()
+
+
+def test_expert_matmul_falls_back_to_the_loop_for_unsupported_dtypes_and_shapes():
+    counts_E = torch.tensor([2, 1])
+    for x_ND, w_EHD in [(torch.randn(3, 8, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64)),
+                        (torch.randn(3, 5), torch.randn(2, 3, 5))]:
+        assert torch.allclose(expert_matmul(x_ND, w_EHD, counts_E), looped_matmul(x_ND, w_EHD, counts_E))

@@ -1,0 +1,129 @@
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emomoe.model.config import LBScope, LossConfig, RouterConfig
+from emomoe.model.docs import Segments
+from emomoe.model.losses import compute_loss, cross_entropy_and_logit_z, load_balancing_loss, router_z_loss
+from emomoe.model.router import Router
+from emomoe.model.transformer import ModelOutput
+
+
+def _switch_reference(probs_TE, experts_TK):
+    """Switch LB written out with Python counting: E * sum_i (share of slots on i) * (mean prob of i)."""
+    T, E = probs_TE.shape
+    slots = experts_TK.flatten().tolist()
+    return E * sum(slots.count(i) / len(slots) * probs_TE[:, i].mean() for i in range(E))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 8), st.data())
+def test_load_balancing_loss_equals_the_switch_formula(num_tokens, num_experts, data):
+    top_k = data.draw(st.integers(1, num_experts))
+    probs_TE = torch.randn(num_tokens, num_experts, dtype=torch.float64).softmax(-1)
+    experts_TK = probs_TE.topk(top_k, -1).indices
+    counts_E = torch.bincount(experts_TK.flatten(), minlength=num_experts)
+    got = load_balancing_loss(probs_TE, counts_E, num_tokens, top_k)
+    assert torch.allclose(got, torch.as_tensor(_switch_reference(probs_TE, experts_TK), dtype=torch.float64))
+
+
+def test_load_balancing_loss_is_one_at_perfect_balance():
+    num_experts, top_k, num_tokens = 8, 2, 12
+    counts_E = torch.full((num_experts,), num_tokens * top_k / num_experts)
+    skewed_TE = torch.randn(num_tokens, num_experts).softmax(-1)
+    assert torch.allclose(load_balancing_loss(skewed_TE, counts_E, num_tokens, top_k), torch.tensor(1.0))
+    uniform_TE = torch.full((num_tokens, num_experts), 1 / num_experts)
+    collapsed_E = torch.zeros(num_experts).index_fill_(0, torch.tensor([0]), num_tokens * top_k)
+    assert torch.allclose(load_balancing_loss(uniform_TE, collapsed_E, num_tokens, top_k), torch.tensor(1.0))
+    peaked_TE = torch.zeros(num_tokens, num_experts).index_fill_(1, torch.tensor([0]), 1.0)
+    assert load_balancing_loss(peaked_TE, collapsed_E, num_tokens, top_k) == num_experts
+
+
+def test_load_balancing_gradient_flows_through_probabilities_only():
+    probs_TE = torch.randn(5, 4).softmax(-1).requires_grad_()
+    counts_E = torch.tensor([3.0, 1.0, 4.0, 2.0], requires_grad=True)
+    load_balancing_loss(probs_TE, counts_E, 5, 2).backward()
+    assert probs_TE.grad is not None and counts_E.grad is None
+
+
+def test_router_z_loss_is_the_mean_squared_logsumexp():
+    logits_TE = torch.randn(6, 5)
+    expected = sum(torch.logsumexp(row, 0) ** 2 for row in logits_TE) / 6
+    assert torch.allclose(router_z_loss(logits_TE.logsumexp(-1)), expected)
+
+
+def test_cross_entropy_and_logit_z_ignore_masked_labels():
+    logits_BSV = torch.randn(2, 4, 7, dtype=torch.float64, requires_grad=True)
+    labels_BS = torch.randint(0, 7, (2, 4))
+    labels_BS[1, 2:] = -100
+    ce, z = cross_entropy_and_logit_z(logits_BSV, labels_BS)
+    flat, valid = logits_BSV.reshape(-1, 7), labels_BS.reshape(-1) != -100
+    assert torch.allclose(ce, F.cross_entropy(flat, labels_BS.reshape(-1), ignore_index=-100))
+    assert torch.allclose(z, flat[valid].logsumexp(-1).square().mean())
+    assert torch.autograd.gradcheck(lambda x: sum(cross_entropy_and_logit_z(x, labels_BS)), (logits_BSV,))
+
+
+def test_compute_loss_applies_the_weights():
+    logits_BSV = torch.randn(1, 3, 5)
+    labels_BS = torch.tensor([[1, -100, 4]])
+    out = ModelOutput(logits_BSV, lb_loss=torch.tensor(2.0), router_z_loss=torch.tensor(3.0))
+    cfg = LossConfig(lb_weight=0.5, router_z_weight=0.25, logit_z_weight=0.125)
+    losses = compute_loss(out, labels_BS, cfg)
+    assert set(losses) == {"ce", "lb", "router_z", "logit_z", "total"}
+    expected = losses["ce"] + 0.5 * 2.0 + 0.25 * 3.0 + 0.125 * losses["logit_z"]
+    assert torch.allclose(losses["total"], expected)
+    assert LossConfig() == LossConfig(lb_weight=0.1, router_z_weight=0.001, logit_z_weight=1e-5)
+
+
+# --- global LB over two gloo processes ---------------------------------------------------------
+
+NUM_ROUTED, SEQ = 6, 10
+
+
+def _router(scope):
+    torch.manual_seed(0)
+    return Router(8, NUM_ROUTED + 1, 2, RouterConfig(pool="3", lb_scope=scope)).double()
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    x_TD = torch.randn(2 * SEQ, 8, dtype=torch.float64, generator=g)
+    doc_ids_BS = (torch.rand(2, SEQ, generator=g) < 0.3).long().cumsum(1)
+    return x_TD, doc_ids_BS
+
+
+def _lb_and_grad(router, x_TD, doc_ids_BS):
+    router.gate.weight.grad = None
+    out = router(x_TD, Segments.from_doc_ids(doc_ids_BS))
+    out.lb_loss.backward()
+    return out.lb_loss.detach(), router.gate.weight.grad.clone()
+
+
+def _global_lb_worker(rank, init_file, result_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        x_TD, doc_ids_BS = _batch()
+        rows = slice(rank * SEQ, (rank + 1) * SEQ)
+        lb, grad = _lb_and_grad(_router(LBScope.GLOBAL), x_TD[rows], doc_ids_BS[rank : rank + 1])
+        torch.save({"lb": lb, "grad": grad}, f"{result_dir}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_global_lb_over_two_processes_equals_one_process_with_both_halves(tmp_path):
+    mp.spawn(_global_lb_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    x_TD, doc_ids_BS = _batch()
+    full_lb, full_grad = _lb_and_grad(_router(LBScope.GLOBAL), x_TD, doc_ids_BS)
+    # Data-parallel training averages the ranks' losses and gradients.
+    assert torch.allclose((ranks[0]["lb"] + ranks[1]["lb"]) / 2, full_lb)
+    assert torch.allclose((ranks[0]["grad"] + ranks[1]["grad"]) / 2, full_grad)
+    # The local scope is different, so the test can tell the two apart.
+    local = [_lb_and_grad(_router(LBScope.LOCAL), x_TD[r * SEQ : (r + 1) * SEQ], doc_ids_BS[r : r + 1])[0] for r in range(2)]
+    assert not torch.allclose((local[0] + local[1]) / 2, full_lb)

@@ -1,0 +1,71 @@
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emomoe.model.pool import PoolSampler, draw_pool_sizes, pool_keep_mask
+
+
+@st.composite
+def pooled_batches(draw):
+    num_experts = draw(st.integers(1, 9))
+    lengths = draw(st.lists(st.integers(1, 6), min_size=1, max_size=6))
+    sizes = draw(st.lists(st.integers(1, num_experts + 2), min_size=len(lengths), max_size=len(lengths)))
+    seed = draw(st.integers(0, 2**16))
+    return num_experts, lengths, sizes, seed
+
+
+def _loop_keep(probs_TE, lengths, sizes):
+    """One document at a time: rank experts by summed probability, keep the top d."""
+    keep, start = [], 0
+    for length, d in zip(lengths, sizes):
+        sums = probs_TE[start : start + length].sum(0)
+        ranked = sorted(range(len(sums)), key=lambda e: -sums[e].item())
+        keep += [[e in ranked[:d] for e in range(len(sums))]] * length
+        start += length
+    return keep
+
+
+@settings(max_examples=60, deadline=None)
+@given(pooled_batches())
+def test_keep_mask_equals_a_per_document_loop(batch):
+    num_experts, lengths, sizes, seed = batch
+    probs_TE = torch.randn(sum(lengths), num_experts, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).softmax(-1)
+    seg_T = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    keep_TE = pool_keep_mask(probs_TE, seg_T, len(lengths), torch.tensor(sizes))
+    assert keep_TE.tolist() == _loop_keep(probs_TE, lengths, sizes)
+    assert keep_TE.sum(-1).tolist() == [min(d, num_experts) for d, n in zip(sizes, lengths) for _ in range(n)]
+
+
+def test_keep_mask_is_unchanged_by_an_oversized_segment_count():
+    probs_TE = torch.rand(6, 5).softmax(-1)
+    seg_T = torch.tensor([0, 0, 1, 1, 1, 2])
+    sizes = torch.tensor([2, 3, 1, 4, 4, 4])
+    exact = pool_keep_mask(probs_TE, seg_T, 3, sizes[:3])
+    assert torch.equal(exact, pool_keep_mask(probs_TE, seg_T, 6, sizes))
+
+
+def test_sampler_generators_depend_only_on_seed_forward_and_layer():
+    a, b = PoolSampler(seed=3), PoolSampler(seed=3)
+    draw = lambda s, f, l: torch.randint(0, 10**9, (4,), generator=s.generator(f, l)).tolist()
+    assert draw(a, 5, 1) == draw(b, 5, 1) == draw(a, 5, 1)
+    assert draw(a, 5, 1) != draw(a, 5, 2)
+    assert draw(a, 5, 1) != draw(a, 6, 1)
+    assert draw(a, 5, 1) != draw(PoolSampler(seed=4), 5, 1)
+
+
+def test_sampler_state_resumes_the_forward_counter():
+    sampler = PoolSampler(seed=7)
+    for _ in range(3):
+        sampler.next_forward()
+    resumed = PoolSampler()
+    resumed.load_state_dict(sampler.state_dict())
+    assert resumed.next_forward() == sampler.next_forward() == 3
+    assert resumed.seed == 7
+
+
+def test_pool_sizes_are_uniform_in_range_and_prefix_stable():
+    sizes = draw_pool_sizes(8, 128, 20000, 20000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert sizes.min() == 8 and sizes.max() == 128
+    assert abs(sizes.float().mean().item() - 68) < 1.5
+    fewer = draw_pool_sizes(8, 128, 20000, 5, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.equal(fewer, sizes[:5])

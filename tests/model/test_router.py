@@ -1,0 +1,168 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emomoe.model.config import RouterConfig
+from emomoe.model.docs import Segments
+from emomoe.model.router import Router
+
+
+@st.composite
+def routing_cases(draw):
+    num_routed = draw(st.integers(2, 10))
+    top_k = draw(st.integers(1, num_routed))
+    pool = draw(st.integers(top_k, num_routed + 1))
+    num_rows = draw(st.integers(1, 3))
+    seq_len = draw(st.integers(1, 8))
+    boundaries = draw(st.lists(st.lists(st.booleans(), min_size=seq_len, max_size=seq_len), min_size=num_rows, max_size=num_rows))
+    num_shared = draw(st.integers(0, 2))
+    seed = draw(st.integers(0, 2**16))
+    return num_routed, num_shared, top_k, pool, boundaries, seed
+
+
+def _make_router(num_routed, num_shared, top_k, seed, **cfg):
+    torch.manual_seed(seed)
+    router = Router(6, num_routed + num_shared, top_k, RouterConfig(num_shared_experts=num_shared, **cfg)).double()
+    x_TD = torch.randn(0, 6)
+    return router, x_TD
+
+
+def _reference_route(logits_TE, doc_ids_BS, d, top_k):
+    """Slow and obvious: each (row, document) on its own, as the paper describes it."""
+    B, S = doc_ids_BS.shape
+    experts, weights, pools = [None] * (B * S), [None] * (B * S), [None] * (B * S)
+    for b in range(B):
+        for doc in doc_ids_BS[b].unique().tolist():
+            tokens = [b * S + s for s in range(S) if doc_ids_BS[b, s] == doc]
+            logits = logits_TE[tokens]
+            summed = logits.softmax(-1).sum(0)
+            pool = sorted(range(len(summed)), key=lambda e: -summed[e].item())[:d]
+            masked = torch.full_like(logits, float("-inf"))
+            masked[:, pool] = logits[:, pool]
+            w, e = masked.softmax(-1).topk(top_k, dim=-1)
+            for i, t in enumerate(tokens):
+                experts[t], weights[t], pools[t] = e[i], w[i], set(pool)
+    return torch.stack(experts), torch.stack(weights), pools
+
+
+def _sorted_by_expert(experts_TK, weights_TK):
+    order = experts_TK.argsort(-1)
+    return experts_TK.gather(1, order), weights_TK.gather(1, order)
+
+
+@settings(max_examples=80, deadline=None)
+@given(routing_cases())
+def test_fixed_eval_pool_matches_a_per_document_loop(case):
+    num_routed, num_shared, top_k, pool, boundaries, seed = case
+    router, _ = _make_router(num_routed, num_shared, top_k, seed, eval_pool=str(pool))
+    router.eval()
+    doc_ids_BS = torch.tensor(boundaries).long().cumsum(1)
+    x_TD = torch.randn(doc_ids_BS.numel(), 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    out = router(x_TD, Segments.from_doc_ids(doc_ids_BS))
+
+    assert torch.allclose(out.logits_TE, x_TD @ router.gate.weight[:num_routed].T)
+    ref_experts, ref_weights, pools = _reference_route(out.logits_TE, doc_ids_BS, pool, top_k)
+    got_e, got_w = _sorted_by_expert(out.experts_TK, out.weights_TK)
+    ref_e, ref_w = _sorted_by_expert(ref_experts, ref_weights)
+    assert torch.equal(got_e, ref_e)
+    assert torch.allclose(got_w, ref_w)
+    for t, chosen in enumerate(out.experts_TK.tolist()):
+        assert set(chosen) <= pools[t]
+
+
+@settings(max_examples=40, deadline=None)
+@given(routing_cases(), st.sampled_from(["off", "large"]))
+def test_pool_off_or_at_least_all_routed_experts_is_the_standard_router(case, mode):
+    num_routed, num_shared, top_k, _, boundaries, seed = case
+    pool = "off" if mode == "off" else f"{num_routed}..{num_routed + 3}"
+    emo, _ = _make_router(num_routed, num_shared, top_k, seed, pool=pool)
+    std, _ = _make_router(num_routed, num_shared, top_k, seed)
+    doc_ids_BS = torch.tensor(boundaries).long().cumsum(1)
+    x_TD = torch.randn(doc_ids_BS.numel(), 6, dtype=torch.float64)
+    a, b = emo(x_TD, Segments.from_doc_ids(doc_ids_BS)), std(x_TD)
+    assert torch.equal(a.experts_TK, b.experts_TK) and torch.equal(a.weights_TK, b.weights_TK)
+    assert torch.allclose(a.lb_loss, b.lb_loss) and torch.allclose(a.z_loss, b.z_loss)
+    probs_TE = b.logits_TE.softmax(-1)
+    assert torch.allclose(b.weights_TK, probs_TE.topk(min(top_k, num_routed), -1).values)
+
+
+def test_training_draws_use_the_given_generator():
+    router, _ = _make_router(12, 1, 2, 0, pool="2..13")
+    doc_ids_BS = torch.arange(40).div(4, rounding_mode="floor")[None]
+    segments = Segments.from_doc_ids(doc_ids_BS)
+    x_TD = torch.randn(40, 6, dtype=torch.float64)
+    route = lambda seed: router(x_TD, segments, torch.Generator().manual_seed(seed)).experts_TK
+    assert torch.equal(route(1), route(1))
+    assert not torch.equal(route(1), route(2))
+
+
+def test_eval_mode_uses_the_eval_pool_not_the_training_range():
+    router, _ = _make_router(12, 1, 2, 0, pool="2..13", eval_pool="off")
+    std, _ = _make_router(12, 1, 2, 0)
+    router.eval()
+    x_TD = torch.randn(20, 6, dtype=torch.float64)
+    assert torch.equal(router(x_TD).experts_TK, std(x_TD).experts_TK)
+
+
+def test_an_active_pool_without_segments_is_an_error():
+    router, _ = _make_router(8, 1, 2, 0, pool="2")
+    with pytest.raises(ValueError, match="segments"):
+        router(torch.randn(4, 6, dtype=torch.float64))
+
+
+def test_renormalize_makes_top_k_weights_sum_to_one():
+    router, _ = _make_router(8, 1, 3, 0, renormalize=True)
+    out = router(torch.randn(10, 6, dtype=torch.float64))
+    assert torch.allclose(out.weights_TK.sum(-1), torch.ones(10, dtype=torch.float64))
+    plain, _ = _make_router(8, 1, 3, 0)
+    assert torch.equal(plain(torch.randn(10, 6, dtype=torch.float64)).weights_TK.sum(-1) < 1, torch.ones(10, dtype=torch.bool))
+
+
+def test_the_shared_gate_rows_never_influence_routing():
+    router, _ = _make_router(6, 2, 2, 0)
+    x_TD = torch.randn(10, 6, dtype=torch.float64)
+    before = router(x_TD)
+    with torch.no_grad():
+        router.gate.weight[6:] = 100.0
+    after = router(x_TD)
+    assert torch.equal(before.experts_TK, after.experts_TK) and torch.equal(before.weights_TK, after.weights_TK)
+
+
+def test_router_z_loss_is_over_the_pool_masked_logits():
+    router, _ = _make_router(8, 1, 2, 0, eval_pool="2")
+    router.eval()
+    doc_ids_BS = torch.tensor([[0, 0, 0, 1, 1]])
+    x_TD = torch.randn(5, 6, dtype=torch.float64)
+    out = router(x_TD, Segments.from_doc_ids(doc_ids_BS))
+    # With a pool of 2 and top-2, every token's weights are its whole masked softmax.
+    assert torch.allclose(out.weights_TK.sum(-1), torch.ones(5, dtype=torch.float64))
+    lse_T = out.logits_TE.gather(1, out.experts_TK).logsumexp(-1)
+    assert torch.allclose(out.z_loss, lse_T.square().mean())
+
+
+def test_bias_balancing_moves_selection_toward_underused_experts():
+    router, _ = _make_router(4, 1, 1, 0, bias_update_rate=0.02)
+    x_TD = torch.randn(64, 6, dtype=torch.float64)
+    first = router(x_TD)
+    counts = torch.bincount(first.experts_TK.flatten(), minlength=4)
+    router.update_bias()
+    assert torch.equal(torch.sign(router.score_bias_E), torch.sign(counts.double().mean() - counts))
+    assert not router.pending_counts_E.any()
+    second = router(x_TD)
+    underused = router.score_bias_E > 0
+    assert torch.bincount(second.experts_TK.flatten(), minlength=4)[underused].sum() > counts[underused].sum()
+    # The weights stay the unbiased probabilities of the chosen experts.
+    probs_TE = second.logits_TE.softmax(-1)
+    assert torch.allclose(second.weights_TK, probs_TE.gather(1, second.experts_TK))
+
+
+def test_biased_selection_stays_inside_the_pool():
+    router, _ = _make_router(8, 1, 2, 0, eval_pool="2", bias_update_rate=1.0)
+    router.eval()
+    with torch.no_grad():
+        router.score_bias_E[:] = torch.arange(8.0) * 10
+    doc_ids_BS = torch.zeros(1, 6, dtype=torch.long)
+    out = router(torch.randn(6, 6, dtype=torch.float64), Segments.from_doc_ids(doc_ids_BS))
+    assert len(out.experts_TK.unique()) == 2
+    assert (out.weights_TK > 0).all()
