@@ -1,0 +1,50 @@
+import torch
+
+from emomoe.model.attention import Attention, apply_rope, rope_tables
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    cos, sin = rope_tables(32, 8, theta=10000.0)
+    q, k = torch.randn(8), torch.randn(8)
+
+    def score(i, j):
+        qi = apply_rope(q.expand(32, 8), cos, sin)[i]
+        kj = apply_rope(k.expand(32, 8), cos, sin)[j]
+        return qi @ kj
+
+    assert torch.allclose(score(5, 2), score(20, 17), atol=1e-5)
+    assert not torch.allclose(score(5, 2), score(5, 4), atol=1e-3)
+
+
+def _attention(num_kv_heads=4, qk_norm=False):
+    torch.manual_seed(0)
+    return Attention(d_model=16, num_heads=4, num_kv_heads=num_kv_heads, qk_norm=qk_norm, norm_eps=1e-6)
+
+
+def _naive_attention(attn, x_BSD, cos, sin, allowed_BSS):
+    B, S, _ = x_BSD.shape
+    hd, rep = attn.head_dim, attn.num_heads // attn.num_kv_heads
+    q, k, v = attn.q_proj(x_BSD), attn.k_proj(x_BSD), attn.v_proj(x_BSD)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    heads = []
+    for h in range(attn.num_heads):
+        qh = apply_rope(q[..., h * hd : (h + 1) * hd], cos, sin)
+        kv = h // rep
+        kh = apply_rope(k[..., kv * hd : (kv + 1) * hd], cos, sin)
+        scores = (qh @ kh.transpose(1, 2)) / hd**0.5
+        scores = scores.masked_fill(~allowed_BSS, float("-inf"))
+        heads.append(scores.softmax(-1) @ v[..., kv * hd : (kv + 1) * hd])
+    return attn.o_proj(torch.cat(heads, dim=-1))
+
+
+def test_attention_equals_a_naive_per_head_computation_with_gqa_qk_norm_and_doc_mask():
+    x_BSD = torch.randn(2, 6, 16)
+    cos, sin = rope_tables(6, 4, theta=5e5)
+    same_doc_BSS = torch.tensor([0, 0, 1, 1, 1, 2]).view(1, 6, 1) == torch.tensor([0, 0, 1, 1, 1, 2]).view(1, 1, 6)
+    allowed_BSS = (same_doc_BSS & torch.ones(6, 6, dtype=torch.bool).tril()).expand(2, 6, 6)
+    for attn in (_attention(), _attention(num_kv_heads=2, qk_norm=True)):
+        causal = attn(x_BSD, cos, sin, None)
+        assert torch.allclose(causal, _naive_attention(attn, x_BSD, cos, sin, torch.ones(6, 6, dtype=torch.bool).tril()), atol=1e-5)
+        masked = attn(x_BSD, cos, sin, allowed_BSS[:, None])
+        assert torch.allclose(masked, _naive_attention(attn, x_BSD, cos, sin, allowed_BSS), atol=1e-5)

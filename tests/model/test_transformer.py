@@ -1,0 +1,151 @@
+import pytest
+import torch
+
+from emomoe import ModelConfig, build_model
+from emomoe.model.docs import doc_ids_from_eos
+from emomoe.model.losses import compute_loss
+
+EOS = 0
+
+
+def _model(*overrides, seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig.preset("tiny").with_overrides([f"eos_id={EOS}", *overrides])
+    return build_model(cfg), cfg
+
+
+def _ids(B=2, S=24, seed=0, eos_every=7):
+    ids = torch.randint(1, 256, (B, S), generator=torch.Generator().manual_seed(seed))
+    ids[:, eos_every::eos_every] = EOS
+    return ids
+
+
+def test_forward_returns_logits_losses_and_routing_per_layer():
+    model, cfg = _model()
+    out = model(_ids(), return_routing=True)
+    assert out.logits.shape == (2, 24, 256) and out.logits.dtype == torch.float32
+    assert out.lb_loss.ndim == 0 and out.router_z_loss.ndim == 0 and out.lb_loss > 0
+    assert len(out.routing) == cfg.num_layers
+    for r in out.routing:
+        assert r.router_logits_TE.shape == (48, 7)
+        assert r.experts_TK.shape == r.weights_TK.shape == (48, 2)
+        assert r.experts_TK.max() < 7
+    assert model(_ids()).routing is None
+
+
+def test_gradients_reach_the_router_and_exactly_the_experts_that_got_tokens():
+    # Standard routing, so every routed gate row takes part in the softmax of every token.
+    model, cfg = _model("moe.router.pool=off")
+    ids = _ids(B=1, S=6)
+    out = model(ids, return_routing=True)
+    compute_loss(out, ids, cfg.loss)["total"].backward()
+    for layer, routing in zip(model.layers, out.routing):
+        moe = layer.moe
+        assert moe.router.gate.weight.grad[:7].abs().sum(-1).gt(0).all()
+        used = set(routing.experts_TK.flatten().tolist()) | {7}
+        for e in range(8):
+            got_grad = moe.experts.w1.grad[e].abs().sum() > 0
+            assert got_grad == (e in used), f"expert {e}"
+
+
+def test_the_same_seed_gives_the_same_pool_draws_and_output():
+    ids = _ids(S=48, eos_every=3)
+    runs = []
+    for sampler_seed in (5, 5, 6):
+        model, _ = _model("moe.router.pool=2..7")
+        model.pool_sampler.seed = sampler_seed
+        runs.append(model(ids, return_routing=True))
+    same = [torch.equal(a.experts_TK, b.experts_TK) for a, b in zip(runs[0].routing, runs[1].routing)]
+    assert all(same) and torch.equal(runs[0].logits, runs[1].logits)
+    assert not all(torch.equal(a.experts_TK, c.experts_TK) for a, c in zip(runs[0].routing, runs[2].routing))
+
+
+def test_a_resumed_sampler_replays_the_pool_draws():
+    ids = _ids(S=48, eos_every=3)
+    model, _ = _model("moe.router.pool=2..7")
+    model(ids)
+    state = model.pool_sampler.state_dict()
+    expected = model(ids).logits
+    model.pool_sampler.load_state_dict(state)
+    assert torch.equal(model(ids).logits, expected)
+    assert not torch.equal(model(ids).logits, expected)
+
+
+def test_eval_mode_draws_nothing_and_uses_the_eval_pool():
+    model, _ = _model("moe.router.pool=2..7", "moe.router.eval_pool=off")
+    std, _ = _model("moe.router.pool=off")
+    model.eval(), std.eval()
+    ids = _ids()
+    assert torch.equal(model(ids).logits, std(ids).logits)
+    assert model.pool_sampler.num_forwards == 0
+
+
+def test_doc_ids_default_to_eos_boundaries():
+    model, _ = _model("moe.router.eval_pool=2")
+    model.eval()
+    ids = _ids(eos_every=5)
+    assert torch.equal(model(ids).logits, model(ids, doc_ids_from_eos(ids, EOS)).logits)
+    assert not torch.equal(model(ids).logits, model(ids, torch.zeros_like(ids)).logits)
+
+
+@pytest.mark.parametrize("eval_pool", ["off", "3"])
+def test_with_document_masking_a_packed_document_sees_nothing_of_its_neighbours(eval_pool):
+    model, _ = _model(f"moe.router.eval_pool={eval_pool}")
+    model.eval()
+    first, second = _ids(B=1, S=9, seed=1), _ids(B=1, S=11, seed=2)
+    first[0, -1] = EOS
+    second[0, :] = second[0, :].clamp(min=1)
+    packed = model(torch.cat([first, second], dim=1)).logits
+    # RoPE makes attention depend on relative positions only, so the offset does not matter.
+    assert torch.allclose(packed[:, 9:], model(second).logits, atol=1e-5)
+    assert torch.allclose(packed[:, :9], model(first).logits, atol=1e-5)
+
+
+def test_without_document_masking_attention_crosses_documents():
+    model, _ = _model("doc_attention_mask=false")
+    model.eval()
+    first, second = _ids(B=1, S=9, seed=1), _ids(B=1, S=11, seed=2)
+    first[0, -1] = EOS
+    packed = model(torch.cat([first, second], dim=1)).logits
+    assert not torch.allclose(packed[:, 9:], model(second).logits, atol=1e-3)
+
+
+def test_layers_without_routed_experts_are_dense_and_report_empty_routing():
+    model, _ = _model("moe.num_experts=1", "moe.top_k=0", "moe.router.pool=off")
+    out = model(_ids(), return_routing=True)
+    assert all(layer.moe.router is None for layer in model.layers)
+    assert [r.experts_TK.shape for r in out.routing] == [(48, 0), (48, 0)]
+    assert out.lb_loss == 0 and out.router_z_loss == 0
+
+
+def test_sliced_subsets_with_different_expert_counts_per_layer_run():
+    model, _ = _model("moe.num_experts_per_layer=[3, 8]")
+    assert [layer.moe.experts.w1.shape[0] for layer in model.layers] == [3, 8]
+    assert [layer.moe.router.gate.weight.shape[0] for layer in model.layers] == [3, 8]
+    out = model(_ids(), return_routing=True)
+    assert [r.router_logits_TE.shape[1] for r in out.routing] == [2, 7]
+
+
+def test_update_router_biases_moves_the_bias_only_when_enabled():
+    model, _ = _model("moe.router.bias_update_rate=0.01")
+    model(_ids())
+    model.update_router_biases()
+    assert all(layer.moe.router.score_bias_E.abs().sum() > 0 for layer in model.layers)
+    plain, _ = _model()
+    plain(_ids())
+    plain.update_router_biases()
+    assert "score_bias_E" not in dict(plain.named_buffers())
+
+
+def test_init_is_a_truncated_normal_with_the_configured_std():
+    model, cfg = _model()
+    w = torch.cat([model.layers[0].moe.experts.w1.flatten(), model.embed.weight.flatten()])
+    assert w.abs().max() <= 3 * cfg.init_std
+    assert abs(w.std().item() - cfg.init_std * 0.986) < 0.001  # a +-3 sigma truncation shrinks std by ~1.4%
+    assert torch.equal(model.norm.weight, torch.ones(cfg.d_model))
+
+
+def test_sequences_longer_than_max_seq_len_are_rejected():
+    model, cfg = _model()
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, cfg.max_seq_len + 1, dtype=torch.long))
