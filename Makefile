@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench corpus clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/router.py --quick
+
+# Rebuild the embedded corpus from pinned Debian/PyPI packages (needs apt-get and dpkg-deb).
+corpus: $(STAMP)
+	$(BIN)/python scripts/build_corpus
 
 clean:
 	rm -rf $(VENV) runs
