@@ -43,17 +43,22 @@ def slice_model(
 ) -> tuple[nn.Module, ModelConfig]:
     """A new, smaller model holding only the kept experts of each MoE layer (weights copied)."""
     sub_cfg = subset_config(cfg, layers, kept_routed)
-    sub = build_model(sub_cfg)
-    source = model.state_dict()
+    # Every weight is overwritten below, so skip the (slow) random initialisation: build on the
+    # meta device and allocate storage afterwards.
+    with torch.device("meta"):
+        sub = build_model(sub_cfg)
+    sub = sub.to_empty(device=next(model.parameters()).device)
     per_prefix = {f"layers.{layer.index}.moe.": (layer, kept) for layer, kept in zip(layers, kept_routed)}
-    state = {}
-    for key in sub.state_dict():
-        tensor = source[key]
-        prefix = key[: key.index(".moe.") + len(".moe.")] if ".moe." in key else None
-        if prefix in per_prefix:
-            tensor = _slice_experts(tensor, *per_prefix[prefix], key)
-        state[key] = tensor.detach().clone()
-    sub.load_state_dict(state, strict=True)
+    # Non-persistent buffers too: tables derived from the config (rotary embeddings) are the
+    # source's, and per-expert running statistics are sliced like the weights.
+    source = {**dict(model.named_buffers()), **model.state_dict()}
+    with torch.no_grad():
+        for key, dest in {**dict(sub.named_buffers()), **sub.state_dict()}.items():
+            tensor = source[key]
+            prefix = key[: key.index(".moe.") + len(".moe.")] if ".moe." in key else None
+            if prefix in per_prefix:
+                tensor = _slice_experts(tensor, *per_prefix[prefix], key)
+            dest.copy_(tensor)
     return sub.train(model.training), sub_cfg
 
 

@@ -1,0 +1,94 @@
+"""Selective expert use on the demo model: `select` wall time per method, checkpoint bytes, load times.
+
+Calibration windows are random tokens: the cost of selection does not depend on what the text
+says. Times are wall-clock seconds on a shared machine, so compare them within one run (the
+full/subset load times are measured side by side). Prints one JSON object.
+
+    python bench/select.py                          # the `small` preset, 64 windows of 256 tokens
+    python bench/select.py --quick                  # 4 windows of 64 tokens
+    python bench/select.py --checkpoint runs/demo/emo/final
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file shares its name with the stdlib `select` module (which subprocess imports): keep its
+# own folder off the import path, which Python puts first when running a script.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from emomoe.checkpoint import WEIGHTS_FILE, load_config, load_model, save_model
+from emomoe.model import ModelConfig, build_model
+from emomoe.select.calibration import Calibration
+from emomoe.select.keep import KeepSpec
+from emomoe.select.methods import SelectMethod
+from emomoe.select.subset import select_subset
+
+
+def _calibration(vocab_size: int, num_windows: int, seq_len: int, batch_size: int) -> Calibration:
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for start in range(0, num_windows, batch_size):
+        ids_BS = torch.randint(0, vocab_size, (min(batch_size, num_windows - start), seq_len), generator=gen)
+        batches.append({"input_ids_BS": ids_BS, "doc_ids_BS": torch.zeros_like(ids_BS)})
+    return Calibration(batches, {"source": "random tokens", "num_windows": num_windows, "seq_len": seq_len})
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 calibration windows of 64 tokens")
+    parser.add_argument("--checkpoint", help="a model checkpoint (default: the `small` preset, random weights)")
+    parser.add_argument("--keep", default="0.25", help="routed experts kept per layer (default 0.25)")
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    num_windows, seq_len = (4, 64) if args.quick else (64, 256)
+    with tempfile.TemporaryDirectory() as tmp:
+        full_dir = Path(args.checkpoint) if args.checkpoint else Path(tmp) / "full"
+        if not args.checkpoint:
+            torch.manual_seed(0)
+            cfg = ModelConfig.preset("small")
+            save_model(full_dir, build_model(cfg), cfg)
+        cfg = load_config(full_dir)
+        calib = _calibration(cfg.vocab_size, num_windows, min(seq_len, cfg.max_seq_len), batch_size=16)
+        select_s = {}
+        for method in SelectMethod:
+            out = Path(tmp) / f"sub-{method}"
+            select_s[str(method)] = round(_seconds(lambda: select_subset(
+                full_dir, out, keep=KeepSpec.parse(args.keep), method=method, calibration=calib
+            )), 3)
+        subset_dir = Path(tmp) / f"sub-{SelectMethod.LAYERWISE}"
+        load_full_s = _seconds(lambda: load_model(full_dir))
+        load_subset_s = _seconds(lambda: load_model(subset_dir))
+        print(json.dumps({
+            "model": str(args.checkpoint or "preset small (random weights)"),
+            "keep": args.keep,
+            "calibration_windows": num_windows,
+            "calibration_seq_len": calib.info["seq_len"],
+            "select_wall_s": select_s,
+            "full_bytes": (full_dir / WEIGHTS_FILE).stat().st_size,
+            "subset_bytes": (subset_dir / WEIGHTS_FILE).stat().st_size,
+            "full_params": cfg.num_params()[0],
+            "subset_params": load_config(subset_dir).num_params()[0],
+            "load_full_s": round(load_full_s, 4),
+            "load_subset_s": round(load_subset_s, 4),
+            "load_subset_over_full": round(load_subset_s / load_full_s, 3),
+        }))
+
+
+if __name__ == "__main__":
+    main()
