@@ -1,5 +1,8 @@
+import functools
+
 import pytest
 import torch
+import torch.utils.checkpoint
 
 from emomoe import ModelConfig, build_model
 from emomoe.model.docs import doc_ids_from_eos
@@ -149,3 +152,16 @@ def test_sequences_longer_than_max_seq_len_are_rejected():
     model, cfg = _model()
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.zeros(1, cfg.max_seq_len + 1, dtype=torch.long))
+
+
+def test_activation_recompute_of_a_layer_draws_the_same_pool_sizes():
+    ids = _ids(S=48, eos_every=3)
+    grads = []
+    for recompute in (False, True):
+        model, cfg = _model("moe.router.pool=2..7")
+        if recompute:
+            for layer in model.layers:
+                layer.forward = functools.partial(torch.utils.checkpoint.checkpoint, type(layer).forward, layer, use_reentrant=False)
+        compute_loss(model(ids), ids, cfg.loss)["total"].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

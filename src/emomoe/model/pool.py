@@ -31,10 +31,10 @@ def pool_keep_mask(
 
 
 class PoolSampler:
-    """Deterministic pool-size draws: one generator per (forward, layer), from a seed and a counter.
+    """Deterministic pool-size draws: one seed per (forward, layer), from a base seed and a counter.
 
-    Resuming from `state_dict()` replays the same sizes, and recomputing a layer's forward (for
-    activation checkpointing) with the same forward index draws the same sizes again.
+    Resuming from `state_dict()` replays the same sizes. Layers receive a plain integer seed, not a
+    generator, so recomputing a layer's forward (activation checkpointing) draws the same sizes.
     """
 
     def __init__(self, seed: int = 0):
@@ -46,10 +46,9 @@ class PoolSampler:
         self.num_forwards += 1
         return self.num_forwards - 1
 
-    def generator(self, forward_index: int, layer: int) -> torch.Generator:
+    def layer_seed(self, forward_index: int, layer: int) -> int:
         key = f"{self.seed}:{forward_index}:{layer}".encode()
-        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-        return torch.Generator().manual_seed(seed)
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "num_forwards": self.num_forwards}
@@ -60,12 +59,13 @@ class PoolSampler:
 
 
 def draw_pool_sizes(
-    low: int, high: int, num_tokens: int, num_segments: int, generator: torch.Generator | None, device: torch.device
+    low: int, high: int, num_tokens: int, num_segments: int, seed: int | None, device: torch.device
 ) -> torch.Tensor:
-    """Sizes ~ U{low..high} for segments 0..num_segments-1.
+    """Sizes ~ U{low..high} for segments 0..num_segments-1 (from torch's global RNG if seed is None).
 
     One value is drawn per token position (the most segments there can be), so segment g gets
     the same size whether `num_segments` is exact or an upper bound.
     """
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
     sizes_T = torch.randint(low, high + 1, (num_tokens,), generator=generator)
     return sizes_T[:num_segments].to(device, non_blocking=True)

@@ -56,11 +56,11 @@ class Router(nn.Module):
         return pool is not None and pool[0] != pool[1]
 
     def forward(
-        self, x_TD: torch.Tensor, segments: Segments | None = None, pool_rng: torch.Generator | None = None
+        self, x_TD: torch.Tensor, segments: Segments | None = None, pool_seed: int | None = None
     ) -> RouterOutput:
-        """Route tokens. `segments` is needed when a pool is active; `pool_rng` feeds random sizes."""
+        """Route tokens. `segments` is needed when a pool is active; `pool_seed` fixes random sizes."""
         logits_TE = self.gate(x_TD)[:, : self.num_routed]
-        keep_TE = self._pool_keep(logits_TE, segments, pool_rng)
+        keep_TE = self._pool_keep(logits_TE, segments, pool_seed)
         masked_TE = logits_TE if keep_TE is None else logits_TE.masked_fill(~keep_TE, float("-inf"))
         probs_TE = masked_TE.softmax(dim=-1)
         if self.bias_update_rate > 0:
@@ -82,7 +82,7 @@ class Router(nn.Module):
         )
 
     def _pool_keep(
-        self, logits_TE: torch.Tensor, segments: Segments | None, pool_rng: torch.Generator | None
+        self, logits_TE: torch.Tensor, segments: Segments | None, pool_seed: int | None
     ) -> torch.Tensor | None:
         pool = self.pool
         if pool is None or pool[0] >= self.num_routed:
@@ -93,7 +93,7 @@ class Router(nn.Module):
         if pool[0] == pool[1]:
             sizes_G = torch.full((segments.num_segments,), pool[0], device=logits_TE.device)
         else:
-            sizes_G = draw_pool_sizes(*pool, num_tokens, segments.num_segments, pool_rng, logits_TE.device)
+            sizes_G = draw_pool_sizes(*pool, num_tokens, segments.num_segments, pool_seed, logits_TE.device)
         return pool_keep_mask(logits_TE.detach().softmax(dim=-1), segments.seg_T, segments.num_segments, sizes_G)
 
     def _lb_loss(self, probs_TE: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:

@@ -51,9 +51,9 @@ class Block(nn.Module):
             cfg.d_model, cfg.moe.expert_hidden_size, cfg.moe.experts_in_layer(layer), cfg.moe.top_k, cfg.moe.router
         )
 
-    def forward(self, x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_rng):
+    def forward(self, x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_seed):
         x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos_SDh, sin_SDh, mask_B1SS)
-        y_TD, routed = self.moe(self.moe_norm(x_BSD).flatten(0, 1), segments, pool_rng)
+        y_TD, routed = self.moe(self.moe_norm(x_BSD).flatten(0, 1), segments, pool_seed)
         return x_BSD + y_TD.view_as(x_BSD), routed
 
 
@@ -108,8 +108,8 @@ class EmoTransformer(nn.Module):
         lb_loss = router_z_loss = x_BSD.new_zeros(())
         routing = []
         for i, layer in enumerate(self.layers):
-            pool_rng = self.pool_sampler.generator(forward_index, i) if draws else None
-            x_BSD, routed = layer(x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_rng)
+            pool_seed = self.pool_sampler.layer_seed(forward_index, i) if draws else None
+            x_BSD, routed = layer(x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_seed)
             if routed is None:
                 empty_T0 = x_BSD.new_zeros(B * S, 0)
                 routing.append(LayerRouting(empty_T0, empty_T0.long(), empty_T0))

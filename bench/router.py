@@ -1,0 +1,145 @@
+"""Router benchmark: EMO vs standard routing in a `small` train step, and the vectorised pool vs a
+per-document Python loop (the official code's design). Prints one JSON object.
+
+Shapes: B rows, S sequence, T = B*S tokens, E routed experts.
+
+    python bench/router.py [--quick]
+
+Timings are medians over interleaved repetitions (the two variants alternate), so load from other
+processes on the machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from emomoe import ModelConfig, build_model
+from emomoe.model.docs import Segments
+from emomoe.model.losses import compute_loss
+from emomoe.model.pool import draw_pool_sizes, pool_keep_mask
+
+NUM_ROUTED = 127
+POOL = (8, 128)
+
+
+def interleaved_medians(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
+    times = {name: [] for name in fns}
+    for rep in range(warmup + reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def random_doc_ids(num_rows: int, seq_len: int, num_docs: int, generator: torch.Generator) -> torch.Tensor:
+    starts_BS = torch.zeros(num_rows, seq_len, dtype=torch.long)
+    for row in starts_BS:
+        row[1 + torch.randperm(seq_len - 1, generator=generator)[: num_docs - 1]] = 1
+    return starts_BS.cumsum(1)
+
+
+def vectorised_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, seed: int) -> torch.Tensor:
+    segments = Segments.from_doc_ids(doc_ids_BS)
+    sizes_G = draw_pool_sizes(*POOL, logits_TE.shape[0], segments.num_segments, seed, logits_TE.device)
+    keep_TE = pool_keep_mask(logits_TE.softmax(-1), segments.seg_T, segments.num_segments, sizes_G)
+    return logits_TE.masked_fill(~keep_TE, float("-inf"))
+
+
+def looped_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The official design: boundaries to the host, then one iteration per document."""
+    B, S = doc_ids_BS.shape
+    logits_BSE = logits_TE.view(B, S, -1)
+    drop_BSE = torch.zeros_like(logits_BSE, dtype=torch.bool)
+    for b in range(B):
+        changes = (doc_ids_BS[b, 1:] != doc_ids_BS[b, :-1]).nonzero().flatten() + 1
+        bounds = [0, *changes.tolist(), S]
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            score_E = logits_BSE[b, start:end].softmax(-1).sum(0)
+            d = int(torch.randint(POOL[0], POOL[1] + 1, (1,), generator=generator))
+            num_drop = logits_BSE.shape[-1] - d
+            if num_drop > 0:
+                drop_BSE[b, start:end, (-score_E).topk(num_drop).indices] = True
+    return logits_BSE.masked_fill(drop_BSE, float("-inf")).view_as(logits_TE)
+
+
+def bench_pool(num_rows: int, reps: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    results = {}
+    for num_docs in (1, 8, 64, 256):
+        doc_ids_BS = random_doc_ids(num_rows, 4096, num_docs, g)
+        logits_TE = torch.randn(num_rows * 4096, NUM_ROUTED, generator=g)
+        medians = interleaved_medians(
+            {
+                "vectorised": lambda: vectorised_pool(logits_TE, doc_ids_BS, seed=0),
+                "loop": lambda: looped_pool(logits_TE, doc_ids_BS, g),
+            },
+            reps,
+        )
+        results[str(num_docs)] = {
+            "vectorised_ms": round(medians["vectorised"] * 1e3, 3),
+            "loop_ms": round(medians["loop"] * 1e3, 3),
+            "speedup": round(medians["loop"] / medians["vectorised"], 2),
+        }
+    return results
+
+
+def bench_train_step(batch_size: int, reps: int, mean_doc_len: int) -> dict:
+    base = ModelConfig.preset("small")
+    S = base.max_seq_len
+    g = torch.Generator().manual_seed(0)
+    ids_BS = torch.randint(0, base.vocab_size, (batch_size, S + 1), generator=g)
+    doc_ids_BS = (torch.rand(batch_size, S, generator=g) < 1 / mean_doc_len).long().cumsum(1)
+    steps = {}
+    for name, pool in (("emo", base.moe.router.pool), ("standard", "off")):
+        torch.manual_seed(0)
+        cfg = base.with_overrides([f"moe.router.pool={pool}"])
+        model = build_model(cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def step(model=model, opt=opt, cfg=cfg):
+            out = model(ids_BS[:, :-1], doc_ids_BS)
+            loss = compute_loss(out, ids_BS[:, 1:], cfg.loss)["total"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        steps[name] = step
+    medians = interleaved_medians(steps, reps)
+    tokens = batch_size * S
+    return {
+        "config": "small",
+        "batch": [batch_size, S],
+        "emo_step_ms": round(medians["emo"] * 1e3, 1),
+        "standard_step_ms": round(medians["standard"] * 1e3, 1),
+        "emo_tokens_per_s": round(tokens / medians["emo"]),
+        "standard_tokens_per_s": round(tokens / medians["standard"]),
+        "emo_over_standard": round(medians["emo"] / medians["standard"], 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few repetitions and one row (a few seconds)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    result = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "train_step": bench_train_step(batch_size=16, reps=3 if args.quick else 10, mean_doc_len=300),
+        "pool_rows": 1 if args.quick else 4,
+        "pool_docs_per_4096": bench_pool(num_rows=1 if args.quick else 4, reps=3 if args.quick else 10),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
