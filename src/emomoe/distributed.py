@@ -31,6 +31,22 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of `tensor` over the data-parallel group, in place (identity on one process)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def gather_objects(obj: object) -> list[object] | None:
+    """Every rank's `obj`, in rank order, on the main process; None on the others."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * get_world_size() if is_main_process() else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

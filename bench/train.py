@@ -1,0 +1,89 @@
+"""Training throughput of a model preset: EMO and the standard MoE measured side by side.
+
+One step = forward, loss, backward, clip and AdamW, on random tokens packed as documents of
+about `--doc-len` tokens (so the EMO pool has documents to work on). Prints one JSON object.
+
+    python bench/train.py --preset small            # the demo model at the demo batch shape
+    python bench/train.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from emomoe.model import build_model
+from emomoe.model.config import ModelConfig
+from emomoe.model.losses import compute_loss
+from emomoe.train.config import TrainConfig
+from emomoe.train.optim import build_optimizer
+from emomoe.train.runtime import setup_runtime
+
+
+def random_batch(cfg: ModelConfig, batch_size: int, seq_len: int, doc_len: int, gen: torch.Generator):
+    tokens_BS1 = torch.randint(1, cfg.vocab_size, (batch_size, seq_len + 1), generator=gen)
+    tokens_BS1[:, doc_len::doc_len] = 0  # token 0 stands in for EOS
+    input_ids_BS = tokens_BS1[:, :-1]
+    is_eos_BS = (input_ids_BS == 0).long()
+    return input_ids_BS, tokens_BS1[:, 1:], is_eos_BS.cumsum(1) - is_eos_BS
+
+
+class StepTimer:
+    """One model with its optimizer and its own batch stream; `step()` returns its wall time."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, seq_len: int, doc_len: int):
+        torch.manual_seed(0)
+        self.cfg, self.shape = cfg, (batch_size, seq_len, doc_len)
+        self.model = build_model(cfg)
+        self.optimizer = build_optimizer(self.model, TrainConfig())
+        self.gen = torch.Generator().manual_seed(0)
+
+    def step(self) -> float:
+        input_ids_BS, labels_BS, doc_ids_BS = random_batch(self.cfg, *self.shape, self.gen)
+        start = time.perf_counter()
+        out = self.model(input_ids_BS, doc_ids_BS=doc_ids_BS)
+        compute_loss(out, labels_BS, self.cfg.loss)["total"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--doc-len", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="tiny preset, a few steps")
+    args = parser.parse_args()
+    if args.quick:
+        args.preset, args.batch_size, args.seq_len, args.steps = "tiny", 4, 64, 5
+    setup_runtime()
+    emo = ModelConfig.preset(args.preset)
+    std = emo.with_overrides(["moe.router.pool=off"])
+    if emo.moe.router.pool == "off":
+        raise SystemExit(f"preset {args.preset} has no EMO pool to compare against")
+    timers = {name: StepTimer(cfg, args.batch_size, args.seq_len, args.doc_len) for name, cfg in (("emo", emo), ("std", std))}
+    elapsed = {name: 0.0 for name in timers}
+    # Steps alternate between the two models so that both see the same machine load.
+    for step in range(args.steps + 2):
+        for name, timer in timers.items():
+            seconds = timer.step()
+            if step >= 2:  # the first steps warm up allocators and caches
+                elapsed[name] += seconds
+    emo_tps, std_tps = (args.steps * args.batch_size * args.seq_len / elapsed[name] for name in ("emo", "std"))
+    print(json.dumps({
+        "preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "threads": torch.get_num_threads(), "steps": args.steps,
+        "emo_tokens_per_s": round(emo_tps), "std_tokens_per_s": round(std_tps),
+        "emo_over_std": round(emo_tps / std_tps, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()

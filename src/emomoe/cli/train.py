@@ -1,0 +1,67 @@
+"""`emomoe train`: train EMO or a standard MoE from a YAML config (under torchrun: data parallel)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from emomoe import distributed
+from emomoe.errors import ConfigError
+from emomoe.train.config import RunConfig
+from emomoe.train.rundir import CONFIG_FILE
+from emomoe.train.trainer import train
+
+EXAMPLES = """examples:
+  emomoe train --config configs/demo-emo.yaml --out runs/emo
+  emomoe train --config configs/demo-emo.yaml --out runs/emo --set train.max_steps=200 \\
+      --set train.checkpoint_every=50 --set model.moe.router.pool=4..31
+  emomoe train --out runs/emo --resume                 # continue from the latest checkpoint
+  torchrun --nproc-per-node=2 -m emomoe train --config configs/demo-std.yaml --out runs/std-ddp
+"""
+
+
+def add_override_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config field by its dotted path, e.g. train.lr=1e-3 (repeatable)",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model from a YAML config into a run directory",
+        description="Train EMO or a standard MoE. Writes RUN_DIR/config.yaml (the resolved config), "
+        "metrics.jsonl, checkpoints/ and final/ (a model checkpoint for select/eval). Launch with "
+        "torchrun --nproc-per-node=N -m emomoe train ... for data-parallel training.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="run config YAML (default with --resume: RUN_DIR/config.yaml)")
+    add_override_arg(parser)
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its latest checkpoint")
+    mode.add_argument("--force", action="store_true", help="delete the run already in RUN_DIR and start over")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.config is None and not args.resume:
+        raise ConfigError("--config is required unless --resume continues the run stored in --out")
+    config_path = Path(args.config) if args.config else out / CONFIG_FILE
+    cfg = RunConfig.from_yaml(config_path).with_overrides(args.overrides)
+    is_main = True
+    try:
+        result = train(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)
+        is_main = distributed.is_main_process()
+    finally:
+        distributed.shutdown()
+    if is_main:
+        losses = ", ".join(f"{name} {loss:.3f}" for name, loss in result.val_loss.items())
+        print(f"trained {result.step} steps; final model: {result.final_dir}")
+        if losses:
+            print(f"validation loss (nats/token): {losses}")
+    return 0

@@ -1,0 +1,123 @@
+"""The main job (`emomoe demo`, `make demo`): EMO against a standard MoE on the embedded corpus.
+
+Steps, each cached in the output directory so that a second run reuses what is done:
+1. data:  train an 8k byte-level BPE on the embedded corpus and write its token store;
+2. train: configs/demo-emo.yaml and configs/demo-std.yaml on that store (same data order, seed
+          and budget; they differ only in the router's pool); an interrupted run resumes;
+3. eval:  per-domain validation loss of both final models over the whole validation split;
+4. report: a table of those losses, printed and written to OUT/val_loss.md (+ .json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from emomoe.analyze.tables import markdown_table
+from emomoe.data.corpus import embedded_corpus
+from emomoe.data.store import METADATA_FILE, TokenStore
+from emomoe.data.tokenize import tokenize_corpus
+from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
+from emomoe.errors import ConfigError, DataError
+from emomoe.evaluate.loss import evaluate_checkpoint
+from emomoe.io import atomic_write_text
+from emomoe.train.config import RunConfig
+from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
+from emomoe.train.trainer import fit_to_store, train
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+"""The repository's configs/ folder (the package is installed in editable mode by `make setup`)."""
+DEMO_MODELS = {"emo": "demo-emo.yaml", "std": "demo-std.yaml"}
+TOKENIZER_VOCAB = 8192
+
+
+@dataclasses.dataclass
+class DemoResult:
+    out: Path
+    final_dirs: dict[str, Path]
+    """Model name ("emo", "std") -> its final checkpoint directory."""
+    val_loss: dict[str, dict[str, float]]
+    """Model name -> domain (and "all") -> validation loss in nats per token."""
+    table: str
+
+
+def run_demo(
+    out: str | Path, overrides: list[str] | None = None, *, force: bool = False, progress: bool = True
+) -> DemoResult:
+    """Run the main job into `out`; `overrides` (dotted key=value) apply to both model configs."""
+    out = Path(out)
+    say = print if progress else (lambda *_: None)
+    say(f"[1/4] data: tokenizer and token store of the embedded corpus in {out}")
+    store = prepare_demo_data(out, progress=progress)
+    final_dirs = {}
+    for name in DEMO_MODELS:
+        say(f"[2/4] train: {DEMO_MODELS[name]} -> {out / name}")
+        final_dirs[name] = train_demo_model(name, store, out, overrides or [], force=force, progress=progress)
+    say("[3/4] eval: per-domain validation loss of both models")
+    val_loss = {name: validation_losses(final, store, progress=progress) for name, final in final_dirs.items()}
+    say(f"[4/4] report: {out / 'val_loss.md'}")
+    table = loss_table(val_loss)
+    atomic_write_text(out / "val_loss.md", table + "\n")
+    atomic_write_text(out / "val_loss.json", json.dumps(val_loss, indent=2) + "\n")
+    return DemoResult(out, final_dirs, val_loss, table)
+
+
+def prepare_demo_data(out: Path, *, progress: bool = True) -> TokenStore:
+    """Step 1: the tokenizer (OUT/tokenizer) and token store (OUT/store), built once and reused."""
+    store_dir, tokenizer_dir = out / "store", out / "tokenizer"
+    if (store_dir / METADATA_FILE).is_file():
+        return TokenStore.open(store_dir)
+    if tokenizer_dir.is_dir():
+        tokenizer = load_tokenizer(tokenizer_dir)
+    else:
+        texts = (d["text"] for d in embedded_corpus())
+        tokenizer = train_tokenizer(texts, TOKENIZER_VOCAB, show_progress=progress)
+        tokenizer.save(tokenizer_dir)
+    return tokenize_corpus(embedded_corpus, tokenizer, store_dir, progress=progress)
+
+
+def demo_config(name: str, store: TokenStore, overrides: list[str]) -> RunConfig:
+    path = CONFIG_DIR / DEMO_MODELS[name]
+    if not path.is_file():
+        raise DataError(f"{path}: demo config not found (run the demo from a source checkout: make demo)")
+    return RunConfig.from_yaml(path).with_overrides([f"data.store={store.path}", *overrides])
+
+
+def train_demo_model(
+    name: str, store: TokenStore, out: Path, overrides: list[str], *, force: bool, progress: bool
+) -> Path:
+    """Step 2: train one model into OUT/<name>, resuming (or just reusing) an earlier run of the same config."""
+    run_dir = out / name
+    cfg = demo_config(name, store, overrides)
+    if holds_run(run_dir):
+        if force:
+            remove_run(run_dir)
+        else:
+            stored = RunConfig.from_yaml(run_dir / CONFIG_FILE)
+            difference = first_difference(stored.to_dict(), fit_to_store(cfg, store).to_dict())
+            if difference:
+                raise ConfigError(
+                    f"{run_dir} holds a run with a different config (at '{difference}'); "
+                    "pass --force to train it again"
+                )
+    result = train(cfg, run_dir, resume=holds_run(run_dir), progress=progress)
+    return result.final_dir
+
+
+def validation_losses(final_dir: Path, store: TokenStore, *, progress: bool) -> dict[str, float]:
+    """Step 3: CE per domain (and over all tokens) on the whole validation split."""
+    cfg = RunConfig.from_yaml(final_dir.parent / CONFIG_FILE)
+    result = evaluate_checkpoint(
+        final_dir, store, seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size, progress=progress
+    )
+    losses = {domain: stats["loss"] for domain, stats in result["domains"].items()}
+    return {**losses, "all": result["all"]["loss"]}
+
+
+def loss_table(val_loss: dict[str, dict[str, Any]]) -> str:
+    """Step 4: domains as rows, one loss column per model and EMO minus standard."""
+    emo, std = val_loss["emo"], val_loss["std"]
+    rows = [[domain, f"{emo[domain]:.3f}", f"{std[domain]:.3f}", f"{emo[domain] - std[domain]:+.3f}"] for domain in emo]
+    return markdown_table(["domain", "EMO", "standard MoE", "EMO - std"], rows)

@@ -1,0 +1,160 @@
+"""Run configuration: the model, the data and the training recipe of one run, as one YAML tree.
+
+A YAML file may name a model preset and override some of its fields:
+
+    model: {preset: small, moe: {router: {pool: "8..128"}}}
+
+`RunConfig.from_dict` resolves the preset into the full model config, so the `config.yaml` a run
+writes spells out every field and reloads without the preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from emomoe.config import Config
+from emomoe.data.loader import DataConfig
+from emomoe.errors import ConfigError
+from emomoe.model.config import ModelConfig
+
+PRESET_KEY = "preset"
+
+
+class LRSchedule(enum.StrEnum):
+    COSINE = "cosine"
+    """Linear warmup, then cosine decay to `final_lr_ratio` x peak at `decay_steps` (the paper's)."""
+    LINEAR = "linear"
+    """Linear warmup, then linear decay to `final_lr_ratio` x peak at `decay_steps` (annealing)."""
+    CONSTANT = "constant"
+    """Linear warmup, then the peak rate until the end."""
+
+
+class Precision(enum.StrEnum):
+    FP32 = "fp32"
+    """Everything in float32. The only sensible choice on CPUs without bf16 hardware."""
+    BF16 = "bf16"
+    """bf16 autocast for the forward pass (GPUs); weights, gradients and optimizer stay fp32."""
+
+
+class Parallelism(enum.StrEnum):
+    DDP = "ddp"
+    """DistributedDataParallel: every rank holds the whole model; gradients are all-reduced."""
+    FSDP = "fsdp"
+    """Fully sharded data parallel (FSDP2 `fully_shard` per block): for models that do not fit one device."""
+
+
+@dataclasses.dataclass
+class TrainConfig(Config):
+    max_steps: int = 1000
+    """Optimizer steps in the run."""
+    lr: float = 4e-3
+    warmup_steps: int = 100
+    schedule: LRSchedule = LRSchedule.COSINE
+    decay_steps: int | None = None
+    """Step at which the decay reaches its floor; None means `max_steps` (the paper's t_max)."""
+    final_lr_ratio: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    """Applied to matrices only: embeddings, norms and biases are not decayed."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping (the norm is still logged)."""
+    num_micro_batches: int = 1
+    """Gradient accumulation: micro-batches of `data.batch_size` sequences per optimizer step per rank."""
+    precision: Precision = Precision.FP32
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    parallelism: Parallelism = Parallelism.DDP
+    """How to split work when launched with torchrun on several processes."""
+    seed: int = 12536
+    """Seed for weight initialisation and the model's pool sampler (the data order has its own seed)."""
+    num_threads: int = 0
+    """CPU threads per process; 0 means the cores available divided by the local process count."""
+    log_every: int = 10
+    """Steps between routing-health measurements and progress-bar updates."""
+    eval_every: int = 0
+    """Steps between per-domain validation passes; 0 means only at the end of the run."""
+    eval_batch_size: int = 8
+    num_eval_windows: int = 0
+    """Held-out sequences per domain in each validation pass; 0 means the whole validation split."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints; 0 means only at the end (and on Ctrl-C)."""
+    num_checkpoints_kept: int = 2
+    peak_flops: float = 100e9
+    """FLOP/s one process could reach, for the utilisation estimate. 100e9 is about what fp32
+    matmuls reach on 2 cores of this laptop's CPU; set your accelerator's dense peak on a GPU."""
+    tensorboard: bool = True
+    """Also write TensorBoard events under RUN_DIR/tensorboard when the package is installed."""
+
+    def validate(self) -> None:
+        positive = ["max_steps", "num_micro_batches", "log_every", "eval_batch_size", "num_checkpoints_kept"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        not_negative = ["warmup_steps", "eval_every", "num_eval_windows", "checkpoint_every", "num_threads"]
+        for name in not_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected an integer >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: expected a positive number, got {self.lr}")
+        if not 0.0 <= self.final_lr_ratio <= 1.0:
+            raise ConfigError(f"final_lr_ratio: expected a number in [0, 1], got {self.final_lr_ratio}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}: expected a number in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0 or self.peak_flops <= 0:
+            raise ConfigError(
+                "weight_decay, grad_clip: expected >= 0; eps, peak_flops: expected > 0 "
+                f"(got {self.weight_decay}, {self.grad_clip}, {self.eps}, {self.peak_flops})"
+            )
+        if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
+            raise ConfigError(
+                f"decay_steps: expected more than warmup_steps ({self.warmup_steps}), got {self.decay_steps}"
+            )
+
+    @property
+    def total_decay_steps(self) -> int:
+        return self.decay_steps if self.decay_steps is not None else self.max_steps
+
+
+@dataclasses.dataclass
+class RunConfig(Config):
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str = "") -> RunConfig:
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and PRESET_KEY in data["model"]:
+            data = {**data, "model": resolve_model_preset(data["model"])}
+        return super().from_dict(data, path)
+
+    def validate(self) -> None:
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"data.seq_len: {self.data.seq_len} exceeds model.max_seq_len ({self.model.max_seq_len})"
+            )
+
+
+def resolve_model_preset(model: dict[str, Any]) -> dict[str, Any]:
+    """Expand `{preset: NAME, **overrides}` into the preset's full field tree with the overrides merged in."""
+    overrides = dict(model)
+    name = overrides.pop(PRESET_KEY)
+    try:
+        base = ModelConfig.preset(str(name)).to_dict()
+    except ConfigError as e:
+        raise ConfigError(f"model.preset: {e}") from None
+    return _deep_merge(base, overrides)
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

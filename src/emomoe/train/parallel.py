@@ -1,0 +1,103 @@
+"""Data parallelism for the trainer: wrapping, gradient-sync control, and full (unsharded) state.
+
+Single process: everything here is the identity. Under torchrun: DDP, or FSDP2 (`fully_shard`
+on every transformer block, then the root). Checkpoints always hold full, unsharded tensors keyed
+by the plain module's parameter names, so a run can resume under another strategy and a model
+trained with FSDP loads like any other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.nn.parallel import DistributedDataParallel
+
+from emomoe import distributed
+from emomoe.model import build_model
+from emomoe.model.config import ModelConfig
+from emomoe.train.config import Parallelism
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def wrap_model(model: nn.Module, strategy: Parallelism, device: torch.device) -> nn.Module:
+    if not distributed.is_distributed():
+        return model
+    if strategy is Parallelism.DDP:
+        device_ids = [device.index] if device.type == "cuda" else None
+        # Buffers are either constants or kept equal by the model's own all-reduces; broadcasting
+        # them every forward would overwrite per-rank router counts.
+        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (distributed.get_world_size(),))
+    for block in model.layers:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under DDP and torch.compile wrappers (FSDP2 shards in place: nothing to remove)."""
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+    if isinstance(model, DistributedDataParallel) and not enabled:
+        with model.no_sync():
+            yield
+        return
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(enabled)
+    yield
+
+
+def export_model(model: nn.Module, cfg: ModelConfig) -> nn.Module | None:
+    """A plain, unsharded module holding the current weights, on the main process (None elsewhere).
+
+    Every rank must call it: under FSDP gathering the shards is a collective.
+    """
+    plain = unwrap(model)
+    if not _is_sharded(plain):
+        return plain if distributed.is_main_process() else None
+    state = get_model_state_dict(plain, options=_FULL)
+    if not distributed.is_main_process():
+        return None
+    with torch.device("meta"):
+        copy = build_model(cfg)
+    copy.load_state_dict(state, assign=True)
+    return copy
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Full optimizer state keyed by parameter name (a collective under FSDP)."""
+    return get_optimizer_state_dict(unwrap(model), optimizer, options=_FULL)
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    plain = unwrap(model)
+    # Full-state loading scatters shards, which needs a process group; a plain module takes the
+    # name-keyed state as it is.
+    options = StateDictOptions(full_state_dict=_is_sharded(plain))
+    set_optimizer_state_dict(plain, optimizer, state, options=options)
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())

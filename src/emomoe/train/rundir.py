@@ -1,0 +1,78 @@
+"""The run directory: what it holds, and the rule that a run is never overwritten by accident.
+
+A directory holding `config.yaml` holds a run. Training into it again needs `resume` (continue
+from the latest checkpoint; the model and data sections must be unchanged, the train section may
+change, e.g. a larger max_steps) or `force` (delete that run's files and start over).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from emomoe.errors import ConfigError
+from emomoe.train.config import RunConfig
+
+CONFIG_FILE = "config.yaml"
+FINAL_DIR = "final"
+RUN_ARTIFACTS = (CONFIG_FILE, "metrics.jsonl", "checkpoints", FINAL_DIR, "tensorboard")
+RESUMABLE_SECTIONS = ("train",)
+"""Sections a resumed run may change; anything else would make the checkpoint describe another run."""
+
+
+def holds_run(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / CONFIG_FILE).is_file()
+
+
+def check_run_dir(run_dir: str | Path, cfg: RunConfig, *, resume: bool, force: bool) -> None:
+    """Raise ConfigError if training `cfg` into `run_dir` would overwrite or misread another run."""
+    run_dir = Path(run_dir)
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other: continue the run or start it over")
+    if not holds_run(run_dir) or force:
+        return
+    if not resume:
+        raise ConfigError(
+            f"{run_dir} already holds a run ({CONFIG_FILE}); pass --resume to continue it "
+            "or --force to delete it and start over"
+        )
+    stored = RunConfig.from_yaml(run_dir / CONFIG_FILE)
+    difference = first_difference(stored.to_dict(), cfg.to_dict(), skip=RESUMABLE_SECTIONS)
+    if difference:
+        raise ConfigError(
+            f"{run_dir}: cannot resume, the config differs from the stored run at '{difference}' "
+            "(only train.* may change; use --force to start over)"
+        )
+
+
+def claim_run_dir(run_dir: str | Path, cfg: RunConfig, *, force: bool) -> None:
+    """After `check_run_dir`: clear a forced-over run and record `cfg` as RUN_DIR/config.yaml (main process only)."""
+    run_dir = Path(run_dir)
+    if force:
+        remove_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(run_dir / CONFIG_FILE)
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete the files a run wrote, and nothing else that may share the directory."""
+    for name in RUN_ARTIFACTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def first_difference(a: Any, b: Any, skip: tuple[str, ...] = (), path: str = "") -> str | None:
+    """Dotted path of the first field where two config dicts differ, ignoring top-level `skip` sections."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if not path and key in skip:
+                continue
+            found = first_difference(a.get(key), b.get(key), (), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    return None if a == b else path

@@ -1,0 +1,290 @@
+"""The training loop: one `Trainer` per run, and `train()`, the library call behind `emomoe train`.
+
+Legend: B batch, S sequence.
+
+A step draws `num_micro_batches` micro-batches, backpropagates each (gradients are synchronised
+across ranks on the last one only), clips, and takes one AdamW step. Every step writes a metrics
+record; every `log_every` steps it adds routing health, every `eval_every` steps per-domain
+validation loss, every `checkpoint_every` steps a checkpoint. Only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from emomoe import distributed
+from emomoe.checkpoint import WEIGHTS_FILE, save_model
+from emomoe.data.loader import TrainLoader
+from emomoe.data.store import TokenStore
+from emomoe.errors import ConfigError, EmomoeError
+from emomoe.model import build_model
+from emomoe.model.losses import IGNORE_INDEX, compute_loss
+from emomoe.train import parallel
+from emomoe.train.checkpointing import CheckpointManager, load_trainer_state
+from emomoe.train.config import Precision, RunConfig
+from emomoe.train.flops import mfu, train_flops_per_token
+from emomoe.train.interrupt import StopRequest
+from emomoe.train.metrics import MetricsWriter
+from emomoe.train.optim import build_optimizer
+from emomoe.train.rng import capture_rng_state, restore_rng_state, seed_everything
+from emomoe.train.routing_health import routing_health
+from emomoe.train.rundir import FINAL_DIR, check_run_dir, claim_run_dir, holds_run
+from emomoe.train.runtime import setup_runtime
+from emomoe.train.schedule import build_scheduler
+from emomoe.train.validation import Validator
+
+LOSS_KEYS = ("ce", "lb", "router_z", "logit_z", "total")
+
+
+class TrainingDiverged(EmomoeError):
+    """The loss or the gradient norm stopped being finite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run after a checkpoint was written."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    final_dir: Path
+    step: int
+    val_loss: dict[str, float]
+    """The last validation pass: domain name (and "all") -> mean CE in nats per token."""
+
+
+def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True) -> TrainResult:
+    """Train `cfg` into `run_dir`. Launched by torchrun, every process calls this with the same arguments."""
+    run_dir = Path(run_dir)
+    device = setup_runtime(cfg.train.num_threads)
+    store = TokenStore.open(cfg.data.store)
+    cfg = fit_to_store(cfg, store)
+    # Every rank checks before the main one changes anything, so a refusal stops all of them.
+    check_run_dir(run_dir, cfg, resume=resume, force=force)
+    resuming = resume and holds_run(run_dir)
+    distributed.barrier()
+    if distributed.is_main_process():
+        claim_run_dir(run_dir, cfg, force=force)
+    distributed.barrier()
+    checkpoint = CheckpointManager(run_dir, cfg.train.num_checkpoints_kept).latest() if resuming else None
+    trainer = Trainer(cfg, run_dir, store, device, resume_from=checkpoint)
+    return trainer.run(progress=progress)
+
+
+def fit_to_store(cfg: RunConfig, store: TokenStore) -> RunConfig:
+    """Take the EOS id from the token store when the model leaves it open; refuse a vocabulary too small."""
+    if cfg.model.vocab_size < store.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size: {cfg.model.vocab_size} is smaller than the token store's vocabulary "
+            f"({store.vocab_size} in {cfg.data.store})"
+        )
+    if cfg.model.eos_id is None:
+        return cfg.with_overrides([f"model.eos_id={store.eos_id}"])
+    if cfg.model.eos_id != store.eos_id:
+        raise ConfigError(f"model.eos_id: {cfg.model.eos_id} differs from the token store's EOS id {store.eos_id}")
+    return cfg
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: Path, store: TokenStore, device: torch.device, resume_from: Path | None = None):
+        tc = cfg.train
+        self.cfg, self.run_dir, self.device = cfg, run_dir, device
+        self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
+        self.is_main = distributed.is_main_process()
+
+        seed_everything(tc.seed)
+        model = build_model(cfg.model)
+        model.pool_sampler.seed = tc.seed + self.rank
+        state = load_trainer_state(resume_from) if resume_from else None
+        if resume_from:
+            model.load_state_dict(load_file(str(resume_from / WEIGHTS_FILE)))
+        self.plain_model = model.to(device)
+        self.model = parallel.wrap_model(self.plain_model, tc.parallelism, device)
+        if tc.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = build_optimizer(self.model, tc)
+        self.scheduler = build_scheduler(self.optimizer, tc)
+        self.loader = TrainLoader(store, cfg.data, rank=self.rank, world_size=self.world_size)
+        self.validator = Validator(store, cfg.data.seq_len, tc.eval_batch_size, tc.num_eval_windows)
+        self.checkpoints = CheckpointManager(run_dir, tc.num_checkpoints_kept)
+        self.flops_per_token = train_flops_per_token(cfg.model, cfg.data.seq_len)
+        self.step = 0
+        self.tokens_seen = 0
+        self.last_checkpoint: Path | None = None
+        self.checkpointed_step = -1
+        self.val_loss: dict[str, float] = {}
+        if state is not None:
+            self._load_state(state)
+            self.last_checkpoint, self.checkpointed_step = resume_from, self.step
+        self.metrics = MetricsWriter(run_dir, tc.tensorboard) if self.is_main else None
+        if self.metrics is not None:
+            self.metrics.truncate_after(self.step)
+
+    # ----------------------------------------------------------------------------- the loop
+
+    def run(self, progress: bool = True) -> TrainResult:
+        tc = self.cfg.train
+        bar = tqdm(
+            total=tc.max_steps, initial=self.step, desc=self.run_dir.name, unit="step",
+            disable=not (progress and self.is_main), dynamic_ncols=True,
+        )
+        start = time.perf_counter()
+        try:
+            with StopRequest() as stop:
+                while self.step < tc.max_steps:
+                    record = self._train_step()
+                    record["elapsed_s"] = time.perf_counter() - start
+                    done = self.step == tc.max_steps
+                    if (tc.eval_every and self.step % tc.eval_every == 0) or done:
+                        self.val_loss = self.validator(parallel.unwrap(self.model), self.device)
+                        record.update(self.val_loss)
+                    if self.metrics is not None:
+                        self.metrics.write(record)
+                    bar.set_postfix(loss=f"{record['ce']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+                    bar.update()
+                    if (tc.checkpoint_every and self.step % tc.checkpoint_every == 0) or done:
+                        self.save_checkpoint()
+                    if self._stop_requested(stop) and not done:
+                        if self.checkpointed_step != self.step:
+                            self.save_checkpoint()
+                        message = f"stopped at step {self.step}; checkpoint {self.last_checkpoint}; continue with --resume"
+                        if self.is_main:
+                            tqdm.write(message, file=sys.stderr)
+                        raise TrainingInterrupted(message)
+        finally:
+            bar.close()
+            if self.metrics is not None:
+                self.metrics.close()
+        final_dir = self.run_dir / FINAL_DIR
+        exported = parallel.export_model(self.model, self.cfg.model)
+        if exported is not None:
+            save_model(final_dir, exported, self.cfg.model, meta={"step": self.step, "tokens": self.tokens_seen})
+        distributed.barrier()
+        return TrainResult(self.run_dir, final_dir, self.step, {k.removeprefix("val/"): v for k, v in self.val_loss.items()})
+
+    def _train_step(self) -> dict[str, Any]:
+        tc = self.cfg.train
+        started = time.perf_counter()
+        lr = self.scheduler.get_last_lr()[0]
+        micro_batches = [next(self.loader) for _ in range(tc.num_micro_batches)]
+        # CE is averaged over all label tokens of the step (per rank), not per micro-batch.
+        label_counts = [int((b["labels_BS"] != IGNORE_INDEX).sum()) for b in micro_batches]
+        total_labels = max(1, sum(label_counts))
+        want_routing = self.is_main and (self.step % tc.log_every == 0)
+        sums = torch.zeros(len(LOSS_KEYS))
+        health: dict[str, float] = {}
+        for i, batch in enumerate(micro_batches):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with parallel.gradient_sync(self.model, enabled=i == len(micro_batches) - 1):
+                with self._autocast():
+                    out = self.model(batch["input_ids_BS"], doc_ids_BS=batch["doc_ids_BS"], return_routing=want_routing and i == 0)
+                    losses = compute_loss(out, batch["labels_BS"], self.cfg.model.loss)
+                weight = label_counts[i] / total_labels
+                (losses["total"] * weight).backward()
+            sums += torch.stack([losses[k].detach().float().cpu() for k in LOSS_KEYS]) * weight
+            if out.routing is not None:
+                health = routing_health(out.routing, batch["doc_ids_BS"])
+        grad_norm = self._clip_gradients()
+        means = distributed.all_reduce_sum_(sums) / self.world_size
+        values = dict(zip(LOSS_KEYS, means.tolist()))
+        if not (math.isfinite(values["total"]) and math.isfinite(grad_norm)):
+            self._diverged(values, grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        parallel.unwrap(self.model).update_router_biases()
+
+        self.step += 1
+        step_tokens = sum(b["input_ids_BS"].numel() for b in micro_batches) * self.world_size
+        self.tokens_seen += step_tokens
+        tokens_per_s = step_tokens / (time.perf_counter() - started)
+        return {
+            "step": self.step,
+            "tokens": self.tokens_seen,
+            **values,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu(self.flops_per_token, tokens_per_s, self.cfg.train.peak_flops * self.world_size),
+            **health,
+        }
+
+    def _clip_gradients(self) -> float:
+        max_norm = self.cfg.train.grad_clip or math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        enabled = self.cfg.train.precision is Precision.BF16
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _stop_requested(self, stop: StopRequest) -> bool:
+        flag = torch.tensor([float(stop.requested)])
+        return bool(distributed.all_reduce_max_(flag).item())
+
+    def _diverged(self, values: dict[str, float], grad_norm: float) -> None:
+        if self.metrics is not None:
+            self.metrics.write({"step": self.step + 1, **values, "grad_norm": grad_norm})
+        where = (
+            f"last good checkpoint: {self.last_checkpoint} (continue from it with --resume, e.g. with a lower train.lr)"
+            if self.last_checkpoint
+            else "no checkpoint was written yet"
+        )
+        raise TrainingDiverged(
+            f"step {self.step + 1}: loss {values['total']:.4g}, grad norm {grad_norm:.4g} is not finite; {where}"
+        )
+
+    # ----------------------------------------------------------------------------- state
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of the current step (a collective: every rank must call it)."""
+        rank_states = distributed.gather_objects(
+            {
+                "loader": self.loader.state_dict(),
+                "pool_sampler": self.plain_model.pool_sampler.state_dict(),
+                "rng": capture_rng_state(),
+            }
+        )
+        optimizer_state = parallel.optimizer_state(self.model, self.optimizer)
+        exported = parallel.export_model(self.model, self.cfg.model)
+        path = self.checkpoints.root / f"step-{self.step:08d}"
+        if self.is_main:
+            trainer_state = {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "world_size": self.world_size,
+                "optimizer": optimizer_state,
+                "scheduler": self.scheduler.state_dict(),
+                "ranks": rank_states,
+            }
+            path = self.checkpoints.save(self.step, exported, self.cfg.model, trainer_state)
+        distributed.barrier()
+        self.last_checkpoint, self.checkpointed_step = path, self.step
+        return path
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if state["world_size"] != self.world_size:
+            raise ConfigError(
+                f"cannot resume: the checkpoint was written by {state['world_size']} processes, "
+                f"this run has {self.world_size} (the data order is sharded by process)"
+            )
+        self.step = state["step"]
+        self.tokens_seen = state["tokens_seen"]
+        parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        mine = state["ranks"][self.rank]
+        self.loader.load_state_dict(mine["loader"])
+        self.plain_model.pool_sampler.load_state_dict(mine["pool_sampler"])
+        restore_rng_state(mine["rng"])
