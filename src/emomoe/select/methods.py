@@ -90,35 +90,35 @@ class ExpertSelector:
                 scores_E[torch.randperm(layer.num_routed, generator=gen)] = -torch.arange(layer.num_routed).float()
                 scores.append(scores_E)
             return scores
-        with torch.inference_mode():
-            if self.method is SelectMethod.EASY_EP:
+        if self.method is SelectMethod.EASY_EP:
+            with torch.inference_mode():
                 return easy_ep_scores(self.model, self.layers, self._iter("easy-ep"))
-            return self._router_mass_all_layers()
-
-    def _router_mass_all_layers(self) -> list[torch.Tensor]:
-        with contextlib.ExitStack() as stack:
-            captured = [stack.enter_context(capture_routed_logits(layer)) for layer in self.layers]
-            sums = [torch.zeros(layer.num_routed, dtype=torch.float64) for layer in self.layers]
-            num_tokens = 0
-            for batch in self._iter("router mass"):
-                self.model(batch["input_ids_BS"], doc_ids_BS=batch.get("doc_ids_BS"))
-                valid_T = valid_tokens(batch)
-                for i, logits in enumerate(captured):
-                    sums[i] += torch.softmax(logits.pop()[valid_T], dim=-1).sum(0, dtype=torch.float64)
-                num_tokens += int(valid_T.sum())
-        return [s / num_tokens for s in sums]
+        return self._router_mass(list(range(len(self.layers))), kept={}, desc="router mass")
 
     def _greedy(self, num_keep_per_layer: list[int]) -> list[list[int]]:
         kept: dict[int, list[int]] = {}
-        with torch.inference_mode():
-            for i, layer in enumerate(self.layers):
-                with restrict_routing(self.layers, kept), capture_routed_logits(layer, stop=True) as captured:
-                    mass_E = torch.zeros(layer.num_routed, dtype=torch.float64)
-                    for batch in self._iter(f"layerwise {i + 1}/{len(self.layers)}"):
-                        run_until_stopped(self.model, batch)
-                        mass_E += torch.softmax(captured.pop()[valid_tokens(batch)], dim=-1).sum(0, dtype=torch.float64)
-                kept[i] = top_n(mass_E, num_keep_per_layer[i])
+        for i in range(len(self.layers)):
+            (mass_E,) = self._router_mass([i], kept, desc=f"layerwise {i + 1}/{len(self.layers)}")
+            kept[i] = top_n(mass_E, num_keep_per_layer[i])
         return [kept[i] for i in range(len(self.layers))]
+
+    def _router_mass(self, measured: list[int], kept: dict[int, list[int]], desc: str) -> list[torch.Tensor]:
+        """Token-mean router probability of every routed expert of the `measured` layers, with the
+        layers in `kept` restricted to those experts; each pass stops after the last measured layer."""
+        with contextlib.ExitStack() as stack, torch.inference_mode():
+            stack.enter_context(restrict_routing(self.layers, kept))
+            captured = [
+                stack.enter_context(capture_routed_logits(self.layers[i], stop=i == measured[-1])) for i in measured
+            ]
+            sums = [torch.zeros(self.layers[i].num_routed, dtype=torch.float64) for i in measured]
+            num_tokens = 0
+            for batch in self._iter(desc):
+                run_until_stopped(self.model, batch)
+                valid_T = valid_tokens(batch)
+                for mass_E, logits in zip(sums, captured):
+                    mass_E += torch.softmax(logits.pop()[valid_T], dim=-1).sum(0, dtype=torch.float64)
+                num_tokens += int(valid_T.sum())
+        return [mass_E / num_tokens for mass_E in sums]
 
     def _iter(self, desc: str):
         self.model.eval()
