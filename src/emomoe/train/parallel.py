@@ -9,6 +9,7 @@ trained with FSDP loads like any other.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,10 +38,13 @@ def wrap_model(model: nn.Module, strategy: Parallelism, device: torch.device) ->
         device_ids = [device.index] if device.type == "cuda" else None
         # Buffers are either constants or kept equal by the model's own all-reduces; broadcasting
         # them every forward would overwrite per-rank router counts.
-        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # Each block returns its router logits as a slice of the gate output; nothing edits them in
+    # place, so FSDP2's warning about returned views does not apply.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(device.type, (distributed.get_world_size(),))
     for block in model.layers:
         fully_shard(block, mesh=mesh)
@@ -65,6 +69,16 @@ def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
         model.set_requires_gradient_sync(enabled)
     yield
+
+
+def reshard(model: nn.Module) -> None:
+    """Return FSDP2's root parameters to their sharded form after a forward without backward.
+
+    Evaluation leaves the root unsharded, which would hand the optimizer and checkpointing
+    parameters it does not know. No-op for other strategies.
+    """
+    if hasattr(model, "reshard"):
+        model.reshard()
 
 
 def export_model(model: nn.Module, cfg: ModelConfig) -> nn.Module | None:

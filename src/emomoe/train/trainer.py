@@ -147,6 +147,7 @@ class Trainer:
                     done = self.step == tc.max_steps
                     if (tc.eval_every and self.step % tc.eval_every == 0) or done:
                         self.val_loss = self.validator(parallel.unwrap(self.model), self.device)
+                        parallel.reshard(parallel.unwrap(self.model))
                         record.update(self.val_loss)
                     if self.metrics is not None:
                         self.metrics.write(record)

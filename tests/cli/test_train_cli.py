@@ -1,0 +1,119 @@
+"""`emomoe train` and `emomoe demo` end to end on a store built with the data verbs."""
+
+import json
+import random
+
+import pytest
+import yaml
+
+from emomoe import demo
+from emomoe.cli import main
+from emomoe.train.metrics import read_metrics
+
+TOPICS = {"weather": "rain sun cloud wind storm cold warm", "kitchen": "pot pan salt bread knife oven soup"}
+
+
+def documents(num_per_topic: int = 30) -> list[dict[str, str]]:
+    rng = random.Random(1)
+    return [
+        {"text": " ".join(rng.choice(words.split()) for _ in range(80)), "domain": topic, "source": "test"}
+        for topic, words in TOPICS.items()
+        for _ in range(num_per_topic)
+    ]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    corpus = root / "docs.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in documents()))
+    assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(root / "tok")]) == 0
+    args = ["tokenize", "--input", str(corpus), "--tokenizer", str(root / "tok"), "--out", str(root / "store")]
+    assert main([*args, "--val-fraction", "0.2", "--no-progress"]) == 0
+    return root / "store"
+
+
+@pytest.fixture
+def config_file(store, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"preset": "tiny", "vocab_size": 300},
+                "data": {"store": str(store), "seq_len": 32, "batch_size": 2},
+                "train": {"max_steps": 2, "tensorboard": False, "num_threads": 1, "num_eval_windows": 2},
+            }
+        )
+    )
+    return path
+
+
+def test_train_resume_and_refusals(config_file, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    base = ["train", "--config", str(config_file), "--out", run, "--no-progress"]
+    assert main([*base, "--set", "train.checkpoint_every=1"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+
+    assert main(base) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+    assert main(["train", "--out", run, "--resume", "--set", "train.max_steps=3", "--no-progress"]) == 0
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+
+    assert main([*base, "--force", "--set", "train.max_steps=1"]) == 0
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "train.max_stepz=3"], "unknown config key 'train.max_stepz'"),
+        (["--set", "model.moe.router.pool=lots"], "pool: 'lots'"),
+        (["--set", "data.store=/no/such/store"], "/no/such/store"),
+    ],
+)
+def test_bad_input_is_one_line_naming_it(config_file, tmp_path, capsys, extra, message):
+    assert main(["train", "--config", str(config_file), "--out", str(tmp_path / "r"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_config_file_errors_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: fast\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "train.lr" in err
+
+
+def test_resume_needs_a_config_or_a_run(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "empty")]) == 2
+    assert "--config is required" in capsys.readouterr().err
+
+
+def test_demo_trains_both_models_compares_and_reuses(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "embedded_corpus", lambda: iter(documents()))
+    small = [
+        "--set", "train.max_steps=2", "--set", "data.seq_len=32", "--set", "data.batch_size=2",
+        "--set", "train.num_threads=1", "--set", "train.tensorboard=false", "--set", "train.eval_every=0",
+    ]
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-progress", *small]) == 0
+    table = capsys.readouterr().out
+    for topic in TOPICS:
+        assert topic in table
+    losses = json.loads((out / "val_loss.json").read_text())
+    assert set(losses) == {"emo", "std"} and set(losses["emo"]) == {*TOPICS, "all"}
+    emo_cfg = yaml.safe_load((out / "emo" / "config.yaml").read_text())
+    std_cfg = yaml.safe_load((out / "std" / "config.yaml").read_text())
+    assert emo_cfg["model"]["moe"]["router"]["pool"] != "off" and std_cfg["model"]["moe"]["router"]["pool"] == "off"
+    assert emo_cfg["data"] == std_cfg["data"] and emo_cfg["train"] == std_cfg["train"]
+
+    # A second run reuses the store and both finished runs.
+    store_stamp = (out / "store" / "metadata.json").stat().st_mtime_ns
+    assert main(["demo", "--out", str(out), "--no-progress", *small]) == 0
+    assert (out / "store" / "metadata.json").stat().st_mtime_ns == store_stamp
+    assert len(read_metrics(out / "emo" / "metrics.jsonl")) == 2
+
+    assert main(["demo", "--out", str(out), "--no-progress", *small, "--set", "train.lr=1e-3"]) == 2
+    assert "--force" in capsys.readouterr().err

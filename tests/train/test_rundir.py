@@ -1,0 +1,55 @@
+import pytest
+
+from emomoe.errors import ConfigError
+from emomoe.train.config import RunConfig
+from emomoe.train.rundir import CONFIG_FILE, check_run_dir, claim_run_dir, first_difference, holds_run
+
+
+def config(**train):
+    return RunConfig.from_dict({"model": {"preset": "tiny"}, "data": {"store": "s", "seq_len": 32}, "train": train})
+
+
+def test_fresh_directory_is_claimed(tmp_path):
+    run = tmp_path / "run"
+    check_run_dir(run, config(), resume=False, force=False)
+    claim_run_dir(run, config(), force=False)
+    assert holds_run(run)
+    assert RunConfig.from_yaml(run / CONFIG_FILE) == config()
+
+
+def test_existing_run_needs_resume_or_force(tmp_path):
+    claim_run_dir(tmp_path, config(), force=False)
+    with pytest.raises(ConfigError, match="already holds a run.*--resume.*--force"):
+        check_run_dir(tmp_path, config(), resume=False, force=False)
+
+
+def test_resume_accepts_train_changes_only(tmp_path):
+    claim_run_dir(tmp_path, config(max_steps=10), force=False)
+    check_run_dir(tmp_path, config(max_steps=20), resume=True, force=False)
+    other_model = config().with_overrides(["model.d_model=64"])
+    with pytest.raises(ConfigError, match="'model.d_model'"):
+        check_run_dir(tmp_path, other_model, resume=True, force=False)
+
+
+def test_force_removes_only_run_files(tmp_path):
+    claim_run_dir(tmp_path, config(), force=False)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "checkpoints" / "step-00000001").mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    check_run_dir(tmp_path, config(max_steps=3), resume=False, force=True)
+    claim_run_dir(tmp_path, config(max_steps=3), force=True)
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert RunConfig.from_yaml(tmp_path / CONFIG_FILE).train.max_steps == 3
+
+
+def test_resume_and_force_conflict(tmp_path):
+    with pytest.raises(ConfigError, match="contradict"):
+        check_run_dir(tmp_path, config(), resume=True, force=True)
+
+
+def test_first_difference():
+    a = {"model": {"d": 1, "moe": {"k": 2}}, "train": {"lr": 1}}
+    assert first_difference(a, a) is None
+    assert first_difference(a, {"model": {"d": 1, "moe": {"k": 3}}, "train": {"lr": 1}}) == "model.moe.k"
+    assert first_difference(a, {"model": a["model"], "train": {"lr": 2}}, skip=("train",)) is None

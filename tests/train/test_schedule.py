@@ -1,0 +1,67 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from emomoe.train.config import LRSchedule, TrainConfig
+from emomoe.train.schedule import build_scheduler, lr_multiplier
+
+
+def reference_multiplier(step: int, warmup: int, decay: int, floor: float, schedule: str) -> float:
+    """The schedule written out case by case."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if step >= decay:
+        return floor
+    progress = (step - warmup) / (decay - warmup)
+    if schedule == "cosine":
+        return floor + (1 - floor) * (1 + math.cos(math.pi * progress)) / 2
+    return floor + (1 - floor) * (1 - progress)
+
+
+@given(
+    warmup=st.integers(0, 50),
+    extra=st.integers(1, 200),
+    floor=st.floats(0.0, 1.0),
+    schedule=st.sampled_from(list(LRSchedule)),
+    step=st.integers(0, 400),
+)
+def test_matches_reference(warmup, extra, floor, schedule, step):
+    cfg = TrainConfig(warmup_steps=warmup, max_steps=warmup + extra, final_lr_ratio=floor, schedule=schedule)
+    expected = reference_multiplier(step, warmup, warmup + extra, floor, schedule.value)
+    assert lr_multiplier(step, cfg) == pytest.approx(expected, abs=1e-12)
+
+
+@given(warmup=st.integers(1, 30), extra=st.integers(2, 100), floor=st.floats(0.0, 0.9))
+def test_warmup_rises_to_peak_then_decays_to_floor(warmup, extra, floor):
+    cfg = TrainConfig(warmup_steps=warmup, max_steps=warmup + extra, final_lr_ratio=floor)
+    values = [lr_multiplier(s, cfg) for s in range(warmup + extra + 5)]
+    assert all(a < b for a, b in zip(values[:warmup], values[1:warmup]))
+    assert values[warmup - 1] == pytest.approx(1.0)
+    decay = values[warmup - 1 :]
+    assert all(a >= b - 1e-12 for a, b in zip(decay, decay[1:]))
+    assert values[-1] == pytest.approx(floor)
+
+
+def test_decay_steps_overrides_run_length():
+    cfg = TrainConfig(warmup_steps=10, max_steps=1000, decay_steps=100, final_lr_ratio=0.1)
+    assert lr_multiplier(100, cfg) == pytest.approx(0.1)
+    assert lr_multiplier(500, cfg) == pytest.approx(0.1)
+    assert lr_multiplier(55, cfg) > 0.1
+
+
+def test_scheduler_drives_the_optimizer_lr():
+    cfg = TrainConfig(lr=0.5, warmup_steps=4, max_steps=20)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg)
+    seen = []
+    for _ in range(8):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([cfg.lr * lr_multiplier(s, cfg) for s in range(8)])

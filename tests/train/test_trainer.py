@@ -1,0 +1,128 @@
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from emomoe.checkpoint import WEIGHTS_FILE, load_model
+from emomoe.data.store import TokenStore
+from emomoe.errors import ConfigError
+from emomoe.train import trainer as trainer_module
+from emomoe.train.config import RunConfig
+from emomoe.train.metrics import TIMING_KEYS, read_metrics
+from emomoe.train.schedule import lr_multiplier
+from emomoe.train.trainer import Trainer, TrainingDiverged, TrainingInterrupted, fit_to_store, train
+
+LOSS_FIELDS = ("ce", "lb", "router_z", "logit_z", "total", "grad_norm", "lr", "tokens_per_s", "mfu")
+ROUTING_FIELDS = ("load_max_over_mean", "dead_experts", "token_entropy", "doc_entropy", "experts_per_doc")
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def weights(directory):
+    return load_file(str(directory / WEIGHTS_FILE))
+
+
+def test_run_writes_config_metrics_checkpoints_and_final_model(run_config, tmp_path):
+    cfg = run_config("train.checkpoint_every=2", "train.num_checkpoints_kept=2")
+    result = train(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+
+    assert result.step == 6 and set(result.val_loss) >= {"all", "code", "prose"}
+    stored = RunConfig.from_yaml(run / "config.yaml")
+    assert stored.model.eos_id == TokenStore.open(cfg.data.store).eos_id
+    stored.model.eos_id = cfg.model.eos_id
+    assert stored == cfg  # the EOS id from the store is the only change
+
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 7))
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    for r in records:
+        assert all(math.isfinite(r[k]) for k in LOSS_FIELDS)
+        assert r["tokens"] == r["step"] * tokens_per_step
+        assert r["lr"] == pytest.approx(cfg.train.lr * lr_multiplier(r["step"] - 1, cfg.train))
+        has_routing = (r["step"] - 1) % cfg.train.log_every == 0
+        for layer in range(cfg.model.num_layers):
+            assert all((f"routing/layer{layer}/{k}" in r) == has_routing for k in ROUTING_FIELDS)
+        assert ("val/all" in r) == (r["step"] % cfg.train.eval_every == 0)
+    assert records[-1]["val/all"] == pytest.approx(result.val_loss["all"])
+
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert checkpoints == ["step-00000004", "step-00000006"]
+    model, model_cfg = load_model(result.final_dir)
+    assert model_cfg == RunConfig.from_yaml(run / "config.yaml").model
+    final, last = weights(result.final_dir), weights(run / "checkpoints" / "step-00000006")
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
+
+
+def test_resume_after_interrupt_is_bitwise_identical(run_config, tmp_path, monkeypatch):
+    cfg = run_config("train.max_steps=7", "train.checkpoint_every=5")
+    train(cfg, tmp_path / "straight", progress=False)
+
+    stop_at = 3  # not a checkpoint step: the interrupt itself must write one
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_stop_requested", lambda self, stop: self.step == stop_at)
+        with pytest.raises(TrainingInterrupted, match="--resume"):
+            train(cfg, tmp_path / "stopped", progress=False)
+    assert (tmp_path / "stopped" / "checkpoints" / f"step-{stop_at:08d}").is_dir()
+    assert len(read_metrics(tmp_path / "stopped" / "metrics.jsonl")) == stop_at
+
+    train(cfg, tmp_path / "stopped", resume=True, progress=False)
+    straight = without_timing(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    resumed = without_timing(read_metrics(tmp_path / "stopped" / "metrics.jsonl"))
+    assert resumed == straight
+    a, b = weights(tmp_path / "straight" / "final"), weights(tmp_path / "stopped" / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_with_step_and_last_checkpoint(run_config, tmp_path, monkeypatch):
+    calls = []
+
+    def poisoned(out, labels, loss_cfg):
+        losses = real(out, labels, loss_cfg)
+        calls.append(1)
+        if len(calls) == 3:
+            losses["total"] = losses["total"] * math.nan
+        return losses
+
+    real = trainer_module.compute_loss
+    monkeypatch.setattr(trainer_module, "compute_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"step 3: .*not finite.*step-00000002"):
+        train(run_config("train.checkpoint_every=2"), tmp_path / "run", progress=False)
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]["total"] == "nan"
+
+
+def test_existing_run_is_not_overwritten(run_config, tmp_path):
+    cfg = run_config("train.max_steps=1")
+    train(cfg, tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg.with_overrides(["train.lr=1e-3"]), tmp_path, progress=False)
+    assert RunConfig.from_yaml(tmp_path / "config.yaml").train.lr == cfg.train.lr
+    train(cfg.with_overrides(["train.lr=1e-3"]), tmp_path, force=True, progress=False)
+    assert RunConfig.from_yaml(tmp_path / "config.yaml").train.lr == 1e-3
+
+
+def test_gradient_accumulation_equals_one_big_batch(run_config, tmp_path):
+    # The LB loss is not additive over micro-batches (it multiplies counts by probabilities) and
+    # random pools are drawn per forward, so compare without either.
+    same = ["model.moe.router.pool=off", "model.loss.lb_weight=0", "train.max_steps=3"]
+    big = run_config(*same, "data.batch_size=4")
+    accumulated = run_config(*same, "data.batch_size=2", "train.num_micro_batches=2")
+    train(big, tmp_path / "big", progress=False)
+    train(accumulated, tmp_path / "acc", progress=False)
+    for a, b in zip(read_metrics(tmp_path / "big" / "metrics.jsonl"), read_metrics(tmp_path / "acc" / "metrics.jsonl")):
+        for key in ("ce", "router_z", "logit_z", "grad_norm", "tokens"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+
+
+def test_fit_to_store(run_config):
+    cfg = run_config()
+    store = TokenStore.open(cfg.data.store)
+    assert fit_to_store(cfg, store).model.eos_id == store.eos_id
+    with pytest.raises(ConfigError, match="model.vocab_size"):
+        fit_to_store(cfg.with_overrides([f"model.vocab_size={store.vocab_size - 1}"]), store)
+    other_eos = (store.eos_id + 1) % store.vocab_size
+    with pytest.raises(ConfigError, match="model.eos_id"):
+        fit_to_store(cfg.with_overrides([f"model.eos_id={other_eos}"]), store)
