@@ -126,3 +126,11 @@ def test_fit_to_store(run_config):
     other_eos = (store.eos_id + 1) % store.vocab_size
     with pytest.raises(ConfigError, match="model.eos_id"):
         fit_to_store(cfg.with_overrides([f"model.eos_id={other_eos}"]), store)
+
+
+def test_bf16_autocast_stays_close_to_fp32(run_config, tmp_path):
+    for precision in ("fp32", "bf16"):
+        train(run_config("train.max_steps=2", f"train.precision={precision}"), tmp_path / precision, progress=False)
+    fp32, bf16 = (read_metrics(tmp_path / p / "metrics.jsonl") for p in ("fp32", "bf16"))
+    assert [r["ce"] for r in bf16] == pytest.approx([r["ce"] for r in fp32], rel=0.02)
+    assert [r["ce"] for r in bf16] != [r["ce"] for r in fp32]  # autocast did run in bf16

@@ -66,7 +66,7 @@ class TrainConfig(Config):
     """Gradient accumulation: micro-batches of `data.batch_size` sequences per optimizer step per rank."""
     precision: Precision = Precision.FP32
     compile: bool = False
-    """Wrap the model in torch.compile."""
+    """torch.compile every transformer block (worth it on GPUs; compiling takes a while)."""
     parallelism: Parallelism = Parallelism.DDP
     """How to split work when launched with torchrun on several processes."""
     seed: int = 12536
@@ -74,7 +74,7 @@ class TrainConfig(Config):
     num_threads: int = 0
     """CPU threads per process; 0 means the cores available divided by the local process count."""
     log_every: int = 10
-    """Steps between routing-health measurements and progress-bar updates."""
+    """Steps between routing-health measurements (every step gets the other metrics)."""
     eval_every: int = 0
     """Steps between per-domain validation passes; 0 means only at the end of the run."""
     eval_batch_size: int = 8

@@ -1,7 +1,9 @@
 """Data parallelism for the trainer: wrapping, gradient-sync control, and full (unsharded) state.
 
 Single process: everything here is the identity. Under torchrun: DDP, or FSDP2 (`fully_shard`
-on every transformer block, then the root). Checkpoints always hold full, unsharded tensors keyed
+on every transformer block, then the root). Experts need nothing special: each layer's experts are
+stacked tensors, so an expert that receives no token still gets a (zero) gradient slice and DDP's
+reducer never sees an unused parameter. Checkpoints always hold full, unsharded tensors keyed
 by the plain module's parameter names, so a run can resume under another strategy and a model
 trained with FSDP loads like any other.
 """
@@ -52,11 +54,16 @@ def wrap_model(model: nn.Module, strategy: Parallelism, device: torch.device) ->
     return model
 
 
+def compile_blocks(model: nn.Module) -> None:
+    """torch.compile each transformer block in place: the module tree (and so DDP, FSDP and
+    checkpoints) stays as it is, and a graph break in one block does not spread to the others."""
+    for block in model.layers:
+        block.compile()
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model under DDP and torch.compile wrappers (FSDP2 shards in place: nothing to remove)."""
-    if isinstance(model, DistributedDataParallel):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
+    """The plain model under a DDP wrapper (FSDP2 shards in place: nothing to remove)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 @contextlib.contextmanager

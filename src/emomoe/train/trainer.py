@@ -109,9 +109,9 @@ class Trainer:
         if resume_from:
             model.load_state_dict(load_file(str(resume_from / WEIGHTS_FILE)))
         self.plain_model = model.to(device)
-        self.model = parallel.wrap_model(self.plain_model, tc.parallelism, device)
         if tc.compile:
-            self.model = torch.compile(self.model)
+            parallel.compile_blocks(self.plain_model)
+        self.model = parallel.wrap_model(self.plain_model, tc.parallelism, device)
         self.optimizer = build_optimizer(self.model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc)
         self.loader = TrainLoader(store, cfg.data, rank=self.rank, world_size=self.world_size)
@@ -189,7 +189,7 @@ class Trainer:
             with parallel.gradient_sync(self.model, enabled=i == len(micro_batches) - 1):
                 with self._autocast():
                     out = self.model(batch["input_ids_BS"], doc_ids_BS=batch["doc_ids_BS"], return_routing=want_routing and i == 0)
-                    losses = compute_loss(out, batch["labels_BS"], self.cfg.model.loss)
+                losses = compute_loss(out, batch["labels_BS"], self.cfg.model.loss)
                 weight = label_counts[i] / total_labels
                 (losses["total"] * weight).backward()
             sums += torch.stack([losses[k].detach().float().cpu() for k in LOSS_KEYS]) * weight
