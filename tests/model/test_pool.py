@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emomoe.model.pool import PoolSampler, draw_pool_sizes, pool_keep_mask
+from emomoe.model.pool import PoolSampler, draw_pool_sizes, pool_drop_mask
 
 
 @st.composite
@@ -27,21 +27,21 @@ def _loop_keep(probs_TE, lengths, sizes):
 
 @settings(max_examples=60, deadline=None)
 @given(pooled_batches())
-def test_keep_mask_equals_a_per_document_loop(batch):
+def test_drop_mask_equals_a_per_document_loop(batch):
     num_experts, lengths, sizes, seed = batch
     probs_TE = torch.randn(sum(lengths), num_experts, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).softmax(-1)
     seg_T = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    keep_TE = pool_keep_mask(probs_TE, seg_T, len(lengths), torch.tensor(sizes))
+    keep_TE = ~pool_drop_mask(probs_TE, seg_T, len(lengths), torch.tensor(sizes))
     assert keep_TE.tolist() == _loop_keep(probs_TE, lengths, sizes)
     assert keep_TE.sum(-1).tolist() == [min(d, num_experts) for d, n in zip(sizes, lengths) for _ in range(n)]
 
 
-def test_keep_mask_is_unchanged_by_an_oversized_segment_count():
+def test_drop_mask_is_unchanged_by_an_oversized_segment_count():
     probs_TE = torch.rand(6, 5).softmax(-1)
     seg_T = torch.tensor([0, 0, 1, 1, 1, 2])
     sizes = torch.tensor([2, 3, 1, 4, 4, 4])
-    exact = pool_keep_mask(probs_TE, seg_T, 3, sizes[:3])
-    assert torch.equal(exact, pool_keep_mask(probs_TE, seg_T, 6, sizes))
+    exact = pool_drop_mask(probs_TE, seg_T, 3, sizes[:3])
+    assert torch.equal(exact, pool_drop_mask(probs_TE, seg_T, 6, sizes))
 
 
 def test_sampler_layer_seeds_depend_only_on_seed_forward_and_layer():

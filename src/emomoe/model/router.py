@@ -17,7 +17,7 @@ from emomoe import distributed
 from emomoe.model.config import LBScope, RouterConfig, parse_pool
 from emomoe.model.docs import Segments
 from emomoe.model.losses import load_balancing_loss, router_z_loss
-from emomoe.model.pool import draw_pool_sizes, pool_keep_mask
+from emomoe.model.pool import draw_pool_sizes, pool_drop_mask
 
 
 @dataclass
@@ -60,13 +60,13 @@ class Router(nn.Module):
     ) -> RouterOutput:
         """Route tokens. `segments` is needed when a pool is active; `pool_seed` fixes random sizes."""
         logits_TE = self.gate(x_TD)[:, : self.num_routed]
-        keep_TE = self._pool_keep(logits_TE, segments, pool_seed)
-        masked_TE = logits_TE if keep_TE is None else logits_TE.masked_fill(~keep_TE, float("-inf"))
+        drop_TE = self._pool_drop(logits_TE, segments, pool_seed)
+        masked_TE = logits_TE if drop_TE is None else logits_TE.masked_fill(drop_TE, float("-inf"))
         probs_TE = masked_TE.softmax(dim=-1)
         if self.bias_update_rate > 0:
             select_TE = probs_TE + self.score_bias_E
-            if keep_TE is not None:
-                select_TE = select_TE.masked_fill(~keep_TE, float("-inf"))
+            if drop_TE is not None:
+                select_TE = select_TE.masked_fill(drop_TE, float("-inf"))
             experts_TK = select_TE.topk(self.top_k, dim=-1).indices
             weights_TK = probs_TE.gather(1, experts_TK)
         else:
@@ -81,7 +81,7 @@ class Router(nn.Module):
             z_loss=router_z_loss(masked_TE.logsumexp(dim=-1)),
         )
 
-    def _pool_keep(
+    def _pool_drop(
         self, logits_TE: torch.Tensor, segments: Segments | None, pool_seed: int | None
     ) -> torch.Tensor | None:
         pool = self.pool
@@ -94,7 +94,7 @@ class Router(nn.Module):
             sizes_G = torch.full((segments.num_segments,), pool[0], device=logits_TE.device)
         else:
             sizes_G = draw_pool_sizes(*pool, num_tokens, segments.num_segments, pool_seed, logits_TE.device)
-        return pool_keep_mask(logits_TE.detach().softmax(dim=-1), segments.seg_T, segments.num_segments, sizes_G)
+        return pool_drop_mask(logits_TE.detach().softmax(dim=-1), segments.seg_T, segments.num_segments, sizes_G)
 
     def _lb_loss(self, probs_TE: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
