@@ -78,8 +78,8 @@ class Experts(nn.Module):
         slots_N = experts_TK.flatten()
         order_N = slots_N.argsort(stable=True)
         token_N = order_N // top_k
-        counts_E = torch.zeros(r, dtype=torch.long, device=x_TD.device).index_add_(0, slots_N, torch.ones_like(slots_N))
-        x_ND = x_TD[token_N]
+        counts_E = torch.zeros(r, dtype=torch.long, device=x_TD.device).scatter_add_(0, slots_N, torch.ones_like(slots_N))
+        x_ND = x_TD.index_select(0, token_N)  # its backward is index_add_, ~2x faster than indexing's
         h_NH = F.silu(expert_matmul(x_ND, self.w1[:r], counts_E)) * expert_matmul(x_ND, self.w3[:r], counts_E)
-        y_ND = expert_matmul(h_NH, self.w2[:r], counts_E) * weights_TK.flatten()[order_N, None]
+        y_ND = expert_matmul(h_NH, self.w2[:r], counts_E) * weights_TK.flatten().index_select(0, order_N)[:, None]
         return torch.zeros_like(x_TD).index_add_(0, token_N, y_ND)
