@@ -81,6 +81,10 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
     return trainer.run(progress=progress)
 
 
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
 def fit_to_store(cfg: RunConfig, store: TokenStore) -> RunConfig:
     """Take the EOS id from the token store when the model leaves it open; refuse a vocabulary too small."""
     if cfg.model.vocab_size < store.vocab_size:
@@ -145,23 +149,16 @@ class Trainer:
                     record = self._train_step()
                     record["elapsed_s"] = time.perf_counter() - start
                     done = self.step == tc.max_steps
-                    if (tc.eval_every and self.step % tc.eval_every == 0) or done:
-                        self.val_loss = self.validator(parallel.unwrap(self.model), self.device)
-                        parallel.reshard(parallel.unwrap(self.model))
-                        record.update(self.val_loss)
+                    if _due(self.step, tc.eval_every) or done:
+                        record.update(self._validate())
                     if self.metrics is not None:
                         self.metrics.write(record)
                     bar.set_postfix(loss=f"{record['ce']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
                     bar.update()
-                    if (tc.checkpoint_every and self.step % tc.checkpoint_every == 0) or done:
+                    if _due(self.step, tc.checkpoint_every) or done:
                         self.save_checkpoint()
                     if self._stop_requested(stop) and not done:
-                        if self.checkpointed_step != self.step:
-                            self.save_checkpoint()
-                        message = f"stopped at step {self.step}; checkpoint {self.last_checkpoint}; continue with --resume"
-                        if self.is_main:
-                            tqdm.write(message, file=sys.stderr)
-                        raise TrainingInterrupted(message)
+                        self._stop()
         finally:
             bar.close()
             if self.metrics is not None:
@@ -219,6 +216,21 @@ class Trainer:
             "mfu": mfu(self.flops_per_token, tokens_per_s, self.cfg.train.peak_flops * self.world_size),
             **health,
         }
+
+    def _validate(self) -> dict[str, float]:
+        model = parallel.unwrap(self.model)
+        self.val_loss = self.validator(model, self.device)
+        parallel.reshard(model)
+        return self.val_loss
+
+    def _stop(self) -> None:
+        """Checkpoint the step just finished (unless that is done) and leave the run."""
+        if self.checkpointed_step != self.step:
+            self.save_checkpoint()
+        message = f"stopped at step {self.step}; checkpoint {self.last_checkpoint}; continue with --resume"
+        if self.is_main:
+            tqdm.write(message, file=sys.stderr)
+        raise TrainingInterrupted(message)
 
     def _clip_gradients(self) -> float:
         max_norm = self.cfg.train.grad_clip or math.inf
