@@ -66,3 +66,10 @@ def test_pool_sizes_are_uniform_in_range_and_prefix_stable():
     assert abs(sizes.float().mean().item() - 68) < 1.5
     fewer = draw_pool_sizes(8, 128, 20000, 5, 0, torch.device("cpu"))
     assert torch.equal(fewer, sizes[:5])
+
+
+def test_each_data_parallel_rank_draws_its_own_sizes(monkeypatch):
+    sampler = PoolSampler(seed=3)
+    on_rank_0 = sampler.layer_seed(0, 0)
+    monkeypatch.setattr("emomoe.distributed.get_rank", lambda: 1)
+    assert sampler.layer_seed(0, 0) != on_rank_0

@@ -12,6 +12,8 @@ import hashlib
 
 import torch
 
+from emomoe import distributed
+
 
 def pool_drop_mask(
     probs_TE: torch.Tensor, seg_T: torch.Tensor, num_segments: int, pool_sizes_G: torch.Tensor
@@ -39,6 +41,8 @@ class PoolSampler:
 
     Resuming from `state_dict()` replays the same sizes. Layers receive a plain integer seed, not a
     generator, so recomputing a layer's forward (activation checkpointing) draws the same sizes.
+    The data-parallel rank is part of every seed, so ranks draw independent sizes for their
+    different documents.
     """
 
     def __init__(self, seed: int = 0):
@@ -51,7 +55,7 @@ class PoolSampler:
         return self.num_forwards - 1
 
     def layer_seed(self, forward_index: int, layer: int) -> int:
-        key = f"{self.seed}:{forward_index}:{layer}".encode()
+        key = f"{self.seed}:{distributed.get_rank()}:{forward_index}:{layer}".encode()
         return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
     def state_dict(self) -> dict[str, int]:
