@@ -129,3 +129,21 @@ def test_scores_are_reused_across_keep_counts(tiny, batches):
     finally:
         handle.remove()
     assert len(calls) == len(batches)
+
+
+def test_layerwise_measures_layer_zero_once_for_several_counts(tiny, batches):
+    model, _ = tiny
+    layers = moe_layers(model)
+    gate_calls = []
+    handle = layers[0].gate.register_forward_hook(lambda *a: gate_calls.append(1))
+    try:
+        selector = ExpertSelector(model, layers, batches, SelectMethod.LAYERWISE)
+        first = selector.choose([2, 2])
+        selector.choose([4, 4])
+        again = selector.choose([2, 2])
+    finally:
+        handle.remove()
+    # Passes through layer 0: measuring layer 0 (once), measuring layer 1 after keeping 2 and
+    # after keeping 4 experts of layer 0; the repeated [2, 2] is answered from the cache.
+    assert len(gate_calls) == 3 * len(batches)
+    assert again == first

@@ -71,6 +71,7 @@ class ExpertSelector:
         self.seed = seed
         self.progress = progress
         self._static_scores: list[torch.Tensor] | None = None
+        self._greedy_mass: dict[tuple[tuple[int, ...], ...], torch.Tensor] = {}
 
     def choose(self, num_keep_per_layer: list[int]) -> list[list[int]]:
         """Kept routed expert ids (ascending) for every MoE layer."""
@@ -98,8 +99,12 @@ class ExpertSelector:
     def _greedy(self, num_keep_per_layer: list[int]) -> list[list[int]]:
         kept: dict[int, list[int]] = {}
         for i in range(len(self.layers)):
-            (mass_E,) = self._router_mass([i], kept, desc=f"layerwise {i + 1}/{len(self.layers)}")
-            kept[i] = top_n(mass_E, num_keep_per_layer[i])
+            # A layer's statistic depends only on the layers pruned before it, so a sweep over
+            # several counts measures layer 0 (and any shared prefix) once.
+            key = tuple(tuple(kept[j]) for j in range(i))
+            if key not in self._greedy_mass:
+                (self._greedy_mass[key],) = self._router_mass([i], kept, desc=f"layerwise {i + 1}/{len(self.layers)}")
+            kept[i] = top_n(self._greedy_mass[key], num_keep_per_layer[i])
         return [kept[i] for i in range(len(self.layers))]
 
     def _router_mass(self, measured: list[int], kept: dict[int, list[int]], desc: str) -> list[torch.Tensor]:
