@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ def write_report(
         sections.append(f"Reproduce with:\n\n```\n{command}\n```")
     settings = results.get("settings")
     if settings:
-        sections.append("Sweep settings: " + ", ".join(f"{k} = {_plain(v)}" for k, v in settings.items()) + ".")
+        sections.append("Sweep settings:\n\n" + "\n".join(f"- {k}: {_plain(v)}" for k, v in settings.items()))
     sections += [
         "## Mean held-out loss increase over the full model\n\n"
         "Averaged over domains, in nats per token; each domain uses its own subset, chosen on its "
@@ -52,7 +51,11 @@ def write_report(
 
 
 def _plain(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} = {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_plain(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _training_table(training: dict[str, dict[str, Any]]) -> str:
