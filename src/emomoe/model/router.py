@@ -50,11 +50,6 @@ class Router(nn.Module):
     def pool(self) -> tuple[int, int] | None:
         return self.train_pool if self.training else self.eval_pool
 
-    @property
-    def draws_pool_sizes(self) -> bool:
-        pool = self.pool
-        return pool is not None and pool[0] != pool[1]
-
     def forward(
         self, x_TD: torch.Tensor, segments: Segments | None = None, pool_seed: int | None = None
     ) -> RouterOutput:

@@ -89,26 +89,12 @@ class EmoTransformer(nn.Module):
         B, S = input_ids_BS.shape
         if S > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {S} exceeds max_seq_len {self.cfg.max_seq_len}")
-        if doc_ids_BS is None:
-            doc_ids_BS = (
-                doc_ids_from_eos(input_ids_BS, self.cfg.eos_id)
-                if self.cfg.eos_id is not None
-                else torch.zeros_like(input_ids_BS)
-            )
-        segments = Segments.from_doc_ids(doc_ids_BS)
-        mask_B1SS = None
-        if self.cfg.doc_attention_mask:
-            causal_SS = torch.ones(S, S, dtype=torch.bool, device=input_ids_BS.device).tril()
-            mask_B1SS = (segments.same_doc_BSS(B) & causal_SS)[:, None]
-        draws = self.training and self._train_pool is not None and self._train_pool[0] != self._train_pool[1]
-        forward_index = self.pool_sampler.next_forward() if draws else None
-
+        segments, mask_B1SS = self._documents(input_ids_BS, doc_ids_BS)
         x_BSD = self.embed(input_ids_BS)
         cos_SDh, sin_SDh = self.rope_cos[:S], self.rope_sin[:S]
         lb_loss = router_z_loss = x_BSD.new_zeros(())
         routing = []
-        for i, layer in enumerate(self.layers):
-            pool_seed = self.pool_sampler.layer_seed(forward_index, i) if draws else None
+        for layer, pool_seed in zip(self.layers, self._pool_seeds()):
             x_BSD, routed = layer(x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_seed)
             if routed is None:
                 empty_T0 = x_BSD.new_zeros(B * S, 0)
@@ -119,6 +105,29 @@ class EmoTransformer(nn.Module):
             routing.append(LayerRouting(routed.logits_TE, routed.experts_TK, routed.weights_TK))
         logits_BSV = self.lm_head(self.norm(x_BSD))
         return ModelOutput(logits_BSV, lb_loss, router_z_loss, routing if return_routing else None)
+
+    def _documents(
+        self, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None
+    ) -> tuple[Segments, torch.Tensor | None]:
+        """Segments for the router pool and, with document masking on, the attention mask [B,1,S,S]."""
+        B, S = input_ids_BS.shape
+        if doc_ids_BS is None:
+            eos_id = self.cfg.eos_id
+            doc_ids_BS = doc_ids_from_eos(input_ids_BS, eos_id) if eos_id is not None else torch.zeros_like(input_ids_BS)
+        segments = Segments.from_doc_ids(doc_ids_BS)
+        if not self.cfg.doc_attention_mask:
+            return segments, None
+        causal_SS = torch.ones(S, S, dtype=torch.bool, device=input_ids_BS.device).tril()
+        return segments, (segments.same_doc_BSS(B) & causal_SS)[:, None]
+
+    def _pool_seeds(self) -> list[int | None]:
+        """One seed per layer for random pool sizes; a training forward with a range pool uses up one
+        forward index of the sampler."""
+        pool = self._train_pool
+        if not (self.training and pool is not None and pool[0] != pool[1]):
+            return [None] * len(self.layers)
+        forward_index = self.pool_sampler.next_forward()
+        return [self.pool_sampler.layer_seed(forward_index, i) for i in range(len(self.layers))]
 
     def update_router_biases(self) -> None:
         """Apply the pending bias-balancing updates (call after each optimizer step; no-op when off)."""
