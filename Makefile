@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/emomoe demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/router.py --quick

@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import train_tokenizer
@@ -28,16 +27,6 @@ def synthetic_documents(num_per_domain: int = 40, seed: int = 0) -> list[dict[st
             text = " ".join(rng.choice(words) for _ in range(rng.randint(40, 120)))
             docs.append({"text": text, "domain": domain, "source": f"synthetic:{domain}/{i}"})
     return docs
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: pytest-xdist runs a worker per core, and two threads per worker on two
-    cores oversubscribe them, which slows torch's CPU kernels by orders of magnitude."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
