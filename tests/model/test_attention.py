@@ -45,6 +45,7 @@ def test_attention_equals_a_naive_per_head_computation_with_gqa_qk_norm_and_doc_
     allowed_BSS = (same_doc_BSS & torch.ones(6, 6, dtype=torch.bool).tril()).expand(2, 6, 6)
     for attn in (_attention(), _attention(num_kv_heads=2, qk_norm=True)):
         causal = attn(x_BSD, cos, sin, None)
-        assert torch.allclose(causal, _naive_attention(attn, x_BSD, cos, sin, torch.ones(6, 6, dtype=torch.bool).tril()), atol=1e-5)
+        causal_SS = torch.ones(6, 6, dtype=torch.bool).tril()
+        assert torch.allclose(causal, _naive_attention(attn, x_BSD, cos, sin, causal_SS), atol=1e-5)
         masked = attn(x_BSD, cos, sin, allowed_BSS[:, None])
         assert torch.allclose(masked, _naive_attention(attn, x_BSD, cos, sin, allowed_BSS), atol=1e-5)

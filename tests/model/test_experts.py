@@ -30,7 +30,8 @@ def _naive(experts, x_TD, experts_TK, weights_TK):
 
 # float32 runs the grouped kernel (where present), float64 the per-expert loop.
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 6), st.integers(0, 2), st.integers(1, 9), st.sampled_from([torch.float32, torch.float64]), st.data())
+@given(st.integers(1, 6), st.integers(0, 2), st.integers(1, 9), st.sampled_from([torch.float32, torch.float64]),
+       st.data())
 def test_dropless_experts_equal_a_per_token_loop(num_routed, num_shared, num_tokens, dtype, data):
     top_k = data.draw(st.integers(1, num_routed))
     experts = _make_experts(num_routed, num_shared, dtype)

@@ -1,7 +1,9 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -103,7 +105,8 @@ def _lb_and_grad(router, x_TD, doc_ids_BS):
     return out.lb_loss.detach(), router.gate.weight.grad.clone()
 
 
-def _global_lb_worker(rank, init_file, result_dir):
+def _global_lb_worker(rank: int, init_file: str, result_dir: str) -> None:
+    """One data-parallel rank holding one row of the batch; run as a script by the test below."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
@@ -117,7 +120,12 @@ def _global_lb_worker(rank, init_file, result_dir):
 
 @pytest.mark.slow
 def test_global_lb_over_two_processes_equals_one_process_with_both_halves(tmp_path):
-    mp.spawn(_global_lb_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    # Separate interpreters running this file, so the workers need no importable test package.
+    workers = [
+        subprocess.Popen([sys.executable, __file__, str(rank), str(tmp_path / "init"), str(tmp_path)])
+        for rank in range(2)
+    ]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
     ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
     x_TD, doc_ids_BS = _batch()
     full_lb, full_grad = _lb_and_grad(_router(LBScope.GLOBAL), x_TD, doc_ids_BS)
@@ -125,5 +133,11 @@ def test_global_lb_over_two_processes_equals_one_process_with_both_halves(tmp_pa
     assert torch.allclose((ranks[0]["lb"] + ranks[1]["lb"]) / 2, full_lb)
     assert torch.allclose((ranks[0]["grad"] + ranks[1]["grad"]) / 2, full_grad)
     # The local scope is different, so the test can tell the two apart.
-    local = [_lb_and_grad(_router(LBScope.LOCAL), x_TD[r * SEQ : (r + 1) * SEQ], doc_ids_BS[r : r + 1])[0] for r in range(2)]
+    local = [
+        _lb_and_grad(_router(LBScope.LOCAL), x_TD[r * SEQ : (r + 1) * SEQ], doc_ids_BS[r : r + 1])[0] for r in range(2)
+    ]
     assert not torch.allclose((local[0] + local[1]) / 2, full_lb)
+
+
+if __name__ == "__main__":
+    _global_lb_worker(int(sys.argv[1]), sys.argv[2], sys.argv[3])

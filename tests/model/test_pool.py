@@ -29,7 +29,8 @@ def _loop_keep(probs_TE, lengths, sizes):
 @given(pooled_batches())
 def test_drop_mask_equals_a_per_document_loop(batch):
     num_experts, lengths, sizes, seed = batch
-    probs_TE = torch.randn(sum(lengths), num_experts, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).softmax(-1)
+    g = torch.Generator().manual_seed(seed)
+    probs_TE = torch.randn(sum(lengths), num_experts, generator=g, dtype=torch.float64).softmax(-1)
     seg_T = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
     keep_TE = ~pool_drop_mask(probs_TE, seg_T, len(lengths), torch.tensor(sizes))
     assert keep_TE.tolist() == _loop_keep(probs_TE, lengths, sizes)

@@ -161,7 +161,9 @@ def test_activation_recompute_of_a_layer_draws_the_same_pool_sizes():
         model, cfg = _model("moe.router.pool=2..7")
         if recompute:
             for layer in model.layers:
-                layer.forward = functools.partial(torch.utils.checkpoint.checkpoint, type(layer).forward, layer, use_reentrant=False)
+                layer.forward = functools.partial(
+                    torch.utils.checkpoint.checkpoint, type(layer).forward, layer, use_reentrant=False
+                )
         compute_loss(model(ids), ids, cfg.loss)["total"].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)

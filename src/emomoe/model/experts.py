@@ -4,9 +4,9 @@ Shapes: T tokens, D model dim, H expert hidden size, E experts, K routed experts
 N = T*K routed token slots.
 
 Routed slots are sorted by expert so every expert sees one contiguous block of its tokens; one
-grouped matmul (or one matmul per non-empty expert where `torch._grouped_mm` is missing or
-does not support the dtype or shapes) runs them, and the weighted outputs are scattered back. Shared experts (the last indices) run densely
-on every token with weight 1.0.
+grouped matmul (or one matmul per non-empty expert where `torch._grouped_mm` is missing or does
+not support the dtype or shapes) runs them, and the weighted outputs are scattered back. Shared
+experts (the last indices) run densely on every token with weight 1.0.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class Experts(nn.Module):
         slots_N = experts_TK.flatten()
         order_N = slots_N.argsort(stable=True)
         token_N = order_N // top_k
-        counts_E = torch.zeros(r, dtype=torch.long, device=x_TD.device).scatter_add_(0, slots_N, torch.ones_like(slots_N))
+        counts_E = torch.zeros(r, dtype=torch.long, device=x_TD.device)
+        counts_E.scatter_add_(0, slots_N, torch.ones_like(slots_N))
         x_ND = x_TD.index_select(0, token_N)  # its backward is index_add_, ~2x faster than indexing's
         h_NH = F.silu(expert_matmul(x_ND, self.w1[:r], counts_E)) * expert_matmul(x_ND, self.w3[:r], counts_E)
         y_ND = expert_matmul(h_NH, self.w2[:r], counts_E) * weights_TK.flatten().index_select(0, order_N)[:, None]

@@ -111,9 +111,10 @@ class EmoTransformer(nn.Module):
     ) -> tuple[Segments, torch.Tensor | None]:
         """Segments for the router pool and, with document masking on, the attention mask [B,1,S,S]."""
         B, S = input_ids_BS.shape
-        if doc_ids_BS is None:
-            eos_id = self.cfg.eos_id
-            doc_ids_BS = doc_ids_from_eos(input_ids_BS, eos_id) if eos_id is not None else torch.zeros_like(input_ids_BS)
+        if doc_ids_BS is None and self.cfg.eos_id is not None:
+            doc_ids_BS = doc_ids_from_eos(input_ids_BS, self.cfg.eos_id)
+        elif doc_ids_BS is None:
+            doc_ids_BS = torch.zeros_like(input_ids_BS)
         segments = Segments.from_doc_ids(doc_ids_BS)
         if not self.cfg.doc_attention_mask:
             return segments, None
