@@ -17,7 +17,7 @@ def tiny_config(num_layers: int = 2, pool: str = "2..8") -> ModelConfig:
 
 @pytest.fixture(scope="module")
 def tiny():
-    """A tiny EMO model in eval mode with peaked routing (so that dropping experts matters); tests must not modify it."""
+    """A tiny EMO model in eval mode with peaked routing (so dropping experts matters). Do not modify it."""
     torch.manual_seed(0)
     cfg = tiny_config()
     model = build_model(cfg).eval()

@@ -45,7 +45,8 @@ def test_router_shared_and_blending_on_request(tmp_path, checkpoint_dir, changed
     full, _ = load_model(checkpoint_dir)
     merged, _ = load_model(tmp_path / "m")
     ids = kept[1] + [7]
-    torch.testing.assert_close(merged.layers[1].moe.router.gate.weight[ids], full.layers[1].moe.router.gate.weight[ids] + 0.25)
+    gate = merged.layers[1].moe.router.gate.weight
+    torch.testing.assert_close(gate[ids], full.layers[1].moe.router.gate.weight[ids] + 0.25)
     torch.testing.assert_close(merged.layers[1].moe.experts.w1[ids], full.layers[1].moe.experts.w1[ids] + 0.25)
     torch.testing.assert_close(merged.lm_head.weight, full.lm_head.weight + 0.25)
 

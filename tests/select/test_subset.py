@@ -31,7 +31,8 @@ def test_select_writes_a_smaller_self_contained_subset(tmp_path, checkpoint_dir,
     assert sum(p.numel() for p in sub.parameters()) < sum(p.numel() for p in full.parameters())
     assert (out / "model.safetensors").stat().st_size < (checkpoint_dir / "model.safetensors").stat().st_size
     assert sub_cfg.moe.num_experts_per_layer == [5, 5] and saved["num_params"]["total"] == sub_cfg.num_params()[0]
-    torch.testing.assert_close(sub.layers[1].moe.experts.w2[:4], full.layers[1].moe.experts.w2[saved["kept_experts"][1]])
+    kept_w2 = full.layers[1].moe.experts.w2[saved["kept_experts"][1]]
+    torch.testing.assert_close(sub.layers[1].moe.experts.w2[:4], kept_w2)
 
 
 @pytest.mark.parametrize(
@@ -48,7 +49,8 @@ def test_checkpoint_without_routers_is_refused(tmp_path, make_tiny_config, calib
     from emomoe.checkpoint import save_model
     from emomoe.model import build_model
 
-    cfg = make_tiny_config(pool="off").with_overrides(["moe.num_experts=1", "moe.top_k=0", "vocab_size=300", "max_seq_len=64"])
+    dense = ["moe.num_experts=1", "moe.top_k=0", "vocab_size=300", "max_seq_len=64"]
+    cfg = make_tiny_config(pool="off").with_overrides(dense)
     save_model(tmp_path / "dense", build_model(cfg), cfg)
     with pytest.raises(DataError, match="no MoE layers"):
         select_subset(tmp_path / "dense", tmp_path / "sub", keep=KeepSpec.parse("1"), calibration=calib)

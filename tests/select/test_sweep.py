@@ -39,7 +39,9 @@ def test_subset_loss_matches_the_standalone_pipeline(sweep, checkpoint_dir, stor
     calib = store_calibration(store_dir, ["legal"], num_windows=3, seq_len=32, batch_size=4)
     record = select_subset(checkpoint_dir, tmp_path / "sub", keep=KeepSpec.of_fraction(0.25), calibration=calib)
     assert record["kept_experts"] == sweep["kept_experts"]["a"]["0.25"]["legal"]
-    evaluated = evaluate_checkpoint(tmp_path / "sub", store_dir, domains=["legal"], seq_len=32, batch_size=4, max_windows_per_domain=3)
+    evaluated = evaluate_checkpoint(
+        tmp_path / "sub", store_dir, domains=["legal"], seq_len=32, batch_size=4, max_windows_per_domain=3
+    )
     assert math.isclose(sweep["loss"]["a"]["0.25"]["legal"], evaluated["domains"]["legal"]["loss"], rel_tol=1e-5)
 
 

@@ -56,7 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="layerwise (default; the paper's greedy), global, easy-ep or random")
     p.add_argument("--num-calib-windows", type=int, default=64, metavar="N",
                    help="calibration windows of --seq-len tokens (default 64; the paper found one document enough)")
-    p.add_argument("--seq-len", type=int, metavar="S", help="tokens per calibration window (default: the model's max_seq_len)")
+    p.add_argument(
+        "--seq-len", type=int, metavar="S", help="tokens per calibration window (default: the model's max_seq_len)"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="seed of --method random")
     p.add_argument("--out", required=True, metavar="DIR", help="directory of the subset checkpoint")
@@ -118,8 +120,8 @@ def run_select(args: argparse.Namespace) -> int:
             seq_len=seq_len, batch_size=args.batch_size,
         )
     record = select_subset(
-        args.checkpoint, args.out, keep=KeepSpec.parse(args.keep), method=method, calibration=calibration, seed=args.seed,
-        progress=not args.no_progress,
+        args.checkpoint, args.out, keep=KeepSpec.parse(args.keep), method=method, calibration=calibration,
+        seed=args.seed, progress=not args.no_progress,
     )
     kept = ", ".join(str(len(k)) for k in record["kept_experts"])
     total, source_total = record["num_params"]["total"], record["source_num_params"]["total"]

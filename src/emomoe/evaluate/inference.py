@@ -28,6 +28,8 @@ def load_for_inference(directory: str | Path) -> tuple[nn.Module, ModelConfig]:
 def check_fits(cfg: ModelConfig, checkpoint: str | Path, *, vocab_size: int, seq_len: int) -> None:
     """Raise unless windows of `seq_len` tokens from a `vocab_size` vocabulary fit the model."""
     if vocab_size > cfg.vocab_size:
-        raise DataError(f"{checkpoint}: the data's vocabulary ({vocab_size}) is larger than the model's ({cfg.vocab_size})")
+        raise DataError(
+            f"{checkpoint}: the data's vocabulary ({vocab_size}) is larger than the model's ({cfg.vocab_size})"
+        )
     if seq_len > cfg.max_seq_len:
         raise ConfigError(f"seq_len: {seq_len} exceeds {checkpoint}'s max_seq_len {cfg.max_seq_len}")

@@ -116,4 +116,6 @@ def _text_tokenizer(tokenizer: str | Path | None, store: str | Path | None, sour
         return load_tokenizer(tokenizer)
     if store is not None and (path := TokenStore.open(store).tokenizer_path) is not None:
         return load_tokenizer(path)
-    raise DataError(f"calib '{source}': text files need the model's tokenizer; pass --tokenizer (or a --data store that has one)")
+    raise DataError(
+        f"calib '{source}': text files need the model's tokenizer; pass --tokenizer (or a --data store that has one)"
+    )

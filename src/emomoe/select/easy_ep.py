@@ -40,7 +40,9 @@ def token_weights(h_TD: torch.Tensor, m_TD: torch.Tensor) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(h_TD, h_TD + m_TD, dim=-1)).clamp(min=0.0)
 
 
-def easy_ep_scores(model: nn.Module, layers: list[MoELayer], batches: Iterable[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+def easy_ep_scores(
+    model: nn.Module, layers: list[MoELayer], batches: Iterable[dict[str, torch.Tensor]]
+) -> list[torch.Tensor]:
     """Per MoE layer, the EASY-EP score of every routed expert, accumulated over `batches`."""
     scores = [torch.zeros(layer.num_routed, dtype=torch.float64) for layer in layers]
     valid = {}

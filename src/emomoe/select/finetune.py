@@ -31,7 +31,8 @@ def finetune_domains(subset_dir: str | Path, domains: list[str] | None) -> list[
     """The domains to fine-tune on: as given, else those the subset was selected on."""
     if domains:
         return domains
-    calibration = read_selection(subset_dir).get("calibration") if (Path(subset_dir) / SELECTION_FILE).is_file() else None
+    has_selection = (Path(subset_dir) / SELECTION_FILE).is_file()
+    calibration = read_selection(subset_dir).get("calibration") if has_selection else None
     if calibration and calibration.get("source") == "store":
         return list(calibration["domains"])
     raise ConfigError(f"{subset_dir}: was not selected on token-store domains; name the domains to fine-tune on")
@@ -63,7 +64,8 @@ def finetune_subset(
     model, cfg = load_model(subset_dir)
     check_fits(cfg, subset_dir, vocab_size=store.vocab_size, seq_len=seq_len)
     torch.manual_seed(seed)
-    loader = TrainLoader(store, DataConfig(store=str(store.path), seq_len=seq_len, batch_size=batch_size, seed=seed, domains=domains))
+    data_cfg = DataConfig(store=str(store.path), seq_len=seq_len, batch_size=batch_size, seed=seed, domains=domains)
+    loader = TrainLoader(store, data_cfg)
     num_steps = math.ceil(num_epochs * loader.num_windows / batch_size)
     if max_steps:
         num_steps = min(num_steps, max_steps)

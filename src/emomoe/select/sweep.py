@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from emomoe.analyze.report import write_report
 from emomoe.analyze.sweep_results import FULL
+from emomoe.checkpoint import load_config
 from emomoe.config import Config
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
@@ -79,24 +80,26 @@ def run_sweep(
     store = store if isinstance(store, TokenStore) else TokenStore.open(store)
     domains = cfg.domains or store.domains
     store.domain_ids(domains)
+    for checkpoint in checkpoints.values():  # fail before any work, not after the first model
+        check_fits(load_config(checkpoint), checkpoint, vocab_size=store.vocab_size, seq_len=cfg.seq_len)
     fractions = sorted({*cfg.keep, 1.0}, reverse=True)
+    window_args = {"seq_len": cfg.seq_len, "batch_size": cfg.batch_size}
     calib = {
-        d: store_calibration(store, [d], num_windows=cfg.num_calib_windows, seq_len=cfg.seq_len, batch_size=cfg.batch_size).batches
+        d: store_calibration(store, [d], num_windows=cfg.num_calib_windows, **window_args).batches
         for d in (domains if cfg.method.needs_calibration else [])
     }
+    max_eval = cfg.num_eval_windows or None
     held_out = {
-        d: list(eval_batches(
-            store, Split.VAL, seq_len=cfg.seq_len, batch_size=cfg.batch_size, domains=[d],
-            max_windows_per_domain=cfg.num_eval_windows or None,
-        ))
+        d: list(eval_batches(store, Split.VAL, domains=[d], max_windows_per_domain=max_eval, **window_args))
         for d in domains
     }
     results: dict[str, Any] = {"loss": {}, "params": {}, "kept_experts": {}}
-    bar = tqdm(total=len(checkpoints) * len(domains) * len(fractions), desc="sweep", unit="subset", disable=not progress)
+    num_cells = len(checkpoints) * len(domains) * len(fractions)
+    bar = tqdm(total=num_cells, desc="sweep", unit="subset", disable=not progress)
     for name, checkpoint in checkpoints.items():
         model, model_cfg = load_for_inference(checkpoint)
-        check_fits(model_cfg, checkpoint, vocab_size=store.vocab_size, seq_len=cfg.seq_len)
         layers = moe_layers(model, where=str(checkpoint))
+        num_routed = [layer.num_routed for layer in layers]
         loss = results["loss"][name] = {keep_label(f): {} for f in fractions}
         params = results["params"][name] = {}
         kept_experts = results["kept_experts"][name] = {keep_label(f): {} for f in fractions if f < 1.0}
@@ -108,7 +111,7 @@ def run_sweep(
                 if label == FULL:
                     subset, subset_cfg = model, model_cfg
                 else:
-                    kept = selector.choose(KeepSpec.of_fraction(fraction).resolve([l.num_routed for l in layers]))
+                    kept = selector.choose(KeepSpec.of_fraction(fraction).resolve(num_routed))
                     subset, subset_cfg = slice_model(model, model_cfg, layers, kept)
                     kept_experts[label][domain] = kept
                 loss[label][domain] = loss_by_domain(subset.eval(), held_out[domain], store.domains)[domain].loss
