@@ -20,6 +20,8 @@ from emomoe.model.init import DEFAULT_STD, init_weight_
 HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
 
+# Run eagerly under torch.compile: the kernel's fake (tracing) implementation accepts only bf16.
+@torch.compiler.disable
 def grouped_matmul(x_ND: torch.Tensor, w_EHD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
     """Rows of `x_ND` sorted by expert, `counts_E` rows each: row n -> x_n @ w[e(n)].T, shape [N, H]."""
     offsets_E = counts_E.cumsum(0).to(torch.int32)
