@@ -95,3 +95,11 @@ def test_invalid_yaml_file_names_file(tmp_path):
         Outer.from_yaml(path)
     with pytest.raises(ConfigError, match="not found"):
         Outer.from_yaml(tmp_path / "absent.yaml")
+
+
+def test_yaml_reads_on_off_yes_no_as_strings(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: off\nflag: true\ninner: {pool: off}\n")
+    cfg = Outer.from_yaml(path)
+    assert cfg.name == "off" and cfg.inner.pool == "off" and cfg.flag is True
+    assert Outer().with_overrides(["inner.pool=off", "name=no"]).name == "no"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,6 +21,24 @@ from emomoe.errors import ConfigError
 from emomoe.io import atomic_write_text
 
 C = TypeVar("C", bound="Config")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 would read `pool: off` as false."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str):
+    """Parse YAML text as emomoe reads every config and override value."""
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclasses.dataclass
@@ -55,7 +74,7 @@ class Config:
     def from_yaml(cls: type[C], path: str | Path) -> C:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except yaml.YAMLError as e:
@@ -88,7 +107,7 @@ class Config:
             if parts[-1] not in node:
                 raise ConfigError(f"unknown config key '{key}' in override '{item}'")
             try:
-                node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+                node[parts[-1]] = load_yaml(raw) if raw else ""
             except yaml.YAMLError:
                 node[parts[-1]] = raw
         return type(self).from_dict(data)

@@ -43,11 +43,10 @@ def parse_pool(text: str, name: str) -> tuple[int, int] | None:
 
 @dataclass
 class RouterConfig(Config):
-    # `bool` only because YAML reads a bare `off` as false; __post_init__ turns it back into "off".
-    pool: str | bool = "off"
+    pool: str = "off"
     """EMO document pool in training: "off" (standard MoE), a fixed size "32", or "min..max"
     drawn uniformly per (document, layer); sizes >= the routed expert count mean no restriction."""
-    eval_pool: str | bool = "off"
+    eval_pool: str = "off"
     """Pool used in eval mode: "off" (the HF inference behaviour) or a fixed size."""
     num_shared_experts: int = 1
     """Always-on experts with weight 1.0; they are the LAST indices of every layer's experts."""
@@ -57,10 +56,6 @@ class RouterConfig(Config):
     bias_update_rate: float = 0.0
     """DeepSeek-V3-style balancing: per-expert selection bias moved by this much per update
     (`EmoTransformer.update_router_biases`); 0 turns it off."""
-
-    def __post_init__(self) -> None:
-        self.pool = "off" if self.pool is False else self.pool
-        self.eval_pool = "off" if self.eval_pool is False else self.eval_pool
 
     def validate(self) -> None:
         parse_pool(self.pool, "pool")
