@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "finetune",
         help="fine-tune a subset on its domain (AdamW, small LR, one epoch)",
         description="Train every parameter of a subset on the training documents of its domain(s): "
-        "AdamW, 10%% warmup then linear decay to 0, clipping at 1.0, the model's auxiliary losses on.",
+        "AdamW, 10% warmup then linear decay to 0, clipping at 1.0, the model's auxiliary losses on.",
     )
     f.add_argument("--checkpoint", required=True, metavar="DIR", help="subset (or any model) checkpoint")
     f.add_argument("--data", required=True, metavar="STORE", help="token store")
