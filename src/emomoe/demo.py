@@ -4,14 +4,20 @@ Steps, each cached in the output directory so that a second run reuses what is d
 1. data:  train an 8k byte-level BPE on the embedded corpus and write its token store;
 2. train: configs/demo-emo.yaml and configs/demo-std.yaml on that store (same data order, seed
           and budget; they differ only in the router's pool); an interrupted run resumes;
-3. eval:  per-domain validation loss of both final models over the whole validation split;
-4. report: a table of those losses, printed and written to OUT/val_loss.md (+ .json).
+3. eval:  per-domain validation loss of both final models over the whole validation split,
+          written to OUT/val_loss.md (+ .json);
+4. sweep: for every domain and keep fraction (1, 1/2, 1/4, 1/8 of the routed experts), select
+          a subset on the domain's training documents, slice it, and evaluate it on the domain's
+          held-out documents, for both models;
+5. report: OUT/report.md with the sweep's tables, the plot OUT/loss_vs_keep.png and the
+          subsets' parameter counts; the summary table is printed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,7 @@ from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.io import atomic_write_text
+from emomoe.select.sweep import SweepConfig, run_sweep, write_sweep
 from emomoe.train.config import RunConfig
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
 from emomoe.train.trainer import fit_to_store, train
@@ -41,6 +48,10 @@ class DemoResult:
     val_loss: dict[str, dict[str, float]]
     """Model name -> domain (and "all") -> validation loss in nats per token."""
     table: str
+    """Per-domain validation loss of both full models (markdown)."""
+    sweep: dict[str, Any]
+    """The keep-fraction sweep (see `emomoe.analyze.sweep_results`)."""
+    report: Path
 
 
 def run_demo(
@@ -49,19 +60,34 @@ def run_demo(
     """Run the main job into `out`; `overrides` (dotted key=value) apply to both model configs."""
     out = Path(out)
     say = print if progress else (lambda *_: None)
-    say(f"[1/4] data: tokenizer and token store of the embedded corpus in {out}")
+    say(f"[1/5] data: tokenizer and token store of the embedded corpus in {out}")
     store = prepare_demo_data(out, progress=progress)
-    final_dirs = {}
+    final_dirs, training = {}, {}
     for name in DEMO_MODELS:
-        say(f"[2/4] train: {DEMO_MODELS[name]} -> {out / name}")
+        say(f"[2/5] train: {DEMO_MODELS[name]} -> {out / name}")
+        started = time.perf_counter()
         final_dirs[name] = train_demo_model(name, store, out, overrides or [], force=force, progress=progress)
-    say("[3/4] eval: per-domain validation loss of both models")
+        training[name] = training_facts(final_dirs[name], time.perf_counter() - started)
+    say("[3/5] eval: per-domain validation loss of both models")
     val_loss = {name: validation_losses(final, store, progress=progress) for name, final in final_dirs.items()}
-    say(f"[4/4] report: {out / 'val_loss.md'}")
     table = loss_table(val_loss)
     atomic_write_text(out / "val_loss.md", table + "\n")
     atomic_write_text(out / "val_loss.json", json.dumps(val_loss, indent=2) + "\n")
-    return DemoResult(out, final_dirs, val_loss, table)
+    say("[4/5] sweep: select, slice and evaluate expert subsets per domain and keep fraction")
+    trained = RunConfig.from_yaml(out / "emo" / CONFIG_FILE)
+    sweep_cfg = SweepConfig(seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size)
+    sweep = run_sweep(final_dirs, store, sweep_cfg, progress=progress)
+    report = write_sweep(out, sweep, training=training, command=f"emomoe demo --out {out}")
+    say(f"[5/5] report: {report}")
+    return DemoResult(out, final_dirs, val_loss, table, sweep, report)
+
+
+def training_facts(final_dir: Path, wall_s: float) -> dict[str, Any]:
+    """What the report says about a training run: its budget and how long this invocation took."""
+    cfg = RunConfig.from_yaml(final_dir.parent / CONFIG_FILE)
+    steps = cfg.train.max_steps
+    tokens = steps * cfg.train.num_micro_batches * cfg.data.batch_size * cfg.data.seq_len
+    return {"steps": steps, "tokens": tokens, "wall s (this run)": round(wall_s, 1)}
 
 
 def prepare_demo_data(out: Path, *, progress: bool = True) -> TokenStore:

@@ -108,6 +108,11 @@ def test_demo_trains_both_models_compares_and_reuses(tmp_path, monkeypatch, caps
     std_cfg = yaml.safe_load((out / "std" / "config.yaml").read_text())
     assert emo_cfg["model"]["moe"]["router"]["pool"] != "off" and std_cfg["model"]["moe"]["router"]["pool"] == "off"
     assert emo_cfg["data"] == std_cfg["data"] and emo_cfg["train"] == std_cfg["train"]
+    sweep = json.loads((out / "results.json").read_text())
+    assert set(sweep["loss"]) == {"emo", "std"}
+    assert set(sweep["loss"]["emo"]) == {"1", "0.5", "0.25", "0.125"}
+    assert set(sweep["loss"]["std"]["0.25"]) == set(TOPICS)
+    assert "mean increase" in table and (out / "report.md").is_file() and (out / "loss_vs_keep.png").is_file()
 
     # A second run reuses the store and both finished runs.
     store_stamp = (out / "store" / "metadata.json").stat().st_mtime_ns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from emomoe.analyze.tables import summary_table
 from emomoe.cli.train import add_override_arg
 from emomoe.demo import run_demo
 
@@ -11,10 +12,11 @@ from emomoe.demo import run_demo
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="train EMO and a standard MoE on the embedded corpus and compare them per domain",
+        help="train EMO and a standard MoE on the embedded corpus, then compare their expert subsets per domain",
         description="The main job: build an 8k tokenizer and a token store from the embedded corpus, "
-        "train configs/demo-emo.yaml and configs/demo-std.yaml (same data, seed and budget), and print "
-        "both models' validation loss per domain. Every step is cached in OUT: running it again reuses "
+        "train configs/demo-emo.yaml and configs/demo-std.yaml (same data, seed and budget), print "
+        "both models' validation loss per domain, then sweep expert subsets (select per domain at keep "
+        "fractions 1, 1/2, 1/4, 1/8, slice, evaluate on held-out documents) and write OUT/report.md. Every step is cached in OUT: running it again reuses "
         "finished work and resumes an interrupted training run.",
     )
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
@@ -28,5 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = run_demo(args.out, args.overrides, force=args.force, progress=not args.no_progress)
-    print(result.table)
+    print("Validation loss per domain (nats per token):\n" + result.table)
+    print("\nMean held-out loss increase when keeping a fraction of the routed experts:\n" + summary_table(result.sweep))
+    print(f"\nReport: {result.report}")
     return 0
