@@ -22,7 +22,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 tests
 
 bench: $(STAMP)
-	$(BIN)/python bench/router.py --quick
+	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done
 
 # Rebuild the embedded corpus from pinned Debian/PyPI packages (needs apt-get and dpkg-deb).
 corpus: $(STAMP)

@@ -4,21 +4,14 @@ Calibration windows are random tokens: the cost of selection does not depend on 
 says. Times are wall-clock seconds on a shared machine, so compare them within one run (the
 full/subset load times are measured side by side). Prints one JSON object.
 
-    python bench/select.py                          # the `small` preset, 64 windows of 256 tokens
-    python bench/select.py --quick                  # 4 windows of 64 tokens
-    python bench/select.py --checkpoint runs/demo/emo/final
+    python bench/selection.py                          # the `small` preset, 64 windows of 256 tokens
+    python bench/selection.py --quick                  # 4 windows of 64 tokens
+    python bench/selection.py --checkpoint runs/demo/emo/final
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file shares its name with the stdlib `select` module (which subprocess imports): keep its
-# own folder off the import path, which Python puts first when running a script.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import argparse  # noqa: E402
+import argparse
 import json
 import tempfile
 import time
