@@ -70,4 +70,7 @@ def init_from_env() -> bool:
 
 def shutdown() -> None:
     if is_distributed():
+        # Tearing the group down while the peer still has a collective in flight can abort the
+        # process ("terminate called without an active exception", seen with FSDP over gloo).
+        dist.barrier()
         dist.destroy_process_group()
