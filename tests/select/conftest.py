@@ -1,13 +1,10 @@
-import random
-
 import pytest
 import torch
 
 from emomoe.checkpoint import save_model
 from emomoe.data.store import TokenStore
-from emomoe.data.tokenize import tokenize_corpus
-from emomoe.data.tokenizer import train_tokenizer
 from emomoe.model import ModelConfig, build_model
+from tests.fixtures import build_store, word_documents
 
 
 def tiny_config(num_layers: int = 2, pool: str = "2..8") -> ModelConfig:
@@ -50,23 +47,13 @@ _WORDS = {
 }
 
 
-def make_documents(num_per_domain: int = 24, seed: int = 0) -> list[dict[str, str]]:
-    rng = random.Random(seed)
-    return [
-        {"text": " ".join(rng.choice(words) for _ in range(rng.randint(30, 90))), "domain": domain, "source": "t"}
-        for _ in range(num_per_domain)
-        for domain, words in _WORDS.items()
-    ]
 
 
 @pytest.fixture(scope="session")
 def store_dir(tmp_path_factory):
     """A token store of three synthetic domains, tokenized with a 300-token byte-level BPE."""
-    docs = make_documents()
-    tok = train_tokenizer((d["text"] for d in docs), vocab_size=300)
-    path = tmp_path_factory.mktemp("store") / "store"
-    tokenize_corpus(docs, tok, path, val_fraction=0.2, progress=False)
-    return path
+    docs = word_documents(_WORDS, 24, num_words=(30, 90))
+    return build_store(docs, tmp_path_factory.mktemp("store") / "store", vocab_size=300, val_fraction=0.2)
 
 
 @pytest.fixture(scope="session")

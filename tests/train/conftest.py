@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 
-from emomoe.data.tokenize import tokenize_corpus
-from emomoe.data.tokenizer import train_tokenizer
 from emomoe.train.config import RunConfig
+from tests.fixtures import build_store, word_documents
 
 VOCAB_SIZE = 320
 WORDS = {
@@ -19,23 +17,11 @@ WORDS = {
 }
 
 
-def synthetic_documents(num_per_domain: int = 40, seed: int = 0) -> list[dict[str, str]]:
-    rng = random.Random(seed)
-    docs = []
-    for domain, words in WORDS.items():
-        for i in range(num_per_domain):
-            text = " ".join(rng.choice(words) for _ in range(rng.randint(40, 120)))
-            docs.append({"text": text, "domain": domain, "source": f"synthetic:{domain}/{i}"})
-    return docs
-
-
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> Path:
-    docs = synthetic_documents()
-    tokenizer = train_tokenizer((d["text"] for d in docs), vocab_size=VOCAB_SIZE)
+    docs = word_documents(WORDS, 40, num_words=(40, 120))
     out = tmp_path_factory.mktemp("store") / "store"
-    tokenize_corpus(docs, tokenizer, out, val_fraction=0.2, min_val_docs=2, progress=False)
-    return out
+    return build_store(docs, out, vocab_size=VOCAB_SIZE, val_fraction=0.2, min_val_docs=2)
 
 
 def tiny_run_config(store: Path, *overrides: str) -> RunConfig:
