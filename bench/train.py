@@ -17,6 +17,7 @@ import torch
 
 from emomoe.model import build_model
 from emomoe.model.config import ModelConfig
+from emomoe.model.docs import doc_ids_from_eos
 from emomoe.model.losses import compute_loss
 from emomoe.train.config import TrainConfig
 from emomoe.train.optim import build_optimizer
@@ -27,8 +28,7 @@ def random_batch(cfg: ModelConfig, batch_size: int, seq_len: int, doc_len: int, 
     tokens_BS1 = torch.randint(1, cfg.vocab_size, (batch_size, seq_len + 1), generator=gen)
     tokens_BS1[:, doc_len::doc_len] = 0  # token 0 stands in for EOS
     input_ids_BS = tokens_BS1[:, :-1]
-    is_eos_BS = (input_ids_BS == 0).long()
-    return input_ids_BS, tokens_BS1[:, 1:], is_eos_BS.cumsum(1) - is_eos_BS
+    return input_ids_BS, tokens_BS1[:, 1:], doc_ids_from_eos(input_ids_BS, eos_id=0)
 
 
 class StepTimer:
