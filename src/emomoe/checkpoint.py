@@ -55,12 +55,17 @@ def load_config(directory: str | Path) -> ModelConfig:
         raise DataError(str(e)) from None
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelConfig]:
-    """Build the model described by `model.yaml` and load `model.safetensors` into it (strictly)."""
+def load_model(
+    directory: str | Path, device: str | torch.device = "cpu", overrides: list[str] | None = None
+) -> tuple[torch.nn.Module, ModelConfig]:
+    """Build the model described by `model.yaml` (with dotted `overrides` of fields that do not
+    change the weights, e.g. the router's pool) and load `model.safetensors` into it (strictly)."""
     from emomoe.model import build_model
 
     directory = Path(directory)
     cfg = load_config(directory)
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise DataError(f"{directory}: not a model checkpoint (no {WEIGHTS_FILE})")

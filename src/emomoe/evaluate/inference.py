@@ -17,11 +17,7 @@ from emomoe.model import ModelConfig
 
 
 def load_for_inference(directory: str | Path) -> tuple[nn.Module, ModelConfig]:
-    model, cfg = load_model(directory)
-    for block in model.layers:
-        if block.moe.router is not None:
-            block.moe.router.eval_pool = None
-    cfg.moe.router.eval_pool = "off"
+    model, cfg = load_model(directory, overrides=["moe.router.eval_pool=off"])
     return model.eval(), cfg
 
 
