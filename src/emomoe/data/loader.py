@@ -32,8 +32,8 @@ from emomoe.config import Config
 from emomoe.data.store import Shard, Split, TokenStore
 from emomoe.errors import ConfigError, DataError
 from emomoe.model.docs import doc_ids_from_eos
+from emomoe.model.losses import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 Batch = dict[str, torch.Tensor]
 
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
 from emomoe.evaluate.inference import check_fits, load_for_inference
+from emomoe.model.losses import IGNORE_INDEX
 
 Batch = dict[str, torch.Tensor]
 
@@ -54,8 +55,8 @@ def loss_by_domain(
         out = model(batch["input_ids_BS"], doc_ids_BS=batch.get("doc_ids_BS"))
         logits_TV = out.logits.reshape(-1, out.logits.shape[-1]).float()
         labels_T = batch["labels_BS"].reshape(-1)
-        ce_T = F.cross_entropy(logits_TV, labels_T, ignore_index=-100, reduction="none")
-        valid_T = labels_T != -100
+        ce_T = F.cross_entropy(logits_TV, labels_T, ignore_index=IGNORE_INDEX, reduction="none")
+        valid_T = labels_T != IGNORE_INDEX
         domains_T = batch["domain_ids_BS"].reshape(-1)[valid_T]
         sums_G.index_add_(0, domains_T, ce_T[valid_T].double())
         counts_G.index_add_(0, domains_T, torch.ones_like(domains_T, dtype=torch.float64))

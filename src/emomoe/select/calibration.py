@@ -22,6 +22,7 @@ from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.model.docs import doc_ids_from_eos
+from emomoe.model.losses import IGNORE_INDEX
 
 Batch = dict[str, torch.Tensor]
 
@@ -45,7 +46,7 @@ def valid_tokens(batch: Batch) -> torch.Tensor:
     labels_BS = batch.get("labels_BS")
     if labels_BS is None:
         return torch.ones(batch["input_ids_BS"].numel(), dtype=torch.bool)
-    return labels_BS.reshape(-1) != -100
+    return labels_BS.reshape(-1) != IGNORE_INDEX
 
 
 def store_calibration(
