@@ -1,0 +1,176 @@
+"""Controlled runs for the EMO-vs-standard full-model gap (issue 11; write-up in docs/parity.md).
+
+Each named run is a demo config plus dotted overrides. A run trains (resuming if interrupted),
+then measures
+- the full model's validation loss per domain on the whole validation split (the demo's number:
+  pool-free routing, as the HF model), and
+- the 25%-kept subset's loss increase per domain (the demo sweep's layerwise selection, one keep
+  fraction),
+and writes OUT/<name>/parity.json. Every invocation rewrites OUT/results.md from all finished
+runs: gaps are taken against the standard run with the same seed and budget.
+
+Runs are sequential, one at a time; training losses do not depend on machine load, so run it
+in the background on a busy machine:
+
+    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python scripts/parity/grid.py \\
+        --store runs/demo/store --out runs/parity std emo std-seed1
+    .venv/bin/python scripts/parity/grid.py --store runs/demo/store --out runs/parity --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from emomoe.analyze.sweep_results import mean_increase
+from emomoe.analyze.tables import markdown_table
+from emomoe.demo import CONFIG_DIR
+from emomoe.evaluate.loss import evaluate_checkpoint
+from emomoe.io import atomic_write_text
+from emomoe.select.sweep import SweepConfig, run_sweep
+from emomoe.train.config import RunConfig
+from emomoe.train.trainer import train
+
+KEEP = 0.25
+RESULT_FILE = "parity.json"
+COMMON = ["train.num_threads=1", "train.eval_every=250", "train.checkpoint_every=100"]
+"""One thread: a busy shared machine makes several OpenMP threads spin; results do not depend on it."""
+
+STD, EMO = "demo-std.yaml", "demo-emo.yaml"
+SEED1, SEED2 = "train.seed=1", "train.seed=2"
+GRID: dict[str, tuple[str, list[str]]] = {
+    # name: (demo config, overrides). Standard runs are the references of the EMO runs with the
+    # same seed and budget (see `reference_of`).
+    "std": (STD, []),
+    "emo": (EMO, []),
+    "std-seed1": (STD, [SEED1]),
+    "emo-seed1": (EMO, [SEED1]),
+    "std-seed2": (STD, [SEED2]),
+    "emo-seed2": (EMO, [SEED2]),
+    # pool range
+    "emo-pool8": (EMO, ["model.moe.router.pool=8..32"]),
+    "emo-pool16": (EMO, ["model.moe.router.pool=16..32"]),
+    # LR and warmup, for both models
+    "std-lr2e-3": (STD, ["train.lr=2e-3"]),
+    "emo-lr2e-3": (EMO, ["train.lr=2e-3"]),
+    "std-warm100": (STD, ["train.warmup_steps=100"]),
+    "emo-warm100": (EMO, ["train.warmup_steps=100"]),
+    # load balancing weight
+    "std-lb0.01": (STD, ["model.loss.lb_weight=0.01"]),
+    "emo-lb0.01": (EMO, ["model.loss.lb_weight=0.01"]),
+    # more tokens
+    "std-1000": (STD, ["train.max_steps=1000"]),
+    "emo-1000": (EMO, ["train.max_steps=1000"]),
+}
+REFERENCE_KEYS = ("train.seed", "train.max_steps", "train.lr", "train.warmup_steps", "model.loss.lb_weight")
+
+
+def run_config(name: str, store: str) -> RunConfig:
+    config, overrides = GRID[name]
+    return RunConfig.from_yaml(CONFIG_DIR / config).with_overrides([f"data.store={store}", *COMMON, *overrides])
+
+
+def run_one(name: str, store: str, out: Path) -> dict:
+    """Train `name` (or reuse it) and measure it; the result is cached in OUT/<name>/parity.json."""
+    run_dir = out / name
+    if (run_dir / RESULT_FILE).is_file():
+        return json.loads((run_dir / RESULT_FILE).read_text())
+    cfg = run_config(name, store)
+    started = time.perf_counter()
+    result = train(cfg, run_dir, resume=(run_dir / "config.yaml").is_file(), progress=False)
+    train_s = time.perf_counter() - started
+    full = evaluate_checkpoint(result.final_dir, store, seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size)
+    sweep_cfg = SweepConfig(keep=[KEEP], seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size)
+    sweep = run_sweep({name: result.final_dir}, store, sweep_cfg, progress=False)
+    record = {
+        "name": name,
+        "config": GRID[name][0],
+        "overrides": GRID[name][1],
+        "settings": {key: _lookup(cfg.to_dict(), key) for key in REFERENCE_KEYS},
+        "val_loss": {d: s["loss"] for d, s in full["domains"].items()},
+        "val_all": full["all"]["loss"],
+        "sweep": sweep,
+        "train_s": round(train_s, 1),
+    }
+    atomic_write_text(run_dir / RESULT_FILE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def mean_over_domains(losses: dict[str, float]) -> float:
+    return statistics.fmean(losses.values())
+
+
+def keep_increase(record: dict) -> float:
+    return mean_increase(record["sweep"], record["name"], f"{KEEP:g}")
+
+
+def reference_of(record: dict, records: dict[str, dict]) -> dict | None:
+    """The standard run with the same settings (seed, budget, LR, warmup, LB weight), if finished."""
+    for other in records.values():
+        if other["config"] == STD and other["settings"] == record["settings"]:
+            return other
+    return None
+
+
+def results_table(records: dict[str, dict]) -> str:
+    rows = []
+    for name, rec in records.items():
+        ref = reference_of(rec, records)
+        gap = mean_over_domains(rec["val_loss"]) - mean_over_domains(ref["val_loss"]) if ref else None
+        ratio = keep_increase(rec) / keep_increase(ref) if ref and rec is not ref else None
+        rows.append([
+            name,
+            " ".join(rec["overrides"]) or "(demo config)",
+            f"{mean_over_domains(rec['val_loss']):.4f}",
+            f"{rec['val_all']:.4f}",
+            "ref" if ref is rec else (f"{gap:+.4f}" if gap is not None else "n/a"),
+            f"{keep_increase(rec):+.4f}",
+            f"{ratio:.2f}" if ratio is not None else ("" if ref is rec else "n/a"),
+            f"{rec['train_s'] / 60:.0f}",
+        ])
+    header = [
+        "run", "overrides", "val loss (mean over domains)", "val loss (all tokens)",
+        "gap to std (same settings)", f"increase at {KEEP:g} kept", "ratio to std", "train min",
+    ]
+    return markdown_table(header, rows)
+
+
+def write_table(out: Path) -> Path:
+    records = {}
+    for path in sorted(out.glob(f"*/{RESULT_FILE}")):
+        record = json.loads(path.read_text())
+        records[record["name"]] = record
+    table = results_table(records)
+    atomic_write_text(out / "results.md", table + "\n")
+    return out / "results.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", metavar="RUN", help=f"runs, in order: {', '.join(GRID)}")
+    parser.add_argument("--store", required=True, help="the demo's token store (runs/demo/store)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--table", action="store_true", help="only rewrite OUT/results.md")
+    args = parser.parse_args(argv)
+    if unknown := [name for name in args.runs if name not in GRID]:
+        parser.error(f"unknown runs {unknown}; choose from {', '.join(GRID)}")
+    for name in [] if args.table else args.runs:
+        print(f"{time.strftime('%H:%M:%S')} {name}", flush=True)
+        run_one(name, args.store, args.out)
+        write_table(args.out)
+    print((write_table(args.out)).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
