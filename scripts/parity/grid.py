@@ -1,19 +1,19 @@
 """Controlled runs for the EMO-vs-standard full-model gap (issue 11; write-up in docs/parity.md).
 
 Each named run is a demo config plus dotted overrides. A run trains (resuming if interrupted),
-then measures
-- the full model's validation loss per domain on the whole validation split (the demo's number:
-  pool-free routing, as the HF model), and
-- the 25%-kept subset's loss increase per domain (the demo sweep's layerwise selection, one keep
-  fraction),
-and writes OUT/<name>/parity.json. Every invocation rewrites OUT/results.md from all finished
-runs: gaps are taken against the standard run with the same seed and budget.
+then measures the full model's validation loss per domain on the whole validation split (the
+demo's number: pool-free routing, as the HF model); with --sweep also the 25%-kept subsets' loss
+increase per domain (the demo sweep's layerwise selection at one keep fraction). Results go to
+OUT/<name>/parity.json, and every invocation rewrites OUT/results.md from all finished runs:
+gaps and ratios are taken against the standard run with the same seed, budget, LR, warmup and
+LB weight.
 
 Runs are sequential, one at a time; training losses do not depend on machine load, so run it
 in the background on a busy machine:
 
-    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python scripts/parity/grid.py \\
+    OMP_WAIT_POLICY=PASSIVE nice -n 19 .venv/bin/python scripts/parity/grid.py \\
         --store runs/demo/store --out runs/parity std emo std-seed1
+    .venv/bin/python scripts/parity/grid.py --store runs/demo/store --out runs/parity --sweep std emo
     .venv/bin/python scripts/parity/grid.py --store runs/demo/store --out runs/parity --table
 """
 
@@ -37,8 +37,9 @@ from emomoe.train.trainer import train
 
 KEEP = 0.25
 RESULT_FILE = "parity.json"
-COMMON = ["train.num_threads=1", "train.eval_every=250", "train.checkpoint_every=100"]
-"""One thread: a busy shared machine makes several OpenMP threads spin; results do not depend on it."""
+COMMON = ["train.num_threads=2", "train.eval_every=250", "train.checkpoint_every=100"]
+"""Two threads for every run (export OMP_WAIT_POLICY=PASSIVE on a busy machine: spinning OpenMP
+threads are what makes a loaded machine slow)."""
 
 STD, EMO = "demo-std.yaml", "demo-emo.yaml"
 SEED1, SEED2 = "train.seed=1", "train.seed=2"
@@ -75,7 +76,7 @@ def run_config(name: str, store: str) -> RunConfig:
 
 
 def run_one(name: str, store: str, out: Path) -> dict:
-    """Train `name` (or reuse it) and measure it; the result is cached in OUT/<name>/parity.json."""
+    """Train `name` (or reuse it) and measure its full model; cached in OUT/<name>/parity.json."""
     run_dir = out / name
     if (run_dir / RESULT_FILE).is_file():
         return json.loads((run_dir / RESULT_FILE).read_text())
@@ -84,8 +85,6 @@ def run_one(name: str, store: str, out: Path) -> dict:
     result = train(cfg, run_dir, resume=(run_dir / "config.yaml").is_file(), progress=False)
     train_s = time.perf_counter() - started
     full = evaluate_checkpoint(result.final_dir, store, seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size)
-    sweep_cfg = SweepConfig(keep=[KEEP], seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size)
-    sweep = run_sweep({name: result.final_dir}, store, sweep_cfg, progress=False)
     record = {
         "name": name,
         "config": GRID[name][0],
@@ -93,10 +92,20 @@ def run_one(name: str, store: str, out: Path) -> dict:
         "settings": {key: _lookup(cfg.to_dict(), key) for key in REFERENCE_KEYS},
         "val_loss": {d: s["loss"] for d, s in full["domains"].items()},
         "val_all": full["all"]["loss"],
-        "sweep": sweep,
         "train_s": round(train_s, 1),
     }
     atomic_write_text(run_dir / RESULT_FILE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def sweep_one(name: str, store: str, out: Path) -> dict:
+    """Add the 25%-kept subsets' losses (the demo sweep's protocol, one fraction) to a finished run."""
+    record = run_one(name, store, out)
+    if "sweep" not in record:
+        cfg = run_config(name, store)
+        sweep_cfg = SweepConfig(keep=[KEEP], seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size)
+        record["sweep"] = run_sweep({name: out / name / "final"}, store, sweep_cfg, progress=False)
+        atomic_write_text(out / name / RESULT_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -110,8 +119,8 @@ def mean_over_domains(losses: dict[str, float]) -> float:
     return statistics.fmean(losses.values())
 
 
-def keep_increase(record: dict) -> float:
-    return mean_increase(record["sweep"], record["name"], f"{KEEP:g}")
+def keep_increase(record: dict) -> float | None:
+    return mean_increase(record["sweep"], record["name"], f"{KEEP:g}") if "sweep" in record else None
 
 
 def reference_of(record: dict, records: dict[str, dict]) -> dict | None:
@@ -127,15 +136,16 @@ def results_table(records: dict[str, dict]) -> str:
     for name, rec in records.items():
         ref = reference_of(rec, records)
         gap = mean_over_domains(rec["val_loss"]) - mean_over_domains(ref["val_loss"]) if ref else None
-        ratio = keep_increase(rec) / keep_increase(ref) if ref and rec is not ref else None
+        both = ref and rec is not ref and keep_increase(rec) is not None and keep_increase(ref) is not None
+        ratio = keep_increase(rec) / keep_increase(ref) if both else None
         rows.append([
             name,
             " ".join(rec["overrides"]) or "(demo config)",
             f"{mean_over_domains(rec['val_loss']):.4f}",
             f"{rec['val_all']:.4f}",
             "ref" if ref is rec else (f"{gap:+.4f}" if gap is not None else "n/a"),
-            f"{keep_increase(rec):+.4f}",
-            f"{ratio:.2f}" if ratio is not None else ("" if ref is rec else "n/a"),
+            "" if keep_increase(rec) is None else f"{keep_increase(rec):+.4f}",
+            "" if ratio is None else f"{ratio:.2f}",
             f"{rec['train_s'] / 60:.0f}",
         ])
     header = [
@@ -160,13 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="*", metavar="RUN", help=f"runs, in order: {', '.join(GRID)}")
     parser.add_argument("--store", required=True, help="the demo's token store (runs/demo/store)")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--sweep", action="store_true", help=f"also measure the subsets at {KEEP:g} kept")
     parser.add_argument("--table", action="store_true", help="only rewrite OUT/results.md")
     args = parser.parse_args(argv)
     if unknown := [name for name in args.runs if name not in GRID]:
         parser.error(f"unknown runs {unknown}; choose from {', '.join(GRID)}")
     for name in [] if args.table else args.runs:
         print(f"{time.strftime('%H:%M:%S')} {name}", flush=True)
-        run_one(name, args.store, args.out)
+        (sweep_one if args.sweep else run_one)(name, args.store, args.out)
         write_table(args.out)
     print((write_table(args.out)).read_text())
     return 0

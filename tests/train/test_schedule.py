@@ -65,3 +65,9 @@ def test_scheduler_drives_the_optimizer_lr():
         optimizer.step()
         scheduler.step()
     assert seen == pytest.approx([cfg.lr * lr_multiplier(s, cfg) for s in range(8)])
+
+
+def test_linear_without_warmup_to_zero_is_the_anneal():
+    # The paper's anneal: from the start LR straight down to 0 at the end of the run.
+    cfg = TrainConfig.from_dict({"lr": 4e-4, "max_steps": 4, "warmup_steps": 0, "schedule": "linear", "final_lr_ratio": 0})
+    assert [lr_multiplier(s, cfg) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]

@@ -26,9 +26,20 @@ class LRSchedule(enum.StrEnum):
     COSINE = "cosine"
     """Linear warmup, then cosine decay to `final_lr_ratio` x peak at `decay_steps` (the paper's)."""
     LINEAR = "linear"
-    """Linear warmup, then linear decay to `final_lr_ratio` x peak at `decay_steps` (annealing)."""
+    """Linear warmup, then linear decay to `final_lr_ratio` x peak at `decay_steps`. With
+    `warmup_steps: 0` and `final_lr_ratio: 0` this is the paper's anneal (the decay phase of WSD):
+    the LR falls linearly from `lr` to 0 over the run."""
     CONSTANT = "constant"
     """Linear warmup, then the peak rate until the end."""
+
+
+class NoDecay(enum.StrEnum):
+    """Which parameters AdamW leaves out of weight decay."""
+
+    EMBEDDINGS = "embeddings"
+    """Only the input embedding table: the paper's OLMo-core run (norms, router and LM head decay)."""
+    EMBEDDINGS_AND_NORMS = "embeddings_and_norms"
+    """The embedding table and every vector (norm weights, biases): the nanoGPT/GPT-3 convention."""
 
 
 class Precision(enum.StrEnum):
@@ -59,7 +70,8 @@ class TrainConfig(Config):
     beta2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.1
-    """Applied to matrices only: embeddings, norms and biases are not decayed."""
+    no_decay: NoDecay = NoDecay.EMBEDDINGS
+    """Parameters exempt from weight decay; the default is the paper's (only the embedding)."""
     grad_clip: float = 1.0
     """Max global gradient norm; 0 disables clipping (the norm is still logged)."""
     num_micro_batches: int = 1
@@ -69,6 +81,11 @@ class TrainConfig(Config):
     """torch.compile every transformer block (worth it on GPUs; compiling takes a while)."""
     parallelism: Parallelism = Parallelism.DDP
     """How to split work when launched with torchrun on several processes."""
+    init_from: str | None = None
+    """A model checkpoint (any format `emomoe.checkpoint.load_model` reads) whose weights start
+    this run, with a fresh optimizer, schedule and data order: warm starts and the EMO anneal of a
+    standard MoE. Its architecture must match `model`; routing (pool), loss weights and the
+    attention mask may differ. `--resume` continues from the run's own checkpoint instead."""
     seed: int = 12536
     """Seed for weight initialisation and the model's pool sampler (the data order has its own seed)."""
     num_threads: int = 0

@@ -33,6 +33,7 @@ from emomoe.train import parallel
 from emomoe.train.checkpointing import CheckpointManager, load_trainer_state
 from emomoe.train.config import Precision, RunConfig
 from emomoe.train.flops import mfu, train_flops_per_token
+from emomoe.train.init_from import check_architecture, load_initial_weights
 from emomoe.train.interrupt import StopRequest
 from emomoe.train.metrics import MetricsWriter
 from emomoe.train.optim import build_optimizer
@@ -72,6 +73,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
     # Every rank checks before the main one changes anything, so a refusal stops all of them.
     check_run_dir(run_dir, cfg, resume=resume, force=force)
     resuming = resume and holds_run(run_dir)
+    if cfg.train.init_from and not resuming:
+        check_architecture(cfg.model, cfg.train.init_from)
     distributed.barrier()
     if distributed.is_main_process():
         claim_run_dir(run_dir, cfg, force=force)
@@ -112,6 +115,8 @@ class Trainer:
         state = load_trainer_state(resume_from) if resume_from else None
         if resume_from:
             model.load_state_dict(load_file(str(resume_from / WEIGHTS_FILE)))
+        elif tc.init_from:
+            load_initial_weights(model, cfg.model, tc.init_from)
         self.plain_model = model.to(device)
         if tc.compile:
             parallel.compile_blocks(self.plain_model)
