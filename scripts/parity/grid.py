@@ -37,9 +37,10 @@ from emomoe.train.trainer import train
 
 KEEP = 0.25
 RESULT_FILE = "parity.json"
-COMMON = ["train.num_threads=2", "train.eval_every=250", "train.checkpoint_every=100"]
+COMMON = ["train.num_threads=2", "train.checkpoint_every=50", "train.no_decay=embeddings_and_norms"]
 """Two threads for every run (export OMP_WAIT_POLICY=PASSIVE on a busy machine: spinning OpenMP
-threads are what makes a loaded machine slow)."""
+threads are what makes a loaded machine slow); weight decay as the demo had it when these runs
+were made (norms exempt)."""
 
 STD, EMO = "demo-std.yaml", "demo-emo.yaml"
 SEED1, SEED2 = "train.seed=1", "train.seed=2"
@@ -63,32 +64,46 @@ GRID: dict[str, tuple[str, list[str]]] = {
     # load balancing weight
     "std-lb0.01": (STD, ["model.loss.lb_weight=0.01"]),
     "emo-lb0.01": (EMO, ["model.loss.lb_weight=0.01"]),
-    # more tokens
-    "std-1000": (STD, ["train.max_steps=1000"]),
-    "emo-1000": (EMO, ["train.max_steps=1000"]),
 }
 REFERENCE_KEYS = ("train.seed", "train.max_steps", "train.lr", "train.warmup_steps", "model.loss.lb_weight")
 
 
-def run_config(name: str, store: str) -> RunConfig:
+def parse_run(spec: str) -> tuple[str, int | None]:
+    """"emo" -> ("emo", None): the demo's budget; "emo:250" -> ("emo", 250): a shorter run (the
+    schedule still decays over the whole run)."""
+    name, _, steps = spec.partition(":")
+    if name not in GRID or (steps and not steps.isdigit()):
+        raise ValueError(f"unknown run '{spec}': expected NAME or NAME:STEPS with NAME one of {', '.join(GRID)}")
+    return name, int(steps) if steps else None
+
+
+def run_config(spec: str, store: str) -> RunConfig:
+    name, steps = parse_run(spec)
     config, overrides = GRID[name]
-    return RunConfig.from_yaml(CONFIG_DIR / config).with_overrides([f"data.store={store}", *COMMON, *overrides])
+    budget = [f"train.max_steps={steps}"] if steps else []
+    cfg = RunConfig.from_yaml(CONFIG_DIR / config).with_overrides([f"data.store={store}", *COMMON, *overrides, *budget])
+    return cfg.with_overrides([f"train.eval_every={cfg.train.max_steps // 2}"])
 
 
-def run_one(name: str, store: str, out: Path) -> dict:
-    """Train `name` (or reuse it) and measure its full model; cached in OUT/<name>/parity.json."""
-    run_dir = out / name
+def run_dir_of(spec: str, out: Path) -> Path:
+    return out / spec.replace(":", "@")
+
+
+def run_one(spec: str, store: str, out: Path) -> dict:
+    """Train a run (or reuse it) and measure its full model; cached in its directory's parity.json."""
+    run_dir = run_dir_of(spec, out)
     if (run_dir / RESULT_FILE).is_file():
         return json.loads((run_dir / RESULT_FILE).read_text())
-    cfg = run_config(name, store)
+    name, steps = parse_run(spec)
+    cfg = run_config(spec, store)
     started = time.perf_counter()
     result = train(cfg, run_dir, resume=(run_dir / "config.yaml").is_file(), progress=False)
     train_s = time.perf_counter() - started
     full = evaluate_checkpoint(result.final_dir, store, seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size)
     record = {
-        "name": name,
+        "name": spec,
         "config": GRID[name][0],
-        "overrides": GRID[name][1],
+        "overrides": GRID[name][1] + ([f"train.max_steps={steps}"] if steps else []),
         "settings": {key: _lookup(cfg.to_dict(), key) for key in REFERENCE_KEYS},
         "val_loss": {d: s["loss"] for d, s in full["domains"].items()},
         "val_all": full["all"]["loss"],
@@ -98,14 +113,14 @@ def run_one(name: str, store: str, out: Path) -> dict:
     return record
 
 
-def sweep_one(name: str, store: str, out: Path) -> dict:
+def sweep_one(spec: str, store: str, out: Path) -> dict:
     """Add the 25%-kept subsets' losses (the demo sweep's protocol, one fraction) to a finished run."""
-    record = run_one(name, store, out)
+    record = run_one(spec, store, out)
     if "sweep" not in record:
-        cfg = run_config(name, store)
+        cfg = run_config(spec, store)
         sweep_cfg = SweepConfig(keep=[KEEP], seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size)
-        record["sweep"] = run_sweep({name: out / name / "final"}, store, sweep_cfg, progress=False)
-        atomic_write_text(out / name / RESULT_FILE, json.dumps(record, indent=2) + "\n")
+        record["sweep"] = run_sweep({spec: run_dir_of(spec, out) / "final"}, store, sweep_cfg, progress=False)
+        atomic_write_text(run_dir_of(spec, out) / RESULT_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -167,14 +182,19 @@ def write_table(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="*", metavar="RUN", help=f"runs, in order: {', '.join(GRID)}")
+    parser.add_argument(
+        "runs", nargs="*", metavar="RUN", help=f"runs in order, NAME or NAME:STEPS; names: {', '.join(GRID)}"
+    )
     parser.add_argument("--store", required=True, help="the demo's token store (runs/demo/store)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--sweep", action="store_true", help=f"also measure the subsets at {KEEP:g} kept")
     parser.add_argument("--table", action="store_true", help="only rewrite OUT/results.md")
     args = parser.parse_args(argv)
-    if unknown := [name for name in args.runs if name not in GRID]:
-        parser.error(f"unknown runs {unknown}; choose from {', '.join(GRID)}")
+    for spec in args.runs:
+        try:
+            parse_run(spec)
+        except ValueError as e:
+            parser.error(str(e))
     for name in [] if args.table else args.runs:
         print(f"{time.strftime('%H:%M:%S')} {name}", flush=True)
         (sweep_one if args.sweep else run_one)(name, args.store, args.out)
