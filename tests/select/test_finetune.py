@@ -3,12 +3,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from emomoe.checkpoint import load_model
+from emomoe.checkpoint import load_model, save_model
+from emomoe.data.pairs import PairLoader, read_pairs
 from emomoe.data.store import TokenStore
+from emomoe.data.tokenizer import load_tokenizer
 from emomoe.errors import ConfigError
+from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.select.calibration import store_calibration
-from emomoe.select.finetune import finetune_subset
+from emomoe.select.finetune import FinetuneLoss, finetune_loss, finetune_subset
 from emomoe.select.keep import KeepSpec
 from emomoe.select.subset import SELECTION_FILE, select_subset
 
@@ -46,3 +50,75 @@ def test_domains_are_needed_when_the_selection_did_not_use_the_store(tmp_path, c
     with pytest.raises(ConfigError, match="name the domains"):
         finetune_subset(tmp_path / "rand", store_dir, tmp_path / "ft", max_steps=1, seq_len=32)
     assert not (tmp_path / "ft").exists()
+
+
+def test_held_out_loss_of_the_domain_goes_down(tmp_path, legal_subset, store_dir):
+    before = evaluate_checkpoint(legal_subset, store_dir, domains=["legal"], seq_len=32, batch_size=8)
+    finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=3e-3, max_steps=15, seq_len=32, batch_size=8)
+    after = evaluate_checkpoint(tmp_path / "ft", store_dir, domains=["legal"], seq_len=32, batch_size=8)
+    assert after["domains"]["legal"]["loss"] < before["domains"]["legal"]["loss"] - 0.5
+
+
+def test_a_full_emo_checkpoint_is_fine_tuned_without_its_pool(tmp_path, checkpoint_dir, store_dir):
+    model, cfg = load_model(checkpoint_dir)
+    assert cfg.moe.router.pool == "2..8"
+    save_model(tmp_path / "no-pool", model, cfg.with_overrides(["moe.router.pool=off"]))
+    args = dict(domains=["legal"], lr=1e-3, max_steps=2, seq_len=32, batch_size=4)
+    finetune_subset(checkpoint_dir, store_dir, tmp_path / "a", **args)
+    finetune_subset(tmp_path / "no-pool", store_dir, tmp_path / "b", **args)
+    a, a_cfg = load_model(tmp_path / "a")
+    b, _ = load_model(tmp_path / "b")
+    assert a_cfg == cfg  # saved as the model it was: the pool-free routing is the recipe's
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def reference_lb(routing, valid_T):
+    """Switch LB of one layer over the valid tokens, written out with loops."""
+    probs = routing.router_logits_TE[valid_T].softmax(-1)
+    experts = routing.experts_TK[valid_T]
+    num_tokens, num_experts, k = probs.shape[0], probs.shape[1], experts.shape[1]
+    total = 0.0
+    for e in range(num_experts):
+        frac = sum(int((experts[t] == e).sum()) for t in range(num_tokens)) / (k * num_tokens)
+        total += frac * float(probs[:, e].mean())
+    return num_experts * total
+
+
+def test_the_loss_is_ce_plus_lb_at_0_01_averaged_over_layers(checkpoint_dir):
+    model, _ = load_model(checkpoint_dir, overrides=["moe.router.pool=off"])
+    ids = torch.randint(1, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.roll(-1, dims=1)
+    labels[0, :5] = -100  # a prompt
+    with torch.no_grad():
+        out = model(ids, return_routing=True)
+    terms = finetune_loss(out, labels, FinetuneLoss())
+    valid = labels.reshape(-1) != -100
+    ce = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1])[valid], labels.reshape(-1)[valid])
+    lb = sum(reference_lb(r, valid) for r in out.routing) / len(out.routing)
+    assert float(terms["ce"]) == pytest.approx(float(ce), rel=1e-6)
+    assert float(terms["lb"]) == pytest.approx(lb, rel=1e-5)
+    assert float(terms["total"]) == pytest.approx(float(ce) + 0.01 * lb, rel=1e-6)  # no z-losses
+    asked = finetune_loss(out, labels, FinetuneLoss(lb_weight=0.0, router_z_weight=0.5))
+    assert float(asked["total"]) == pytest.approx(float(ce) + 0.5 * float(out.router_z_loss) / 2, rel=1e-6)
+
+
+def test_prompt_answer_pairs_train_on_the_answers(tmp_path, legal_subset, store_dir):
+    pairs = tmp_path / "qa.jsonl"
+    words = "licensee shall grant warranty permission notice".split()
+    with open(pairs, "w") as f:
+        for i in range(16):
+            f.write(json.dumps({"prompt": " ".join(words[i % 6 :] + words[: i % 6]), "answer": " hereby"}) + "\n")
+    done = finetune_subset(legal_subset, store_dir, tmp_path / "ft", pairs=pairs, lr=1e-3, max_steps=4,
+                           seq_len=32, batch_size=4)
+    assert done["pairs"] == str(pairs) and done["answer_only"] and done["num_steps"] == 4
+
+    # The first step's CE is the CE of the answer tokens (and EOS) of its batch, nothing else.
+    model, _ = load_model(legal_subset)
+    store = TokenStore.open(store_dir)
+    examples = read_pairs(pairs, load_tokenizer(store.tokenizer_path))
+    batch = next(PairLoader(examples, store.eos_id, seq_len=32, batch_size=4, answer_only=True))
+    logits = model(batch["input_ids_BS"]).logits
+    answer = batch["labels_BS"] != -100
+    assert int(answer.sum()) == 4 * (len(load_tokenizer(store.tokenizer_path).encode(" hereby")) + 1)
+    expected = F.cross_entropy(logits[answer], batch["labels_BS"][answer])
+    assert done["first_ce"] == pytest.approx(float(expected), rel=1e-5)

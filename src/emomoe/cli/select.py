@@ -9,7 +9,7 @@ from pathlib import Path
 from emomoe.checkpoint import load_config
 from emomoe.errors import DataError
 from emomoe.select.calibration import load_calibration
-from emomoe.select.finetune import finetune_subset
+from emomoe.select.finetune import FinetuneLoss, finetune_subset
 from emomoe.select.keep import KeepSpec
 from emomoe.select.merge import merge_subset
 from emomoe.select.methods import SelectMethod
@@ -69,17 +69,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f = subparsers.add_parser(
         "finetune",
         help="fine-tune a subset on its domain (AdamW, small LR, one epoch)",
-        description="Train every parameter of a subset on the training documents of its domain(s): "
-        "AdamW, 10% warmup then linear decay to 0, clipping at 1.0, the model's auxiliary losses on.",
+        description="Train every parameter of a subset (or any model) with the paper's recipe: AdamW, lr 5e-5, "
+        "10%% warmup then linear decay to 0, clipping at 1.0, one epoch; routing without the document pool; "
+        "CE plus load balancing at 0.01 (averaged over layers), no z-losses unless asked for. Data: the "
+        "training documents of the subset's domain(s), or a jsonl file of prompt/answer pairs (loss on the "
+        "answers only, unless --no-answer-only).",
+        epilog="examples:\n  emomoe finetune --checkpoint subsets/emo-code --data runs/demo/store --out subsets/emo-code-ft\n"
+        "  emomoe finetune --checkpoint subsets/emo-math --data runs/demo/store --pairs qa.jsonl --out ft/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     f.add_argument("--checkpoint", required=True, metavar="DIR", help="subset (or any model) checkpoint")
-    f.add_argument("--data", required=True, metavar="STORE", help="token store")
+    f.add_argument("--data", required=True, metavar="STORE", help="token store (its tokenizer encodes --pairs)")
     f.add_argument("--domains", nargs="+", metavar="NAME", help="default: the domains the subset was selected on")
+    f.add_argument("--pairs", metavar="FILE", help='jsonl of {"prompt": ..., "answer": ...} records to train on instead')
+    f.add_argument("--answer-only", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --pairs: loss on the answer tokens only (default: on, as in the paper)")
     f.add_argument("--lr", type=float, default=5e-5)
-    f.add_argument("--epochs", type=float, default=1.0, help="passes over the domains' training windows (default 1)")
+    f.add_argument("--epochs", type=float, default=1.0, help="passes over the training data (default 1)")
     f.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
     f.add_argument("--seq-len", type=int, default=256)
     f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--lb-weight", type=float, default=0.01, help="load balancing weight (default 0.01, HF's)")
+    f.add_argument("--router-z-weight", type=float, default=0.0, help="router z-loss weight (default 0)")
+    f.add_argument("--logit-z-weight", type=float, default=0.0, help="output-logit z-loss weight (default 0)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, metavar="DIR")
     f.add_argument("--force", action="store_true", help="replace an existing --out")
@@ -133,12 +145,14 @@ def run_select(args: argparse.Namespace) -> int:
 def run_finetune(args: argparse.Namespace) -> int:
     _refuse_existing(args.out, args.force)
     setup_runtime()
+    loss = FinetuneLoss(args.lb_weight, args.router_z_weight, args.logit_z_weight)
     done = finetune_subset(
-        args.checkpoint, args.data, args.out, domains=args.domains, lr=args.lr, num_epochs=args.epochs,
-        max_steps=args.max_steps, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
-        progress=not args.no_progress,
+        args.checkpoint, args.data, args.out, domains=args.domains, pairs=args.pairs, answer_only=args.answer_only,
+        lr=args.lr, num_epochs=args.epochs, max_steps=args.max_steps, seq_len=args.seq_len,
+        batch_size=args.batch_size, loss=loss, seed=args.seed, progress=not args.no_progress,
     )
-    print(f"wrote {args.out}: {done['num_steps']} steps on {', '.join(done['domains'])}; "
+    data = done.get("pairs") or ", ".join(done["domains"])
+    print(f"wrote {args.out}: {done['num_steps']} steps on {data}; "
           f"train CE {done['first_ce']:.3f} -> {done['last_ce']:.3f}")
     return 0
 

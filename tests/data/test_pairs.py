@@ -1,0 +1,81 @@
+import gzip
+import json
+
+import pytest
+import torch
+
+from emomoe.data.pairs import Example, PairLoader, pair_batch, read_pairs
+from emomoe.errors import DataError
+
+IGNORE = -100
+EOS = 0
+
+
+def test_labels_cover_the_answer_and_eos_only_when_asked():
+    examples = [Example([5, 6, 7], [8, 9]), Example([3], [4])]
+    batch = pair_batch(examples, EOS, seq_len=16, answer_only=True)
+    assert batch["input_ids_BS"].tolist() == [[5, 6, 7, 8, 9], [3, 4, EOS, EOS, EOS]]
+    assert batch["labels_BS"].tolist() == [[IGNORE, IGNORE, 8, 9, EOS], [4, EOS, IGNORE, IGNORE, IGNORE]]
+    full = pair_batch(examples, EOS, seq_len=16, answer_only=False)
+    assert full["labels_BS"].tolist() == [[6, 7, 8, 9, EOS], [4, EOS, IGNORE, IGNORE, IGNORE]]
+    # Each row is one document; the padding after its EOS is not part of it.
+    assert batch["doc_ids_BS"][0].tolist() == [0] * 5 and batch["doc_ids_BS"][1].tolist()[:2] == [0, 0]
+
+
+def test_long_examples_are_cut_to_the_window():
+    batch = pair_batch([Example([1, 2, 3, 4], [5, 6, 7])], EOS, seq_len=5, answer_only=True)
+    assert batch["input_ids_BS"].tolist() == [[1, 2, 3, 4, 5]]
+    assert batch["labels_BS"].tolist() == [[IGNORE, IGNORE, IGNORE, 5, 6]]
+
+
+def test_an_empty_prompt_makes_every_token_a_label():
+    batch = pair_batch([Example([], [8, 9])], EOS, seq_len=8, answer_only=True)
+    assert batch["labels_BS"].tolist() == [[9, EOS]]
+
+
+def test_read_pairs_tokenizes_prompt_and_answer_apart(tmp_path, tokenizer):
+    path = tmp_path / "qa.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"prompt": "licensee shall", "answer": " grant"}) + "\n\n")
+        f.write(json.dumps({"prompt": "", "answer": "copyright"}) + "\n")
+    examples = read_pairs(path, tokenizer)
+    assert examples == [
+        Example(tokenizer.encode("licensee shall"), tokenizer.encode(" grant")),
+        Example([], tokenizer.encode("copyright")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "qa.jsonl:2: not valid JSON"),
+        ("[1, 2]", "qa.jsonl:2: expected a JSON object"),
+        ('{"prompt": "a"}', "qa.jsonl:2: expected a string field 'answer'"),
+        ('{"prompt": "a", "answer": ""}', "qa.jsonl:2: empty answer field"),
+    ],
+)
+def test_bad_records_name_their_line(tmp_path, tokenizer, line, message):
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "answer": "b"}) + "\n" + line + "\n")
+    with pytest.raises(DataError, match=message):
+        read_pairs(path, tokenizer)
+
+
+def test_missing_or_empty_files_are_refused(tmp_path, tokenizer):
+    with pytest.raises(DataError, match="no such prompt/answer file"):
+        read_pairs(tmp_path / "none.jsonl", tokenizer)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="no prompt/answer records"):
+        read_pairs(tmp_path / "empty.jsonl", tokenizer)
+
+
+def test_loader_visits_every_example_once_per_epoch_and_reshuffles():
+    examples = [Example([i], [100 + i]) for i in range(1, 7)]
+    loader = PairLoader(examples, EOS, seq_len=4, batch_size=3, answer_only=True, seed=1)
+    firsts = [next(loader)["input_ids_BS"][:, 0].tolist() for _ in range(4)]
+    epoch0, epoch1 = firsts[0] + firsts[1], firsts[2] + firsts[3]
+    assert sorted(epoch0) == sorted(epoch1) == list(range(1, 7))
+    assert epoch0 != epoch1
+    again = PairLoader(examples, EOS, seq_len=4, batch_size=3, answer_only=True, seed=1)
+    assert torch.equal(next(again)["input_ids_BS"], pair_batch(
+        [examples[i - 1] for i in firsts[0]], EOS, seq_len=4, answer_only=True)["input_ids_BS"])
