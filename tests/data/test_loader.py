@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from emomoe.data.loader import IGNORE_INDEX, DataConfig, TrainLoader, eval_batches
+from emomoe.data.loader import IGNORE_INDEX, DataConfig, TrainLoader, eval_batches, has_repetition
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, DataError
 from emomoe.model.docs import doc_ids_from_eos
@@ -176,3 +176,37 @@ def test_mix_store_trains_and_evaluates(tmp_path: Path) -> None:
     assert torch.equal(batch["doc_ids_BS"], doc_ids_from_eos(batch["input_ids_BS"], eos))
     val = list(eval_batches(cfg.store, seq_len=8, batch_size=2))
     assert int(sum((b["labels_BS"] != IGNORE_INDEX).sum() for b in val)) == sum(map(len, docs[30:])) - 1
+
+
+@pytest.mark.parametrize("period", [1, 3, 13])
+def test_repetition_needs_32_back_to_back_copies_of_an_ngram_up_to_13_tokens(period: int) -> None:
+    rng = np.random.default_rng(period)
+    gram = np.arange(100, 100 + period)
+    noise = rng.integers(1000, 2000, 40)  # no repeats of its own
+    for copies, found in [(31, False), (32, True)]:
+        tokens = np.concatenate([noise[:20], np.tile(gram, copies), noise[20:]])
+        assert has_repetition(tokens) is found
+    assert not has_repetition(np.tile(np.arange(100, 114), 40))  # a 14-gram is too long to count
+
+
+def test_repetition_filter_drops_whole_windows_from_the_loss(tmp_path: Path) -> None:
+    from tests.fixtures import build_store, word_documents
+
+    docs = word_documents({"prose": "the a river house walked quietly evening letter".split()}, 30, num_words=(20, 60))
+    docs.insert(10, {"text": " ".join(["na"] * 300), "domain": "prose", "source": "repeats"})
+    store_path = build_store(docs, tmp_path / "store", vocab_size=300, val_fraction=0.1)
+    plain = TrainLoader(None, _cfg(store_path, seq_len=64, batch_size=8))
+    filtered = TrainLoader(None, _cfg(store_path, seq_len=64, batch_size=8, repetition_filter=True))
+    dropped = kept = 0
+    for _ in range(-(-plain.num_windows // 8)):
+        a, b = next(plain), next(filtered)
+        assert torch.equal(a["input_ids_BS"], b["input_ids_BS"]) and (a["labels_BS"] != IGNORE_INDEX).all()
+        rows = torch.cat([a["input_ids_BS"], a["labels_BS"][:, -1:]], 1).numpy()
+        for row, labels in zip(rows, b["labels_BS"]):
+            if has_repetition(row):
+                assert (labels == IGNORE_INDEX).all()
+                dropped += 1
+            else:
+                assert torch.equal(labels, torch.from_numpy(row[1:]))
+                kept += 1
+    assert dropped >= 2 and kept > dropped

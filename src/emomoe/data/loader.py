@@ -16,6 +16,10 @@ different number of ranks, sees exactly the batches it would have seen.
 In every batch, doc_ids_BS[b, s] = the number of EOS strictly before position s in row b (the
 EOS ending a document belongs to it), computed by the shared `emomoe.model.docs.doc_ids_from_eos`;
 domain_ids_BS[b, s] is the domain of the document token s belongs to.
+
+With `repetition_filter` on, a training window holding a run of some n-gram (n = 1..13) repeated
+at least 32 times in a row gets no labels at all: the OLMo-core instance filter of the paper's
+runs, which keeps degenerate repeats (tables of zeros, ASCII art) out of the loss.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class DataConfig(Config):
     """Seeds the window order; the same seed gives the same batches."""
     domains: list[str] | None = None
     """Train only on these domains (None: all)."""
+    repetition_filter: bool = False
+    """Drop from the loss every training window with an n-gram (n <= 13) repeated >= 32 times in a
+    row, as the paper's runs did (spec section 4.1)."""
 
     def validate(self) -> None:
         for name in ("seq_len", "batch_size"):
@@ -82,6 +89,26 @@ class PackedStream:
             pos += hi - lo
             i += 1
         return tokens, domains
+
+
+REPETITION_MAX_PERIOD = 13
+REPETITION_MIN_REPEATS = 32
+
+
+def has_repetition(tokens: np.ndarray, max_period: int = REPETITION_MAX_PERIOD, min_repeats: int = REPETITION_MIN_REPEATS) -> bool:
+    """Whether some n-gram with n <= max_period occurs `min_repeats` times back to back in `tokens`.
+
+    For period p, a stretch of length L >= min_repeats * p has tokens[i] == tokens[i + p] at its
+    first L - p positions; so look for (min_repeats - 1) * p such matches in a row.
+    """
+    for period in range(1, max_period + 1):
+        run = (min_repeats - 1) * period
+        if len(tokens) < run + period:
+            break
+        same = np.concatenate([[0], np.cumsum(tokens[period:] == tokens[:-period])])
+        if (same[run:] - same[:-run] == run).any():
+            return True
+    return False
 
 
 def _batch(tokens_BS1: np.ndarray, domains_BS1: np.ndarray, eos_id: int, num_labels_B: np.ndarray) -> Batch:
@@ -140,7 +167,10 @@ class TrainLoader:
         self.position += self.cfg.batch_size * self.world_size
         tokens_BS1 = np.stack([t for t, _ in rows])
         domains_BS1 = np.stack([d for _, d in rows])
-        return _batch(tokens_BS1, domains_BS1, self.store.eos_id, np.full(len(rows), self.cfg.seq_len))
+        num_labels_B = np.full(len(rows), self.cfg.seq_len)
+        if self.cfg.repetition_filter:
+            num_labels_B[[has_repetition(row) for row in tokens_BS1]] = 0
+        return _batch(tokens_BS1, domains_BS1, self.store.eos_id, num_labels_B)
 
     def _window(self, position: int) -> int:
         epoch, i = divmod(position, self.num_windows)
