@@ -29,3 +29,29 @@ def test_params_table_shares_are_relative_to_the_full_model(sweep_results):
     half = sweep_results["params"]["emo"]["0.5"]["total"]
     row = next(r for r in rows if r[:2] == ["emo", "0.5"])
     assert row[2] == f"{half:,}" and row[4] == f"{half / full:.1%}"
+
+
+def test_summary_table_spells_keep_as_routed_experts_and_the_papers_n(sweep_results):
+    # 31 routed + 1 shared per layer, as in the demo: a quarter keeps 8 routed, N = 9 of 32.
+    sizes = {"0.5": 16, "0.25": 8, "0.125": 4}
+    sweep_results["experts"] = {m: {"routed": [31, 31], "shared": 1} for m in ("emo", "std")}
+    sweep_results["kept_experts"] = {
+        m: {k: {d: [list(range(n)), list(range(n))] for d in ("code", "legal", "math")} for k, n in sizes.items()}
+        for m in ("emo", "std")
+    }
+    header, *_ = summary_table(sweep_results).splitlines()
+    assert [c.strip() for c in header.strip("|").split("|")][:3] == ["keep", "routed kept", "N (shared incl.)"]
+    rows = _rows(summary_table(sweep_results))
+    assert [r[:3] for r in rows] == [["0.5", "16 of 31", "17 of 32"], ["0.25", "8 of 31", "9 of 32"], ["0.125", "4 of 31", "5 of 32"]]
+    ratio = mean_increase(sweep_results, "emo", "0.25") / mean_increase(sweep_results, "std", "0.25")
+    assert rows[1][5] == f"{ratio:.2f}"
+
+
+def test_summary_table_compares_every_model_with_the_last(sweep_results):
+    sweep_results["loss"] = {"emo": sweep_results["loss"]["emo"], "anneal": sweep_results["loss"]["emo"],
+                             "std": sweep_results["loss"]["std"]}
+    header, *_ = summary_table(sweep_results).splitlines()
+    assert header.rstrip(" |").endswith("emo / std | anneal / std")
+    rows = _rows(summary_table(sweep_results))
+    ratio = mean_increase(sweep_results, "emo", "0.5") / mean_increase(sweep_results, "std", "0.5")
+    assert rows[0][4] == rows[0][5] == f"{ratio:.2f}"

@@ -27,6 +27,8 @@ def test_every_model_keep_and_domain_has_a_loss(sweep):
     params = sweep["params"]["a"]
     assert params["0.25"]["total"] < params["0.5"]["total"] < params["1"]["total"]
     assert sweep["settings"]["method"] == "layerwise" and sweep["settings"]["domains"] == ["code", "legal", "math"]
+    assert sweep["experts"]["a"] == {"routed": [7, 7], "shared": 1}  # the tiny preset: 8 experts, 1 shared
+    assert [len(layer) for layer in sweep["kept_experts"]["a"]["0.25"]["legal"]] == [2, 2]
 
 
 def test_full_model_loss_matches_eval(sweep, checkpoint_dir, store_dir):

@@ -4,6 +4,8 @@ A sweep result is the dict `emomoe.evaluate.sweep.run_sweep` returns and writes 
 
     {"loss":   {model: {keep: {domain: loss}}},
      "params": {model: {keep: {"total": int, "active": int}}},
+     "kept_experts": {model: {keep: {domain: [[routed ids kept] per MoE layer]}}},
+     "experts": {model: {"routed": [routed experts per MoE layer], "shared": int}},
      "settings": {...}}
 
 `keep` is a fraction of each layer's routed experts spelled with `:g` ("1", "0.5", "0.25"); "1" is
@@ -46,3 +48,22 @@ def mean_increase(results: dict[str, Any], model: str, keep: str) -> float:
     values = [increase(results, model, keep, d) for d in domains_of(results)]
     values = [v for v in values if not math.isnan(v)]
     return sum(values) / len(values) if values else math.nan
+
+
+def experts_kept(results: dict[str, Any], model: str, keep: str) -> tuple[str, str] | None:
+    """("8 of 31", "9 of 32"): routed experts kept per layer, and the paper's N, which counts the
+    shared experts too; a range like "4-8" when layers differ. None if the results do not say."""
+    sizes = results.get("experts", {}).get(model)
+    kept = next(iter(results.get("kept_experts", {}).get(model, {}).get(keep, {}).values()), None)
+    if sizes is None or kept is None:
+        return None
+    shared = sizes["shared"]
+
+    def span(counts: list[int]) -> str:
+        return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+
+    routed_kept = [len(layer) for layer in kept]
+    return (
+        f"{span(routed_kept)} of {span(sizes['routed'])}",
+        f"{span([n + shared for n in routed_kept])} of {span([n + shared for n in sizes['routed']])}",
+    )

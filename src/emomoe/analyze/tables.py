@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from emomoe.analyze.sweep_results import FULL, domains_of, increase, keeps_descending, mean_increase
+from emomoe.analyze.sweep_results import FULL, domains_of, experts_kept, increase, keeps_descending, mean_increase
 
 
 def _row(cells: list[str]) -> str:
@@ -40,19 +40,26 @@ def loss_table(results: dict[str, Any]) -> str:
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """Mean loss increase per keep fraction, one column per model; with two models, their ratio."""
+    """Mean loss increase per keep fraction, one column per model, and the ratio of every other
+    model's increase to the last model's (the standard MoE, when it comes last).
+
+    When the results record the subsets' sizes, each fraction is also spelled as routed experts
+    kept per layer and as the paper's N, which counts the shared experts (N of 128 there).
+    """
     models = list(results["loss"])
-    header = ["keep", *[f"{m} mean increase" for m in models]]
-    if len(models) == 2:
-        header.append(f"{models[0]} / {models[1]}")
+    keeps = [k for k in keeps_descending(results) if k != FULL]
+    sized = all(experts_kept(results, m, k) for m in models for k in keeps)
+    header = ["keep", *(["routed kept", "N (shared incl.)"] if sized else [])]
+    header += [f"{m} mean increase" for m in models] + [f"{m} / {models[-1]}" for m in models[:-1]]
     rows = []
-    for keep in keeps_descending(results):
-        if keep == FULL:
-            continue
+    for keep in keeps:
         means = [mean_increase(results, m, keep) for m in models]
-        cells = [keep, *[_signed(v) for v in means]]
-        if len(models) == 2:
-            ratio = means[0] / means[1] if means[1] and not math.isnan(means[1]) else math.nan
+        cells = [keep]
+        if sized:
+            cells += [" / ".join(dict.fromkeys(experts_kept(results, m, keep)[i] for m in models)) for i in (0, 1)]
+        cells += [_signed(v) for v in means]
+        for mean in means[:-1]:
+            ratio = mean / means[-1] if means[-1] and not math.isnan(means[-1]) else math.nan
             cells.append("n/a" if math.isnan(ratio) else f"{ratio:.2f}")
         rows.append(cells)
     return markdown_table(header, rows)

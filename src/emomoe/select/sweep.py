@@ -92,13 +92,14 @@ def run_sweep(
         d: list(eval_batches(store, Split.VAL, domains=[d], max_windows_per_domain=max_eval, **window_args))
         for d in domains
     }
-    results: dict[str, Any] = {"loss": {}, "params": {}, "kept_experts": {}}
+    results: dict[str, Any] = {"loss": {}, "params": {}, "kept_experts": {}, "experts": {}}
     num_cells = len(checkpoints) * len(domains) * len(fractions)
     bar = tqdm(total=num_cells, desc="sweep", unit="subset", disable=not progress)
     for name, checkpoint in checkpoints.items():
         model, model_cfg = load_for_inference(checkpoint)
         layers = moe_layers(model, where=str(checkpoint))
         num_routed = [layer.num_routed for layer in layers]
+        results["experts"][name] = {"routed": num_routed, "shared": model_cfg.moe.router.num_shared_experts}
         loss = results["loss"][name] = {keep_label(f): {} for f in fractions}
         params = results["params"][name] = {}
         kept_experts = results["kept_experts"][name] = {keep_label(f): {} for f in fractions if f < 1.0}
