@@ -11,12 +11,17 @@ Steps, each cached in the output directory so that a second run reuses what is d
           held-out documents, for both models;
 5. report: OUT/report.md with the sweep's tables, the plot OUT/loss_vs_keep.png and the
           subsets' parameter counts; the summary table is printed.
+
+With `anneal`, step 2 also trains configs/demo-anneal.yaml into OUT/anneal: the standard
+model's weights, trained on briefly with EMO routing while the LR falls to 0 (the paper's
+EMO-anneal), and steps 3-5 cover it beside the other two.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,7 @@ from emomoe.train.trainer import fit_to_store, train
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 """The repository's configs/ folder (the package is installed in editable mode by `make setup`)."""
 DEMO_MODELS = {"emo": "demo-emo.yaml", "std": "demo-std.yaml"}
+ANNEAL, ANNEAL_CONFIG = "anneal", "demo-anneal.yaml"
 TOKENIZER_VOCAB = 8192
 
 
@@ -55,9 +61,14 @@ class DemoResult:
 
 
 def run_demo(
-    out: str | Path, overrides: list[str] | None = None, *, force: bool = False, progress: bool = True
+    out: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    anneal: bool = False,
+    force: bool = False,
+    progress: bool = True,
 ) -> DemoResult:
-    """Run the main job into `out`; `overrides` (dotted key=value) apply to both model configs."""
+    """Run the main job into `out`; `overrides` (dotted key=value) apply to every model config."""
     out = Path(out)
     say = print if progress else (lambda *_: None)
     say(f"[1/5] data: tokenizer and token store of the embedded corpus in {out}")
@@ -68,7 +79,14 @@ def run_demo(
         started = time.perf_counter()
         final_dirs[name] = train_demo_model(name, store, out, overrides or [], force=force, progress=progress)
         training[name] = training_facts(final_dirs[name], time.perf_counter() - started)
-    say("[3/5] eval: per-domain validation loss of both models")
+    if anneal:
+        say(f"[2/5] train: {ANNEAL_CONFIG} from {final_dirs['std']} -> {out / ANNEAL}")
+        started = time.perf_counter()
+        annealed = train_anneal_model(final_dirs["std"], store, out, overrides or [], force=force, progress=progress)
+        training[ANNEAL] = training_facts(annealed, time.perf_counter() - started)
+        # The standard MoE last: the sweep's tables compare every model with the last one.
+        final_dirs = {"emo": final_dirs["emo"], ANNEAL: annealed, "std": final_dirs["std"]}
+    say("[3/5] eval: per-domain validation loss of the full models")
     val_loss = {name: validation_losses(final, store, progress=progress) for name, final in final_dirs.items()}
     table = loss_table(val_loss)
     atomic_write_text(out / "val_loss.md", table + "\n")
@@ -105,7 +123,7 @@ def prepare_demo_data(out: Path, *, progress: bool = True) -> TokenStore:
 
 
 def demo_config(name: str, store: TokenStore, overrides: list[str]) -> RunConfig:
-    path = CONFIG_DIR / DEMO_MODELS[name]
+    path = CONFIG_DIR / {**DEMO_MODELS, ANNEAL: ANNEAL_CONFIG}[name]
     if not path.is_file():
         raise DataError(f"{path}: demo config not found (run the demo from a source checkout: make demo)")
     return RunConfig.from_yaml(path).with_overrides([f"data.store={store.path}", *overrides])
@@ -132,6 +150,14 @@ def train_demo_model(
     return result.final_dir
 
 
+def train_anneal_model(
+    std_final: Path, store: TokenStore, out: Path, overrides: list[str], *, force: bool, progress: bool
+) -> Path:
+    """Step 2, optional: EMO-anneal the standard model into OUT/anneal (configs/demo-anneal.yaml
+    starting from `std_final`)."""
+    return train_demo_model(ANNEAL, store, out, [*overrides, f"train.init_from={std_final}"], force=force, progress=progress)
+
+
 def validation_losses(final_dir: Path, store: TokenStore, *, progress: bool) -> dict[str, float]:
     """Step 3: CE per domain (and over all tokens) on the whole validation split."""
     cfg = RunConfig.from_yaml(final_dir.parent / CONFIG_FILE)
@@ -142,8 +168,22 @@ def validation_losses(final_dir: Path, store: TokenStore, *, progress: bool) -> 
     return {**losses, "all": result["all"]["loss"]}
 
 
+MODEL_TITLES = {"emo": "EMO", ANNEAL: "EMO-anneal", "std": "standard MoE"}
+
+
 def loss_table(val_loss: dict[str, dict[str, Any]]) -> str:
-    """Step 4: domains as rows, one loss column per model and EMO minus standard."""
-    emo, std = val_loss["emo"], val_loss["std"]
-    rows = [[domain, f"{emo[domain]:.3f}", f"{std[domain]:.3f}", f"{emo[domain] - std[domain]:+.3f}"] for domain in emo]
-    return markdown_table(["domain", "EMO", "standard MoE", "EMO - std"], rows)
+    """Step 3: domains as rows (then "all" tokens, and the unweighted mean over domains), one loss
+    column per model, and every other model minus the standard one."""
+    others = [m for m in val_loss if m != "std"]
+    with_mean = {
+        m: {**losses, "mean over domains": statistics.fmean(v for d, v in losses.items() if d != "all")}
+        for m, losses in val_loss.items()
+    }
+    std = with_mean["std"]
+    rows = [
+        [domain, *[f"{with_mean[m][domain]:.3f}" for m in with_mean],
+         *[f"{with_mean[m][domain] - std[domain]:+.3f}" for m in others]]
+        for domain in std
+    ]
+    titles = [MODEL_TITLES.get(m, m) for m in with_mean]
+    return markdown_table(["domain", *titles, *[f"{MODEL_TITLES.get(m, m)} - std" for m in others]], rows)

@@ -18,18 +18,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "both models' validation loss per domain, then sweep expert subsets (select per domain at keep "
         "fractions 1, 1/2, 1/4, 1/8, slice, evaluate on held-out documents) and write OUT/report.md. Every step is cached in OUT: running it again reuses "
         "finished work and resumes an interrupted training run.",
+        epilog="examples:\n  emomoe demo --out runs/demo\n  emomoe demo --out runs/demo --anneal   # adds the EMO-anneal of the standard model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     add_override_arg(parser)
     parser.add_argument(
-        "--force", action="store_true", help="train both models again (the tokenizer and token store are kept)"
+        "--anneal", action="store_true",
+        help="also EMO-anneal the standard model (configs/demo-anneal.yaml) and sweep it beside the other two",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="train the models again (the tokenizer and token store are kept)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or step banners")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = run_demo(args.out, args.overrides, force=args.force, progress=not args.no_progress)
+    result = run_demo(args.out, args.overrides, anneal=args.anneal, force=args.force, progress=not args.no_progress)
     print("Validation loss per domain (nats per token):\n" + result.table)
     print("\nMean held-out loss increase when keeping a fraction of the routed experts:\n" + summary_table(result.sweep))
     print(f"\nReport: {result.report}")

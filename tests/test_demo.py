@@ -1,0 +1,39 @@
+"""The demo's EMO-anneal step (the rest of the demo is tested end to end in tests/cli)."""
+
+import json
+
+import pytest
+
+import yaml
+
+from emomoe import demo
+from emomoe.analyze.tables import summary_table
+from emomoe.cli import main
+from tests.cli.test_train_cli import TOPICS, documents
+
+
+@pytest.mark.slow
+def test_anneal_starts_from_the_standard_model_and_joins_the_comparison(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "embedded_corpus", lambda: iter(documents()))
+    small = [
+        "--set", "train.max_steps=2", "--set", "data.seq_len=32", "--set", "data.batch_size=2",
+        "--set", "train.num_threads=1", "--set", "train.tensorboard=false", "--set", "train.eval_every=0",
+    ]
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-progress", "--anneal", *small]) == 0
+    anneal_cfg = yaml.safe_load((out / "anneal" / "config.yaml").read_text())
+    assert anneal_cfg["train"]["init_from"] == str(out / "std" / "final")
+    assert anneal_cfg["model"]["moe"]["router"]["pool"] == "4..32"
+    assert anneal_cfg["train"]["schedule"] == "linear" and anneal_cfg["train"]["final_lr_ratio"] == 0.0
+    std_cfg = yaml.safe_load((out / "std" / "config.yaml").read_text())
+    assert {k: v for k, v in anneal_cfg["model"].items() if k != "moe"} == {
+        k: v for k, v in std_cfg["model"].items() if k != "moe"
+    }
+
+    losses = json.loads((out / "val_loss.json").read_text())
+    assert list(losses) == ["emo", "anneal", "std"] and set(losses["anneal"]) == {*TOPICS, "all"}
+    table = (out / "val_loss.md").read_text()
+    assert "EMO-anneal - std" in table and "mean over domains" in table
+    sweep = json.loads((out / "results.json").read_text())
+    assert list(sweep["loss"]) == ["emo", "anneal", "std"]
+    assert "anneal / std" in summary_table(sweep) and "anneal" in (out / "report.md").read_text()
