@@ -29,13 +29,17 @@ from pathlib import Path
 from emomoe.analyze.sweep_results import mean_increase
 from emomoe.analyze.tables import markdown_table
 from emomoe.demo import CONFIG_DIR
-from emomoe.evaluate.loss import evaluate_checkpoint
+from emomoe.checkpoint import load_model
+from emomoe.data.loader import eval_batches
+from emomoe.data.store import Split, TokenStore
+from emomoe.evaluate.loss import evaluate_checkpoint, loss_by_domain
 from emomoe.io import atomic_write_text
 from emomoe.select.sweep import SweepConfig, run_sweep
 from emomoe.train.config import RunConfig
 from emomoe.train.trainer import train
 
 KEEP = 0.25
+EVAL_POOL_WINDOWS = 32
 RESULT_FILE = "parity.json"
 COMMON = ["train.num_threads=2", "train.checkpoint_every=50", "train.no_decay=embeddings_and_norms"]
 """Two threads for every run (export OMP_WAIT_POLICY=PASSIVE on a busy machine: spinning OpenMP
@@ -124,6 +128,27 @@ def sweep_one(spec: str, store: str, out: Path) -> dict:
     return record
 
 
+def eval_pools_one(spec: str, store: str, out: Path, pools: list[str]) -> dict:
+    """Validation loss of a finished run with each eval-mode pool ("off" = the HF routing), on the
+    first `EVAL_POOL_WINDOWS` held-out windows per domain: does the model do better with the
+    pool it was trained with than without?"""
+    record = run_one(spec, store, out)
+    cfg = run_config(spec, store)
+    found = record.setdefault("eval_pools", {})
+    for pool in pools:
+        if pool in found:
+            continue
+        model, _ = load_model(run_dir_of(spec, out) / "final", overrides=[f"moe.router.eval_pool={pool}"])
+        batches = eval_batches(
+            store, Split.VAL, seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size,
+            max_windows_per_domain=EVAL_POOL_WINDOWS,
+        )
+        domains = TokenStore.open(store).domains
+        found[pool] = {d: v.loss for d, v in loss_by_domain(model, batches, domains).items()}
+        atomic_write_text(run_dir_of(spec, out) / RESULT_FILE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def _lookup(tree: dict, dotted: str):
     for part in dotted.split("."):
         tree = tree[part]
@@ -176,6 +201,13 @@ def write_table(out: Path) -> Path:
         record = json.loads(path.read_text())
         records[record["name"]] = record
     table = results_table(records)
+    pooled = {name: rec["eval_pools"] for name, rec in records.items() if rec.get("eval_pools")}
+    if pooled:
+        pools = list(dict.fromkeys(p for found in pooled.values() for p in found))
+        rows = [[name, *[f"{mean_over_domains(found[p]):.4f}" if p in found else "" for p in pools]]
+                for name, found in pooled.items()]
+        table += (f"\n\nValidation loss (mean over domains, {EVAL_POOL_WINDOWS} windows per domain) with an "
+                  "eval-mode pool of that size:\n\n" + markdown_table(["run", *pools], rows))
     atomic_write_text(out / "results.md", table + "\n")
     return out / "results.md"
 
@@ -188,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True, help="the demo's token store (runs/demo/store)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--sweep", action="store_true", help=f"also measure the subsets at {KEEP:g} kept")
+    parser.add_argument("--eval-pools", metavar="P,P,...", help="also evaluate with these eval-mode pools, e.g. off,8,16,24")
     parser.add_argument("--table", action="store_true", help="only rewrite OUT/results.md")
     args = parser.parse_args(argv)
     for spec in args.runs:
@@ -198,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in [] if args.table else args.runs:
         print(f"{time.strftime('%H:%M:%S')} {name}", flush=True)
         (sweep_one if args.sweep else run_one)(name, args.store, args.out)
+        if args.eval_pools:
+            eval_pools_one(name, args.store, args.out, args.eval_pools.split(","))
         write_table(args.out)
     print((write_table(args.out)).read_text())
     return 0
