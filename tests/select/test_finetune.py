@@ -117,7 +117,8 @@ def test_prompt_answer_pairs_train_on_the_answers(tmp_path, legal_subset, store_
     store = TokenStore.open(store_dir)
     examples = read_pairs(pairs, load_tokenizer(store.tokenizer_path))
     batch = next(PairLoader(examples, store.eos_id, seq_len=32, batch_size=4, answer_only=True))
-    logits = model(batch["input_ids_BS"]).logits
+    with torch.no_grad():
+        logits = model(batch["input_ids_BS"]).logits
     answer = batch["labels_BS"] != -100
     assert int(answer.sum()) == 4 * (len(load_tokenizer(store.tokenizer_path).encode(" hereby")) + 1)
     expected = F.cross_entropy(logits[answer], batch["labels_BS"][answer])
