@@ -63,6 +63,7 @@ GRID: dict[str, tuple[str, list[str]]] = {
     # sizes above the 31 routed experts mean no pool: 8..48 leaves 18 of its 41 draws unrestricted
     "emo-pool8-48": (EMO, ["model.moe.router.pool=8..48"]),
     "emo-pool4-48": (EMO, ["model.moe.router.pool=4..48"]),
+    "emo-pool4-40": (EMO, ["model.moe.router.pool=4..40"]),
     "emo-pool8-48-seed1": (EMO, ["model.moe.router.pool=8..48", SEED1]),
     # LR and warmup, for both models
     "std-lr2e-3": (STD, ["train.lr=2e-3"]),
