@@ -41,6 +41,22 @@ class ModelOutput:
     """One entry per layer when asked for; layers without routed experts have empty [T, 0] tensors."""
 
 
+def document_inputs(
+    cfg: ModelConfig, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None
+) -> tuple[Segments, torch.Tensor | None]:
+    """Segments for the router pool and, with document masking on, the attention mask [B,1,S,S]."""
+    B, S = input_ids_BS.shape
+    if doc_ids_BS is None and cfg.eos_id is not None:
+        doc_ids_BS = doc_ids_from_eos(input_ids_BS, cfg.eos_id)
+    elif doc_ids_BS is None:
+        doc_ids_BS = torch.zeros_like(input_ids_BS)
+    segments = Segments.from_doc_ids(doc_ids_BS)
+    if not cfg.doc_attention_mask:
+        return segments, None
+    causal_SS = torch.ones(S, S, dtype=torch.bool, device=input_ids_BS.device).tril()
+    return segments, (segments.same_doc_BSS(B) & causal_SS)[:, None]
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -89,7 +105,7 @@ class EmoTransformer(nn.Module):
         B, S = input_ids_BS.shape
         if S > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {S} exceeds max_seq_len {self.cfg.max_seq_len}")
-        segments, mask_B1SS = self._documents(input_ids_BS, doc_ids_BS)
+        segments, mask_B1SS = document_inputs(self.cfg, input_ids_BS, doc_ids_BS)
         x_BSD = self.embed(input_ids_BS)
         cos_SDh, sin_SDh = self.rope_cos[:S], self.rope_sin[:S]
         lb_loss = router_z_loss = x_BSD.new_zeros(())
@@ -105,21 +121,6 @@ class EmoTransformer(nn.Module):
             routing.append(LayerRouting(routed.logits_TE, routed.experts_TK, routed.weights_TK))
         logits_BSV = self.lm_head(self.norm(x_BSD))
         return ModelOutput(logits_BSV, lb_loss, router_z_loss, routing if return_routing else None)
-
-    def _documents(
-        self, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None
-    ) -> tuple[Segments, torch.Tensor | None]:
-        """Segments for the router pool and, with document masking on, the attention mask [B,1,S,S]."""
-        B, S = input_ids_BS.shape
-        if doc_ids_BS is None and self.cfg.eos_id is not None:
-            doc_ids_BS = doc_ids_from_eos(input_ids_BS, self.cfg.eos_id)
-        elif doc_ids_BS is None:
-            doc_ids_BS = torch.zeros_like(input_ids_BS)
-        segments = Segments.from_doc_ids(doc_ids_BS)
-        if not self.cfg.doc_attention_mask:
-            return segments, None
-        causal_SS = torch.ones(S, S, dtype=torch.bool, device=input_ids_BS.device).tril()
-        return segments, (segments.same_doc_BSS(B) & causal_SS)[:, None]
 
     def _pool_seeds(self) -> list[int | None]:
         """One seed per layer for random pool sizes; a training forward with a range pool uses up one

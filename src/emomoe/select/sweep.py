@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from emomoe.analyze.report import write_report
@@ -30,7 +31,8 @@ from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import moe_layers
-from emomoe.select.slicing import slice_model
+from emomoe.select.slicing import subset_config, subset_model
+from emomoe.select.weights import ModelWeights
 
 RESULTS_FILE = "results.json"
 
@@ -98,22 +100,25 @@ def run_sweep(
     bar = tqdm(total=num_cells, desc="sweep", unit="subset", disable=not progress)
     for name, checkpoint in checkpoints.items():
         model, model_cfg = load_for_inference(checkpoint)
-        layers = moe_layers(model, where=str(checkpoint))
+        source = ModelWeights(model, model_cfg)
+        layers = moe_layers(model_cfg, where=str(checkpoint))
         num_routed = [layer.num_routed for layer in layers]
         loss = results["loss"][name] = {keep_label(f): {} for f in fractions}
         params = results["params"][name] = {}
         kept_experts = results["kept_experts"][name] = {keep_label(f): {} for f in fractions if f < 1.0}
         for domain in domains:
-            selector = ExpertSelector(model, layers, calib.get(domain, []), cfg.method, seed=cfg.seed)
+            selector = ExpertSelector(source, calib.get(domain, []), cfg.method, seed=cfg.seed, where=str(checkpoint))
             for fraction in fractions:
                 label = keep_label(fraction)
                 bar.set_postfix_str(f"{name} {domain} keep {label}")
                 if label == FULL:
                     subset, subset_cfg = model, model_cfg
                 else:
-                    kept = selector.choose(KeepSpec.of_fraction(fraction).resolve(num_routed))
-                    subset, subset_cfg = slice_model(model, model_cfg, layers, kept)
-                    kept_experts[label][domain] = kept
+                    num_keep = KeepSpec.of_fraction(fraction).resolve(num_routed)
+                    state: dict[str, torch.Tensor] = {}
+                    kept_experts[label][domain] = selector.write_subset(num_keep, state.__setitem__)
+                    subset_cfg = subset_config(model_cfg, layers, num_keep)
+                    subset = subset_model(state, subset_cfg)
                 loss[label][domain] = loss_by_domain(subset.eval(), held_out[domain], store.domains)[domain].loss
                 total, active = subset_cfg.num_params()
                 params[label] = {"total": total, "active": active}

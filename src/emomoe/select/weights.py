@@ -1,0 +1,54 @@
+"""Where selection reads weights from: a checkpoint on disk or a model in memory, one interface.
+
+`emomoe.checkpoint.CheckpointReader` reads tensors by name from (sharded, memory-mapped)
+safetensors in their stored dtype; `ModelWeights` hands out a model's tensors the same way. The
+selection code sees only a `WeightSource`, so the in-memory case runs the same code as a
+checkpoint larger than RAM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from emomoe.model import ModelConfig
+
+
+class WeightSource(Protocol):
+    config: ModelConfig
+
+    def names(self) -> list[str]: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def dtype(self, name: str) -> torch.dtype: ...
+
+    def get(self, name: str, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """The tensor in its stored dtype; `rows` picks indices along dim 0 (and reads only those)."""
+        ...
+
+
+class ModelWeights:
+    """A model's persistent tensors as a `WeightSource`; `get` returns copies, never the model's own."""
+
+    def __init__(self, model: nn.Module, cfg: ModelConfig):
+        self.config = cfg
+        self._state = model.state_dict()
+
+    def names(self) -> list[str]:
+        return list(self._state)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._state[name].shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._state[name].dtype
+
+    def get(self, name: str, rows: Sequence[int] | None = None) -> torch.Tensor:
+        tensor = self._state[name].detach()
+        if rows is None:
+            return tensor.clone()
+        return tensor.index_select(0, torch.as_tensor(list(rows), dtype=torch.long))
