@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = SINGLE_FILE
 META_FILE = "meta.json"
+INFERENCE_OVERRIDES = ["moe.router.eval_pool=off"]
+"""Config changes for inference: no document pool (see `load_for_inference`)."""
 
 
 def save_model(
@@ -66,7 +68,7 @@ def load_model(
     `overrides` are dotted config changes that leave the weights alone (e.g. the router's pool).
     `dtype`: None loads float32, the dtype emomoe computes in; "stored" keeps the files' dtype.
     """
-    from emomoe.model import build_model
+    from emomoe.model.weights import model_from_weights
 
     with CheckpointReader(directory) as reader:
         cfg = reader.config.with_overrides(overrides) if overrides else reader.config
@@ -74,12 +76,7 @@ def load_model(
     target = None if dtype == "stored" else (dtype or torch.float32)
     if target is not None:
         state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
-    # Every weight comes from the files: build on the meta device and skip random initialisation.
-    with torch.device("meta"):
-        model = build_model(cfg)
-    model.load_state_dict(state, assign=True)
-    model.init_buffers()
-    return model.to(device), cfg
+    return model_from_weights(cfg, state).to(device), cfg
 
 
 def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = None) -> tuple[nn.Module, ModelConfig]:
@@ -89,7 +86,7 @@ def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = 
     (the HF inference behaviour); an EMO checkpoint may have been trained with an eval-mode pool
     for its in-loop validation, which must not leak into selection or held-out evaluation.
     """
-    model, cfg = load_model(directory, overrides=["moe.router.eval_pool=off"], dtype=dtype)
+    model, cfg = load_model(directory, overrides=INFERENCE_OVERRIDES, dtype=dtype)
     return model.eval(), cfg
 
 

@@ -170,6 +170,9 @@ class CheckpointReader:
         return file_fingerprint(sorted(set(self._files.values())))
 
     def close(self) -> None:
+        """Unmap the files; a later read reopens them. Pages read through a mapping count as this
+        process's memory while it stays mapped, so a walk over a big checkpoint closes after each
+        layer (a tensor still held keeps its own file mapped)."""
         self._handles.clear()
 
     def __enter__(self) -> CheckpointReader:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from emomoe.checkpoint import load_config
-from emomoe.errors import DataError
+from emomoe.errors import ConfigError, DataError
 from emomoe.select.calibration import load_calibration
 from emomoe.select.finetune import finetune_subset
 from emomoe.select.keep import KeepSpec
@@ -21,6 +21,7 @@ SELECT_EXAMPLES = """examples:
   emomoe select --checkpoint runs/emo/final --data runs/store --calib code,legal --keep 8 --out subsets/emo-cl
   emomoe select --checkpoint runs/emo/final --calib prompts.jsonl --tokenizer runs/store/tokenizer \\
       --keep 8,8,4,4 --method easy-ep --out subsets/emo-prompts
+  emomoe select --checkpoint runs/emo/final --selection subsets/emo-math/selection.json --out subsets/again
 """
 
 
@@ -34,8 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "select",
         help="choose a per-domain subset of experts and save it as a smaller model",
         description="Rank each MoE layer's routed experts on calibration data, keep the top ones (shared "
-        "experts always stay), physically slice the rest away, and save the subset (model.safetensors, "
-        "model.yaml, selection.json). The subset loads on its own and routes by softmax over the kept experts.",
+        "experts always stay), physically slice the rest away, and save the subset (safetensors in the stored "
+        "dtype, model.yaml, selection.json). The subset loads on its own and routes by softmax over the kept "
+        "experts. The checkpoint (ours or a Hugging Face directory, sharded or not) is streamed one layer at a "
+        "time, so it may be larger than memory. With --selection, the experts kept by an earlier selection of "
+        "the same checkpoint are extracted again, without calibration.",
         epilog=SELECT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -48,9 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="STORE", help="token store whose training documents --calib domains name")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer for text-file calibration (default: the store's)")
     p.add_argument(
-        "--keep", required=True,
+        "--keep",
         help="routed experts kept per layer: a count (8), a fraction of the routed experts (0.25), "
-        "or one count per MoE layer (8,8,4,4)",
+        "or one count per MoE layer (8,8,4,4); required unless --selection",
+    )
+    p.add_argument(
+        "--selection", metavar="FILE",
+        help="keep the experts of this selection.json (or subset directory), made from the same checkpoint",
     )
     p.add_argument("--method", choices=[m.value for m in SelectMethod], default=SelectMethod.LAYERWISE.value,
                    help="layerwise (default; the paper's greedy), global, easy-ep or random")
@@ -107,11 +115,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_select(args: argparse.Namespace) -> int:
     _refuse_existing(args.out, args.force)
-    KeepSpec.parse(args.keep)  # a spelling error should not wait for the model and data to load
+    if (args.keep is None) == (args.selection is None):
+        raise ConfigError("give either --keep (and calibration) or --selection (an earlier selection to reuse)")
+    # A spelling error should not wait for the model and data to load.
+    keep = KeepSpec.parse(args.keep) if args.keep is not None else None
     setup_runtime()
     method = SelectMethod(args.method)
     calibration = None
-    if method.needs_calibration:
+    if method.needs_calibration and args.selection is None:
         if args.calib is None:
             raise DataError(f"--method {method} needs --calib (domains of --data, or text files)")
         seq_len = args.seq_len or load_config(args.checkpoint).max_seq_len
@@ -120,8 +131,8 @@ def run_select(args: argparse.Namespace) -> int:
             seq_len=seq_len, batch_size=args.batch_size,
         )
     record = select_subset(
-        args.checkpoint, args.out, keep=KeepSpec.parse(args.keep), method=method, calibration=calibration,
-        seed=args.seed, progress=not args.no_progress,
+        args.checkpoint, args.out, keep=keep, method=method, calibration=calibration, seed=args.seed,
+        selection=args.selection, progress=not args.no_progress,
     )
     kept = ", ".join(str(len(k)) for k in record["kept_experts"])
     total, source_total = record["num_params"]["total"], record["source_num_params"]["total"]

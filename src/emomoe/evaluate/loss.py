@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
-from emomoe.checkpoint import check_fits, load_for_inference
+from emomoe.checkpoint import check_fits, load_config, load_for_inference
 from emomoe.model.losses import IGNORE_INDEX
+from emomoe.model.weights import fp32_compute
 
 Batch = dict[str, torch.Tensor]
 
@@ -82,13 +83,16 @@ def evaluate_checkpoint(
     store = store if isinstance(store, TokenStore) else TokenStore.open(store)
     names = domains or store.domains
     store.domain_ids(names)
-    model, cfg = load_for_inference(checkpoint)
-    check_fits(cfg, checkpoint, vocab_size=store.vocab_size, seq_len=seq_len)
+    check_fits(load_config(checkpoint), checkpoint, vocab_size=store.vocab_size, seq_len=seq_len)
+    # Weights stay in their stored dtype (a bf16 subset of a big model needs half the memory) and
+    # each block computes in fp32 (this CPU has no bf16 matmul).
+    model, _ = load_for_inference(checkpoint, dtype="stored")
     batches = eval_batches(
         store, Split.VAL, seq_len=seq_len, batch_size=batch_size, domains=names,
         max_windows_per_domain=max_windows_per_domain,
     )
-    per_domain = loss_by_domain(model, batches, store.domains, progress="eval" if progress else None)
+    with fp32_compute(model):
+        per_domain = loss_by_domain(model, batches, store.domains, progress="eval" if progress else None)
     overall = DomainLoss(sum(d.sum_nats for d in per_domain.values()), sum(d.num_tokens for d in per_domain.values()))
     return {
         "checkpoint": str(checkpoint),

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from emomoe.model.blockwise import block_from_weights
+from emomoe.model.weights import block_from_weights
 from emomoe.select.easy_ep import easy_ep_layer_scores
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import AddTensor, block_subset, extract_subset, read_blocks, subset_config
@@ -136,6 +136,7 @@ class ExpertSelector:
                 scores.append(easy_ep_layer_scores(stream, layer))
             else:
                 scores.append(stream.router_mass(layer, stream.unpruned_block(layer, index), advance=True))
+            self.source.close()
         return scores
 
     def _layerwise(self, num_keep_per_layer: list[int]) -> Iterator[tuple[list[int] | None, dict[str, torch.Tensor]]]:
@@ -159,6 +160,7 @@ class ExpertSelector:
             if index < self.layers[-1].index:  # later blocks do not change any choice
                 stream.advance(block_from_weights(sub_cfg, index, relative(tensors, index)))
             yield kept_routed, tensors
+            self.source.close()
 
     def _bar(self, items, desc: str):
         return tqdm(items, desc=desc, disable=not self.progress, leave=False, unit="layer")

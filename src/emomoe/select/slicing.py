@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from emomoe.model import ModelConfig, build_model
+from emomoe.model import ModelConfig
+from emomoe.model.weights import model_from_weights
 from emomoe.select.routing import MoELayer
 from emomoe.select.weights import ModelWeights, WeightSource
 
@@ -89,6 +90,7 @@ def read_blocks(
     by_index = {layer.index: (layer, kept) for layer, kept in zip(layers, kept_routed)}
     for index in range(source.config.num_layers):
         yield block_subset(source, index, *by_index.get(index, (None, None)))
+        source.close()
 
 
 def extract_subset(source: WeightSource, blocks: Iterable[dict[str, torch.Tensor]], add: AddTensor) -> None:
@@ -103,9 +105,7 @@ def extract_subset(source: WeightSource, blocks: Iterable[dict[str, torch.Tensor
 
 def subset_model(state: dict[str, torch.Tensor], sub_cfg: ModelConfig) -> nn.Module:
     """An in-memory subset model holding `state` (the tensors `extract_subset` handed out)."""
-    sub = build_model(sub_cfg)
-    sub.load_state_dict(state)
-    return sub.eval()
+    return model_from_weights(sub_cfg, state).eval()
 
 
 def slice_model(

@@ -3,7 +3,7 @@
 
 Between blocks, memory holds the calibration batches' hidden states (fp32 [B, S, D] per batch)
 and their document masks. A block's weights are read in their stored dtype, upcast to fp32 inside
-the block (`emomoe.model.blockwise`), run on every batch, and dropped. The peak is one block's
+the block (`emomoe.model.weights`), run on every batch, and dropped. The peak is one block's
 weights, whatever the number of layers and experts. Three kinds of block:
 
 - `router_block`: attention, norms and gate only; its experts are never read. A forward through it
@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from emomoe.checkpoint import INFERENCE_OVERRIDES
 from emomoe.errors import DataError
 from emomoe.model.attention import rope_tables
-from emomoe.model.blockwise import COMPUTE_DTYPE, block_from_weights
+from emomoe.model.weights import COMPUTE_DTYPE, block_from_weights
 from emomoe.model.docs import Segments
 from emomoe.model.experts import Experts
 from emomoe.model.transformer import Block, document_inputs
@@ -63,7 +64,7 @@ class LayerStream:
 
     def __init__(self, source: WeightSource, batches: Sequence[Batch], where: str = "calibration"):
         self.source = source
-        self.cfg = source.config
+        self.cfg = source.config.with_overrides(INFERENCE_OVERRIDES)
         if not batches:
             raise DataError(f"{where}: no calibration batches")
         ids_U = torch.cat([b["input_ids_BS"].flatten() for b in batches]).unique()

@@ -1,20 +1,34 @@
-"""From a checkpoint to a saved subset model: choose experts, slice, write weights + selection.json.
+"""From a checkpoint to a saved subset model: choose experts, and stream the kept weights out.
 
 A subset directory is an ordinary model checkpoint (it loads with `emomoe.checkpoint.load_model`
 at its own size, without the source) plus `selection.json`, which records where it came from:
-the source checkpoint and its weights' sha256, the kept expert ids per MoE layer in the source's
-numbering, the method, the calibration data and the seed.
+the source checkpoint and its fingerprint (`CheckpointReader.fingerprint`), the kept expert ids
+per MoE layer in the source's numbering, the method, the calibration data and the seed.
+
+The source is read through `CheckpointReader` (our checkpoints and HF directories, sharded or
+not) one block at a time, and the subset is written through `ShardedWriter` as it is chosen, so
+neither has to fit in memory; weights keep their stored dtype. A `selection.json` made earlier,
+here or elsewhere, can be applied again to extract the same subset without calibration, but only
+to the checkpoint it was made from.
+
+Everything that can be checked is checked before anything is written (keep counts, calibration,
+the selection's source, free disk space for the planned subset), and the directory appears
+atomically: on any error, including a full disk mid-write, nothing is left behind and a previous
+`out_dir` is intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from emomoe.checkpoint import checkpoint_hash, load_for_inference, save_model
+from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter, save_model
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path
 from emomoe.model import ModelConfig
@@ -22,74 +36,169 @@ from emomoe.select.calibration import Calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import MoELayer, moe_layers
-from emomoe.select.slicing import slice_model
+from emomoe.select.slicing import block_names, extract_subset, kept_rows, other_names, read_blocks, subset_config
 
 SELECTION_FILE = "selection.json"
+SUBSET_SHARD_BYTES = 2**30
+"""Shard size of a written subset: the writer holds one shard in memory, so this bounds what
+selection needs beyond one block's weights."""
+_SPACE_MARGIN_BYTES = 16 * 2**20
+"""Room for safetensors headers, the config and selection.json on top of the tensor bytes."""
 
 
 def select_subset(
     checkpoint: str | Path,
     out_dir: str | Path,
     *,
-    keep: KeepSpec,
+    keep: KeepSpec | None = None,
     method: SelectMethod | str = SelectMethod.LAYERWISE,
     calibration: Calibration | None = None,
     seed: int = 0,
+    selection: str | Path | None = None,
     progress: bool = False,
+    max_shard_bytes: int = SUBSET_SHARD_BYTES,
 ) -> dict[str, Any]:
-    """Select, slice and save a subset of `checkpoint` to `out_dir`; return its selection record.
-
-    Everything is checked before anything is written, and the directory appears atomically.
-    """
+    """Select a subset of `checkpoint` (or take its kept experts from the `selection` file, a
+    selection.json or a subset directory) and write it to `out_dir`; return its selection record."""
     method = SelectMethod(method)
-    model, cfg = load_for_inference(checkpoint)
-    layers = moe_layers(model, where=str(checkpoint))
-    num_keep = keep.resolve([layer.num_routed for layer in layers])
-    if method.needs_calibration and (calibration is None or not calibration.batches):
-        raise ConfigError(f"method {method}: needs calibration data (--calib)")
-    batches = calibration.batches if calibration is not None else []
-    kept = ExpertSelector(model, layers, batches, method, seed=seed, progress=progress).choose(num_keep)
-    sub, sub_cfg = slice_model(model, cfg, layers, kept)
-    record = selection_record(
-        checkpoint, cfg, sub_cfg, layers, kept, method=method, keep=keep, seed=seed,
-        calibration=calibration.info if calibration is not None and method.needs_calibration else None,
-    )
-    save_subset(out_dir, sub, sub_cfg, record)
+    with CheckpointReader(checkpoint) as reader:
+        layers = moe_layers(reader.config, where=str(checkpoint))
+        if selection is not None:
+            given = read_selection(selection)
+            kept = check_selection(given, reader, layers, selection_path(selection))
+            num_keep = [len(k) for k in kept]
+        else:
+            if keep is None:
+                raise ConfigError("keep: give the experts to keep per layer, or a selection file to reuse")
+            num_keep = keep.resolve([layer.num_routed for layer in layers])
+            if method.needs_calibration and (calibration is None or not calibration.batches):
+                raise ConfigError(f"method {method}: needs calibration data (--calib)")
+        sub_cfg = subset_config(reader.config, layers, num_keep)
+        check_free_space(out_dir, subset_bytes(reader, layers, num_keep))
+        try:
+            with atomic_path(out_dir) as tmp:
+                tmp.mkdir()
+                with ShardedWriter(tmp, max_shard_bytes) as writer:
+                    # Its own copy: a tensor read whole is a view that would keep its file mapped.
+                    def add(name: str, tensor: torch.Tensor) -> None:
+                        writer.add(name, tensor.clone())
+
+                    if selection is not None:
+                        extract_subset(reader, read_blocks(reader, layers, kept), add)
+                    else:
+                        batches = calibration.batches if calibration is not None and method.needs_calibration else []
+                        selector = ExpertSelector(reader, batches, method, seed=seed, progress=progress,
+                                                  where=str(checkpoint))
+                        kept = selector.write_subset(num_keep, add)
+                sub_cfg.to_yaml(tmp / CONFIG_FILE)
+                if selection is not None:
+                    record = {**given, "reused_from": str(selection_path(selection).resolve())}
+                else:
+                    record = {
+                        "method": str(method), "keep": keep.label(), "seed": seed,
+                        "calibration": calibration.info if calibration is not None and method.needs_calibration
+                        else None,
+                    }
+                record = selection_record(reader, sub_cfg, layers, kept, **record)
+                (tmp / SELECTION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DataError(
+                    f"{out_dir}: the disk filled up while writing the subset ({e.filename or e}); "
+                    f"nothing was written and any previous {Path(out_dir).name} is intact"
+                ) from None
+            raise
     return record
 
 
+def subset_bytes(reader: CheckpointReader, layers: list[MoELayer], num_keep: list[int]) -> int:
+    """Bytes of the tensors of a subset keeping `num_keep` routed experts per MoE layer."""
+    total = 0
+    by_index = {layer.index: (layer, list(range(n))) for layer, n in zip(layers, num_keep)}
+    names = other_names(reader)
+    for index in range(reader.config.num_layers):
+        names += block_names(reader, index)
+    for name in names:
+        shape = reader.shape(name)
+        layer, kept = by_index.get(int(name.split(".")[1]), (None, None)) if name.startswith("layers.") else (None, None)
+        rows = kept_rows(layer, kept, name, shape) if layer is not None else None
+        num_rows = shape[0] if rows is None else len(rows)
+        total += num_rows * torch.Size(shape[1:]).numel() * reader.dtype(name).itemsize
+    return total
+
+
+def check_free_space(out_dir: str | Path, needed: int) -> None:
+    """DataError unless the file system `out_dir` goes to has room for `needed` bytes (and a margin)."""
+    out_dir = Path(out_dir).resolve()
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed + _SPACE_MARGIN_BYTES:
+        raise DataError(
+            f"{out_dir}: the subset needs {_gb(needed + _SPACE_MARGIN_BYTES)} of free disk, "
+            f"only {_gb(free)} is free there"
+        )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
 def selection_record(
-    checkpoint: str | Path,
-    cfg: ModelConfig,
+    reader: CheckpointReader,
     sub_cfg: ModelConfig,
     layers: list[MoELayer],
     kept: list[list[int]],
-    *,
-    method: SelectMethod,
-    keep: KeepSpec,
-    seed: int,
-    calibration: dict[str, Any] | None,
+    **how: Any,
 ) -> dict[str, Any]:
+    """selection.json: the source, the kept experts, how they were chosen (`how`), the sizes."""
     total, active = sub_cfg.num_params()
-    source_total, source_active = cfg.num_params()
+    source_total, source_active = reader.config.num_params()
     return {
-        "source_checkpoint": str(Path(checkpoint).resolve()),
-        "source_sha256": checkpoint_hash(checkpoint),
-        "method": str(method),
-        "keep": keep.label(),
-        "seed": seed,
+        **how,
+        "source_checkpoint": str(reader.directory.resolve()),
+        "source_format": reader.format,
+        "source_sha256": reader.fingerprint(),
         "moe_layers": [layer.index for layer in layers],
         "kept_experts": kept,
         "num_routed_experts": [layer.num_routed for layer in layers],
         "num_shared_experts": [layer.num_shared for layer in layers],
-        "calibration": calibration,
         "num_params": {"total": total, "active": active},
         "source_num_params": {"total": source_total, "active": source_active},
     }
 
 
+def check_selection(record: dict[str, Any], reader: CheckpointReader, layers: list[MoELayer], path: Path) -> list[list[int]]:
+    """The kept experts of a selection record, checked to belong to `reader`'s checkpoint."""
+    fingerprint = reader.fingerprint()
+    if record["source_sha256"] != fingerprint:
+        raise DataError(
+            f"{path}: was made for another model (source fingerprint {str(record['source_sha256'])[:12]}..., "
+            f"from {record.get('source_checkpoint', 'an unnamed checkpoint')}), not {reader.directory} "
+            f"({fingerprint[:12]}...)"
+        )
+    if record["moe_layers"] != [layer.index for layer in layers]:
+        raise DataError(f"{path}: MoE layers {record['moe_layers']}, {reader.directory} has {[l.index for l in layers]}")
+    kept = record["kept_experts"]
+    if not isinstance(kept, list) or len(kept) != len(layers):
+        raise DataError(f"{path}: 'kept_experts' must hold one list per MoE layer ({len(layers)})")
+    for layer, ids in zip(layers, kept):
+        valid = isinstance(ids, list) and ids and all(isinstance(i, int) for i in ids)
+        if not (valid and ids == sorted(set(ids)) and 0 <= ids[0] and ids[-1] < layer.num_routed):
+            raise DataError(
+                f"{path}: kept_experts of layer {layer.index} must be ascending distinct routed expert ids "
+                f"in [0, {layer.num_routed}), got {ids}"
+            )
+    return kept
+
+
+def selection_path(selection: str | Path) -> Path:
+    """A selection file given directly, or the selection.json of a subset directory."""
+    path = Path(selection)
+    return path / SELECTION_FILE if path.is_dir() else path
+
+
 def save_subset(out_dir: str | Path, model: nn.Module, cfg: ModelConfig, record: dict[str, Any]) -> Path:
-    """Write the subset checkpoint and its selection.json as one atomic directory."""
+    """Write an in-memory subset model and its selection.json as one atomic directory."""
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         save_model(tmp, model, cfg)
@@ -97,14 +206,17 @@ def save_subset(out_dir: str | Path, model: nn.Module, cfg: ModelConfig, record:
     return out_dir
 
 
-def read_selection(subset_dir: str | Path) -> dict[str, Any]:
-    path = Path(subset_dir) / SELECTION_FILE
+def read_selection(selection: str | Path) -> dict[str, Any]:
+    """The record of a selection.json (or of a subset directory's)."""
+    path = selection_path(selection)
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{subset_dir}: not a subset (no {SELECTION_FILE})") from None
+        raise DataError(f"{selection}: not a subset or selection file (no {path.name})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: expected a JSON object")
     for key in ("moe_layers", "kept_experts", "source_sha256"):
         if key not in record:
             raise DataError(f"{path}: missing '{key}'")

@@ -30,6 +30,12 @@ class WeightSource(Protocol):
         """The tensor in its stored dtype; `rows` picks indices along dim 0 (and reads only those)."""
         ...
 
+    def close(self) -> None:
+        """Let go of file mappings; later reads reopen them. Pages read through a mapping count as
+        this process's memory while it stays mapped, so a walk over a big checkpoint calls this
+        after each block (tensors it still holds keep their own file mapped)."""
+        ...
+
 
 class ModelWeights:
     """A model's persistent tensors as a `WeightSource`; `get` returns copies, never the model's own."""
@@ -52,3 +58,6 @@ class ModelWeights:
         if rows is None:
             return tensor.clone()
         return tensor.index_select(0, torch.as_tensor(list(rows), dtype=torch.long))
+
+    def close(self) -> None:
+        pass  # nothing is mapped

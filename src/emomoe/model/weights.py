@@ -1,12 +1,15 @@
-"""A model one block at a time: blocks around given weights, and fp32 compute for weights stored
-in a narrower dtype.
+"""Models and single blocks around given weights, and fp32 compute for weights stored narrower.
 
-This CPU has no bf16 matmul, and a big model does not fit in RAM in fp32, so the weights stay in
-their stored dtype and only the module being run is held in fp32:
+Both builders construct on the meta device (nothing allocated, no random initialisation) and
+adopt the given tensors as they are, then compute the buffers checkpoints do not store:
 
-- `block_from_weights` builds one `Block` on the meta device (nothing allocated, no random init)
-  and adopts the given tensors, upcast to fp32. Streaming selection runs calibration tokens
-  through such a block and drops it.
+- `model_from_weights`: a whole model (how checkpoints load).
+- `block_from_weights`: one `Block`, its weights upcast to fp32. Streaming selection runs
+  calibration tokens through such a block and drops it.
+
+This CPU has no bf16 matmul, and a big model does not fit in RAM in fp32, so weights can stay in
+their stored dtype with only the module being run held in fp32:
+
 - `fp32_compute(model)` makes a whole model whose weights are stored in bf16 (say) compute in
   fp32: each block, the final norm and the LM head get an fp32 copy of their weights for their
   own forward only, and the embedding upcasts the rows it looks up. Peak extra memory is the
@@ -23,9 +26,18 @@ import torch
 from torch import nn
 
 from emomoe.model.config import ModelConfig
-from emomoe.model.transformer import Block, EmoTransformer
+from emomoe.model.transformer import Block, EmoTransformer, build_model
 
 COMPUTE_DTYPE = torch.float32
+
+
+def model_from_weights(cfg: ModelConfig, weights: Mapping[str, torch.Tensor]) -> EmoTransformer:
+    """The model `cfg` describes, holding `weights` (its full state dict) as they are."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    model.load_state_dict(weights, assign=True)
+    model.init_buffers()
+    return model
 
 
 def block_from_weights(cfg: ModelConfig, layer: int, weights: Mapping[str, torch.Tensor]) -> Block:
@@ -38,6 +50,8 @@ def block_from_weights(cfg: ModelConfig, layer: int, weights: Mapping[str, torch
     with torch.device("meta"):
         block = Block(cfg, layer)
     block.load_state_dict({name: t.to(COMPUTE_DTYPE) for name, t in weights.items()}, assign=True)
+    if block.moe.router is not None:
+        block.moe.router.init_buffers()
     return block.eval()
 
 
