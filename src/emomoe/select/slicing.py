@@ -79,8 +79,15 @@ def block_subset(
     tensors = {}
     for name in block_names(source, index):
         rows = kept_rows(layer, kept_routed, name, source.shape(name)) if layer is not None else None
-        tensors[name] = source.get(name, rows=rows)
+        tensors[name] = _copy(source, name, rows)
     return tensors
+
+
+def _copy(source: WeightSource, name: str, rows: list[int] | None = None) -> torch.Tensor:
+    # A tensor read whole may be a view of the source (a model's parameter, a memory-mapped file
+    # that stays mapped while the view lives): the subset gets a copy of its own.
+    tensor = source.get(name, rows=rows)
+    return tensor if rows is not None else tensor.clone()
 
 
 def read_blocks(
@@ -100,7 +107,7 @@ def extract_subset(source: WeightSource, blocks: Iterable[dict[str, torch.Tensor
         for name, tensor in tensors.items():
             add(name, tensor)
     for name in other_names(source):
-        add(name, source.get(name))
+        add(name, _copy(source, name))
 
 
 def subset_model(state: dict[str, torch.Tensor], sub_cfg: ModelConfig) -> nn.Module:

@@ -79,17 +79,13 @@ def select_subset(
             with atomic_path(out_dir) as tmp:
                 tmp.mkdir()
                 with ShardedWriter(tmp, max_shard_bytes) as writer:
-                    # Its own copy: a tensor read whole is a view that would keep its file mapped.
-                    def add(name: str, tensor: torch.Tensor) -> None:
-                        writer.add(name, tensor.clone())
-
                     if selection is not None:
-                        extract_subset(reader, read_blocks(reader, layers, kept), add)
+                        extract_subset(reader, read_blocks(reader, layers, kept), writer.add)
                     else:
                         batches = calibration.batches if calibration is not None and method.needs_calibration else []
                         selector = ExpertSelector(reader, batches, method, seed=seed, progress=progress,
                                                   where=str(checkpoint))
-                        kept = selector.write_subset(num_keep, add)
+                        kept = selector.write_subset(num_keep, writer.add)
                 sub_cfg.to_yaml(tmp / CONFIG_FILE)
                 if selection is not None:
                     record = {**given, "reused_from": str(selection_path(selection).resolve())}

@@ -27,7 +27,8 @@ class WeightSource(Protocol):
     def dtype(self, name: str) -> torch.dtype: ...
 
     def get(self, name: str, rows: Sequence[int] | None = None) -> torch.Tensor:
-        """The tensor in its stored dtype; `rows` picks indices along dim 0 (and reads only those)."""
+        """The tensor in its stored dtype; `rows` picks indices along dim 0 (and reads only those)
+        into a new tensor. Without `rows`, it may be a view of the source's own memory."""
         ...
 
     def close(self) -> None:
@@ -38,7 +39,7 @@ class WeightSource(Protocol):
 
 
 class ModelWeights:
-    """A model's persistent tensors as a `WeightSource`; `get` returns copies, never the model's own."""
+    """A model's persistent tensors (its state dict) as a `WeightSource`."""
 
     def __init__(self, model: nn.Module, cfg: ModelConfig):
         self.config = cfg
@@ -56,7 +57,7 @@ class ModelWeights:
     def get(self, name: str, rows: Sequence[int] | None = None) -> torch.Tensor:
         tensor = self._state[name].detach()
         if rows is None:
-            return tensor.clone()
+            return tensor
         return tensor.index_select(0, torch.as_tensor(list(rows), dtype=torch.long))
 
     def close(self) -> None:
