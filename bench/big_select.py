@@ -53,7 +53,8 @@ def model_config(quick: bool, num_layers: int | None = None) -> ModelConfig:
         cfg = cfg.with_overrides([f"num_layers={num_layers}"])
     if quick:
         cfg = cfg.with_overrides([
-            f"num_layers={num_layers or 4}", "d_model=128", "num_heads=4", "moe.expert_hidden_size=64", "vocab_size=8192", "eos_id=0",
+            f"num_layers={num_layers or 4}", "d_model=128", "num_heads=4", "moe.expert_hidden_size=64",
+            "vocab_size=8192", "eos_id=0",
         ])
     # The store's tokenizer has EOS at id 0; calibration and eval windows are 256 tokens.
     return cfg.with_overrides(["eos_id=0", "max_seq_len=1024"])
@@ -124,7 +125,8 @@ def run_step(code: str) -> dict:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"step failed:\n{code}\n{proc.stderr[-3000:]}")
-    return {"wall_s": round(wall, 1), "peak_rss_bytes": json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"]}
+    peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
+    return {"wall_s": round(wall, 1), "peak_rss_bytes": peak}
 
 
 def _cli(*args: str) -> str:

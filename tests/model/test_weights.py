@@ -65,7 +65,8 @@ def test_a_block_from_given_weights_computes_what_the_models_block_computes(mode
     reference.load_state_dict({k: v.float() for k, v in bf16.items()})
     seen = {}
     reference.layers[1].register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out[0]))
-    block = block_from_weights(cfg, 1, {k.removeprefix("layers.1."): v for k, v in bf16.items() if k.startswith("layers.1.")})
+    block_bf16 = {k.removeprefix("layers.1."): v for k, v in bf16.items() if k.startswith("layers.1.")}
+    block = block_from_weights(cfg, 1, block_bf16)
     assert {p.dtype for p in block.parameters()} == {torch.float32} and not block.training
     segments, mask_B1SS = document_inputs(cfg, ids_BS, None)
     cos_SDh, sin_SDh = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)

@@ -6,6 +6,7 @@ import torch
 from emomoe.checkpoint import CheckpointReader, save_model
 from emomoe.errors import DataError
 from emomoe.model import build_model
+from emomoe.model.attention import Attention
 from emomoe.model.experts import Experts
 from emomoe.select import stream
 from emomoe.select.methods import ExpertSelector, SelectMethod
@@ -109,3 +110,14 @@ def test_calibration_tokens_outside_the_vocabulary_are_refused(model_and_batches
     model, cfg, _ = model_and_batches
     with pytest.raises(DataError, match="outside the model's vocabulary"):
         LayerStream(ModelWeights(model, cfg), [{"input_ids_BS": torch.tensor([[1, cfg.vocab_size]])}])
+
+
+def test_layerwise_runs_each_layers_attention_once_per_batch(model_and_batches, monkeypatch):
+    model, cfg, batches = model_and_batches
+    calls = []
+    original = Attention.forward
+    monkeypatch.setattr(Attention, "forward", lambda self, *args: calls.append(1) or original(self, *args))
+    ExpertSelector(ModelWeights(model, cfg), batches, SelectMethod.LAYERWISE).choose([3, 2])
+    # Layers 0 and 2 are measured (attention runs) and layer 0 is then run pruned (attention
+    # replayed); the dense layer 1 runs once; layer 2, the last MoE layer, is not run pruned.
+    assert len(calls) == 3 * len(batches)

@@ -116,7 +116,7 @@ def test_a_selection_from_another_model_is_refused_and_nothing_changes(tmp_path,
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda r: r.update(kept_experts=[[1], [0, 9]]), r"layer 1 must be ascending distinct .* \[0, 7\), got \[0, 9\]"),
+        (lambda r: r.update(kept_experts=[[1], [0, 9]]), r"layer 1 must be .* ids in \[0, 7\), got \[0, 9\]"),
         (lambda r: r.update(kept_experts=[[2, 1], [1]]), "ascending"),
         (lambda r: r.update(moe_layers=[0]), "MoE layers"),
         (lambda r: r.pop("kept_experts"), "missing 'kept_experts'"),

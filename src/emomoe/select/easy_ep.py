@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from emomoe.select.routing import MoELayer
-from emomoe.select.stream import LayerStream, capture_moe
+from emomoe.select.stream import LayerStream, capture
 
 
 def token_weights(h_TD: torch.Tensor, m_TD: torch.Tensor) -> torch.Tensor:
@@ -29,9 +29,9 @@ def easy_ep_layer_scores(stream: LayerStream, layer: MoELayer) -> torch.Tensor:
     tokens; the hidden states move on through the unpruned layer."""
     block = stream.unpruned_block(layer, layer.index, keep_slot_norms=True)
     scores_E = torch.zeros(layer.num_routed, dtype=torch.float64)
-    with capture_moe(block) as captured:
+    with capture(block.moe) as captured:
         for state in stream.run(block):
-            h_TD, m_TD, routed = captured.pop()
+            (h_TD, *_), (m_TD, routed) = captured.pop()
             valid_T = state.valid_T
             norms_TK = block.moe.experts.slot_norms_TK[valid_T]
             contrib_TK = routed.weights_TK[valid_T] * norms_TK * token_weights(h_TD[valid_T], m_TD[valid_T])[:, None]

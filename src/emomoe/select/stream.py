@@ -18,6 +18,7 @@ experts per token, N routed (token, expert) slots, U distinct calibration token 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -78,7 +79,9 @@ class LayerStream:
         for batch in batches:
             ids_BS = batch["input_ids_BS"]
             if ids_BS.shape[1] > self.cfg.max_seq_len:
-                raise DataError(f"{where}: windows of {ids_BS.shape[1]} tokens exceed max_seq_len {self.cfg.max_seq_len}")
+                raise DataError(
+                    f"{where}: windows of {ids_BS.shape[1]} tokens exceed max_seq_len {self.cfg.max_seq_len}"
+                )
             segments, mask_B1SS = document_inputs(self.cfg, ids_BS, batch.get("doc_ids_BS"))
             x_BSD = rows_UD[torch.searchsorted(ids_U, ids_BS)]
             self.states.append(BatchState(x_BSD, segments, mask_B1SS, valid_tokens(batch)))
@@ -217,15 +220,30 @@ class ChunkedExperts(nn.Module):
 
 
 @contextlib.contextmanager
-def capture_moe(block: Block) -> Iterator[list[tuple[torch.Tensor, torch.Tensor, object]]]:
-    """Collect (MoE input [T, D], MoE output [T, D], router output) of every forward of the block."""
+def capture(module: nn.Module) -> Iterator[list[tuple[tuple, object]]]:
+    """Collect (inputs, output) of every forward of `module` inside the block."""
     captured: list = []
 
     def hook(module: nn.Module, args, output) -> None:
-        captured.append((args[0], output[0], output[1]))
+        captured.append((args, output))
 
-    handle = block.moe.register_forward_hook(hook)
+    handle = module.register_forward_hook(hook)
     try:
         yield captured
     finally:
         handle.remove()
+
+
+class Replay(nn.Module):
+    """Stands in for a module whose outputs on the coming forwards are known already, in order.
+
+    Layerwise selection runs a layer's attention to measure its router, then the pruned layer on
+    the same inputs with the same attention weights: the pruned block replays the outputs instead
+    of computing them again (a fifth of the layer's compute)."""
+
+    def __init__(self, outputs: list[torch.Tensor]):
+        super().__init__()
+        self.outputs = collections.deque(outputs)
+
+    def forward(self, *args) -> torch.Tensor:
+        return self.outputs.popleft()

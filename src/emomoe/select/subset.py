@@ -36,7 +36,7 @@ from emomoe.select.calibration import Calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import MoELayer, moe_layers
-from emomoe.select.slicing import block_names, extract_subset, kept_rows, other_names, read_blocks, subset_config
+from emomoe.select.slicing import extract_subset, kept_rows, read_blocks, subset_config
 
 SELECTION_FILE = "selection.json"
 SUBSET_SHARD_BYTES = 2**30
@@ -109,16 +109,13 @@ def select_subset(
 
 def subset_bytes(reader: CheckpointReader, layers: list[MoELayer], num_keep: list[int]) -> int:
     """Bytes of the tensors of a subset keeping `num_keep` routed experts per MoE layer."""
+    # How many rows a tensor keeps depends on how many experts are kept, not on which.
+    some_kept = [(layer, list(range(n))) for layer, n in zip(layers, num_keep)]
     total = 0
-    by_index = {layer.index: (layer, list(range(n))) for layer, n in zip(layers, num_keep)}
-    names = other_names(reader)
-    for index in range(reader.config.num_layers):
-        names += block_names(reader, index)
-    for name in names:
+    for name in reader.names():
         shape = reader.shape(name)
-        layer, kept = by_index.get(int(name.split(".")[1]), (None, None)) if name.startswith("layers.") else (None, None)
-        rows = kept_rows(layer, kept, name, shape) if layer is not None else None
-        num_rows = shape[0] if rows is None else len(rows)
+        layer, kept = next(((l, k) for l, k in some_kept if name.startswith(l.prefix)), (None, None))
+        num_rows = shape[0] if layer is None else len(kept_rows(layer, kept, name, shape))
         total += num_rows * torch.Size(shape[1:]).numel() * reader.dtype(name).itemsize
     return total
 
@@ -163,7 +160,9 @@ def selection_record(
     }
 
 
-def check_selection(record: dict[str, Any], reader: CheckpointReader, layers: list[MoELayer], path: Path) -> list[list[int]]:
+def check_selection(
+    record: dict[str, Any], reader: CheckpointReader, layers: list[MoELayer], path: Path
+) -> list[list[int]]:
     """The kept experts of a selection record, checked to belong to `reader`'s checkpoint."""
     fingerprint = reader.fingerprint()
     if record["source_sha256"] != fingerprint:
@@ -172,8 +171,9 @@ def check_selection(record: dict[str, Any], reader: CheckpointReader, layers: li
             f"from {record.get('source_checkpoint', 'an unnamed checkpoint')}), not {reader.directory} "
             f"({fingerprint[:12]}...)"
         )
-    if record["moe_layers"] != [layer.index for layer in layers]:
-        raise DataError(f"{path}: MoE layers {record['moe_layers']}, {reader.directory} has {[l.index for l in layers]}")
+    indices = [layer.index for layer in layers]
+    if record["moe_layers"] != indices:
+        raise DataError(f"{path}: MoE layers {record['moe_layers']}, {reader.directory} has {indices}")
     kept = record["kept_experts"]
     if not isinstance(kept, list) or len(kept) != len(layers):
         raise DataError(f"{path}: 'kept_experts' must hold one list per MoE layer ({len(layers)})")
