@@ -27,7 +27,7 @@ def token_weights(h_TD: torch.Tensor, m_TD: torch.Tensor) -> torch.Tensor:
 def easy_ep_layer_scores(stream: LayerStream, layer: MoELayer) -> torch.Tensor:
     """EASY-EP score (float64 [E]) of every routed expert of `layer`, summed over the calibration
     tokens; the hidden states move on through the unpruned layer."""
-    block = stream.unpruned_block(layer, layer.index, keep_slot_norms=True)
+    block = stream.unpruned_block(layer.index, keep_slot_norms=True)
     scores_E = torch.zeros(layer.num_routed, dtype=torch.float64)
     with capture(block.moe) as captured:
         for state in stream.run(block):

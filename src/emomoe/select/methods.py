@@ -131,11 +131,11 @@ class ExpertSelector:
         for index in self._bar(range(self.layers[-1].index + 1), desc=str(self.method)):
             layer = by_index.get(index)
             if layer is None:
-                stream.advance(stream.unpruned_block(None, index))
+                stream.advance(stream.unpruned_block(index))
             elif self.method is SelectMethod.EASY_EP:
                 scores.append(easy_ep_layer_scores(stream, layer))
             else:
-                scores.append(stream.router_mass(layer, stream.unpruned_block(layer, index), advance=True))
+                scores.append(stream.router_mass(layer, stream.unpruned_block(index), advance=True))
             self.source.close()
         return scores
 

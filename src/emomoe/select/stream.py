@@ -125,14 +125,13 @@ class LayerStream:
         """Block `index` holding its attention, norms and router only: enough to reach the gate."""
         return block_from_weights(self.cfg, index, self._non_expert_weights(index))
 
-    def unpruned_block(self, layer: MoELayer | None, index: int, keep_slot_norms: bool = False) -> Block:
+    def unpruned_block(self, index: int, keep_slot_norms: bool = False) -> Block:
         """Block `index` with all its experts, read a chunk at a time while it runs."""
         block = block_from_weights(self.cfg, index, self._non_expert_weights(index))
         prefix = f"layers.{index}.moe.experts."
-        num_routed = layer.num_routed if layer is not None else 0
         block.moe.experts = ChunkedExperts(
             lambda param, rows: self.source.get(prefix + param, rows=rows),
-            num_routed=num_routed,
+            num_routed=self.cfg.moe.routed_in_layer(index),
             num_experts=self.cfg.moe.experts_in_layer(index),
             expert_bytes=_expert_fp32_bytes(self.source, prefix),
             keep_slot_norms=keep_slot_norms,
