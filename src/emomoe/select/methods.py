@@ -134,8 +134,9 @@ class ExpertSelector:
                 stream.advance(stream.unpruned_block(index))
             elif self.method is SelectMethod.EASY_EP:
                 scores.append(easy_ep_layer_scores(stream, layer))
-            else:
-                scores.append(stream.router_mass(layer, stream.unpruned_block(index), advance=True))
+            else:  # the last layer's experts change no score: stop at its gate
+                last = index == self.layers[-1].index
+                scores.append(stream.router_mass(layer, stream.unpruned_block(index), advance=not last))
             self.source.close()
         return scores
 
