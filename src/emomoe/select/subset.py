@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from emomoe.select.calibration import Calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import MoELayer, moe_layers
-from emomoe.select.slicing import extract_subset, kept_rows, read_blocks, subset_config
+from emomoe.select.slicing import AddTensor, extract_subset, kept_rows, read_blocks, subset_config
 
 SELECTION_FILE = "selection.json"
 SUBSET_SHARD_BYTES = 2**30
@@ -66,44 +67,64 @@ def select_subset(
         if selection is not None:
             given = read_selection(selection)
             kept = check_selection(given, reader, layers, selection_path(selection))
-            num_keep = [len(k) for k in kept]
-        else:
-            if keep is None:
-                raise ConfigError("keep: give the experts to keep per layer, or a selection file to reuse")
-            num_keep = keep.resolve([layer.num_routed for layer in layers])
-            if method.needs_calibration and (calibration is None or not calibration.batches):
-                raise ConfigError(f"method {method}: needs calibration data (--calib)")
-        sub_cfg = subset_config(reader.config, layers, num_keep)
-        check_free_space(out_dir, subset_bytes(reader, layers, num_keep))
-        try:
-            with atomic_path(out_dir) as tmp:
-                tmp.mkdir()
-                with ShardedWriter(tmp, max_shard_bytes) as writer:
-                    if selection is not None:
-                        extract_subset(reader, read_blocks(reader, layers, kept), writer.add)
-                    else:
-                        batches = calibration.batches if calibration is not None and method.needs_calibration else []
-                        selector = ExpertSelector(reader, batches, method, seed=seed, progress=progress,
-                                                  where=str(checkpoint))
-                        kept = selector.write_subset(num_keep, writer.add)
-                sub_cfg.to_yaml(tmp / CONFIG_FILE)
-                if selection is not None:
-                    record = {**given, "reused_from": str(selection_path(selection).resolve())}
-                else:
-                    record = {
-                        "method": str(method), "keep": keep.label(), "seed": seed,
-                        "calibration": calibration.info if calibration is not None and method.needs_calibration
-                        else None,
-                    }
-                record = selection_record(reader, sub_cfg, layers, kept, **record)
-                (tmp / SELECTION_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise DataError(
-                    f"{out_dir}: the disk filled up while writing the subset ({e.filename or e}); "
-                    f"nothing was written and any previous {Path(out_dir).name} is intact"
-                ) from None
-            raise
+            how = {key: given.get(key) for key in _HOW} | {"reused_from": str(selection_path(selection).resolve())}
+
+            def extract(add: AddTensor) -> list[list[int]]:
+                extract_subset(reader, read_blocks(reader, layers, kept), add)
+                return kept
+
+            return _write_subset(out_dir, reader, layers, [len(k) for k in kept], how, max_shard_bytes, extract)
+        if keep is None:
+            raise ConfigError("keep: give the experts to keep per layer, or a selection file to reuse")
+        num_keep = keep.resolve([layer.num_routed for layer in layers])
+        if not method.needs_calibration:
+            calibration = None
+        elif calibration is None or not calibration.batches:
+            raise ConfigError(f"method {method}: needs calibration data (--calib)")
+        selector = ExpertSelector(
+            reader, calibration.batches if calibration else [], method, seed=seed, progress=progress,
+            where=str(checkpoint),
+        )
+        how = {"method": str(method), "keep": keep.label(), "seed": seed,
+               "calibration": calibration.info if calibration else None}
+        return _write_subset(
+            out_dir, reader, layers, num_keep, how, max_shard_bytes,
+            lambda add: selector.write_subset(num_keep, add),
+        )
+
+
+_HOW = ("method", "keep", "seed", "calibration")
+"""The fields of a selection record that say how its experts were chosen."""
+
+
+def _write_subset(
+    out_dir: str | Path,
+    reader: CheckpointReader,
+    layers: list[MoELayer],
+    num_keep: list[int],
+    how: dict[str, Any],
+    max_shard_bytes: int,
+    write: Callable[[AddTensor], list[list[int]]],
+) -> dict[str, Any]:
+    """Check the free disk, then let `write` hand the subset's tensors over (it returns the kept
+    ids) and write them, the config and selection.json as one atomic directory."""
+    sub_cfg = subset_config(reader.config, layers, num_keep)
+    check_free_space(out_dir, subset_bytes(reader, layers, num_keep))
+    try:
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            with ShardedWriter(tmp, max_shard_bytes) as writer:
+                kept = write(writer.add)
+            sub_cfg.to_yaml(tmp / CONFIG_FILE)
+            record = selection_record(reader, sub_cfg, layers, kept, **how)
+            (tmp / SELECTION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DataError(
+                f"{out_dir}: the disk filled up while writing the subset ({e.filename or e}); "
+                f"nothing was written and any previous {Path(out_dir).name} is intact"
+            ) from None
+        raise
     return record
 
 
