@@ -1,9 +1,9 @@
-import errno
 import json
 import shutil
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from emomoe.checkpoint import CheckpointReader, checkpoint_hash, load_model, save_model
@@ -136,7 +136,7 @@ def test_not_enough_free_disk_is_refused_before_writing(tmp_path, checkpoint_dir
     planned = subset_bytes_of(checkpoint_dir, [4, 4])
     free = planned  # not enough once the margin for headers and the config is added
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 * free, 9 * free, free))
-    with pytest.raises(DataError, match=f"{tmp_path / 'sub'}: the subset needs .* GB of free disk"):
+    with pytest.raises(DataError, match=f"{tmp_path / 'sub'}: the subset needs .* MB of free disk, only .* MB is free"):
         select_subset(checkpoint_dir, tmp_path / "sub", keep=KeepSpec.parse("0.5"), calibration=calib)
     assert list(tmp_path.iterdir()) == []
 
@@ -160,8 +160,8 @@ def test_a_full_disk_mid_write_leaves_the_previous_output_intact(tmp_path, check
 
     def full_disk(tensors, filename, metadata=None):
         calls.append(filename)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        if len(calls) == 2:  # what safetensors raises when the disk is full
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         save_file(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(writer_module, "save_file", full_disk)

@@ -148,13 +148,13 @@ def check_free_space(out_dir: str | Path, needed: int) -> None:
     free = shutil.disk_usage(existing).free
     if free < needed + _SPACE_MARGIN_BYTES:
         raise DataError(
-            f"{out_dir}: the subset needs {_gb(needed + _SPACE_MARGIN_BYTES)} of free disk, "
-            f"only {_gb(free)} is free there"
+            f"{out_dir}: the subset needs {_size(needed + _SPACE_MARGIN_BYTES)} of free disk, "
+            f"only {_size(free)} is free there"
         )
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB"
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def selection_record(
