@@ -7,7 +7,10 @@ import os
 # variable at its first allocation, so it is set here, before torch is imported; set it to 0 to opt out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
+from emomoe.hf.formats import register_hf_formats  # noqa: E402
 from emomoe.model import ModelConfig, build_model  # noqa: E402
+
+register_hf_formats()
 
 __version__ = "0.1.0"
 
