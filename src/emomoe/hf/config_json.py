@@ -31,12 +31,12 @@ DEFAULT_MAX_POSITIONS = 4096
 _REQUIRED = object()
 
 
-def read_config_json(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG_JSON
+def read_config_json(path: Path) -> dict[str, Any]:
+    """A config.json (or our copy of one) as a dict; DataError naming the file if it is not one."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{directory}: no {CONFIG_JSON}") from None
+        raise DataError(f"{path.parent}: no {path.name}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):

@@ -26,10 +26,13 @@ from emomoe.hf.config_json import CONFIG_JSON, check_exportable, emo_config_json
 from emomoe.hf.layouts import EMO, tensor_keys
 from emomoe.hf.tokenizer_files import carry_files, check_tokenizer, find_tokenizer, write_tokenizer_files
 from emomoe.io import atomic_path
+from emomoe.select.subset import SELECTION_FILE, read_selection
 
 HF_CONFIG_COPY = "hf_config.json"
 REMOTE_DIR = Path(__file__).parent / "remote"
 REMOTE_FILES = ("configuration_emo.py", "modeling_emo.py")
+MAX_LINEAGE = 8
+"""Subsets of subsets followed back at most this far."""
 DTYPES = {"stored": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -58,13 +61,27 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, max_s
     return out
 
 
-def _base_config(reader: CheckpointReader) -> dict[str, Any] | None:
-    """The HF config.json the model came with, if it was an EMO one (imported, or read as is)."""
-    path = reader.directory / (CONFIG_JSON if reader.format.startswith("hf-") else HF_CONFIG_COPY)
-    if not path.is_file():
-        return None
-    data = read_config_json(path.parent) if path.name == CONFIG_JSON else json.loads(path.read_text())
-    return data if data.get("model_type") == EMO.model_type else None
+def lineage(checkpoint: Path) -> list[Path]:
+    """`checkpoint`, then the models it was sliced from, as far as their directories still exist
+    (a subset's selection.json names its source)."""
+    dirs = [checkpoint]
+    while (dirs[-1] / SELECTION_FILE).is_file() and len(dirs) <= MAX_LINEAGE:
+        source = Path(read_selection(dirs[-1]).get("source_checkpoint", ""))
+        if not source.is_dir():
+            break
+        dirs.append(source)
+    return dirs
+
+
+def _base_config(dirs: list[Path]) -> dict[str, Any] | None:
+    """The HF config.json the model (or the model it was sliced from) came with, if an EMO one:
+    imported (our copy) or read as it is."""
+    for directory in dirs:
+        for name in (HF_CONFIG_COPY, CONFIG_JSON):
+            if (directory / name).is_file():
+                data = read_config_json(directory / name)
+                return data if data.get("model_type") == EMO.model_type else None
+    return None
 
 
 def export_hf(
@@ -90,13 +107,14 @@ def export_hf(
     with CheckpointReader(checkpoint) as reader:
         cfg = reader.config
         check_exportable(cfg)
-        tokenizer_file = find_tokenizer(tokenizer, checkpoint)
+        dirs = lineage(checkpoint)
+        tokenizer_file = find_tokenizer(tokenizer, dirs)
         tok = check_tokenizer(tokenizer_file, cfg)
         target = DTYPES[dtype]
         stored_dtype = target or reader.dtype("embed.weight")
         with atomic_path(out) as tmp:
             tmp.mkdir()
-            pad = write_tokenizer_files(tmp, tokenizer_file, tok, cfg, checkpoint)
+            pad = write_tokenizer_files(tmp, tokenizer_file, tok, cfg)
             with ShardedWriter(tmp, max_shard_bytes) as writer:
                 for name, keys in tensor_keys(cfg, EMO).items():
                     tensor = reader.get(name)
@@ -107,7 +125,7 @@ def export_hf(
                         for key, row in zip(keys, tensor):
                             writer.add(key, row)
             config = emo_config_json(
-                cfg, eos_id=tok.eos_id, pad_id=pad, dtype=str(stored_dtype).removeprefix("torch."), base=_base_config(reader)
+                cfg, eos_id=tok.eos_id, pad_id=pad, dtype=str(stored_dtype).removeprefix("torch."), base=_base_config(dirs)
             )
             (tmp / CONFIG_JSON).write_text(json.dumps(config, indent=2) + "\n")
             for name in REMOTE_FILES:

@@ -44,7 +44,7 @@ class HFFormat:
         return _model_type(directory) == self.layout.model_type
 
     def read_config(self, directory: Path) -> ModelConfig:
-        return model_config(read_config_json(directory), directory / CONFIG_JSON)
+        return model_config(read_config_json(directory / CONFIG_JSON), directory / CONFIG_JSON)
 
     def sources(self, cfg: ModelConfig, keys: Mapping[str, TensorInfo]) -> dict[str, TensorSource]:
         expected = tensor_keys(cfg, self.layout, tied="lm_head.weight" not in keys)
@@ -75,7 +75,7 @@ class UnsupportedHFFormat:
 
     def read_config(self, directory: Path) -> ModelConfig:
         path = directory / CONFIG_JSON
-        model_type = read_config_json(directory).get("model_type")
+        model_type = read_config_json(path).get("model_type")
         raise DataError(
             f"{path}: model_type {model_type!r} is not a layout emomoe reads (expected one of {', '.join(sorted(LAYOUTS))})"
         )

@@ -23,14 +23,16 @@ CARRIED_FILES = (TOKENIZER_FILE, HF_CONFIG_FILE, SPECIAL_TOKENS_FILE, GENERATION
 STORE_TOKENIZER_DIR = "tokenizer"
 
 
-def find_tokenizer(tokenizer: str | Path | None, checkpoint: Path) -> Path:
-    """The `tokenizer.json` to export with `checkpoint`: from `tokenizer` (the file, its folder or a
-    token store holding one), else the checkpoint's own (an imported model keeps its tokenizer)."""
+def find_tokenizer(tokenizer: str | Path | None, checkpoints: list[Path]) -> Path:
+    """The `tokenizer.json` to export: from `tokenizer` (the file, its folder or a token store
+    holding one), else the first of `checkpoints` (a model, then the models it was sliced from)
+    that has one: an imported model keeps its tokenizer."""
     if tokenizer is None:
-        if (checkpoint / TOKENIZER_FILE).is_file():
-            return checkpoint / TOKENIZER_FILE
+        for directory in checkpoints:
+            if (directory / TOKENIZER_FILE).is_file():
+                return directory / TOKENIZER_FILE
         raise DataError(
-            f"{checkpoint}: no tokenizer to export with the model ({TOKENIZER_FILE}); pass --tokenizer "
+            f"{checkpoints[0]}: no tokenizer to export with the model ({TOKENIZER_FILE}); pass --tokenizer "
             "(a tokenizer.json, its folder, or the token store the model was trained on)"
         )
     path = Path(tokenizer)
@@ -61,8 +63,9 @@ def pad_id(file: Path, tok: TextTokenizer) -> int:
     return tok.eos_id
 
 
-def write_tokenizer_files(out: Path, file: Path, tok: TextTokenizer, cfg: ModelConfig, checkpoint: Path) -> int:
-    """Write the tokenizer and generation files into `out`; return the padding id they name."""
+def write_tokenizer_files(out: Path, file: Path, tok: TextTokenizer, cfg: ModelConfig) -> int:
+    """Write the tokenizer files found beside `file` (or made for it) and a generation config into
+    `out`; return the padding id they name."""
     shutil.copyfile(file, out / TOKENIZER_FILE)
     pad = pad_id(file, tok)
     if (file.parent / HF_CONFIG_FILE).is_file():
@@ -80,8 +83,8 @@ def write_tokenizer_files(out: Path, file: Path, tok: TextTokenizer, cfg: ModelC
             "clean_up_tokenization_spaces": False,
         }
         (out / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    if (checkpoint / GENERATION_FILE).is_file():
-        shutil.copyfile(checkpoint / GENERATION_FILE, out / GENERATION_FILE)
+    if (file.parent / GENERATION_FILE).is_file():
+        shutil.copyfile(file.parent / GENERATION_FILE, out / GENERATION_FILE)
     else:
         generation = {"bos_token_id": None, "eos_token_id": tok.eos_id, "pad_token_id": pad}
         (out / GENERATION_FILE).write_text(json.dumps(generation, indent=2) + "\n")
