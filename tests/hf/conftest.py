@@ -5,6 +5,7 @@ Mixtral models saved with `save_pretrained`."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from emomoe.data.tokenizer import train_tokenizer
+
+# Tests never reach a hub; transformers must not try.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VOCAB = 300
 EOS = 0
