@@ -52,3 +52,23 @@ def test_shard_sizes_read_like_transformers():
     assert [parse_size(s) for s in ("5GB", "500MB", "2GiB", "1000")] == [5 * 10**9, 5 * 10**8, 2 * 2**30, 1000]
     with pytest.raises(Exception, match="expected a size like 5GB"):
         parse_size("5 parsecs")
+
+
+@pytest.mark.slow
+def test_every_checkpoint_verb_reads_an_olmoe_directory_as_it_is(tmp_path, capsys):
+    from tests.fixtures import build_store, word_documents
+    from tests.hf.conftest import save_transformers_model
+
+    words = {"code": "def return self import class".split(), "math": "theorem proof lemma integral sum".split()}
+    store = build_store(word_documents(words, 12, num_words=(30, 60)), tmp_path / "store", vocab_size=300, val_fraction=0.2)
+    olmoe = tmp_path / "olmoe"
+    save_transformers_model(olmoe, "olmoe", max_position_embeddings=64)
+    common = ["--data", str(store), "--seq-len", "32", "--no-progress"]
+    assert main(["eval", "--checkpoint", str(olmoe), "--max-windows", "2", *common]) == 0
+    assert set(json.loads(capsys.readouterr().out)["domains"]) == {"code", "math"}
+    assert main(["select", "--checkpoint", str(olmoe), "--calib", "math", "--keep", "3", "--num-calib-windows", "2",
+                 "--out", str(tmp_path / "sub"), *common]) == 0
+    assert main(["finetune", "--checkpoint", str(tmp_path / "sub"), "--max-steps", "1", "--out", str(tmp_path / "ft"), *common]) == 0
+    assert main(["sweep", "--checkpoints", str(olmoe), "--keep", "1,0.5", "--method", "random", "--domains", "math",
+                 "--num-eval-windows", "2", "--out", str(tmp_path / "sweep"), *common]) == 0
+    assert set(json.loads((tmp_path / "sweep" / "results.json").read_text())["loss"]["olmoe"]) == {"1", "0.5"}

@@ -8,6 +8,11 @@ already has, otherwise through a one-shot import hook that runs right after the 
 package finishes loading (a safe point: no transformers module is half-initialised then).
 Programs that never import transformers pay nothing; those that do pay the import of
 transformers' model base classes, which they are about to need anyway.
+
+transformers prefers registered classes over a checkpoint's own `modeling_*.py`, even with
+`trust_remote_code=True`: in such a program every "emo" checkpoint, the released ones included,
+runs on our `EmoForCausalLM`. It reads the official layout with the official semantics and
+refuses (ValueError) the official options it does not implement.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import torch
 
 from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter
 from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
+from emomoe.data.tokenizer import TOKENIZER_FILE
 from emomoe.errors import ConfigError, DataError
 from emomoe.hf.config_json import CONFIG_JSON, check_exportable, emo_config_json, read_config_json
 from emomoe.hf.layouts import EMO, tensor_keys
@@ -50,6 +51,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, max_s
     with CheckpointReader(hf_dir) as reader:
         if not reader.format.startswith("hf-"):
             raise DataError(f"{hf_dir}: not a Hugging Face checkpoint ({CONFIG_JSON}) but an emomoe one; use it as it is")
+        if (hf_dir / TOKENIZER_FILE).is_file():
+            check_tokenizer(hf_dir / TOKENIZER_FILE, reader.config)
         with atomic_path(out) as tmp:
             tmp.mkdir()
             with ShardedWriter(tmp, max_shard_bytes) as writer:

@@ -100,6 +100,10 @@ class EmoConfig(PretrainedConfig):
         return total, min(self.num_shared_experts, total)
 
     def _check(self):
+        # Official fields this model does not implement: refuse rather than compute something else.
+        for name in ("always_active_experts", "always_active_experts_per_layer", "ghost_extend_eval"):
+            if getattr(self, name, None) not in (None, False, [], "false"):
+                raise ValueError(f"EmoConfig: {name} {getattr(self, name)!r} is not supported by this model file")
         if self.hidden_act != "silu":
             raise ValueError(f"EmoConfig: hidden_act {self.hidden_act!r} is not supported (only 'silu')")
         if self.attention_bias:
