@@ -48,7 +48,8 @@ def reference_logits(state: dict[str, torch.Tensor], config: dict, ids: list[int
     hd, eps = D // H, config["rms_norm_eps"]
     theta = config.get("rope_theta") or config["rope_parameters"]["rope_theta"]
     shared = config.get("num_shared_experts", 0)
-    per_layer = config.get("num_experts_per_layer") or [config.get("num_experts", config.get("num_local_experts"))] * config["num_hidden_layers"]
+    num_experts = config.get("num_experts", config.get("num_local_experts"))
+    per_layer = config.get("num_experts_per_layer") or [num_experts] * config["num_hidden_layers"]
     renormalize = config.get("norm_topk_prob", model_type == "mixtral")
     xs = [w["model.embed_tokens.weight"][i] for i in ids]
     for layer in range(config["num_hidden_layers"]):

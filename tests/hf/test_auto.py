@@ -22,6 +22,7 @@ def test_import_emomoe_registers_the_emo_classes_with_transformers(order):
     emomoe, transformers = "import emomoe", "import transformers"
     first, second = (emomoe, transformers) if order == "emomoe-first" else (transformers, emomoe)
     script = SCRIPT.format(first=first, second=second, transformers_loaded=order == "transformers-first")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "emomoe.hf.remote.modeling_emo.EmoForCausalLM"

@@ -54,7 +54,8 @@ def test_emo_config_fields_keep_their_meaning(tmp_path, tokenizer_dir):
         assert reader.format == "hf-emo"
         assert reader.shape("layers.2.moe.experts.w1") == (4, 16, 32)
         stored = load_file(str(directory / "model.safetensors"))
-        assert torch.equal(reader.get("layers.2.moe.experts.w2", rows=[3, 1])[0], stored["model.layers.2.mlp.experts.3.down_proj.weight"])
+        expert_3 = stored["model.layers.2.mlp.experts.3.down_proj.weight"]
+        assert torch.equal(reader.get("layers.2.moe.experts.w2", rows=[3, 1])[0], expert_3)
         assert torch.equal(reader.get("layers.0.moe.experts.w3")[0], stored["model.layers.0.mlp.up_proj.weight"])
 
 
@@ -151,14 +152,16 @@ def test_a_missing_shard_is_named(tmp_path, tokenizer_dir):
     state = load_file(str(directory / "model.safetensors"))
     (directory / "model.safetensors").unlink()
     names = sorted(state)
-    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    half = len(names) // 2
+    halves = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
     for file, keys in halves.items():
         save_file({k: state[k] for k in keys}, str(directory / file), metadata={"format": "pt"})
     index = {"metadata": {}, "weight_map": {k: file for file, keys in halves.items() for k in keys}}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
     assert load_config(directory).num_layers == 3 and CheckpointReader(directory).format == "hf-emo"
     (directory / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(DataError, match=r"model.safetensors.index.json: names shard model-00002-of-00002.safetensors, which does not exist"):
+    message = r"model.safetensors.index.json: names shard model-00002-of-00002.safetensors, which does not exist"
+    with pytest.raises(DataError, match=message):
         CheckpointReader(directory)
 
 

@@ -67,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--out", required=True, metavar="DIR", help="HF directory to write")
     exp.add_argument(
         "--tokenizer", metavar="PATH",
-        help="tokenizer.json, its folder, or a token store (default: the checkpoint's own, or its source's for a subset)",
+        help="tokenizer.json, its folder, or a token store (default: the checkpoint's own, or for a subset its "
+        "source's)",
     )
     exp.add_argument("--dtype", choices=list(DTYPES), default="stored", help="weights' dtype (default: as stored)")
     exp.add_argument(

@@ -78,7 +78,8 @@ def model_config(data: dict[str, Any], path: Path) -> ModelConfig:
     kv_heads = f.get("num_key_value_heads", int, heads)
     f.refuse("hidden_act", f.get("hidden_act", str, "silu") != "silu", "the experts are SwiGLU ('silu')")
     f.refuse("attention_bias", f.get("attention_bias", bool, False), "emomoe's projections have no bias")
-    f.refuse("head_dim", f.get("head_dim", int, hidden // heads) != hidden // heads, f"it must be hidden_size / num_attention_heads = {hidden // heads}")
+    head_dim = hidden // heads
+    f.refuse("head_dim", f.get("head_dim", int, head_dim) != head_dim, "must be hidden_size / num_attention_heads")
     f.refuse("rope_scaling", bool(f.get("rope_scaling", dict, None)), "emomoe applies plain RoPE")
     rope = f.get("rope_parameters", dict, {})
     f.refuse("rope_parameters", rope.get("rope_type", "default") != "default", "emomoe applies plain RoPE")
@@ -107,43 +108,57 @@ def model_config(data: dict[str, Any], path: Path) -> ModelConfig:
 def _emo_moe(f: _Fields, layers: int) -> tuple[MoEConfig, bool]:
     num_experts, per_token = f.get("num_experts", int), f.get("num_experts_per_tok", int)
     shared = f.get("num_shared_experts", int, 0)
-    f.refuse("num_shared_experts", shared > 1, "the official class weights several shared experts by a softmax, emomoe by 1.0")
+    f.refuse("num_shared_experts", shared > 1, "the official class weights several shared experts by a softmax")
     renormalize = f.get("norm_topk_prob", bool, False)
-    f.refuse("norm_topk_prob", renormalize and shared > 0, "the official class refuses it together with shared experts")
+    f.refuse("norm_topk_prob", renormalize and shared > 0, "the official class refuses it with shared experts")
     for name in ("always_active_experts", "always_active_experts_per_layer"):
-        f.refuse(name, bool(f.get(name, list, None)), "emomoe's always-on experts are the shared ones, with weight 1.0")
-    f.refuse("ghost_extend_eval", f.get("ghost_extend_eval", (bool, str), False) not in (False, "false"), "an evaluation probe")
+        f.refuse(name, bool(f.get(name, list, None)), "emomoe's always-on experts are the shared ones")
+    ghost = f.get("ghost_extend_eval", (bool, str), False)
+    f.refuse("ghost_extend_eval", ghost not in (False, "false"), "it is an evaluation probe")
+    per_layer, hidden = _emo_layers(f, layers, num_experts, shared)
+    top_k = per_token - shared
+    f.refuse(
+        "num_experts_per_tok", not 0 <= top_k <= num_experts - shared,
+        f"must count the {shared} shared expert(s) and 0..{num_experts - shared} routed ones",
+    )
+    router = RouterConfig(num_shared_experts=shared, renormalize=renormalize)
+    moe = MoEConfig(
+        num_experts=num_experts, top_k=top_k, expert_hidden_size=hidden, num_experts_per_layer=per_layer, router=router
+    )
+    return moe, False
+
+
+def _emo_layers(f: _Fields, layers: int, num_experts: int, shared: int) -> tuple[list[int] | None, int]:
+    """Our per-layer expert counts (None: all `num_experts`) and expert width, from the official
+    per-layer counts, where 0 is a dense layer: for us, its one shared expert."""
     hidden = f.get("intermediate_size", int)
     per_layer = f.get("num_experts_per_layer", list, None)
-    if per_layer is not None:
-        if len(per_layer) != layers or not all(isinstance(n, int) and n >= 0 for n in per_layer):
-            raise f.error("num_experts_per_layer", f"must list {layers} expert counts >= 0 (num_hidden_layers)")
-        shared_per_layer = f.get("num_shared_experts_per_layer", list, None)
+    if per_layer is None:
+        return None, hidden
+    if len(per_layer) != layers or not all(isinstance(n, int) and n >= 0 for n in per_layer):
+        raise f.error("num_experts_per_layer", f"must list {layers} expert counts >= 0 (num_hidden_layers)")
+    shared_per_layer = f.get("num_shared_experts_per_layer", list, None)
+    f.refuse(
+        "num_shared_experts_per_layer",
+        shared_per_layer is not None and shared_per_layer != [min(shared, n) for n in per_layer],
+        f"emomoe has one shared-expert count for all layers (num_shared_experts {shared})",
+    )
+    for i, n in enumerate(per_layer):
+        f.refuse("num_experts_per_layer", 0 < n <= shared, f"layer {i} has only shared experts but is not dense (0)")
+    if 0 in per_layer:
+        dense = f.get("dense_intermediate_size", int)
+        f.refuse("num_experts_per_layer", shared != 1, "a dense layer is emomoe's one shared expert: needs 1 shared")
+        f.refuse("dense_mlp_bias", f.get("dense_mlp_bias", bool, False), "emomoe's MLPs have no bias")
+        hidden = dense if all(n == 0 for n in per_layer) else hidden
         f.refuse(
-            "num_shared_experts_per_layer",
-            shared_per_layer is not None and shared_per_layer != [min(shared, n) for n in per_layer],
-            f"emomoe has one shared-expert count for every layer (num_shared_experts {shared})",
+            "dense_intermediate_size", dense != hidden, f"emomoe's dense layers are as wide as its experts ({hidden})"
         )
-        for i, n in enumerate(per_layer):
-            f.refuse("num_experts_per_layer", 0 < n <= shared, f"layer {i} has only shared experts without being a dense layer (0)")
-        if 0 in per_layer:
-            dense = f.get("dense_intermediate_size", int)
-            f.refuse("num_experts_per_layer", shared != 1, "emomoe runs a dense layer as the layer's one shared expert, so num_shared_experts must be 1")
-            f.refuse("dense_mlp_bias", f.get("dense_mlp_bias", bool, False), "emomoe's MLPs have no bias")
-            if all(n == 0 for n in per_layer):
-                hidden = dense
-            f.refuse("dense_intermediate_size", dense != hidden, f"emomoe's dense layers are as wide as its experts (intermediate_size {hidden})")
-        per_layer = [max(n, 1) for n in per_layer]
-        if all(n == num_experts for n in per_layer):
-            per_layer = None
-    top_k = per_token - shared
-    f.refuse("num_experts_per_tok", not 0 <= top_k <= num_experts - shared, f"must count the {shared} shared expert(s) plus 0..{num_experts - shared} routed ones")
-    router = RouterConfig(num_shared_experts=shared, renormalize=renormalize)
-    return MoEConfig(num_experts=num_experts, top_k=top_k, expert_hidden_size=hidden, num_experts_per_layer=per_layer, router=router), False
+    ours = [max(n, 1) for n in per_layer]
+    return (None if all(n == num_experts for n in ours) else ours), hidden
 
 
 def _olmoe_moe(f: _Fields, layers: int) -> tuple[MoEConfig, bool]:
-    f.refuse("clip_qkv", f.get("clip_qkv", (int, float), None) is not None, "emomoe does not clip queries, keys and values")
+    f.refuse("clip_qkv", f.get("clip_qkv", (int, float), None) is not None, "emomoe does not clip q, k and v")
     router = RouterConfig(num_shared_experts=0, renormalize=f.get("norm_topk_prob", bool, False))
     moe = MoEConfig(
         num_experts=f.get("num_experts", int), top_k=f.get("num_experts_per_tok", int),
@@ -188,7 +203,8 @@ def emo_config_json(
     check_exportable(cfg)
     moe, shared = cfg.moe, cfg.moe.router.num_shared_experts
     per_layer = [0 if is_dense_layer(cfg, i) else moe.experts_in_layer(i) for i in range(cfg.num_layers)]
-    data = {k: v for k, v in (base or {}).items() if k not in ("qk_norm", "rope_parameters", "dtype", "num_shared_experts_per_layer")}
+    replaced = ("qk_norm", "rope_parameters", "dtype", "num_shared_experts_per_layer")
+    data = {k: v for k, v in (base or {}).items() if k not in replaced}
     data.update({
         "architectures": [EMO.architecture],
         "model_type": EMO.model_type,

@@ -44,13 +44,15 @@ def _check_out(out: Path, force: bool, source: Path) -> None:
         raise DataError(f"{out}: already exists and is not empty (pass --force to replace it)")
 
 
-def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+def import_hf(
+    hf_dir: str | Path, out: str | Path, *, force: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+) -> Path:
     """Convert a Hugging Face checkpoint directory (EMO, OLMoE or Mixtral) into one of ours at `out`."""
     hf_dir, out = Path(hf_dir), Path(out)
     _check_out(out, force, hf_dir)
     with CheckpointReader(hf_dir) as reader:
         if not reader.format.startswith("hf-"):
-            raise DataError(f"{hf_dir}: not a Hugging Face checkpoint ({CONFIG_JSON}) but an emomoe one; use it as it is")
+            raise DataError(f"{hf_dir}: an emomoe checkpoint, not a Hugging Face one ({CONFIG_JSON}); use it as it is")
         if (hf_dir / TOKENIZER_FILE).is_file():
             check_tokenizer(hf_dir / TOKENIZER_FILE, reader.config)
         with atomic_path(out) as tmp:
@@ -127,9 +129,8 @@ def export_hf(
                     else:
                         for key, row in zip(keys, tensor):
                             writer.add(key, row)
-            config = emo_config_json(
-                cfg, eos_id=tok.eos_id, pad_id=pad, dtype=str(stored_dtype).removeprefix("torch."), base=_base_config(dirs)
-            )
+            dtype_name = str(stored_dtype).removeprefix("torch.")
+            config = emo_config_json(cfg, eos_id=tok.eos_id, pad_id=pad, dtype=dtype_name, base=_base_config(dirs))
             (tmp / CONFIG_JSON).write_text(json.dumps(config, indent=2) + "\n")
             for name in REMOTE_FILES:
                 shutil.copyfile(REMOTE_DIR / name, tmp / name)

@@ -55,12 +55,14 @@ class HFFormat:
                 if key not in keys:
                     raise DataError(f"the weights have no tensor '{key}' (the config implies it)")
                 if keys[key][0] != keys[rows[0]][0]:
-                    raise DataError(f"tensor '{key}' has shape {list(keys[key][0])}, '{rows[0]}' has {list(keys[rows[0]][0])}")
+                    shapes = list(keys[key][0]), list(keys[rows[0]][0])
+                    raise DataError(f"tensor '{key}' has shape {shapes[0]}, '{rows[0]}' has {shapes[1]}")
             sources[name] = TensorSource.whole(where) if isinstance(where, str) else TensorSource.rows(list(where))
         used = {key for source in sources.values() for key in source.keys}
         unknown = sorted(k for k in keys if k not in used and not k.endswith(IGNORED_KEY_SUFFIXES))
         if unknown:
-            raise DataError(f"tensor '{unknown[0]}' is not part of the {self.layout.model_type} model its config describes")
+            model_type = self.layout.model_type
+            raise DataError(f"tensor '{unknown[0]}' is not part of the {model_type} model its config describes")
         return sources
 
 
@@ -77,7 +79,8 @@ class UnsupportedHFFormat:
         path = directory / CONFIG_JSON
         model_type = read_config_json(path).get("model_type")
         raise DataError(
-            f"{path}: model_type {model_type!r} is not a layout emomoe reads (expected one of {', '.join(sorted(LAYOUTS))})"
+            f"{path}: model_type {model_type!r} is not a layout emomoe reads "
+            f"(expected one of {', '.join(sorted(LAYOUTS))})"
         )
 
 

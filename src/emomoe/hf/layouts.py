@@ -48,7 +48,8 @@ class Layout:
 EMO = Layout("emo", "EmoForCausalLM", "pre_attention_layernorm", "pre_feedforward_layernorm", "mlp", DENSE_PROJECTIONS)
 OLMOE = Layout("olmoe", "OlmoeForCausalLM", "input_layernorm", "post_attention_layernorm", "mlp", DENSE_PROJECTIONS)
 MIXTRAL = Layout(
-    "mixtral", "MixtralForCausalLM", "input_layernorm", "post_attention_layernorm", "block_sparse_moe", ("w1", "w3", "w2")
+    "mixtral", "MixtralForCausalLM", "input_layernorm", "post_attention_layernorm", "block_sparse_moe",
+    ("w1", "w3", "w2"),
 )
 LAYOUTS = {layout.model_type: layout for layout in (EMO, OLMOE, MIXTRAL)}
 

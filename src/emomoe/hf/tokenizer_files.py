@@ -46,7 +46,9 @@ def check_tokenizer(file: Path, cfg: ModelConfig) -> TextTokenizer:
     """Load the tokenizer and raise DataError unless the model can run its ids."""
     tok = load_tokenizer(file)
     if tok.vocab_size > cfg.vocab_size:
-        raise DataError(f"{file}: the tokenizer's vocabulary ({tok.vocab_size}) is larger than the model's ({cfg.vocab_size})")
+        raise DataError(
+            f"{file}: the tokenizer's vocabulary ({tok.vocab_size}) is larger than the model's ({cfg.vocab_size})"
+        )
     if cfg.eos_id is not None and cfg.eos_id != tok.eos_id:
         raise DataError(f"{file}: EOS {tok.eos_token!r} is id {tok.eos_id}, but the model's eos_id is {cfg.eos_id}")
     return tok

@@ -90,7 +90,8 @@ def test_the_export_runs_in_transformers_without_emomoe(exported):
         "from transformers import AutoModelForCausalLM\n"
         f"m = AutoModelForCausalLM.from_pretrained({str(directory)!r}, trust_remote_code=True, dtype=torch.float32)\n"
         "ids = torch.arange(1, 11)[None]\n"
-        "print(m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4, do_sample=False)[0, -4:].tolist())\n"
+        "out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4, do_sample=False)\n"
+        "print(out[0, -4:].tolist())\n"
     )
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(directory.parent / "hf_home")}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)

@@ -89,7 +89,8 @@ class EmoConfig(PretrainedConfig):
         self.router_aux_loss_coef = router_aux_loss_coef
         self.qk_norm = qk_norm
         if rope_scaling or rope_parameters.get("rope_type", "default") != "default":
-            raise ValueError(f"EmoConfig: RoPE scaling {rope_scaling or rope_parameters!r} is not supported (only plain RoPE)")
+            scaling = rope_scaling or rope_parameters
+            raise ValueError(f"EmoConfig: RoPE scaling {scaling!r} is not supported (only plain RoPE)")
         self._check()
 
     def experts_in_layer(self, layer):

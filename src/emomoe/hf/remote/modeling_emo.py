@@ -56,7 +56,8 @@ class EmoMLP(nn.Module):
 
 def rope(position_ids_BS: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """cos and sin [B, 1, S, Dh] of the rotate-half RoPE; angles in float64 so long positions stay exact."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=position_ids_BS.device) / head_dim)
+    dims = torch.arange(0, head_dim, 2, dtype=torch.float64, device=position_ids_BS.device)
+    inv_freq = 1.0 / theta ** (dims / head_dim)
     angles_BSF = position_ids_BS.double()[..., None] * inv_freq
     angles_BSDh = torch.cat([angles_BSF, angles_BSF], dim=-1)[:, None]
     return angles_BSDh.cos().float().to(dtype), angles_BSDh.sin().float().to(dtype)
@@ -246,9 +247,8 @@ class EmoForCausalLM(EmoPreTrainedModel, GenerationMixin):
         logits_BSV = self.lm_head(hidden_BSD)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits_BSV[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits_BSV.device), ignore_index=-100
-            )
+            targets = labels[:, 1:].flatten().to(logits_BSV.device)
+            loss = F.cross_entropy(logits_BSV[:, :-1].flatten(0, 1).float(), targets, ignore_index=-100)
         return MoeCausalLMOutputWithPast(loss=loss, logits=logits_BSV, **{CACHE_FIELD: cache if use_cache else None})
 
 
