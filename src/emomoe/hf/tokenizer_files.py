@@ -83,6 +83,7 @@ def write_tokenizer_files(out: Path, file: Path, tok: TextTokenizer, cfg: ModelC
             "bos_token": None,
             "model_max_length": cfg.max_seq_len,
             "clean_up_tokenization_spaces": False,
+            "model_input_names": ["input_ids", "attention_mask"],
         }
         (out / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     if (file.parent / GENERATION_FILE).is_file():

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import MoeCausalLMOutputWithPast
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 
 from .configuration_emo import EmoConfig
 
@@ -116,7 +116,7 @@ class EmoSparseMoeBlock(nn.Module):
         self.gate = nn.Linear(config.hidden_size, num_experts, bias=False)
         self.experts = nn.ModuleList(EmoMLP(config.hidden_size, config.intermediate_size) for _ in range(num_experts))
 
-    def forward(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
         x_TD = x_BSD.reshape(-1, x_BSD.shape[-1])
         logits_TE = self.gate(x_TD)
         out_TD = torch.zeros_like(x_TD)
@@ -136,7 +136,7 @@ class EmoSparseMoeBlock(nn.Module):
                     tokens_N = slots_N // self.top_k
                     y_ND = self.experts[e](x_TD[tokens_N]) * weights_TK.flatten()[slots_N, None]
                     out_TD = out_TD.index_add(0, tokens_N, y_ND)
-        return out_TD.view_as(x_BSD), logits_TE
+        return out_TD.view_as(x_BSD)
 
 
 class EmoDecoderLayer(nn.Module):
@@ -153,8 +153,7 @@ class EmoDecoderLayer(nn.Module):
 
     def forward(self, x_BSD, cos, sin, mask_BSP, cache):
         x_BSD = x_BSD + self.self_attn(self.pre_attention_layernorm(x_BSD), cos, sin, mask_BSP, cache)
-        y = self.mlp(self.pre_feedforward_layernorm(x_BSD))
-        return x_BSD + (y[0] if isinstance(y, tuple) else y)
+        return x_BSD + self.mlp(self.pre_feedforward_layernorm(x_BSD))
 
 
 class EmoPreTrainedModel(PreTrainedModel):
@@ -211,7 +210,7 @@ class EmoModel(EmoPreTrainedModel):
         cos, sin = rope(position_ids, head_dim, self.config.rope_theta, x_BSD.dtype)
         for layer in self.layers:
             x_BSD = layer(x_BSD, cos, sin, mask_BSP, cache)
-        return self.norm(x_BSD)
+        return MoeModelOutputWithPast(last_hidden_state=self.norm(x_BSD), **{CACHE_FIELD: cache})
 
 
 class EmoForCausalLM(EmoPreTrainedModel, GenerationMixin):
@@ -241,7 +240,8 @@ class EmoForCausalLM(EmoPreTrainedModel, GenerationMixin):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        hidden_BSD = self.model(input_ids, attention_mask, position_ids, cache if use_cache else None, inputs_embeds)
+        cache = cache if use_cache else None
+        hidden_BSD = self.model(input_ids, attention_mask, position_ids, cache, inputs_embeds).last_hidden_state
         if logits_to_keep:
             hidden_BSD = hidden_BSD[:, -logits_to_keep:]
         logits_BSV = self.lm_head(hidden_BSD)
@@ -249,7 +249,7 @@ class EmoForCausalLM(EmoPreTrainedModel, GenerationMixin):
         if labels is not None:
             targets = labels[:, 1:].flatten().to(logits_BSV.device)
             loss = F.cross_entropy(logits_BSV[:, :-1].flatten(0, 1).float(), targets, ignore_index=-100)
-        return MoeCausalLMOutputWithPast(loss=loss, logits=logits_BSV, **{CACHE_FIELD: cache if use_cache else None})
+        return MoeCausalLMOutputWithPast(loss=loss, logits=logits_BSV, **{CACHE_FIELD: cache})
 
 
 __all__ = ["EmoForCausalLM", "EmoModel", "EmoPreTrainedModel"]
