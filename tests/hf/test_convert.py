@@ -91,7 +91,9 @@ def test_an_imported_olmoe_model_exports_with_olmoes_logits(tmp_path, tokenizer_
     assert config["qk_norm"] is True and config["norm_topk_prob"] is True and config["num_shared_experts"] == 0
     ids_BS = input_ids()
     with torch.no_grad():
-        torch.testing.assert_close(_transformers_logits(tmp_path / "hf", ids_BS), model(ids_BS).logits, rtol=0, atol=1e-5)
+        expected = model(ids_BS).logits
+    torch.testing.assert_close(_transformers_logits(tmp_path / "hf", ids_BS), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_logits(tmp_path / "hf", ids_BS), expected, rtol=0, atol=1e-5)  # and back in emomoe
 
 
 def test_a_tokenizer_larger_than_the_vocabulary_stops_an_import(tmp_path, tokenizer_dir):

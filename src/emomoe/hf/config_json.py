@@ -110,7 +110,6 @@ def _emo_moe(f: _Fields, layers: int) -> tuple[MoEConfig, bool]:
     shared = f.get("num_shared_experts", int, 0)
     f.refuse("num_shared_experts", shared > 1, "the official class weights several shared experts by a softmax")
     renormalize = f.get("norm_topk_prob", bool, False)
-    f.refuse("norm_topk_prob", renormalize and shared > 0, "the official class refuses it with shared experts")
     for name in ("always_active_experts", "always_active_experts_per_layer"):
         f.refuse(name, bool(f.get(name, list, None)), "emomoe's always-on experts are the shared ones")
     ghost = f.get("ghost_extend_eval", (bool, str), False)
@@ -125,7 +124,7 @@ def _emo_moe(f: _Fields, layers: int) -> tuple[MoEConfig, bool]:
     moe = MoEConfig(
         num_experts=num_experts, top_k=top_k, expert_hidden_size=hidden, num_experts_per_layer=per_layer, router=router
     )
-    return moe, False
+    return moe, f.get("qk_norm", bool, False)
 
 
 def _emo_layers(f: _Fields, layers: int, num_experts: int, shared: int) -> tuple[list[int] | None, int]:

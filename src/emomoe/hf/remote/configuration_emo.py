@@ -7,8 +7,9 @@ Written for emomoe exports; it reads the released EMO checkpoints' fields with t
   0 marks a dense layer, a SwiGLU of width `dense_intermediate_size`;
 - `norm_topk_prob` rescales the chosen routed weights to sum to 1.
 
-`qk_norm` is emomoe's one addition (off unless written): RMSNorm over the whole query and key
-projections, as in OLMoE, for models that have it.
+Beyond the official class: `qk_norm` (off unless written) is an RMSNorm over the whole query and
+key projections, as in OLMoE, for models that have it; and `norm_topk_prob` also works beside a
+shared expert, where the official class refuses it.
 
 This file and `modeling_emo.py` only need torch and transformers.
 """
