@@ -233,6 +233,8 @@ def emo_config_json(
         "bos_token_id": data.get("bos_token_id"),
         "torch_dtype": dtype,
     })
+    # The EMO converter turns router logits on, which gives HF fine-tuning its load-balancing loss.
+    data.setdefault("output_router_logits", True)
     if cfg.qk_norm:
         data["qk_norm"] = True
     return data
