@@ -39,6 +39,8 @@ from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter
 from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import train_tokenizer
+from emomoe.hf.config_json import emo_config_json
+from emomoe.hf.layouts import EMO, tensor_keys
 from emomoe.model import ModelConfig, build_model
 
 DOMAINS = ["alpha", "beta", "gamma", "delta"]
@@ -100,18 +102,27 @@ def synthetic_tensor(name: str, shape: tuple[int, ...], directions_GD: torch.Ten
     return t.bfloat16()
 
 
-def write_checkpoint(out: Path, store_dir: Path, cfg: ModelConfig, shard_bytes: int) -> None:
+def write_checkpoint(out: Path, store_dir: Path, cfg: ModelConfig, shard_bytes: int, fmt: str = "emomoe") -> None:
+    """Our format (model.yaml, our names), or the Hugging Face EMO layout (config.json, one matrix
+    per expert) written directly, so the files are those a released model would have."""
     store = TokenStore.open(store_dir)
     gen = torch.Generator().manual_seed(0)
     directions_GD = torch.randn(len(DOMAINS), cfg.d_model, generator=gen)
     domain_of = token_domains(store)
     with torch.device("meta"):
         shapes = {name: tuple(t.shape) for name, t in build_model(cfg).state_dict().items()}
+    hf_keys = tensor_keys(cfg, EMO) if fmt == "hf" else {name: name for name in shapes}
     out.mkdir()
     with ShardedWriter(out, shard_bytes) as writer:
         for name, shape in shapes.items():
-            writer.add(name, synthetic_tensor(name, shape, directions_GD, domain_of, gen))
-    cfg.to_yaml(out / CONFIG_FILE)
+            tensor, keys = synthetic_tensor(name, shape, directions_GD, domain_of, gen), hf_keys[name]
+            for key, part in [(keys, tensor)] if isinstance(keys, str) else zip(keys, tensor):
+                writer.add(key, part)
+    if fmt == "hf":
+        config = emo_config_json(cfg, eos_id=0, pad_id=0, dtype="bfloat16")
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    else:
+        cfg.to_yaml(out / CONFIG_FILE)
 
 
 def run_step(code: str) -> dict:
@@ -153,6 +164,8 @@ def main() -> None:
     parser.add_argument("--shard-bytes", type=float, default=2e9, help="checkpoint shard size (HF releases: 5e9)")
     parser.add_argument("--keep", default="0.25")
     parser.add_argument("--layers", type=int, help="fewer layers than the real 16 (a partial-size run)")
+    parser.add_argument("--format", choices=["emomoe", "hf"], default="emomoe",
+                        help="write the checkpoint in our format or as a Hugging Face EMO directory")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="big_select.", dir=args.dir))
     try:
@@ -176,7 +189,7 @@ def run(work: Path, args: argparse.Namespace) -> dict:
         f"import sys\nfrom pathlib import Path\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         f"from big_select import model_config, write_checkpoint\n"
         f"write_checkpoint(Path({str(full)!r}), Path({str(store_dir)!r}), model_config({args.quick}, {args.layers}), "
-        f"{int(args.shard_bytes)})"
+        f"{int(args.shard_bytes)}, {args.format!r})"
     )
     windows = ["--seq-len", "256", "--batch-size", "8"]
     select = run_step(_cli("select", "--checkpoint", str(full), "--data", str(store_dir), "--calib", CALIB_DOMAIN,
@@ -194,6 +207,7 @@ def run(work: Path, args: argparse.Namespace) -> dict:
     return {
         "model": ("scaled down (--quick)" if args.quick else "emo-1b14b topology")
         + f", {cfg.num_layers} layers x {cfg.moe.num_experts} experts, synthetic bf16",
+        "format": args.format,
         "num_params": cfg.num_params()[0],
         "free_disk_bytes_before": free,
         "disk_bytes_needed": needed,

@@ -1,10 +1,14 @@
 """Streaming selection: a checkpoint read one block at a time gives what the in-memory model gives."""
 
+import json
+
 import pytest
 import torch
 
-from emomoe.checkpoint import CheckpointReader, save_model
+from emomoe.checkpoint import CheckpointReader, ShardedWriter, load_model, save_model
 from emomoe.errors import DataError
+from emomoe.hf.config_json import emo_config_json
+from emomoe.hf.layouts import EMO, tensor_keys
 from emomoe.model import build_model
 from emomoe.model.attention import Attention
 from emomoe.model.experts import Experts
@@ -121,3 +125,28 @@ def test_layerwise_runs_each_layers_attention_once_per_batch(model_and_batches, 
     # Layers 0 and 2 are measured (attention runs) and layer 0 is then run pruned (attention
     # replayed); the dense layer 1 runs once; layer 2, the last MoE layer, is not run pruned.
     assert len(calls) == 3 * len(batches)
+
+
+def _write_hf(directory, model, cfg, max_shard_bytes):
+    """`model` as a Hugging Face EMO directory: config.json and one matrix per expert."""
+    directory.mkdir()
+    state = model.state_dict()
+    with ShardedWriter(directory, max_shard_bytes) as writer:
+        for name, keys in tensor_keys(cfg, EMO).items():
+            for key, part in [(keys, state[name])] if isinstance(keys, str) else zip(keys, state[name]):
+                writer.add(key, part)
+    config = emo_config_json(cfg, eos_id=0, pad_id=0, dtype="float32")
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def test_a_hugging_face_directory_streams_like_the_model_it_loads_as(tmp_path, model_and_batches):
+    model, cfg, batches = model_and_batches
+    _write_hf(tmp_path / "hf", model, cfg.with_overrides(["moe.router.pool=off"]), max_shard_bytes=20_000)
+    loaded, loaded_cfg = load_model(tmp_path / "hf")
+    with CheckpointReader(tmp_path / "hf") as reader:
+        assert reader.format == "hf-emo" and len(list((tmp_path / "hf").glob("*.safetensors"))) > 1
+        streamed = _subset(reader, batches, SelectMethod.LAYERWISE, [3, 2])
+    in_memory = _subset(ModelWeights(loaded, loaded_cfg), batches, SelectMethod.LAYERWISE, [3, 2])
+    assert streamed[0] == in_memory[0]
+    assert all(torch.equal(streamed[1][name], tensor) for name, tensor in in_memory[1].items())
+    assert torch.equal(streamed[1]["layers.0.moe.experts.w1"], model.layers[0].moe.experts.w1[[*streamed[0][0], 7]])
