@@ -28,11 +28,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from emomoe.model.weights import block_from_weights
 from emomoe.select.easy_ep import easy_ep_layer_scores
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import AddTensor, block_subset, extract_subset, read_blocks, subset_config
-from emomoe.select.stream import LayerStream, Replay, capture, relative
+from emomoe.select.stream import LayerStream, relative
 from emomoe.select.weights import WeightSource
 
 Batch = dict[str, torch.Tensor]
@@ -147,26 +146,21 @@ class ExpertSelector:
         position = {layer.index: i for i, layer in enumerate(self.layers)}
         kept: list[list[int]] = []
         for index in self._bar(range(self.source.config.num_layers), desc="layerwise"):
-            layer, kept_routed, attended = None, None, []
+            layer, kept_routed, attention = None, None, None
             if index in position:
                 layer = self.layers[position[index]]
                 # A layer's statistic depends only on the layers pruned before it, so a sweep over
                 # several counts measures layer 0 (and any shared prefix) once.
                 key = tuple(map(tuple, kept))
                 if key not in self._greedy_mass:
-                    measuring = stream.router_block(index)
-                    with capture(measuring.attn) as attended:
-                        self._greedy_mass[key] = stream.router_mass(layer, measuring)
+                    self._greedy_mass[key], attention = stream.measure(layer)
                 kept_routed = top_n(self._greedy_mass[key], num_keep_per_layer[position[index]])
                 kept.append(kept_routed)
             tensors = block_subset(self.source, index, layer, kept_routed)
+            self.source.close()  # the block holds copies: unmap the pages read before running it
             if index < self.layers[-1].index:  # later blocks do not change any choice
-                pruned = block_from_weights(sub_cfg, index, relative(tensors, index))
-                if attended:
-                    pruned.attn = Replay([output for _, output in attended])
-                stream.advance(pruned)
+                stream.advance_pruned(sub_cfg, index, relative(tensors, index), attention)
             yield kept_routed, tensors
-            self.source.close()
 
     def _bar(self, items, desc: str):
         return tqdm(items, desc=desc, disable=not self.progress, leave=False, unit="layer")

@@ -96,8 +96,9 @@ def read_blocks(
     """Every block's subset tensors in order, each read when the previous one is done with."""
     by_index = {layer.index: (layer, kept) for layer, kept in zip(layers, kept_routed)}
     for index in range(source.config.num_layers):
-        yield block_subset(source, index, *by_index.get(index, (None, None)))
-        source.close()
+        tensors = block_subset(source, index, *by_index.get(index, (None, None)))
+        source.close()  # the block holds copies: unmap the pages read
+        yield tensors
 
 
 def extract_subset(source: WeightSource, blocks: Iterable[dict[str, torch.Tensor]], add: AddTensor) -> None:
@@ -108,6 +109,7 @@ def extract_subset(source: WeightSource, blocks: Iterable[dict[str, torch.Tensor
             add(name, tensor)
     for name in other_names(source):
         add(name, _copy(source, name))
+        source.close()
 
 
 def subset_model(state: dict[str, torch.Tensor], sub_cfg: ModelConfig) -> nn.Module:

@@ -31,6 +31,7 @@ from emomoe.errors import DataError
 from emomoe.model.attention import rope_tables
 from emomoe.model.weights import COMPUTE_DTYPE, block_from_weights
 from emomoe.model.docs import Segments
+from emomoe.model.config import ModelConfig
 from emomoe.model.experts import Experts
 from emomoe.model.transformer import Block, document_inputs
 from emomoe.select.calibration import valid_tokens
@@ -120,6 +121,24 @@ class LayerStream:
                 mass_E += torch.softmax(captured.pop()[state.valid_T], dim=-1).sum(0, dtype=torch.float64)
                 num_tokens += int(state.valid_T.sum())
         return mass_E / num_tokens
+
+    def measure(self, layer: MoELayer) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The router mass of `layer` before it is pruned (its experts are never read), and its
+        attention outputs on every batch, for `advance_pruned`."""
+        block = self.router_block(layer.index)
+        with capture(block.attn) as attended:
+            mass_E = self.router_mass(layer, block)
+        return mass_E, [output for _, output in attended]
+
+    def advance_pruned(
+        self, cfg: ModelConfig, index: int, weights: Mapping[str, torch.Tensor], attention: list[torch.Tensor] | None
+    ) -> None:
+        """Run block `index` of the subset (`cfg`, its `weights` relative to the block). With the
+        `attention` outputs of `measure` (same inputs, same attention weights), replay them."""
+        block = block_from_weights(cfg, index, weights)
+        if attention:
+            block.attn = Replay(attention)
+        self.advance(block)
 
     def router_block(self, index: int) -> Block:
         """Block `index` holding its attention, norms and router only: enough to reach the gate."""

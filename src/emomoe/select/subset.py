@@ -40,7 +40,7 @@ from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import AddTensor, extract_subset, kept_rows, read_blocks, subset_config
 
 SELECTION_FILE = "selection.json"
-SUBSET_SHARD_BYTES = 2**30
+SUBSET_SHARD_BYTES = 2**29
 """Shard size of a written subset: the writer holds one shard in memory, so this bounds what
 selection needs beyond one block's weights."""
 _SPACE_MARGIN_BYTES = 16 * 2**20
