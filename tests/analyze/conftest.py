@@ -1,6 +1,12 @@
 import random
 
 import pytest
+import torch
+
+from emomoe.checkpoint import save_model
+from emomoe.data.store import TokenStore
+from emomoe.model import ModelConfig, build_model
+from tests.fixtures import build_store, word_documents
 
 
 @pytest.fixture
@@ -17,3 +23,41 @@ def sweep_results():
         model: {keep: {"total": int(1000 + 9000 * float(keep)), "active": 700} for keep in keeps} for model in loss
     }
     return {"loss": loss, "params": params, "settings": {"method": "layerwise", "num_calib_windows": 4}}
+
+WORDS = {
+    "code": "def return self import class for in if else while yield lambda None x y z = ( ) :".split(),
+    "legal": "licensee shall grant warranty permission notice copyright software liability hereby".split(),
+    "math": "theorem proof lemma integral sum prime group ring field 0 1 2 3 + = < >".split(),
+}
+
+
+@pytest.fixture(scope="session")
+def analysis_store(tmp_path_factory):
+    """Three synthetic domains with 5-6 held-out documents each, 300-token byte-level BPE."""
+    docs = word_documents(WORDS, 24, num_words=(30, 90))
+    return build_store(docs, tmp_path_factory.mktemp("an-store") / "store", vocab_size=300, val_fraction=0.2)
+
+
+def tiny_checkpoint(path, vocab_size: int, overrides: list[str] = (), seed: int = 0):
+    """A random tiny model with peaked routing (gates scaled up), saved to `path`."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig.preset("tiny").with_overrides([f"vocab_size={vocab_size}", "max_seq_len=64", *overrides])
+    model = build_model(cfg)
+    with torch.no_grad():
+        for block in model.layers:
+            if block.moe.router is not None:
+                block.moe.router.gate.weight.mul_(20.0)
+    save_model(path, model, cfg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def analysis_checkpoints(tmp_path_factory, analysis_store):
+    """name -> checkpoint: a tiny EMO-configured model, and a standard one whose layers have 4 and 6
+    routed experts (a subset-shaped model)."""
+    vocab = TokenStore.open(analysis_store).vocab_size
+    root = tmp_path_factory.mktemp("an-ckpt")
+    return {
+        "emo": tiny_checkpoint(root / "emo", vocab),
+        "std": tiny_checkpoint(root / "std", vocab, ["moe.router.pool=off", "moe.num_experts_per_layer=[5,7]"], 1),
+    }
