@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -61,3 +62,12 @@ def analysis_checkpoints(tmp_path_factory, analysis_store):
         "emo": tiny_checkpoint(root / "emo", vocab),
         "std": tiny_checkpoint(root / "std", vocab, ["moe.router.pool=off", "moe.num_experts_per_layer=[5,7]"], 1),
     }
+
+
+@pytest.fixture(scope="session")
+def sweep_dir(tmp_path_factory):
+    """A sweep directory whose results.json kept 3 of the 7 routed experts of "emo" per domain."""
+    path = tmp_path_factory.mktemp("sweep")
+    kept = {"code": [[0, 1, 2], [3, 4, 5]], "legal": [[0, 1, 6], [3, 4, 5]], "math": [[4, 5, 6], [0, 1, 2]]}
+    (path / "results.json").write_text(json.dumps({"kept_experts": {"emo": {"0.5": kept}}}))
+    return path

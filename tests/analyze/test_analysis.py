@@ -1,11 +1,9 @@
-import json
-
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from emomoe.analyze.analysis import ANALYSIS_FILE, HTML_FILE, REPORT_FILE, AnalysisConfig, run_analysis, write_analysis
+from emomoe.analyze.analysis import AnalysisConfig, run_analysis
 from emomoe.analyze.collect import held_out_documents
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, DataError
@@ -13,14 +11,6 @@ from emomoe.evaluate.inference import load_for_inference
 from tests.analyze.conftest import tiny_checkpoint
 
 SETTINGS = {"num_docs": 4, "tokens_per_doc": 32, "clusters": {"num_clusters": 4, "num_inits": 2}}
-
-
-@pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sweep")
-    kept = {"emo": {"0.5": {"code": [[0, 1, 2], [3, 4, 5]], "legal": [[0, 1, 6], [3, 4, 5]], "math": [[4, 5, 6], [0, 1, 2]]}}}
-    (path / "results.json").write_text(json.dumps({"kept_experts": kept}))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -60,25 +50,6 @@ def test_the_record_says_what_was_analysed(analysis, analysis_store):
     overlap = analysis["subset_overlap"]["emo"]["0.5"]
     assert overlap["mean_off_diagonal"] == pytest.approx([(0.5 + 0 + 0.2) / 3, (1 + 0 + 0) / 3])
     assert overlap["random_baseline"] is not None
-
-
-def test_written_outputs(analysis, tmp_path):
-    report = write_analysis(tmp_path / "out", analysis, command="emomoe analyze ...")
-    out = tmp_path / "out"
-    assert report == out / REPORT_FILE
-    assert json.loads((out / ANALYSIS_FILE).read_text()) == json.loads(json.dumps(analysis))
-    text = report.read_text()
-    pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == sorted([
-        "by_layer.png", "clusters.png", "coverage.png", "domain_expert_emo.png", "domain_expert_std.png",
-        "similarity_mean_prob.png", "similarity_topk_freq.png", "subset_overlap.png",
-    ])
-    for png in pngs:
-        assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in text
-    assert "| metric | emo | std |" in text and "emomoe analyze ..." in text
-    page = (out / HTML_FILE).read_text()
-    num_spans = sum(len(m["clusters"]["examples"][d]["pieces"]) for m in analysis["models"].values() for d in analysis["domains"])
-    assert page.count('title="cluster') == num_spans + page.count("<li>")
 
 
 def test_bad_inputs_are_refused_before_any_model_runs(analysis_checkpoints, analysis_store, tmp_path):
