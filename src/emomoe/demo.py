@@ -10,7 +10,9 @@ Steps, each cached in the output directory so that a second run reuses what is d
           a subset on the domain's training documents, slice it, and evaluate it on the domain's
           held-out documents, for both models;
 5. report: OUT/report.md with the sweep's tables, the plot OUT/loss_vs_keep.png and the
-          subsets' parameter counts; the summary table is printed.
+          subsets' parameter counts; the summary table is printed. It ends with the headline
+          numbers and figures of the modularity analysis of both models (`emomoe analyze` on
+          the held-out documents and the sweep's subsets), written in full to OUT/analysis.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emomoe.analyze.analysis import AnalysisConfig, run_analysis, write_analysis
+from emomoe.analyze.modularity_report import headline_table, summary_section
 from emomoe.analyze.tables import markdown_table
 from emomoe.data.corpus import embedded_corpus
 from emomoe.data.store import METADATA_FILE, TokenStore
@@ -34,6 +38,7 @@ from emomoe.train.config import RunConfig
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
 from emomoe.train.trainer import fit_to_store, train
 
+ANALYSIS_DIR = "analysis"
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 """The repository's configs/ folder (the package is installed in editable mode by `make setup`)."""
 DEMO_MODELS = {"emo": "demo-emo.yaml", "std": "demo-std.yaml"}
@@ -52,6 +57,8 @@ class DemoResult:
     sweep: dict[str, Any]
     """The keep-fraction sweep (see `emomoe.analyze.sweep_results`)."""
     report: Path
+    modularity: str = ""
+    """Headline numbers of the modularity analysis (markdown)."""
 
 
 def run_demo(
@@ -78,8 +85,28 @@ def run_demo(
     sweep_cfg = SweepConfig(seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size)
     sweep = run_sweep(final_dirs, store, sweep_cfg, progress=progress)
     report = write_sweep(out, sweep, training=training, command=f"emomoe demo --out {out}")
+    modularity = analyze_demo_models(out, final_dirs, store, report, progress=progress)
     say(f"[5/5] report: {report}")
-    return DemoResult(out, final_dirs, val_loss, table, sweep, report)
+    return DemoResult(out, final_dirs, val_loss, table, sweep, report, modularity)
+
+
+def analyze_demo_models(
+    out: Path, final_dirs: dict[str, Path], store: TokenStore, report: Path, *, progress: bool
+) -> str:
+    """Step 5: the modularity analysis of both models into OUT/analysis (up to 64 held-out documents
+    per domain, which is all of the embedded corpus's, cut to seq_len tokens; the sweep's subsets
+    for their overlap), and its summary appended to report.md. Returns the headline table."""
+    seq_len = RunConfig.from_yaml(out / "emo" / CONFIG_FILE).data.seq_len
+    cfg = AnalysisConfig(tokens_per_doc=seq_len)
+    analysis = run_analysis(final_dirs, store, cfg, sweep_dir=out, progress=progress)
+    paths, names = " ".join(str(d) for d in final_dirs.values()), " ".join(final_dirs)
+    command = (
+        f"emomoe analyze --checkpoints {paths} --names {names} --data {store.path} "
+        f"--tokens-per-doc {seq_len} --sweep {out} --out {out / ANALYSIS_DIR}"
+    )
+    write_analysis(out / ANALYSIS_DIR, analysis, command=command)
+    atomic_write_text(report, report.read_text() + "\n" + summary_section(analysis, ANALYSIS_DIR))
+    return headline_table(analysis)
 
 
 def training_facts(final_dir: Path, wall_s: float) -> dict[str, Any]:

@@ -113,6 +113,9 @@ def test_demo_trains_both_models_compares_and_reuses(tmp_path, monkeypatch, caps
     assert set(sweep["loss"]["emo"]) == {"1", "0.5", "0.25", "0.125"}
     assert set(sweep["loss"]["std"]["0.25"]) == set(TOPICS)
     assert "mean increase" in table and (out / "report.md").is_file() and (out / "loss_vs_keep.png").is_file()
+    analysis = json.loads((out / "analysis" / "analysis.json").read_text())
+    assert list(analysis["models"]) == ["emo", "std"] and set(analysis["subset_overlap"]) == {"emo", "std"}
+    assert "Emergent modularity" in (out / "report.md").read_text() and "NMI(token cluster; domain)" in table
 
     # A second run reuses the store and both finished runs.
     store_stamp = (out / "store" / "metadata.json").stat().st_mtime_ns

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from emomoe.analyze.clusters import ClusterConfig, check_num_clusters
+from emomoe.analyze.collect import collect_routing, held_out_documents
 from emomoe.analyze.figures import draw_figures
 from emomoe.analyze.html import clusters_html
-from emomoe.analyze.modularity_report import analysis_report
-from emomoe.analyze.collect import collect_routing, held_out_documents
 from emomoe.analyze.modularity import model_summary
+from emomoe.analyze.modularity_report import HTML_FILE, REPORT_FILE, analysis_report
 from emomoe.analyze.overlap import overlap_summary, read_kept_sets
 from emomoe.checkpoint import load_config
 from emomoe.config import Config
@@ -31,8 +31,6 @@ from emomoe.evaluate.inference import check_fits, load_for_inference
 from emomoe.io import atomic_path
 
 ANALYSIS_FILE = "analysis.json"
-HTML_FILE = "clusters.html"
-REPORT_FILE = "report.md"
 
 
 @dataclasses.dataclass
@@ -117,8 +115,7 @@ def write_analysis(out_dir: str | Path, analysis: dict[str, Any], *, command: st
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         (tmp / ANALYSIS_FILE).write_text(json.dumps(analysis, indent=2) + "\n")
-        figures = draw_figures(tmp, analysis)
+        draw_figures(tmp, analysis)
         (tmp / HTML_FILE).write_text(clusters_html(analysis), encoding="utf-8")
-        report = analysis_report(analysis, figures, HTML_FILE, command=command)
-        (tmp / REPORT_FILE).write_text(report, encoding="utf-8")
+        (tmp / REPORT_FILE).write_text(analysis_report(analysis, command=command), encoding="utf-8")
     return out_dir / REPORT_FILE

@@ -244,21 +244,25 @@ def file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def draw_figures(directory: Path, analysis: dict[str, Any]) -> dict[str, str]:
-    """Every figure of `analysis` into `directory`: figure key -> file name."""
-    files: dict[str, str] = {}
-
-    def draw(key: str, file: str, plot, *args: str) -> None:
-        plot(analysis, *args, directory / file)
-        files[key] = file
-
-    for name in analysis["models"]:
-        draw(f"maps:{name}", f"domain_expert_{file_stem(name)}.png", plot_domain_maps, name)
-    for kind in KIND_LABEL:
-        draw(f"similarity:{kind}", f"similarity_{kind}.png", plot_similarity, kind)
-    draw("layers", "by_layer.png", plot_layer_lines)
-    draw("coverage", "coverage.png", plot_coverage)
-    draw("clusters", "clusters.png", plot_clusters)
+def figure_files(analysis: dict[str, Any]) -> dict[str, str]:
+    """Figure key -> PNG file name, for every figure `analysis` has data for."""
+    files = {f"maps:{name}": f"domain_expert_{file_stem(name)}.png" for name in analysis["models"]}
+    files |= {f"similarity:{kind}": f"similarity_{kind}.png" for kind in KIND_LABEL}
+    files |= {"layers": "by_layer.png", "coverage": "coverage.png", "clusters": "clusters.png"}
     if analysis.get("subset_overlap"):
-        draw("subset_overlap", "subset_overlap.png", plot_subset_overlap)
+        files["subset_overlap"] = "subset_overlap.png"
     return files
+
+
+def draw_figures(directory: Path, analysis: dict[str, Any]) -> None:
+    """Every figure of `figure_files(analysis)` into `directory`."""
+    whole = {"layers": plot_layer_lines, "coverage": plot_coverage, "clusters": plot_clusters,
+             "subset_overlap": plot_subset_overlap}
+    for key, file in figure_files(analysis).items():
+        kind, _, arg = key.partition(":")
+        if kind == "maps":
+            plot_domain_maps(analysis, arg, directory / file)
+        elif kind == "similarity":
+            plot_similarity(analysis, arg, directory / file)
+        else:
+            whole[kind](analysis, directory / file)

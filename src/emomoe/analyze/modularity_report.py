@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from emomoe.analyze.figures import KIND_LABEL
+from emomoe.analyze.figures import KIND_LABEL, figure_files
 from emomoe.analyze.modularity import headline
+from emomoe.analyze.report import REPORT_FILE
 from emomoe.analyze.tables import markdown_table
 
 HEADLINE_ROWS = {
@@ -17,6 +18,7 @@ HEADLINE_ROWS = {
     "last_layer_top1_domain_nmi": "NMI(top-1 expert; domain), last layer",
 }
 NUM_CLUSTERS_LISTED = 8
+HTML_FILE = "clusters.html"
 
 
 def headline_table(analysis: dict[str, Any]) -> str:
@@ -122,11 +124,9 @@ def _overlap_section(analysis: dict[str, Any], figures: dict[str, str]) -> str:
     )
 
 
-def analysis_report(
-    analysis: dict[str, Any], figures: dict[str, str], html_file: str, *, command: str | None = None
-) -> str:
-    """The markdown of report.md; `figures` maps figure keys to the PNG files beside it."""
-    models = analysis["models"]
+def analysis_report(analysis: dict[str, Any], *, command: str | None = None) -> str:
+    """The markdown of report.md, which sits beside the figures and clusters.html."""
+    models, figures = analysis["models"], figure_files(analysis)
     sections = ["# Emergent modularity: which experts serve which domains"]
     if command:
         sections.append(f"Reproduce with:\n\n```\n{command}\n```")
@@ -148,10 +148,26 @@ def analysis_report(
         + _coverage_table(analysis) + f"\n\n![coverage by layer]({figures['coverage']})",
         "## Token clusters of router activations\n\nEvery token's routed softmax of all MoE layers, concatenated, "
         "clustered with spherical k-means. The paper found a dedicated cluster for the first token of every "
-        f"document in EMO. Example documents coloured by cluster: [{html_file}]({html_file}).\n\n"
+        f"document in EMO. Example documents coloured by cluster: [{HTML_FILE}]({HTML_FILE}).\n\n"
         + _cluster_facts(analysis) + f"\n\n![clusters vs domains]({figures['clusters']})\n\n"
         + "\n\n".join(f"Largest clusters of {name}:\n\n{_cluster_table(analysis, name)}" for name in models),
     ]
     if analysis.get("subset_overlap"):
         sections.append(_overlap_section(analysis, figures))
     return "\n\n".join(sections) + "\n"
+
+
+def summary_section(analysis: dict[str, Any], folder: str) -> str:
+    """A short section for another report (the demo's): the headline numbers and three figures,
+    linking to the full analysis written in `folder` beside it."""
+    figures = figure_files(analysis)
+    return (
+        "## Emergent modularity: which experts serve which domains\n\n"
+        + headline_table(analysis)
+        + f"\n\n![similarity and NMI by layer]({folder}/{figures['layers']})"
+        + f"\n\n![domain similarity, top-k frequency]({folder}/{figures['similarity:topk_freq']})"
+        + f"\n\n![token clusters vs domains]({folder}/{figures['clusters']})"
+        + f"\n\nThe full analysis (domain x expert maps, coverage, clusters with their tokens, subset overlap): "
+        f"[{folder}/{REPORT_FILE}]({folder}/{REPORT_FILE}); example documents coloured by cluster: "
+        f"[{folder}/{HTML_FILE}]({folder}/{HTML_FILE}).\n"
+    )
