@@ -1,9 +1,11 @@
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
+from emomoe.analyze.collect import Documents, RoutedLayer
 from emomoe.checkpoint import save_model
 from emomoe.data.store import TokenStore
 from emomoe.model import ModelConfig, build_model
@@ -71,3 +73,18 @@ def sweep_dir(tmp_path_factory):
     kept = {"code": [[0, 1, 2], [3, 4, 5]], "legal": [[0, 1, 6], [3, 4, 5]], "math": [[4, 5, 6], [0, 1, 2]]}
     (path / "results.json").write_text(json.dumps({"kept_experts": {"emo": {"0.5": kept}}}))
     return path
+
+
+def separable_routing():
+    """Two domains whose tokens route to opposite experts: clusters should be the domains."""
+    docs = Documents(
+        ["a", "b"], [np.array([1, 1, 2]), np.array([1, 3]), np.array([7, 7, 7]), np.array([8])], np.array([0, 0, 1, 1])
+    )
+    rng = np.random.default_rng(0)
+    _, _, _, domain_T = docs.token_arrays()
+    pattern = np.array([[0.9, 0.05, 0.05], [0.05, 0.05, 0.9]])
+    layers = []
+    for i in range(2):
+        probs_TE = pattern[domain_T] + rng.uniform(0, 0.01, (len(domain_T), 3))
+        layers.append(RoutedLayer(i, probs_TE / probs_TE.sum(1, keepdims=True), probs_TE.argmax(1)[:, None]))
+    return layers, docs

@@ -4,6 +4,7 @@ import pytest
 from emomoe.analyze.clusters import ClusterConfig
 from emomoe.analyze.collect import Documents, RoutedLayer
 from emomoe.analyze.modularity import cluster_summary, headline, layer_summary, model_summary
+from tests.analyze.conftest import separable_routing
 
 
 @pytest.fixture
@@ -37,23 +38,8 @@ def test_layer_summary_by_hand(hand_layer):
     assert got["top1_domain_nmi"] == pytest.approx(0.3437110, abs=1e-6)
 
 
-def _separable():
-    """Two domains whose tokens route to opposite experts: clusters should be the domains."""
-    docs = Documents(
-        ["a", "b"], [np.array([1, 1, 2]), np.array([1, 3]), np.array([7, 7, 7]), np.array([8])], np.array([0, 0, 1, 1])
-    )
-    rng = np.random.default_rng(0)
-    _, _, _, domain_T = docs.token_arrays()
-    pattern = np.array([[0.9, 0.05, 0.05], [0.05, 0.05, 0.9]])
-    layers = []
-    for i in range(2):
-        probs_TE = pattern[domain_T] + rng.uniform(0, 0.01, (len(domain_T), 3))
-        layers.append(RoutedLayer(i, probs_TE / probs_TE.sum(1, keepdims=True), probs_TE.argmax(1)[:, None]))
-    return layers, docs
-
-
 def test_cluster_summary_on_separable_domains():
-    layers, docs = _separable()
+    layers, docs = separable_routing()
     got = cluster_summary(layers, docs, ClusterConfig(num_clusters=2), None, num_top_tokens=2)
     assert got["purity"] == 1.0 and got["nmi"] == pytest.approx(1.0)
     a = got["examples"]["a"]["clusters"][0]
@@ -66,7 +52,7 @@ def test_cluster_summary_on_separable_domains():
 
 
 def test_headline_reads_the_last_layer():
-    layers, docs = _separable()
+    layers, docs = separable_routing()
     summary = model_summary(layers, docs, ClusterConfig(num_clusters=2), None, num_top_tokens=2)
     last = summary["layers"][-1]
     assert headline(summary) == {

@@ -98,7 +98,7 @@ def plot_similarity(analysis: dict[str, Any], kind: str, path: Path) -> Path:
     domains, models = analysis["domains"], analysis["models"]
     num_cols = max(len(shown_layers(len(m["layers"]))) for m in models.values())
     size = 0.42 * len(domains) + 1.2
-    fig, axes = _grid(len(models), num_cols, size * num_cols + 1.2, size * len(models))
+    fig, axes = _grid(len(models), num_cols, size * num_cols + 1.2, (size + 0.9) * len(models))
     im = None
     for r, (name, model) in enumerate(models.items()):
         cols = shown_layers(len(model["layers"]))

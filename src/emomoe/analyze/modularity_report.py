@@ -78,6 +78,12 @@ def _coverage_table(analysis: dict[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
+def _code(text: str) -> str:
+    """`text` as inline code that survives a markdown table: pipes escaped, backticks fenced."""
+    text = text.replace("|", "\\|")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
 def _cluster_table(analysis: dict[str, Any], name: str) -> str:
     clusters = analysis["models"][name]["clusters"]
     table_CY = np.array(clusters["table"])
@@ -86,7 +92,7 @@ def _cluster_table(analysis: dict[str, Any], name: str) -> str:
     for c in np.argsort(-table_CY.sum(axis=1), kind="stable")[:NUM_CLUSTERS_LISTED]:
         size = table_CY[c].sum()
         y = int(table_CY[c].argmax())
-        tokens = " ".join(f"`{t}`" for t, _ in clusters["clusters"][c]["top_tokens"][:8])
+        tokens = " ".join(_code(t) for t, _ in clusters["clusters"][c]["top_tokens"][:8])
         rows.append([
             f"c{c}", f"{size / total:.1%}", f"{analysis['domains'][y]} ({table_CY[c, y] / size:.0%})", tokens
         ])
