@@ -5,9 +5,9 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from emomoe.analyze.analysis import AnalysisConfig, run_analysis
 from emomoe.analyze.collect import held_out_documents
+from emomoe.checkpoint import load_for_inference
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, DataError
-from emomoe.evaluate.inference import load_for_inference
 from tests.analyze.conftest import tiny_checkpoint
 
 SETTINGS = {"num_docs": 4, "tokens_per_doc": 32, "clusters": {"num_clusters": 4, "num_inits": 2}}

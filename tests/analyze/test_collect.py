@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from emomoe.analyze.collect import Documents, collect_routing, held_out_documents
+from emomoe.checkpoint import load_for_inference
 from emomoe.data.store import TokenStore
 from emomoe.errors import DataError
-from emomoe.evaluate.inference import load_for_inference
 from tests.analyze.conftest import WORDS, tiny_checkpoint
 from tests.fixtures import build_store, word_documents
 

@@ -22,12 +22,11 @@ from emomoe.analyze.html import clusters_html
 from emomoe.analyze.modularity import model_summary
 from emomoe.analyze.modularity_report import HTML_FILE, REPORT_FILE, analysis_report
 from emomoe.analyze.overlap import overlap_summary, read_kept_sets
-from emomoe.checkpoint import load_config
+from emomoe.checkpoint import check_fits, load_config, load_for_inference
 from emomoe.config import Config
 from emomoe.data.store import TokenStore
 from emomoe.data.tokenizer import load_tokenizer
 from emomoe.errors import ConfigError, DataError
-from emomoe.evaluate.inference import check_fits, load_for_inference
 from emomoe.io import atomic_path
 
 ANALYSIS_FILE = "analysis.json"
