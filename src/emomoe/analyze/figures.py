@@ -17,9 +17,9 @@ from emomoe.analyze.metrics import expert_order
 KIND_LABEL = {"topk_freq": "top-k frequency", "mean_prob": "mean routed probability"}
 KIND_UNIT = {"topk_freq": "top-k selections per token", "mean_prob": "mean routed probability"}
 COVERAGE = {
-    "entropy_bits": "routing entropy per document (bits)",
-    "experts_above_uniform": "experts above uniform weight per document",
-    "distinct_experts": "distinct experts per document",
+    "entropy_bits": ("routing entropy per document (bits)", "{:.2f}"),
+    "experts_above_uniform": ("experts above uniform weight per document", "{:.1f}"),
+    "distinct_experts": ("distinct experts per document", "{:.1f}"),
 }
 MAX_PANELS = 4
 """Layers shown per model in the matrix figures, evenly spaced from first to last (as in the paper)."""
@@ -156,7 +156,7 @@ def plot_coverage(analysis: dict[str, Any], path: Path) -> Path:
     """Domain x layer heatmaps of routing entropy and expert coverage, one column per model."""
     domains, models = analysis["domains"], analysis["models"]
     fig, axes = _grid(len(COVERAGE), len(models), 4.8 * len(models) + 1.5, (0.3 * len(domains) + 1.4) * len(COVERAGE))
-    for r, (metric, label) in enumerate(COVERAGE.items()):
+    for r, (metric, (label, fmt)) in enumerate(COVERAGE.items()):
         grids = {
             name: np.array([layer["per_domain"][metric] for layer in m["layers"]]).T for name, m in models.items()
         }
@@ -165,7 +165,7 @@ def plot_coverage(analysis: dict[str, Any], path: Path) -> Path:
         for c, (name, grid_YL) in enumerate(grids.items()):
             ax = axes[r][c]
             im = ax.imshow(grid_YL, vmin=lo, vmax=hi, aspect="auto", cmap="viridis", interpolation="nearest")
-            _annotate(ax, im, grid_YL, "{:.1f}")
+            _annotate(ax, im, grid_YL, fmt)
             _domain_axes(ax, domains, x=False, y=c == 0)
             if c != 0:
                 ax.set_yticks([])
