@@ -9,7 +9,7 @@ from emomoe.analyze.collect import Documents, RoutedLayer
 from emomoe.checkpoint import save_model
 from emomoe.data.store import TokenStore
 from emomoe.model import ModelConfig, build_model
-from tests.fixtures import build_store, word_documents
+from tests.fixtures import THREE_DOMAINS, build_store, three_domain_store, word_documents
 
 
 @pytest.fixture
@@ -27,18 +27,17 @@ def sweep_results():
     }
     return {"loss": loss, "params": params, "settings": {"method": "layerwise", "num_calib_windows": 4}}
 
-WORDS = {
-    "code": "def return self import class for in if else while yield lambda None x y z = ( ) :".split(),
-    "legal": "licensee shall grant warranty permission notice copyright software liability hereby".split(),
-    "math": "theorem proof lemma integral sum prime group ring field 0 1 2 3 + = < >".split(),
-}
 
 
 @pytest.fixture(scope="session")
 def analysis_store(tmp_path_factory):
     """Three synthetic domains with 5-6 held-out documents each, 300-token byte-level BPE."""
-    docs = word_documents(WORDS, 24, num_words=(30, 90))
-    return build_store(docs, tmp_path_factory.mktemp("an-store") / "store", vocab_size=300, val_fraction=0.2)
+    return three_domain_store(tmp_path_factory.mktemp("an-store") / "store")
+
+
+def single_domain_store(path):
+    """A store whose documents all carry one label: nothing to compare domains with."""
+    return build_store(word_documents({"all": THREE_DOMAINS["code"]}, 12, num_words=(10, 20)), path, vocab_size=280)
 
 
 def tiny_checkpoint(path, vocab_size: int, overrides: list[str] = (), seed: int = 0):

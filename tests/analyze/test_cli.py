@@ -3,8 +3,7 @@ import json
 import pytest
 
 from emomoe.cli import main
-from tests.analyze.conftest import WORDS, tiny_checkpoint
-from tests.fixtures import build_store, word_documents
+from tests.analyze.conftest import single_domain_store, tiny_checkpoint
 
 FAST = ["--num-docs", "3", "--tokens-per-doc", "24", "--k", "3", "--no-progress"]
 
@@ -36,10 +35,6 @@ def test_analyze_writes_json_figures_html_and_report(
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
 
 
-def _single_domain_store(tmp_path):
-    return build_store(word_documents({"all": WORDS["code"]}, 12, num_words=(10, 20)), tmp_path / "one", vocab_size=280)
-
-
 @pytest.mark.parametrize("case, message", [
     ("no-domains", "the analysis compares domains, but the store has only 1 (all)"),
     ("vocab", "the data's vocabulary (3"),
@@ -50,7 +45,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
 ):
     checkpoint, data, extra = analysis_checkpoints["emo"], analysis_store, []
     if case == "no-domains":
-        data = _single_domain_store(tmp_path)
+        data = single_domain_store(tmp_path / "one")
     elif case == "vocab":
         checkpoint = tiny_checkpoint(tmp_path / "v256", 256)
     else:

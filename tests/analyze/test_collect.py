@@ -6,8 +6,7 @@ from emomoe.analyze.collect import Documents, collect_routing, held_out_document
 from emomoe.checkpoint import load_for_inference
 from emomoe.data.store import TokenStore
 from emomoe.errors import DataError
-from tests.analyze.conftest import WORDS, tiny_checkpoint
-from tests.fixtures import build_store, word_documents
+from tests.analyze.conftest import single_domain_store, tiny_checkpoint
 
 
 def test_held_out_documents_are_cut_without_eos(analysis_store):
@@ -32,7 +31,7 @@ def test_held_out_documents_are_evenly_spaced(analysis_store):
 
 
 def test_a_store_without_domain_labels_is_refused(analysis_store, tmp_path):
-    single = build_store(word_documents({"all": WORDS["code"]}, 12, num_words=(10, 20)), tmp_path / "s", vocab_size=280)
+    single = single_domain_store(tmp_path / "s")
     with pytest.raises(DataError, match="only 1"):
         held_out_documents(TokenStore.open(single), None, num_docs=4, tokens_per_doc=8)
     with pytest.raises(DataError, match="only 1"):

@@ -58,7 +58,7 @@ def cluster_tokens(features_TF: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndar
     except ImportError:
         raise EmomoeError("token clustering needs scikit-learn: pip install 'emomoe[analysis]'") from None
     check_num_clusters(cfg, len(features_TF))
-    features_TF = np.asarray(features_TF, dtype=np.float64)
+    features_TF = np.asarray(features_TF, dtype=np.float32)  # T x F can be large; PCA and k-means keep float32
     if cfg.variance < 1.0:
         pca = PCA(n_components=cfg.variance, svd_solver="covariance_eigh", random_state=cfg.seed)
         x_TP = pca.fit_transform(features_TF)
