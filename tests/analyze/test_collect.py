@@ -9,15 +9,16 @@ from emomoe.errors import DataError
 from tests.analyze.conftest import single_domain_store, tiny_checkpoint
 
 
-def test_held_out_documents_are_cut_without_eos(analysis_store):
+@pytest.mark.parametrize("cut", [10, 1000])
+def test_held_out_documents_are_cut_without_eos(analysis_store, cut):
     store = TokenStore.open(analysis_store)
-    docs = held_out_documents(store, None, num_docs=1000, tokens_per_doc=10)
+    docs = held_out_documents(store, None, num_docs=1000, tokens_per_doc=cut)
     assert docs.domains == store.domains
     expected = [(d, t) for d, t in store.documents("val")]
     assert len(docs.tokens) == len(expected)
     for got, y, (domain, tokens) in zip(docs.tokens, docs.domain_G, expected):
         assert tokens[-1] == store.eos_id and store.eos_id not in got
-        assert got.tolist() == tokens[:10].tolist() and docs.domains[y] == domain
+        assert got.tolist() == tokens[:-1][:cut].tolist() and docs.domains[y] == domain
 
 
 def test_held_out_documents_are_evenly_spaced(analysis_store):

@@ -59,7 +59,7 @@ def held_out_documents(
     for y, name in enumerate(names):
         spans = [(shard, int(o), int(n)) for shard in store.shards(Split.VAL, [name]) for o, n, _ in shard.index]
         picked = [spans[i] for i in _evenly_spaced(len(spans), num_docs)]
-        texts = [_text_tokens(shard.tokens[o : o + n], store.eos_id)[:tokens_per_doc] for shard, o, n in picked]
+        texts = [_first_text_tokens(shard.tokens[o : o + n], store.eos_id, tokens_per_doc) for shard, o, n in picked]
         texts = [t for t in texts if len(t)]
         if not texts:
             raise DataError(f"{store.path}: domain {name!r} has no held-out (validation) documents to analyse")
@@ -74,9 +74,12 @@ def _evenly_spaced(available: int, wanted: int) -> list[int]:
     return np.linspace(0, available - 1, wanted).round().astype(int).tolist()
 
 
-def _text_tokens(ids: np.ndarray, eos_id: int) -> np.ndarray:
-    ids = np.asarray(ids, dtype=np.int64)
-    return ids[:-1] if len(ids) and ids[-1] == eos_id else ids
+def _first_text_tokens(doc: np.ndarray, eos_id: int, num_tokens: int) -> np.ndarray:
+    """The first `num_tokens` tokens of a document without the EOS that ends it (read from disk: only those)."""
+    ids = np.asarray(doc[: num_tokens + 1], dtype=np.int64)
+    if len(ids) == len(doc) and len(ids) and ids[-1] == eos_id:
+        ids = ids[:-1]
+    return ids[:num_tokens]
 
 
 @dataclasses.dataclass
