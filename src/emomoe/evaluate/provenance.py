@@ -18,7 +18,7 @@ from torch import nn
 from emomoe.data.store import TOKENIZER_DIR, TokenStore
 from emomoe.data.tokenizer import TOKENIZER_FILE, TextTokenizer, load_tokenizer
 from emomoe.errors import ConfigError, DataError
-from emomoe.evaluate.inference import load_for_inference
+from emomoe.checkpoint import load_for_inference
 from emomoe.model import ModelConfig
 from emomoe.select.subset import SELECTION_FILE
 from emomoe.train.config import RunConfig
