@@ -69,13 +69,14 @@ def prompt_tokens(tokenizer: TextTokenizer, prompt: str) -> list[int]:
 def generate_text(
     model: torch.nn.Module,
     tokenizer: TextTokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Sequence[int]],
     cfg: GenerationConfig,
     *,
     stop_strings: Sequence[str] = (),
     on_text: Callable[[int, str], None] | None = None,
 ) -> list[TextCompletion]:
-    """Generate a completion for every prompt; `on_text(row, piece)` receives each row's text as it grows.
+    """Generate a completion for every prompt (text, or tokens already encoded); `on_text(row,
+    piece)` receives each row's text as it grows.
 
     A row ends at EOS, at `cfg.max_new_tokens`, or once its text contains a stop string (the
     string and what follows are neither part of the completion nor streamed).
@@ -86,7 +87,7 @@ def generate_text(
         return streams[row].text(tokens)[1]
 
     completions = []
-    token_prompts = [prompt_tokens(tokenizer, p) for p in prompts]
+    token_prompts = [prompt_tokens(tokenizer, p) if isinstance(p, str) else p for p in prompts]
     for completions in stream(model, token_prompts, cfg, eos_id=tokenizer.eos_id, stop=stop if stop_strings else None):
         for row, c in enumerate(completions):
             piece = streams[row].update(c.tokens, final=c.finish_reason is not None)
