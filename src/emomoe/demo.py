@@ -32,7 +32,9 @@ from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.benchmarks import go_offline, run_tasks, task_scores
-from emomoe.evaluate.continuation import write_continuation_tasks
+from emomoe.evaluate.continuation import (
+    CONTEXT_TOKENS, CONTINUATION_TOKENS, NUM_ITEMS, write_continuation_tasks,
+)
 from emomoe.evaluate.continuation import task_name as continuation_task
 from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.io import atomic_write_text
@@ -49,8 +51,8 @@ DEMO_MODELS = {"emo": "demo-emo.yaml", "std": "demo-std.yaml"}
 TOKENIZER_VOCAB = 8192
 BENCHMARK_KEEP = 0.25
 """The subset (fraction of routed experts kept) scored on the lm-eval task beside the full model."""
-BENCHMARK_TASK = {"num_items": 32, "context_tokens": 96, "continuation_tokens": 24}
-"""Items per domain of the continuation task and their lengths: 4 x 7 x 32 scored choices per model."""
+BENCHMARK_TASK = {"num_items": NUM_ITEMS, "context_tokens": CONTEXT_TOKENS, "continuation_tokens": CONTINUATION_TOKENS}
+"""Items per domain of the continuation task and their lengths: 7 x 32 x 4 choices of 80 tokens per model."""
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from emomoe.errors import ConfigError
 from emomoe.evaluate.benchmarks import evaluate_checkpoint_tasks, go_offline, scores_table, task_scores
-from emomoe.evaluate.continuation import GROUP
+from emomoe.evaluate.continuation import CONTEXT_TOKENS, CONTINUATION_TOKENS, GROUP, NUM_ITEMS
 from emomoe.io import atomic_write_text
 from emomoe.train.runtime import setup_runtime
 
@@ -34,10 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", required=True, nargs="+", metavar="TASK", help="lm-eval task or group names")
     p.add_argument("--tokenizer", metavar="DIR", help="default: found from the checkpoint")
     p.add_argument("--data", metavar="STORE", help=f"token store for {GROUP} (default: the checkpoint's run's)")
-    p.add_argument("--num-items", type=int, default=32, metavar="N", help=f"{GROUP} items per domain (default 32)")
-    p.add_argument("--context-tokens", type=int, default=96, metavar="N", help=f"{GROUP} passage length (default 96)")
-    p.add_argument("--continuation-tokens", type=int, default=24, metavar="N",
-                   help=f"{GROUP} choice length (default 24)")
+    p.add_argument("--num-items", type=int, default=NUM_ITEMS, metavar="N",
+                   help=f"{GROUP} items per domain (default {NUM_ITEMS})")
+    p.add_argument("--context-tokens", type=int, default=CONTEXT_TOKENS, metavar="N",
+                   help=f"{GROUP} passage length (default {CONTEXT_TOKENS})")
+    p.add_argument("--continuation-tokens", type=int, default=CONTINUATION_TOKENS, metavar="N",
+                   help=f"{GROUP} choice length (default {CONTINUATION_TOKENS})")
     p.add_argument("--include-path", nargs="+", default=[], metavar="DIR", help="folders of your own task YAMLs")
     p.add_argument("--limit", type=float, help="at most this many items per task (a fraction if < 1)")
     p.add_argument("--num-fewshot", type=int)

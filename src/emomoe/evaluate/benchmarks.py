@@ -14,7 +14,9 @@ from typing import Any
 
 from emomoe.analyze.tables import markdown_table
 from emomoe.errors import ConfigError, DataError
-from emomoe.evaluate.continuation import GROUP, write_continuation_tasks
+from emomoe.evaluate.continuation import (
+    CONTEXT_TOKENS, CONTINUATION_TOKENS, GROUP, NUM_ITEMS, write_continuation_tasks,
+)
 from emomoe.evaluate.provenance import run_store
 
 OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
@@ -87,9 +89,9 @@ def evaluate_checkpoint_tasks(
     tokenizer: str | Path | None = None,
     data: str | Path | None = None,
     include_path: Sequence[str | Path] = (),
-    num_items: int = 32,
-    context_tokens: int = 96,
-    continuation_tokens: int = 24,
+    num_items: int = NUM_ITEMS,
+    context_tokens: int = CONTEXT_TOKENS,
+    continuation_tokens: int = CONTINUATION_TOKENS,
     batch_size: int = 8,
     limit: int | float | None = None,
     num_fewshot: int | None = None,

@@ -29,6 +29,10 @@ from emomoe.io import atomic_path
 
 GROUP = "emomoe_continuation"
 NUM_CHOICES = 4
+NUM_ITEMS = 32
+CONTEXT_TOKENS = 64
+CONTINUATION_TOKENS = 16
+"""Defaults: 32 items per domain of 64 + 16 tokens (about 230 + 60 characters of English)."""
 _BOUNDARY_PROBE = 4
 """Tokens decoded on either side of a cut to tell whether it splits a character."""
 
@@ -107,9 +111,9 @@ def write_continuation_tasks(
     out_dir: str | Path,
     *,
     domains: list[str] | None = None,
-    num_items: int = 32,
-    context_tokens: int = 96,
-    continuation_tokens: int = 24,
+    num_items: int = NUM_ITEMS,
+    context_tokens: int = CONTEXT_TOKENS,
+    continuation_tokens: int = CONTINUATION_TOKENS,
     seed: int = 0,
 ) -> dict[str, int]:
     """Write the tasks for `domains` (default: all) of `store` into `out_dir` (atomically, replacing it).
