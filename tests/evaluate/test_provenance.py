@@ -36,7 +36,8 @@ def test_a_trained_checkpoint_finds_the_tokenizer_of_its_runs_store(tmp_path, st
 def test_a_subset_finds_its_sources_tokenizer_and_a_tokenizer_beside_the_checkpoint_wins(tmp_path, store):
     final = _run(tmp_path, store)
     subset = save_tiny_checkpoint(tmp_path / "subsets" / "a", store)
-    (subset / "selection.json").write_text(json.dumps({"source_checkpoint": str(final)}))
+    record = {"source_checkpoint": str(final), "source_sha256": "0" * 64, "moe_layers": [0, 1], "kept_experts": [[0], [1]]}
+    (subset / "selection.json").write_text(json.dumps(record))
     assert find_tokenizer(subset) == TokenStore.open(store).tokenizer_path
     shutil.copytree(TokenStore.open(store).tokenizer_path, subset / "tokenizer")
     assert find_tokenizer(subset) == subset / "tokenizer"
@@ -52,8 +53,8 @@ def test_no_tokenizer_anywhere_is_one_clear_error(tmp_path, store):
 def test_a_tokenizer_the_model_cannot_read_is_refused(tmp_path, store):
     tok_dir = TokenStore.open(store).tokenizer_path
     small = ModelConfig.preset("tiny").with_overrides(["vocab_size=200", "eos_id=0"])
-    with pytest.raises(DataError, match=r"vocabulary \(280\) is larger than .*\(200\)"):
+    with pytest.raises(DataError, match=r"vocabulary \(280\) is larger than the model's \(200\)"):
         checkpoint_tokenizer("ckpt", small, tok_dir)
     other_eos = ModelConfig.preset("tiny").with_overrides(["vocab_size=300", "eos_id=5"])
-    with pytest.raises(DataError, match="EOS id 0 differs from ckpt's eos_id 5"):
+    with pytest.raises(DataError, match="is id 0, but the model's eos_id is 5"):
         checkpoint_tokenizer("ckpt", other_eos, tok_dir)

@@ -10,17 +10,17 @@ Checkpoints do not record their tokenizer, so it is looked for, in this order:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
 
-from emomoe.data.store import TOKENIZER_DIR, TokenStore
-from emomoe.data.tokenizer import TOKENIZER_FILE, TextTokenizer, load_tokenizer
-from emomoe.errors import ConfigError, DataError
 from emomoe.checkpoint import load_for_inference
+from emomoe.data.store import TOKENIZER_DIR, TokenStore
+from emomoe.data.tokenizer import TOKENIZER_FILE, TextTokenizer
+from emomoe.errors import ConfigError, DataError
+from emomoe.hf.tokenizer_files import check_tokenizer
 from emomoe.model import ModelConfig
-from emomoe.select.subset import SELECTION_FILE
+from emomoe.select.subset import lineage
 from emomoe.train.config import RunConfig
 from emomoe.train.rundir import CONFIG_FILE as RUN_CONFIG_FILE
 
@@ -28,23 +28,9 @@ _RUN_DIR_LEVELS = 3
 """RUN/final is one level below the run directory, RUN/checkpoints/step-N two."""
 
 
-def _sources(checkpoint: Path) -> list[Path]:
-    """The checkpoint, then the checkpoints it was derived from (a subset's source, recursively)."""
-    chain = [checkpoint]
-    while (file := chain[-1] / SELECTION_FILE).is_file():
-        try:
-            source = Path(json.loads(file.read_text())["source_checkpoint"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            break
-        if source in chain:
-            break
-        chain.append(source)
-    return chain
-
-
 def run_store(checkpoint: str | Path) -> Path | None:
     """The token store that the run above `checkpoint` (or above its source) trained on, if it still exists."""
-    for source in _sources(Path(checkpoint)):
+    for source in lineage(Path(checkpoint)):
         for run_dir in list(source.resolve().parents)[:_RUN_DIR_LEVELS]:
             if not (run_dir / RUN_CONFIG_FILE).is_file():
                 continue
@@ -59,7 +45,7 @@ def run_store(checkpoint: str | Path) -> Path | None:
 
 def find_tokenizer(checkpoint: str | Path) -> Path | None:
     """The tokenizer directory or file of `checkpoint` (see the module docstring), or None."""
-    for source in _sources(Path(checkpoint)):
+    for source in lineage(Path(checkpoint)):
         for candidate in (source / TOKENIZER_FILE, source / TOKENIZER_DIR / TOKENIZER_FILE):
             if candidate.is_file():
                 return candidate.parent
@@ -68,21 +54,14 @@ def find_tokenizer(checkpoint: str | Path) -> Path | None:
 
 
 def checkpoint_tokenizer(checkpoint: str | Path, cfg: ModelConfig, tokenizer: str | Path | None = None) -> TextTokenizer:
-    """Load `tokenizer` (or the one found for `checkpoint`) and check that the model can read its tokens."""
+    """Load `tokenizer` (or the one found for `checkpoint`) and check that the model can run its ids."""
     path = tokenizer if tokenizer is not None else find_tokenizer(checkpoint)
     if path is None:
         raise DataError(
             f"{checkpoint}: no tokenizer found (none in the checkpoint, its source, or its run's token store); "
             "pass --tokenizer DIR"
         )
-    tok = load_tokenizer(path)
-    if tok.vocab_size > cfg.vocab_size:
-        raise DataError(
-            f"{path}: the tokenizer's vocabulary ({tok.vocab_size}) is larger than {checkpoint}'s ({cfg.vocab_size})"
-        )
-    if cfg.eos_id is not None and tok.eos_id != cfg.eos_id:
-        raise DataError(f"{path}: the tokenizer's EOS id {tok.eos_id} differs from {checkpoint}'s eos_id {cfg.eos_id}")
-    return tok
+    return check_tokenizer(Path(path), cfg)
 
 
 def load_with_tokenizer(
