@@ -17,9 +17,10 @@ def model():
     return build_model(cfg).eval()
 
 
-def _prompt(n, seed):
+def _prompt(n, seed, boundary=True):
     ids = torch.randint(1, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-    ids[n // 2] = EOS  # a document boundary inside the prompt
+    if boundary:
+        ids[n // 2] = EOS  # a document boundary inside the prompt
     return ids
 
 
@@ -88,3 +89,28 @@ def test_a_prompt_too_long_for_the_model_and_an_empty_prompt_are_refused(model):
         generate(model, [[1] * 100], GenerationConfig(max_new_tokens=29))
     with pytest.raises(ValueError, match="at least one token"):
         generate(model, [[1], []], GenerationConfig())
+
+
+@pytest.mark.slow
+def test_greedy_equals_transformers_generate_on_the_hf_export(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from emomoe.checkpoint import save_model
+    from emomoe.data.tokenizer import train_tokenizer
+    from emomoe.hf.convert import export_hf
+
+    tok = train_tokenizer(["the router sends each token to a few experts"] * 4, vocab_size=280)
+    torch.manual_seed(1)
+    cfg = ModelConfig.preset("tiny").with_overrides(["vocab_size=300", f"eos_id={tok.eos_id}", "num_kv_heads=2"])
+    ours = build_model(cfg).eval()
+    save_model(tmp_path / "ours", ours, cfg)
+    export_hf(tmp_path / "ours", tmp_path / "hf", tokenizer=tok.save(tmp_path / "tok"))
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True, dtype=torch.float32).eval()
+    # No EOS inside the prompts: emomoe masks attention across documents (as in training), the
+    # transformers model of the export, like the official one, does not.
+    prompts = [_prompt(9, seed=8, boundary=False), _prompt(4, seed=9, boundary=False)]
+    done = generate(ours, prompts, GenerationConfig(max_new_tokens=10, greedy=True))
+    ids_BS = torch.tensor([prompts[0], [0] * 5 + prompts[1]])  # the short prompt left-padded
+    mask_BS = torch.tensor([[1] * 9, [0] * 5 + [1] * 4])
+    out_BS = theirs.generate(ids_BS, attention_mask=mask_BS, max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    assert [c.tokens for c in done] == out_BS[:, 9:].tolist()
