@@ -51,3 +51,14 @@ def test_no_tokenizer_is_a_one_line_error(tmp_path, checkpoint, capsys):
     assert main(["generate", "--checkpoint", str(lonely), "--prompt", "x"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "lonely: no tokenizer found" in err
+
+
+def test_an_hf_export_generates_what_its_source_checkpoint_does(checkpoint, tmp_path, capsys):
+    from emomoe.hf.convert import export_hf
+
+    hf_dir = export_hf(checkpoint, tmp_path / "hf", tokenizer=checkpoint / "tokenizer")
+    outputs = []
+    for source in (checkpoint, hf_dir):
+        assert main(["generate", "--checkpoint", str(source), "--prompt", "beta 模型", "--greedy", "--max-new-tokens", "8"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].strip()
