@@ -8,7 +8,7 @@ from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
 from emomoe.errors import DataError
 from emomoe.evaluate.continuation import (
-    GROUP, char_boundary, continuation_items, task_name, write_continuation_tasks,
+    GROUP, clean_cut, continuation_items, task_name, write_continuation_tasks,
 )
 from tests.fixtures import build_store, word_documents
 
@@ -20,32 +20,42 @@ def store(tmp_path_factory):
     return build_store(docs, tmp_path_factory.mktemp("c") / "store", vocab_size=300, val_fraction=0.25)
 
 
-def test_char_boundary_moves_a_cut_out_of_a_split_character():
-    tok = train_tokenizer(["ab 专家 cd"], vocab_size=257)  # bytes only: each CJK character is 3 tokens
-    tokens = tok.encode("ab专家")
-    assert len(tokens) == 8
-    assert [char_boundary(tok.decode, tokens, p) for p in range(9)] == [0, 1, 2, 5, 5, 5, 8, 8, 8]
+def test_cuts_fall_between_words_never_after_whitespace_nor_inside_a_character():
+    tok = train_tokenizer(["gamma delta " * 50, "ab 专家 cd"], vocab_size=275)
+    tokens = tok.encode("gamma deltas\n gamma1 b")
+    pieces = [tok.decode([t]) for t in tokens]
+    assert pieces == ["gamma", " delta", "s", "\n", " gamma", "1", " ", "b"]
+    # Not inside "deltas", not after a line break or a space, not between "gamma" and "1".
+    assert [clean_cut(tok, tokens, p) for p in range(9)] == [0, 1, 3, 3, 6, 6, 6, 8, 8]
+    tokens = tok.encode("ab专家 cd")  # each CJK character is 3 byte tokens, and "ab专家" is one word
+    assert [clean_cut(tok, tokens, p) for p in range(1, 9)] == [8] * 8
+
+
+def _word_documents(num_docs=5):
+    """Documents of random words, each with words of its own (alpha3 beta3 ...)."""
+    rng = random.Random(0)
+    words = ["alpha", "beta", "gamma", "delta", "eps"]
+    return [" ".join(f"{w}{d}" for w in rng.choices(words, k=30 + 6 * d)) for d in range(num_docs)]
 
 
 def test_items_pair_a_passage_with_what_follows_it_and_three_passages_from_other_documents():
-    rng = random.Random(0)
-    documents = [random.Random(d).choices(range(0x4E00, 0x9FFF), k=40 + 7 * d) for d in range(5)]
-    decode = lambda ids: "".join(chr(i) for i in ids)  # one character per token  # noqa: E731
-    items = continuation_items(documents, decode, num_items=6, context_tokens=8, continuation_tokens=3, rng=rng)
+    texts = _word_documents()
+    tok = train_tokenizer(texts, vocab_size=300)
+    documents = [tok.encode(t) for t in texts]
+    args = {"num_items": 6, "context_tokens": 8, "continuation_tokens": 3}
+    items = continuation_items(documents, tok, rng=random.Random(0), **args)
     assert len(items) == 6
     assert len({item["document"] for item in items}) == 5  # round-robin over the documents first
     for item in items:
-        source = decode(documents[item["document"]])
+        source = texts[item["document"]]
         truth = item["choices"][item["label"]]
         assert len(item["choices"]) == 4 == len(set(item["choices"]))
-        assert len(item["context"]) == 8 and item["context"] + truth in source
+        assert item["context"] + truth in source
         for i, choice in enumerate(item["choices"]):
+            assert choice.startswith(" ")  # every choice starts a word
             if i != item["label"]:
-                assert choice not in source and any(choice in decode(d) for d in documents)
-    again = continuation_items(
-        documents, decode, num_items=6, context_tokens=8, continuation_tokens=3, rng=random.Random(0)
-    )
-    assert again == items
+                assert choice not in source and any(choice in t for t in texts)
+    assert continuation_items(documents, tok, rng=random.Random(0), **args) == items
 
 
 def test_written_tasks_hold_held_out_text_and_name_their_local_data(store, tmp_path):

@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from emomoe.data.store import Split, TokenStore
-from emomoe.data.tokenizer import load_tokenizer
+from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path
 
@@ -33,31 +33,41 @@ NUM_ITEMS = 32
 CONTEXT_TOKENS = 64
 CONTINUATION_TOKENS = 16
 """Defaults: 32 items per domain of 64 + 16 tokens (about 230 + 60 characters of English)."""
-_BOUNDARY_PROBE = 4
-"""Tokens decoded on either side of a cut to tell whether it splits a character."""
-
-Decode = Callable[[Sequence[int]], str]
+_CUT_PROBE = 6
+"""Tokens decoded on either side of a cut to tell whether it is clean."""
 
 
 def task_name(domain: str) -> str:
     return f"{GROUP}_{re.sub(r'[^0-9a-zA-Z]+', '_', domain).lower()}"
 
 
-def char_boundary(decode: Decode, tokens: Sequence[int], pos: int) -> int:
-    """The first cut at or after `pos` that splits no character between the tokens on either side
-    (a byte-level BPE token may hold part of a UTF-8 character)."""
+def clean_cut(tokenizer: TextTokenizer, tokens: Sequence[int], pos: int) -> int:
+    """The first cut at or after `pos` that falls between two words: where the tokenizer's
+    pre-tokenizer splits the text and not between two letters or digits ("x|1"), so before a
+    space-led word, punctuation or a line break; never right after whitespace, nor inside a
+    UTF-8 character.
+
+    lm-eval scores a choice by the tokens of context + choice beyond those of the context alone
+    (after moving the context's trailing whitespace into the choice). Choices that begin mid-word
+    would be scored as odd byte sequences, and every model would pick the one that does not.
+    """
+    pre_tokenizer = tokenizer.tokenizer.pre_tokenizer
     while 0 < pos < len(tokens):
-        left = tokens[max(0, pos - _BOUNDARY_PROBE) : pos]
-        right = tokens[pos : pos + _BOUNDARY_PROBE]
-        if decode(left) + decode(right) == decode([*left, *right]):
-            return pos
+        left = tokenizer.decode(tokens[max(0, pos - _CUT_PROBE) : pos])
+        right = tokenizer.decode(tokens[pos : pos + _CUT_PROBE])
+        text = tokenizer.decode(tokens[max(0, pos - _CUT_PROBE) : pos + _CUT_PROBE])
+        # A split character decodes to U+FFFD on both sides, but whole in the window.
+        inside_word = (left[-1:] + right[:1]).isalnum()
+        if text == left + right and not left[-1:].isspace() and not inside_word:
+            if pre_tokenizer is None or any(start == len(left) for _, (start, _) in pre_tokenizer.pre_tokenize_str(text)):
+                return pos
         pos += 1
     return pos
 
 
 def continuation_items(
     documents: Sequence[Sequence[int]],
-    decode: Decode,
+    tokenizer: TextTokenizer,
     *,
     num_items: int,
     context_tokens: int,
@@ -80,15 +90,17 @@ def continuation_items(
     longest = max(len(w) for w in windows_by_doc)
     windows = [w[i] for i in range(longest) for w in windows_by_doc if i < len(w)]
 
+    decode = tokenizer.decode
+
     def continuation(d: int, start: int) -> tuple[int, str]:
         doc = documents[d]
-        cut = char_boundary(decode, doc, start + context_tokens)
-        return cut, decode(doc[cut : char_boundary(decode, doc, cut + continuation_tokens)])
+        cut = clean_cut(tokenizer, doc, start + context_tokens)
+        return cut, decode(doc[cut : clean_cut(tokenizer, doc, cut + continuation_tokens)])
 
     items = []
     for d, start in windows[:num_items]:
         doc = documents[d]
-        begin = char_boundary(decode, doc, start)
+        begin = clean_cut(tokenizer, doc, start)
         cut, truth = continuation(d, start)
         others = [w for w in windows if w[0] != d]
         distractors: list[str] = []
@@ -125,7 +137,7 @@ def write_continuation_tasks(
     store = store if isinstance(store, TokenStore) else TokenStore.open(store)
     if store.tokenizer_path is None:
         raise DataError(f"{store.path}: the store has no tokenizer, so its documents cannot be turned into text")
-    decode = load_tokenizer(store.tokenizer_path).decode
+    tokenizer = load_tokenizer(store.tokenizer_path)
     names = domains or store.domains
     store.domain_ids(names)
     out_dir = Path(out_dir).resolve()
@@ -135,7 +147,7 @@ def write_continuation_tasks(
         for domain in names:
             documents = [tokens[:-1].tolist() for _, tokens in store.documents(Split.VAL, [domain])]
             items = continuation_items(
-                documents, decode, num_items=num_items, context_tokens=context_tokens,
+                documents, tokenizer, num_items=num_items, context_tokens=context_tokens,
                 continuation_tokens=continuation_tokens, rng=random.Random(f"{seed}:{domain}"),
             )
             if not items:
