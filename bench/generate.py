@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,19 +25,9 @@ from emomoe.data.tokenizer import train_tokenizer
 from emomoe.generate import GenerationConfig, generate
 from emomoe.hf.convert import export_hf
 from emomoe.model import ModelConfig, build_model
+from router import interleaved_best  # bench/ is the script's folder, so it is on sys.path
 
 TOKENIZER_TEXTS = ["the router sends each token to a few experts", "def f(x): return x + 1"] * 8
-
-
-def interleaved_best(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
-    times = {name: [] for name in fns}
-    for rep in range(warmup + reps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if rep >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: min(ts) for name, ts in times.items()}
 
 
 def main() -> None:

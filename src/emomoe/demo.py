@@ -196,7 +196,8 @@ def benchmark_accuracy(
             task = continuation_task(domain)
             subset, _ = slice_model(model, cfg, layers, sweep["kept_experts"][name][keep][domain])
             for label, variant in (("full", model), (keep, subset)):
-                scores = task_scores(run_tasks(EmoLM(model=variant, tokenizer=tokenizer), [task], include_path=[task_dir]))
+                lm = EmoLM(model=variant, tokenizer=tokenizer)
+                scores = task_scores(run_tasks(lm, [task], include_path=[task_dir]))
                 per_model[label][domain] = scores[task]["acc"]
     return accuracy
 

@@ -14,7 +14,8 @@ from tests.fixtures import build_store, save_tiny_checkpoint, word_documents
 def checkpoint(tmp_path_factory):
     """A tiny random checkpoint with the real BPE tokenizer of its store beside it."""
     root = tmp_path_factory.mktemp("gen")
-    docs = word_documents({"en": ["alpha", "beta", "gamma"], "zh": ["专家", "模型", "路由"]}, 8, num_words=(10, 30))
+    words = {"en": ["alpha", "beta", "gamma"], "zh": ["专家", "模型", "路由"]}
+    docs = word_documents(words, 8, num_words=(10, 30))
     store = build_store(docs, root / "store", vocab_size=280)
     ckpt = save_tiny_checkpoint(root / "ckpt", store)
     shutil.copytree(TokenStore.open(store).tokenizer_path, ckpt / "tokenizer")
@@ -59,6 +60,7 @@ def test_an_hf_export_generates_what_its_source_checkpoint_does(checkpoint, tmp_
     hf_dir = export_hf(checkpoint, tmp_path / "hf", tokenizer=checkpoint / "tokenizer")
     outputs = []
     for source in (checkpoint, hf_dir):
-        assert main(["generate", "--checkpoint", str(source), "--prompt", "beta 模型", "--greedy", "--max-new-tokens", "8"]) == 0
+        args = ["generate", "--checkpoint", str(source), "--prompt", "beta 模型", "--greedy", "--max-new-tokens", "8"]
+        assert main(args) == 0
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] and outputs[0].strip()

@@ -16,7 +16,8 @@ def run(tmp_path_factory):
     """A run directory (config.yaml naming its store) with a tiny random model in final/."""
     root = tmp_path_factory.mktemp("lmeval")
     words = {"en": "alpha beta gamma delta epsilon".split(), "zh": list("专家模型路由训练数据")}
-    store = build_store(word_documents(words, 20, num_words=(60, 140)), root / "store", vocab_size=300, val_fraction=0.25)
+    docs = word_documents(words, 20, num_words=(60, 140))
+    store = build_store(docs, root / "store", vocab_size=300, val_fraction=0.25)
     RunConfig.from_dict({"data": {"store": str(store)}}).to_yaml(root / "config.yaml")
     return save_tiny_checkpoint(root / "final", store), store
 

@@ -49,7 +49,8 @@ def test_is_greedy_holds_exactly_for_the_models_own_greedy_continuation(lm):
     context = lm.tok.encode("the router")
     [greedy] = generate(lm.model, [context], GenerationConfig(max_new_tokens=4, greedy=True))
     changed = [*greedy.tokens[:-1], (greedy.tokens[-1] + 1) % lm.tok.vocab_size]
-    (_, is_greedy), (_, other) = lm._loglikelihood_tokens([(("", ""), context, greedy.tokens), (("", ""), context, changed)])
+    requests = [(("", ""), context, greedy.tokens), (("", ""), context, changed)]
+    (_, is_greedy), (_, other) = lm._loglikelihood_tokens(requests)
     assert is_greedy and not other
 
 

@@ -36,7 +36,8 @@ def test_a_trained_checkpoint_finds_the_tokenizer_of_its_runs_store(tmp_path, st
 def test_a_subset_finds_its_sources_tokenizer_and_a_tokenizer_beside_the_checkpoint_wins(tmp_path, store):
     final = _run(tmp_path, store)
     subset = save_tiny_checkpoint(tmp_path / "subsets" / "a", store)
-    record = {"source_checkpoint": str(final), "source_sha256": "0" * 64, "moe_layers": [0, 1], "kept_experts": [[0], [1]]}
+    record = {"source_checkpoint": str(final), "source_sha256": "0" * 64, "moe_layers": [0, 1],
+              "kept_experts": [[0], [1]]}
     (subset / "selection.json").write_text(json.dumps(record))
     assert find_tokenizer(subset) == TokenStore.open(store).tokenizer_path
     shutil.copytree(TokenStore.open(store).tokenizer_path, subset / "tokenizer")

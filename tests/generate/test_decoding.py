@@ -80,7 +80,8 @@ def test_stream_yields_after_every_step_and_a_stop_function_ends_a_row(model):
 
 def test_sampling_repeats_with_the_seed_and_changes_without_it(model):
     prompt = _prompt(5, seed=7)
-    runs = [generate(model, [prompt], GenerationConfig(max_new_tokens=20, seed=s, top_p=0.9))[0].tokens for s in (1, 1, 2)]
+    settings = [GenerationConfig(max_new_tokens=20, seed=seed, top_p=0.9) for seed in (1, 1, 2)]
+    runs = [generate(model, [prompt], s)[0].tokens for s in settings]
     assert runs[0] == runs[1] != runs[2]
 
 

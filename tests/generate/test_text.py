@@ -35,7 +35,8 @@ def test_stop_strings_cut_the_stream_before_them(tokenizer):
 
 def test_generate_text_streams_the_text_of_the_generated_tokens(tokenizer):
     torch.manual_seed(0)
-    cfg = ModelConfig.preset("tiny").with_overrides([f"vocab_size={tokenizer.vocab_size}", f"eos_id={tokenizer.eos_id}"])
+    overrides = [f"vocab_size={tokenizer.vocab_size}", f"eos_id={tokenizer.eos_id}"]
+    cfg = ModelConfig.preset("tiny").with_overrides(overrides)
     model = build_model(cfg).eval()
     prompts = ["模型 experts", ""]
     gen = GenerationConfig(max_new_tokens=16, greedy=True)

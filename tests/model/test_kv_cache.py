@@ -19,7 +19,9 @@ def _ids(S, seed=0):
 
 
 @pytest.mark.parametrize(
-    "overrides", [[], ["num_kv_heads=2", "qk_norm=true"], ["doc_attention_mask=false"]], ids=["mha", "gqa-qknorm", "no-doc-mask"]
+    "overrides",
+    [[], ["num_kv_heads=2", "qk_norm=true"], ["doc_attention_mask=false"]],
+    ids=["mha", "gqa-qknorm", "no-doc-mask"],
 )
 def test_decoding_in_chunks_gives_the_logits_of_the_full_forward(overrides):
     model = _model(*overrides)

@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     result = run_demo(args.out, args.overrides, force=args.force, progress=not args.no_progress)
     print("Validation loss per domain (nats per token):\n" + result.table)
-    print("\nMean held-out loss increase when keeping a fraction of the routed experts:\n" + summary_table(result.sweep))
+    print("\nMean held-out loss increase when keeping a fraction of the routed experts:")
+    print(summary_table(result.sweep))
     print("\nAccuracy on the lm-eval continuation task (4 choices, chance 0.25):\n" + result.benchmark)
     print(f"\nReport: {result.report}")
     return 0

@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass (default 1: off)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="end a completion before any of these strings")
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer.json or its folder (default: found from the checkpoint)")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="tokenizer.json or its folder (default: found from the checkpoint)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --prompts (default 8)")
     p.add_argument("--out", metavar="FILE", help="with --prompts: write the JSON lines here instead of stdout")
     p.set_defaults(func=run)
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         )
         seconds = time.perf_counter() - started
         print()
-        print(f"[{done.num_tokens} tokens, {done.finish_reason}, {done.num_tokens / seconds:.1f} tokens/s]", file=sys.stderr)
+        rate = done.num_tokens / seconds
+        print(f"[{done.num_tokens} tokens, {done.finish_reason}, {rate:.1f} tokens/s]", file=sys.stderr)
         return 0
     lines = []
     for start in range(0, len(prompts), args.batch_size):

@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate_checkpoint_tasks(
         args.checkpoint, args.tasks, tokenizer=args.tokenizer, data=args.data, include_path=args.include_path,
         num_items=args.num_items, context_tokens=args.context_tokens,
-        continuation_tokens=args.continuation_tokens, batch_size=args.batch_size, limit=limit, num_fewshot=args.num_fewshot,
-        seed=args.seed,
+        continuation_tokens=args.continuation_tokens, batch_size=args.batch_size, limit=limit,
+        num_fewshot=args.num_fewshot, seed=args.seed,
     )
     print(scores_table(task_scores(results)))
     if args.out:

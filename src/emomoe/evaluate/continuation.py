@@ -59,7 +59,8 @@ def clean_cut(tokenizer: TextTokenizer, tokens: Sequence[int], pos: int) -> int:
         # A split character decodes to U+FFFD on both sides, but whole in the window.
         inside_word = (left[-1:] + right[:1]).isalnum()
         if text == left + right and not left[-1:].isspace() and not inside_word:
-            if pre_tokenizer is None or any(start == len(left) for _, (start, _) in pre_tokenizer.pre_tokenize_str(text)):
+            starts = {start for _, (start, _) in pre_tokenizer.pre_tokenize_str(text)} if pre_tokenizer else None
+            if starts is None or len(left) in starts:
                 return pos
         pos += 1
     return pos
@@ -163,7 +164,9 @@ def write_continuation_tasks(
         group = {
             "group": GROUP,
             "task": list(counts),
-            "aggregate_metric_list": [{"metric": m, "aggregation": "mean", "weight_by_size": True} for m in ("acc", "acc_norm")],
+            "aggregate_metric_list": [
+                {"metric": m, "aggregation": "mean", "weight_by_size": True} for m in ("acc", "acc_norm")
+            ],
             "metadata": {"version": 1.0},
         }
         (tmp / f"{GROUP}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))

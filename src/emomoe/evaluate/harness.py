@@ -60,7 +60,8 @@ class EmoLM(TemplateLM):
         if (checkpoint is None) == (model is None):
             raise ConfigError("emomoe lm-eval model: give exactly one of checkpoint=DIR or a loaded model")
         if model is None:
-            model, _, tokenizer = load_with_tokenizer(checkpoint, tokenizer if isinstance(tokenizer, (str, Path)) else None)
+            path = tokenizer if isinstance(tokenizer, (str, Path)) else None
+            model, _, tokenizer = load_with_tokenizer(checkpoint, path)
         elif not isinstance(tokenizer, TextTokenizer):
             if tokenizer is None:
                 raise ConfigError("emomoe lm-eval model: a loaded model needs its tokenizer")

@@ -53,7 +53,9 @@ def find_tokenizer(checkpoint: str | Path) -> Path | None:
     return TokenStore.open(store).tokenizer_path if store is not None else None
 
 
-def checkpoint_tokenizer(checkpoint: str | Path, cfg: ModelConfig, tokenizer: str | Path | None = None) -> TextTokenizer:
+def checkpoint_tokenizer(
+    checkpoint: str | Path, cfg: ModelConfig, tokenizer: str | Path | None = None
+) -> TextTokenizer:
     """Load `tokenizer` (or the one found for `checkpoint`) and check that the model can run its ids."""
     path = tokenizer if tokenizer is not None else find_tokenizer(checkpoint)
     if path is None:
