@@ -2,7 +2,7 @@
 the same model, greedy, interleaved in one process. Prints one JSON object.
 
     python bench/generate.py                                  # the demo architecture (`small`), random weights
-    python bench/generate.py --checkpoint runs/demo/emo/final --tokenizer runs/demo/store
+    python bench/generate.py --checkpoint runs/demo/emo/final     # its tokenizer: from the run's store
     python bench/generate.py --quick
 
 Both sides decode the same random prompts for exactly `new_tokens` tokens (no EOS stop) and must
@@ -22,6 +22,7 @@ import torch
 
 from emomoe.checkpoint import load_for_inference, save_model
 from emomoe.data.tokenizer import train_tokenizer
+from emomoe.evaluate.provenance import find_tokenizer
 from emomoe.generate import GenerationConfig, generate
 from emomoe.hf.convert import export_hf
 from emomoe.model import ModelConfig, build_model
@@ -34,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16 new tokens, 2 repetitions")
     parser.add_argument("--checkpoint", help="a model checkpoint (default: the `small` preset, random weights)")
-    parser.add_argument("--tokenizer", help="its tokenizer, for the export (default: the checkpoint's or a tiny BPE)")
+    parser.add_argument("--tokenizer", help="its tokenizer, for the export (default: found from the checkpoint)")
     parser.add_argument("--batch", type=int, default=1, help="prompts decoded together (default 1)")
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -53,12 +54,14 @@ def main() -> None:
             cfg = ModelConfig.preset("small").with_overrides([f"eos_id={tok.eos_id}"])
             torch.manual_seed(0)
             checkpoint = save_model(Path(tmp) / "ours", build_model(cfg), cfg)
-        export_hf(checkpoint, Path(tmp) / "hf", tokenizer=tokenizer)
+        export_hf(checkpoint, Path(tmp) / "hf", tokenizer=tokenizer or find_tokenizer(checkpoint))
         ours, cfg = load_for_inference(checkpoint)
         theirs = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", trust_remote_code=True, dtype=torch.float32)
         theirs.eval()
         gen = torch.Generator().manual_seed(0)
-        prompts_BP = torch.randint(1, cfg.vocab_size, (args.batch, args.prompt_tokens), generator=gen)
+        prompts_BP = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_tokens), generator=gen)
+        if cfg.eos_id is not None:  # no document boundary inside a prompt (the HF model does not mask them)
+            prompts_BP[prompts_BP == cfg.eos_id] = (cfg.eos_id + 1) % cfg.vocab_size
         settings = GenerationConfig(max_new_tokens=new_tokens, greedy=True)
         outputs = {}
 
