@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,9 +29,10 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
+from emomoe.checkpoint import load_for_inference
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
 from emomoe.errors import ConfigError
-from emomoe.evaluate.provenance import load_with_tokenizer
+from emomoe.evaluate.provenance import checkpoint_tokenizer
 from emomoe.generate import GenerationConfig, generate_text
 
 MODEL_NAME = "emomoe"
@@ -60,13 +60,14 @@ class EmoLM(TemplateLM):
         if (checkpoint is None) == (model is None):
             raise ConfigError("emomoe lm-eval model: give exactly one of checkpoint=DIR or a loaded model")
         if model is None:
-            path = tokenizer if isinstance(tokenizer, (str, Path)) else None
-            model, _, tokenizer = load_with_tokenizer(checkpoint, path)
+            model, cfg = load_for_inference(checkpoint)
+            if not isinstance(tokenizer, TextTokenizer):
+                tokenizer = checkpoint_tokenizer(checkpoint, cfg, tokenizer)
         elif not isinstance(tokenizer, TextTokenizer):
             if tokenizer is None:
                 raise ConfigError("emomoe lm-eval model: a loaded model needs its tokenizer")
             tokenizer = load_tokenizer(tokenizer)
-        self.model = model.to(device or "cpu").eval()
+        self.model = (model.to(device) if device else model).eval()
         self.tok = tokenizer
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
