@@ -25,6 +25,8 @@ from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import slice_model
 
 SELECTION_FILE = "selection.json"
+MAX_LINEAGE = 8
+"""Subsets of subsets followed back at most this far."""
 
 
 def select_subset(
@@ -109,3 +111,15 @@ def read_selection(subset_dir: str | Path) -> dict[str, Any]:
         if key not in record:
             raise DataError(f"{path}: missing '{key}'")
     return record
+
+
+def lineage(checkpoint: Path) -> list[Path]:
+    """`checkpoint`, then the models it was sliced from, as far as their directories still exist
+    (a subset's selection.json names its source)."""
+    dirs = [checkpoint]
+    while (dirs[-1] / SELECTION_FILE).is_file() and len(dirs) <= MAX_LINEAGE:
+        source = Path(read_selection(dirs[-1]).get("source_checkpoint", ""))
+        if not source.is_dir():
+            break
+        dirs.append(source)
+    return dirs
