@@ -3,13 +3,9 @@ import random
 
 import numpy as np
 import pytest
-import torch
 
 from emomoe.analyze.collect import Documents, RoutedLayer
-from emomoe.checkpoint import save_model
-from emomoe.data.store import TokenStore
-from emomoe.model import ModelConfig, build_model
-from tests.fixtures import THREE_DOMAINS, build_store, three_domain_store, word_documents
+from tests.fixtures import THREE_DOMAINS, build_store, save_tiny_checkpoint, three_domain_store, word_documents
 
 
 @pytest.fixture
@@ -40,28 +36,15 @@ def single_domain_store(path):
     return build_store(word_documents({"all": THREE_DOMAINS["code"]}, 12, num_words=(10, 20)), path, vocab_size=280)
 
 
-def tiny_checkpoint(path, vocab_size: int, overrides: list[str] = (), seed: int = 0):
-    """A random tiny model with peaked routing (gates scaled up), saved to `path`."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig.preset("tiny").with_overrides([f"vocab_size={vocab_size}", "max_seq_len=64", *overrides])
-    model = build_model(cfg)
-    with torch.no_grad():
-        for block in model.layers:
-            if block.moe.router is not None:
-                block.moe.router.gate.weight.mul_(20.0)
-    save_model(path, model, cfg)
-    return path
-
-
 @pytest.fixture(scope="session")
 def analysis_checkpoints(tmp_path_factory, analysis_store):
     """name -> checkpoint: a tiny EMO-configured model, and a standard one whose layers have 4 and 6
     routed experts (a subset-shaped model)."""
-    vocab = TokenStore.open(analysis_store).vocab_size
     root = tmp_path_factory.mktemp("an-ckpt")
+    std = ["moe.router.pool=off", "moe.num_experts_per_layer=[5,7]"]
     return {
-        "emo": tiny_checkpoint(root / "emo", vocab),
-        "std": tiny_checkpoint(root / "std", vocab, ["moe.router.pool=off", "moe.num_experts_per_layer=[5,7]"], 1),
+        "emo": save_tiny_checkpoint(root / "emo", analysis_store),
+        "std": save_tiny_checkpoint(root / "std", analysis_store, *std, seed=1),
     }
 
 

@@ -8,7 +8,7 @@ from emomoe.analyze.collect import held_out_documents
 from emomoe.checkpoint import load_for_inference
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, DataError
-from tests.analyze.conftest import tiny_checkpoint
+from tests.fixtures import save_tiny_checkpoint
 
 SETTINGS = {"num_docs": 4, "tokens_per_doc": 32, "clusters": {"num_clusters": 4, "num_inits": 2}}
 
@@ -54,12 +54,12 @@ def test_the_record_says_what_was_analysed(analysis, analysis_store):
 
 def test_bad_inputs_are_refused_before_any_model_runs(analysis_checkpoints, analysis_store, tmp_path):
     cfg = AnalysisConfig.from_dict(SETTINGS)
-    small_vocab = tiny_checkpoint(tmp_path / "v256", 256)
+    small_vocab = save_tiny_checkpoint(tmp_path / "v256", analysis_store, "vocab_size=256")
     with pytest.raises(DataError, match=r"vocabulary \(3\d\d\) is larger than the model's \(256\)"):
         run_analysis({"a": analysis_checkpoints["emo"], "b": small_vocab}, analysis_store, cfg, progress=False)
     too_many = AnalysisConfig.from_dict({**SETTINGS, "clusters": {"num_clusters": 5000}})
     with pytest.raises(ConfigError, match="k = 5000 is more than the"):
         run_analysis(analysis_checkpoints, analysis_store, too_many, progress=False)
-    too_long = AnalysisConfig.from_dict({**SETTINGS, "tokens_per_doc": 65})
-    with pytest.raises(ConfigError, match="tokens_per_doc: 65 exceeds"):
+    too_long = AnalysisConfig.from_dict({**SETTINGS, "tokens_per_doc": 129})
+    with pytest.raises(ConfigError, match="tokens_per_doc: 129 exceeds"):
         run_analysis(analysis_checkpoints, analysis_store, too_long, progress=False)

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from emomoe.cli import main
-from tests.analyze.conftest import single_domain_store, tiny_checkpoint
+from tests.analyze.conftest import single_domain_store
+from tests.fixtures import save_tiny_checkpoint
 
 FAST = ["--num-docs", "3", "--tokens-per-doc", "24", "--k", "3", "--no-progress"]
 
@@ -47,7 +48,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
     if case == "no-domains":
         data = single_domain_store(tmp_path / "one")
     elif case == "vocab":
-        checkpoint = tiny_checkpoint(tmp_path / "v256", 256)
+        checkpoint = save_tiny_checkpoint(tmp_path / "v256", analysis_store, "vocab_size=256")
     else:
         extra = ["--k", "100000"]
     out = tmp_path / "out"

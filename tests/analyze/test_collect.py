@@ -6,7 +6,8 @@ from emomoe.analyze.collect import Documents, collect_routing, held_out_document
 from emomoe.checkpoint import load_for_inference
 from emomoe.data.store import TokenStore
 from emomoe.errors import DataError
-from tests.analyze.conftest import single_domain_store, tiny_checkpoint
+from tests.analyze.conftest import single_domain_store
+from tests.fixtures import save_tiny_checkpoint
 
 
 @pytest.mark.parametrize("cut", [10, 1000])
@@ -71,7 +72,7 @@ def test_batched_collection_equals_each_document_run_alone(analysis_store, analy
 
 def test_dense_layers_are_left_out(analysis_store, tmp_path):
     store = TokenStore.open(analysis_store)
-    path = tiny_checkpoint(tmp_path / "m", store.vocab_size, ["moe.num_experts_per_layer=[1,8]"])
+    path = save_tiny_checkpoint(tmp_path / "m", analysis_store, "moe.num_experts_per_layer=[1,8]")
     model, _ = load_for_inference(path)
     docs = held_out_documents(store, None, num_docs=1, tokens_per_doc=6)
     routed = collect_routing(model, docs, batch_size=2, pad_id=store.eos_id)
