@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from emomoe.analyze.clusters import ClusterConfig, check_num_clusters
 from emomoe.analyze.collect import collect_routing, held_out_documents
 from emomoe.analyze.figures import draw_figures
@@ -86,17 +88,15 @@ def run_analysis(
             raise DataError(f"{checkpoint}: has no MoE layers (no routers), so there is no routing to analyse")
         summary = model_summary(routed, docs, cfg.clusters, decoder, cfg.num_top_tokens)
         models[name] = {"checkpoint": str(checkpoint), **summary}
-    lengths = [len(t) for t in docs.tokens]
+    docs_Y = np.bincount(docs.domain_G, minlength=len(docs.domains))
+    tokens_Y = np.bincount(docs.domain_G, weights=[len(t) for t in docs.tokens], minlength=len(docs.domains))
     analysis = {
         "settings": {
             **cfg.to_dict(), "store": str(store.path), "checkpoints": {n: str(c) for n, c in checkpoints.items()}
         },
         "domains": docs.domains,
         "documents": {
-            name: {
-                "num_documents": int((docs.domain_G == y).sum()),
-                "num_tokens": int(sum(n for n, d in zip(lengths, docs.domain_G) if d == y)),
-            }
+            name: {"num_documents": int(docs_Y[y]), "num_tokens": int(tokens_Y[y])}
             for y, name in enumerate(docs.domains)
         },
         "models": models,

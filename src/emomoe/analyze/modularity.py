@@ -26,14 +26,13 @@ from emomoe.analyze.clusters import (
 from emomoe.analyze.collect import Documents, RoutedLayer
 from emomoe.analyze.pieces import Decoder, document_pieces, token_label
 
-MAP_KINDS = ("topk_freq", "mean_prob")
-"""The two domain vectors: top-k selections per token (rows sum to K), and the mean routed softmax
-(rows sum to 1). A small router's softmax can be nearly flat, so the paper's top-k frequency
-often shows more structure."""
-
-
 def layer_summary(routed: RoutedLayer, docs: Documents) -> dict[str, Any]:
-    """The per-layer numbers: domain maps, similarities, coverage and top-1 expert information."""
+    """The per-layer numbers: domain maps, similarities, coverage and top-1 expert information.
+
+    Two domain vectors: top-k selections per token (rows sum to K) and the mean routed softmax
+    (rows sum to 1). A small router's softmax can be nearly flat, so the paper's top-k frequency
+    often shows more structure.
+    """
     _, doc_T, _, domain_T = docs.token_arrays()
     num_docs, num_domains = len(docs.tokens), len(docs.domains)
     probs_GE, topk_freq_GE = metrics.document_vectors(routed.probs_TE, routed.experts_TK, doc_T, num_docs)
