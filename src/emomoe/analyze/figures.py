@@ -97,7 +97,7 @@ def plot_similarity(analysis: dict[str, Any], kind: str, path: Path) -> Path:
     """Cosine similarity between domains' routing vectors: one row of layers per model, one scale."""
     domains, models = analysis["domains"], analysis["models"]
     num_cols = max(len(shown_layers(len(m["layers"]))) for m in models.values())
-    size = 0.42 * len(domains) + 1.2
+    size = max(3.2, 0.42 * len(domains) + 1.2)  # room for two title lines
     fig, axes = _grid(len(models), num_cols, size * num_cols + 1.2, (size + 0.9) * len(models))
     im = None
     for r, (name, model) in enumerate(models.items()):
@@ -207,7 +207,7 @@ def plot_subset_overlap(analysis: dict[str, Any], path: Path) -> Path:
     keeps = sorted({k for per_keep in overlap.values() for k in per_keep}, key=_keep_order)
     names = list(overlap)
     domains = max((o["domains"] for per_keep in overlap.values() for o in per_keep.values()), key=len)
-    size = 0.42 * len(domains) + 1.5
+    size = max(3.6, 0.42 * len(domains) + 1.5)
     fig, axes = _grid(len(keeps), len(names), size * len(names) + 1.2, size * len(keeps))
     im = None
     for r, keep in enumerate(keeps):
@@ -224,7 +224,7 @@ def plot_subset_overlap(analysis: dict[str, Any], path: Path) -> Path:
             baseline = cell["random_baseline"]
             extra = f", random {baseline[-1]:.2f}" if baseline else ""
             ax.set_title(
-                f"{name}, keep {keep} ({cell['num_kept'][-1]} experts), last layer\n"
+                f"{name}, keep {keep} ({cell['num_kept'][-1]} kept), last layer\n"
                 f"mean off-diagonal {cell['mean_off_diagonal'][-1]:.2f}{extra}", fontsize=9,
             )
     fig.colorbar(im, ax=axes.ravel().tolist(), label="Jaccard overlap of kept experts", fraction=0.03, pad=0.02)
