@@ -34,3 +34,33 @@ def build_store(docs: list[dict[str, str]], out: Path, *, vocab_size: int, **tok
     tokenizer = train_tokenizer((d["text"] for d in docs), vocab_size=vocab_size)
     tokenize_corpus(docs, tokenizer, out, progress=False, **tokenize_options)
     return out
+
+
+THREE_DOMAINS = {
+    "code": "def return self import class for in if else while yield lambda None x y z = ( ) :".split(),
+    "legal": "licensee shall grant warranty permission notice copyright software liability hereby".split(),
+    "math": "theorem proof lemma integral sum prime group ring field 0 1 2 3 + = < >".split(),
+}
+"""Word lists of three easily told apart domains."""
+
+
+def three_domain_store(out: Path) -> Path:
+    """24 documents of 30-90 words per domain of THREE_DOMAINS, a fifth held out, 300-token BPE."""
+    docs = word_documents(THREE_DOMAINS, 24, num_words=(30, 90))
+    return build_store(docs, out, vocab_size=300, val_fraction=0.2)
+
+
+def save_tiny_checkpoint(out: Path, store: Path, *overrides: str, seed: int = 0) -> Path:
+    """An untrained `tiny` model whose vocabulary and EOS are the store's, saved as a checkpoint."""
+    import torch
+
+    from emomoe.checkpoint import save_model
+    from emomoe.data.store import TokenStore
+    from emomoe.model import ModelConfig, build_model
+
+    opened = TokenStore.open(store)
+    cfg = ModelConfig.preset("tiny").with_overrides(
+        [f"vocab_size={opened.vocab_size}", f"eos_id={opened.eos_id}", *overrides]
+    )
+    torch.manual_seed(seed)
+    return save_model(out, build_model(cfg), cfg)

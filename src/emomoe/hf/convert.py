@@ -27,13 +27,11 @@ from emomoe.hf.config_json import CONFIG_JSON, check_exportable, emo_config_json
 from emomoe.hf.layouts import EMO, tensor_keys
 from emomoe.hf.tokenizer_files import carry_files, check_tokenizer, find_tokenizer, write_tokenizer_files
 from emomoe.io import atomic_path
-from emomoe.select.subset import SELECTION_FILE, read_selection
+from emomoe.select.subset import lineage
 
 HF_CONFIG_COPY = "hf_config.json"
 REMOTE_DIR = Path(__file__).parent / "remote"
 REMOTE_FILES = ("configuration_emo.py", "modeling_emo.py")
-MAX_LINEAGE = 8
-"""Subsets of subsets followed back at most this far."""
 DTYPES = {"stored": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -64,18 +62,6 @@ def import_hf(
             shutil.copyfile(hf_dir / CONFIG_JSON, tmp / HF_CONFIG_COPY)
             carry_files(hf_dir, tmp)
     return out
-
-
-def lineage(checkpoint: Path) -> list[Path]:
-    """`checkpoint`, then the models it was sliced from, as far as their directories still exist
-    (a subset's selection.json names its source)."""
-    dirs = [checkpoint]
-    while (dirs[-1] / SELECTION_FILE).is_file() and len(dirs) <= MAX_LINEAGE:
-        source = Path(read_selection(dirs[-1]).get("source_checkpoint", ""))
-        if not source.is_dir():
-            break
-        dirs.append(source)
-    return dirs
 
 
 def _base_config(dirs: list[Path]) -> dict[str, Any] | None:

@@ -45,6 +45,8 @@ SUBSET_SHARD_BYTES = 2**29
 selection needs beyond one block's weights."""
 _SPACE_MARGIN_BYTES = 16 * 2**20
 """Room for safetensors headers, the config and selection.json on top of the tensor bytes."""
+MAX_LINEAGE = 8
+"""Subsets of subsets followed back at most this far."""
 
 
 def select_subset(
@@ -238,3 +240,15 @@ def read_selection(selection: str | Path) -> dict[str, Any]:
         if key not in record:
             raise DataError(f"{path}: missing '{key}'")
     return record
+
+
+def lineage(checkpoint: Path) -> list[Path]:
+    """`checkpoint`, then the models it was sliced from, as far as their directories still exist
+    (a subset's selection.json names its source)."""
+    dirs = [checkpoint]
+    while (dirs[-1] / SELECTION_FILE).is_file() and len(dirs) <= MAX_LINEAGE:
+        source = Path(read_selection(dirs[-1]).get("source_checkpoint", ""))
+        if not source.is_dir():
+            break
+        dirs.append(source)
+    return dirs
