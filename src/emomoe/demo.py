@@ -217,7 +217,7 @@ def benchmark_accuracy(
     accuracy: dict[str, dict[str, dict[str, float]]] = {}
     for name, final in final_dirs.items():
         model, cfg = load_for_inference(final)
-        layers = moe_layers(model, where=str(final))
+        layers = moe_layers(cfg, where=str(final))
         per_model = accuracy[name] = {"full": {}, keep: {}}
         for domain in store.domains:
             task = continuation_task(domain)

@@ -44,7 +44,7 @@ def test_greedy_with_the_cache_equals_recomputing_the_whole_sequence(model):
 
 
 def test_greedy_on_a_sliced_subset_equals_its_slow_reference(model):
-    layers = moe_layers(model)
+    layers = moe_layers(model.cfg)
     subset, _ = slice_model(model, model.cfg, layers, [[0, 2, 5], [1, 6]])
     prompt = _prompt(7, seed=2)
     [done] = generate(subset.eval(), [prompt], GenerationConfig(max_new_tokens=12, greedy=True))
