@@ -11,3 +11,10 @@ class ConfigError(EmomoeError, ValueError):
 
 class DataError(EmomoeError):
     """Input data is missing, malformed or inconsistent. The message names the file."""
+
+
+def warn(message: str) -> None:
+    """Tell the user something they should know but that does not stop the work: one line on stderr."""
+    import sys
+
+    print(f"emomoe: warning: {message}", file=sys.stderr, flush=True)

@@ -134,3 +134,33 @@ def test_bf16_autocast_stays_close_to_fp32(run_config, tmp_path):
     fp32, bf16 = (read_metrics(tmp_path / p / "metrics.jsonl") for p in ("fp32", "bf16"))
     assert [r["ce"] for r in bf16] == pytest.approx([r["ce"] for r in fp32], rel=0.02)
     assert [r["ce"] for r in bf16] != [r["ce"] for r in fp32]  # autocast did run in bf16
+
+
+def test_resume_from_a_truncated_checkpoint_falls_back_and_stays_exact(run_config, tmp_path, capsys, monkeypatch):
+    cfg = run_config("train.max_steps=8", "train.checkpoint_every=2")
+    train(cfg, tmp_path / "straight", progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_stop_requested", lambda self, stop: self.step == 6)
+        with pytest.raises(TrainingInterrupted):
+            train(cfg, tmp_path / "run", progress=False)
+    newest = tmp_path / "run" / "checkpoints" / "step-00000006" / "trainer_state.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    capsys.readouterr()
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert f"skipping a damaged checkpoint: {newest}: checksum mismatch" in err
+    assert "resuming from the newest intact checkpoint instead" in err and "step-00000004" in err
+    straight = without_timing(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    resumed = without_timing(read_metrics(tmp_path / "run" / "metrics.jsonl"))
+    assert resumed == straight
+    a, b = weights(tmp_path / "straight" / "final"), weights(tmp_path / "run" / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(run_config, tmp_path):
+    cfg = run_config("train.max_steps=4", "train.checkpoint_every=2")
+    train(cfg.with_overrides(["train.max_steps=2"]), tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "ce": 4.')
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]

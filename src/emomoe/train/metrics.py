@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from emomoe.io import atomic_write_text
+from emomoe.errors import DataError
+from emomoe.io import atomic_write_text, write_errors
 
 METRICS_FILE = "metrics.jsonl"
 TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s")
@@ -20,10 +21,19 @@ TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics file. A last line cut short (the writer was killed mid-line) is dropped."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise DataError(f"{path}: line {number} is not valid JSON") from None
+    return records
 
 
 class MetricsWriter:
@@ -43,8 +53,9 @@ class MetricsWriter:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a")
-        self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
-        self._file.flush()
+        with write_errors(self.path, "the run stops here; free space and continue with --resume"):
+            self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+            self._file.flush()
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):

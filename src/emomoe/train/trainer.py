@@ -19,18 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from emomoe import distributed
-from emomoe.checkpoint import WEIGHTS_FILE, save_model
+from emomoe.checkpoint import save_model
 from emomoe.data.loader import TrainLoader
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, EmomoeError
 from emomoe.model import build_model
 from emomoe.model.losses import IGNORE_INDEX, compute_loss
 from emomoe.train import parallel
-from emomoe.train.checkpointing import CheckpointManager, load_trainer_state
+from emomoe.train.checkpointing import CheckpointManager, Restored
 from emomoe.train.config import Precision, RunConfig
 from emomoe.train.flops import mfu, train_flops_per_token
 from emomoe.train.interrupt import StopRequest
@@ -76,8 +75,13 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
     if distributed.is_main_process():
         claim_run_dir(run_dir, cfg, force=force)
     distributed.barrier()
-    checkpoint = CheckpointManager(run_dir, cfg.train.num_checkpoints_kept).latest() if resuming else None
-    trainer = Trainer(cfg, run_dir, store, device, resume_from=checkpoint)
+    checkpoints = CheckpointManager(run_dir, cfg.train.num_checkpoints_kept)
+    restored = checkpoints.restore_newest() if resuming else None
+    if distributed.is_main_process():
+        checkpoints.remove_temporaries()
+        if restored is not None:
+            tqdm.write(f"resuming from {restored.path} (step {restored.state['step']})", file=sys.stderr)
+    trainer = Trainer(cfg, run_dir, store, device, resume_from=restored)
     return trainer.run(progress=progress)
 
 
@@ -100,7 +104,9 @@ def fit_to_store(cfg: RunConfig, store: TokenStore) -> RunConfig:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, store: TokenStore, device: torch.device, resume_from: Path | None = None):
+    def __init__(
+        self, cfg: RunConfig, run_dir: Path, store: TokenStore, device: torch.device, resume_from: Restored | None = None
+    ):
         tc = cfg.train
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
@@ -109,9 +115,8 @@ class Trainer:
         seed_everything(tc.seed)
         model = build_model(cfg.model)
         model.pool_sampler.seed = tc.seed + self.rank
-        state = load_trainer_state(resume_from) if resume_from else None
-        if resume_from:
-            model.load_state_dict(load_file(str(resume_from / WEIGHTS_FILE)))
+        if resume_from is not None:
+            model.load_state_dict(resume_from.weights)
         self.plain_model = model.to(device)
         if tc.compile:
             parallel.compile_blocks(self.plain_model)
@@ -127,9 +132,9 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.checkpointed_step = -1
         self.val_loss: dict[str, float] = {}
-        if state is not None:
-            self._load_state(state)
-            self.last_checkpoint, self.checkpointed_step = resume_from, self.step
+        if resume_from is not None:
+            self._load_state(resume_from.state)
+            self.last_checkpoint, self.checkpointed_step = resume_from.path, self.step
         self.metrics = MetricsWriter(run_dir, tc.tensorboard) if self.is_main else None
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)
