@@ -6,7 +6,12 @@ apart and a 300-token BPE covers them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import random
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from emomoe.data.tokenize import tokenize_corpus
@@ -34,3 +39,35 @@ def build_store(docs: list[dict[str, str]], out: Path, *, vocab_size: int, **tok
     tokenizer = train_tokenizer((d["text"] for d in docs), vocab_size=vocab_size)
     tokenize_corpus(docs, tokenizer, out, progress=False, **tokenize_options)
     return out
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str = "256k") -> Iterator[bool]:
+    """Mount a tmpfs of `size` at `path` (root only, where the platform allows); yields whether it did."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    ).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill_disk(directory: Path, leave_bytes: int = 0) -> Path:
+    """Write a ballast file into `directory` until its file system is full, then free `leave_bytes`."""
+    ballast = directory / "ballast"
+    with open(ballast, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    os.truncate(ballast, max(0, ballast.stat().st_size - leave_bytes))
+    return ballast
+
+
+def disk_full_error() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

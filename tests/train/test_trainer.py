@@ -5,13 +5,16 @@ import torch
 from safetensors.torch import load_file
 
 from emomoe.checkpoint import WEIGHTS_FILE, load_model
+from emomoe.cli import main
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError
 from emomoe.train import trainer as trainer_module
+from emomoe.train.checkpointing import CheckpointManager, read_checkpoint
 from emomoe.train.config import RunConfig
 from emomoe.train.metrics import TIMING_KEYS, read_metrics
 from emomoe.train.schedule import lr_multiplier
 from emomoe.train.trainer import Trainer, TrainingDiverged, TrainingInterrupted, fit_to_store, train
+from tests.fixtures import disk_full_error, fill_disk, small_tmpfs
 
 LOSS_FIELDS = ("ce", "lb", "router_z", "logit_z", "total", "grad_norm", "lr", "tokens_per_s", "mfu")
 ROUTING_FIELDS = ("load_max_over_mean", "dead_experts", "token_entropy", "doc_entropy", "experts_per_doc")
@@ -164,3 +167,31 @@ def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(run_config, tmp
         f.write('{"step": 3, "ce": 4.')
     train(cfg, tmp_path / "run", resume=True, progress=False)
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "injected"])
+def test_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(run_config, tmp_path, monkeypatch, capsys, how):
+    disk = tmp_path / "disk"
+    with small_tmpfs(disk, "4m") as mounted:
+        if how == "tmpfs" and not mounted:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        config = tmp_path / "run.yaml"
+        run_config("train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=0").to_yaml(config)
+        real_save = CheckpointManager.save
+
+        def save_then_fill(self, step, *args):
+            if step == 4 and how == "injected":
+                raise disk_full_error()
+            path = real_save(self, step, *args)
+            if step == 2 and how == "tmpfs":
+                fill_disk(disk, leave_bytes=64 << 10)  # room for metrics lines, not for a checkpoint
+            return path
+
+        monkeypatch.setattr(CheckpointManager, "save", save_then_fill)
+        run = disk / "run"
+        assert main(["train", "--config", str(config), "--out", str(run), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no space left on the device" in err and "Traceback" not in err
+        assert CheckpointManager(run, 2).steps() == [2]
+        assert read_checkpoint(run / "checkpoints" / "step-00000002").state["step"] == 2
+        assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]

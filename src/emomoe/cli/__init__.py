@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 from emomoe.errors import EmomoeError
+from emomoe.io import WRITE_ERRNOS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,12 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    verb = "emomoe"
     try:
+        args = build_parser().parse_args(argv)
+        verb = f"emomoe {args.verb}"
         return int(args.func(args) or 0)
     except EmomoeError as e:
-        print(f"emomoe {args.verb}: error: {e}", file=sys.stderr)
+        print(f"{verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"emomoe {args.verb}: interrupted", file=sys.stderr)
+        print(f"{verb}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # A write the library did not wrap (a full disk, a read-only folder): still one line.
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"{verb}: error: {e.filename or 'output'}: cannot write: {WRITE_ERRNOS[e.errno]}", file=sys.stderr)
+        return 2
