@@ -17,6 +17,7 @@ intact one and says so.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 from pathlib import Path
@@ -81,12 +82,8 @@ class CheckpointManager:
         return sorted(found)
 
     def latest(self) -> Path | None:
-        """The checkpoint `latest` names, or the newest complete one if the pointer is missing or stale."""
-        pointer = self.root / LATEST_FILE
-        if pointer.is_file():
-            named = self.root / pointer.read_text().strip()
-            if _STEP_DIR.match(named.name) and (named / CHECKSUMS_FILE).is_file():
-                return named
+        """The newest complete checkpoint. (`latest` is written for people and scripts; a kill between the
+        step directory's rename and the pointer's update leaves the pointer one checkpoint behind.)"""
         steps = self.steps()
         return self.root / step_dir_name(steps[-1]) if steps else None
 
@@ -95,9 +92,7 @@ class CheckpointManager:
 
         None if there is no checkpoint at all; DataError if there are some and none is intact.
         """
-        newest = self.latest()
-        candidates = [newest] if newest is not None else []
-        candidates += [self.root / step_dir_name(s) for s in reversed(self.steps()) if self.root / step_dir_name(s) != newest]
+        candidates = [self.root / step_dir_name(step) for step in reversed(self.steps())]
         problems = [f"{path}: incomplete (no {CHECKSUMS_FILE})" for path in self._incomplete()]
         for path in candidates:
             try:
@@ -129,7 +124,10 @@ class CheckpointManager:
 
     def _prune(self) -> None:
         for step in self.steps()[: -self.num_kept]:
-            shutil.rmtree(self.root / step_dir_name(step), ignore_errors=True)
+            # Renamed first, so that a kill during the deletion leaves a temporary, not a torn checkpoint.
+            doomed = self.root / f".{step_dir_name(step)}.deleting.tmp"
+            os.replace(self.root / step_dir_name(step), doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
 
 def read_checkpoint(path: str | Path) -> Restored:
