@@ -65,12 +65,25 @@ class EmoTransformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        cos_SDh, sin_SDh = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos_SDh, persistent=False)
-        self.register_buffer("rope_sin", sin_SDh, persistent=False)
         self.pool_sampler = PoolSampler()
         self._train_pool = parse_pool(cfg.moe.router.pool, "pool")
+        self.init_buffers()
         self.reset_parameters()
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """Compute the buffers that checkpoints do not store (rotary tables), on the weights' device.
+
+        A model built on the meta device and loaded with `load_state_dict(assign=True)` has real
+        weights but meta buffers; this makes it runnable.
+        """
+        device = self.embed.weight.device
+        cos_SDh, sin_SDh = rope_tables(self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta)
+        self.register_buffer("rope_cos", cos_SDh.to(device), persistent=False)
+        self.register_buffer("rope_sin", sin_SDh.to(device), persistent=False)
+        for block in self.layers:
+            if block.moe.router is not None:
+                block.moe.router.init_buffers()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

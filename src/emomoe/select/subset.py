@@ -14,9 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from emomoe.checkpoint import checkpoint_hash, save_model
+from emomoe.checkpoint import checkpoint_hash, load_for_inference, save_model
 from emomoe.errors import ConfigError, DataError
-from emomoe.evaluate.inference import load_for_inference
 from emomoe.io import atomic_path
 from emomoe.model import ModelConfig
 from emomoe.select.calibration import Calibration
