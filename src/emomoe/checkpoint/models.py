@@ -18,7 +18,7 @@ from emomoe.checkpoint.formats import CONFIG_FILE, detect_format
 from emomoe.checkpoint.reader import CheckpointReader, file_fingerprint, weight_files
 from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, SINGLE_FILE, ShardedWriter
 from emomoe.errors import ConfigError, DataError
-from emomoe.io import atomic_path
+from emomoe.io import atomic_path, write_checksums
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,7 +36,8 @@ def save_model(
     meta: dict[str, Any] | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
-    """Write the model's weights and config to `directory` atomically (replacing what was there)."""
+    """Write the model's weights and config to `directory` atomically (replacing what was there),
+    with checksums.sha256, which every reader verifies."""
     directory = Path(directory)
     with atomic_path(directory) as tmp:
         tmp.mkdir()
@@ -46,6 +47,7 @@ def save_model(
         cfg.to_yaml(tmp / CONFIG_FILE)
         if meta is not None:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_checksums(tmp)
     return directory
 
 
