@@ -7,6 +7,7 @@ import torch
 from emomoe.checkpoint import load_model
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError
+from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.select.calibration import store_calibration
 from emomoe.select.finetune import finetune_subset
 from emomoe.select.keep import KeepSpec
@@ -46,3 +47,11 @@ def test_domains_are_needed_when_the_selection_did_not_use_the_store(tmp_path, c
     with pytest.raises(ConfigError, match="name the domains"):
         finetune_subset(tmp_path / "rand", store_dir, tmp_path / "ft", max_steps=1, seq_len=32)
     assert not (tmp_path / "ft").exists()
+
+
+def test_finetuning_lowers_held_out_loss_on_its_domain(tmp_path, legal_subset, store_dir):
+    finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=3e-3, max_steps=20, seq_len=32, batch_size=4)
+    held_out = {"domains": ["legal"], "seq_len": 32, "batch_size": 8}
+    before = evaluate_checkpoint(legal_subset, store_dir, **held_out)["domains"]["legal"]["loss"]
+    after = evaluate_checkpoint(tmp_path / "ft", store_dir, **held_out)["domains"]["legal"]["loss"]
+    assert after < before - 0.2, (before, after)

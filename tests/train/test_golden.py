@@ -65,6 +65,6 @@ def test_ce_matches_the_pinned_values(losses, name):
     changed = {s: (pinned[s], measured[s]) for s in pinned if abs(pinned[s] - measured[s]) > TOLERANCE}
     assert not changed, (
         f"tiny {name}: CE moved at steps {', '.join(changed)} (pinned, measured: {changed}). If that is "
-        f"intended, re-pin with EMOMOE_REPIN=1 .venv/bin/python -m pytest -p no:xdist {Path(__file__).name} "
+        f"intended, re-pin with EMOMOE_REPIN=1 .venv/bin/python -m pytest -p no:xdist tests/train/{Path(__file__).name} "
         f"and commit {GOLDEN.name} saying why; otherwise something on the training path changed by accident."
     )

@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 
 from emomoe.checkpoint import WEIGHTS_FILE, load_model
 from emomoe.cli import main
+from emomoe.data.loader import TrainLoader
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError
 from emomoe.train import trainer as trainer_module
@@ -195,3 +196,38 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(run_co
         assert CheckpointManager(run, 2).steps() == [2]
         assert read_checkpoint(run / "checkpoints" / "step-00000002").state["step"] == 2
         assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def one_step(cfg, run_dir, micro_batches):
+    """The metrics record and weights after one optimizer step on the given micro-batches."""
+    trainer = Trainer(cfg, run_dir, TokenStore.open(cfg.data.store), torch.device("cpu"))
+    trainer.loader = iter(micro_batches)
+    record = trainer._train_step()
+    return record, trainer.plain_model
+
+
+def test_lb_normalisation_under_accumulation_with_the_pool_on(run_config, tmp_path):
+    # A fixed pool (d = 4 of 8) keeps the routing deterministic, so the only difference between the
+    # runs below is how the step is cut into micro-batches.
+    same = ["model.moe.router.pool=4", "model.loss.lb_weight=0.1"]
+    loader = TrainLoader(None, run_config(*same, "data.batch_size=2").data)
+    a, b = next(loader), next(loader)
+    both = {k: torch.cat([a[k], a[k]]) for k in a}
+
+    # Two identical micro-batches are one batch of both: same LB (1.0 at balance, not 2.0 or 0.5), same update.
+    accumulated, acc_model = one_step(run_config(*same, "data.batch_size=2", "train.num_micro_batches=2"), tmp_path / "acc", [a, a])
+    single, big_model = one_step(run_config(*same, "data.batch_size=4"), tmp_path / "big", [both])
+    for key in ("lb", "ce", "router_z", "total", "grad_norm"):
+        assert accumulated[key] == pytest.approx(single[key], rel=1e-5), key
+    for (name, p), q in zip(acc_model.named_parameters(), big_model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+    # Different micro-batches: LB is per micro-batch (not accumulated across them, as in the paper's
+    # code), so the step's LB is the mean of each micro-batch's own LB under the same weights.
+    cfg = run_config(*same, "data.batch_size=2", "train.num_micro_batches=2")
+    fresh = Trainer(cfg, tmp_path / "ref", TokenStore.open(cfg.data.store), torch.device("cpu")).plain_model
+    with torch.no_grad():
+        expected = [fresh(m["input_ids_BS"], doc_ids_BS=m["doc_ids_BS"]).lb_loss.item() for m in (a, b)]
+    record, _ = one_step(cfg, tmp_path / "mixed", [a, b])
+    assert record["lb"] == pytest.approx(sum(expected) / 2, rel=1e-5)
+    assert expected[0] != pytest.approx(expected[1], rel=1e-3)  # the halves differ, so the check has teeth
