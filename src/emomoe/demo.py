@@ -26,16 +26,14 @@ from emomoe.data.corpus import embedded_corpus
 from emomoe.data.store import METADATA_FILE, TokenStore
 from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
-from emomoe.errors import ConfigError, DataError
+from emomoe.errors import ConfigError
 from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.io import atomic_write_text
 from emomoe.select.sweep import SweepConfig, run_sweep, write_sweep
-from emomoe.train.config import RunConfig
+from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
 from emomoe.train.trainer import fit_to_store, train
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-"""The repository's configs/ folder (the package is installed in editable mode by `make setup`)."""
 DEMO_MODELS = {"emo": "demo-emo.yaml", "std": "demo-std.yaml"}
 TOKENIZER_VOCAB = 8192
 
@@ -105,10 +103,7 @@ def prepare_demo_data(out: Path, *, progress: bool = True) -> TokenStore:
 
 
 def demo_config(name: str, store: TokenStore, overrides: list[str]) -> RunConfig:
-    path = CONFIG_DIR / DEMO_MODELS[name]
-    if not path.is_file():
-        raise DataError(f"{path}: demo config not found (run the demo from a source checkout: make demo)")
-    return RunConfig.from_yaml(path).with_overrides([f"data.store={store.path}", *overrides])
+    return RunConfig.from_yaml(SHIPPED_CONFIGS / DEMO_MODELS[name]).with_overrides([f"data.store={store.path}", *overrides])
 
 
 def train_demo_model(

@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 import sys
 
+from emomoe import __version__
 from emomoe.errors import EmomoeError
 from emomoe.io import WRITE_ERRNOS
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="emomoe",
         description="Pretrain EMO and standard MoE language models; select, slice and evaluate expert subsets.",
     )
+    parser.add_argument("--version", action="version", version=f"emomoe {__version__}")
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not mod.name.startswith("_"):

@@ -1,4 +1,6 @@
-"""Per-step metrics: one JSON object per line in RUN_DIR/metrics.jsonl, mirrored to TensorBoard if installed.
+"""Per-step metrics: one JSON object per line in RUN_DIR/metrics.jsonl, mirrored to TensorBoard event
+files under RUN_DIR/tensorboard (`train.tensorboard`, on by default; needs `pip install 'emomoe[tensorboard]'`,
+and says so at start-up when it is missing).
 
 Records are flat dicts of numbers keyed by name ("ce", "lr", "routing/layer0/dead_experts",
 "val/legal", ...) plus "step". On resume the file is cut back to the checkpoint's step, so a
@@ -12,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from emomoe.errors import DataError
+from emomoe.errors import DataError, MissingDependency, optional_import, warn
 from emomoe.io import atomic_write_text, write_errors
 
 METRICS_FILE = "metrics.jsonl"
@@ -78,7 +80,10 @@ def _jsonable(value: Any) -> Any:
 
 def _tensorboard_writer(log_dir: Path):
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # TensorBoard is optional: metrics.jsonl has everything
+        optional_import("tensorboard", "tensorboard", "train.tensorboard")
+    except MissingDependency as e:  # optional: metrics.jsonl has everything
+        warn(f"{e} (or set train.tensorboard=false); metrics go to metrics.jsonl only")
         return None
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(log_dir=str(log_dir))
