@@ -18,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "both models' validation loss per domain, then sweep expert subsets (select per domain at keep "
         "fractions 1, 1/2, 1/4, 1/8, slice, evaluate on held-out documents) and write OUT/report.md. Every step is cached in OUT: running it again reuses "
         "finished work and resumes an interrupted training run.",
+        epilog="examples:\n  emomoe demo --out runs/demo\n"
+        "  emomoe demo --out runs/demo-short --set train.max_steps=50   # a quick look (both models)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     add_override_arg(parser)

@@ -14,6 +14,9 @@ from emomoe.select.methods import SelectMethod
 from emomoe.select.sweep import SweepConfig, run_sweep, write_sweep
 from emomoe.train.runtime import setup_runtime
 
+EVAL_EXAMPLES = """examples:
+  emomoe eval --checkpoint runs/demo/emo/final --data runs/demo/store --domains code legal --out eval.json
+"""
 SWEEP_EXAMPLES = """examples:
   emomoe sweep --checkpoints runs/emo/final runs/std/final --names emo std --data runs/store --out runs/sweep
   emomoe sweep --checkpoints runs/emo/final --data runs/store --keep 1,0.25 --method easy-ep --domains code math --out s
@@ -26,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="held-out loss and perplexity of a checkpoint, per domain",
         description="Token-weighted next-token loss (nats/token) and perplexity on the validation documents "
         "of a token store, per domain and over all of them. Routing uses no document pool.",
+        epilog=EVAL_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("--checkpoint", required=True, metavar="DIR")
     e.add_argument("--data", required=True, metavar="STORE")

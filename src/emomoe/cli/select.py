@@ -22,6 +22,12 @@ SELECT_EXAMPLES = """examples:
   emomoe select --checkpoint runs/emo/final --calib prompts.jsonl --tokenizer runs/store/tokenizer \\
       --keep 8,8,4,4 --method easy-ep --out subsets/emo-prompts
 """
+FINETUNE_EXAMPLES = """examples:
+  emomoe finetune --checkpoint subsets/emo-math --data runs/store --max-steps 100 --out subsets/emo-math-ft
+"""
+MERGE_EXAMPLES = """examples:
+  emomoe merge --full runs/emo/final --subset subsets/emo-math-ft --out runs/emo-math-merged
+"""
 
 
 def _refuse_existing(out: str, force: bool) -> None:
@@ -71,6 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune a subset on its domain (AdamW, small LR, one epoch)",
         description="Train every parameter of a subset on the training documents of its domain(s): "
         "AdamW, 10% warmup then linear decay to 0, clipping at 1.0, the model's auxiliary losses on.",
+        epilog=FINETUNE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     f.add_argument("--checkpoint", required=True, metavar="DIR", help="subset (or any model) checkpoint")
     f.add_argument("--data", required=True, metavar="STORE", help="token store")
@@ -91,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="merge a subset's experts back into the full model at their original ids",
         description="Copy (or blend with --alpha) the subset's routed experts into the full model it was "
         "selected from. Router rows, shared experts and non-MoE weights stay unless asked for.",
+        epilog=MERGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     m.add_argument("--full", required=True, metavar="DIR", help="the checkpoint the subset was selected from")
     m.add_argument("--subset", required=True, metavar="DIR", help="the (fine-tuned) subset")
