@@ -75,7 +75,7 @@ def run_demo(
     trained = RunConfig.from_yaml(out / "emo" / CONFIG_FILE)
     sweep_cfg = SweepConfig(seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size)
     sweep = run_sweep(final_dirs, store, sweep_cfg, progress=progress)
-    report = write_sweep(out, sweep, training=training, command=f"emomoe demo --out {out}")
+    report = write_sweep(out, sweep, force=True, training=training, command=f"emomoe demo --out {out}")
     say(f"[5/5] report: {report}")
     return DemoResult(out, final_dirs, val_loss, table, sweep, report)
 

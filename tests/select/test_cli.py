@@ -67,10 +67,16 @@ def test_eval_prints_json_per_domain(tmp_path, checkpoint_dir, store_dir, capsys
 
 def test_sweep_writes_results_report_and_plot(tmp_path, checkpoint_dir, store_dir, capsys):
     out = tmp_path / "sweep"
-    assert main(["sweep", "--checkpoints", str(checkpoint_dir), "--names", "tiny", "--data", str(store_dir),
-                 "--keep", "1,0.5", "--method", "random", "--domains", "code", "math", "--num-eval-windows", "2",
-                 "--seq-len", "32", "--out", str(out), "--no-progress"]) == 0
+    args = ["sweep", "--checkpoints", str(checkpoint_dir), "--names", "tiny", "--data", str(store_dir),
+            "--method", "random", "--domains", "code", "math", "--num-eval-windows", "2",
+            "--seq-len", "32", "--out", str(out), "--no-progress"]
+    assert main([*args, "--keep", "1,0.5"]) == 2  # "1" is one expert in select: never all of them here
+    assert "a bare integer is a number of experts" in capsys.readouterr().err
+    assert main([*args, "--keep", "1.0,0.5"]) == 0
     assert "tiny: mean held-out loss increase 0.5:" in capsys.readouterr().out
+    assert main([*args, "--keep", "1.0,0.5"]) == 2  # results are never overwritten without --force
+    assert "results.json: already exists (results of an earlier sweep)" in capsys.readouterr().err
+    assert main([*args, "--keep", "1.0,0.5", "--force"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["loss"]["tiny"]["0.5"]) == {"code", "math"}
     assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "loss_vs_keep.png"}

@@ -36,9 +36,10 @@ def test_run_writes_config_metrics_checkpoints_and_final_model(run_config, tmp_p
 
     assert result.step == 6 and set(result.val_loss) >= {"all", "code", "prose"}
     stored = RunConfig.from_yaml(run / "config.yaml")
-    assert stored.model.eos_id == TokenStore.open(cfg.data.store).eos_id
-    stored.model.eos_id = cfg.model.eos_id
-    assert stored == cfg  # the EOS id from the store is the only change
+    store = TokenStore.open(cfg.data.store)
+    assert stored.model.eos_id == store.eos_id and stored.model.tokenizer_hash == store.tokenizer_hash
+    stored.model.eos_id, stored.model.tokenizer_hash = cfg.model.eos_id, cfg.model.tokenizer_hash
+    assert stored == cfg  # the EOS id and tokenizer from the store are the only changes
 
     records = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 7))
@@ -130,6 +131,9 @@ def test_fit_to_store(run_config):
     other_eos = (store.eos_id + 1) % store.vocab_size
     with pytest.raises(ConfigError, match="model.eos_id"):
         fit_to_store(cfg.with_overrides([f"model.eos_id={other_eos}"]), store)
+    assert fit_to_store(cfg, store).model.tokenizer_hash == store.tokenizer_hash
+    with pytest.raises(ConfigError, match="model.tokenizer_hash: 0123456789ab differs from the tokenizer"):
+        fit_to_store(cfg.with_overrides(["model.tokenizer_hash='0123456789abcdef'"]), store)
 
 
 def test_bf16_autocast_stays_close_to_fp32(run_config, tmp_path):

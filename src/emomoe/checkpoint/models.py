@@ -95,8 +95,27 @@ def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = 
     return model.eval(), cfg
 
 
-def check_fits(cfg: ModelConfig, checkpoint: str | Path, *, vocab_size: int, seq_len: int) -> None:
-    """Raise unless windows of `seq_len` tokens from a `vocab_size` vocabulary fit the model."""
+def check_fits(
+    cfg: ModelConfig,
+    checkpoint: str | Path,
+    *,
+    vocab_size: int,
+    seq_len: int,
+    tokenizer_hash: str | None = None,
+    any_tokenizer: bool = False,
+) -> None:
+    """Raise unless windows of `seq_len` tokens from a `vocab_size` vocabulary fit the model, and
+    the data's tokenizer (`tokenizer_hash`, when known) is the one the model was trained with.
+
+    A different tokenizer of the same size runs without an error and gives meaningless losses and
+    selections; `any_tokenizer` allows it on purpose (e.g. a retokenized copy of the same text).
+    """
+    known = tokenizer_hash and cfg.tokenizer_hash
+    if known and tokenizer_hash != cfg.tokenizer_hash and not any_tokenizer:
+        raise DataError(
+            f"{checkpoint}: the model was trained with tokenizer {cfg.tokenizer_hash[:12]}, the data was made with "
+            f"{tokenizer_hash[:12]}; results would be meaningless (pass --any-tokenizer / any_tokenizer=True to go ahead)"
+        )
     if vocab_size > cfg.vocab_size:
         raise DataError(
             f"{checkpoint}: the data's vocabulary ({vocab_size}) is larger than the model's ({cfg.vocab_size})"

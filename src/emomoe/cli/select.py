@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from emomoe.checkpoint import load_config
 from emomoe.errors import DataError
+from emomoe.io import refuse_existing
 from emomoe.select.calibration import load_calibration
 from emomoe.select.finetune import finetune_subset
 from emomoe.select.keep import KeepSpec
@@ -30,9 +30,7 @@ MERGE_EXAMPLES = """examples:
 """
 
 
-def _refuse_existing(out: str, force: bool) -> None:
-    if Path(out).exists() and not force:
-        raise DataError(f"{out}: already exists (pass --force to replace it)")
+ANY_TOKENIZER_HELP = "go ahead even if the data was made with another tokenizer than the model's (results are then meaningless unless the text is the same)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --method random")
     p.add_argument("--out", required=True, metavar="DIR", help="directory of the subset checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--any-tokenizer", action="store_true", help=ANY_TOKENIZER_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_select)
 
@@ -86,11 +85,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--lr", type=float, default=5e-5)
     f.add_argument("--epochs", type=float, default=1.0, help="passes over the domains' training windows (default 1)")
     f.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
-    f.add_argument("--seq-len", type=int, default=256)
+    f.add_argument("--seq-len", type=int, metavar="S", help="tokens per window (default: the model's max_seq_len)")
     f.add_argument("--batch-size", type=int, default=8)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, metavar="DIR")
     f.add_argument("--force", action="store_true", help="replace an existing --out")
+    f.add_argument("--any-tokenizer", action="store_true", help=ANY_TOKENIZER_HELP)
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=run_finetune)
 
@@ -116,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    _refuse_existing(args.out, args.force)
+    refuse_existing(args.out, args.force)
     KeepSpec.parse(args.keep)  # a spelling error should not wait for the model and data to load
     setup_runtime()
     method = SelectMethod(args.method)
@@ -131,7 +131,7 @@ def run_select(args: argparse.Namespace) -> int:
         )
     record = select_subset(
         args.checkpoint, args.out, keep=KeepSpec.parse(args.keep), method=method, calibration=calibration,
-        seed=args.seed, progress=not args.no_progress,
+        seed=args.seed, any_tokenizer=args.any_tokenizer, force=args.force, progress=not args.no_progress,
     )
     kept = ", ".join(str(len(k)) for k in record["kept_experts"])
     total, source_total = record["num_params"]["total"], record["source_num_params"]["total"]
@@ -141,12 +141,12 @@ def run_select(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    _refuse_existing(args.out, args.force)
+    refuse_existing(args.out, args.force)
     setup_runtime()
     done = finetune_subset(
         args.checkpoint, args.data, args.out, domains=args.domains, lr=args.lr, num_epochs=args.epochs,
         max_steps=args.max_steps, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
-        progress=not args.no_progress,
+        any_tokenizer=args.any_tokenizer, force=args.force, progress=not args.no_progress,
     )
     print(f"wrote {args.out}: {done['num_steps']} steps on {', '.join(done['domains'])}; "
           f"train CE {done['first_ce']:.3f} -> {done['last_ce']:.3f}")
@@ -154,10 +154,10 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    _refuse_existing(args.out, args.force)
+    refuse_existing(args.out, args.force)
     merged = merge_subset(
         args.full, args.subset, args.out, alpha=args.alpha, router=args.router, shared=args.shared,
-        non_moe=args.non_moe, force=args.any_source,
+        non_moe=args.non_moe, any_source=args.any_source, force=args.force,
     )
     print(f"wrote {args.out}: " + json.dumps(merged))
     return 0

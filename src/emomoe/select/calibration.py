@@ -62,7 +62,10 @@ def store_calibration(
             store, Split.TRAIN, seq_len=seq_len, batch_size=batch_size, domains=[domain],
             max_windows_per_domain=per_domain,
         )
-    info = {"source": "store", "store": str(store.path), "split": "train", "domains": domains, "seq_len": seq_len}
+    info = {
+        "source": "store", "store": str(store.path), "split": "train", "domains": domains, "seq_len": seq_len,
+        "vocab_size": store.vocab_size, "tokenizer_hash": store.tokenizer_hash,
+    }
     return Calibration(batches, {**info, **_summary(batches)})
 
 
@@ -84,7 +87,10 @@ def text_calibration(
         for i in range(0, len(same_length), batch_size):
             ids_BS = torch.tensor(same_length[i : i + batch_size], dtype=torch.long)
             batches.append({"input_ids_BS": ids_BS, "doc_ids_BS": doc_ids_from_eos(ids_BS, tokenizer.eos_id)})
-    info = {"source": "files", "paths": [str(p) for p in paths], "seq_len": seq_len}
+    info = {
+        "source": "files", "paths": [str(p) for p in paths], "seq_len": seq_len,
+        "vocab_size": tokenizer.vocab_size, "tokenizer_hash": tokenizer.hash,
+    }
     return Calibration(batches, {**info, **_summary(batches)})
 
 

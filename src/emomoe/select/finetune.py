@@ -19,6 +19,7 @@ from emomoe.checkpoint import check_fits, load_model, save_model
 from emomoe.data.loader import DataConfig, TrainLoader
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError
+from emomoe.io import refuse_existing
 from emomoe.model.losses import compute_loss
 from emomoe.select.subset import SELECTION_FILE, read_selection, save_subset
 from emomoe.train.config import LRSchedule, TrainConfig
@@ -46,22 +47,30 @@ def finetune_subset(
     lr: float = 5e-5,
     num_epochs: float = 1.0,
     max_steps: int = 0,
-    seq_len: int = 256,
+    seq_len: int | None = None,
     batch_size: int = 8,
     warmup_fraction: float = 0.1,
     seed: int = 0,
+    any_tokenizer: bool = False,
+    force: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Train `subset_dir` on `domains` of `store` and save it to `out_dir`; returns what was done."""
-    if num_epochs <= 0 or max_steps < 0 or not 0.0 <= warmup_fraction < 1.0:
+    """Train `subset_dir` on `domains` of `store` and save it to `out_dir` (an existing one only
+    with `force`); returns what was done."""
+    if not (num_epochs > 0 and max_steps >= 0 and 0.0 <= warmup_fraction < 1.0 and math.isfinite(lr) and lr > 0):
         raise ConfigError(
-            f"num_epochs > 0, max_steps >= 0 and warmup_fraction in [0, 1) expected, "
-            f"got {num_epochs}, {max_steps}, {warmup_fraction}"
+            f"lr > 0, num_epochs > 0, max_steps >= 0 and warmup_fraction in [0, 1) expected, "
+            f"got {lr}, {num_epochs}, {max_steps}, {warmup_fraction}"
         )
+    refuse_existing(out_dir, force)
     store = store if isinstance(store, TokenStore) else TokenStore.open(store)
     domains = finetune_domains(subset_dir, domains)
     model, cfg = load_model(subset_dir)
-    check_fits(cfg, subset_dir, vocab_size=store.vocab_size, seq_len=seq_len)
+    seq_len = seq_len or cfg.max_seq_len
+    check_fits(
+        cfg, subset_dir, vocab_size=store.vocab_size, seq_len=seq_len, tokenizer_hash=store.tokenizer_hash,
+        any_tokenizer=any_tokenizer,
+    )
     torch.manual_seed(seed)
     data_cfg = DataConfig(store=str(store.path), seq_len=seq_len, batch_size=batch_size, seed=seed, domains=domains)
     loader = TrainLoader(store, data_cfg)

@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import nn
 
-from emomoe.checkpoint import checkpoint_hash, load_for_inference, save_model
+from emomoe.checkpoint import check_fits, checkpoint_hash, load_for_inference, save_model
 from emomoe.errors import ConfigError, DataError
-from emomoe.io import atomic_path
+from emomoe.io import atomic_path, refuse_existing
 from emomoe.model import ModelConfig
 from emomoe.select.calibration import Calibration
 from emomoe.select.keep import KeepSpec
@@ -35,14 +35,24 @@ def select_subset(
     method: SelectMethod | str = SelectMethod.LAYERWISE,
     calibration: Calibration | None = None,
     seed: int = 0,
+    any_tokenizer: bool = False,
+    force: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Select, slice and save a subset of `checkpoint` to `out_dir`; return its selection record.
 
-    Everything is checked before anything is written, and the directory appears atomically.
+    Everything is checked before anything is written (an existing `out_dir` is replaced only with
+    `force`), and the directory appears atomically.
     """
     method = SelectMethod(method)
+    refuse_existing(out_dir, force)
     model, cfg = load_for_inference(checkpoint)
+    if calibration is not None and "vocab_size" in calibration.info:
+        info = calibration.info
+        check_fits(
+            cfg, checkpoint, vocab_size=info["vocab_size"], seq_len=info["seq_len"],
+            tokenizer_hash=info["tokenizer_hash"], any_tokenizer=any_tokenizer,
+        )
     layers = moe_layers(model, where=str(checkpoint))
     num_keep = keep.resolve([layer.num_routed for layer in layers])
     if method.needs_calibration and (calibration is None or not calibration.batches):

@@ -25,7 +25,7 @@ from emomoe import distributed
 from emomoe.checkpoint import save_model
 from emomoe.data.loader import TrainLoader
 from emomoe.data.store import TokenStore
-from emomoe.errors import ConfigError, EmomoeError
+from emomoe.errors import ConfigError, EmomoeError, warn
 from emomoe.model import build_model
 from emomoe.model.losses import IGNORE_INDEX, compute_loss
 from emomoe.train import parallel
@@ -90,17 +90,31 @@ def _due(step: int, every: int) -> bool:
 
 
 def fit_to_store(cfg: RunConfig, store: TokenStore) -> RunConfig:
-    """Take the EOS id from the token store when the model leaves it open; refuse a vocabulary too small."""
+    """Take the EOS id and the tokenizer hash from the token store when the model leaves them open;
+    refuse a vocabulary too small, or an EOS or tokenizer that differs from the store's."""
     if cfg.model.vocab_size < store.vocab_size:
         raise ConfigError(
             f"model.vocab_size: {cfg.model.vocab_size} is smaller than the token store's vocabulary "
             f"({store.vocab_size} in {cfg.data.store})"
         )
-    if cfg.model.eos_id is None:
-        return cfg.with_overrides([f"model.eos_id={store.eos_id}"])
-    if cfg.model.eos_id != store.eos_id:
+    if cfg.model.eos_id is not None and cfg.model.eos_id != store.eos_id:
         raise ConfigError(f"model.eos_id: {cfg.model.eos_id} differs from the token store's EOS id {store.eos_id}")
-    return cfg
+    if cfg.model.tokenizer_hash and store.tokenizer_hash and cfg.model.tokenizer_hash != store.tokenizer_hash:
+        raise ConfigError(
+            f"model.tokenizer_hash: {cfg.model.tokenizer_hash[:12]} differs from the tokenizer of {cfg.data.store} "
+            f"({store.tokenizer_hash[:12]})"
+        )
+    if cfg.model.vocab_size > store.vocab_size * 2 and cfg.model.vocab_size > store.vocab_size + 1024:
+        warn(
+            f"model.vocab_size {cfg.model.vocab_size} is much larger than the token store's vocabulary "
+            f"({store.vocab_size}): the unused embedding rows cost memory and time"
+        )
+    model = dataclasses.replace(
+        cfg.model,
+        eos_id=store.eos_id if cfg.model.eos_id is None else cfg.model.eos_id,
+        tokenizer_hash=cfg.model.tokenizer_hash or store.tokenizer_hash or None,
+    )
+    return dataclasses.replace(cfg, model=model)
 
 
 class Trainer:
