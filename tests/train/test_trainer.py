@@ -235,3 +235,10 @@ def test_lb_normalisation_under_accumulation_with_the_pool_on(run_config, tmp_pa
     record, _ = one_step(cfg, tmp_path / "mixed", [a, b])
     assert record["lb"] == pytest.approx(sum(expected) / 2, rel=1e-5)
     assert expected[0] != pytest.approx(expected[1], rel=1e-3)  # the halves differ, so the check has teeth
+
+
+def test_a_pool_of_every_routed_expert_is_called_out_at_start_up(run_config, tmp_path, capsys):
+    train(run_config("train.max_steps=1", "model.moe.router.pool=7..8"), tmp_path / "inert", progress=False)
+    assert "pool 7..8: every pool holds all 7 routed experts, so this trains a standard MoE" in capsys.readouterr().err
+    train(run_config("train.max_steps=1", "model.moe.router.pool=2..8"), tmp_path / "emo", progress=False)
+    assert "standard MoE" not in capsys.readouterr().err

@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calib", metavar="SOURCE",
         help="calibration data: domain(s) of the --data store, comma-separated for one subset serving their "
-        "union, or text files (jsonl/parquet/.txt folder); not needed for --method random",
+        "union, or text files (jsonl/parquet/.txt folder); not needed for --method random. At least 64 tokens "
+        "(fewer than 512 get a warning)",
     )
     p.add_argument("--data", metavar="STORE", help="token store whose training documents --calib domains name")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer for text-file calibration (default: the store's)")

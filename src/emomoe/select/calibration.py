@@ -20,11 +20,15 @@ from emomoe.data.loader import eval_batches
 from emomoe.data.readers import DocumentSource
 from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
-from emomoe.errors import ConfigError, DataError
+from emomoe.errors import ConfigError, DataError, warn
 from emomoe.model.docs import doc_ids_from_eos
 from emomoe.model.losses import IGNORE_INDEX
 
 Batch = dict[str, torch.Tensor]
+MIN_TOKENS = 64
+"""Fewer calibration tokens than this are refused: too few routing decisions to rank experts by."""
+FEW_TOKENS = 512
+"""Fewer than this get a warning: the ranking of the less used experts is mostly noise."""
 
 
 @dataclasses.dataclass
@@ -32,6 +36,20 @@ class Calibration:
     batches: list[Batch]
     info: dict[str, Any]
     """What the windows are, for the record in selection.json."""
+
+    def check_size(self) -> None:
+        """Refuse fewer than MIN_TOKENS tokens; warn below FEW_TOKENS."""
+        num_tokens, where = self.info["num_tokens"], _describe(self.info)
+        if num_tokens < MIN_TOKENS:
+            raise DataError(f"calibration data {where}: {num_tokens} tokens, fewer than the minimum of {MIN_TOKENS} "
+                            "needed to rank experts")
+        if num_tokens < FEW_TOKENS:
+            warn(f"calibration data {where}: only {num_tokens} tokens; below {FEW_TOKENS} the ranking of rarely "
+                 "used experts is mostly noise")
+
+
+def _describe(info: dict[str, Any]) -> str:
+    return ", ".join(info["paths"]) if info["source"] == "files" else f"{info['store']} ({', '.join(info['domains'])})"
 
 
 def _summary(batches: list[Batch]) -> dict[str, int]:

@@ -57,6 +57,8 @@ def select_subset(
     num_keep = keep.resolve([layer.num_routed for layer in layers])
     if method.needs_calibration and (calibration is None or not calibration.batches):
         raise ConfigError(f"method {method}: needs calibration data (--calib)")
+    if method.needs_calibration:
+        calibration.check_size()
     batches = calibration.batches if calibration is not None else []
     kept = ExpertSelector(model, layers, batches, method, seed=seed, progress=progress).choose(num_keep)
     sub, sub_cfg = slice_model(model, cfg, layers, kept)

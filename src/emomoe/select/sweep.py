@@ -92,9 +92,11 @@ def run_sweep(
     fractions = sorted({*cfg.keep, 1.0}, reverse=True)
     window_args = {"seq_len": seq_len, "batch_size": cfg.batch_size}
     calib = {
-        d: store_calibration(store, [d], num_windows=cfg.num_calib_windows, **window_args).batches
+        d: store_calibration(store, [d], num_windows=cfg.num_calib_windows, **window_args)
         for d in (domains if cfg.method.needs_calibration else [])
     }
+    for calibration in calib.values():
+        calibration.check_size()
     max_eval = cfg.num_eval_windows or None
     held_out = {
         d: list(eval_batches(store, Split.VAL, domains=[d], max_windows_per_domain=max_eval, **window_args))
@@ -111,7 +113,7 @@ def run_sweep(
         params = results["params"][name] = {}
         kept_experts = results["kept_experts"][name] = {keep_label(f): {} for f in fractions if f < 1.0}
         for domain in domains:
-            selector = ExpertSelector(model, layers, calib.get(domain, []), cfg.method, seed=cfg.seed)
+            selector = ExpertSelector(model, layers, calib[domain].batches if domain in calib else [], cfg.method, seed=cfg.seed)
             for fraction in fractions:
                 label = keep_label(fraction)
                 bar.set_postfix_str(f"{name} {domain} keep {label}")

@@ -27,6 +27,7 @@ from emomoe.data.loader import TrainLoader
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, EmomoeError, warn
 from emomoe.model import build_model
+from emomoe.model.config import ModelConfig, parse_pool
 from emomoe.model.losses import IGNORE_INDEX, compute_loss
 from emomoe.train import parallel
 from emomoe.train.checkpointing import CheckpointManager, Restored
@@ -68,6 +69,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
     device = setup_runtime(cfg.train.num_threads)
     store = TokenStore.open(cfg.data.store)
     cfg = fit_to_store(cfg, store)
+    if distributed.is_main_process():
+        warn_if_pool_is_inert(cfg.model)
     # Every rank checks before the main one changes anything, so a refusal stops all of them.
     check_run_dir(run_dir, cfg, resume=resume, force=force)
     resuming = resume and holds_run(run_dir)
@@ -87,6 +90,17 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
 
 def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
+
+
+def warn_if_pool_is_inert(cfg: ModelConfig) -> None:
+    """A pool that always holds every routed expert restricts nothing: the run is a standard MoE."""
+    bounds = parse_pool(cfg.moe.router.pool, "pool")
+    routed = cfg.moe.num_experts - cfg.moe.router.num_shared_experts
+    if bounds is not None and bounds[0] >= routed:
+        warn(
+            f"model.moe.router.pool {cfg.moe.router.pool}: every pool holds all {routed} routed experts, so this "
+            f"trains a standard MoE; use pool sizes below {routed} for EMO (the paper: 8..128 of 127)"
+        )
 
 
 def fit_to_store(cfg: RunConfig, store: TokenStore) -> RunConfig:
