@@ -102,6 +102,18 @@ def refuse_existing(path: str | Path, force: bool, what: str = "") -> None:
         raise DataError(f"{path}: already exists{what} (pass --force, or force=True, to replace it)")
 
 
+def check_output_dir(path: str | Path) -> None:
+    """DataError, before any work, if a directory cannot be created at `path`: a file is there, or above it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path}: is a file; expected a directory (or a path where one can be created)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"{path}: cannot be created, {parent} is a file")
+            break
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -10,7 +10,7 @@ from emomoe.analyze.sweep_results import keeps_descending, mean_increase
 from emomoe.cli.select import ANY_TOKENIZER_HELP
 from emomoe.errors import ConfigError
 from emomoe.evaluate.loss import evaluate_checkpoint
-from emomoe.io import atomic_write_text, refuse_existing
+from emomoe.io import atomic_write_text, check_output_dir, refuse_existing
 from emomoe.select.methods import SelectMethod
 from emomoe.select.keep import KeepSpec
 from emomoe.select.sweep import RESULTS_FILE, SweepConfig, run_sweep, write_sweep
@@ -81,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     if args.out:
         refuse_existing(args.out, args.force)
+        check_output_dir(Path(args.out).parent)
     setup_runtime()
     result = evaluate_checkpoint(
         args.checkpoint, args.data, domains=args.domains, seq_len=args.seq_len, batch_size=args.batch_size,
@@ -118,6 +119,7 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
         "num_eval_windows": args.num_eval_windows, "seq_len": args.seq_len, "batch_size": args.batch_size,
         "seed": args.seed, "domains": args.domains, "any_tokenizer": args.any_tokenizer,
     })
+    check_output_dir(args.out)
     refuse_existing(Path(args.out) / RESULTS_FILE, args.force, " (results of an earlier sweep)")
     setup_runtime()
     results = run_sweep(checkpoints, args.data, cfg, progress=not args.no_progress)

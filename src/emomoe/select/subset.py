@@ -16,7 +16,7 @@ from torch import nn
 
 from emomoe.checkpoint import check_fits, checkpoint_hash, load_for_inference, save_model
 from emomoe.errors import ConfigError, DataError
-from emomoe.io import atomic_path, refuse_existing
+from emomoe.io import atomic_path, check_output_dir, refuse_existing
 from emomoe.model import ModelConfig
 from emomoe.select.calibration import Calibration
 from emomoe.select.keep import KeepSpec
@@ -46,6 +46,7 @@ def select_subset(
     """
     method = SelectMethod(method)
     refuse_existing(out_dir, force)
+    check_output_dir(out_dir)
     model, cfg = load_for_inference(checkpoint)
     if calibration is not None and "vocab_size" in calibration.info:
         info = calibration.info
