@@ -90,7 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--batch-size", type=int, default=8)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, metavar="DIR")
-    f.add_argument("--force", action="store_true", help="replace an existing --out")
+    f.add_argument("--num-eval-windows", type=int, default=64, metavar="N",
+                   help="held-out windows per domain for the loss before and after (default 64; 0: all)")
+    f.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="steps between checkpoints that --resume continues from (default 0: only on Ctrl-C)")
+    f.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning into --out")
+    f.add_argument("--force", action="store_true", help="replace an existing --out (or an interrupted run into it)")
     f.add_argument("--any-tokenizer", action="store_true", help=ANY_TOKENIZER_HELP)
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=run_finetune)
@@ -147,10 +152,12 @@ def run_finetune(args: argparse.Namespace) -> int:
     done = finetune_subset(
         args.checkpoint, args.data, args.out, domains=args.domains, lr=args.lr, num_epochs=args.epochs,
         max_steps=args.max_steps, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
+        num_eval_windows=args.num_eval_windows, checkpoint_every=args.checkpoint_every, resume=args.resume,
         any_tokenizer=args.any_tokenizer, force=args.force, progress=not args.no_progress,
     )
+    held_out = ", ".join(f"{d} {done['val_before'][d]:.3f} -> {v:.3f}" for d, v in done["val_after"].items())
     print(f"wrote {args.out}: {done['num_steps']} steps on {', '.join(done['domains'])}; "
-          f"train CE {done['first_ce']:.3f} -> {done['last_ce']:.3f}")
+          f"train CE {done['first_ce']:.3f} -> {done['last_ce']:.3f}; held-out CE {held_out or 'n/a (no validation data)'}")
     return 0
 
 
