@@ -1,6 +1,7 @@
 """emomoe: pretrain Mixture-of-Experts language models whose modules emerge (EMO)."""
 
 import os
+import sys
 
 # Back large CPU tensors with transparent huge pages: page faults are expensive in VMs, and this
 # gave +18% training tokens/s on the 2-core machine the project is tested on. torch reads the
@@ -9,14 +10,32 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 __version__ = "0.1.0"
 
+
+def _one_line_if_uncaught(previous=sys.excepthook):
+    """An excepthook for a Ctrl-C during this import (torch takes seconds to load): if nothing
+    catches it, say "emomoe: interrupted" and exit 130, as the CLI does, instead of a traceback."""
+
+    def hook(kind, value, traceback):
+        sys.excepthook = previous
+        if not issubclass(kind, KeyboardInterrupt):
+            return previous(kind, value, traceback)
+        print("emomoe: interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    return hook
+
+
+try:
+    from emomoe.hf.auto import register_when_transformers_loads
+    from emomoe.hf.formats import register_hf_formats
+    from emomoe.model import ModelConfig, build_model
+except KeyboardInterrupt:
+    sys.excepthook = _one_line_if_uncaught()
+    raise
+
+# Hugging Face directories read as checkpoints everywhere; our EMO classes in transformers' Auto
+# classes once the program imports transformers (see emomoe.hf.auto).
+register_hf_formats()
+register_when_transformers_loads()
+
 __all__ = ["ModelConfig", "build_model", "__version__"]
-
-
-def __getattr__(name: str):
-    # Imported on first use, so that `import emomoe` (and the CLI's start-up, which must be able to
-    # report a Ctrl-C in one line) does not pay for importing torch.
-    if name in ("ModelConfig", "build_model"):
-        from emomoe import model
-
-        return getattr(model, name)
-    raise AttributeError(f"module 'emomoe' has no attribute {name!r}")

@@ -1,4 +1,5 @@
 import argparse
+import re
 import importlib.metadata
 import subprocess
 import sys
@@ -48,8 +49,8 @@ def _commands(parser):
 def test_every_command_help_shows_a_runnable_example():
     for prog, sub in _commands(build_parser()):
         help_text = sub.format_help()
-        examples = help_text[help_text.find("\nexamples") :]
-        assert "\nexamples" in help_text and prog in examples, f"{prog} --help has no example"
+        examples = help_text[help_text.find("\nexample") :]
+        assert re.search(r"\nexamples?( \(.*\))?:", help_text) and prog in examples, f"{prog} --help has no example"
 
 
 def test_version(capsys):

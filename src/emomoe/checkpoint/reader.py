@@ -107,7 +107,10 @@ class CheckpointReader:
                 raise DataError(f"{path}: has no tensor '{key}' (named in {INDEX_FILE})") from None
             infos[key] = (tuple(view.get_shape()), _DTYPES[view.get_dtype()])
         self._infos = infos
-        self._sources = self._format.sources(self.config, infos)
+        try:
+            self._sources = self._format.sources(self.config, infos)
+        except DataError as e:
+            raise DataError(f"{self.directory}: {e}") from None
         with torch.device("meta"):
             expected = build_model(self.config).state_dict()
         self._check(expected)
