@@ -71,3 +71,16 @@ def fill_disk(directory: Path, leave_bytes: int = 0) -> Path:
 
 def disk_full_error() -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def damage(path: Path, how: str) -> Path:
+    """Flip one bit in the middle of a file ("flip") or cut it in half ("truncate")."""
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        data[len(data) // 2] ^= 0x10
+    elif how == "truncate":
+        del data[len(data) // 2 :]
+    else:
+        raise ValueError(how)
+    path.write_bytes(bytes(data))
+    return path

@@ -7,6 +7,7 @@ from emomoe.checkpoint import WEIGHTS_FILE, load_for_inference, load_model, save
 from emomoe.errors import DataError
 from emomoe.io import CHECKSUMS_FILE
 from emomoe.model import ModelConfig, build_model
+from tests.fixtures import damage
 
 
 def test_inference_routing_uses_no_document_pool(tmp_path):
@@ -36,17 +37,11 @@ def saved_tiny(tmp_path):
 
 
 @pytest.mark.parametrize("file", ["model.safetensors", "model.yaml", "meta.json"])
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_a_damaged_file_is_named_on_load(tmp_path, file, damage):
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_a_damaged_file_is_named_on_load(tmp_path, file, how):
     directory = saved_tiny(tmp_path)
     load_model(directory)
-    path = directory / file
-    data = bytearray(path.read_bytes())
-    if damage == "flip":
-        data[len(data) // 2] ^= 0x01
-    else:
-        del data[len(data) // 2 :]
-    path.write_bytes(bytes(data))
+    path = damage(directory / file, how)
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: checksum mismatch"):
         load_model(directory)
 

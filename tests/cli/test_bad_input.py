@@ -21,7 +21,7 @@ from emomoe.data.store import TokenStore
 from emomoe.model import ModelConfig, build_model
 from emomoe.train.config import RunConfig
 from emomoe.train.trainer import train
-from tests.fixtures import build_store, word_documents
+from tests.fixtures import build_store, damage, word_documents
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 STORE = ASSETS / "store"
@@ -64,13 +64,7 @@ def env(tmp_path_factory):
 def damaged_copy(source: Path, dest: Path, files: str | list[str], how: str) -> Path:
     shutil.copytree(source, dest)
     for file in [files] if isinstance(files, str) else files:
-        path = dest / file
-        data = bytearray(path.read_bytes())
-        if how == "flip":
-            data[len(data) // 2] ^= 0x10
-        else:
-            del data[len(data) // 2 :]
-        path.write_bytes(bytes(data))
+        damage(dest / file, how)
     return dest
 
 

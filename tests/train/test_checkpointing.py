@@ -13,6 +13,7 @@ from emomoe.train.checkpointing import (
     read_checkpoint,
     step_dir_name,
 )
+from tests.fixtures import damage
 
 
 def trainer_state(step, **extra):
@@ -73,18 +74,12 @@ def test_missing_trainer_state_is_a_data_error(tmp_path):
         load_trainer_state(tmp_path)
 
 
-def flip_byte(path, offset=-10):
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("file", ["model.safetensors", "trainer_state.json", "trainer_state.safetensors", "model.yaml"])
 def test_a_flipped_byte_is_caught_naming_the_file(tmp_path, model_and_cfg, file):
     model, cfg = model_and_cfg
     path = CheckpointManager(tmp_path, num_kept=2).save(1, model, cfg, trainer_state(1, tensor=torch.ones(8)))
     read_checkpoint(path)
-    flip_byte(path / file, offset=len((path / file).read_bytes()) // 2)
+    damage(path / file, "flip")
     with pytest.raises(DataError, match=rf"{re.escape(str(path / file))}: checksum mismatch"):
         read_checkpoint(path)
 
