@@ -58,13 +58,14 @@ def small_tmpfs(path: Path, size: str = "256k") -> Iterator[bool]:
 def fill_disk(directory: Path, leave_bytes: int = 0) -> Path:
     """Write a ballast file into `directory` until its file system is full, then free `leave_bytes`."""
     ballast = directory / "ballast"
-    with open(ballast, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-        except OSError as e:
-            assert e.errno == errno.ENOSPC, e
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
     os.truncate(ballast, max(0, ballast.stat().st_size - leave_bytes))
     return ballast
 

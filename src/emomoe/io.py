@@ -15,6 +15,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -34,6 +35,18 @@ WRITE_ERRNOS = {
     errno.EISDIR: "it is a directory",
 }
 _HASH_BLOCK = 1 << 20
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+_TEMPORARY = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
+
+
+def write_errno(error: BaseException) -> int | None:
+    """The errno of a failed write: an OSError's, or the "(os error N)" that safetensors' Rust
+    writer puts in its message (it raises SafetensorError, not OSError)."""
+    if isinstance(error, OSError):
+        return error.errno
+    if type(error).__name__ == "SafetensorError" and (found := _OS_ERROR.search(str(error))):
+        return int(found.group(1))
+    return None
 
 
 @contextlib.contextmanager
@@ -41,8 +54,8 @@ def write_errors(path: str | Path, consequence: str = "nothing was written") -> 
     """Turn an OS failure to write `path` into a one-line DataError naming it."""
     try:
         yield
-    except OSError as e:
-        reason = WRITE_ERRNOS.get(e.errno)
+    except Exception as e:
+        reason = WRITE_ERRNOS.get(write_errno(e))
         if reason is None:
             raise
         raise DataError(f"{path}: cannot write: {reason}; {consequence}") from None
@@ -70,7 +83,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
-    with write_errors(path, "the previous version, if any, is unchanged"):
+    with write_errors(_target_name(path), "the previous version, if any, is unchanged"):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         target = tmp / path.name
@@ -84,6 +97,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             _fsync(path.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _target_name(path: Path) -> Path:
+    """What the user asked to write: inside another atomic write's temporary folder, its target."""
+    found = _TEMPORARY.match(path.parent.name)
+    return path.parent.parent / path.name if found and found.group(1) == path.name else path
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -21,7 +21,7 @@ from emomoe.data.store import TokenStore
 from emomoe.model import ModelConfig, build_model
 from emomoe.train.config import RunConfig
 from emomoe.train.trainer import train
-from tests.fixtures import build_store, damage, word_documents
+from tests.fixtures import build_store, damage, fill_disk, small_tmpfs, word_documents
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 STORE = ASSETS / "store"
@@ -306,3 +306,29 @@ def test_small_calibration_warns(inputs, tmp_path, capsys):
                  str(STORE / "tokenizer"), "--keep", "2", "--num-calib-windows", "3", "--seq-len", "64",
                  "--out", str(tmp_path / "sub"), "--no-progress"]) == 0
     assert re.search(r"calibration data .*corpus\.jsonl: only 192 tokens; below 512", capsys.readouterr().err)
+
+
+FULL_DISK = {
+    "tokenize": lambda e, d: ["tokenize", "--input", s(e["corpus"]), "--tokenizer", s(STORE / "tokenizer"),
+                              "--out", s(d / "store"), "--no-progress"],
+    "eval": lambda e, d: ["eval", "--checkpoint", s(e["model"]), "--data", s(STORE), "--max-windows", "1",
+                          "--out", s(d / "eval.json"), "--no-progress"],
+    "select": lambda e, d: ["select", "--checkpoint", s(e["model"]), "--data", s(STORE), "--calib", "code",
+                            "--keep", "2", "--out", s(d / "sub"), "--no-progress"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", FULL_DISK)
+def test_a_full_disk_is_one_line(verb, inputs, tmp_path, capsys):
+    disk = tmp_path / "disk"
+    with small_tmpfs(disk, "64k") as mounted:
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here (needs root); tests/test_io.py injects ENOSPC instead")
+        fill_disk(disk)
+        assert main(FULL_DISK[verb](inputs, disk)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert re.search(rf"^emomoe {verb}: error: {re.escape(str(disk))}/[^ ]*: cannot write: no space left", err), err
+        assert ".tmp" not in err  # the message names the output, not a temporary
+        assert not list(disk.rglob("*.tmp")) and not (disk / "eval.json").exists() and not (disk / "sub").exists()

@@ -13,7 +13,7 @@ import sys
 
 from emomoe import __version__
 from emomoe.errors import EmomoeError
-from emomoe.io import WRITE_ERRNOS
+from emomoe.io import WRITE_ERRNOS, write_errno
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{verb}: interrupted", file=sys.stderr)
         return 130
-    except OSError as e:
+    except Exception as e:
         # A write the library did not wrap (a full disk, a read-only folder): still one line.
-        if e.errno not in WRITE_ERRNOS:
+        number = write_errno(e)
+        if number not in WRITE_ERRNOS:
             raise
-        print(f"{verb}: error: {e.filename or 'output'}: cannot write: {WRITE_ERRNOS[e.errno]}", file=sys.stderr)
+        print(f"{verb}: error: {getattr(e, 'filename', None) or 'output'}: cannot write: {WRITE_ERRNOS[number]}",
+              file=sys.stderr)
         return 2

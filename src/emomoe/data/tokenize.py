@@ -31,7 +31,7 @@ from emomoe.data.readers import Document, DocumentSource, reiterable
 from emomoe.data.store import FORMAT, FORMAT_VERSION, METADATA_FILE, TOKENIZER_DIR, Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer
 from emomoe.errors import ConfigError, DataError, warn
-from emomoe.io import atomic_write_text
+from emomoe.io import WRITE_ERRNOS, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,16 @@ class _ChunkWriter:
 
     def write(self, number: int, chunk: list[_Doc], bar: tqdm) -> None:
         ids = self._encode(chunk, bar)
+        try:
+            self._write(number, chunk, ids)
+        except OSError as e:  # numpy reports a short write without an errno
+            reason = WRITE_ERRNOS.get(e.errno, e.strerror or str(e))
+            raise DataError(
+                f"{self.folder}: cannot write chunk {number}: {reason}; the chunks already written are kept, "
+                "free space and run the same command again to resume"
+            ) from None
+
+    def _write(self, number: int, chunk: list[_Doc], ids: list[np.ndarray]) -> None:
         groups: dict[tuple[str, int], list[int]] = {}
         for i, doc in enumerate(chunk):
             split = Split.VAL if doc.hash < self.thresholds[doc.domain] else Split.TRAIN
