@@ -83,3 +83,11 @@ def test_sweep_writes_results_report_and_plot(tmp_path, checkpoint_dir, store_di
     assert main(["sweep", "--checkpoints", str(checkpoint_dir), str(checkpoint_dir), "--data", str(store_dir),
                  "--out", str(out)]) == 2
     assert "model names must differ" in capsys.readouterr().err
+
+
+def test_sweep_names_runs_after_their_run_directory():
+    from emomoe.cli.eval import sweep_names
+
+    assert sweep_names(["runs/emo/final", "runs/std/final"], None) == {"emo": "runs/emo/final", "std": "runs/std/final"}
+    assert sweep_names(["subsets/emo-code"], None) == {"emo-code": "subsets/emo-code"}
+    assert sweep_names(["a/final"], ["mine"]) == {"mine": "a/final"}

@@ -7,6 +7,8 @@ from emomoe.checkpoint import checkpoint_hash, load_model
 from emomoe.errors import ConfigError, DataError
 from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
+from emomoe.select.finetune import finetune_subset
+from emomoe.select.merge import merge_subset
 from emomoe.select.subset import SELECTION_FILE, select_subset
 
 
@@ -62,3 +64,18 @@ def test_calibration_is_required_unless_random(tmp_path, checkpoint_dir):
         select_subset(checkpoint_dir, tmp_path / "sub", keep=KeepSpec.parse("2"), method="global")
     select_subset(checkpoint_dir, tmp_path / "sub", keep=KeepSpec.parse("2"), method="random", seed=3)
     assert json.loads((tmp_path / "sub" / SELECTION_FILE).read_text())["seed"] == 3
+
+
+def test_the_api_never_overwrites_without_force(tmp_path, checkpoint_dir, calib, store_dir):
+    out = tmp_path / "sub"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"sub: already exists \(pass --force, or force=True, to replace it\)"):
+        select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), calibration=calib)
+    assert (out / "notes.txt").read_text() == "mine"
+    select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), calibration=calib, force=True)
+    assert (out / SELECTION_FILE).is_file() and not (out / "notes.txt").exists()
+    for call in (lambda: finetune_subset(out, store_dir, out, max_steps=1),
+                 lambda: merge_subset(checkpoint_dir, out, out)):
+        with pytest.raises(DataError, match="already exists"):
+            call()
