@@ -6,7 +6,12 @@ apart and a 300-token BPE covers them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import random
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from emomoe.data.tokenize import tokenize_corpus
@@ -64,3 +69,49 @@ def save_tiny_checkpoint(out: Path, store: Path, *overrides: str, seed: int = 0)
     )
     torch.manual_seed(seed)
     return save_model(out, build_model(cfg), cfg)
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str = "256k") -> Iterator[bool]:
+    """Mount a tmpfs of `size` at `path` (root only, where the platform allows); yields whether it did."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    ).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill_disk(directory: Path, leave_bytes: int = 0) -> Path:
+    """Write a ballast file into `directory` until its file system is full, then free `leave_bytes`."""
+    ballast = directory / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+    os.truncate(ballast, max(0, ballast.stat().st_size - leave_bytes))
+    return ballast
+
+
+def disk_full_error() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def damage(path: Path, how: str) -> Path:
+    """Flip one bit in the middle of a file ("flip") or cut it in half ("truncate")."""
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        data[len(data) // 2] ^= 0x10
+    elif how == "truncate":
+        del data[len(data) // 2 :]
+    else:
+        raise ValueError(how)
+    path.write_bytes(bytes(data))
+    return path

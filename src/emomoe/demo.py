@@ -45,13 +45,11 @@ from emomoe.io import atomic_write_text
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
 from emomoe.select.sweep import SweepConfig, keep_label, run_sweep, write_sweep
-from emomoe.train.config import RunConfig
+from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
 from emomoe.train.trainer import fit_to_store, train
 
 ANALYSIS_DIR = "analysis"
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-"""The repository's configs/ folder (the package is installed in editable mode by `make setup`)."""
 DEMO_MODELS = {"emo": "demo-emo.yaml", "std": "demo-std.yaml"}
 TOKENIZER_VOCAB = 8192
 BENCHMARK_KEEP = 0.25
@@ -106,7 +104,7 @@ def run_demo(
     benchmark = benchmark_table(accuracy)
     atomic_write_text(out / "lm_eval.md", benchmark + "\n")
     atomic_write_text(out / "lm_eval.json", json.dumps(accuracy, indent=2) + "\n")
-    report = write_sweep(out, sweep, training=training, command=f"emomoe demo --out {out}")
+    report = write_sweep(out, sweep, force=True, training=training, command=f"emomoe demo --out {out}")
     atomic_write_text(report, report.read_text() + "\n" + benchmark_section(benchmark))
     modularity = analyze_demo_models(out, final_dirs, store, report, progress=progress)
     say(f"[6/6] report: {report}")
@@ -155,10 +153,7 @@ def prepare_demo_data(out: Path, *, progress: bool = True) -> TokenStore:
 
 
 def demo_config(name: str, store: TokenStore, overrides: list[str]) -> RunConfig:
-    path = CONFIG_DIR / DEMO_MODELS[name]
-    if not path.is_file():
-        raise DataError(f"{path}: demo config not found (run the demo from a source checkout: make demo)")
-    return RunConfig.from_yaml(path).with_overrides([f"data.store={store.path}", *overrides])
+    return RunConfig.from_yaml(SHIPPED_CONFIGS / DEMO_MODELS[name]).with_overrides([f"data.store={store.path}", *overrides])
 
 
 def train_demo_model(

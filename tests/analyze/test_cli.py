@@ -52,6 +52,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
     else:
         extra = ["--k", "100000"]
     out = tmp_path / "out"
+    capsys.readouterr()  # building the inputs may warn (e.g. how many documents were held out)
     code = main(["analyze", "--checkpoints", str(checkpoint), "--data", str(data), "--out", str(out), *FAST, *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -29,3 +29,11 @@ def test_params_table_shares_are_relative_to_the_full_model(sweep_results):
     half = sweep_results["params"]["emo"]["0.5"]["total"]
     row = next(r for r in rows if r[:2] == ["emo", "0.5"])
     assert row[2] == f"{half:,}" and row[4] == f"{half / full:.1%}"
+
+
+def test_no_ratio_when_the_denominator_prints_as_zero(sweep_results):
+    for model, shift in (("emo", -0.00011), ("std", -0.00004)):  # both print as -0.000
+        per_keep = sweep_results["loss"][model]
+        per_keep["0.5"] = {d: per_keep["1"][d] + shift for d in per_keep["1"]}
+    rows = _rows(summary_table(sweep_results))
+    assert rows[0][1:] == ["-0.000", "-0.000", "n/a"]

@@ -167,7 +167,7 @@ def test_export_without_a_tokenizer_writes_nothing(tmp_path):
 
 
 def test_a_vocabulary_larger_than_the_models_is_refused(tmp_path, tokenizer_dir):
-    cfg = ModelConfig.preset("tiny")  # 256 ids; the tokenizer has 280
+    cfg = ModelConfig.preset("tiny").with_overrides(["vocab_size=256"])  # the tokenizer has 280
     save_model(tmp_path / "ours", build_model(cfg), cfg)
     with pytest.raises(DataError, match=r"tokenizer.json: the tokenizer's vocabulary \(280\) is larger than the model's \(256\)"):
         export_hf(tmp_path / "ours", tmp_path / "out", tokenizer=tokenizer_dir)

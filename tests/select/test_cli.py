@@ -72,10 +72,16 @@ def test_eval_prints_json_per_domain(tmp_path, checkpoint_dir, store_dir, capsys
 
 def test_sweep_writes_results_report_and_plot(tmp_path, checkpoint_dir, store_dir, capsys):
     out = tmp_path / "sweep"
-    assert main(["sweep", "--checkpoints", str(checkpoint_dir), "--names", "tiny", "--data", str(store_dir),
-                 "--keep", "1,0.5", "--method", "random", "--domains", "code", "math", "--num-eval-windows", "2",
-                 "--seq-len", "32", "--out", str(out), "--no-progress"]) == 0
+    args = ["sweep", "--checkpoints", str(checkpoint_dir), "--names", "tiny", "--data", str(store_dir),
+            "--method", "random", "--domains", "code", "math", "--num-eval-windows", "2",
+            "--seq-len", "32", "--out", str(out), "--no-progress"]
+    assert main([*args, "--keep", "1,0.5"]) == 2  # "1" is one expert in select: never all of them here
+    assert "a bare integer is a number of experts" in capsys.readouterr().err
+    assert main([*args, "--keep", "1.0,0.5"]) == 0
     assert "tiny: mean held-out loss increase 0.5:" in capsys.readouterr().out
+    assert main([*args, "--keep", "1.0,0.5"]) == 2  # results are never overwritten without --force
+    assert "results.json: already exists (results of an earlier sweep)" in capsys.readouterr().err
+    assert main([*args, "--keep", "1.0,0.5", "--force"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["loss"]["tiny"]["0.5"]) == {"code", "math"}
     assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "loss_vs_keep.png"}
@@ -96,7 +102,7 @@ def bf16_sharded(tmp_path_factory, checkpoint_dir):
 def test_select_streams_a_sharded_bf16_checkpoint_and_eval_runs_the_subset(tmp_path, bf16_sharded, store_dir, capsys):
     sub, again = tmp_path / "sub", tmp_path / "again"
     assert main(["select", "--checkpoint", str(bf16_sharded), "--data", str(store_dir), "--calib", "math",
-                 "--keep", "0.5", "--num-calib-windows", "2", "--seq-len", "32", "--out", str(sub),
+                 "--keep", "0.5", "--num-calib-windows", "4", "--seq-len", "32", "--out", str(sub),
                  "--no-progress"]) == 0
     with CheckpointReader(sub) as subset, CheckpointReader(bf16_sharded) as full:
         assert {subset.dtype(n) for n in subset.names()} == {torch.bfloat16}
@@ -121,3 +127,11 @@ def test_select_streams_a_sharded_bf16_checkpoint_and_eval_runs_the_subset(tmp_p
 def test_select_needs_exactly_one_of_keep_and_selection(tmp_path, checkpoint_dir, capsys, extra):
     assert main(["select", "--checkpoint", str(checkpoint_dir), "--out", str(tmp_path / "s"), *extra]) == 2
     assert "either --keep" in capsys.readouterr().err
+
+
+def test_sweep_names_runs_after_their_run_directory():
+    from emomoe.cli.eval import sweep_names
+
+    assert sweep_names(["runs/emo/final", "runs/std/final"], None) == {"emo": "runs/emo/final", "std": "runs/std/final"}
+    assert sweep_names(["subsets/emo-code"], None) == {"emo-code": "subsets/emo-code"}
+    assert sweep_names(["a/final"], ["mine"]) == {"mine": "a/final"}

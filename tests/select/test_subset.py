@@ -9,8 +9,11 @@ from safetensors.torch import save_file
 from emomoe.checkpoint import CheckpointReader, checkpoint_hash, load_model, save_model
 from emomoe.checkpoint import writer as writer_module
 from emomoe.errors import ConfigError, DataError
+from emomoe.io import CHECKSUMS_FILE
 from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
+from emomoe.select.finetune import finetune_subset
+from emomoe.select.merge import merge_subset
 from emomoe.select.routing import moe_layers
 from emomoe.select.subset import SELECTION_FILE, select_subset, subset_bytes
 
@@ -107,7 +110,7 @@ def test_a_selection_from_another_model_is_refused_and_nothing_changes(tmp_path,
     select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), method="random")
     before = _tensors(out)
     with pytest.raises(DataError, match=f"{layerwise_subset / SELECTION_FILE}: was made for another model"):
-        select_subset(other, out, selection=layerwise_subset)
+        select_subset(other, out, selection=layerwise_subset, force=True)
     after = _tensors(out)
     assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "out"]
@@ -165,8 +168,10 @@ def test_a_full_disk_mid_write_leaves_the_previous_output_intact(tmp_path, check
         save_file(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(writer_module, "save_file", full_disk)
-    with pytest.raises(DataError, match=f"{out}: the disk filled up while writing the subset"):
-        select_subset(checkpoint_dir, out, keep=KeepSpec.parse("0.5"), calibration=calib, max_shard_bytes=20_000)
+    with pytest.raises(DataError, match=f"{out}: cannot write: no space left on the device"):
+        select_subset(
+            checkpoint_dir, out, keep=KeepSpec.parse("0.5"), calibration=calib, max_shard_bytes=20_000, force=True
+        )
     assert len(calls) == 2
     after = _tensors(out)
     assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)
@@ -178,6 +183,8 @@ def test_a_damaged_shard_is_named_and_nothing_is_written(tmp_path, checkpoint_di
     model, cfg = load_model(checkpoint_dir)
     save_model(tmp_path / "sharded", model, cfg, max_shard_bytes=20_000)
     shard = sorted((tmp_path / "sharded").glob("model-*.safetensors"))[1]
+    # Without checksums (a Hugging Face release has none) the damage is found reading the shard.
+    (tmp_path / "sharded" / CHECKSUMS_FILE).unlink()
     with open(shard, "r+b") as f:
         if damage == "truncate":
             f.truncate(shard.stat().st_size - 100)
@@ -187,3 +194,18 @@ def test_a_damaged_shard_is_named_and_nothing_is_written(tmp_path, checkpoint_di
     with pytest.raises(DataError, match=f"{shard}: not a readable safetensors file"):
         select_subset(tmp_path / "sharded", tmp_path / "sub", keep=KeepSpec.parse("2"), calibration=calib)
     assert not (tmp_path / "sub").exists()
+
+
+def test_the_api_never_overwrites_without_force(tmp_path, checkpoint_dir, calib, store_dir):
+    out = tmp_path / "sub"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"sub: already exists \(pass --force, or force=True, to replace it\)"):
+        select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), calibration=calib)
+    assert (out / "notes.txt").read_text() == "mine"
+    select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), calibration=calib, force=True)
+    assert (out / SELECTION_FILE).is_file() and not (out / "notes.txt").exists()
+    for call in (lambda: finetune_subset(out, store_dir, out, max_steps=1),
+                 lambda: merge_subset(checkpoint_dir, out, out)):
+        with pytest.raises(DataError, match="already exists"):
+            call()

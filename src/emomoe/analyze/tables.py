@@ -52,7 +52,8 @@ def summary_table(results: dict[str, Any]) -> str:
         means = [mean_increase(results, m, keep) for m in models]
         cells = [keep, *[_signed(v) for v in means]]
         if len(models) == 2:
-            ratio = means[0] / means[1] if means[1] and not math.isnan(means[1]) else math.nan
+            # A denominator that prints as 0.000 makes the ratio noise ("2.75" for -0.000 / -0.000).
+            ratio = means[0] / means[1] if abs(means[1]) >= 0.0005 else math.nan
             cells.append("n/a" if math.isnan(ratio) else f"{ratio:.2f}")
         rows.append(cells)
     return markdown_table(header, rows)

@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "their 1/4 subsets, on the shipped lm-eval continuation task, analyze which experts serve which "
         "domains (OUT/analysis), and write OUT/report.md. Every step is cached in OUT: running it again "
         "reuses finished work and resumes an interrupted training run.",
+        epilog="examples:\n  emomoe demo --out runs/demo\n"
+        "  emomoe demo --out runs/demo-short --set train.max_steps=50   # a quick look (both models)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     add_override_arg(parser)

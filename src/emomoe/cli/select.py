@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from emomoe.checkpoint import load_config
 from emomoe.errors import ConfigError, DataError
+from emomoe.io import refuse_existing
 from emomoe.select.calibration import load_calibration
 from emomoe.select.finetune import finetune_subset
 from emomoe.select.keep import KeepSpec
@@ -23,11 +23,15 @@ SELECT_EXAMPLES = """examples:
       --keep 8,8,4,4 --method easy-ep --out subsets/emo-prompts
   emomoe select --checkpoint runs/emo/final --selection subsets/emo-math/selection.json --out subsets/again
 """
+FINETUNE_EXAMPLES = """examples:
+  emomoe finetune --checkpoint subsets/emo-math --data runs/store --max-steps 100 --out subsets/emo-math-ft
+"""
+MERGE_EXAMPLES = """examples:
+  emomoe merge --full runs/emo/final --subset subsets/emo-math-ft --out runs/emo-math-merged
+"""
 
 
-def _refuse_existing(out: str, force: bool) -> None:
-    if Path(out).exists() and not force:
-        raise DataError(f"{out}: already exists (pass --force to replace it)")
+ANY_TOKENIZER_HELP = "go ahead even if the data was made with another tokenizer than the model's (results are then meaningless unless the text is the same)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calib", metavar="SOURCE",
         help="calibration data: domain(s) of the --data store, comma-separated for one subset serving their "
-        "union, or text files (jsonl/parquet/.txt folder); not needed for --method random",
+        "union, or text files (jsonl/parquet/.txt folder); not needed for --method random. At least 64 tokens "
+        "(fewer than 512 get a warning)",
     )
     p.add_argument("--data", metavar="STORE", help="token store whose training documents --calib domains name")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer for text-file calibration (default: the store's)")
@@ -71,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --method random")
     p.add_argument("--out", required=True, metavar="DIR", help="directory of the subset checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--any-tokenizer", action="store_true", help=ANY_TOKENIZER_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_select)
 
@@ -79,6 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune a subset on its domain (AdamW, small LR, one epoch)",
         description="Train every parameter of a subset on the training documents of its domain(s): "
         "AdamW, 10% warmup then linear decay to 0, clipping at 1.0, the model's auxiliary losses on.",
+        epilog=FINETUNE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     f.add_argument("--checkpoint", required=True, metavar="DIR", help="subset (or any model) checkpoint")
     f.add_argument("--data", required=True, metavar="STORE", help="token store")
@@ -86,11 +94,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--lr", type=float, default=5e-5)
     f.add_argument("--epochs", type=float, default=1.0, help="passes over the domains' training windows (default 1)")
     f.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
-    f.add_argument("--seq-len", type=int, default=256)
+    f.add_argument("--seq-len", type=int, metavar="S", help="tokens per window (default: the model's max_seq_len)")
     f.add_argument("--batch-size", type=int, default=8)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True, metavar="DIR")
-    f.add_argument("--force", action="store_true", help="replace an existing --out")
+    f.add_argument("--num-eval-windows", type=int, default=64, metavar="N",
+                   help="held-out windows per domain for the loss before and after (default 64; 0: all)")
+    f.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="steps between checkpoints that --resume continues from (default 0: only on Ctrl-C)")
+    f.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning into --out")
+    f.add_argument("--force", action="store_true", help="replace an existing --out (or an interrupted run into it)")
+    f.add_argument("--any-tokenizer", action="store_true", help=ANY_TOKENIZER_HELP)
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=run_finetune)
 
@@ -99,6 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="merge a subset's experts back into the full model at their original ids",
         description="Copy (or blend with --alpha) the subset's routed experts into the full model it was "
         "selected from. Router rows, shared experts and non-MoE weights stay unless asked for.",
+        epilog=MERGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     m.add_argument("--full", required=True, metavar="DIR", help="the checkpoint the subset was selected from")
     m.add_argument("--subset", required=True, metavar="DIR", help="the (fine-tuned) subset")
@@ -114,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    _refuse_existing(args.out, args.force)
+    refuse_existing(args.out, args.force)
     if (args.keep is None) == (args.selection is None):
         raise ConfigError("give either --keep (and calibration) or --selection (an earlier selection to reuse)")
     # A spelling error should not wait for the model and data to load.
@@ -132,7 +148,7 @@ def run_select(args: argparse.Namespace) -> int:
         )
     record = select_subset(
         args.checkpoint, args.out, keep=keep, method=method, calibration=calibration, seed=args.seed,
-        selection=args.selection, progress=not args.no_progress,
+        selection=args.selection, any_tokenizer=args.any_tokenizer, force=args.force, progress=not args.no_progress,
     )
     kept = ", ".join(str(len(k)) for k in record["kept_experts"])
     total, source_total = record["num_params"]["total"], record["source_num_params"]["total"]
@@ -142,23 +158,25 @@ def run_select(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    _refuse_existing(args.out, args.force)
+    refuse_existing(args.out, args.force)
     setup_runtime()
     done = finetune_subset(
         args.checkpoint, args.data, args.out, domains=args.domains, lr=args.lr, num_epochs=args.epochs,
         max_steps=args.max_steps, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
-        progress=not args.no_progress,
+        num_eval_windows=args.num_eval_windows, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        any_tokenizer=args.any_tokenizer, force=args.force, progress=not args.no_progress,
     )
+    held_out = ", ".join(f"{d} {done['val_before'][d]:.3f} -> {v:.3f}" for d, v in done["val_after"].items())
     print(f"wrote {args.out}: {done['num_steps']} steps on {', '.join(done['domains'])}; "
-          f"train CE {done['first_ce']:.3f} -> {done['last_ce']:.3f}")
+          f"train CE {done['first_ce']:.3f} -> {done['last_ce']:.3f}; held-out CE {held_out or 'n/a (no validation data)'}")
     return 0
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    _refuse_existing(args.out, args.force)
+    refuse_existing(args.out, args.force)
     merged = merge_subset(
         args.full, args.subset, args.out, alpha=args.alpha, router=args.router, shared=args.shared,
-        non_moe=args.non_moe, force=args.any_source,
+        non_moe=args.non_moe, any_source=args.any_source, force=args.force,
     )
     print(f"wrote {args.out}: " + json.dumps(merged))
     return 0

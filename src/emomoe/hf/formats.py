@@ -39,6 +39,7 @@ class HFFormat:
     def __init__(self, layout: Layout):
         self.layout = layout
         self.name = f"hf-{layout.model_type}"
+        self.config_file = CONFIG_JSON
 
     def detect(self, directory: Path) -> bool:
         return _model_type(directory) == self.layout.model_type

@@ -14,6 +14,7 @@ import torch
 
 from emomoe.checkpoint import checkpoint_hash, load_model, save_model
 from emomoe.errors import ConfigError, DataError
+from emomoe.io import refuse_existing
 from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import kept_rows
 from emomoe.select.subset import read_selection
@@ -28,13 +29,16 @@ def merge_subset(
     router: bool = False,
     shared: bool = False,
     non_moe: bool = False,
+    any_source: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Write the full model with the subset's weights merged in to `out_dir`; returns the record."""
+    """Write the full model with the subset's weights merged in to `out_dir` (an existing one only
+    with `force`); returns the record. `any_source` merges into another checkpoint than the source."""
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha: expected a number in [0, 1], got {alpha}")
+    refuse_existing(out_dir, force)
     record = read_selection(subset_dir)
-    if not force and record["source_sha256"] != checkpoint_hash(full_dir):
+    if not any_source and record["source_sha256"] != checkpoint_hash(full_dir):
         raise DataError(
             f"{subset_dir}: was selected from a different checkpoint than {full_dir} "
             f"(weights sha256 differ; pass --any-source to merge anyway)"

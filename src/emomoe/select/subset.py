@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter, save_model
+from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter, check_fits, save_model
 from emomoe.errors import ConfigError, DataError
-from emomoe.io import atomic_path
+from emomoe.io import atomic_path, check_output_dir, refuse_existing, write_checksums
 from emomoe.model import ModelConfig
 from emomoe.select.calibration import Calibration
 from emomoe.select.keep import KeepSpec
@@ -58,12 +58,20 @@ def select_subset(
     calibration: Calibration | None = None,
     seed: int = 0,
     selection: str | Path | None = None,
+    any_tokenizer: bool = False,
+    force: bool = False,
     progress: bool = False,
     max_shard_bytes: int = SUBSET_SHARD_BYTES,
 ) -> dict[str, Any]:
     """Select a subset of `checkpoint` (or take its kept experts from the `selection` file, a
-    selection.json or a subset directory) and write it to `out_dir`; return its selection record."""
+    selection.json or a subset directory) and write it to `out_dir`; return its selection record.
+
+    Everything is checked before anything is written (an existing `out_dir` is replaced only with
+    `force`), and the directory appears atomically.
+    """
     method = SelectMethod(method)
+    refuse_existing(out_dir, force)
+    check_output_dir(out_dir)
     with CheckpointReader(checkpoint) as reader:
         layers = moe_layers(reader.config, where=str(checkpoint))
         if selection is not None:
@@ -83,6 +91,14 @@ def select_subset(
             calibration = None
         elif calibration is None or not calibration.batches:
             raise ConfigError(f"method {method}: needs calibration data (--calib)")
+        else:
+            if "vocab_size" in calibration.info:
+                info = calibration.info
+                check_fits(
+                    reader.config, checkpoint, vocab_size=info["vocab_size"], seq_len=info["seq_len"],
+                    tokenizer_hash=info["tokenizer_hash"], any_tokenizer=any_tokenizer,
+                )
+            calibration.check_size()
         selector = ExpertSelector(
             reader, calibration.batches if calibration else [], method, seed=seed, progress=progress,
             where=str(checkpoint),
@@ -112,21 +128,15 @@ def _write_subset(
     ids) and write them, the config and selection.json as one atomic directory."""
     sub_cfg = subset_config(reader.config, layers, num_keep)
     check_free_space(out_dir, subset_bytes(reader, layers, num_keep))
-    try:
-        with atomic_path(out_dir) as tmp:
-            tmp.mkdir()
-            with ShardedWriter(tmp, max_shard_bytes) as writer:
-                kept = write(writer.add)
-            sub_cfg.to_yaml(tmp / CONFIG_FILE)
-            record = selection_record(reader, sub_cfg, layers, kept, **how)
-            (tmp / SELECTION_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise DataError(
-                f"{out_dir}: the disk filled up while writing the subset ({e.filename or e}); "
-                f"nothing was written and any previous {Path(out_dir).name} is intact"
-            ) from None
-        raise
+    # atomic_path turns a full disk into one line naming out_dir, and leaves any previous one intact.
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        with ShardedWriter(tmp, max_shard_bytes) as writer:
+            kept = write(writer.add)
+        sub_cfg.to_yaml(tmp / CONFIG_FILE)
+        record = selection_record(reader, sub_cfg, layers, kept, **how)
+        (tmp / SELECTION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_checksums(tmp)
     return record
 
 
