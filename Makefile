@@ -3,14 +3,16 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# constraints.txt pins the CPU torch for the demo and CI; the package itself takes any torch >= 2.6.
+PIP := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: setup demo test bench corpus clean
+.PHONY: setup demo test bench wheel corpus clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,hf,corpus]'
+	# torch first, from the constraints: resolving it with the rest could pick a CUDA build.
+	$(PIP) torch
+	$(PIP) -e '.[all,test,corpus]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,9 +26,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done
 
+# A normal (not editable) wheel in dist/.
+wheel: $(STAMP)
+	rm -rf dist build
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist .
+
 # Rebuild the embedded corpus from pinned Debian/PyPI packages (needs apt-get and dpkg-deb).
 corpus: $(STAMP)
 	$(BIN)/python scripts/build_corpus
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs dist build

@@ -6,7 +6,12 @@ apart and a 300-token BPE covers them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import random
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from emomoe.data.tokenize import tokenize_corpus
@@ -34,3 +39,79 @@ def build_store(docs: list[dict[str, str]], out: Path, *, vocab_size: int, **tok
     tokenizer = train_tokenizer((d["text"] for d in docs), vocab_size=vocab_size)
     tokenize_corpus(docs, tokenizer, out, progress=False, **tokenize_options)
     return out
+
+
+THREE_DOMAINS = {
+    "code": "def return self import class for in if else while yield lambda None x y z = ( ) :".split(),
+    "legal": "licensee shall grant warranty permission notice copyright software liability hereby".split(),
+    "math": "theorem proof lemma integral sum prime group ring field 0 1 2 3 + = < >".split(),
+}
+"""Word lists of three easily told apart domains."""
+
+
+def three_domain_store(out: Path) -> Path:
+    """24 documents of 30-90 words per domain of THREE_DOMAINS, a fifth held out, 300-token BPE."""
+    docs = word_documents(THREE_DOMAINS, 24, num_words=(30, 90))
+    return build_store(docs, out, vocab_size=300, val_fraction=0.2)
+
+
+def save_tiny_checkpoint(out: Path, store: Path, *overrides: str, seed: int = 0) -> Path:
+    """An untrained `tiny` model whose vocabulary and EOS are the store's, saved as a checkpoint."""
+    import torch
+
+    from emomoe.checkpoint import save_model
+    from emomoe.data.store import TokenStore
+    from emomoe.model import ModelConfig, build_model
+
+    opened = TokenStore.open(store)
+    cfg = ModelConfig.preset("tiny").with_overrides(
+        [f"vocab_size={opened.vocab_size}", f"eos_id={opened.eos_id}", *overrides]
+    )
+    torch.manual_seed(seed)
+    return save_model(out, build_model(cfg), cfg)
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str = "256k") -> Iterator[bool]:
+    """Mount a tmpfs of `size` at `path` (root only, where the platform allows); yields whether it did."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    ).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill_disk(directory: Path, leave_bytes: int = 0) -> Path:
+    """Write a ballast file into `directory` until its file system is full, then free `leave_bytes`."""
+    ballast = directory / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+    os.truncate(ballast, max(0, ballast.stat().st_size - leave_bytes))
+    return ballast
+
+
+def disk_full_error() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def damage(path: Path, how: str) -> Path:
+    """Flip one bit in the middle of a file ("flip") or cut it in half ("truncate")."""
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        data[len(data) // 2] ^= 0x10
+    elif how == "truncate":
+        del data[len(data) // 2 :]
+    else:
+        raise ValueError(how)
+    path.write_bytes(bytes(data))
+    return path

@@ -14,6 +14,7 @@ from tests.cli.test_train_cli import TOPICS, documents
 @pytest.mark.slow
 def test_anneal_starts_from_the_standard_model_and_joins_the_comparison(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "embedded_corpus", lambda: iter(documents()))
+    monkeypatch.setattr(demo, "BENCHMARK_TASK", {"num_items": 4, "context_tokens": 16, "continuation_tokens": 4})
     small = [
         "--set", "train.max_steps=2", "--set", "data.seq_len=32", "--set", "data.batch_size=2",
         "--set", "train.num_threads=1", "--set", "train.tensorboard=false", "--set", "train.eval_every=0",

@@ -28,14 +28,13 @@ from pathlib import Path
 
 from emomoe.analyze.sweep_results import mean_increase
 from emomoe.analyze.tables import markdown_table
-from emomoe.demo import CONFIG_DIR
 from emomoe.checkpoint import load_model
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
 from emomoe.evaluate.loss import evaluate_checkpoint, loss_by_domain
 from emomoe.io import atomic_write_text
 from emomoe.select.sweep import SweepConfig, run_sweep
-from emomoe.train.config import RunConfig
+from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
 from emomoe.train.trainer import train
 
 KEEP = 0.25
@@ -90,7 +89,7 @@ def run_config(spec: str, store: str) -> RunConfig:
     name, steps = parse_run(spec)
     config, overrides = GRID[name]
     budget = [f"train.max_steps={steps}"] if steps else []
-    cfg = RunConfig.from_yaml(CONFIG_DIR / config).with_overrides([f"data.store={store}", *COMMON, *overrides, *budget])
+    cfg = RunConfig.from_yaml(SHIPPED_CONFIGS / config).with_overrides([f"data.store={store}", *COMMON, *overrides, *budget])
     return cfg.with_overrides([f"train.eval_every={cfg.train.max_steps // 2}"])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 import types
 import typing
@@ -50,19 +51,26 @@ class Config:
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], path: str = "") -> C:
+        """Build and validate; every problem found (unknown keys, wrong types, invalid values in any
+        section) is reported at once, in one ConfigError."""
         if not isinstance(data, dict):
             raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            where = f"{path}." if path else ""
-            raise ConfigError(
-                f"unknown config key '{where}{unknown[0]}' (valid keys: {', '.join(sorted(fields))})"
-            )
-        kwargs = {
-            name: _coerce(value, hints[name], _join(path, name)) for name, value in data.items()
-        }
+        where = f"{path}." if path else ""
+        problems = [
+            f"unknown config key '{where}{key}' (valid keys: {', '.join(sorted(fields))})"
+            for key in sorted(set(data) - set(fields))
+        ]
+        kwargs = {}
+        for name, value in data.items():
+            if name in fields:
+                try:
+                    kwargs[name] = _coerce(value, hints[name], _join(path, name))
+                except ConfigError as e:
+                    problems.append(str(e))
+        if problems:
+            raise ConfigError("; ".join(problems))
         obj = cls(**kwargs)
         _validate_tree(obj, path)
         return obj
@@ -71,18 +79,31 @@ class Config:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
 
     @classmethod
-    def from_yaml(cls: type[C], path: str | Path) -> C:
+    def from_yaml(cls: type[C], path: str | Path, overrides: list[str] | None = None) -> C:
+        """Load a YAML file with dotted `overrides` applied before anything is checked, so that an
+        override can repair a file that would fail on its own."""
         path = Path(path)
         try:
             data = load_yaml(path.read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, not a config file") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
         try:
+            if not isinstance(data, dict):
+                raise ConfigError(f"expected a mapping of config sections, got {type(data).__name__}")
+            if overrides:
+                data = apply_overrides(deep_merge(cls().to_dict(), cls.expand(data)), overrides)
             return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+    @classmethod
+    def expand(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Hook: turn shorthands in raw YAML (e.g. a model preset) into plain fields."""
+        return data
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -92,25 +113,40 @@ class Config:
 
     def with_overrides(self: C, overrides: list[str]) -> C:
         """Return a copy with dotted `key=value` overrides applied (values parsed as YAML scalars)."""
-        data = self.to_dict()
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"override '{item}': expected key=value, e.g. train.max_steps=200")
-            node = data
-            parts = key.split(".")
-            for i, part in enumerate(parts[:-1]):
-                child = node.get(part) if isinstance(node, dict) else None
-                if not isinstance(child, dict):
-                    raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a config section")
-                node = child
-            if parts[-1] not in node:
-                raise ConfigError(f"unknown config key '{key}' in override '{item}'")
-            try:
-                node[parts[-1]] = load_yaml(raw) if raw else ""
-            except yaml.YAMLError:
-                node[parts[-1]] = raw
-        return type(self).from_dict(data)
+        return type(self).from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted `key=value` overrides in a config tree (in place; returned for chaining)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. train.max_steps=200")
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a config section")
+            node = child
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config key '{key}' in override '{item}'")
+        try:
+            node[parts[-1]] = load_yaml(raw) if raw else ""
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return data
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in, section by section."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _join(path: str, name: str) -> str:
@@ -121,8 +157,9 @@ def _validate_tree(obj: Config, path: str) -> None:
     try:
         obj.validate()
     except ConfigError as e:
-        msg = str(e)
-        raise ConfigError(f"{path}.{msg}" if path and not msg.startswith(path) else msg) from None
+        # A validate() may report several problems, "; "-separated: each gets the section's path.
+        parts = [f"{path}.{msg}" if path and not msg.startswith(path) else msg for msg in str(e).split("; ")]
+        raise ConfigError("; ".join(parts)) from None
 
 
 def _plain(value: Any) -> Any:
@@ -189,14 +226,17 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return int(value)
         raise ConfigError(f"{path}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "4e-3" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads "4e-3" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if number is None or not math.isfinite(number):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         # Numbers are accepted for string fields such as `pool: 32` next to `pool: 4..31`.
         if isinstance(value, (str, int)) and not isinstance(value, bool):

@@ -9,12 +9,17 @@ Steps, each cached in the output directory so that a second run reuses what is d
 4. sweep: for every domain and keep fraction (1, 1/2, 1/4, 1/8 of the routed experts), select
           a subset on the domain's training documents, slice it, and evaluate it on the domain's
           held-out documents, for both models;
-5. report: OUT/report.md with the sweep's tables, the plot OUT/loss_vs_keep.png and the
-          subsets' parameter counts; the summary table is printed.
+5. lm-eval: the shipped continuation task (pick the true continuation of a held-out passage
+          among 4) through lm-evaluation-harness, per domain, for both models, full and with the
+          sweep's 1/4 subset of that domain; OUT/lm_eval.md (+ .json);
+6. report: OUT/report.md with the sweep's tables, the plot OUT/loss_vs_keep.png, the subsets'
+          parameter counts and the lm-eval scores; the summary table is printed. It ends with the
+          headline numbers and figures of the modularity analysis of both models (`emomoe analyze`
+          on the held-out documents and the sweep's subsets), written in full to OUT/analysis.
 
 With `anneal`, step 2 also trains configs/demo-anneal.yaml into OUT/anneal: the standard
 model's weights, trained on briefly with EMO routing while the LR falls to 0 (the paper's
-EMO-anneal), and steps 3-5 cover it beside the other two.
+EMO-anneal); steps 3 and 4 cover it beside the other two.
 """
 
 from __future__ import annotations
@@ -26,24 +31,37 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emomoe.analyze.analysis import AnalysisConfig, run_analysis, write_analysis
+from emomoe.analyze.modularity_report import headline_table, summary_section
 from emomoe.analyze.tables import markdown_table
+from emomoe.checkpoint import load_for_inference
 from emomoe.data.corpus import embedded_corpus
 from emomoe.data.store import METADATA_FILE, TokenStore
 from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
 from emomoe.errors import ConfigError, DataError
+from emomoe.evaluate.benchmarks import go_offline, run_tasks, task_scores
+from emomoe.evaluate.continuation import (
+    CONTEXT_TOKENS, CONTINUATION_TOKENS, NUM_ITEMS, write_continuation_tasks,
+)
+from emomoe.evaluate.continuation import task_name as continuation_task
 from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.io import atomic_write_text
-from emomoe.select.sweep import SweepConfig, run_sweep, write_sweep
-from emomoe.train.config import RunConfig
+from emomoe.select.routing import moe_layers
+from emomoe.select.slicing import slice_model
+from emomoe.select.sweep import SweepConfig, keep_label, run_sweep, write_sweep
+from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
 from emomoe.train.trainer import fit_to_store, train
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-"""The repository's configs/ folder (the package is installed in editable mode by `make setup`)."""
+ANALYSIS_DIR = "analysis"
 DEMO_MODELS = {"emo": "demo-emo.yaml", "std": "demo-std.yaml"}
 ANNEAL, ANNEAL_CONFIG = "anneal", "demo-anneal.yaml"
 TOKENIZER_VOCAB = 8192
+BENCHMARK_KEEP = 0.25
+"""The subset (fraction of routed experts kept) scored on the lm-eval task beside the full model."""
+BENCHMARK_TASK = {"num_items": NUM_ITEMS, "context_tokens": CONTEXT_TOKENS, "continuation_tokens": CONTINUATION_TOKENS}
+"""Items per domain of the continuation task and their lengths: 7 x 32 x 4 choices of 80 tokens per model."""
 
 
 @dataclasses.dataclass
@@ -57,7 +75,11 @@ class DemoResult:
     """Per-domain validation loss of both full models (markdown)."""
     sweep: dict[str, Any]
     """The keep-fraction sweep (see `emomoe.analyze.sweep_results`)."""
+    benchmark: str
+    """Accuracy on the lm-eval continuation task per domain, full models and subsets (markdown)."""
     report: Path
+    modularity: str = ""
+    """Headline numbers of the modularity analysis (markdown)."""
 
 
 def run_demo(
@@ -71,33 +93,62 @@ def run_demo(
     """Run the main job into `out`; `overrides` (dotted key=value) apply to every model config."""
     out = Path(out)
     say = print if progress else (lambda *_: None)
-    say(f"[1/5] data: tokenizer and token store of the embedded corpus in {out}")
+    say(f"[1/6] data: tokenizer and token store of the embedded corpus in {out}")
     store = prepare_demo_data(out, progress=progress)
     final_dirs, training = {}, {}
     for name in DEMO_MODELS:
-        say(f"[2/5] train: {DEMO_MODELS[name]} -> {out / name}")
+        say(f"[2/6] train: {DEMO_MODELS[name]} -> {out / name}")
         started = time.perf_counter()
         final_dirs[name] = train_demo_model(name, store, out, overrides or [], force=force, progress=progress)
         training[name] = training_facts(final_dirs[name], time.perf_counter() - started)
     if anneal:
-        say(f"[2/5] train: {ANNEAL_CONFIG} from {final_dirs['std']} -> {out / ANNEAL}")
+        say(f"[2/6] train: {ANNEAL_CONFIG} from {final_dirs['std']} -> {out / ANNEAL}")
         started = time.perf_counter()
         annealed = train_anneal_model(final_dirs["std"], store, out, overrides or [], force=force, progress=progress)
         training[ANNEAL] = training_facts(annealed, time.perf_counter() - started)
         # The standard MoE last: the sweep's tables compare every model with the last one.
         final_dirs = {"emo": final_dirs["emo"], ANNEAL: annealed, "std": final_dirs["std"]}
-    say("[3/5] eval: per-domain validation loss of the full models")
+    say("[3/6] eval: per-domain validation loss of the full models")
     val_loss = {name: validation_losses(final, store, progress=progress) for name, final in final_dirs.items()}
     table = loss_table(val_loss)
     atomic_write_text(out / "val_loss.md", table + "\n")
     atomic_write_text(out / "val_loss.json", json.dumps(val_loss, indent=2) + "\n")
-    say("[4/5] sweep: select, slice and evaluate expert subsets per domain and keep fraction")
+    say("[4/6] sweep: select, slice and evaluate expert subsets per domain and keep fraction")
     trained = RunConfig.from_yaml(out / "emo" / CONFIG_FILE)
     sweep_cfg = SweepConfig(seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size)
     sweep = run_sweep(final_dirs, store, sweep_cfg, progress=progress)
-    report = write_sweep(out, sweep, training=training, command=f"emomoe demo --out {out}")
-    say(f"[5/5] report: {report}")
-    return DemoResult(out, final_dirs, val_loss, table, sweep, report)
+    say(f"[5/6] lm-eval: the continuation task, full models and {BENCHMARK_KEEP:g} subsets")
+    # The lm-eval and analysis steps stay with the two models the demo is about; the anneal is swept.
+    pair = {name: final_dirs[name] for name in DEMO_MODELS}
+    accuracy = benchmark_accuracy(pair, store, sweep, out)
+    benchmark = benchmark_table(accuracy)
+    atomic_write_text(out / "lm_eval.md", benchmark + "\n")
+    atomic_write_text(out / "lm_eval.json", json.dumps(accuracy, indent=2) + "\n")
+    command = f"emomoe demo --out {out}" + (" --anneal" if anneal else "")
+    report = write_sweep(out, sweep, force=True, training=training, command=command)
+    atomic_write_text(report, report.read_text() + "\n" + benchmark_section(benchmark))
+    modularity = analyze_demo_models(out, pair, store, report, progress=progress)
+    say(f"[6/6] report: {report}")
+    return DemoResult(out, final_dirs, val_loss, table, sweep, benchmark, report, modularity)
+
+
+def analyze_demo_models(
+    out: Path, final_dirs: dict[str, Path], store: TokenStore, report: Path, *, progress: bool
+) -> str:
+    """Step 6: the modularity analysis of both models into OUT/analysis (up to 64 held-out documents
+    per domain, which is all of the embedded corpus's, cut to seq_len tokens; the sweep's subsets
+    for their overlap), and its summary appended to report.md. Returns the headline table."""
+    seq_len = RunConfig.from_yaml(out / "emo" / CONFIG_FILE).data.seq_len
+    cfg = AnalysisConfig(tokens_per_doc=seq_len)
+    analysis = run_analysis(final_dirs, store, cfg, sweep_dir=out, progress=progress)
+    paths, names = " ".join(str(d) for d in final_dirs.values()), " ".join(final_dirs)
+    command = (
+        f"emomoe analyze --checkpoints {paths} --names {names} --data {store.path} "
+        f"--tokens-per-doc {seq_len} --sweep {out} --out {out / ANALYSIS_DIR}"
+    )
+    write_analysis(out / ANALYSIS_DIR, analysis, command=command)
+    atomic_write_text(report, report.read_text() + "\n" + summary_section(analysis, ANALYSIS_DIR))
+    return headline_table(analysis)
 
 
 def training_facts(final_dir: Path, wall_s: float) -> dict[str, Any]:
@@ -123,10 +174,9 @@ def prepare_demo_data(out: Path, *, progress: bool = True) -> TokenStore:
 
 
 def demo_config(name: str, store: TokenStore, overrides: list[str]) -> RunConfig:
-    path = CONFIG_DIR / {**DEMO_MODELS, ANNEAL: ANNEAL_CONFIG}[name]
-    if not path.is_file():
-        raise DataError(f"{path}: demo config not found (run the demo from a source checkout: make demo)")
-    return RunConfig.from_yaml(path).with_overrides([f"data.store={store.path}", *overrides])
+    return RunConfig.from_yaml(SHIPPED_CONFIGS / {**DEMO_MODELS, ANNEAL: ANNEAL_CONFIG}[name]).with_overrides(
+        [f"data.store={store.path}", *overrides]
+    )
 
 
 def train_demo_model(
@@ -187,3 +237,54 @@ def loss_table(val_loss: dict[str, dict[str, Any]]) -> str:
     ]
     titles = [MODEL_TITLES.get(m, m) for m in with_mean]
     return markdown_table(["domain", *titles, *[f"{MODEL_TITLES.get(m, m)} - std" for m in others]], rows)
+
+
+def benchmark_accuracy(
+    final_dirs: dict[str, Path], store: TokenStore, sweep: dict[str, Any], out: Path
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Step 5: model -> "full" or the keep label -> domain -> accuracy on the continuation task.
+
+    The subset of each domain is the one the sweep selected on that domain's training documents;
+    the task's items come from the domain's held-out documents (OUT/lm_eval_tasks).
+    """
+    go_offline()
+    from emomoe.evaluate.harness import EmoLM  # imports lm-eval: only now, and offline
+
+    task_dir = out / "lm_eval_tasks"
+    write_continuation_tasks(store, task_dir, **BENCHMARK_TASK)
+    tokenizer = load_tokenizer(store.tokenizer_path)
+    keep = keep_label(BENCHMARK_KEEP)
+    accuracy: dict[str, dict[str, dict[str, float]]] = {}
+    for name, final in final_dirs.items():
+        model, cfg = load_for_inference(final)
+        layers = moe_layers(cfg, where=str(final))
+        per_model = accuracy[name] = {"full": {}, keep: {}}
+        for domain in store.domains:
+            task = continuation_task(domain)
+            subset, _ = slice_model(model, cfg, layers, sweep["kept_experts"][name][keep][domain])
+            for label, variant in (("full", model), (keep, subset)):
+                lm = EmoLM(model=variant, tokenizer=tokenizer)
+                scores = task_scores(run_tasks(lm, [task], include_path=[task_dir]))
+                per_model[label][domain] = scores[task]["acc"]
+    return accuracy
+
+
+def benchmark_table(accuracy: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Domains as rows; a column per (model, full or subset); the mean over domains last."""
+    columns = [(name, label) for name, per_model in accuracy.items() for label in per_model]
+    domains = list(next(iter(accuracy.values()))["full"])
+    rows = [[d, *(f"{accuracy[n][k][d]:.3f}" for n, k in columns)] for d in domains]
+    means = [sum(accuracy[n][k].values()) / len(domains) for n, k in columns]
+    rows.append(["mean", *(f"{m:.3f}" for m in means)])
+    return markdown_table(["domain", *(f"{n} {k}" for n, k in columns)], rows)
+
+
+def benchmark_section(table: str) -> str:
+    items = BENCHMARK_TASK["num_items"]
+    return (
+        "## lm-eval: pick the true continuation (4 choices, chance 0.25)\n\n"
+        f"Accuracy on `emomoe_continuation_<domain>` ({items} items per domain from held-out documents, "
+        f"through lm-evaluation-harness); `{keep_label(BENCHMARK_KEEP)}` is the domain's own subset from the "
+        f"sweep. Reproduce one cell with `emomoe lm-eval --checkpoint CKPT --tasks emomoe_continuation`.\n\n"
+        + table + "\n"
+    )

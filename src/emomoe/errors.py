@@ -11,3 +11,24 @@ class ConfigError(EmomoeError, ValueError):
 
 class DataError(EmomoeError):
     """Input data is missing, malformed or inconsistent. The message names the file."""
+
+
+class MissingDependency(EmomoeError, ImportError):
+    """An optional feature's package is not installed. The message names the extra that brings it."""
+
+
+def optional_import(module: str, extra: str, feature: str):
+    """Import `module` of an optional feature, or raise MissingDependency naming `pip install 'emomoe[extra]'`."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependency(f"{feature} needs the '{module.split('.')[0]}' package: pip install 'emomoe[{extra}]'") from None
+
+
+def warn(message: str) -> None:
+    """Tell the user something they should know but that does not stop the work: one line on stderr."""
+    import sys
+
+    print(f"emomoe: warning: {message}", file=sys.stderr, flush=True)

@@ -55,3 +55,11 @@ def test_summary_table_compares_every_model_with_the_last(sweep_results):
     rows = _rows(summary_table(sweep_results))
     ratio = mean_increase(sweep_results, "emo", "0.5") / mean_increase(sweep_results, "std", "0.5")
     assert rows[0][4] == rows[0][5] == f"{ratio:.2f}"
+
+
+def test_no_ratio_when_the_denominator_prints_as_zero(sweep_results):
+    for model, shift in (("emo", -0.00011), ("std", -0.00004)):  # both print as -0.000
+        per_keep = sweep_results["loss"][model]
+        per_keep["0.5"] = {d: per_keep["1"][d] + shift for d in per_keep["1"]}
+    rows = _rows(summary_table(sweep_results))
+    assert rows[0][1:] == ["-0.000", "-0.000", "n/a"]

@@ -1,7 +1,13 @@
+import re
+
+import pytest
 import torch
 
-from emomoe.checkpoint import load_for_inference, save_model
+from emomoe.checkpoint import WEIGHTS_FILE, load_for_inference, load_model, save_model
+from emomoe.errors import DataError
+from emomoe.io import CHECKSUMS_FILE
 from emomoe.model import ModelConfig, build_model
+from tests.fixtures import damage
 
 
 def test_inference_routing_uses_no_document_pool(tmp_path):
@@ -22,3 +28,34 @@ def test_inference_routing_uses_no_document_pool(tmp_path):
         expected = pool_free(ids_BS, doc_ids_BS).logits
         torch.testing.assert_close(loaded(ids_BS, doc_ids_BS).logits, expected)
         assert not torch.allclose(model.eval()(ids_BS, doc_ids_BS).logits, expected, atol=1e-4)
+
+
+def saved_tiny(tmp_path):
+    cfg = ModelConfig.preset("tiny")
+    torch.manual_seed(0)
+    return save_model(tmp_path / "ckpt", build_model(cfg), cfg, meta={"step": 1})
+
+
+@pytest.mark.parametrize("file", ["model.safetensors", "model.yaml", "meta.json"])
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_a_damaged_file_is_named_on_load(tmp_path, file, how):
+    directory = saved_tiny(tmp_path)
+    load_model(directory)
+    path = damage(directory / file, how)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: checksum mismatch"):
+        load_model(directory)
+
+
+def test_without_checksums_a_truncated_file_is_still_a_data_error(tmp_path):
+    directory = saved_tiny(tmp_path)
+    (directory / CHECKSUMS_FILE).unlink()  # e.g. a checkpoint written by another tool
+    weights = directory / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(DataError, match=re.escape(str(weights))):
+        load_model(directory)
+
+
+def test_every_file_of_a_saved_model_is_listed(tmp_path):
+    directory = saved_tiny(tmp_path)
+    listed = sorted(line.split("  ")[1] for line in (directory / CHECKSUMS_FILE).read_text().splitlines())
+    assert listed == sorted(p.name for p in directory.iterdir() if p.name != CHECKSUMS_FILE)

@@ -1,8 +1,12 @@
+import argparse
+import re
+import importlib.metadata
 import subprocess
 import sys
 
 import pytest
 
+import emomoe
 from emomoe.cli import build_parser, main
 
 
@@ -31,3 +35,26 @@ def test_unknown_verb_fails():
     with pytest.raises(SystemExit) as exc:
         main(["no-such-verb"])
     assert exc.value.code != 0
+
+
+def _commands(parser):
+    """Every (sub)command parser under `parser`, with its full name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield sub.prog, sub
+                yield from _commands(sub)
+
+
+def test_every_command_help_shows_a_runnable_example():
+    for prog, sub in _commands(build_parser()):
+        help_text = sub.format_help()
+        examples = help_text[help_text.find("\nexample") :]
+        assert re.search(r"\nexamples?( \(.*\))?:", help_text) and prog in examples, f"{prog} --help has no example"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out == f"emomoe {emomoe.__version__}\n"
+    assert emomoe.__version__ == importlib.metadata.version("emomoe")

@@ -168,3 +168,18 @@ def test_mix_takes_vocab_and_eos_from_its_tokenizer(tmp_path: Path, tokenizer) -
     assert (store.vocab_size, store.eos_id, store.tokenizer_hash) == (tokenizer.vocab_size, tokenizer.eos_id, tokenizer.hash)
     store.check_tokenizer(load_tokenizer(store.tokenizer_path))
     assert [t.tolist() for _, t in store.documents("train")] == [[5, 6, tokenizer.eos_id], [7, tokenizer.eos_id]]
+
+
+def test_the_shipped_mix_example_reads_like_its_store():
+    assets = Path(__file__).resolve().parents[1] / "assets"
+    mix, store = TokenStore.open(assets / "mix.yaml"), TokenStore.open(assets / "store")
+    assert mix.domains == store.domains and mix.tokenizer_hash == store.tokenizer_hash
+    for split in ("train", "val"):
+        for domain in store.domains:
+            assert mix.num_tokens(split, [domain]) == store.num_tokens(split, [domain])
+            assert [t.tolist() for _, t in mix.documents(split, [domain])] == [t.tolist() for _, t in store.documents(split, [domain])]
+
+
+def test_a_missing_mix_file_points_at_the_format(tmp_path):
+    with pytest.raises(DataError, match="mix file not found .*docs/data.md"):
+        TokenStore.open(tmp_path / "olmoe-mix.yaml")

@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from emomoe.data.store import TokenStore
-from emomoe.data.tokenize import partial_path, tokenize_corpus
+from emomoe.data.tokenize import encode_texts, partial_path, size_batches, split_points, tokenize_corpus
 from emomoe.data.tokenizer import EOS_TOKEN, load_tokenizer
 from emomoe.errors import ConfigError, DataError
 
@@ -134,3 +134,29 @@ def test_large_vocabularies_use_uint32(tmp_path: Path) -> None:
     assert all(s.tokens.dtype == np.uint32 for s in store.shards("train"))
     stored = {tuple(t.tolist()) for _, t in store.documents("train")} | {tuple(t.tolist()) for _, t in store.documents("val")}
     assert stored == {(i, 69999, i * 7, 1) for i in range(2, 30)}
+
+
+def test_long_documents_encode_in_pieces_to_the_same_ids(tokenizer, corpus_docs) -> None:
+    text = "  ".join(d["text"] for d in corpus_docs) + " x" * 500  # double spaces too: cuts must avoid them
+    whole = tokenizer.encode(text)
+    for piece_chars in (50, 333, 4096):
+        cuts = split_points(text, piece_chars)
+        assert len(cuts) > 2 and all(b - a <= piece_chars for a, b in zip(cuts, cuts[1:]))
+        (ids,) = encode_texts(tokenizer, [text], np.uint16, piece_chars=piece_chars)
+        assert ids.tolist() == whole
+    (ids,) = encode_texts(tokenizer, ["x" * 1000], np.uint16, piece_chars=64)  # no space to cut at
+    assert tokenizer.decode(ids.tolist()) == "x" * 1000
+
+
+def test_size_batches_cover_everything_in_order() -> None:
+    assert size_batches([5, 5, 20, 1, 1, 1], 10) == [(0, 2), (2, 3), (3, 6)]
+    assert size_batches([], 10) == []
+
+
+def test_what_is_held_out_is_said(tokenizer, tmp_path: Path, capsys) -> None:
+    docs = [{"text": f"a document about {i} things", "domain": "many", "source": "t"} for i in range(10)]
+    docs.append({"text": "the only one", "domain": "single", "source": "t"})
+    tokenize_corpus(docs, tokenizer, tmp_path / "s", val_fraction=0.02, min_val_docs=4, progress=False)
+    err = capsys.readouterr().err
+    assert "domain 'many': held out 4 of 10 documents for validation" in err
+    assert "domain 'single': no validation documents (1 in all)" in err

@@ -102,3 +102,8 @@ def test_sample_spreads_over_the_input_deterministically(make_documents) -> None
     assert 0.2 * total < sum(len(t.encode()) for t in sample) < 0.5 * total
     domains = {d["domain"] for d in docs if d["text"] in set(sample)}
     assert domains == {d["domain"] for d in docs}  # not just the first part of the input
+
+
+def test_a_smaller_vocabulary_than_asked_is_said(capsys) -> None:
+    tok = train_tokenizer(["a tiny text, a tiny text"] * 3, vocab_size=70000)
+    assert f"the tokenizer has {tok.vocab_size:,} entries, not the 70,000 asked for" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_parse_pool(text, expected):
         (["moe.num_experts_per_layer=[8, 0]"], "moe.num_experts_per_layer[1]"),
         (["num_kv_heads=3"], "num_kv_heads"),
         (["num_heads=5"], "num_heads"),
-        (["eos_id=256"], "eos_id"),
+        (["eos_id=512"], "eos_id"),
     ],
 )
 def test_bad_configs_name_the_field(overrides, field):

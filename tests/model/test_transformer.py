@@ -26,7 +26,7 @@ def _ids(B=2, S=24, seed=0, eos_every=7):
 def test_forward_returns_logits_losses_and_routing_per_layer():
     model, cfg = _model()
     out = model(_ids(), return_routing=True)
-    assert out.logits.shape == (2, 24, 256) and out.logits.dtype == torch.float32
+    assert out.logits.shape == (2, 24, cfg.vocab_size) and out.logits.dtype == torch.float32
     assert out.lb_loss.ndim == 0 and out.router_z_loss.ndim == 0 and out.lb_loss > 0
     assert len(out.routing) == cfg.num_layers
     for r in out.routing:

@@ -4,7 +4,7 @@ import torch
 from emomoe.checkpoint import save_model
 from emomoe.data.store import TokenStore
 from emomoe.model import ModelConfig, build_model
-from tests.fixtures import build_store, word_documents
+from tests.fixtures import three_domain_store
 
 
 def tiny_config(num_layers: int = 2, pool: str = "2..8") -> ModelConfig:
@@ -40,20 +40,10 @@ def make_tiny_config():
     return tiny_config
 
 
-_WORDS = {
-    "code": "def return self import class for in if else while yield lambda None x y z = ( ) :".split(),
-    "legal": "licensee shall grant warranty permission notice copyright software liability hereby".split(),
-    "math": "theorem proof lemma integral sum prime group ring field 0 1 2 3 + = < >".split(),
-}
-
-
-
-
 @pytest.fixture(scope="session")
 def store_dir(tmp_path_factory):
     """A token store of three synthetic domains, tokenized with a 300-token byte-level BPE."""
-    docs = word_documents(_WORDS, 24, num_words=(30, 90))
-    return build_store(docs, tmp_path_factory.mktemp("store") / "store", vocab_size=300, val_fraction=0.2)
+    return three_domain_store(tmp_path_factory.mktemp("store") / "store")
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,13 @@
 import json
 
 import pytest
+import torch
 
+from emomoe.checkpoint import CheckpointReader, load_model, save_model
 from emomoe.cli import main
+from emomoe.data.loader import eval_batches
+from emomoe.data.store import Split, TokenStore
+from emomoe.evaluate.loss import loss_by_domain
 from emomoe.select.subset import SELECTION_FILE
 
 
@@ -67,13 +72,66 @@ def test_eval_prints_json_per_domain(tmp_path, checkpoint_dir, store_dir, capsys
 
 def test_sweep_writes_results_report_and_plot(tmp_path, checkpoint_dir, store_dir, capsys):
     out = tmp_path / "sweep"
-    assert main(["sweep", "--checkpoints", str(checkpoint_dir), "--names", "tiny", "--data", str(store_dir),
-                 "--keep", "1,0.5", "--method", "random", "--domains", "code", "math", "--num-eval-windows", "2",
-                 "--seq-len", "32", "--out", str(out), "--no-progress"]) == 0
+    args = ["sweep", "--checkpoints", str(checkpoint_dir), "--names", "tiny", "--data", str(store_dir),
+            "--method", "random", "--domains", "code", "math", "--num-eval-windows", "2",
+            "--seq-len", "32", "--out", str(out), "--no-progress"]
+    assert main([*args, "--keep", "1,0.5"]) == 2  # "1" is one expert in select: never all of them here
+    assert "a bare integer is a number of experts" in capsys.readouterr().err
+    assert main([*args, "--keep", "1.0,0.5"]) == 0
     assert "tiny: mean held-out loss increase 0.5:" in capsys.readouterr().out
+    assert main([*args, "--keep", "1.0,0.5"]) == 2  # results are never overwritten without --force
+    assert "results.json: already exists (results of an earlier sweep)" in capsys.readouterr().err
+    assert main([*args, "--keep", "1.0,0.5", "--force"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["loss"]["tiny"]["0.5"]) == {"code", "math"}
     assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "loss_vs_keep.png"}
     assert main(["sweep", "--checkpoints", str(checkpoint_dir), str(checkpoint_dir), "--data", str(store_dir),
                  "--out", str(out)]) == 2
     assert "model names must differ" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def bf16_sharded(tmp_path_factory, checkpoint_dir):
+    """The test checkpoint stored in bf16, in several shards (the layout of a released model)."""
+    model, cfg = load_model(checkpoint_dir)
+    path = tmp_path_factory.mktemp("bf16") / "full"
+    save_model(path, model.bfloat16(), cfg, max_shard_bytes=30_000)
+    return path
+
+
+def test_select_streams_a_sharded_bf16_checkpoint_and_eval_runs_the_subset(tmp_path, bf16_sharded, store_dir, capsys):
+    sub, again = tmp_path / "sub", tmp_path / "again"
+    assert main(["select", "--checkpoint", str(bf16_sharded), "--data", str(store_dir), "--calib", "math",
+                 "--keep", "0.5", "--num-calib-windows", "4", "--seq-len", "32", "--out", str(sub),
+                 "--no-progress"]) == 0
+    with CheckpointReader(sub) as subset, CheckpointReader(bf16_sharded) as full:
+        assert {subset.dtype(n) for n in subset.names()} == {torch.bfloat16}
+        kept = json.loads((sub / SELECTION_FILE).read_text())["kept_experts"]
+        assert torch.equal(subset.get("layers.1.moe.experts.w1"), full.get("layers.1.moe.experts.w1")[[*kept[1], 7]])
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(sub), "--data", str(store_dir), "--domains", "math",
+                 "--seq-len", "32", "--max-windows", "2", "--no-progress"]) == 0
+    loss = json.loads(capsys.readouterr().out)["all"]["loss"]
+    # The reference: the subset's bf16 values in an fp32 model, evaluated the ordinary way.
+    reference, _ = load_model(sub)
+    store = TokenStore.open(store_dir)
+    batches = eval_batches(store, Split.VAL, seq_len=32, batch_size=16, domains=["math"], max_windows_per_domain=2)
+    expected = loss_by_domain(reference.eval(), batches, store.domains)["math"].loss
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert main(["select", "--checkpoint", str(bf16_sharded), "--selection", str(sub), "--out", str(again),
+                 "--no-progress"]) == 0
+    assert json.loads((again / SELECTION_FILE).read_text())["kept_experts"] == kept
+
+
+@pytest.mark.parametrize("extra", [[], ["--keep", "2", "--selection", "x.json"]])
+def test_select_needs_exactly_one_of_keep_and_selection(tmp_path, checkpoint_dir, capsys, extra):
+    assert main(["select", "--checkpoint", str(checkpoint_dir), "--out", str(tmp_path / "s"), *extra]) == 2
+    assert "either --keep" in capsys.readouterr().err
+
+
+def test_sweep_names_runs_after_their_run_directory():
+    from emomoe.cli.eval import sweep_names
+
+    assert sweep_names(["runs/emo/final", "runs/std/final"], None) == {"emo": "runs/emo/final", "std": "runs/std/final"}
+    assert sweep_names(["subsets/emo-code"], None) == {"emo-code": "subsets/emo-code"}
+    assert sweep_names(["a/final"], ["mine"]) == {"mine": "a/final"}

@@ -9,17 +9,20 @@ from emomoe.checkpoint import load_model, save_model
 from emomoe.data.pairs import PairLoader, read_pairs
 from emomoe.data.store import TokenStore
 from emomoe.data.tokenizer import load_tokenizer
-from emomoe.errors import ConfigError
+from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.loss import evaluate_checkpoint
+from emomoe.select import finetune as finetune_module
 from emomoe.select.calibration import store_calibration
 from emomoe.select.finetune import FinetuneLoss, finetune_loss, finetune_subset
 from emomoe.select.keep import KeepSpec
 from emomoe.select.subset import SELECTION_FILE, select_subset
+from emomoe.train.metrics import METRICS_FILE, read_metrics
+from emomoe.train.trainer import TrainingInterrupted
 
 
 @pytest.fixture(scope="module")
 def legal_subset(tmp_path_factory, checkpoint_dir, store_dir):
-    calib = store_calibration(store_dir, ["legal"], num_windows=2, seq_len=32, batch_size=2)
+    calib = store_calibration(store_dir, ["legal"], num_windows=4, seq_len=32, batch_size=2)
     out = tmp_path_factory.mktemp("sub") / "legal"
     select_subset(checkpoint_dir, out, keep=KeepSpec.parse("3"), method="global", calibration=calib)
     return out
@@ -52,11 +55,47 @@ def test_domains_are_needed_when_the_selection_did_not_use_the_store(tmp_path, c
     assert not (tmp_path / "ft").exists()
 
 
-def test_held_out_loss_of_the_domain_goes_down(tmp_path, legal_subset, store_dir):
-    before = evaluate_checkpoint(legal_subset, store_dir, domains=["legal"], seq_len=32, batch_size=8)
-    finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=3e-3, max_steps=15, seq_len=32, batch_size=8)
-    after = evaluate_checkpoint(tmp_path / "ft", store_dir, domains=["legal"], seq_len=32, batch_size=8)
-    assert after["domains"]["legal"]["loss"] < before["domains"]["legal"]["loss"] - 0.5
+def test_finetuning_lowers_held_out_loss_on_its_domain(tmp_path, legal_subset, store_dir):
+    finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=3e-3, max_steps=20, seq_len=32, batch_size=4)
+    held_out = {"domains": ["legal"], "seq_len": 32, "batch_size": 8}
+    before = evaluate_checkpoint(legal_subset, store_dir, **held_out)["domains"]["legal"]["loss"]
+    after = evaluate_checkpoint(tmp_path / "ft", store_dir, **held_out)["domains"]["legal"]["loss"]
+    assert after < before - 0.2, (before, after)
+
+
+def test_finetuning_reports_held_out_loss_writes_metrics_and_resumes_exactly(tmp_path, legal_subset, store_dir, monkeypatch):
+    args = {"lr": 3e-3, "max_steps": 6, "seq_len": 32, "batch_size": 4, "checkpoint_every": 2}
+    straight = finetune_subset(legal_subset, store_dir, tmp_path / "a", **args)
+    assert set(straight["val_after"]) == {"legal"} and straight["val_after"]["legal"] < straight["val_before"]["legal"]
+    records = read_metrics(tmp_path / "a" / METRICS_FILE)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6, 6] and records[-1]["val/legal"] == straight["val_after"]["legal"]
+
+    work = tmp_path / ".b.finetune"
+
+    class StopAfterThreeSteps:  # stands in for Ctrl-C / SIGTERM arriving during step 3
+        requested = property(lambda self: len(read_metrics(work / METRICS_FILE)) >= 3)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finetune_module, "StopRequest", StopAfterThreeSteps)
+        with pytest.raises(TrainingInterrupted, match="stopped at step 3"):
+            finetune_subset(legal_subset, store_dir, tmp_path / "b", **args)
+    assert not (tmp_path / "b").exists() and work.is_dir()
+    with pytest.raises(DataError, match="pass --resume to continue it or --force to start over"):
+        finetune_subset(legal_subset, store_dir, tmp_path / "b", **args)
+    with pytest.raises(DataError, match="cannot resume, the interrupted run had another lr"):
+        finetune_subset(legal_subset, store_dir, tmp_path / "b", **{**args, "lr": 1e-3}, resume=True)
+    resumed = finetune_subset(legal_subset, store_dir, tmp_path / "b", **args, resume=True)
+    assert resumed["val_after"] == straight["val_after"] and resumed["val_before"] == straight["val_before"]
+    assert read_metrics(tmp_path / "b" / METRICS_FILE) == records
+    a, b = load_model(tmp_path / "a")[0].state_dict(), load_model(tmp_path / "b")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not work.exists()
 
 
 def test_a_full_emo_checkpoint_is_fine_tuned_without_its_pool(tmp_path, checkpoint_dir, store_dir):

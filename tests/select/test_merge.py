@@ -60,5 +60,5 @@ def test_a_different_source_checkpoint_is_refused(tmp_path, checkpoint_dir, chan
     with pytest.raises(DataError, match="different checkpoint"):
         merge_subset(tmp_path / "other", subset_dir, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
-    merge_subset(tmp_path / "other", subset_dir, tmp_path / "merged", force=True)
+    merge_subset(tmp_path / "other", subset_dir, tmp_path / "merged", any_source=True)
     assert (tmp_path / "merged" / "model.safetensors").is_file()

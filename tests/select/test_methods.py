@@ -2,10 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emomoe.select.easy_ep import easy_ep_scores
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
+from emomoe.select.weights import ModelWeights
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,28 @@ def _top(scores, n):
     return sorted(scores.topk(n).indices.tolist())
 
 
+class RecordingWeights(ModelWeights):
+    """A model's weights that log every read as (name, rows or None)."""
+
+    def __init__(self, model, cfg):
+        super().__init__(model, cfg)
+        self.reads = []
+
+    def get(self, name, rows=None):
+        self.reads.append((name, None if rows is None else list(rows)))
+        return super().get(name, rows)
+
+
+def _selector(tiny, batches, method, seed=0):
+    model, cfg = tiny
+    return ExpertSelector(ModelWeights(model, cfg), batches, method, seed=seed)
+
+
 @pytest.mark.parametrize("keep", [[1, 1], [3, 5], [6, 2]])
 def test_global_is_top_n_by_mean_router_probability(tiny, batches, keep):
-    model, _ = tiny
-    layers = moe_layers(model)
-    got = ExpertSelector(model, layers, batches, SelectMethod.GLOBAL).choose(keep)
+    model, cfg = tiny
+    layers = moe_layers(cfg)
+    got = _selector(tiny, batches, SelectMethod.GLOBAL).choose(keep)
     expected = [_top(_mean_router_probs(model, batches, layer.index), n) for layer, n in zip(layers, keep)]
     assert got == expected
 
@@ -40,8 +57,8 @@ def test_global_is_top_n_by_mean_router_probability(tiny, batches, keep):
 @pytest.mark.parametrize("keep", [[1, 1], [3, 5], [2, 4]])
 def test_layerwise_measures_each_layer_on_the_model_pruned_before_it(tiny, batches, keep):
     model, cfg = tiny
-    layers = moe_layers(model)
-    got = ExpertSelector(model, layers, batches, SelectMethod.LAYERWISE).choose(keep)
+    layers = moe_layers(cfg)
+    got = _selector(tiny, batches, SelectMethod.LAYERWISE).choose(keep)
     # Reference: physically prune the layers chosen so far, run whole forwards, rank the next layer.
     kept = [list(range(layer.num_routed)) for layer in layers]
     for i, layer in enumerate(layers):
@@ -50,21 +67,24 @@ def test_layerwise_measures_each_layer_on_the_model_pruned_before_it(tiny, batch
     assert got == kept
 
 
-def test_layerwise_passes_stop_after_the_layer_being_measured(tiny, batches):
-    model, _ = tiny
-    layers = moe_layers(model)
-    reached = []
-    handle = model.lm_head.register_forward_hook(lambda *a: reached.append(1))
-    try:
-        ExpertSelector(model, layers, batches, SelectMethod.LAYERWISE).choose([2, 2])
-    finally:
-        handle.remove()
-    assert reached == []
+def test_layerwise_reads_one_block_at_a_time_and_only_the_kept_experts(tiny, batches):
+    model, cfg = tiny
+    source = RecordingWeights(model, cfg)
+    kept = ExpertSelector(source, batches, SelectMethod.LAYERWISE).choose([2, 3])
+    expert_reads = [(name, rows) for name, rows in source.reads if ".moe.experts." in name]
+    assert expert_reads == [
+        (f"layers.{i}.moe.experts.{w}", [*kept[i], 7]) for i in range(2) for w in ("w1", "w2", "w3")
+    ]
+    blocks = [int(name.split(".")[1]) for name, _ in source.reads if name.startswith("layers.")]
+    assert blocks == sorted(blocks)  # block 0 is done with before block 1 is read
+    assert {name for name, _ in source.reads if not name.startswith("layers.")} == {"embed.weight"}
+    embed_rows = [rows for name, rows in source.reads if name == "embed.weight"]
+    assert embed_rows == [sorted(set(torch.cat([b["input_ids_BS"].flatten() for b in batches]).tolist()))]
 
 
-def _easy_ep_reference(model, batches):
+def _easy_ep_reference(model, cfg, batches):
     """Loop over tokens and their chosen experts, computing each expert's SwiGLU output by hand."""
-    layers = moe_layers(model)
+    layers = moe_layers(cfg)
     scores = [torch.zeros(layer.num_routed, dtype=torch.float64) for layer in layers]
     seen = {}
 
@@ -74,13 +94,14 @@ def _easy_ep_reference(model, batches):
 
         return hook
 
-    handles = [layer.moe.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
+    moes = [model.layers[layer.index].moe for layer in layers]
+    handles = [moe.register_forward_hook(hook_for(i)) for i, moe in enumerate(moes)]
     with torch.no_grad():
         for b in batches:
             routing = model(b["input_ids_BS"], return_routing=True).routing
             for i, layer in enumerate(layers):
                 h_TD, m_TD = seen[i]
-                experts = layer.moe.experts
+                experts = moes[i].experts
                 r = routing[layer.index]
                 for t in range(h_TD.shape[0]):
                     h = h_TD[t]
@@ -94,22 +115,19 @@ def _easy_ep_reference(model, batches):
 
 
 def test_easy_ep_scores_match_a_per_token_reference(tiny, batches):
-    model, _ = tiny
-    layers = moe_layers(model)
-    with torch.no_grad():
-        got = easy_ep_scores(model, layers, batches)
-    expected = _easy_ep_reference(model, batches)
+    model, cfg = tiny
+    selector = _selector(tiny, batches, SelectMethod.EASY_EP)
+    got = selector.scores()
+    expected = _easy_ep_reference(model, cfg, batches)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-7)
     assert all(float(g.sum()) > 0 for g in got)
-    chosen = ExpertSelector(model, layers, batches, SelectMethod.EASY_EP).choose([2, 3])
+    chosen = selector.choose([2, 3])
     assert chosen == [_top(expected[0], 2), _top(expected[1], 3)]
 
 
 def test_random_is_seeded_nested_and_ignores_data(tiny):
-    model, _ = tiny
-    layers = moe_layers(model)
-    pick = lambda seed, keep: ExpertSelector(model, layers, [], SelectMethod.RANDOM, seed=seed).choose(keep)
+    pick = lambda seed, keep: _selector(tiny, [], SelectMethod.RANDOM, seed=seed).choose(keep)
     assert pick(0, [3, 3]) == pick(0, [3, 3])
     assert any(pick(s, [3, 3]) != pick(0, [3, 3]) for s in range(1, 5))
     small, large = pick(1, [2, 2]), pick(1, [5, 5])
@@ -118,32 +136,26 @@ def test_random_is_seeded_nested_and_ignores_data(tiny):
 
 
 def test_scores_are_reused_across_keep_counts(tiny, batches):
-    model, _ = tiny
-    layers = moe_layers(model)
-    calls = []
-    handle = model.layers[0].register_forward_hook(lambda *a: calls.append(1))
-    try:
-        selector = ExpertSelector(model, layers, batches, SelectMethod.GLOBAL)
-        selector.choose([2, 2])
-        selector.choose([4, 4])
-    finally:
-        handle.remove()
-    assert len(calls) == len(batches)
+    model, cfg = tiny
+    source = RecordingWeights(model, cfg)
+    selector = ExpertSelector(source, batches, SelectMethod.GLOBAL)
+    selector.choose([2, 2])
+    selector.choose([4, 4])
+    assert [name for name, _ in source.reads].count("layers.0.attn.q_proj.weight") == 1
 
 
 def test_layerwise_measures_layer_zero_once_for_several_counts(tiny, batches):
-    model, _ = tiny
-    layers = moe_layers(model)
-    gate_calls = []
-    handle = layers[0].gate.register_forward_hook(lambda *a: gate_calls.append(1))
-    try:
-        selector = ExpertSelector(model, layers, batches, SelectMethod.LAYERWISE)
-        first = selector.choose([2, 2])
-        selector.choose([4, 4])
-        again = selector.choose([2, 2])
-    finally:
-        handle.remove()
-    # Passes through layer 0: measuring layer 0 (once), measuring layer 1 after keeping 2 and
-    # after keeping 4 experts of layer 0; the repeated [2, 2] is answered from the cache.
-    assert len(gate_calls) == 3 * len(batches)
+    model, cfg = tiny
+    source = RecordingWeights(model, cfg)
+    selector = ExpertSelector(source, batches, SelectMethod.LAYERWISE)
+    first = selector.choose([2, 2])
+    selector.choose([4, 4])
+    again = selector.choose([2, 2])
+    # A layer is measured with its whole gate (a pruned block reads only the kept rows): layer 0
+    # once, layer 1 after keeping 2 and after keeping 4 experts of layer 0; the repeated [2, 2]
+    # is answered from the cache.
+    whole_gates = [name for name, rows in source.reads if name.endswith("gate.weight") and rows is None]
+    assert whole_gates == ["layers.0.moe.router.gate.weight", "layers.1.moe.router.gate.weight"] + [
+        "layers.1.moe.router.gate.weight"
+    ]
     assert again == first

@@ -1,13 +1,21 @@
 import json
+import shutil
 
 import pytest
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
-from emomoe.checkpoint import checkpoint_hash, load_model
+from emomoe.checkpoint import CheckpointReader, checkpoint_hash, load_model, save_model
+from emomoe.checkpoint import writer as writer_module
 from emomoe.errors import ConfigError, DataError
+from emomoe.io import CHECKSUMS_FILE
 from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
-from emomoe.select.subset import SELECTION_FILE, select_subset
+from emomoe.select.finetune import finetune_subset
+from emomoe.select.merge import merge_subset
+from emomoe.select.routing import moe_layers
+from emomoe.select.subset import SELECTION_FILE, select_subset, subset_bytes
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +70,142 @@ def test_calibration_is_required_unless_random(tmp_path, checkpoint_dir):
         select_subset(checkpoint_dir, tmp_path / "sub", keep=KeepSpec.parse("2"), method="global")
     select_subset(checkpoint_dir, tmp_path / "sub", keep=KeepSpec.parse("2"), method="random", seed=3)
     assert json.loads((tmp_path / "sub" / SELECTION_FILE).read_text())["seed"] == 3
+
+
+def _tensors(directory):
+    with CheckpointReader(directory) as reader:
+        return {name: reader.get(name) for name in reader.names()}
+
+
+@pytest.fixture(scope="module")
+def layerwise_subset(tmp_path_factory, checkpoint_dir, calib):
+    out = tmp_path_factory.mktemp("made") / "sub"
+    select_subset(checkpoint_dir, out, keep=KeepSpec.parse("3"), calibration=calib)
+    return out
+
+
+@pytest.mark.parametrize("given", ["file", "directory"])
+def test_a_selection_is_reused_without_calibration(tmp_path, checkpoint_dir, layerwise_subset, given):
+    selection = layerwise_subset / SELECTION_FILE if given == "file" else layerwise_subset
+    record = select_subset(checkpoint_dir, tmp_path / "again", selection=selection)
+    original = json.loads((layerwise_subset / SELECTION_FILE).read_text())
+    assert record["kept_experts"] == original["kept_experts"] and record["method"] == "layerwise"
+    assert record["reused_from"] == str((layerwise_subset / SELECTION_FILE).resolve())
+    again, first = _tensors(tmp_path / "again"), _tensors(layerwise_subset)
+    assert sorted(again) == sorted(first) and all(torch.equal(again[k], first[k]) for k in first)
+
+
+def _other_model(tmp_path, checkpoint_dir):
+    """The same architecture with other weights."""
+    model, cfg = load_model(checkpoint_dir)
+    with torch.no_grad():
+        model.layers[0].attn.q_proj.weight.mul_(-1.0)
+    save_model(tmp_path / "other", model, cfg)
+    return tmp_path / "other"
+
+
+def test_a_selection_from_another_model_is_refused_and_nothing_changes(tmp_path, checkpoint_dir, layerwise_subset):
+    other = _other_model(tmp_path, checkpoint_dir)
+    out = tmp_path / "out"
+    select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), method="random")
+    before = _tensors(out)
+    with pytest.raises(DataError, match=f"{layerwise_subset / SELECTION_FILE}: was made for another model"):
+        select_subset(other, out, selection=layerwise_subset, force=True)
+    after = _tensors(out)
+    assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "out"]
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda r: r.update(kept_experts=[[1], [0, 9]]), r"layer 1 must be .* ids in \[0, 7\), got \[0, 9\]"),
+        (lambda r: r.update(kept_experts=[[2, 1], [1]]), "ascending"),
+        (lambda r: r.update(moe_layers=[0]), "MoE layers"),
+        (lambda r: r.pop("kept_experts"), "missing 'kept_experts'"),
+    ],
+)
+def test_a_malformed_selection_is_refused(tmp_path, checkpoint_dir, layerwise_subset, edit, match):
+    record = json.loads((layerwise_subset / SELECTION_FILE).read_text())
+    edit(record)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(DataError, match=match):
+        select_subset(checkpoint_dir, tmp_path / "sub", selection=path)
+    assert not (tmp_path / "sub").exists()
+
+
+def test_not_enough_free_disk_is_refused_before_writing(tmp_path, checkpoint_dir, calib, monkeypatch):
+    planned = subset_bytes_of(checkpoint_dir, [4, 4])
+    free = planned  # not enough once the margin for headers and the config is added
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 * free, 9 * free, free))
+    with pytest.raises(DataError, match=f"{tmp_path / 'sub'}: the subset needs .* MB of free disk, only .* MB is free"):
+        select_subset(checkpoint_dir, tmp_path / "sub", keep=KeepSpec.parse("0.5"), calibration=calib)
+    assert list(tmp_path.iterdir()) == []
+
+
+def subset_bytes_of(checkpoint_dir, num_keep):
+    with CheckpointReader(checkpoint_dir) as reader:
+        return subset_bytes(reader, moe_layers(reader.config), num_keep)
+
+
+def test_planned_subset_bytes_are_the_tensor_bytes_written(tmp_path, checkpoint_dir, calib):
+    select_subset(checkpoint_dir, tmp_path / "sub", keep=KeepSpec.parse("0.5"), calibration=calib)
+    written = sum(t.numel() * t.element_size() for t in _tensors(tmp_path / "sub").values())
+    assert subset_bytes_of(checkpoint_dir, [4, 4]) == written
+
+
+def test_a_full_disk_mid_write_leaves_the_previous_output_intact(tmp_path, checkpoint_dir, calib, monkeypatch):
+    out = tmp_path / "sub"
+    select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), method="random")
+    before = _tensors(out)
+    calls = []
+
+    def full_disk(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:  # what safetensors raises when the disk is full
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(writer_module, "save_file", full_disk)
+    with pytest.raises(DataError, match=f"{out}: cannot write: no space left on the device"):
+        select_subset(
+            checkpoint_dir, out, keep=KeepSpec.parse("0.5"), calibration=calib, max_shard_bytes=20_000, force=True
+        )
+    assert len(calls) == 2
+    after = _tensors(out)
+    assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert [p.name for p in tmp_path.iterdir()] == ["sub"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header"])
+def test_a_damaged_shard_is_named_and_nothing_is_written(tmp_path, checkpoint_dir, calib, damage):
+    model, cfg = load_model(checkpoint_dir)
+    save_model(tmp_path / "sharded", model, cfg, max_shard_bytes=20_000)
+    shard = sorted((tmp_path / "sharded").glob("model-*.safetensors"))[1]
+    # Without checksums (a Hugging Face release has none) the damage is found reading the shard.
+    (tmp_path / "sharded" / CHECKSUMS_FILE).unlink()
+    with open(shard, "r+b") as f:
+        if damage == "truncate":
+            f.truncate(shard.stat().st_size - 100)
+        else:
+            f.seek(8)
+            f.write(b"not json")
+    with pytest.raises(DataError, match=f"{shard}: not a readable safetensors file"):
+        select_subset(tmp_path / "sharded", tmp_path / "sub", keep=KeepSpec.parse("2"), calibration=calib)
+    assert not (tmp_path / "sub").exists()
+
+
+def test_the_api_never_overwrites_without_force(tmp_path, checkpoint_dir, calib, store_dir):
+    out = tmp_path / "sub"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"sub: already exists \(pass --force, or force=True, to replace it\)"):
+        select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), calibration=calib)
+    assert (out / "notes.txt").read_text() == "mine"
+    select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), calibration=calib, force=True)
+    assert (out / SELECTION_FILE).is_file() and not (out / "notes.txt").exists()
+    for call in (lambda: finetune_subset(out, store_dir, out, max_steps=1),
+                 lambda: merge_subset(checkpoint_dir, out, out)):
+        with pytest.raises(DataError, match="already exists"):
+            call()

@@ -1,9 +1,15 @@
 import os
+import re
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
+from emomoe.train.checkpointing import CheckpointManager, step_dir_name
 from emomoe.train.interrupt import StopRequest
+from emomoe.train.metrics import read_metrics
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -21,3 +27,42 @@ def test_previous_handlers_are_restored():
     with StopRequest():
         assert signal.getsignal(signal.SIGINT) is not before
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def start_training(config, run_dir, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "emomoe", "train", "--config", str(config), "--out", str(run_dir), "--no-progress"]
+    return subprocess.Popen([*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_steps(run_dir, num_steps, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while len(read_metrics(run_dir / "metrics.jsonl")) < num_steps:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_like_ctrl_c(run_config, tmp_path):
+    config = tmp_path / "run.yaml"
+    run_config("train.max_steps=100000", "train.eval_every=0").to_yaml(config)
+    run = tmp_path / "run"
+    process = start_training(config, run)
+    wait_for_steps(run, 2, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err
+    step = int(re.search(r"stopped at step (\d+); checkpoint (\S+); continue with --resume", err).group(1))
+    restored = CheckpointManager(run, 2).restore_newest()
+    assert restored.path.name == step_dir_name(step) and restored.state["step"] == step >= 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_is_one_line(run_config, tmp_path):
+    config = tmp_path / "run.yaml"
+    run_config().to_yaml(config)
+    process = start_training(config, tmp_path / "run")
+    time.sleep(0.3)  # still importing torch
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and err in ("emomoe: interrupted\n", "emomoe train: interrupted\n"), err

@@ -5,13 +5,17 @@ import torch
 from safetensors.torch import load_file
 
 from emomoe.checkpoint import WEIGHTS_FILE, load_model
+from emomoe.cli import main
+from emomoe.data.loader import TrainLoader
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError
 from emomoe.train import trainer as trainer_module
+from emomoe.train.checkpointing import CheckpointManager, read_checkpoint
 from emomoe.train.config import RunConfig
 from emomoe.train.metrics import TIMING_KEYS, read_metrics
 from emomoe.train.schedule import lr_multiplier
 from emomoe.train.trainer import Trainer, TrainingDiverged, TrainingInterrupted, fit_to_store, train
+from tests.fixtures import disk_full_error, fill_disk, small_tmpfs
 
 LOSS_FIELDS = ("ce", "lb", "router_z", "logit_z", "total", "grad_norm", "lr", "tokens_per_s", "mfu")
 ROUTING_FIELDS = ("load_max_over_mean", "dead_experts", "token_entropy", "doc_entropy", "experts_per_doc")
@@ -32,9 +36,10 @@ def test_run_writes_config_metrics_checkpoints_and_final_model(run_config, tmp_p
 
     assert result.step == 6 and set(result.val_loss) >= {"all", "code", "prose"}
     stored = RunConfig.from_yaml(run / "config.yaml")
-    assert stored.model.eos_id == TokenStore.open(cfg.data.store).eos_id
-    stored.model.eos_id = cfg.model.eos_id
-    assert stored == cfg  # the EOS id from the store is the only change
+    store = TokenStore.open(cfg.data.store)
+    assert stored.model.eos_id == store.eos_id and stored.model.tokenizer_hash == store.tokenizer_hash
+    stored.model.eos_id, stored.model.tokenizer_hash = cfg.model.eos_id, cfg.model.tokenizer_hash
+    assert stored == cfg  # the EOS id and tokenizer from the store are the only changes
 
     records = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 7))
@@ -126,6 +131,9 @@ def test_fit_to_store(run_config):
     other_eos = (store.eos_id + 1) % store.vocab_size
     with pytest.raises(ConfigError, match="model.eos_id"):
         fit_to_store(cfg.with_overrides([f"model.eos_id={other_eos}"]), store)
+    assert fit_to_store(cfg, store).model.tokenizer_hash == store.tokenizer_hash
+    with pytest.raises(ConfigError, match="model.tokenizer_hash: 0123456789ab differs from the tokenizer"):
+        fit_to_store(cfg.with_overrides(["model.tokenizer_hash='0123456789abcdef'"]), store)
 
 
 def test_bf16_autocast_stays_close_to_fp32(run_config, tmp_path):
@@ -134,3 +142,103 @@ def test_bf16_autocast_stays_close_to_fp32(run_config, tmp_path):
     fp32, bf16 = (read_metrics(tmp_path / p / "metrics.jsonl") for p in ("fp32", "bf16"))
     assert [r["ce"] for r in bf16] == pytest.approx([r["ce"] for r in fp32], rel=0.02)
     assert [r["ce"] for r in bf16] != [r["ce"] for r in fp32]  # autocast did run in bf16
+
+
+def test_resume_from_a_truncated_checkpoint_falls_back_and_stays_exact(run_config, tmp_path, capsys, monkeypatch):
+    cfg = run_config("train.max_steps=8", "train.checkpoint_every=2")
+    train(cfg, tmp_path / "straight", progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_stop_requested", lambda self, stop: self.step == 6)
+        with pytest.raises(TrainingInterrupted):
+            train(cfg, tmp_path / "run", progress=False)
+    newest = tmp_path / "run" / "checkpoints" / "step-00000006" / "trainer_state.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    capsys.readouterr()
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert f"skipping a damaged checkpoint: {newest}: checksum mismatch" in err
+    assert "resuming from the newest intact checkpoint instead" in err and "step-00000004" in err
+    straight = without_timing(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    resumed = without_timing(read_metrics(tmp_path / "run" / "metrics.jsonl"))
+    assert resumed == straight
+    a, b = weights(tmp_path / "straight" / "final"), weights(tmp_path / "run" / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(run_config, tmp_path):
+    cfg = run_config("train.max_steps=4", "train.checkpoint_every=2")
+    train(cfg.with_overrides(["train.max_steps=2"]), tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "ce": 4.')
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "injected"])
+def test_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(run_config, tmp_path, monkeypatch, capsys, how):
+    disk = tmp_path / "disk"
+    with small_tmpfs(disk, "4m") as mounted:
+        if how == "tmpfs" and not mounted:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        config = tmp_path / "run.yaml"
+        run_config("train.max_steps=4", "train.checkpoint_every=2", "train.eval_every=0").to_yaml(config)
+        real_save = CheckpointManager.save
+
+        def save_then_fill(self, step, *args):
+            if step == 4 and how == "injected":
+                raise disk_full_error()
+            path = real_save(self, step, *args)
+            if step == 2 and how == "tmpfs":
+                fill_disk(disk, leave_bytes=64 << 10)  # room for metrics lines, not for a checkpoint
+            return path
+
+        monkeypatch.setattr(CheckpointManager, "save", save_then_fill)
+        run = disk / "run"
+        assert main(["train", "--config", str(config), "--out", str(run), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no space left on the device" in err and "Traceback" not in err
+        assert CheckpointManager(run, 2).steps() == [2]
+        assert read_checkpoint(run / "checkpoints" / "step-00000002").state["step"] == 2
+        assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def one_step(cfg, run_dir, micro_batches):
+    """The metrics record and weights after one optimizer step on the given micro-batches."""
+    trainer = Trainer(cfg, run_dir, TokenStore.open(cfg.data.store), torch.device("cpu"))
+    trainer.loader = iter(micro_batches)
+    record = trainer._train_step()
+    return record, trainer.plain_model
+
+
+def test_lb_normalisation_under_accumulation_with_the_pool_on(run_config, tmp_path):
+    # A fixed pool (d = 4 of 8) keeps the routing deterministic, so the only difference between the
+    # runs below is how the step is cut into micro-batches.
+    same = ["model.moe.router.pool=4", "model.loss.lb_weight=0.1"]
+    loader = TrainLoader(None, run_config(*same, "data.batch_size=2").data)
+    a, b = next(loader), next(loader)
+    both = {k: torch.cat([a[k], a[k]]) for k in a}
+
+    # Two identical micro-batches are one batch of both: same LB (1.0 at balance, not 2.0 or 0.5), same update.
+    accumulated, acc_model = one_step(run_config(*same, "data.batch_size=2", "train.num_micro_batches=2"), tmp_path / "acc", [a, a])
+    single, big_model = one_step(run_config(*same, "data.batch_size=4"), tmp_path / "big", [both])
+    for key in ("lb", "ce", "router_z", "total", "grad_norm"):
+        assert accumulated[key] == pytest.approx(single[key], rel=1e-5), key
+    for (name, p), q in zip(acc_model.named_parameters(), big_model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+    # Different micro-batches: LB is per micro-batch (not accumulated across them, as in the paper's
+    # code), so the step's LB is the mean of each micro-batch's own LB under the same weights.
+    cfg = run_config(*same, "data.batch_size=2", "train.num_micro_batches=2")
+    fresh = Trainer(cfg, tmp_path / "ref", TokenStore.open(cfg.data.store), torch.device("cpu")).plain_model
+    with torch.no_grad():
+        expected = [fresh(m["input_ids_BS"], doc_ids_BS=m["doc_ids_BS"]).lb_loss.item() for m in (a, b)]
+    record, _ = one_step(cfg, tmp_path / "mixed", [a, b])
+    assert record["lb"] == pytest.approx(sum(expected) / 2, rel=1e-5)
+    assert expected[0] != pytest.approx(expected[1], rel=1e-3)  # the halves differ, so the check has teeth
+
+
+def test_a_pool_of_every_routed_expert_is_called_out_at_start_up(run_config, tmp_path, capsys):
+    train(run_config("train.max_steps=1", "model.moe.router.pool=7..8"), tmp_path / "inert", progress=False)
+    assert "pool 7..8: every pool holds all 7 routed experts, so this trains a standard MoE" in capsys.readouterr().err
+    train(run_config("train.max_steps=1", "model.moe.router.pool=2..8"), tmp_path / "emo", progress=False)
+    assert "standard MoE" not in capsys.readouterr().err

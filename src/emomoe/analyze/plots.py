@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from emomoe.analyze.sweep_results import domains_of, increase, keeps_descending, mean_increase
+from emomoe.errors import optional_import
 from emomoe.io import atomic_path
 
 
 def plot_loss_increase(results: dict[str, Any], path: str | Path) -> Path:
     """One colour per model: a thick line for the mean over domains, thin lines for each domain."""
-    import matplotlib
-
+    matplotlib = optional_import("matplotlib", "plot", "the loss plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

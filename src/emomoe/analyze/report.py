@@ -7,6 +7,7 @@ from typing import Any
 
 from emomoe.analyze.plots import plot_loss_increase
 from emomoe.analyze.tables import loss_table, markdown_table, params_table, summary_table
+from emomoe.errors import MissingDependency, warn
 from emomoe.io import atomic_write_text
 
 PLOT_FILE = "loss_vs_keep.png"
@@ -28,7 +29,12 @@ def write_report(
     `command` is the command line that reproduces the report.
     """
     out_dir = Path(out_dir)
-    plot_loss_increase(results, out_dir / PLOT_FILE)
+    try:
+        plot_loss_increase(results, out_dir / PLOT_FILE)
+        figure = [f"![loss increase vs fraction of experts kept]({PLOT_FILE})"]
+    except MissingDependency as e:
+        warn(f"{e}; the report has no plot")
+        figure = []
     sections = [f"# {title}"]
     if command:
         sections.append(f"Reproduce with:\n\n```\n{command}\n```")
@@ -39,7 +45,7 @@ def write_report(
         "## Mean held-out loss increase over the full model\n\n"
         "Averaged over domains, in nats per token; each domain uses its own subset, chosen on its "
         "training documents and evaluated on its held-out documents.\n\n" + summary_table(results),
-        f"![loss increase vs fraction of experts kept]({PLOT_FILE})",
+        *figure,
         "## Per-domain held-out loss (increase over the full model)\n\n" + loss_table(results),
         "## Parameters of the subsets\n\n" + params_table(results),
     ]

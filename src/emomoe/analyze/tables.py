@@ -59,7 +59,8 @@ def summary_table(results: dict[str, Any]) -> str:
             cells += [" / ".join(dict.fromkeys(experts_kept(results, m, keep)[i] for m in models)) for i in (0, 1)]
         cells += [_signed(v) for v in means]
         for mean in means[:-1]:
-            ratio = mean / means[-1] if means[-1] and not math.isnan(means[-1]) else math.nan
+            # A denominator that prints as 0.000 makes the ratio noise ("2.75" for -0.000 / -0.000).
+            ratio = mean / means[-1] if abs(means[-1]) >= 0.0005 else math.nan
             cells.append("n/a" if math.isnan(ratio) else f"{ratio:.2f}")
         rows.append(cells)
     return markdown_table(header, rows)

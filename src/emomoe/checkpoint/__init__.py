@@ -8,6 +8,7 @@
 
 from emomoe.checkpoint.formats import CONFIG_FILE, Format, TensorSource, register_format
 from emomoe.checkpoint.models import (
+    INFERENCE_OVERRIDES,
     META_FILE,
     WEIGHTS_FILE,
     check_fits,
@@ -23,6 +24,7 @@ from emomoe.checkpoint.writer import INDEX_FILE, ShardedWriter
 __all__ = [
     "CONFIG_FILE",
     "INDEX_FILE",
+    "INFERENCE_OVERRIDES",
     "META_FILE",
     "WEIGHTS_FILE",
     "CheckpointReader",

@@ -44,6 +44,8 @@ class TensorSource:
 
 class Format(Protocol):
     name: str
+    config_file: str
+    """The file in the directory that holds the architecture."""
 
     def detect(self, directory: Path) -> bool:
         """Whether `directory` holds a checkpoint of this format (cheap: looks at config files only)."""
@@ -61,6 +63,7 @@ class EmomoeFormat:
     """Our own checkpoints: `model.yaml` and safetensors files under our tensor names."""
 
     name = "emomoe"
+    config_file = CONFIG_FILE
 
     def detect(self, directory: Path) -> bool:
         return (directory / CONFIG_FILE).is_file()

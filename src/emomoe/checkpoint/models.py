@@ -18,7 +18,7 @@ from emomoe.checkpoint.formats import CONFIG_FILE, detect_format
 from emomoe.checkpoint.reader import CheckpointReader, file_fingerprint, weight_files
 from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, SINGLE_FILE, ShardedWriter
 from emomoe.errors import ConfigError, DataError
-from emomoe.io import atomic_path
+from emomoe.io import atomic_path, has_checksums, verify_checksums, write_checksums
 
 if TYPE_CHECKING:
     from torch import nn
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = SINGLE_FILE
 META_FILE = "meta.json"
+INFERENCE_OVERRIDES = ["moe.router.eval_pool=off"]
+"""Config changes for inference: no document pool (see `load_for_inference`)."""
 
 
 def save_model(
@@ -36,7 +38,8 @@ def save_model(
     meta: dict[str, Any] | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
-    """Write the model's weights and config to `directory` atomically (replacing what was there)."""
+    """Write the model's weights and config to `directory` atomically (replacing what was there),
+    with checksums.sha256, which every reader verifies."""
     directory = Path(directory)
     with atomic_path(directory) as tmp:
         tmp.mkdir()
@@ -46,13 +49,17 @@ def save_model(
         cfg.to_yaml(tmp / CONFIG_FILE)
         if meta is not None:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_checksums(tmp)
     return directory
 
 
 def load_config(directory: str | Path) -> ModelConfig:
     """The config of a checkpoint of any readable format, without opening its weights."""
     directory = Path(directory)
-    return detect_format(directory).read_config(directory)
+    fmt = detect_format(directory)
+    if has_checksums(directory):
+        verify_checksums(directory, [fmt.config_file])
+    return fmt.read_config(directory)
 
 
 def load_model(
@@ -66,7 +73,7 @@ def load_model(
     `overrides` are dotted config changes that leave the weights alone (e.g. the router's pool).
     `dtype`: None loads float32, the dtype emomoe computes in; "stored" keeps the files' dtype.
     """
-    from emomoe.model import build_model
+    from emomoe.model.weights import model_from_weights
 
     with CheckpointReader(directory) as reader:
         cfg = reader.config.with_overrides(overrides) if overrides else reader.config
@@ -74,12 +81,7 @@ def load_model(
     target = None if dtype == "stored" else (dtype or torch.float32)
     if target is not None:
         state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
-    # Every weight comes from the files: build on the meta device and skip random initialisation.
-    with torch.device("meta"):
-        model = build_model(cfg)
-    model.load_state_dict(state, assign=True)
-    model.init_buffers()
-    return model.to(device), cfg
+    return model_from_weights(cfg, state).to(device), cfg
 
 
 def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = None) -> tuple[nn.Module, ModelConfig]:
@@ -89,12 +91,31 @@ def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = 
     (the HF inference behaviour); an EMO checkpoint may have been trained with an eval-mode pool
     for its in-loop validation, which must not leak into selection or held-out evaluation.
     """
-    model, cfg = load_model(directory, overrides=["moe.router.eval_pool=off"], dtype=dtype)
+    model, cfg = load_model(directory, overrides=INFERENCE_OVERRIDES, dtype=dtype)
     return model.eval(), cfg
 
 
-def check_fits(cfg: ModelConfig, checkpoint: str | Path, *, vocab_size: int, seq_len: int) -> None:
-    """Raise unless windows of `seq_len` tokens from a `vocab_size` vocabulary fit the model."""
+def check_fits(
+    cfg: ModelConfig,
+    checkpoint: str | Path,
+    *,
+    vocab_size: int,
+    seq_len: int,
+    tokenizer_hash: str | None = None,
+    any_tokenizer: bool = False,
+) -> None:
+    """Raise unless windows of `seq_len` tokens from a `vocab_size` vocabulary fit the model, and
+    the data's tokenizer (`tokenizer_hash`, when known) is the one the model was trained with.
+
+    A different tokenizer of the same size runs without an error and gives meaningless losses and
+    selections; `any_tokenizer` allows it on purpose (e.g. a retokenized copy of the same text).
+    """
+    known = tokenizer_hash and cfg.tokenizer_hash
+    if known and tokenizer_hash != cfg.tokenizer_hash and not any_tokenizer:
+        raise DataError(
+            f"{checkpoint}: the model was trained with tokenizer {cfg.tokenizer_hash[:12]}, the data was made with "
+            f"{tokenizer_hash[:12]}; results would be meaningless (pass --any-tokenizer / any_tokenizer=True to go ahead)"
+        )
     if vocab_size > cfg.vocab_size:
         raise DataError(
             f"{checkpoint}: the data's vocabulary ({vocab_size}) is larger than the model's ({cfg.vocab_size})"

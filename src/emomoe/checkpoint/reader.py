@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from emomoe.checkpoint.formats import TensorInfo, TensorSource, detect_format
 from emomoe.checkpoint.writer import INDEX_FILE, SINGLE_FILE
 from emomoe.errors import DataError
+from emomoe.io import has_checksums, verify_checksums
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -85,11 +86,15 @@ def file_fingerprint(paths: Sequence[Path]) -> str:
 class CheckpointReader:
     """A checkpoint directory's tensors under emomoe's names; see the module docstring."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, verify: bool = True):
+        """`verify`: check the files against the directory's checksums.sha256, if it has one (every
+        checkpoint emomoe writes does), so that a damaged file is named before it is used."""
         from emomoe.model import build_model
 
         self.directory = Path(directory)
         self._format = detect_format(self.directory)
+        if verify and has_checksums(self.directory):
+            verify_checksums(self.directory)
         self.format: str = self._format.name
         self.config = self._format.read_config(self.directory)
         self._files = weight_files(self.directory)
@@ -102,7 +107,10 @@ class CheckpointReader:
                 raise DataError(f"{path}: has no tensor '{key}' (named in {INDEX_FILE})") from None
             infos[key] = (tuple(view.get_shape()), _DTYPES[view.get_dtype()])
         self._infos = infos
-        self._sources = self._format.sources(self.config, infos)
+        try:
+            self._sources = self._format.sources(self.config, infos)
+        except DataError as e:
+            raise DataError(f"{self.directory}: {e}") from None
         with torch.device("meta"):
             expected = build_model(self.config).state_dict()
         self._check(expected)
@@ -170,6 +178,9 @@ class CheckpointReader:
         return file_fingerprint(sorted(set(self._files.values())))
 
     def close(self) -> None:
+        """Unmap the files; a later read reopens them. Pages read through a mapping count as this
+        process's memory while it stays mapped, so a walk over a big checkpoint closes after each
+        layer (a tensor still held keeps its own file mapped)."""
         self._handles.clear()
 
     def __enter__(self) -> CheckpointReader:

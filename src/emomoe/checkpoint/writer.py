@@ -8,12 +8,15 @@ name to its shard.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from pathlib import Path
 from types import TracebackType
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 SINGLE_FILE = "model.safetensors"
@@ -70,7 +73,13 @@ class ShardedWriter:
 
     def _flush(self) -> None:
         path = self.directory / f".shard-{len(self._shards):05d}.partial"
-        save_file(self._buffer, str(path), metadata=self.metadata)
+        try:
+            save_file(self._buffer, str(path), metadata=self.metadata)
+        except SafetensorError as e:
+            # safetensors reports a failed write (a full disk) as its own error type; callers
+            # handle I/O errors as OSError, with the errno the system gave.
+            code = re.search(r"os error (\d+)", str(e))
+            raise OSError(int(code.group(1)) if code else errno.EIO, str(e), str(path)) from e
         self._shards.append((path, list(self._buffer)))
         self._buffer, self._buffered_bytes = {}, 0
 

@@ -11,7 +11,9 @@ import importlib
 import pkgutil
 import sys
 
+from emomoe import __version__
 from emomoe.errors import EmomoeError
+from emomoe.io import WRITE_ERRNOS, write_errno
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="emomoe",
         description="Pretrain EMO and standard MoE language models; select, slice and evaluate expert subsets.",
     )
+    parser.add_argument("--version", action="version", version=f"emomoe {__version__}")
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not mod.name.startswith("_"):
@@ -27,12 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    verb = "emomoe"
     try:
+        args = build_parser().parse_args(argv)
+        verb = f"emomoe {args.verb}"
         return int(args.func(args) or 0)
     except EmomoeError as e:
-        print(f"emomoe {args.verb}: error: {e}", file=sys.stderr)
+        print(f"{verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"emomoe {args.verb}: interrupted", file=sys.stderr)
+        print(f"{verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        # A write the library did not wrap (a full disk, a read-only folder): still one line.
+        number = write_errno(e)
+        if number not in WRITE_ERRNOS:
+            raise
+        print(f"{verb}: error: {getattr(e, 'filename', None) or 'output'}: cannot write: {WRITE_ERRNOS[number]}",
+              file=sys.stderr)
+        return 2

@@ -12,6 +12,14 @@ from emomoe.data.tokenizer import load_tokenizer, sample_texts, train_tokenizer
 from emomoe.errors import DataError
 
 _MB = 1 << 20
+_EXPORT_CORPUS = (
+    "  python -c 'import json; from emomoe.data.corpus import embedded_corpus as c; "
+    "[print(json.dumps(d)) for d in c()]' > corpus.jsonl   # the demo corpus as jsonl\n"
+)
+TOKENIZER_EXAMPLES = "examples:\n" + _EXPORT_CORPUS + "  emomoe tokenizer train --input corpus.jsonl --vocab-size 8192 --out tok\n"
+TOKENIZE_EXAMPLES = (
+    "examples:\n" + _EXPORT_CORPUS + "  emomoe tokenize --input corpus.jsonl --tokenizer tok --out store --val-fraction 0.02\n"
+)
 _INPUT_HELP = (
     "files or folders: .jsonl / .jsonl.gz / .jsonl.zst (one JSON object per line), .parquet, "
     "folders of .txt files (one document per file), or HF datasets saved with save_to_disk"
@@ -76,13 +84,18 @@ def _tokenize(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    tokenizer = subparsers.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tokenizer = subparsers.add_parser(
+        "tokenizer", help="train a byte-level BPE tokenizer", epilog=TOKENIZER_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = tokenizer.add_subparsers(dest="action", required=True, metavar="ACTION")
     train = actions.add_parser(
         "train",
         help="train a byte-level BPE with an EOS token on text files",
         description="Train a byte-level BPE (HF tokenizers) with EOS <|endoftext|>; writes DIR/tokenizer.json "
         "and DIR/emomoe_tokenizer.json.",
+        epilog=TOKENIZER_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_input_args(train)
     train.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size incl. EOS (default: 8192)")
@@ -102,6 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Tokenize documents into a token store: uint16/uint32 .npy arrays with EOS after every "
         "document, an index per array and metadata.json. Validation documents are held out whole by a "
         "hash of their text, per domain. An interrupted run resumes from its completed chunks.",
+        epilog=TOKENIZE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_input_args(tokenize)
     tokenize.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer folder or tokenizer.json")

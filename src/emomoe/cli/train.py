@@ -7,16 +7,17 @@ from pathlib import Path
 
 from emomoe import distributed
 from emomoe.errors import ConfigError
-from emomoe.train.config import RunConfig
+from emomoe.train.config import RunConfig, config_path
 from emomoe.train.rundir import CONFIG_FILE
 from emomoe.train.trainer import train
 
-EXAMPLES = """examples:
-  emomoe train --config configs/demo-emo.yaml --out runs/emo
-  emomoe train --config configs/demo-emo.yaml --out runs/emo --set train.max_steps=200 \\
+EXAMPLES = """examples (configs that ship with emomoe can be named without a path: demo-emo, demo-std, emo-1b14b, std-1b14b):
+  emomoe train --config demo-emo --set data.store=runs/demo/store --out runs/emo
+  emomoe train --config demo-emo --set data.store=runs/demo/store --dry-run     # print the resolved config
+  emomoe train --config demo-emo --set data.store=runs/demo/store --out runs/emo --set train.max_steps=200 \\
       --set train.checkpoint_every=50 --set model.moe.router.pool=4..31
   emomoe train --out runs/emo --resume                 # continue from the latest checkpoint
-  torchrun --nproc-per-node=2 -m emomoe train --config configs/demo-std.yaml --out runs/std-ddp
+  torchrun --nproc-per-node=2 -m emomoe train --config demo-std --set data.store=runs/demo/store --out runs/std-ddp
 """
 
 
@@ -39,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", metavar="FILE", help="run config YAML (default with --resume: RUN_DIR/config.yaml)")
     add_override_arg(parser)
-    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    parser.add_argument("--out", metavar="RUN_DIR", help="run directory (required unless --dry-run)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config (preset expanded, overrides applied) and exit")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its latest checkpoint")
     mode.add_argument("--force", action="store_true", help="delete the run already in RUN_DIR and start over")
@@ -48,11 +51,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if args.config is None and not args.resume:
+    if args.out is None and not args.dry_run:
+        raise ConfigError("--out RUN_DIR is required (or --dry-run to only print the config)")
+    if args.config is None and not (args.resume and args.out):
         raise ConfigError("--config is required unless --resume continues the run stored in --out")
-    config_path = Path(args.config) if args.config else out / CONFIG_FILE
-    cfg = RunConfig.from_yaml(config_path).with_overrides(args.overrides)
+    path = config_path(args.config) if args.config else Path(args.out) / CONFIG_FILE
+    cfg = RunConfig.from_yaml(path, args.overrides)
+    if args.dry_run:
+        print(cfg.to_yaml(), end="")
+        return 0
+    out = Path(args.out)
     is_main = True
     try:
         result = train(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)

@@ -101,6 +101,15 @@ class PairLoader:
     def __iter__(self) -> Iterator[Batch]:
         return self
 
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position, "seed": self.seed, "num_examples": self.num_examples}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key in ("seed", "num_examples"):
+            if state.get(key) != self.state_dict()[key]:
+                raise DataError(f"cannot resume the example order: saved {key} {state.get(key)}, now {self.state_dict()[key]}")
+        self.position = int(state["position"])
+
     def __next__(self) -> Batch:
         picked = []
         for position in range(self.position, self.position + self.batch_size):

@@ -33,7 +33,7 @@ from typing import Any, TypedDict
 
 import zstandard
 
-from emomoe.errors import DataError
+from emomoe.errors import DataError, optional_import
 
 log = logging.getLogger(__name__)
 
@@ -320,9 +320,8 @@ def _table_rows(
 
 
 def _parquet_rows(path: Path, text_field: str, domain_field: str, domain: str | None) -> Iterator[tuple[str | None, str, str]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pa = optional_import("pyarrow", "data", f"{path}: reading parquet")
+    pq = optional_import("pyarrow.parquet", "data", f"{path}: reading parquet")
     try:
         pf = pq.ParquetFile(path)
         columns = _columns(pf.schema_arrow.names, text_field, domain_field, domain, path)
@@ -333,10 +332,7 @@ def _parquet_rows(path: Path, text_field: str, domain_field: str, domain: str | 
 
 
 def _dataset_rows(path: Path, text_field: str, domain_field: str, domain: str | None) -> Iterator[tuple[str | None, str, str]]:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(f"{path}: reading HF datasets needs the 'datasets' package (pip install 'emomoe[hf]')") from None
+    datasets = optional_import("datasets", "hf", f"{path}: reading a HF dataset")
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as e:  # datasets raises many types for a damaged folder

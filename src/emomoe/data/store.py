@@ -140,6 +140,8 @@ class TokenStore:
             return _open_store(path)
         if path.with_name(f".{path.name}.partial").is_dir():
             raise DataError(f"{path}: token store is incomplete (an interrupted `emomoe tokenize`; rerun it to resume)")
+        if not path.exists() and path.name.endswith(MIX_SUFFIXES):
+            raise DataError(f"{path}: mix file not found (a YAML list of token arrays per domain: see docs/data.md)")
         if not path.exists():
             raise DataError(f"{path}: token store not found")
         raise DataError(f"{path}: not a token store (no {METADATA_FILE}) and not a mix file ({', '.join(MIX_SUFFIXES)})")

@@ -30,15 +30,61 @@ from emomoe.data.holdout import CorpusScan, Fingerprint, text_hash
 from emomoe.data.readers import Document, DocumentSource, reiterable
 from emomoe.data.store import FORMAT, FORMAT_VERSION, METADATA_FILE, TOKENIZER_DIR, Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer
-from emomoe.errors import ConfigError, DataError
-from emomoe.io import atomic_write_text
+from emomoe.errors import ConfigError, DataError, warn
+from emomoe.io import WRITE_ERRNOS, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 32 << 20
 _BATCH_BYTES = 1 << 20  # text per encode_batch call: big enough for both cores, small for a live progress bar
+PIECE_CHARS = 1 << 18
+"""Longer documents are encoded in pieces of about this many characters: HF tokenizers needs about
+150 bytes of memory per character of one text (a 20 MB single-line document took 3.3 GB)."""
 _PLAN_FILE = "plan.json"
 _CHUNKS_DIR = "chunks"
+
+
+def split_points(text: str, piece_chars: int) -> list[int]:
+    """Where to cut a long text into pieces of at most about `piece_chars`: just before a space that
+    follows a non-space, where the byte-level pre-tokenizer starts a new word anyway, so the pieces
+    encode to the same ids as the whole (a text without such spaces is cut where it must be)."""
+    cuts, start = [0], 0
+    while len(text) - start > piece_chars:
+        limit = start + piece_chars
+        cut = text.rfind(" ", start + piece_chars // 2, limit)
+        while cut > start and text[cut - 1].isspace():
+            cut = text.rfind(" ", start + piece_chars // 2, cut)
+        start = cut if cut > start else limit
+        cuts.append(start)
+    return cuts + [len(text)]
+
+
+def size_batches(sizes: list[int], limit: int) -> list[tuple[int, int]]:
+    """Consecutive (start, stop) ranges of items adding up to about `limit` (at least one item each)."""
+    ranges, start = [], 0
+    while start < len(sizes):
+        stop, size = start, 0
+        while stop < len(sizes) and (size < limit or stop == start):
+            size += sizes[stop]
+            stop += 1
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+def encode_texts(tokenizer: TextTokenizer, texts: list[str], dtype: np.dtype, piece_chars: int = PIECE_CHARS) -> list[np.ndarray]:
+    """The ids of each text, as `dtype` arrays: one parallel `encode_batch` over all texts cut into
+    pieces of bounded length (see `split_points`), so a huge single-line document needs little memory."""
+    pieces, owners = [], []
+    for i, text in enumerate(texts):
+        cuts = split_points(text, piece_chars)
+        pieces += [text[a:b] for a, b in zip(cuts, cuts[1:])]
+        owners += [i] * (len(cuts) - 1)
+    parts: list[list[np.ndarray]] = [[] for _ in texts]
+    for start, stop in size_batches([len(p) for p in pieces], _BATCH_BYTES):  # bounds the encoder's memory
+        for owner, ids in zip(owners[start:stop], tokenizer.encode_batch(pieces[start:stop])):
+            parts[owner].append(np.array(ids, dtype))
+    return [np.concatenate(p) if len(p) > 1 else p[0] if p else np.zeros(0, dtype) for p in parts]
 
 
 def partial_path(out: Path) -> Path:
@@ -101,7 +147,25 @@ def tokenize_corpus(
         raise DataError(f"{out}: the input changed while it was being tokenized; run again")
     source_info = documents.info() if isinstance(documents, DocumentSource) else {}
     _finish(partial, out, plan, scan, tokenizer, number + 1, source_info)
-    return TokenStore.open(out)
+    store = TokenStore.open(out)
+    for problem in holdout_warnings(store, val_fraction):
+        warn(problem)
+    return store
+
+
+def holdout_warnings(store: TokenStore, val_fraction: float) -> list[str]:
+    """What a user should hear about the validation split: domains without one, or with much more held out than asked."""
+    problems = []
+    for domain, val in store.metadata["counts"][Split.VAL.value].items():
+        total = val["num_documents"] + store.metadata["counts"][Split.TRAIN.value][domain]["num_documents"]
+        if val["num_documents"] == 0:
+            problems.append(f"domain {domain!r}: no validation documents ({total} in all); eval and validation skip it")
+        elif val["num_documents"] > 1 and val["num_documents"] > 2 * val_fraction * total:
+            problems.append(
+                f"domain {domain!r}: held out {val['num_documents']} of {total} documents for validation "
+                f"(--min-val-docs keeps a few in every domain; at most half)"
+            )
+    return problems
 
 
 def _prepare_partial(out: Path, plan: dict[str, Any], overwrite: bool) -> Path:
@@ -164,6 +228,16 @@ class _ChunkWriter:
 
     def write(self, number: int, chunk: list[_Doc], bar: tqdm) -> None:
         ids = self._encode(chunk, bar)
+        try:
+            self._write(number, chunk, ids)
+        except OSError as e:  # numpy reports a short write without an errno
+            reason = WRITE_ERRNOS.get(e.errno, e.strerror or str(e))
+            raise DataError(
+                f"{self.folder}: cannot write chunk {number}: {reason}; the chunks already written are kept, "
+                "free space and run the same command again to resume"
+            ) from None
+
+    def _write(self, number: int, chunk: list[_Doc], ids: list[np.ndarray]) -> None:
         groups: dict[tuple[str, int], list[int]] = {}
         for i, doc in enumerate(chunk):
             split = Split.VAL if doc.hash < self.thresholds[doc.domain] else Split.TRAIN
@@ -183,19 +257,13 @@ class _ChunkWriter:
     def _encode(self, chunk: list[_Doc], bar: tqdm) -> list[np.ndarray]:
         """Token ids per document, as compact arrays: Python int lists would take 18x the memory."""
         ids: list[np.ndarray] = []
-        start = 0
-        while start < len(chunk):
-            stop, size = start, 0
-            while stop < len(chunk) and (size < _BATCH_BYTES or stop == start):
-                size += chunk[stop].num_bytes
-                stop += 1
-            batch = self.tokenizer.encode_batch([doc.text for doc in chunk[start:stop]])
-            ids.extend(np.array(doc_ids, self.dtype) for doc_ids in batch)
+        for start, stop in size_batches([doc.num_bytes for doc in chunk], _BATCH_BYTES):
+            batch = encode_texts(self.tokenizer, [doc.text for doc in chunk[start:stop]], self.dtype)
+            ids.extend(batch)
             self.num_tokens += sum(map(len, batch))
             rate = self.num_tokens / max(time.perf_counter() - self.start, 1e-9)
             bar.set_postfix_str(f"{rate / 1e3:.0f}k tok/s", refresh=False)
-            bar.update(size)
-            start = stop
+            bar.update(sum(doc.num_bytes for doc in chunk[start:stop]))
         return ids
 
 

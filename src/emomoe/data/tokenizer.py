@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from emomoe.data.holdout import hash_below, text_hash
 from emomoe.data.readers import Document, reiterable
-from emomoe.errors import DataError
+from emomoe.errors import DataError, warn
 from emomoe.io import atomic_path
 
 EOS_TOKEN = "<|endoftext|>"
@@ -125,7 +125,13 @@ def train_tokenizer(
     tokenizer.train_from_iterator(batches(), trainer=trainer)
     if seen == 0:
         raise DataError("no text to train the tokenizer on (the input holds no documents)")
-    return _wrap(tokenizer, eos_token, "trained tokenizer")
+    trained = _wrap(tokenizer, eos_token, "trained tokenizer")
+    if trained.vocab_size < vocab_size:
+        warn(
+            f"the tokenizer has {trained.vocab_size:,} entries, not the {vocab_size:,} asked for: the text holds no "
+            f"more merges seen at least {min_frequency} times (more text, or a lower --min-frequency, gives more)"
+        )
+    return trained
 
 
 def sample_texts(

@@ -147,6 +147,9 @@ class ModelConfig(Config):
     eos_id: int | None = 100257
     """Token that ends a document; used to derive doc ids when the caller passes none (None: each
     row is one document). Set it from the token store when training on your own tokenizer."""
+    tokenizer_hash: str | None = None
+    """sha256 of the tokenizer the model was trained with (set from the token store by the trainer).
+    Evaluation, selection and fine-tuning refuse data made with another tokenizer; None: unknown."""
     init_std: float = 0.02
     moe: MoEConfig = field(default_factory=MoEConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -243,7 +246,7 @@ def _dense_1b() -> ModelConfig:
 
 def _tiny() -> ModelConfig:
     return ModelConfig(
-        vocab_size=256, d_model=32, num_layers=2, num_heads=4, max_seq_len=128, eos_id=None,
+        vocab_size=512, d_model=32, num_layers=2, num_heads=4, max_seq_len=128, eos_id=None,
         moe=MoEConfig(num_experts=8, top_k=2, expert_hidden_size=32, router=RouterConfig(pool="2..8")),
     )
 

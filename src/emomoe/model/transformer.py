@@ -1,7 +1,7 @@
 """The decoder-only MoE transformer: pre-norm blocks of attention and an MoE layer, untied LM head.
 
 Shapes: B batch, S sequence, T = B*S tokens, D model dim, V vocab, E routed experts of a layer,
-K routed experts per token.
+K routed experts per token, C positions of a KV cache.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from emomoe.model.config import ModelConfig, parse_pool
 from emomoe.model.docs import Segments, doc_ids_from_eos
 from emomoe.model.experts import Experts
 from emomoe.model.init import init_weight_
+from emomoe.model.kv_cache import KVCache, LayerKV
 from emomoe.model.moe import MoE
 from emomoe.model.pool import PoolSampler
 
@@ -41,6 +42,22 @@ class ModelOutput:
     """One entry per layer when asked for; layers without routed experts have empty [T, 0] tensors."""
 
 
+def document_inputs(
+    cfg: ModelConfig, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None
+) -> tuple[Segments, torch.Tensor | None]:
+    """Segments for the router pool and, with document masking on, the attention mask [B,1,S,S]."""
+    B, S = input_ids_BS.shape
+    if doc_ids_BS is None and cfg.eos_id is not None:
+        doc_ids_BS = doc_ids_from_eos(input_ids_BS, cfg.eos_id)
+    elif doc_ids_BS is None:
+        doc_ids_BS = torch.zeros_like(input_ids_BS)
+    segments = Segments.from_doc_ids(doc_ids_BS)
+    if not cfg.doc_attention_mask:
+        return segments, None
+    causal_SS = torch.ones(S, S, dtype=torch.bool, device=input_ids_BS.device).tril()
+    return segments, (segments.same_doc_BSS(B) & causal_SS)[:, None]
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -51,8 +68,8 @@ class Block(nn.Module):
             cfg.d_model, cfg.moe.expert_hidden_size, cfg.moe.experts_in_layer(layer), cfg.moe.top_k, cfg.moe.router
         )
 
-    def forward(self, x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_seed):
-        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos_SDh, sin_SDh, mask_B1SS)
+    def forward(self, x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_seed, kv: LayerKV | None = None):
+        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos_SDh, sin_SDh, mask_B1SS, kv)
         y_TD, routed = self.moe(self.moe_norm(x_BSD).flatten(0, 1), segments, pool_seed)
         return x_BSD + y_TD.view_as(x_BSD), routed
 
@@ -102,7 +119,7 @@ class EmoTransformer(nn.Module):
         B, S = input_ids_BS.shape
         if S > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {S} exceeds max_seq_len {self.cfg.max_seq_len}")
-        segments, mask_B1SS = self._documents(input_ids_BS, doc_ids_BS)
+        segments, mask_B1SS = document_inputs(self.cfg, input_ids_BS, doc_ids_BS)
         x_BSD = self.embed(input_ids_BS)
         cos_SDh, sin_SDh = self.rope_cos[:S], self.rope_sin[:S]
         lb_loss = router_z_loss = x_BSD.new_zeros(())
@@ -119,20 +136,32 @@ class EmoTransformer(nn.Module):
         logits_BSV = self.lm_head(self.norm(x_BSD))
         return ModelOutput(logits_BSV, lb_loss, router_z_loss, routing if return_routing else None)
 
-    def _documents(
-        self, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None
-    ) -> tuple[Segments, torch.Tensor | None]:
-        """Segments for the router pool and, with document masking on, the attention mask [B,1,S,S]."""
-        B, S = input_ids_BS.shape
-        if doc_ids_BS is None and self.cfg.eos_id is not None:
-            doc_ids_BS = doc_ids_from_eos(input_ids_BS, self.cfg.eos_id)
-        elif doc_ids_BS is None:
-            doc_ids_BS = torch.zeros_like(input_ids_BS)
-        segments = Segments.from_doc_ids(doc_ids_BS)
-        if not self.cfg.doc_attention_mask:
-            return segments, None
-        causal_SS = torch.ones(S, S, dtype=torch.bool, device=input_ids_BS.device).tril()
-        return segments, (segments.same_doc_BSS(B) & causal_SS)[:, None]
+    def new_cache(self, batch_size: int, capacity: int) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `capacity` positions (padding included)."""
+        if capacity > self.cfg.max_seq_len:
+            raise ValueError(f"{capacity} cache positions exceed max_seq_len {self.cfg.max_seq_len}")
+        return KVCache(
+            self.cfg.num_layers, batch_size, capacity, self.cfg.kv_heads, self.cfg.head_dim,
+            eos_id=self.cfg.eos_id, doc_mask=self.cfg.doc_attention_mask,
+            dtype=self.embed.weight.dtype, device=self.embed.weight.device,
+        )
+
+    def decode(
+        self, input_ids_BS: torch.Tensor, cache: KVCache, valid_BS: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [B, S, V] of new tokens that attend to `cache` and are appended to it.
+
+        Rows are left-padded (`valid_BS` False on padding). Eval mode and pool-free routing only:
+        an EMO pool needs whole documents, which incremental decoding never has.
+        """
+        if self.training or parse_pool(self.cfg.moe.router.eval_pool, "eval_pool") is not None:
+            raise ValueError("decoding with a KV cache needs eval mode and moe.router.eval_pool=off")
+        positions_BS, mask_B1SC = cache.extend(input_ids_BS, valid_BS)
+        cos_B1SDh, sin_B1SDh = self.rope_cos[positions_BS][:, None], self.rope_sin[positions_BS][:, None]
+        x_BSD = self.embed(input_ids_BS)
+        for layer, kv in zip(self.layers, cache.layers):
+            x_BSD, _ = layer(x_BSD, cos_B1SDh, sin_B1SDh, mask_B1SC, None, None, kv)
+        return self.lm_head(self.norm(x_BSD))
 
     def _pool_seeds(self) -> list[int | None]:
         """One seed per layer for random pool sizes; a training forward with a range pool uses up one

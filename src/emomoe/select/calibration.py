@@ -20,11 +20,15 @@ from emomoe.data.loader import eval_batches
 from emomoe.data.readers import DocumentSource
 from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
-from emomoe.errors import ConfigError, DataError
+from emomoe.errors import ConfigError, DataError, warn
 from emomoe.model.docs import doc_ids_from_eos
 from emomoe.model.losses import IGNORE_INDEX
 
 Batch = dict[str, torch.Tensor]
+MIN_TOKENS = 64
+"""Fewer calibration tokens than this are refused: too few routing decisions to rank experts by."""
+FEW_TOKENS = 512
+"""Fewer than this get a warning: the ranking of the less used experts is mostly noise."""
 
 
 @dataclasses.dataclass
@@ -32,6 +36,20 @@ class Calibration:
     batches: list[Batch]
     info: dict[str, Any]
     """What the windows are, for the record in selection.json."""
+
+    def check_size(self) -> None:
+        """Refuse fewer than MIN_TOKENS tokens; warn below FEW_TOKENS."""
+        num_tokens, where = self.info["num_tokens"], _describe(self.info)
+        if num_tokens < MIN_TOKENS:
+            raise DataError(f"calibration data {where}: {num_tokens} tokens, fewer than the minimum of {MIN_TOKENS} "
+                            "needed to rank experts")
+        if num_tokens < FEW_TOKENS:
+            warn(f"calibration data {where}: only {num_tokens} tokens; below {FEW_TOKENS} the ranking of rarely "
+                 "used experts is mostly noise")
+
+
+def _describe(info: dict[str, Any]) -> str:
+    return ", ".join(info["paths"]) if info["source"] == "files" else f"{info['store']} ({', '.join(info['domains'])})"
 
 
 def _summary(batches: list[Batch]) -> dict[str, int]:
@@ -62,7 +80,10 @@ def store_calibration(
             store, Split.TRAIN, seq_len=seq_len, batch_size=batch_size, domains=[domain],
             max_windows_per_domain=per_domain,
         )
-    info = {"source": "store", "store": str(store.path), "split": "train", "domains": domains, "seq_len": seq_len}
+    info = {
+        "source": "store", "store": str(store.path), "split": "train", "domains": domains, "seq_len": seq_len,
+        "vocab_size": store.vocab_size, "tokenizer_hash": store.tokenizer_hash,
+    }
     return Calibration(batches, {**info, **_summary(batches)})
 
 
@@ -84,7 +105,10 @@ def text_calibration(
         for i in range(0, len(same_length), batch_size):
             ids_BS = torch.tensor(same_length[i : i + batch_size], dtype=torch.long)
             batches.append({"input_ids_BS": ids_BS, "doc_ids_BS": doc_ids_from_eos(ids_BS, tokenizer.eos_id)})
-    info = {"source": "files", "paths": [str(p) for p in paths], "seq_len": seq_len}
+    info = {
+        "source": "files", "paths": [str(p) for p in paths], "seq_len": seq_len,
+        "vocab_size": tokenizer.vocab_size, "tokenizer_hash": tokenizer.hash,
+    }
     return Calibration(batches, {**info, **_summary(batches)})
 
 

@@ -6,9 +6,9 @@ EMO checkpoint. The loss is that of HF fine-tuning: CE plus only the Switch load
 at 0.01, local to the batch and averaged over layers (the HF `router_aux_loss_coef`); router and
 output-logit z-losses stay off unless asked for.
 
-Data is either domains of a token store (packed windows, every token a label) or a jsonl file
-of prompt/answer pairs (one example per row; with `answer_only`, the paper's choice, only the
-answer tokens are labels, and the load balancing counts those tokens too).
+Data is either domains of a token store (packed windows in a seeded order, every token a label)
+or a jsonl file of prompt/answer pairs (one example per row; with `answer_only`, the paper's
+choice, only the answer tokens are labels, and the load balancing counts those tokens too).
 
 The result is saved like the source, with the fine-tuning recorded (in selection.json for a
 subset), so it can be evaluated or merged back.
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +30,24 @@ from tqdm.auto import tqdm
 
 from emomoe.checkpoint import check_fits, load_config, load_model, save_model
 from emomoe.config import Config
-from emomoe.data.loader import DataConfig, TrainLoader
+from emomoe.data.loader import DataConfig, TrainLoader, eval_batches
 from emomoe.data.pairs import PairLoader, read_pairs
-from emomoe.data.store import TokenStore
+from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import load_tokenizer
 from emomoe.errors import ConfigError, DataError
+from emomoe.evaluate.loss import loss_by_domain
+from emomoe.io import atomic_write_text, refuse_existing
 from emomoe.model.losses import IGNORE_INDEX, cross_entropy_and_logit_z, load_balancing_loss
 from emomoe.model.transformer import ModelOutput
 from emomoe.select.subset import SELECTION_FILE, read_selection, save_subset
+from emomoe.train.checkpointing import CheckpointManager
 from emomoe.train.config import LRSchedule, TrainConfig
+from emomoe.train.interrupt import StopRequest
+from emomoe.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from emomoe.train.optim import build_optimizer
+from emomoe.train.rng import capture_rng_state, restore_rng_state
 from emomoe.train.schedule import build_scheduler
+from emomoe.train.trainer import TrainingInterrupted
 
 HF_ROUTING = ["moe.router.pool=off", "moe.router.eval_pool=off", "moe.router.lb_scope=local"]
 """How fine-tuning routes: like the HF model, with no document pool and batch-local balancing."""
@@ -101,72 +110,155 @@ def finetune_subset(
     lr: float = 5e-5,
     num_epochs: float = 1.0,
     max_steps: int = 0,
-    seq_len: int = 256,
+    seq_len: int | None = None,
     batch_size: int = 8,
     warmup_fraction: float = 0.1,
     loss: FinetuneLoss | None = None,
     seed: int = 0,
+    num_eval_windows: int = 64,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    any_tokenizer: bool = False,
+    force: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train `subset_dir` on `domains` of `store`, or on the prompt/answer jsonl `pairs` (tokenized
-    with the store's tokenizer), and save it to `out_dir`; returns what was done."""
-    if num_epochs <= 0 or max_steps < 0 or not 0.0 <= warmup_fraction < 1.0:
+    with the store's tokenizer), and save it to `out_dir` (an existing one only with `force`);
+    returns what was done, with the held-out loss per domain before and after (with `pairs`: of
+    the `domains` named, if any).
+
+    Until it finishes, the run lives in a work directory beside `out_dir` (`.<name>.finetune`):
+    per-step metrics.jsonl and, every `checkpoint_every` steps and on Ctrl-C / SIGTERM, a
+    checkpoint that `resume=True` continues from, bitwise as if uninterrupted. `out_dir` gets the
+    model, its selection.json (with this fine-tuning recorded) and metrics.jsonl.
+    """
+    if not (num_epochs > 0 and max_steps >= 0 and 0.0 <= warmup_fraction < 1.0 and math.isfinite(lr) and lr > 0):
         raise ConfigError(
-            f"num_epochs > 0, max_steps >= 0 and warmup_fraction in [0, 1) expected, "
-            f"got {num_epochs}, {max_steps}, {warmup_fraction}"
+            f"lr > 0, num_epochs > 0, max_steps >= 0 and warmup_fraction in [0, 1) expected, "
+            f"got {lr}, {num_epochs}, {max_steps}, {warmup_fraction}"
         )
+    out_dir = Path(out_dir)
+    refuse_existing(out_dir, force)
+    work = out_dir.with_name(f".{out_dir.name}.finetune")
+    if work.exists() and not resume:
+        if not force:
+            raise DataError(f"{work}: an interrupted fine-tuning into {out_dir} is there; pass --resume to continue "
+                            "it or --force to start over")
+        shutil.rmtree(work)
     loss = loss or FinetuneLoss()
     loss.validate()
     store = store if isinstance(store, TokenStore) else TokenStore.open(store)
-    source_cfg = load_config(subset_dir)
-    check_fits(source_cfg, subset_dir, vocab_size=store.vocab_size, seq_len=seq_len)
+    domains = (domains or []) if pairs is not None else finetune_domains(subset_dir, domains)
+    # Saved and checkpointed under its own config; trained with the HF routing (no pool).
+    cfg = load_config(subset_dir)
+    seq_len = seq_len or cfg.max_seq_len
+    check_fits(
+        cfg, subset_dir, vocab_size=store.vocab_size, seq_len=seq_len, tokenizer_hash=store.tokenizer_hash,
+        any_tokenizer=any_tokenizer,
+    )
+    model, _ = load_model(subset_dir, overrides=HF_ROUTING)
     torch.manual_seed(seed)
+    run = {"source": str(Path(subset_dir).resolve()), "domains": domains, "lr": lr, "batch_size": batch_size,
+           "seq_len": seq_len, "seed": seed, "loss": loss.to_dict()}
     if pairs is None:
-        domains = finetune_domains(subset_dir, domains)
         data_cfg = DataConfig(store=str(store.path), seq_len=seq_len, batch_size=batch_size, seed=seed, domains=domains)
         loader = TrainLoader(store, data_cfg)
-        num_examples, data = loader.num_windows, {"domains": domains}
+        num_examples = loader.num_windows
     else:
         if store.tokenizer_path is None:
             raise DataError(f"{store.path}: has no tokenizer to encode {pairs} with")
         examples = read_pairs(pairs, load_tokenizer(store.tokenizer_path))
         loader = PairLoader(examples, store.eos_id, seq_len=seq_len, batch_size=batch_size, answer_only=answer_only, seed=seed)
-        num_examples, data = loader.num_examples, {"pairs": str(pairs), "answer_only": answer_only}
+        num_examples = loader.num_examples
+        run.update(pairs=str(pairs), answer_only=answer_only)
     num_steps = math.ceil(num_epochs * num_examples / batch_size)
     if max_steps:
         num_steps = min(num_steps, max_steps)
-    model, _ = load_model(subset_dir, overrides=HF_ROUTING)
+    run["num_steps"] = num_steps
     recipe = TrainConfig(
         max_steps=num_steps, lr=lr, warmup_steps=math.ceil(warmup_fraction * num_steps),
         schedule=LRSchedule.LINEAR, final_lr_ratio=0.0, weight_decay=0.0, grad_clip=1.0,
     )
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe)
+    held_out = _held_out_loss(store, domains, seq_len, batch_size, num_eval_windows)
+    checkpoints = CheckpointManager(work, num_kept=1)
+    restored = checkpoints.restore_newest() if resume else None
+    if restored is None:
+        step, val_before = 0, held_out(model)
+    else:
+        state = restored.state
+        if state["run"] != run:
+            changed = sorted(k for k in run if state["run"].get(k) != run[k])
+            raise DataError(f"{restored.path}: cannot resume, the interrupted run had another {', '.join(changed)} "
+                            "(pass --force to start over)")
+        model.load_state_dict(restored.weights)
+        step, val_before = state["step"], state["val_before"]
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["ranks"][0]["loader"])
+        restore_rng_state(state["ranks"][0]["rng"])
+    metrics = MetricsWriter(work, tensorboard=False)
+    metrics.truncate_after(step)
+
+    def save_checkpoint() -> Path:
+        state = {"step": step, "tokens_seen": step * batch_size * seq_len, "world_size": 1,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "ranks": [{"loader": loader.state_dict(), "rng": capture_rng_state()}], "val_before": val_before,
+                 "run": run}
+        return checkpoints.save(step, model, cfg, state)
+
     model.train()
-    losses = []
-    bar = tqdm(range(num_steps), desc="finetune", unit="step", disable=not progress)
-    for _ in bar:
-        batch = next(loader)
-        out = model(batch["input_ids_BS"], doc_ids_BS=batch["doc_ids_BS"], return_routing=True)
-        terms = finetune_loss(out, batch["labels_BS"], loss)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        losses.append(terms["ce"].item())
-        bar.set_postfix(ce=f"{losses[-1]:.3f}")
+    bar = tqdm(total=num_steps, initial=step, desc="finetune", unit="step", disable=not progress)
+    with StopRequest() as stop, bar:
+        while step < num_steps:
+            batch = next(loader)
+            out = model(batch["input_ids_BS"], doc_ids_BS=batch["doc_ids_BS"], return_routing=True)
+            terms = finetune_loss(out, batch["labels_BS"], loss)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            lr_now = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            metrics.write({"step": step, **{k: terms[k].item() for k in ("ce", "lb", "total")}, "lr": lr_now})
+            bar.update()
+            if (checkpoint_every and step % checkpoint_every == 0) or (stop.requested and step < num_steps):
+                path = save_checkpoint()
+                if stop.requested:
+                    metrics.close()
+                    message = f"stopped at step {step}; checkpoint {path}; continue with --resume"
+                    tqdm.write(message, file=sys.stderr)
+                    raise TrainingInterrupted(message)
+    val_after = held_out(model)
+    metrics.write({"step": step, **{f"val/{d}": v for d, v in val_after.items()}})
+    metrics.close()
+    records = read_metrics(metrics.path)
     done = {
-        "source": str(Path(subset_dir).resolve()), "store": str(store.path), **data, "lr": lr,
-        "num_steps": num_steps, "batch_size": batch_size, "seq_len": seq_len, "seed": seed,
-        "loss": loss.to_dict(), "first_ce": losses[0], "last_ce": losses[-1],
+        **run, "store": str(store.path), "first_ce": records[0]["ce"], "last_ce": records[-2]["ce"],
+        "val_before": val_before, "val_after": val_after,
     }
     model.eval()
-    # Saved under the source's config: the pool-free routing above is how fine-tuning trains,
-    # not a property of the model.
     if (Path(subset_dir) / SELECTION_FILE).is_file():
         record = read_selection(subset_dir)
-        save_subset(out_dir, model, source_cfg, {**record, "finetune": [*record.get("finetune", []), done]})
+        save_subset(out_dir, model, cfg, {**record, "finetune": [*record.get("finetune", []), done]})
     else:
-        save_model(out_dir, model, source_cfg, meta={"finetune": done})
+        save_model(out_dir, model, cfg, meta={"finetune": done})
+    atomic_write_text(out_dir / METRICS_FILE, metrics.path.read_text())
+    shutil.rmtree(work)
     return done
+
+
+def _held_out_loss(store: TokenStore, domains: list[str], seq_len: int, batch_size: int, num_windows: int):
+    """model -> mean held-out CE per domain (of the domains with validation data)."""
+    with_val = [d for d in domains if store.num_tokens(Split.VAL, [d]) > 1]
+
+    def measure(model: torch.nn.Module) -> dict[str, float]:
+        if not with_val:
+            return {}
+        batches = eval_batches(store, Split.VAL, seq_len=seq_len, batch_size=batch_size, domains=with_val,
+                               max_windows_per_domain=num_windows or None)
+        return {d: stats.loss for d, stats in loss_by_domain(model, batches, store.domains).items()}
+
+    return measure

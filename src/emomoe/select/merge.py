@@ -14,7 +14,9 @@ import torch
 
 from emomoe.checkpoint import checkpoint_hash, load_model, save_model
 from emomoe.errors import ConfigError, DataError
+from emomoe.io import refuse_existing
 from emomoe.select.routing import MoELayer, moe_layers
+from emomoe.select.slicing import kept_rows
 from emomoe.select.subset import read_selection
 
 
@@ -27,26 +29,29 @@ def merge_subset(
     router: bool = False,
     shared: bool = False,
     non_moe: bool = False,
+    any_source: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Write the full model with the subset's weights merged in to `out_dir`; returns the record."""
+    """Write the full model with the subset's weights merged in to `out_dir` (an existing one only
+    with `force`); returns the record. `any_source` merges into another checkpoint than the source."""
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha: expected a number in [0, 1], got {alpha}")
+    refuse_existing(out_dir, force)
     record = read_selection(subset_dir)
-    if not force and record["source_sha256"] != checkpoint_hash(full_dir):
+    if not any_source and record["source_sha256"] != checkpoint_hash(full_dir):
         raise DataError(
             f"{subset_dir}: was selected from a different checkpoint than {full_dir} "
             f"(weights sha256 differ; pass --any-source to merge anyway)"
         )
     full, cfg = load_model(full_dir)
     sub, _ = load_model(subset_dir)
-    layers = moe_layers(full, where=str(full_dir))
+    layers = moe_layers(cfg, where=str(full_dir))
     if [layer.index for layer in layers] != record["moe_layers"]:
         raise DataError(f"{subset_dir}: its MoE layers {record['moe_layers']} do not match {full_dir}'s")
     full_state, sub_state = full.state_dict(), sub.state_dict()
     with torch.no_grad():
         for layer, kept in zip(layers, record["kept_experts"]):
-            for key, full_ids, sub_ids in _expert_rows(layer, kept, router=router, shared=shared):
+            for key, full_ids, sub_ids in _expert_rows(full_state, layer, kept, router=router, shared=shared):
                 target = full_state[key]
                 target[full_ids] = (1 - alpha) * target[full_ids] + alpha * sub_state[key][sub_ids]
         if non_moe:
@@ -61,20 +66,12 @@ def merge_subset(
     return merged
 
 
-def _expert_rows(layer: MoELayer, kept: list[int], *, router: bool, shared: bool):
+def _expert_rows(state: dict[str, torch.Tensor], layer: MoELayer, kept: list[int], *, router: bool, shared: bool):
     """(state key, rows in the full model, rows in the subset) of every expert tensor to merge."""
-    num_kept = len(kept)
-    full_ids, sub_ids = list(kept), list(range(num_kept))
-    if shared:
-        full_ids += range(layer.num_routed, layer.num_experts)
-        sub_ids += range(num_kept, num_kept + layer.num_shared)
-    prefix = f"layers.{layer.index}.moe."
-    for name, _ in layer.moe.experts.named_parameters():
-        yield prefix + "experts." + name, full_ids, sub_ids
-    if router:
-        for name, tensor in layer.moe.router.state_dict().items():
-            # Router tensors span all experts (gate rows) or only the routed ones (selection bias).
-            if tensor.shape[0] == layer.num_experts:
-                yield prefix + "router." + name, full_ids, sub_ids
-            else:
-                yield prefix + "router." + name, list(kept), list(range(num_kept))
+    for key, tensor in state.items():
+        if not key.startswith(layer.prefix) or (key.startswith(layer.prefix + "router.") and not router):
+            continue
+        full_ids = kept_rows(layer, kept, key, tuple(tensor.shape))  # the subset's rows, in its order
+        if not shared:
+            full_ids = full_ids[: len(kept)]  # the shared experts come last
+        yield key, full_ids, list(range(len(full_ids)))

@@ -10,23 +10,29 @@ sorted ascending (shared experts are kept separately, always). The methods diffe
 - random: a seeded permutation, no calibration data.
 
 Scores that do not depend on `n` are computed once and reused for every `n` (a sweep over keep
-fractions costs one calibration pass); layerwise selection has to redo its passes for each `n`.
+fractions costs one calibration pass); layerwise selection has to redo its pass for each `n`.
 
-Legend: T tokens, E routed experts of a layer, K routed experts per token, D model dim.
+Every pass streams (`emomoe.select.stream`): one block at a time, reading only what the block
+needs. Layerwise selection reads only the experts it keeps, and `write_subset` hands each block's
+subset tensors on as soon as the block is chosen, so a checkpoint larger than RAM can be selected
+from; the other methods read every expert once, a chunk at a time, then extract the subset.
+
+Legend: E routed experts of a layer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
+from collections.abc import Iterator, Sequence
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from emomoe.select.calibration import valid_tokens
-from emomoe.select.easy_ep import easy_ep_scores
-from emomoe.select.routing import MoELayer, capture_routed_logits, restrict_routing, run_until_stopped
+from emomoe.select.easy_ep import easy_ep_layer_scores
+from emomoe.select.routing import moe_layers
+from emomoe.select.slicing import AddTensor, block_subset, extract_subset, read_blocks, subset_config
+from emomoe.select.stream import LayerStream, relative
+from emomoe.select.weights import WeightSource
 
 Batch = dict[str, torch.Tensor]
 
@@ -53,19 +59,19 @@ def top_n(scores_E: torch.Tensor, n: int) -> list[int]:
 
 
 class ExpertSelector:
-    """Selects experts of one model on one calibration set, for any number of kept experts."""
+    """Selects experts of one model (any `WeightSource`) on one calibration set, for any number kept."""
 
     def __init__(
         self,
-        model: nn.Module,
-        layers: list[MoELayer],
-        batches: list[Batch],
-        method: SelectMethod,
+        source: WeightSource,
+        batches: Sequence[Batch],
+        method: SelectMethod | str,
         seed: int = 0,
         progress: bool = False,
+        where: str = "model",
     ):
-        self.model = model
-        self.layers = layers
+        self.source = source
+        self.layers = moe_layers(source.config, where=where)
         self.batches = batches
         self.method = SelectMethod(method)
         self.seed = seed
@@ -76,10 +82,36 @@ class ExpertSelector:
     def choose(self, num_keep_per_layer: list[int]) -> list[list[int]]:
         """Kept routed expert ids (ascending) for every MoE layer."""
         if self.method is SelectMethod.LAYERWISE:
-            return self._greedy(num_keep_per_layer)
+            return [kept for kept, _ in self._layerwise(num_keep_per_layer) if kept is not None]
+        return [top_n(s_E, n) for s_E, n in zip(self.scores(), num_keep_per_layer)]
+
+    def scores(self) -> list[torch.Tensor]:
+        """Per MoE layer, the score of every routed expert (higher is kept first), computed once;
+        not for layerwise, whose scores depend on what was kept before."""
+        if self.method is SelectMethod.LAYERWISE:
+            raise ValueError("layerwise scores depend on the experts kept in earlier layers; use choose()")
         if self._static_scores is None:
             self._static_scores = self._compute_static_scores()
-        return [top_n(s_E, n) for s_E, n in zip(self._static_scores, num_keep_per_layer)]
+        return self._static_scores
+
+    def write_subset(self, num_keep_per_layer: list[int], add: AddTensor) -> list[list[int]]:
+        """Choose, and hand every tensor of the subset to `add` (see `extract_subset`); returns the
+        kept ids. Layerwise hands each block on as soon as it is chosen: the kept experts it read
+        to run the block are the ones written."""
+        if self.method is not SelectMethod.LAYERWISE:
+            kept = self.choose(num_keep_per_layer)
+            extract_subset(self.source, read_blocks(self.source, self.layers, kept), add)
+            return kept
+        kept = []
+
+        def blocks() -> Iterator[dict[str, torch.Tensor]]:
+            for kept_routed, tensors in self._layerwise(num_keep_per_layer):
+                if kept_routed is not None:
+                    kept.append(kept_routed)
+                yield tensors
+
+        extract_subset(self.source, blocks(), add)
+        return kept
 
     def _compute_static_scores(self) -> list[torch.Tensor]:
         if self.method is SelectMethod.RANDOM:
@@ -91,40 +123,44 @@ class ExpertSelector:
                 scores_E[torch.randperm(layer.num_routed, generator=gen)] = -torch.arange(layer.num_routed).float()
                 scores.append(scores_E)
             return scores
-        if self.method is SelectMethod.EASY_EP:
-            with torch.inference_mode():
-                return easy_ep_scores(self.model, self.layers, self._iter("easy-ep"))
-        return self._router_mass(list(range(len(self.layers))), kept={}, desc="router mass")
+        # Global and EASY-EP: one pass through the unpruned model, scoring each layer on the way.
+        stream = LayerStream(self.source, self.batches)
+        by_index = {layer.index: layer for layer in self.layers}
+        scores = []
+        for index in self._bar(range(self.layers[-1].index + 1), desc=str(self.method)):
+            layer = by_index.get(index)
+            if layer is None:
+                stream.advance(stream.unpruned_block(index))
+            elif self.method is SelectMethod.EASY_EP:
+                scores.append(easy_ep_layer_scores(stream, layer))
+            else:  # the last layer's experts change no score: stop at its gate
+                last = index == self.layers[-1].index
+                scores.append(stream.router_mass(layer, stream.unpruned_block(index), advance=not last))
+            self.source.close()
+        return scores
 
-    def _greedy(self, num_keep_per_layer: list[int]) -> list[list[int]]:
-        kept: dict[int, list[int]] = {}
-        for i in range(len(self.layers)):
-            # A layer's statistic depends only on the layers pruned before it, so a sweep over
-            # several counts measures layer 0 (and any shared prefix) once.
-            key = tuple(tuple(kept[j]) for j in range(i))
-            if key not in self._greedy_mass:
-                (self._greedy_mass[key],) = self._router_mass([i], kept, desc=f"layerwise {i + 1}/{len(self.layers)}")
-            kept[i] = top_n(self._greedy_mass[key], num_keep_per_layer[i])
-        return [kept[i] for i in range(len(self.layers))]
+    def _layerwise(self, num_keep_per_layer: list[int]) -> Iterator[tuple[list[int] | None, dict[str, torch.Tensor]]]:
+        """Per block in order: the kept routed ids (None for a dense block) and its subset tensors."""
+        stream = LayerStream(self.source, self.batches)
+        sub_cfg = subset_config(self.source.config, self.layers, num_keep_per_layer)
+        position = {layer.index: i for i, layer in enumerate(self.layers)}
+        kept: list[list[int]] = []
+        for index in self._bar(range(self.source.config.num_layers), desc="layerwise"):
+            layer, kept_routed, attention = None, None, None
+            if index in position:
+                layer = self.layers[position[index]]
+                # A layer's statistic depends only on the layers pruned before it, so a sweep over
+                # several counts measures layer 0 (and any shared prefix) once.
+                key = tuple(map(tuple, kept))
+                if key not in self._greedy_mass:
+                    self._greedy_mass[key], attention = stream.measure(layer)
+                kept_routed = top_n(self._greedy_mass[key], num_keep_per_layer[position[index]])
+                kept.append(kept_routed)
+            tensors = block_subset(self.source, index, layer, kept_routed)
+            self.source.close()  # the block holds copies: unmap the pages read before running it
+            if index < self.layers[-1].index:  # later blocks do not change any choice
+                stream.advance_pruned(sub_cfg, index, relative(tensors, index), attention)
+            yield kept_routed, tensors
 
-    def _router_mass(self, measured: list[int], kept: dict[int, list[int]], desc: str) -> list[torch.Tensor]:
-        """Token-mean router probability of every routed expert of the `measured` layers, with the
-        layers in `kept` restricted to those experts; each pass stops after the last measured layer."""
-        with contextlib.ExitStack() as stack, torch.inference_mode():
-            stack.enter_context(restrict_routing(self.layers, kept))
-            captured = [
-                stack.enter_context(capture_routed_logits(self.layers[i], stop=i == measured[-1])) for i in measured
-            ]
-            sums = [torch.zeros(self.layers[i].num_routed, dtype=torch.float64) for i in measured]
-            num_tokens = 0
-            for batch in self._iter(desc):
-                run_until_stopped(self.model, batch)
-                valid_T = valid_tokens(batch)
-                for mass_E, logits in zip(sums, captured):
-                    mass_E += torch.softmax(logits.pop()[valid_T], dim=-1).sum(0, dtype=torch.float64)
-                num_tokens += int(valid_T.sum())
-        return [mass_E / num_tokens for mass_E in sums]
-
-    def _iter(self, desc: str):
-        self.model.eval()
-        return tqdm(self.batches, desc=desc, disable=not self.progress, leave=False, unit="batch")
+    def _bar(self, items, desc: str):
+        return tqdm(items, desc=desc, disable=not self.progress, leave=False, unit="layer")

@@ -1,95 +1,233 @@
-"""From a checkpoint to a saved subset model: choose experts, slice, write weights + selection.json.
+"""From a checkpoint to a saved subset model: choose experts, and stream the kept weights out.
 
 A subset directory is an ordinary model checkpoint (it loads with `emomoe.checkpoint.load_model`
 at its own size, without the source) plus `selection.json`, which records where it came from:
-the source checkpoint and its weights' sha256, the kept expert ids per MoE layer in the source's
-numbering, the method, the calibration data and the seed.
+the source checkpoint and its fingerprint (`CheckpointReader.fingerprint`), the kept expert ids
+per MoE layer in the source's numbering, the method, the calibration data and the seed.
+
+The source is read through `CheckpointReader` (our checkpoints and HF directories, sharded or
+not) one block at a time, and the subset is written through `ShardedWriter` as it is chosen, so
+neither has to fit in memory; weights keep their stored dtype. A `selection.json` made earlier,
+here or elsewhere, can be applied again to extract the same subset without calibration, but only
+to the checkpoint it was made from.
+
+Everything that can be checked is checked before anything is written (keep counts, calibration,
+the selection's source, free disk space for the planned subset), and the directory appears
+atomically: on any error, including a full disk mid-write, nothing is left behind and a previous
+`out_dir` is intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from emomoe.checkpoint import checkpoint_hash, load_for_inference, save_model
+from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter, check_fits, save_model
 from emomoe.errors import ConfigError, DataError
-from emomoe.io import atomic_path
+from emomoe.io import atomic_path, check_output_dir, refuse_existing, write_checksums
 from emomoe.model import ModelConfig
 from emomoe.select.calibration import Calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import MoELayer, moe_layers
-from emomoe.select.slicing import slice_model
+from emomoe.select.slicing import AddTensor, extract_subset, kept_rows, read_blocks, subset_config
 
 SELECTION_FILE = "selection.json"
+SUBSET_SHARD_BYTES = 2**29
+"""Shard size of a written subset: the writer holds one shard in memory, so this bounds what
+selection needs beyond one block's weights."""
+_SPACE_MARGIN_BYTES = 16 * 2**20
+"""Room for safetensors headers, the config and selection.json on top of the tensor bytes."""
+MAX_LINEAGE = 8
+"""Subsets of subsets followed back at most this far."""
 
 
 def select_subset(
     checkpoint: str | Path,
     out_dir: str | Path,
     *,
-    keep: KeepSpec,
+    keep: KeepSpec | None = None,
     method: SelectMethod | str = SelectMethod.LAYERWISE,
     calibration: Calibration | None = None,
     seed: int = 0,
+    selection: str | Path | None = None,
+    any_tokenizer: bool = False,
+    force: bool = False,
     progress: bool = False,
+    max_shard_bytes: int = SUBSET_SHARD_BYTES,
 ) -> dict[str, Any]:
-    """Select, slice and save a subset of `checkpoint` to `out_dir`; return its selection record.
+    """Select a subset of `checkpoint` (or take its kept experts from the `selection` file, a
+    selection.json or a subset directory) and write it to `out_dir`; return its selection record.
 
-    Everything is checked before anything is written, and the directory appears atomically.
+    Everything is checked before anything is written (an existing `out_dir` is replaced only with
+    `force`), and the directory appears atomically.
     """
     method = SelectMethod(method)
-    model, cfg = load_for_inference(checkpoint)
-    layers = moe_layers(model, where=str(checkpoint))
-    num_keep = keep.resolve([layer.num_routed for layer in layers])
-    if method.needs_calibration and (calibration is None or not calibration.batches):
-        raise ConfigError(f"method {method}: needs calibration data (--calib)")
-    batches = calibration.batches if calibration is not None else []
-    kept = ExpertSelector(model, layers, batches, method, seed=seed, progress=progress).choose(num_keep)
-    sub, sub_cfg = slice_model(model, cfg, layers, kept)
-    record = selection_record(
-        checkpoint, cfg, sub_cfg, layers, kept, method=method, keep=keep, seed=seed,
-        calibration=calibration.info if calibration is not None and method.needs_calibration else None,
-    )
-    save_subset(out_dir, sub, sub_cfg, record)
+    refuse_existing(out_dir, force)
+    check_output_dir(out_dir)
+    with CheckpointReader(checkpoint) as reader:
+        layers = moe_layers(reader.config, where=str(checkpoint))
+        if selection is not None:
+            given = read_selection(selection)
+            kept = check_selection(given, reader, layers, selection_path(selection))
+            how = {key: given.get(key) for key in _HOW} | {"reused_from": str(selection_path(selection).resolve())}
+
+            def extract(add: AddTensor) -> list[list[int]]:
+                extract_subset(reader, read_blocks(reader, layers, kept), add)
+                return kept
+
+            return _write_subset(out_dir, reader, layers, [len(k) for k in kept], how, max_shard_bytes, extract)
+        if keep is None:
+            raise ConfigError("keep: give the experts to keep per layer, or a selection file to reuse")
+        num_keep = keep.resolve([layer.num_routed for layer in layers])
+        if not method.needs_calibration:
+            calibration = None
+        elif calibration is None or not calibration.batches:
+            raise ConfigError(f"method {method}: needs calibration data (--calib)")
+        else:
+            if "vocab_size" in calibration.info:
+                info = calibration.info
+                check_fits(
+                    reader.config, checkpoint, vocab_size=info["vocab_size"], seq_len=info["seq_len"],
+                    tokenizer_hash=info["tokenizer_hash"], any_tokenizer=any_tokenizer,
+                )
+            calibration.check_size()
+        selector = ExpertSelector(
+            reader, calibration.batches if calibration else [], method, seed=seed, progress=progress,
+            where=str(checkpoint),
+        )
+        how = {"method": str(method), "keep": keep.label(), "seed": seed,
+               "calibration": calibration.info if calibration else None}
+        return _write_subset(
+            out_dir, reader, layers, num_keep, how, max_shard_bytes,
+            lambda add: selector.write_subset(num_keep, add),
+        )
+
+
+_HOW = ("method", "keep", "seed", "calibration")
+"""The fields of a selection record that say how its experts were chosen."""
+
+
+def _write_subset(
+    out_dir: str | Path,
+    reader: CheckpointReader,
+    layers: list[MoELayer],
+    num_keep: list[int],
+    how: dict[str, Any],
+    max_shard_bytes: int,
+    write: Callable[[AddTensor], list[list[int]]],
+) -> dict[str, Any]:
+    """Check the free disk, then let `write` hand the subset's tensors over (it returns the kept
+    ids) and write them, the config and selection.json as one atomic directory."""
+    sub_cfg = subset_config(reader.config, layers, num_keep)
+    check_free_space(out_dir, subset_bytes(reader, layers, num_keep))
+    # atomic_path turns a full disk into one line naming out_dir, and leaves any previous one intact.
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        with ShardedWriter(tmp, max_shard_bytes) as writer:
+            kept = write(writer.add)
+        sub_cfg.to_yaml(tmp / CONFIG_FILE)
+        record = selection_record(reader, sub_cfg, layers, kept, **how)
+        (tmp / SELECTION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_checksums(tmp)
     return record
 
 
+def subset_bytes(reader: CheckpointReader, layers: list[MoELayer], num_keep: list[int]) -> int:
+    """Bytes of the tensors of a subset keeping `num_keep` routed experts per MoE layer."""
+    # How many rows a tensor keeps depends on how many experts are kept, not on which.
+    some_kept = [(layer, list(range(n))) for layer, n in zip(layers, num_keep)]
+    total = 0
+    for name in reader.names():
+        shape = reader.shape(name)
+        layer, kept = next(((l, k) for l, k in some_kept if name.startswith(l.prefix)), (None, None))
+        num_rows = shape[0] if layer is None else len(kept_rows(layer, kept, name, shape))
+        total += num_rows * torch.Size(shape[1:]).numel() * reader.dtype(name).itemsize
+    return total
+
+
+def check_free_space(out_dir: str | Path, needed: int) -> None:
+    """DataError unless the file system `out_dir` goes to has room for `needed` bytes (and a margin)."""
+    out_dir = Path(out_dir).resolve()
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed + _SPACE_MARGIN_BYTES:
+        raise DataError(
+            f"{out_dir}: the subset needs {_size(needed + _SPACE_MARGIN_BYTES)} of free disk, "
+            f"only {_size(free)} is free there"
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
 def selection_record(
-    checkpoint: str | Path,
-    cfg: ModelConfig,
+    reader: CheckpointReader,
     sub_cfg: ModelConfig,
     layers: list[MoELayer],
     kept: list[list[int]],
-    *,
-    method: SelectMethod,
-    keep: KeepSpec,
-    seed: int,
-    calibration: dict[str, Any] | None,
+    **how: Any,
 ) -> dict[str, Any]:
+    """selection.json: the source, the kept experts, how they were chosen (`how`), the sizes."""
     total, active = sub_cfg.num_params()
-    source_total, source_active = cfg.num_params()
+    source_total, source_active = reader.config.num_params()
     return {
-        "source_checkpoint": str(Path(checkpoint).resolve()),
-        "source_sha256": checkpoint_hash(checkpoint),
-        "method": str(method),
-        "keep": keep.label(),
-        "seed": seed,
+        **how,
+        "source_checkpoint": str(reader.directory.resolve()),
+        "source_format": reader.format,
+        "source_sha256": reader.fingerprint(),
         "moe_layers": [layer.index for layer in layers],
         "kept_experts": kept,
         "num_routed_experts": [layer.num_routed for layer in layers],
         "num_shared_experts": [layer.num_shared for layer in layers],
-        "calibration": calibration,
         "num_params": {"total": total, "active": active},
         "source_num_params": {"total": source_total, "active": source_active},
     }
 
 
+def check_selection(
+    record: dict[str, Any], reader: CheckpointReader, layers: list[MoELayer], path: Path
+) -> list[list[int]]:
+    """The kept experts of a selection record, checked to belong to `reader`'s checkpoint."""
+    fingerprint = reader.fingerprint()
+    if record["source_sha256"] != fingerprint:
+        raise DataError(
+            f"{path}: was made for another model (source fingerprint {str(record['source_sha256'])[:12]}..., "
+            f"from {record.get('source_checkpoint', 'an unnamed checkpoint')}), not {reader.directory} "
+            f"({fingerprint[:12]}...)"
+        )
+    indices = [layer.index for layer in layers]
+    if record["moe_layers"] != indices:
+        raise DataError(f"{path}: MoE layers {record['moe_layers']}, {reader.directory} has {indices}")
+    kept = record["kept_experts"]
+    if not isinstance(kept, list) or len(kept) != len(layers):
+        raise DataError(f"{path}: 'kept_experts' must hold one list per MoE layer ({len(layers)})")
+    for layer, ids in zip(layers, kept):
+        valid = isinstance(ids, list) and ids and all(isinstance(i, int) for i in ids)
+        if not (valid and ids == sorted(set(ids)) and 0 <= ids[0] and ids[-1] < layer.num_routed):
+            raise DataError(
+                f"{path}: kept_experts of layer {layer.index} must be ascending distinct routed expert ids "
+                f"in [0, {layer.num_routed}), got {ids}"
+            )
+    return kept
+
+
+def selection_path(selection: str | Path) -> Path:
+    """A selection file given directly, or the selection.json of a subset directory."""
+    path = Path(selection)
+    return path / SELECTION_FILE if path.is_dir() else path
+
+
 def save_subset(out_dir: str | Path, model: nn.Module, cfg: ModelConfig, record: dict[str, Any]) -> Path:
-    """Write the subset checkpoint and its selection.json as one atomic directory."""
+    """Write an in-memory subset model and its selection.json as one atomic directory."""
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         save_model(tmp, model, cfg)
@@ -97,15 +235,30 @@ def save_subset(out_dir: str | Path, model: nn.Module, cfg: ModelConfig, record:
     return out_dir
 
 
-def read_selection(subset_dir: str | Path) -> dict[str, Any]:
-    path = Path(subset_dir) / SELECTION_FILE
+def read_selection(selection: str | Path) -> dict[str, Any]:
+    """The record of a selection.json (or of a subset directory's)."""
+    path = selection_path(selection)
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{subset_dir}: not a subset (no {SELECTION_FILE})") from None
+        raise DataError(f"{selection}: not a subset or selection file (no {path.name})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: expected a JSON object")
     for key in ("moe_layers", "kept_experts", "source_sha256"):
         if key not in record:
             raise DataError(f"{path}: missing '{key}'")
     return record
+
+
+def lineage(checkpoint: Path) -> list[Path]:
+    """`checkpoint`, then the models it was sliced from, as far as their directories still exist
+    (a subset's selection.json names its source)."""
+    dirs = [checkpoint]
+    while (dirs[-1] / SELECTION_FILE).is_file() and len(dirs) <= MAX_LINEAGE:
+        source = Path(read_selection(dirs[-1]).get("source_checkpoint", ""))
+        if not source.is_dir():
+            break
+        dirs.append(source)
+    return dirs

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from emomoe.analyze.report import write_report
@@ -24,12 +25,13 @@ from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
 from emomoe.errors import ConfigError
 from emomoe.evaluate.loss import loss_by_domain
-from emomoe.io import atomic_write_text
+from emomoe.io import atomic_write_text, refuse_existing
 from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import moe_layers
-from emomoe.select.slicing import slice_model
+from emomoe.select.slicing import subset_config, subset_model
+from emomoe.select.weights import ModelWeights
 
 RESULTS_FILE = "results.json"
 
@@ -43,12 +45,15 @@ class SweepConfig(Config):
     """Training windows per domain that the selection is computed on."""
     num_eval_windows: int = 64
     """Held-out windows per domain, evenly spaced; 0 means all of them."""
-    seq_len: int = 256
+    seq_len: int | None = None
+    """Tokens per window; None means the smallest max_seq_len of the models swept."""
     batch_size: int = 16
     seed: int = 0
     """Seed of the random method (the others are deterministic)."""
     domains: list[str] | None = None
     """Domains to sweep; None means every domain of the store."""
+    any_tokenizer: bool = False
+    """Sweep even if the store was made with another tokenizer than a model's."""
 
     def __post_init__(self) -> None:
         self.method = SelectMethod(self.method)
@@ -60,7 +65,7 @@ class SweepConfig(Config):
             if not 0.0 < fraction <= 1.0:
                 raise ConfigError(f"keep: fraction {fraction} is not in (0, 1]")
         for name in ("num_calib_windows", "seq_len", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.num_eval_windows < 0:
             raise ConfigError(f"num_eval_windows: expected >= 0, got {self.num_eval_windows}")
@@ -79,14 +84,21 @@ def run_sweep(
     store = store if isinstance(store, TokenStore) else TokenStore.open(store)
     domains = cfg.domains or store.domains
     store.domain_ids(domains)
-    for checkpoint in checkpoints.values():  # fail before any work, not after the first model
-        check_fits(load_config(checkpoint), checkpoint, vocab_size=store.vocab_size, seq_len=cfg.seq_len)
+    configs = {name: load_config(checkpoint) for name, checkpoint in checkpoints.items()}
+    seq_len = cfg.seq_len or min(c.max_seq_len for c in configs.values())
+    for name, checkpoint in checkpoints.items():  # fail before any work, not after the first model
+        check_fits(
+            configs[name], checkpoint, vocab_size=store.vocab_size, seq_len=seq_len,
+            tokenizer_hash=store.tokenizer_hash, any_tokenizer=cfg.any_tokenizer,
+        )
     fractions = sorted({*cfg.keep, 1.0}, reverse=True)
-    window_args = {"seq_len": cfg.seq_len, "batch_size": cfg.batch_size}
+    window_args = {"seq_len": seq_len, "batch_size": cfg.batch_size}
     calib = {
-        d: store_calibration(store, [d], num_windows=cfg.num_calib_windows, **window_args).batches
+        d: store_calibration(store, [d], num_windows=cfg.num_calib_windows, **window_args)
         for d in (domains if cfg.method.needs_calibration else [])
     }
+    for calibration in calib.values():
+        calibration.check_size()
     max_eval = cfg.num_eval_windows or None
     held_out = {
         d: list(eval_batches(store, Split.VAL, domains=[d], max_windows_per_domain=max_eval, **window_args))
@@ -97,38 +109,45 @@ def run_sweep(
     bar = tqdm(total=num_cells, desc="sweep", unit="subset", disable=not progress)
     for name, checkpoint in checkpoints.items():
         model, model_cfg = load_for_inference(checkpoint)
-        layers = moe_layers(model, where=str(checkpoint))
+        source = ModelWeights(model, model_cfg)
+        layers = moe_layers(model_cfg, where=str(checkpoint))
         num_routed = [layer.num_routed for layer in layers]
         results["experts"][name] = {"routed": num_routed, "shared": model_cfg.moe.router.num_shared_experts}
         loss = results["loss"][name] = {keep_label(f): {} for f in fractions}
         params = results["params"][name] = {}
         kept_experts = results["kept_experts"][name] = {keep_label(f): {} for f in fractions if f < 1.0}
         for domain in domains:
-            selector = ExpertSelector(model, layers, calib.get(domain, []), cfg.method, seed=cfg.seed)
+            selector = ExpertSelector(
+                source, calib[domain].batches if domain in calib else [], cfg.method, seed=cfg.seed, where=str(checkpoint)
+            )
             for fraction in fractions:
                 label = keep_label(fraction)
                 bar.set_postfix_str(f"{name} {domain} keep {label}")
                 if label == FULL:
                     subset, subset_cfg = model, model_cfg
                 else:
-                    kept = selector.choose(KeepSpec.of_fraction(fraction).resolve(num_routed))
-                    subset, subset_cfg = slice_model(model, model_cfg, layers, kept)
-                    kept_experts[label][domain] = kept
+                    num_keep = KeepSpec.of_fraction(fraction).resolve(num_routed)
+                    state: dict[str, torch.Tensor] = {}
+                    kept_experts[label][domain] = selector.write_subset(num_keep, state.__setitem__)
+                    subset_cfg = subset_config(model_cfg, layers, num_keep)
+                    subset = subset_model(state, subset_cfg)
                 loss[label][domain] = loss_by_domain(subset.eval(), held_out[domain], store.domains)[domain].loss
                 total, active = subset_cfg.num_params()
                 params[label] = {"total": total, "active": active}
                 bar.update()
     bar.close()
     results["settings"] = {
-        **cfg.to_dict(), "domains": domains, "store": str(store.path),
+        **cfg.to_dict(), "seq_len": seq_len, "domains": domains, "store": str(store.path),
         "checkpoints": {name: str(path) for name, path in checkpoints.items()},
     }
     return results
 
 
-def write_sweep(out_dir: str | Path, results: dict[str, Any], **report_args: Any) -> Path:
-    """results.json, report.md (tables) and the plot in `out_dir`; returns the report's path."""
+def write_sweep(out_dir: str | Path, results: dict[str, Any], *, force: bool = False, **report_args: Any) -> Path:
+    """results.json, report.md (tables) and the plot in `out_dir` (replacing earlier results only with
+    `force`); returns the report's path."""
     out_dir = Path(out_dir)
+    refuse_existing(out_dir / RESULTS_FILE, force, " (results of an earlier sweep)")
     atomic_write_text(out_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
     return write_report(out_dir, results, **report_args)
 

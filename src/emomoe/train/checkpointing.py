@@ -2,29 +2,39 @@
 
 Layout:
     checkpoints/step-00000100/model.safetensors, model.yaml   (a model checkpoint: see emomoe.checkpoint)
-    checkpoints/step-00000100/trainer_state.pt                (optimizer, scheduler, data, RNG, step)
-    checkpoints/latest                                        (text: the name of the newest step dir)
+    checkpoints/step-00000100/trainer_state.json, .safetensors (optimizer, scheduler, data, RNG, step;
+                                                                no pickle: see train.statefile)
+    checkpoints/step-00000100/checksums.sha256                 (sha256 of every file above)
+    checkpoints/latest                                         (text: the name of the newest step dir)
 
-Each step directory is assembled under a temporary name and renamed into place, and `latest` is
-rewritten atomically after it, so a crash at any moment leaves the previous checkpoint usable.
+Each step directory is assembled under a temporary name, flushed to disk and renamed into place,
+and `latest` is rewritten atomically after it, so a crash at any moment leaves the previous
+checkpoint usable. A checkpoint is complete when it has its checksums; resuming verifies them and,
+if the newest checkpoint is damaged (a truncated file, a flipped byte), falls back to the newest
+intact one and says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from emomoe.checkpoint import save_model
-from emomoe.errors import DataError
-from emomoe.io import atomic_path, atomic_write_text
+from emomoe.checkpoint import WEIGHTS_FILE, save_model
+from emomoe.errors import DataError, warn
+from emomoe.io import CHECKSUMS_FILE, atomic_path, atomic_write_text, verify_checksums, write_checksums
 from emomoe.model.config import ModelConfig
+from emomoe.train.statefile import load_state, save_state
 
-TRAINER_STATE_FILE = "trainer_state.pt"
+TRAINER_STATE = "trainer_state"
+STATE_KEYS = ("step", "tokens_seen", "world_size", "optimizer", "scheduler", "ranks")
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -33,8 +43,17 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+@dataclasses.dataclass
+class Restored:
+    """A verified checkpoint, read back: where it is, its weights and its trainer state."""
+
+    path: Path
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+
 class CheckpointManager:
-    """Writes, finds and prunes the checkpoints of one run directory."""
+    """Writes, finds, verifies and prunes the checkpoints of one run directory."""
 
     def __init__(self, run_dir: str | Path, num_kept: int):
         self.root = Path(run_dir) / "checkpoints"
@@ -45,42 +64,82 @@ class CheckpointManager:
         target = self.root / step_dir_name(step)
         with atomic_path(target) as tmp:
             save_model(tmp, model, model_cfg, meta={"step": step})
-            torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+            save_state(trainer_state, tmp, TRAINER_STATE)
+            write_checksums(tmp)
         atomic_write_text(self.root / LATEST_FILE, target.name + "\n")
         self._prune()
         return target
 
     def steps(self) -> list[int]:
-        """Steps of the complete checkpoints present, oldest first."""
+        """Steps of the complete checkpoints present (those with checksums), oldest first."""
         if not self.root.is_dir():
             return []
         found = []
         for child in self.root.iterdir():
             match = _STEP_DIR.match(child.name)
-            if match and (child / TRAINER_STATE_FILE).is_file():
+            if match and (child / CHECKSUMS_FILE).is_file():
                 found.append(int(match.group(1)))
         return sorted(found)
 
     def latest(self) -> Path | None:
-        """The checkpoint `latest` names, or the newest complete one if the pointer is missing or stale."""
-        pointer = self.root / LATEST_FILE
-        if pointer.is_file():
-            named = self.root / pointer.read_text().strip()
-            if (named / TRAINER_STATE_FILE).is_file():
-                return named
+        """The newest complete checkpoint. (`latest` is written for people and scripts; a kill between the
+        step directory's rename and the pointer's update leaves the pointer one checkpoint behind.)"""
         steps = self.steps()
         return self.root / step_dir_name(steps[-1]) if steps else None
 
+    def restore_newest(self) -> Restored | None:
+        """The newest checkpoint that reads back intact; each damaged newer one is skipped with a warning.
+
+        None if there is no checkpoint at all; DataError if there are some and none is intact.
+        """
+        candidates = [self.root / step_dir_name(step) for step in reversed(self.steps())]
+        problems = [f"{path}: incomplete (no {CHECKSUMS_FILE})" for path in self._incomplete()]
+        for path in candidates:
+            try:
+                restored = read_checkpoint(path)
+            except DataError as e:
+                problems.append(str(e))
+                continue
+            for problem in problems:
+                warn(f"skipping a damaged checkpoint: {problem}")
+            if problems:
+                warn(f"resuming from the newest intact checkpoint instead: {path}")
+            return restored
+        if problems:
+            raise DataError(f"{self.root}: no intact checkpoint to resume from ({'; '.join(problems)})")
+        return None
+
+    def remove_temporaries(self) -> None:
+        """Delete what a killed writer left behind: half-built step directories and pointer files."""
+        if self.root.is_dir():
+            for child in self.root.iterdir():
+                if child.name.startswith(".") and child.name.endswith(".tmp"):
+                    shutil.rmtree(child, ignore_errors=True)
+
+    def _incomplete(self) -> list[Path]:
+        """Step directories that are not complete checkpoints (written by an older emomoe, or edited)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if _STEP_DIR.match(p.name) and not (p / CHECKSUMS_FILE).is_file())
+
     def _prune(self) -> None:
         for step in self.steps()[: -self.num_kept]:
-            shutil.rmtree(self.root / step_dir_name(step), ignore_errors=True)
+            # Renamed first, so that a kill during the deletion leaves a temporary, not a torn checkpoint.
+            doomed = self.root / f".{step_dir_name(step)}.deleting.tmp"
+            os.replace(self.root / step_dir_name(step), doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+
+def read_checkpoint(path: str | Path) -> Restored:
+    """Verify a training checkpoint's checksums, then read its weights and trainer state."""
+    path = Path(path)
+    verify_checksums(path)
+    return Restored(path, load_file(str(path / WEIGHTS_FILE)), load_trainer_state(path))
 
 
 def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
-    path = Path(checkpoint_dir) / TRAINER_STATE_FILE
-    try:
-        # The state holds numpy RNG state and Python tuples, which the weights-only loader rejects;
-        # the file is one this trainer wrote into the user's own run directory.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: trainer state not found (is {checkpoint_dir} a training checkpoint?)") from None
+    state = load_state(checkpoint_dir, TRAINER_STATE)
+    missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise DataError(f"{checkpoint_dir}: trainer state lacks {', '.join(missing)}")
+    return state

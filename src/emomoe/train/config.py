@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from pathlib import Path
 from typing import Any
 
-from emomoe.config import Config
+from emomoe.config import Config, deep_merge
 from emomoe.data.loader import DataConfig
 from emomoe.errors import ConfigError
 from emomoe.model.config import ModelConfig
 
 PRESET_KEY = "preset"
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+"""Run configs that ship inside the package (the demo's and the paper's recipes); the repository's
+configs/ links here."""
 
 
 class LRSchedule(enum.StrEnum):
@@ -104,33 +108,36 @@ class TrainConfig(Config):
     """FLOP/s one process could reach, for the utilisation estimate. 100e9 is about what fp32
     matmuls reach on 2 cores of this laptop's CPU; set your accelerator's dense peak on a GPU."""
     tensorboard: bool = True
-    """Also write TensorBoard events under RUN_DIR/tensorboard when the package is installed."""
+    """Also write TensorBoard event files under RUN_DIR/tensorboard (the `tensorboard` extra; without
+    it the run warns once and writes metrics.jsonl only)."""
 
     def validate(self) -> None:
-        positive = ["max_steps", "num_micro_batches", "log_every", "eval_batch_size", "num_checkpoints_kept"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        not_negative = ["warmup_steps", "eval_every", "num_eval_windows", "checkpoint_every", "num_threads"]
-        for name in not_negative:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: expected an integer >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr: expected a positive number, got {self.lr}")
+        problems = [
+            f"{name}: expected a positive integer, got {getattr(self, name)}"
+            for name in ("max_steps", "num_micro_batches", "log_every", "eval_batch_size", "num_checkpoints_kept")
+            if getattr(self, name) < 1
+        ]
+        problems += [
+            f"{name}: expected an integer >= 0, got {getattr(self, name)}"
+            for name in ("warmup_steps", "eval_every", "num_eval_windows", "checkpoint_every", "num_threads")
+            if getattr(self, name) < 0
+        ]
+        if not self.lr > 0:
+            problems.append(f"lr: expected a positive number, got {self.lr}")
         if not 0.0 <= self.final_lr_ratio <= 1.0:
-            raise ConfigError(f"final_lr_ratio: expected a number in [0, 1], got {self.final_lr_ratio}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name}: expected a number in [0, 1), got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0 or self.peak_flops <= 0:
-            raise ConfigError(
-                "weight_decay, grad_clip: expected >= 0; eps, peak_flops: expected > 0 "
-                f"(got {self.weight_decay}, {self.grad_clip}, {self.eps}, {self.peak_flops})"
-            )
+            problems.append(f"final_lr_ratio: expected a number in [0, 1], got {self.final_lr_ratio}")
+        problems += [
+            f"{name}: expected a number in [0, 1), got {getattr(self, name)}"
+            for name in ("beta1", "beta2") if not 0.0 <= getattr(self, name) < 1.0
+        ]
+        problems += [f"{name}: expected >= 0, got {getattr(self, name)}"
+                     for name in ("weight_decay", "grad_clip") if not getattr(self, name) >= 0]
+        problems += [f"{name}: expected > 0, got {getattr(self, name)}"
+                     for name in ("eps", "peak_flops") if not getattr(self, name) > 0]
         if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
-            raise ConfigError(
-                f"decay_steps: expected more than warmup_steps ({self.warmup_steps}), got {self.decay_steps}"
-            )
+            problems.append(f"decay_steps: expected more than warmup_steps ({self.warmup_steps}), got {self.decay_steps}")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     @property
     def total_decay_steps(self) -> int:
@@ -145,15 +152,31 @@ class RunConfig(Config):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: str = "") -> RunConfig:
-        if isinstance(data, dict) and isinstance(data.get("model"), dict) and PRESET_KEY in data["model"]:
-            data = {**data, "model": resolve_model_preset(data["model"])}
-        return super().from_dict(data, path)
+        return super().from_dict(cls.expand(data) if isinstance(data, dict) else data, path)
+
+    @classmethod
+    def expand(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(data.get("model"), dict) and PRESET_KEY in data["model"]:
+            return {**data, "model": resolve_model_preset(data["model"])}
+        return data
 
     def validate(self) -> None:
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len: {self.data.seq_len} exceeds model.max_seq_len ({self.model.max_seq_len})"
             )
+
+
+def config_path(spec: str | Path) -> Path:
+    """A run config file: `spec` itself if it exists, else the shipped config of that name (`demo-emo`)."""
+    path = Path(spec)
+    shipped = SHIPPED_CONFIGS / f"{path.name.removesuffix('.yaml')}.yaml"
+    if not path.exists() and path.parent == Path(".") and shipped.is_file():
+        return shipped
+    if not path.exists():
+        names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
+        raise ConfigError(f"{path}: config file not found (shipped configs, usable by name: {names})")
+    return path
 
 
 def resolve_model_preset(model: dict[str, Any]) -> dict[str, Any]:
@@ -164,14 +187,4 @@ def resolve_model_preset(model: dict[str, Any]) -> dict[str, Any]:
         base = ModelConfig.preset(str(name)).to_dict()
     except ConfigError as e:
         raise ConfigError(f"model.preset: {e}") from None
-    return _deep_merge(base, overrides)
-
-
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    return deep_merge(base, overrides)

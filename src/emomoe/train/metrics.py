@@ -1,4 +1,6 @@
-"""Per-step metrics: one JSON object per line in RUN_DIR/metrics.jsonl, mirrored to TensorBoard if installed.
+"""Per-step metrics: one JSON object per line in RUN_DIR/metrics.jsonl, mirrored to TensorBoard event
+files under RUN_DIR/tensorboard (`train.tensorboard`, on by default; needs `pip install 'emomoe[tensorboard]'`,
+and says so at start-up when it is missing).
 
 Records are flat dicts of numbers keyed by name ("ce", "lr", "routing/layer0/dead_experts",
 "val/legal", ...) plus "step". On resume the file is cut back to the checkpoint's step, so a
@@ -12,7 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from emomoe.io import atomic_write_text
+from emomoe.errors import DataError, MissingDependency, optional_import, warn
+from emomoe.io import atomic_write_text, write_errors
 
 METRICS_FILE = "metrics.jsonl"
 TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s")
@@ -20,10 +23,19 @@ TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics file. A last line cut short (the writer was killed mid-line) is dropped."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise DataError(f"{path}: line {number} is not valid JSON") from None
+    return records
 
 
 class MetricsWriter:
@@ -43,8 +55,9 @@ class MetricsWriter:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a")
-        self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
-        self._file.flush()
+        with write_errors(self.path, "the run stops here; free space and continue with --resume"):
+            self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+            self._file.flush()
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -67,7 +80,10 @@ def _jsonable(value: Any) -> Any:
 
 def _tensorboard_writer(log_dir: Path):
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # TensorBoard is optional: metrics.jsonl has everything
+        optional_import("tensorboard", "tensorboard", "train.tensorboard")
+    except MissingDependency as e:  # optional: metrics.jsonl has everything
+        warn(f"{e} (or set train.tensorboard=false); metrics go to metrics.jsonl only")
         return None
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(log_dir=str(log_dir))

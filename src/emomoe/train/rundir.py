@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from emomoe.errors import ConfigError
+from emomoe.io import check_output_dir
 from emomoe.train.config import RunConfig
 
 CONFIG_FILE = "config.yaml"
@@ -30,6 +31,7 @@ def check_run_dir(run_dir: str | Path, cfg: RunConfig, *, resume: bool, force: b
     run_dir = Path(run_dir)
     if resume and force:
         raise ConfigError("--resume and --force contradict each other: continue the run or start it over")
+    check_output_dir(run_dir)
     if not holds_run(run_dir) or force:
         return
     if not resume:

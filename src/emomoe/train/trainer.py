@@ -19,18 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from emomoe import distributed
-from emomoe.checkpoint import WEIGHTS_FILE, save_model
+from emomoe.checkpoint import save_model
 from emomoe.data.loader import TrainLoader
 from emomoe.data.store import TokenStore
-from emomoe.errors import ConfigError, EmomoeError
+from emomoe.errors import ConfigError, EmomoeError, warn
 from emomoe.model import build_model
+from emomoe.model.config import ModelConfig, parse_pool
 from emomoe.model.losses import IGNORE_INDEX, compute_loss
 from emomoe.train import parallel
-from emomoe.train.checkpointing import CheckpointManager, load_trainer_state
+from emomoe.train.checkpointing import CheckpointManager, Restored
 from emomoe.train.config import Precision, RunConfig
 from emomoe.train.flops import mfu, train_flops_per_token
 from emomoe.train.init_from import check_architecture, load_initial_weights
@@ -70,6 +70,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
     device = setup_runtime(cfg.train.num_threads)
     store = TokenStore.open(cfg.data.store)
     cfg = fit_to_store(cfg, store)
+    if distributed.is_main_process():
+        warn_if_pool_is_inert(cfg.model)
     # Every rank checks before the main one changes anything, so a refusal stops all of them.
     check_run_dir(run_dir, cfg, resume=resume, force=force)
     resuming = resume and holds_run(run_dir)
@@ -79,8 +81,13 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
     if distributed.is_main_process():
         claim_run_dir(run_dir, cfg, force=force)
     distributed.barrier()
-    checkpoint = CheckpointManager(run_dir, cfg.train.num_checkpoints_kept).latest() if resuming else None
-    trainer = Trainer(cfg, run_dir, store, device, resume_from=checkpoint)
+    checkpoints = CheckpointManager(run_dir, cfg.train.num_checkpoints_kept)
+    restored = checkpoints.restore_newest() if resuming else None
+    if distributed.is_main_process():
+        checkpoints.remove_temporaries()
+        if restored is not None:
+            tqdm.write(f"resuming from {restored.path} (step {restored.state['step']})", file=sys.stderr)
+    trainer = Trainer(cfg, run_dir, store, device, resume_from=restored)
     return trainer.run(progress=progress)
 
 
@@ -88,22 +95,49 @@ def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
+def warn_if_pool_is_inert(cfg: ModelConfig) -> None:
+    """A pool that always holds every routed expert restricts nothing: the run is a standard MoE."""
+    bounds = parse_pool(cfg.moe.router.pool, "pool")
+    routed = cfg.moe.num_experts - cfg.moe.router.num_shared_experts
+    if bounds is not None and bounds[0] >= routed:
+        warn(
+            f"model.moe.router.pool {cfg.moe.router.pool}: every pool holds all {routed} routed experts, so this "
+            f"trains a standard MoE; use pool sizes below {routed} for EMO (the paper: 8..128 of 127)"
+        )
+
+
 def fit_to_store(cfg: RunConfig, store: TokenStore) -> RunConfig:
-    """Take the EOS id from the token store when the model leaves it open; refuse a vocabulary too small."""
+    """Take the EOS id and the tokenizer hash from the token store when the model leaves them open;
+    refuse a vocabulary too small, or an EOS or tokenizer that differs from the store's."""
     if cfg.model.vocab_size < store.vocab_size:
         raise ConfigError(
             f"model.vocab_size: {cfg.model.vocab_size} is smaller than the token store's vocabulary "
             f"({store.vocab_size} in {cfg.data.store})"
         )
-    if cfg.model.eos_id is None:
-        return cfg.with_overrides([f"model.eos_id={store.eos_id}"])
-    if cfg.model.eos_id != store.eos_id:
+    if cfg.model.eos_id is not None and cfg.model.eos_id != store.eos_id:
         raise ConfigError(f"model.eos_id: {cfg.model.eos_id} differs from the token store's EOS id {store.eos_id}")
-    return cfg
+    if cfg.model.tokenizer_hash and store.tokenizer_hash and cfg.model.tokenizer_hash != store.tokenizer_hash:
+        raise ConfigError(
+            f"model.tokenizer_hash: {cfg.model.tokenizer_hash[:12]} differs from the tokenizer of {cfg.data.store} "
+            f"({store.tokenizer_hash[:12]})"
+        )
+    if cfg.model.vocab_size > store.vocab_size * 2 and cfg.model.vocab_size > store.vocab_size + 1024:
+        warn(
+            f"model.vocab_size {cfg.model.vocab_size} is much larger than the token store's vocabulary "
+            f"({store.vocab_size}): the unused embedding rows cost memory and time"
+        )
+    model = dataclasses.replace(
+        cfg.model,
+        eos_id=store.eos_id if cfg.model.eos_id is None else cfg.model.eos_id,
+        tokenizer_hash=cfg.model.tokenizer_hash or store.tokenizer_hash or None,
+    )
+    return dataclasses.replace(cfg, model=model)
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, store: TokenStore, device: torch.device, resume_from: Path | None = None):
+    def __init__(
+        self, cfg: RunConfig, run_dir: Path, store: TokenStore, device: torch.device, resume_from: Restored | None = None
+    ):
         tc = cfg.train
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
@@ -112,9 +146,8 @@ class Trainer:
         seed_everything(tc.seed)
         model = build_model(cfg.model)
         model.pool_sampler.seed = tc.seed + self.rank
-        state = load_trainer_state(resume_from) if resume_from else None
-        if resume_from:
-            model.load_state_dict(load_file(str(resume_from / WEIGHTS_FILE)))
+        if resume_from is not None:
+            model.load_state_dict(resume_from.weights)
         elif tc.init_from:
             load_initial_weights(model, cfg.model, tc.init_from)
         self.plain_model = model.to(device)
@@ -132,9 +165,9 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.checkpointed_step = -1
         self.val_loss: dict[str, float] = {}
-        if state is not None:
-            self._load_state(state)
-            self.last_checkpoint, self.checkpointed_step = resume_from, self.step
+        if resume_from is not None:
+            self._load_state(resume_from.state)
+            self.last_checkpoint, self.checkpointed_step = resume_from.path, self.step
         self.metrics = MetricsWriter(run_dir, tc.tensorboard) if self.is_main else None
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)

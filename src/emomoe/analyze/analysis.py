@@ -1,0 +1,120 @@
+"""`emomoe analyze` as a library call: which experts serve which domains, for several models side by side.
+
+    analysis = run_analysis({"emo": "runs/emo/final", "std": "runs/std/final"}, "runs/store", AnalysisConfig())
+    write_analysis("runs/analysis", analysis)   # analysis.json, figures, clusters.html, report.md
+
+Everything is checked before the first model runs: the store has at least two domains with
+held-out documents, every checkpoint's vocabulary and context fit the documents, and k is at most
+the number of tokens. The documents are chosen once and shared by all models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emomoe.analyze.clusters import ClusterConfig, check_num_clusters
+from emomoe.analyze.collect import collect_routing, held_out_documents
+from emomoe.analyze.figures import draw_figures
+from emomoe.analyze.html import clusters_html
+from emomoe.analyze.modularity import model_summary
+from emomoe.analyze.modularity_report import HTML_FILE, REPORT_FILE, analysis_report
+from emomoe.analyze.overlap import overlap_summary, read_kept_sets
+from emomoe.checkpoint import check_fits, load_config, load_for_inference
+from emomoe.config import Config
+from emomoe.data.store import TokenStore
+from emomoe.data.tokenizer import load_tokenizer
+from emomoe.errors import ConfigError, DataError
+from emomoe.io import atomic_path
+
+ANALYSIS_FILE = "analysis.json"
+
+
+@dataclasses.dataclass
+class AnalysisConfig(Config):
+    domains: list[str] | None = None
+    """Domains to analyse (None: every domain of the store)."""
+    num_docs: int = 64
+    """Held-out documents per domain, evenly spaced over the validation split."""
+    tokens_per_doc: int = 100
+    """Only the first tokens of each document (the paper's clustering uses the first 100)."""
+    batch_size: int = 16
+    """Documents per forward pass."""
+    clusters: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
+    num_top_tokens: int = 10
+    """Most frequent tokens listed per cluster."""
+
+    def validate(self) -> None:
+        for name in ("num_docs", "tokens_per_doc", "batch_size", "num_top_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+
+
+def run_analysis(
+    checkpoints: dict[str, str | Path],
+    store: str | Path | TokenStore,
+    cfg: AnalysisConfig,
+    *,
+    sweep_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every number of the analysis (what `analysis.json` holds; see `write_analysis`)."""
+    cfg.validate()
+    if not checkpoints:
+        raise ConfigError("checkpoints: give at least one model to analyse")
+    store = store if isinstance(store, TokenStore) else TokenStore.open(store)
+    docs = held_out_documents(store, cfg.domains, num_docs=cfg.num_docs, tokens_per_doc=cfg.tokens_per_doc)
+    check_num_clusters(cfg.clusters, docs.num_tokens)
+    for checkpoint in checkpoints.values():
+        model_cfg = load_config(checkpoint)
+        if cfg.tokens_per_doc > model_cfg.max_seq_len:
+            raise ConfigError(
+                f"tokens_per_doc: {cfg.tokens_per_doc} exceeds {checkpoint}'s max_seq_len {model_cfg.max_seq_len}"
+            )
+        check_fits(model_cfg, checkpoint, vocab_size=store.vocab_size, seq_len=cfg.tokens_per_doc)
+    kept = read_kept_sets(sweep_dir, checkpoints) if sweep_dir is not None else None
+    decoder = load_tokenizer(store.tokenizer_path) if store.tokenizer_path is not None else None
+    models: dict[str, Any] = {}
+    for name, checkpoint in checkpoints.items():
+        model, _ = load_for_inference(checkpoint)
+        bar = f"routing {name}" if progress else None
+        routed = collect_routing(model, docs, batch_size=cfg.batch_size, pad_id=store.eos_id, progress=bar)
+        del model
+        if not routed:
+            raise DataError(f"{checkpoint}: has no MoE layers (no routers), so there is no routing to analyse")
+        summary = model_summary(routed, docs, cfg.clusters, decoder, cfg.num_top_tokens)
+        models[name] = {"checkpoint": str(checkpoint), **summary}
+    docs_Y = np.bincount(docs.domain_G, minlength=len(docs.domains))
+    tokens_Y = np.bincount(docs.domain_G, weights=[len(t) for t in docs.tokens], minlength=len(docs.domains))
+    analysis = {
+        "settings": {
+            **cfg.to_dict(), "store": str(store.path), "checkpoints": {n: str(c) for n, c in checkpoints.items()}
+        },
+        "domains": docs.domains,
+        "documents": {
+            name: {"num_documents": int(docs_Y[y]), "num_tokens": int(tokens_Y[y])}
+            for y, name in enumerate(docs.domains)
+        },
+        "models": models,
+    }
+    if kept is not None:
+        num_experts = {name: [layer["num_experts"] for layer in m["layers"]] for name, m in models.items()}
+        analysis["subset_overlap"] = overlap_summary(kept, num_experts)
+    return analysis
+
+
+def write_analysis(out_dir: str | Path, analysis: dict[str, Any], *, command: str | None = None) -> Path:
+    """Write `out_dir` as a whole (replacing it): analysis.json, the PNG figures, clusters.html and
+    report.md. Returns the report's path."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        (tmp / ANALYSIS_FILE).write_text(json.dumps(analysis, indent=2) + "\n")
+        draw_figures(tmp, analysis)
+        (tmp / HTML_FILE).write_text(clusters_html(analysis), encoding="utf-8")
+        (tmp / REPORT_FILE).write_text(analysis_report(analysis, command=command), encoding="utf-8")
+    return out_dir / REPORT_FILE

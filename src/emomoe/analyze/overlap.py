@@ -1,0 +1,77 @@
+"""Subset overlap: how much the kept-expert sets of different domains' subsets share (Jaccard).
+
+The sets come from a sweep directory: its `results.json` (`kept_experts`: model -> keep -> domain
+-> kept routed experts per MoE layer, see `emomoe.select.sweep`) and any `selection.json` of a
+subset saved below it (`emomoe select`), whose domain is its calibration domains. Modular models
+keep different experts for different domains: their overlap stays near what two random subsets
+of the same size would share.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from emomoe.analyze.metrics import expected_random_jaccard, jaccard_matrix, mean_off_diagonal
+from emomoe.errors import DataError
+from emomoe.select.subset import SELECTION_FILE, read_selection
+from emomoe.select.sweep import RESULTS_FILE
+
+KeptSets = dict[str, dict[str, dict[str, list[list[int]]]]]
+"""model -> keep label -> domain -> kept routed experts of every MoE layer."""
+
+
+def read_kept_sets(sweep_dir: str | Path, checkpoints: dict[str, str | Path]) -> KeptSets:
+    """Every kept-expert set recorded under `sweep_dir`; a subset's model is the analysed model
+    whose checkpoint it was selected from, else the name of its source directory."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise DataError(f"{sweep_dir}: sweep directory not found")
+    kept: KeptSets = {}
+    results = sweep_dir / RESULTS_FILE
+    if results.is_file():
+        try:
+            recorded = json.loads(results.read_text()).get("kept_experts", {})
+        except json.JSONDecodeError as e:
+            raise DataError(f"{results}: not valid JSON ({e})") from None
+        for model, per_keep in recorded.items():
+            for keep, per_domain in per_keep.items():
+                kept.setdefault(model, {}).setdefault(keep, {}).update(per_domain)
+    by_path = {str(Path(c).resolve()): name for name, c in checkpoints.items()}
+    for path in sorted(sweep_dir.rglob(SELECTION_FILE)):
+        record = read_selection(path.parent)
+        source = record.get("source_checkpoint", "")
+        model = by_path.get(source, Path(source).name or "source")
+        calibration = record.get("calibration") or {}
+        domain = ",".join(calibration.get("domains") or [path.parent.name])
+        kept.setdefault(model, {}).setdefault(str(record.get("keep", "?")), {})[domain] = record["kept_experts"]
+    if not kept:
+        raise DataError(
+            f"{sweep_dir}: no kept experts found (expected a sweep's {RESULTS_FILE} or subsets' {SELECTION_FILE})"
+        )
+    return kept
+
+
+def overlap_summary(kept: KeptSets, num_experts: dict[str, list[int]]) -> dict[str, Any]:
+    """Per model and keep: the Jaccard matrix between domains for every MoE layer, its mean off
+    the diagonal, and (when the model's expert counts are known) the random-subset baseline."""
+    out: dict[str, Any] = {}
+    for model, per_keep in kept.items():
+        for keep, per_domain in per_keep.items():
+            domains = list(per_domain)
+            num_layers = min(len(v) for v in per_domain.values())
+            matrices = [jaccard_matrix([per_domain[d][i] for d in domains]) for i in range(num_layers)]
+            sizes = [len(per_domain[domains[0]][i]) for i in range(num_layers)]
+            counts = num_experts.get(model)
+            out.setdefault(model, {})[keep] = {
+                "domains": domains,
+                "num_kept": sizes,
+                "jaccard": [m.tolist() for m in matrices],
+                "mean_off_diagonal": [mean_off_diagonal(m) for m in matrices],
+                "random_baseline": (
+                    [expected_random_jaccard(n, e) for n, e in zip(sizes, counts)]
+                    if counts and len(counts) == num_layers else None
+                ),
+            }
+    return out

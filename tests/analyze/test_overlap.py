@@ -1,0 +1,46 @@
+import json
+
+import numpy as np
+import pytest
+
+from emomoe.analyze.overlap import overlap_summary, read_kept_sets
+from emomoe.errors import DataError
+
+
+def _selection(path, source, keep, domains, kept):
+    path.mkdir(parents=True)
+    record = {"source_checkpoint": str(source), "source_sha256": "0" * 64, "keep": keep, "moe_layers": [0, 1],
+              "kept_experts": kept, "calibration": {"source": "store", "domains": domains}}
+    (path / "selection.json").write_text(json.dumps(record))
+
+
+def test_kept_sets_come_from_results_and_selections(tmp_path):
+    kept = {"emo": {"0.5": {"code": [[0, 1], [2, 3]], "math": [[1, 2], [2, 3]]}}}
+    (tmp_path / "results.json").write_text(json.dumps({"loss": {}, "kept_experts": kept}))
+    source = tmp_path / "runs" / "std" / "final"
+    source.mkdir(parents=True)
+    _selection(tmp_path / "subsets" / "a", source, "2", ["code"], [[0, 1], [0, 1]])
+    _selection(tmp_path / "subsets" / "b", source, "2", ["legal", "math"], [[2, 3], [0, 3]])
+    _selection(tmp_path / "subsets" / "c", tmp_path / "elsewhere", "2", ["code"], [[0], [1]])
+    got = read_kept_sets(tmp_path, {"emo": tmp_path / "x", "std": source})
+    assert got["emo"] == kept["emo"]
+    assert got["std"] == {"2": {"code": [[0, 1], [0, 1]], "legal,math": [[2, 3], [0, 3]]}}
+    assert got["elsewhere"] == {"2": {"code": [[0], [1]]}}
+
+
+def test_a_directory_without_kept_experts_is_refused(tmp_path):
+    with pytest.raises(DataError, match="no kept experts"):
+        read_kept_sets(tmp_path, {})
+    with pytest.raises(DataError, match="not found"):
+        read_kept_sets(tmp_path / "missing", {})
+
+
+def test_overlap_summary_by_hand():
+    kept = {"m": {"0.5": {"a": [[0, 1], [0, 1]], "b": [[1, 2], [0, 1]], "c": [[2, 3], [2, 3]]}}}
+    got = overlap_summary(kept, {"m": [4, 4]})["m"]["0.5"]
+    assert got["domains"] == ["a", "b", "c"] and got["num_kept"] == [2, 2]
+    # layer 0: a-b 1/3, a-c 0, b-c 1/3; layer 1: a-b 1, a-c 0, b-c 0
+    assert np.array(got["jaccard"][0]) == pytest.approx(np.array([[1, 1 / 3, 0], [1 / 3, 1, 1 / 3], [0, 1 / 3, 1]]))
+    assert got["mean_off_diagonal"] == pytest.approx([2 / 9, 1 / 3])
+    assert got["random_baseline"] == pytest.approx([7 / 18, 7 / 18])
+    assert overlap_summary(kept, {})["m"]["0.5"]["random_baseline"] is None

@@ -1,0 +1,336 @@
+"""Bad input through `emomoe.cli.main`: one line on stderr, exit 2, no traceback, nothing half-written.
+
+Each case id is cited by a row of docs/errors.md (tests/test_errors_doc.py checks that every row
+names a test that exists). Warnings exit 0 and say what they saw.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from emomoe.checkpoint import save_model
+from emomoe.cli import main
+from emomoe.data.store import TokenStore
+from emomoe.model import ModelConfig, build_model
+from emomoe.train.config import RunConfig
+from emomoe.train.trainer import train
+from tests.fixtures import build_store, damage, fill_disk, small_tmpfs, word_documents
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+STORE = ASSETS / "store"
+
+
+def tiny_run(store: Path, **train_overrides) -> RunConfig:
+    return RunConfig.from_dict({
+        "model": {"preset": "tiny"},
+        "data": {"store": str(store), "seq_len": 64, "batch_size": 2},
+        "train": {"max_steps": 2, "warmup_steps": 1, "num_eval_windows": 1, "tensorboard": False, "num_threads": 1,
+                  **train_overrides},
+    })
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Read-only inputs: a trained tiny model on the shipped store, a subset of it, another store
+    with a different tokenizer of the same size, and a model whose vocabulary is too small."""
+    root = tmp_path_factory.mktemp("env")
+    run = root / "run"
+    train(tiny_run(STORE, checkpoint_every=1), run, progress=False)
+    model = run / "final"
+    subset = root / "subset"
+    assert main(["select", "--checkpoint", str(model), "--data", str(STORE), "--calib", "code", "--keep", "0.5",
+                 "--num-calib-windows", "8", "--out", str(subset), "--no-progress"]) == 0
+    docs = word_documents({"code": "def if for in x y return".split(), "legal": "shall license grant".split(),
+                           "literature": "she said the house".split()}, 12, num_words=(30, 60))
+    other = build_store(docs, root / "other", vocab_size=300, val_fraction=0.2)
+    small_cfg = ModelConfig.preset("tiny").with_overrides(["vocab_size=300", "max_seq_len=64"])
+    small = save_model(root / "small-vocab", build_model(small_cfg), small_cfg)
+    config = root / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"preset": "tiny"}, "data": {"store": str(STORE), "seq_len": 64, "batch_size": 2},
+        "train": {"max_steps": 1, "tensorboard": False, "num_threads": 1, "num_eval_windows": 1},
+    }))
+    return {"root": root, "run": run, "model": model, "subset": subset, "other": other, "small": small,
+            "config": config}
+
+
+def damaged_copy(source: Path, dest: Path, files: str | list[str], how: str) -> Path:
+    shutil.copytree(source, dest)
+    for file in [files] if isinstance(files, str) else files:
+        damage(dest / file, how)
+    return dest
+
+
+def s(path: Path) -> str:
+    return str(path)
+
+
+# Each case: (argv builder, regex the one-line message must match). Builders get (env, tmp_path).
+ERRORS = {
+    "train-missing-config": (
+        lambda e, t: ["train", "--config", s(t / "nope.yaml"), "--out", s(t / "r")],
+        r"nope\.yaml: config file not found \(shipped configs, usable by name: demo-emo, ",
+    ),
+    "train-unknown-key": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "train.max_stepz=3"],
+        r"unknown config key 'train.max_stepz' in override",
+    ),
+    "train-nan-lr": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "train.lr=.nan"],
+        r"run\.yaml: train\.lr: expected a finite number, got nan$",
+    ),
+    "train-all-problems-at-once": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "train.max_steps=-1",
+                      "--set", "train.warmup_steps=-2", "--set", "data.batch_size=0"],
+        r"data\.batch_size: expected a positive integer, got 0; train\.max_steps: expected a positive integer, "
+        r"got -1; train\.warmup_steps: expected an integer >= 0, got -2$",
+    ),
+    "train-out-is-a-file": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", s(e["config"])],
+        r"run\.yaml: is a file; expected a directory",
+    ),
+    "train-out-below-a-file": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", s(e["config"] / "run")],
+        r"run\.yaml/run: cannot be created, .*run\.yaml is a file$",
+    ),
+    "train-existing-run": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", s(e["run"])],
+        r"already holds a run \(config\.yaml\); pass --resume to continue it or --force",
+    ),
+    "train-vocab-too-small": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "model.vocab_size=300"],
+        r"model\.vocab_size: 300 is smaller than the token store's vocabulary \(512 in ",
+    ),
+    "train-store-of-another-tokenizer": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", f"data.store={e['other']}",
+                      "--set", f"model.tokenizer_hash='{TokenStore.open(STORE).tokenizer_hash}'"],
+        r"model\.tokenizer_hash: [0-9a-f]{12} differs from the tokenizer of .*other \([0-9a-f]{12}\)$",
+    ),
+    "train-resume-changed-model": (
+        lambda e, t: ["train", "--out", s(e["run"]), "--resume", "--set", "model.d_model=64"],
+        r"cannot resume, the config differs from the stored run at 'model\.d_model' \(only train\.\* may change",
+    ),
+    "train-missing-mix-file": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "data.store=mix.yaml"],
+        r"mix\.yaml: mix file not found \(a YAML list of token arrays per domain: see docs/data\.md\)$",
+    ),
+    "train-resume-no-intact-checkpoint": (
+        lambda e, t: ["train", "--out", s(damaged_copy(e["run"], t / "run", [f"checkpoints/step-0000000{i}/model.safetensors"
+                                                        for i in (1, 2)], "truncate")), "--resume", "--set", "train.max_steps=3"],
+        r"checkpoints: no intact checkpoint to resume from \(.*step-00000002/model\.safetensors: checksum mismatch",
+    ),
+    "tokenizer-unsupported-input": (
+        lambda e, t: ["tokenizer", "train", "--input", s(ASSETS / "mix.yaml"), "--vocab-size", "100", "--out", s(t / "tok")],
+        r"mix\.yaml: unsupported input format",
+    ),
+    "tokenizer-vocab-under-257": (
+        lambda e, t: ["tokenizer", "train", "--input", s(e["corpus"]), "--vocab-size", "100", "--out", s(t / "tok")],
+        r"vocab size 100 is too small: byte-level BPE needs at least 257$",
+    ),
+    "tokenize-missing-input": (
+        lambda e, t: ["tokenize", "--input", s(t / "none.jsonl"), "--tokenizer", s(STORE / "tokenizer"), "--out", s(t / "st")],
+        r"none\.jsonl: input not found$",
+    ),
+    "tokenize-existing-output": (
+        lambda e, t: ["tokenize", "--input", s(e["corpus"]), "--tokenizer", s(STORE / "tokenizer"), "--out", s(e["other"])],
+        r"other: already exists \(pass --force to replace it\)$",
+    ),
+    "tokenize-truncated-zst": (
+        lambda e, t: ["tokenize", "--input", s(e["truncated_zst"]), "--tokenizer", s(STORE / "tokenizer"), "--out", s(t / "st")],
+        r"cut\.jsonl\.zst: zstd stream ends mid-frame; the file is truncated$",
+    ),
+    "eval-other-tokenizer": (
+        lambda e, t: ["eval", "--checkpoint", s(e["model"]), "--data", s(e["other"])],
+        r"final: the model was trained with tokenizer [0-9a-f]{12}, the data was made with [0-9a-f]{12}; results "
+        r"would be meaningless \(pass --any-tokenizer / any_tokenizer=True to go ahead\)$",
+    ),
+    "eval-existing-out": (
+        lambda e, t: ["eval", "--checkpoint", s(e["model"]), "--data", s(STORE), "--out", s(e["config"])],
+        r"run\.yaml: already exists \(pass --force, or force=True, to replace it\)$",
+    ),
+    "eval-out-below-a-file": (
+        lambda e, t: ["eval", "--checkpoint", s(e["model"]), "--data", s(STORE), "--out", s(e["config"] / "x.json")],
+        r"run\.yaml: is a file; expected a directory",
+    ),
+    "eval-truncated-weights": (
+        lambda e, t: ["eval", "--checkpoint", s(damaged_copy(e["model"], t / "m", "model.safetensors", "truncate")),
+                      "--data", s(STORE)],
+        r"m/model\.safetensors: checksum mismatch, the file is damaged \(truncated or altered since it was written\)$",
+    ),
+    "eval-flipped-byte-in-config": (
+        lambda e, t: ["eval", "--checkpoint", s(damaged_copy(e["model"], t / "m", "model.yaml", "flip")), "--data", s(STORE)],
+        r"m/model\.yaml: checksum mismatch",
+    ),
+    "eval-seq-len-too-long": (
+        lambda e, t: ["eval", "--checkpoint", s(e["model"]), "--data", s(STORE), "--seq-len", "4096"],
+        r"seq_len: 4096 exceeds .*final's max_seq_len 128$",
+    ),
+    "select-vocab-larger-than-model": (
+        lambda e, t: ["select", "--checkpoint", s(e["small"]), "--data", s(STORE), "--calib", "code", "--keep", "2",
+                      "--out", s(t / "sub")],
+        r"small-vocab: the data's vocabulary \(512\) is larger than the model's \(300\)$",
+    ),
+    "select-other-tokenizer": (
+        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--data", s(e["other"]), "--calib", "code", "--keep", "2",
+                      "--out", s(t / "sub")],
+        r"the model was trained with tokenizer [0-9a-f]{12}, the data was made with",
+    ),
+    "select-text-with-other-tokenizer": (
+        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--calib", s(e["corpus"]), "--tokenizer",
+                      s(e["other"] / "tokenizer"), "--keep", "2", "--out", s(t / "sub")],
+        r"the model was trained with tokenizer [0-9a-f]{12}, the data was made with",
+    ),
+    "select-tiny-calibration": (
+        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--calib", s(e["six_tokens"]), "--tokenizer",
+                      s(STORE / "tokenizer"), "--keep", "2", "--out", s(t / "sub")],
+        r"calibration data .*six\.jsonl: \d+ tokens, fewer than the minimum of 64 needed to rank experts$",
+    ),
+    "select-truncated-zst-calibration": (
+        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--calib", s(e["truncated_zst"]), "--tokenizer",
+                      s(STORE / "tokenizer"), "--keep", "2", "--num-calib-windows", "10000", "--out", s(t / "sub")],
+        r"cut\.jsonl\.zst: zstd stream ends mid-frame; the file is truncated$",
+    ),
+    "select-existing-out": (
+        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--data", s(STORE), "--calib", "code", "--keep", "2",
+                      "--out", s(e["subset"])],
+        r"subset: already exists \(pass --force, or force=True, to replace it\)$",
+    ),
+    "select-garbled-weights": (
+        lambda e, t: ["select", "--checkpoint", s(damaged_copy(e["model"], t / "m", "model.safetensors", "flip")),
+                      "--data", s(STORE), "--calib", "code", "--keep", "2", "--out", s(t / "sub")],
+        r"m/model\.safetensors: checksum mismatch",
+    ),
+    "select-bad-keep": (
+        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--data", s(STORE), "--calib", "code", "--keep", "lots",
+                      "--out", s(t / "sub")],
+        r"keep 'lots': expected a count \(8\), a fraction \(0\.25\) or per-layer counts \(8,8,4,4\)$",
+    ),
+    "finetune-negative-lr": (
+        lambda e, t: ["finetune", "--checkpoint", s(e["subset"]), "--data", s(STORE), "--lr", "-1", "--out", s(t / "ft")],
+        r"lr > 0, num_epochs > 0, max_steps >= 0 and warmup_fraction in \[0, 1\) expected, got -1\.0, ",
+    ),
+    "finetune-other-tokenizer": (
+        lambda e, t: ["finetune", "--checkpoint", s(e["subset"]), "--data", s(e["other"]), "--out", s(t / "ft")],
+        r"the model was trained with tokenizer [0-9a-f]{12}, the data was made with",
+    ),
+    "sweep-keep-1-is-ambiguous": (
+        lambda e, t: ["sweep", "--checkpoints", s(e["model"]), "--data", s(STORE), "--keep", "1,0.5", "--out", s(t / "sw")],
+        r"--keep 1,0\.5: sweep keeps fractions of the routed experts, spelled with a decimal point",
+    ),
+    "sweep-same-names": (
+        lambda e, t: ["sweep", "--checkpoints", s(e["model"]), s(e["model"]), "--data", s(STORE), "--out", s(t / "sw")],
+        r"--names: model names must differ, got run, run \(pass --names\)$",
+    ),
+    "sweep-out-is-a-file": (
+        lambda e, t: ["sweep", "--checkpoints", s(e["model"]), "--data", s(STORE), "--out", s(e["config"])],
+        r"run\.yaml: is a file; expected a directory",
+    ),
+    "merge-other-source": (
+        lambda e, t: ["merge", "--full", s(e["small"]), "--subset", s(e["subset"]), "--out", s(t / "merged")],
+        r"subset: was selected from a different checkpoint than .*small-vocab \(weights sha256 differ; pass "
+        r"--any-source to merge anyway\)$",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(env):
+    root = env["root"]
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"def f{i}(x): return x + {i}  # a line of code " * 4,
+                                          "domain": "code"}) + "\n" for i in range(30)))
+    six = root / "six.jsonl"
+    six.write_text(json.dumps({"text": "hello there"}) + "\n")
+    import zstandard
+
+    data = zstandard.ZstdCompressor().compress(corpus.read_bytes())
+    cut = root / "cut.jsonl.zst"
+    cut.write_bytes(data[: len(data) // 2])
+    return {**env, "corpus": corpus, "six_tokens": six, "truncated_zst": cut}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ERRORS)
+def test_bad_input_is_one_line_and_writes_nothing(case, inputs, tmp_path, capsys):
+    build, pattern = ERRORS[case]
+    argv = build(inputs, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(pattern, err), err
+    added = sorted(set(p.name for p in tmp_path.iterdir()) - set(before))
+    assert added in ([], ["run"], ["m"]), added  # only the damaged copies this test made itself
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_override_repairs_a_file_that_fails_alone(inputs, tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(inputs["config"].read_text().replace("max_steps: 1", "max_steps: -5"))
+    assert main(["train", "--config", str(broken), "--dry-run"]) == 2
+    assert main(["train", "--config", str(broken), "--dry-run", "--set", "train.max_steps=3"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["train"]["max_steps"] == 3 and resolved["model"]["d_model"] == 32  # the preset, expanded
+
+
+@pytest.mark.slow
+def test_any_tokenizer_overrides_the_check(inputs, tmp_path):
+    assert main(["eval", "--checkpoint", str(inputs["model"]), "--data", str(inputs["other"]), "--any-tokenizer",
+                 "--max-windows", "1", "--out", str(tmp_path / "e.json"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["all"]["loss"] > 0
+
+
+@pytest.mark.slow
+def test_eval_out_through_a_symlink_keeps_the_link(inputs, tmp_path):
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    assert main(["eval", "--checkpoint", str(inputs["model"]), "--data", str(STORE), "--max-windows", "1",
+                 "--out", str(link), "--force", "--no-progress"]) == 0
+    assert link.is_symlink() and "domains" in json.loads(real.read_text())
+
+
+@pytest.mark.slow
+def test_small_calibration_warns(inputs, tmp_path, capsys):
+    torch.manual_seed(0)
+    assert main(["select", "--checkpoint", str(inputs["model"]), "--calib", str(inputs["corpus"]), "--tokenizer",
+                 str(STORE / "tokenizer"), "--keep", "2", "--num-calib-windows", "3", "--seq-len", "64",
+                 "--out", str(tmp_path / "sub"), "--no-progress"]) == 0
+    assert re.search(r"calibration data .*corpus\.jsonl: only 192 tokens; below 512", capsys.readouterr().err)
+
+
+FULL_DISK = {
+    "tokenize": lambda e, d: ["tokenize", "--input", s(e["corpus"]), "--tokenizer", s(STORE / "tokenizer"),
+                              "--out", s(d / "store"), "--no-progress"],
+    "eval": lambda e, d: ["eval", "--checkpoint", s(e["model"]), "--data", s(STORE), "--max-windows", "1",
+                          "--out", s(d / "eval.json"), "--no-progress"],
+    "select": lambda e, d: ["select", "--checkpoint", s(e["model"]), "--data", s(STORE), "--calib", "code",
+                            "--keep", "2", "--out", s(d / "sub"), "--no-progress"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", FULL_DISK)
+def test_a_full_disk_is_one_line(verb, inputs, tmp_path, capsys):
+    disk = tmp_path / "disk"
+    with small_tmpfs(disk, "64k") as mounted:
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here (needs root); tests/test_io.py injects ENOSPC instead")
+        fill_disk(disk)
+        assert main(FULL_DISK[verb](inputs, disk)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        # select plans the subset's size and refuses up front; the others fail at the write.
+        full = "cannot write: no space left" if verb != "select" else "the subset needs .* of free disk, only"
+        assert re.search(rf"^emomoe {verb}: error: {re.escape(str(disk))}/[^ ]*: {full}", err), err
+        assert ".tmp" not in err  # the message names the output, not a temporary
+        assert not list(disk.rglob("*.tmp")) and not (disk / "eval.json").exists() and not (disk / "sub").exists()
