@@ -79,3 +79,17 @@ def test_loader_visits_every_example_once_per_epoch_and_reshuffles():
     again = PairLoader(examples, EOS, seq_len=4, batch_size=3, answer_only=True, seed=1)
     assert torch.equal(next(again)["input_ids_BS"], pair_batch(
         [examples[i - 1] for i in firsts[0]], EOS, seq_len=4, answer_only=True)["input_ids_BS"])
+
+
+def test_loader_state_resumes_the_order_and_refuses_other_data():
+    examples = [Example([i], [100 + i]) for i in range(1, 8)]
+    loader = PairLoader(examples, EOS, seq_len=4, batch_size=3, answer_only=True, seed=2)
+    next(loader), next(loader)
+    state = loader.state_dict()
+    expected = next(loader)
+    resumed = PairLoader(examples, EOS, seq_len=4, batch_size=3, answer_only=True, seed=2)
+    resumed.load_state_dict(state)
+    assert torch.equal(next(resumed)["input_ids_BS"], expected["input_ids_BS"])
+    other = PairLoader(examples[:-1], EOS, seq_len=4, batch_size=3, answer_only=True, seed=2)
+    with pytest.raises(DataError, match="num_examples"):
+        other.load_state_dict(state)

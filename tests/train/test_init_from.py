@@ -4,6 +4,7 @@ import torch
 from emomoe.checkpoint import load_model, save_model
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, DataError
+from emomoe.train.checkpointing import CheckpointManager
 from emomoe.train.config import RunConfig
 from emomoe.train.metrics import read_metrics
 from emomoe.train.trainer import Trainer, fit_to_store, train
@@ -52,8 +53,8 @@ def test_resume_takes_the_runs_own_checkpoint_not_init_from(run_config, std_fina
     trained, _ = load_model(tmp_path / "run" / "final")
     longer = cfg.with_overrides(["train.max_steps=3"])
     store = TokenStore.open(cfg.data.store)
-    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000002"
-    trainer = Trainer(fit_to_store(longer, store), tmp_path / "run", store, torch.device("cpu"), resume_from=checkpoint)
+    restored = CheckpointManager(tmp_path / "run", 2).restore_newest()
+    trainer = Trainer(fit_to_store(longer, store), tmp_path / "run", store, torch.device("cpu"), resume_from=restored)
     assert trainer.step == 2 and equal_weights(trainer.plain_model, trained)
 
 
