@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.preset, args.batch_size, args.seq_len, args.steps = "tiny", 4, 64, 5
-    setup_runtime()
+    setup_runtime(retain_memory=True)
     emo = ModelConfig.preset(args.preset)
     std = emo.with_overrides(["moe.router.pool=off"])
     if emo.moe.router.pool == "off":

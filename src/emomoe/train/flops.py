@@ -22,3 +22,8 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float) -> float:
     """Achieved training FLOP/s as a fraction of `peak_flops` (the whole run's peak: all processes)."""
     return flops_per_token * tokens_per_s / peak_flops
+
+
+def gemm_flops(m: int, k: int, n: int) -> float:
+    """FLOPs of an [m, k] @ [k, n] matmul."""
+    return 2.0 * m * k * n

@@ -66,7 +66,7 @@ class TrainResult:
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True) -> TrainResult:
     """Train `cfg` into `run_dir`. Launched by torchrun, every process calls this with the same arguments."""
     run_dir = Path(run_dir)
-    device = setup_runtime(cfg.train.num_threads)
+    device = setup_runtime(cfg.train.num_threads, retain_memory=True)
     store = TokenStore.open(cfg.data.store)
     cfg = fit_to_store(cfg, store)
     # Every rank checks before the main one changes anything, so a refusal stops all of them.
