@@ -32,8 +32,12 @@ import transformers
 from emomoe.model import ModelConfig, build_model
 from emomoe.model.config import LossConfig, MoEConfig, RouterConfig
 from emomoe.model.losses import compute_loss
-from emomoe.train.flops import train_flops_per_token
-from emomoe.train.flops import gemm_flops
+from emomoe.train.config import TrainConfig
+from emomoe.train.flops import (
+    gemm_flops, matmul_flops_per_s, measure_peak_flops, model_gemm_shapes, train_flops_per_token,
+)
+from emomoe.train.optim import build_optimizer
+from emomoe.train.runtime import retain_freed_memory
 
 from timing import interleaved_best
 
@@ -77,11 +81,12 @@ def hf_model(shape: str, family: str) -> torch.nn.Module:
 
 
 class Side:
-    """One model with its optimizer and the three workloads as closures."""
+    """One model with its optimizer and the three workloads as closures. Both sides get emomoe's
+    optimizer: fused AdamW with decayed matrices, which is also HF Trainer's default (`adamw_torch_fused`)."""
 
     def __init__(self, model: torch.nn.Module, step_loss, forward, generate):
         self.model = model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.optimizer = build_optimizer(model, TrainConfig(lr=1e-4))
         self._step_loss, self._forward, self._generate = step_loss, forward, generate
 
     def train_step(self, ids_BS: torch.Tensor) -> None:
@@ -179,6 +184,15 @@ def compare(shape: str, family: str, reps: int, workloads: list[str], gen_shape:
     return result
 
 
+def gemm_rates(shapes: list[str]) -> dict:
+    """GFLOP/s of large square matmuls (the peak MFU divides by) and of each model's own matmuls."""
+    rates = {"peak_square": round(measure_peak_flops(seconds=1.0) / 1e9, 1)}
+    for shape in shapes:
+        for name, mkn in model_gemm_shapes(emomoe_config(shape, "olmoe"), BATCH * SEQ_LEN).items():
+            rates[f"{shape}/{name}{list(mkn)}"] = round(matmul_flops_per_s(*mkn, seconds=0.2) / 1e9, 1)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="coarse shape, OLMoE only, 2 repetitions, no generation")
@@ -195,12 +209,15 @@ def main() -> None:
         args.shapes, args.families, args.reps, args.workloads = ["coarse"], ["olmoe"], 2, ["train", "forward"]
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    retained = retain_freed_memory()  # what emomoe's trainer does; it speeds up both sides
     transformers.logging.set_verbosity_error()
     result = {
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
+        "retain_freed_memory": retained,
         "reps": args.reps, "batch": [BATCH, SEQ_LEN], "generate_batch_prompt_new": args.gen,
         "emomoe_generate": importlib.util.find_spec("emomoe.generate") is not None,
     }
+    result["gemm_gflops"] = gemm_rates(args.shapes)
     for shape in args.shapes:
         for family in args.families:
             result[f"{shape}/{family}"] = compare(shape, family, args.reps, args.workloads, tuple(args.gen))

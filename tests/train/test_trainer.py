@@ -9,6 +9,7 @@ from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError
 from emomoe.train import trainer as trainer_module
 from emomoe.train.config import RunConfig
+from emomoe.train.flops import train_flops_per_token
 from emomoe.train.metrics import TIMING_KEYS, read_metrics
 from emomoe.train.schedule import lr_multiplier
 from emomoe.train.trainer import Trainer, TrainingDiverged, TrainingInterrupted, fit_to_store, train
@@ -134,3 +135,15 @@ def test_bf16_autocast_stays_close_to_fp32(run_config, tmp_path):
     fp32, bf16 = (read_metrics(tmp_path / p / "metrics.jsonl") for p in ("fp32", "bf16"))
     assert [r["ce"] for r in bf16] == pytest.approx([r["ce"] for r in fp32], rel=0.02)
     assert [r["ce"] for r in bf16] != [r["ce"] for r in fp32]  # autocast did run in bf16
+
+
+@pytest.mark.parametrize("peak", [None, 2e9])
+def test_mfu_uses_the_configured_peak_or_is_left_out(run_config, tmp_path, peak):
+    cfg = run_config("train.max_steps=2", f"train.peak_flops={'null' if peak is None else peak}")
+    train(cfg, tmp_path / "run", progress=False)
+    flops_per_token = train_flops_per_token(cfg.model, cfg.data.seq_len)
+    for r in read_metrics(tmp_path / "run" / "metrics.jsonl"):
+        if peak is None:
+            assert "mfu" not in r
+        else:
+            assert r["mfu"] == pytest.approx(flops_per_token * r["tokens_per_s"] / peak)

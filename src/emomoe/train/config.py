@@ -83,9 +83,11 @@ class TrainConfig(Config):
     checkpoint_every: int = 0
     """Steps between checkpoints; 0 means only at the end (and on Ctrl-C)."""
     num_checkpoints_kept: int = 2
-    peak_flops: float = 100e9
-    """FLOP/s one process could reach, for the utilisation estimate. 100e9 is about what fp32
-    matmuls reach on 2 cores of this laptop's CPU; set your accelerator's dense peak on a GPU."""
+    peak_flops: float | None = 0.0
+    """Matmul FLOP/s one process can reach, the denominator of the `mfu` metric. 0 measures it once
+    at the start of the run (half a second of large matmuls in the training precision, all ranks
+    at once); a number skips the measurement (e.g. your accelerator's dense peak); null leaves
+    `mfu` out of the metrics."""
     tensorboard: bool = True
     """Also write TensorBoard events under RUN_DIR/tensorboard when the package is installed."""
 
@@ -105,11 +107,13 @@ class TrainConfig(Config):
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}: expected a number in [0, 1), got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0 or self.peak_flops <= 0:
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0:
             raise ConfigError(
-                "weight_decay, grad_clip: expected >= 0; eps, peak_flops: expected > 0 "
-                f"(got {self.weight_decay}, {self.grad_clip}, {self.eps}, {self.peak_flops})"
+                "weight_decay, grad_clip: expected >= 0; eps: expected > 0 "
+                f"(got {self.weight_decay}, {self.grad_clip}, {self.eps})"
             )
+        if self.peak_flops is not None and self.peak_flops < 0:
+            raise ConfigError(f"peak_flops: expected >= 0 (0 measures it) or null, got {self.peak_flops}")
         if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
             raise ConfigError(
                 f"decay_steps: expected more than warmup_steps ({self.warmup_steps}), got {self.decay_steps}"

@@ -32,7 +32,7 @@ from emomoe.model.losses import IGNORE_INDEX, compute_loss
 from emomoe.train import parallel
 from emomoe.train.checkpointing import CheckpointManager, load_trainer_state
 from emomoe.train.config import Precision, RunConfig
-from emomoe.train.flops import mfu, train_flops_per_token
+from emomoe.train.flops import measure_peak_flops, mfu, train_flops_per_token
 from emomoe.train.interrupt import StopRequest
 from emomoe.train.metrics import MetricsWriter
 from emomoe.train.optim import build_optimizer
@@ -122,6 +122,7 @@ class Trainer:
         self.validator = Validator(store, cfg.data.seq_len, tc.eval_batch_size, tc.num_eval_windows)
         self.checkpoints = CheckpointManager(run_dir, tc.num_checkpoints_kept)
         self.flops_per_token = train_flops_per_token(cfg.model, cfg.data.seq_len)
+        self.peak_flops = self._peak_flops()
         self.step = 0
         self.tokens_seen = 0
         self.last_checkpoint: Path | None = None
@@ -206,16 +207,31 @@ class Trainer:
         step_tokens = sum(b["input_ids_BS"].numel() for b in micro_batches) * self.world_size
         self.tokens_seen += step_tokens
         tokens_per_s = step_tokens / (time.perf_counter() - started)
-        return {
+        record = {
             "step": self.step,
             "tokens": self.tokens_seen,
             **values,
             "grad_norm": grad_norm,
             "lr": lr,
             "tokens_per_s": tokens_per_s,
-            "mfu": mfu(self.flops_per_token, tokens_per_s, self.cfg.train.peak_flops * self.world_size),
             **health,
         }
+        if self.peak_flops is not None:
+            record["mfu"] = mfu(self.flops_per_token, tokens_per_s, self.peak_flops)
+        return record
+
+    def _peak_flops(self) -> float | None:
+        """The whole run's matmul peak (all ranks), for MFU: as configured, or measured now."""
+        per_process = self.cfg.train.peak_flops
+        if per_process is None:
+            return None
+        if per_process > 0:
+            return per_process * self.world_size
+        dtype = torch.bfloat16 if self.cfg.train.precision is Precision.BF16 else torch.float32
+        # Ranks measure at the same moment, so processes sharing a machine add up to its peak.
+        distributed.barrier()
+        measured = torch.tensor([measure_peak_flops(device=self.device, dtype=dtype)], device=self.device)
+        return float(distributed.all_reduce_sum_(measured)[0])
 
     def _validate(self) -> dict[str, float]:
         model = parallel.unwrap(self.model)
