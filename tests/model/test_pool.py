@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emomoe.model.pool import PoolSampler, draw_pool_sizes, pool_drop_mask
+from emomoe.model.pool import PoolSampler, document_pools, draw_pool_sizes, pool_logit_bias
 
 
 @st.composite
@@ -27,22 +27,24 @@ def _loop_keep(probs_TE, lengths, sizes):
 
 @settings(max_examples=60, deadline=None)
 @given(pooled_batches())
-def test_drop_mask_equals_a_per_document_loop(batch):
+def test_pools_equal_a_per_document_loop(batch):
     num_experts, lengths, sizes, seed = batch
     g = torch.Generator().manual_seed(seed)
     probs_TE = torch.randn(sum(lengths), num_experts, generator=g, dtype=torch.float64).softmax(-1)
     seg_T = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    keep_TE = ~pool_drop_mask(probs_TE, seg_T, len(lengths), torch.tensor(sizes))
+    keep_GE = document_pools(probs_TE, seg_T, len(lengths), torch.tensor(sizes))
+    keep_TE = pool_logit_bias(keep_GE, seg_T) == 0
     assert keep_TE.tolist() == _loop_keep(probs_TE, lengths, sizes)
+    assert torch.isneginf(pool_logit_bias(keep_GE, seg_T)[~keep_TE]).all()
     assert keep_TE.sum(-1).tolist() == [min(d, num_experts) for d, n in zip(sizes, lengths) for _ in range(n)]
 
 
-def test_drop_mask_is_unchanged_by_an_oversized_segment_count():
+def test_pools_are_unchanged_by_an_oversized_segment_count():
     probs_TE = torch.rand(6, 5).softmax(-1)
     seg_T = torch.tensor([0, 0, 1, 1, 1, 2])
     sizes = torch.tensor([2, 3, 1, 4, 4, 4])
-    exact = pool_drop_mask(probs_TE, seg_T, 3, sizes[:3])
-    assert torch.equal(exact, pool_drop_mask(probs_TE, seg_T, 6, sizes))
+    exact = document_pools(probs_TE, seg_T, 3, sizes[:3])
+    assert torch.equal(exact, document_pools(probs_TE, seg_T, 6, sizes)[:3])
 
 
 def test_sampler_layer_seeds_depend_only_on_seed_forward_and_layer():

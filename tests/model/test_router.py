@@ -165,3 +165,30 @@ def test_biased_selection_stays_inside_the_pool():
     out = router(torch.randn(6, 6, dtype=torch.float64), Segments.from_doc_ids(doc_ids_BS))
     assert len(out.experts_TK.unique()) == 2
     assert (out.weights_TK > 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(routing_cases())
+def test_pool_gradients_equal_those_of_the_per_document_loop(case):
+    num_routed, num_shared, top_k, pool, boundaries, seed = case
+    router = _make_router(num_routed, num_shared, top_k, seed, eval_pool=str(pool))
+    router.eval()
+    doc_ids_BS = torch.tensor(boundaries).long().cumsum(1)
+    x_TD = torch.randn(doc_ids_BS.numel(), 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    out = router(x_TD, Segments.from_doc_ids(doc_ids_BS))
+    loss = (out.weights_TK * torch.arange(1.0, top_k + 1, dtype=torch.float64)).sum() + out.lb_loss + out.z_loss
+    (grad,) = torch.autograd.grad(loss, router.gate.weight)
+
+    # Reference: the loop's pools, logits set to -inf outside them, softmax, top-k, the same losses.
+    logits_TE = x_TD @ router.gate.weight[:num_routed].T
+    _, _, pools = _reference_route(logits_TE.detach(), doc_ids_BS, pool, top_k)
+    outside_TE = torch.tensor([[e not in p for e in range(num_routed)] for p in pools])
+    masked_TE = logits_TE.masked_fill(outside_TE, float("-inf"))
+    probs_TE = masked_TE.softmax(-1)
+    weights_TK = probs_TE.gather(1, out.experts_TK)
+    counts_E = torch.bincount(out.experts_TK.flatten(), minlength=num_routed).double()
+    lb = num_routed * (counts_E / (top_k * len(x_TD)) * probs_TE.mean(0)).sum()
+    ref_loss = (weights_TK * torch.arange(1.0, top_k + 1, dtype=torch.float64)).sum() + lb
+    ref_loss = ref_loss + masked_TE.logsumexp(-1).square().mean()
+    (ref_grad,) = torch.autograd.grad(ref_loss, router.gate.weight)
+    assert torch.allclose(grad, ref_grad)

@@ -3,7 +3,9 @@
 Shapes: T tokens, E routed experts, G segments (documents; see `docs.Segments`).
 
 Per document: sum the unmasked routed softmax over its tokens, keep the top-d experts and mask
-the rest. Everything is vectorised over documents, with no Python loop and no device sync.
+the rest. Everything is vectorised over documents, with no Python loop and no device sync: the
+work is one pass over [T, E] for the sums and one to spread the per-document [G, E] pools back
+over the tokens, plus a sort of G rows of E.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import torch
 from emomoe import distributed
 
 
-def pool_drop_mask(
+def document_pools(
     probs_TE: torch.Tensor, seg_T: torch.Tensor, num_segments: int, pool_sizes_G: torch.Tensor
 ) -> torch.Tensor:
-    """Boolean [T, E]: expert e is OUTSIDE the pool of token t's document (ready for masked_fill).
+    """Boolean [G, E]: expert e is in the pool of segment g.
 
     A document's pool is the `pool_sizes_G[g]` experts with the largest summed probability over
     its tokens (ties go to the lower expert index); sizes >= E keep every expert.
@@ -31,9 +33,19 @@ def pool_drop_mask(
     )
     order_GE = sums_GE.argsort(dim=-1, descending=True, stable=True)
     rank_E = torch.arange(num_experts, device=probs_TE.device)
-    drop_sorted_GE = rank_E >= pool_sizes_G[:, None]
-    drop_GE = torch.empty_like(drop_sorted_GE).scatter_(1, order_GE, drop_sorted_GE)
-    return drop_GE.index_select(0, seg_T)
+    keep_sorted_GE = rank_E < pool_sizes_G[:, None]
+    return torch.empty_like(keep_sorted_GE).scatter_(1, order_GE, keep_sorted_GE)
+
+
+def pool_logit_bias(keep_GE: torch.Tensor, seg_T: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[T, E]: 0 where the expert is in the pool of the token's segment, -inf outside.
+
+    Adding it to the logits masks them: the addition passes gradients through untouched (they are
+    exactly zero outside the pool after the softmax), where masked_fill would zero them in another
+    pass; and gathering G rows of a bias is cheaper on the CPU than a masked_fill of [T, E].
+    """
+    bias_GE = torch.zeros(keep_GE.shape, dtype=dtype, device=keep_GE.device).masked_fill_(~keep_GE, float("-inf"))
+    return bias_GE.index_select(0, seg_T)
 
 
 class PoolSampler:

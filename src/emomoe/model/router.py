@@ -17,7 +17,7 @@ from emomoe import distributed
 from emomoe.model.config import LBScope, RouterConfig, parse_pool
 from emomoe.model.docs import Segments
 from emomoe.model.losses import load_balancing_loss, router_z_loss
-from emomoe.model.pool import draw_pool_sizes, pool_drop_mask
+from emomoe.model.pool import document_pools, draw_pool_sizes, pool_logit_bias
 
 
 @dataclass
@@ -55,13 +55,13 @@ class Router(nn.Module):
     ) -> RouterOutput:
         """Route tokens. `segments` is needed when a pool is active; `pool_seed` fixes random sizes."""
         logits_TE = self.gate(x_TD)[:, : self.num_routed]
-        drop_TE = self._pool_drop(logits_TE, segments, pool_seed)
-        masked_TE = logits_TE if drop_TE is None else logits_TE.masked_fill(drop_TE, float("-inf"))
+        pool_bias_TE = self._pool_bias(logits_TE, segments, pool_seed)
+        masked_TE = logits_TE if pool_bias_TE is None else logits_TE + pool_bias_TE
         probs_TE = masked_TE.softmax(dim=-1)
         if self.bias_update_rate > 0:
             select_TE = probs_TE + self.score_bias_E
-            if drop_TE is not None:
-                select_TE = select_TE.masked_fill(drop_TE, float("-inf"))
+            if pool_bias_TE is not None:
+                select_TE = select_TE + pool_bias_TE
             experts_TK = select_TE.topk(self.top_k, dim=-1).indices
             weights_TK = probs_TE.gather(1, experts_TK)
         else:
@@ -76,9 +76,10 @@ class Router(nn.Module):
             z_loss=router_z_loss(masked_TE.logsumexp(dim=-1)),
         )
 
-    def _pool_drop(
+    def _pool_bias(
         self, logits_TE: torch.Tensor, segments: Segments | None, pool_seed: int | None
     ) -> torch.Tensor | None:
+        """0 / -inf per (token, expert) for the document pools, or None without a pool."""
         pool = self.pool
         if pool is None or pool[0] >= self.num_routed:
             return None
@@ -89,7 +90,8 @@ class Router(nn.Module):
             sizes_G = torch.full((segments.num_segments,), pool[0], device=logits_TE.device)
         else:
             sizes_G = draw_pool_sizes(*pool, num_tokens, segments.num_segments, pool_seed, logits_TE.device)
-        return pool_drop_mask(logits_TE.detach().softmax(dim=-1), segments.seg_T, segments.num_segments, sizes_G)
+        keep_GE = document_pools(logits_TE.detach().softmax(dim=-1), segments.seg_T, segments.num_segments, sizes_G)
+        return pool_logit_bias(keep_GE, segments.seg_T, logits_TE.dtype)
 
     def _lb_loss(self, probs_TE: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

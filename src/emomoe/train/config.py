@@ -72,7 +72,10 @@ class TrainConfig(Config):
     seed: int = 12536
     """Seed for weight initialisation and the model's pool sampler (the data order has its own seed)."""
     num_threads: int = 0
-    """CPU threads per process; 0 means the cores available divided by the local process count."""
+    """CPU threads per process. 0: in a single CPU process, one thread per core that other
+    processes leave free, re-decided every second as their load changes (with torchrun, the cores
+    divided by the local process count). Results depend on the thread count in their last bits,
+    so a run that must reproduce bit for bit on a machine shared with other jobs sets a number."""
     log_every: int = 10
     """Steps between routing-health measurements (every step gets the other metrics)."""
     eval_every: int = 0

@@ -15,7 +15,7 @@ from typing import Any
 from emomoe.io import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
-TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s")
+TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s", "threads")
 """Wall-clock fields: the only ones that legitimately differ between a resumed and an uninterrupted run."""
 
 

@@ -39,7 +39,7 @@ from emomoe.train.optim import build_optimizer
 from emomoe.train.rng import capture_rng_state, restore_rng_state, seed_everything
 from emomoe.train.routing_health import routing_health
 from emomoe.train.rundir import FINAL_DIR, check_run_dir, claim_run_dir, holds_run
-from emomoe.train.runtime import setup_runtime
+from emomoe.train.runtime import setup_runtime, thread_governor
 from emomoe.train.schedule import build_scheduler
 from emomoe.train.validation import Validator
 
@@ -123,6 +123,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(run_dir, tc.num_checkpoints_kept)
         self.flops_per_token = train_flops_per_token(cfg.model, cfg.data.seq_len)
         self.peak_flops = self._peak_flops()
+        self.threads = thread_governor(tc.num_threads)
         self.step = 0
         self.tokens_seen = 0
         self.last_checkpoint: Path | None = None
@@ -173,6 +174,8 @@ class Trainer:
 
     def _train_step(self) -> dict[str, Any]:
         tc = self.cfg.train
+        if self.threads is not None:
+            self.threads.update()
         started = time.perf_counter()
         lr = self.scheduler.get_last_lr()[0]
         micro_batches = [next(self.loader) for _ in range(tc.num_micro_batches)]
@@ -214,6 +217,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "lr": lr,
             "tokens_per_s": tokens_per_s,
+            "threads": torch.get_num_threads(),
             **health,
         }
         if self.peak_flops is not None:
