@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,hf,corpus]'
+	$(BIN)/pip install -q -e '.[test,hf,corpus,eval]'
 	touch $(STAMP)
 
 setup: $(STAMP)

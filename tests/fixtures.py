@@ -34,3 +34,19 @@ def build_store(docs: list[dict[str, str]], out: Path, *, vocab_size: int, **tok
     tokenizer = train_tokenizer((d["text"] for d in docs), vocab_size=vocab_size)
     tokenize_corpus(docs, tokenizer, out, progress=False, **tokenize_options)
     return out
+
+
+def save_tiny_checkpoint(out: Path, store: Path, *overrides: str, seed: int = 0) -> Path:
+    """An untrained `tiny` model whose vocabulary and EOS are the store's, saved as a checkpoint."""
+    import torch
+
+    from emomoe.checkpoint import save_model
+    from emomoe.data.store import TokenStore
+    from emomoe.model import ModelConfig, build_model
+
+    opened = TokenStore.open(store)
+    cfg = ModelConfig.preset("tiny").with_overrides(
+        [f"vocab_size={opened.vocab_size}", f"eos_id={opened.eos_id}", *overrides]
+    )
+    torch.manual_seed(seed)
+    return save_model(out, build_model(cfg), cfg)

@@ -7,7 +7,14 @@ import os
 # variable at its first allocation, so it is set here, before torch is imported; set it to 0 to opt out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
+from emomoe.hf.auto import register_when_transformers_loads  # noqa: E402
+from emomoe.hf.formats import register_hf_formats  # noqa: E402
 from emomoe.model import ModelConfig, build_model  # noqa: E402
+
+# Hugging Face directories read as checkpoints everywhere; our EMO classes in transformers' Auto
+# classes once the program imports transformers (see emomoe.hf.auto).
+register_hf_formats()
+register_when_transformers_loads()
 
 __version__ = "0.1.0"
 

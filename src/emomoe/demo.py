@@ -9,8 +9,11 @@ Steps, each cached in the output directory so that a second run reuses what is d
 4. sweep: for every domain and keep fraction (1, 1/2, 1/4, 1/8 of the routed experts), select
           a subset on the domain's training documents, slice it, and evaluate it on the domain's
           held-out documents, for both models;
-5. report: OUT/report.md with the sweep's tables, the plot OUT/loss_vs_keep.png and the
-          subsets' parameter counts; the summary table is printed.
+5. lm-eval: the shipped continuation task (pick the true continuation of a held-out passage
+          among 4) through lm-evaluation-harness, per domain, for both models, full and with the
+          sweep's 1/4 subset of that domain; OUT/lm_eval.md (+ .json);
+6. report: OUT/report.md with the sweep's tables, the plot OUT/loss_vs_keep.png, the subsets'
+          parameter counts and the lm-eval scores; the summary table is printed.
 """
 
 from __future__ import annotations
@@ -22,14 +25,22 @@ from pathlib import Path
 from typing import Any
 
 from emomoe.analyze.tables import markdown_table
+from emomoe.checkpoint import load_for_inference
 from emomoe.data.corpus import embedded_corpus
 from emomoe.data.store import METADATA_FILE, TokenStore
 from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
 from emomoe.errors import ConfigError, DataError
+from emomoe.evaluate.benchmarks import go_offline, run_tasks, task_scores
+from emomoe.evaluate.continuation import (
+    CONTEXT_TOKENS, CONTINUATION_TOKENS, NUM_ITEMS, write_continuation_tasks,
+)
+from emomoe.evaluate.continuation import task_name as continuation_task
 from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.io import atomic_write_text
-from emomoe.select.sweep import SweepConfig, run_sweep, write_sweep
+from emomoe.select.routing import moe_layers
+from emomoe.select.slicing import slice_model
+from emomoe.select.sweep import SweepConfig, keep_label, run_sweep, write_sweep
 from emomoe.train.config import RunConfig
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
 from emomoe.train.trainer import fit_to_store, train
@@ -38,6 +49,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 """The repository's configs/ folder (the package is installed in editable mode by `make setup`)."""
 DEMO_MODELS = {"emo": "demo-emo.yaml", "std": "demo-std.yaml"}
 TOKENIZER_VOCAB = 8192
+BENCHMARK_KEEP = 0.25
+"""The subset (fraction of routed experts kept) scored on the lm-eval task beside the full model."""
+BENCHMARK_TASK = {"num_items": NUM_ITEMS, "context_tokens": CONTEXT_TOKENS, "continuation_tokens": CONTINUATION_TOKENS}
+"""Items per domain of the continuation task and their lengths: 7 x 32 x 4 choices of 80 tokens per model."""
 
 
 @dataclasses.dataclass
@@ -51,6 +66,8 @@ class DemoResult:
     """Per-domain validation loss of both full models (markdown)."""
     sweep: dict[str, Any]
     """The keep-fraction sweep (see `emomoe.analyze.sweep_results`)."""
+    benchmark: str
+    """Accuracy on the lm-eval continuation task per domain, full models and subsets (markdown)."""
     report: Path
 
 
@@ -60,26 +77,32 @@ def run_demo(
     """Run the main job into `out`; `overrides` (dotted key=value) apply to both model configs."""
     out = Path(out)
     say = print if progress else (lambda *_: None)
-    say(f"[1/5] data: tokenizer and token store of the embedded corpus in {out}")
+    say(f"[1/6] data: tokenizer and token store of the embedded corpus in {out}")
     store = prepare_demo_data(out, progress=progress)
     final_dirs, training = {}, {}
     for name in DEMO_MODELS:
-        say(f"[2/5] train: {DEMO_MODELS[name]} -> {out / name}")
+        say(f"[2/6] train: {DEMO_MODELS[name]} -> {out / name}")
         started = time.perf_counter()
         final_dirs[name] = train_demo_model(name, store, out, overrides or [], force=force, progress=progress)
         training[name] = training_facts(final_dirs[name], time.perf_counter() - started)
-    say("[3/5] eval: per-domain validation loss of both models")
+    say("[3/6] eval: per-domain validation loss of both models")
     val_loss = {name: validation_losses(final, store, progress=progress) for name, final in final_dirs.items()}
     table = loss_table(val_loss)
     atomic_write_text(out / "val_loss.md", table + "\n")
     atomic_write_text(out / "val_loss.json", json.dumps(val_loss, indent=2) + "\n")
-    say("[4/5] sweep: select, slice and evaluate expert subsets per domain and keep fraction")
+    say("[4/6] sweep: select, slice and evaluate expert subsets per domain and keep fraction")
     trained = RunConfig.from_yaml(out / "emo" / CONFIG_FILE)
     sweep_cfg = SweepConfig(seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size)
     sweep = run_sweep(final_dirs, store, sweep_cfg, progress=progress)
+    say(f"[5/6] lm-eval: the continuation task, full models and {BENCHMARK_KEEP:g} subsets")
+    accuracy = benchmark_accuracy(final_dirs, store, sweep, out)
+    benchmark = benchmark_table(accuracy)
+    atomic_write_text(out / "lm_eval.md", benchmark + "\n")
+    atomic_write_text(out / "lm_eval.json", json.dumps(accuracy, indent=2) + "\n")
     report = write_sweep(out, sweep, training=training, command=f"emomoe demo --out {out}")
-    say(f"[5/5] report: {report}")
-    return DemoResult(out, final_dirs, val_loss, table, sweep, report)
+    atomic_write_text(report, report.read_text() + "\n" + benchmark_section(benchmark))
+    say(f"[6/6] report: {report}")
+    return DemoResult(out, final_dirs, val_loss, table, sweep, benchmark, report)
 
 
 def training_facts(final_dir: Path, wall_s: float) -> dict[str, Any]:
@@ -147,3 +170,54 @@ def loss_table(val_loss: dict[str, dict[str, Any]]) -> str:
     emo, std = val_loss["emo"], val_loss["std"]
     rows = [[domain, f"{emo[domain]:.3f}", f"{std[domain]:.3f}", f"{emo[domain] - std[domain]:+.3f}"] for domain in emo]
     return markdown_table(["domain", "EMO", "standard MoE", "EMO - std"], rows)
+
+
+def benchmark_accuracy(
+    final_dirs: dict[str, Path], store: TokenStore, sweep: dict[str, Any], out: Path
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Step 5: model -> "full" or the keep label -> domain -> accuracy on the continuation task.
+
+    The subset of each domain is the one the sweep selected on that domain's training documents;
+    the task's items come from the domain's held-out documents (OUT/lm_eval_tasks).
+    """
+    go_offline()
+    from emomoe.evaluate.harness import EmoLM  # imports lm-eval: only now, and offline
+
+    task_dir = out / "lm_eval_tasks"
+    write_continuation_tasks(store, task_dir, **BENCHMARK_TASK)
+    tokenizer = load_tokenizer(store.tokenizer_path)
+    keep = keep_label(BENCHMARK_KEEP)
+    accuracy: dict[str, dict[str, dict[str, float]]] = {}
+    for name, final in final_dirs.items():
+        model, cfg = load_for_inference(final)
+        layers = moe_layers(model, where=str(final))
+        per_model = accuracy[name] = {"full": {}, keep: {}}
+        for domain in store.domains:
+            task = continuation_task(domain)
+            subset, _ = slice_model(model, cfg, layers, sweep["kept_experts"][name][keep][domain])
+            for label, variant in (("full", model), (keep, subset)):
+                lm = EmoLM(model=variant, tokenizer=tokenizer)
+                scores = task_scores(run_tasks(lm, [task], include_path=[task_dir]))
+                per_model[label][domain] = scores[task]["acc"]
+    return accuracy
+
+
+def benchmark_table(accuracy: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Domains as rows; a column per (model, full or subset); the mean over domains last."""
+    columns = [(name, label) for name, per_model in accuracy.items() for label in per_model]
+    domains = list(next(iter(accuracy.values()))["full"])
+    rows = [[d, *(f"{accuracy[n][k][d]:.3f}" for n, k in columns)] for d in domains]
+    means = [sum(accuracy[n][k].values()) / len(domains) for n, k in columns]
+    rows.append(["mean", *(f"{m:.3f}" for m in means)])
+    return markdown_table(["domain", *(f"{n} {k}" for n, k in columns)], rows)
+
+
+def benchmark_section(table: str) -> str:
+    items = BENCHMARK_TASK["num_items"]
+    return (
+        "## lm-eval: pick the true continuation (4 choices, chance 0.25)\n\n"
+        f"Accuracy on `emomoe_continuation_<domain>` ({items} items per domain from held-out documents, "
+        f"through lm-evaluation-harness); `{keep_label(BENCHMARK_KEEP)}` is the domain's own subset from the "
+        f"sweep. Reproduce one cell with `emomoe lm-eval --checkpoint CKPT --tasks emomoe_continuation`.\n\n"
+        + table + "\n"
+    )

@@ -93,6 +93,7 @@ def test_resume_needs_a_config_or_a_run(tmp_path, capsys):
 
 def test_demo_trains_both_models_compares_and_reuses(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "embedded_corpus", lambda: iter(documents()))
+    monkeypatch.setattr(demo, "BENCHMARK_TASK", {"num_items": 4, "context_tokens": 16, "continuation_tokens": 4})
     small = [
         "--set", "train.max_steps=2", "--set", "data.seq_len=32", "--set", "data.batch_size=2",
         "--set", "train.num_threads=1", "--set", "train.tensorboard=false", "--set", "train.eval_every=0",
@@ -113,6 +114,11 @@ def test_demo_trains_both_models_compares_and_reuses(tmp_path, monkeypatch, caps
     assert set(sweep["loss"]["emo"]) == {"1", "0.5", "0.25", "0.125"}
     assert set(sweep["loss"]["std"]["0.25"]) == set(TOPICS)
     assert "mean increase" in table and (out / "report.md").is_file() and (out / "loss_vs_keep.png").is_file()
+    accuracy = json.loads((out / "lm_eval.json").read_text())
+    assert set(accuracy) == {"emo", "std"} and set(accuracy["emo"]) == {"full", "0.25"}
+    assert all(set(per_domain) == set(TOPICS) for m in accuracy.values() for per_domain in m.values())
+    assert all(acc in (0, 0.25, 0.5, 0.75, 1) for m in accuracy.values() for d in m.values() for acc in d.values())
+    assert "continuation task" in table and "## lm-eval" in (out / "report.md").read_text()
 
     # A second run reuses the store and both finished runs.
     store_stamp = (out / "store" / "metadata.json").stat().st_mtime_ns

@@ -16,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="The main job: build an 8k tokenizer and a token store from the embedded corpus, "
         "train configs/demo-emo.yaml and configs/demo-std.yaml (same data, seed and budget), print "
         "both models' validation loss per domain, then sweep expert subsets (select per domain at keep "
-        "fractions 1, 1/2, 1/4, 1/8, slice, evaluate on held-out documents) and write OUT/report.md. Every step is cached in OUT: running it again reuses "
-        "finished work and resumes an interrupted training run.",
+        "fractions 1, 1/2, 1/4, 1/8, slice, evaluate on held-out documents), score both models, full and "
+        "their 1/4 subsets, on the shipped lm-eval continuation task, and write OUT/report.md. Every step "
+        "is cached in OUT: running it again reuses finished work and resumes an interrupted training run.",
     )
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     add_override_arg(parser)
@@ -31,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     result = run_demo(args.out, args.overrides, force=args.force, progress=not args.no_progress)
     print("Validation loss per domain (nats per token):\n" + result.table)
-    print("\nMean held-out loss increase when keeping a fraction of the routed experts:\n" + summary_table(result.sweep))
+    print("\nMean held-out loss increase when keeping a fraction of the routed experts:")
+    print(summary_table(result.sweep))
+    print("\nAccuracy on the lm-eval continuation task (4 choices, chance 0.25):\n" + result.benchmark)
     print(f"\nReport: {result.report}")
     return 0

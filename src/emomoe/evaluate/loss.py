@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
-from emomoe.evaluate.inference import check_fits, load_for_inference
+from emomoe.checkpoint import check_fits, load_for_inference
 from emomoe.model.losses import IGNORE_INDEX
 
 Batch = dict[str, torch.Tensor]

@@ -1,6 +1,7 @@
 """Causal self-attention with RoPE, optional grouped-query heads, QK-norm and document masking.
 
-Shapes: B batch, S sequence, D model dim, H heads, R key/value heads, Dh head dim.
+Shapes: B batch, S sequence (the new tokens when decoding with a cache), C cached positions
+including the new ones, D model dim, H heads, R key/value heads, Dh head dim.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from emomoe.model.kv_cache import LayerKV
 
 
 def rope_tables(max_seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,9 +41,18 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(num_kv_heads * self.head_dim, eps=norm_eps) if qk_norm else None
 
     def forward(
-        self, x_BSD: torch.Tensor, cos_SDh: torch.Tensor, sin_SDh: torch.Tensor, mask_B1SS: torch.Tensor | None
+        self,
+        x_BSD: torch.Tensor,
+        cos_SDh: torch.Tensor,
+        sin_SDh: torch.Tensor,
+        mask_B1SS: torch.Tensor | None,
+        kv: LayerKV | None = None,
     ) -> torch.Tensor:
-        """`mask_B1SS` (True = may attend) already includes causality; None means plain causal."""
+        """`mask_B1SS` (True = may attend) already includes causality; None means plain causal.
+
+        With `kv`, the new keys and values are appended to it and the queries attend over all its
+        positions: the mask is then [B, 1, S, C], and cos/sin are [B, 1, S, Dh] (per-row positions).
+        """
         B, S, _ = x_BSD.shape
         q, k, v = self.q_proj(x_BSD), self.k_proj(x_BSD), self.v_proj(x_BSD)
         if self.q_norm is not None:
@@ -48,6 +60,8 @@ class Attention(nn.Module):
         q_BHSDh = apply_rope(q.view(B, S, self.num_heads, self.head_dim).transpose(1, 2), cos_SDh, sin_SDh)
         k_BRSDh = apply_rope(k.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2), cos_SDh, sin_SDh)
         v_BRSDh = v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if kv is not None:
+            k_BRSDh, v_BRSDh = kv.append(k_BRSDh, v_BRSDh)  # now [B, R, C, Dh]
         out_BHSDh = F.scaled_dot_product_attention(
             q_BHSDh, k_BRSDh, v_BRSDh,
             attn_mask=mask_B1SS,

@@ -44,7 +44,13 @@ class Router(nn.Module):
         if self.bias_update_rate > 0:
             # Moves top-k selection only; the weights still come from the unbiased probabilities.
             self.register_buffer("score_bias_E", torch.zeros(self.num_routed))
-            self.register_buffer("pending_counts_E", torch.zeros(self.num_routed), persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """The counts pending for the next bias update: never stored, so zero after a load."""
+        if self.bias_update_rate > 0:
+            device = self.gate.weight.device
+            self.register_buffer("pending_counts_E", torch.zeros(self.num_routed, device=device), persistent=False)
 
     @property
     def pool(self) -> tuple[int, int] | None:

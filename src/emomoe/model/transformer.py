@@ -1,7 +1,7 @@
 """The decoder-only MoE transformer: pre-norm blocks of attention and an MoE layer, untied LM head.
 
 Shapes: B batch, S sequence, T = B*S tokens, D model dim, V vocab, E routed experts of a layer,
-K routed experts per token.
+K routed experts per token, C positions of a KV cache.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from emomoe.model.config import ModelConfig, parse_pool
 from emomoe.model.docs import Segments, doc_ids_from_eos
 from emomoe.model.experts import Experts
 from emomoe.model.init import init_weight_
+from emomoe.model.kv_cache import KVCache, LayerKV
 from emomoe.model.moe import MoE
 from emomoe.model.pool import PoolSampler
 
@@ -51,8 +52,8 @@ class Block(nn.Module):
             cfg.d_model, cfg.moe.expert_hidden_size, cfg.moe.experts_in_layer(layer), cfg.moe.top_k, cfg.moe.router
         )
 
-    def forward(self, x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_seed):
-        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos_SDh, sin_SDh, mask_B1SS)
+    def forward(self, x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_seed, kv: LayerKV | None = None):
+        x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos_SDh, sin_SDh, mask_B1SS, kv)
         y_TD, routed = self.moe(self.moe_norm(x_BSD).flatten(0, 1), segments, pool_seed)
         return x_BSD + y_TD.view_as(x_BSD), routed
 
@@ -65,12 +66,25 @@ class EmoTransformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        cos_SDh, sin_SDh = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos_SDh, persistent=False)
-        self.register_buffer("rope_sin", sin_SDh, persistent=False)
         self.pool_sampler = PoolSampler()
         self._train_pool = parse_pool(cfg.moe.router.pool, "pool")
+        self.init_buffers()
         self.reset_parameters()
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """Compute the buffers that checkpoints do not store (rotary tables), on the weights' device.
+
+        A model built on the meta device and loaded with `load_state_dict(assign=True)` has real
+        weights but meta buffers; this makes it runnable.
+        """
+        device = self.embed.weight.device
+        cos_SDh, sin_SDh = rope_tables(self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta)
+        self.register_buffer("rope_cos", cos_SDh.to(device), persistent=False)
+        self.register_buffer("rope_sin", sin_SDh.to(device), persistent=False)
+        for block in self.layers:
+            if block.moe.router is not None:
+                block.moe.router.init_buffers()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -105,6 +119,33 @@ class EmoTransformer(nn.Module):
             routing.append(LayerRouting(routed.logits_TE, routed.experts_TK, routed.weights_TK))
         logits_BSV = self.lm_head(self.norm(x_BSD))
         return ModelOutput(logits_BSV, lb_loss, router_z_loss, routing if return_routing else None)
+
+    def new_cache(self, batch_size: int, capacity: int) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `capacity` positions (padding included)."""
+        if capacity > self.cfg.max_seq_len:
+            raise ValueError(f"{capacity} cache positions exceed max_seq_len {self.cfg.max_seq_len}")
+        return KVCache(
+            self.cfg.num_layers, batch_size, capacity, self.cfg.kv_heads, self.cfg.head_dim,
+            eos_id=self.cfg.eos_id, doc_mask=self.cfg.doc_attention_mask,
+            dtype=self.embed.weight.dtype, device=self.embed.weight.device,
+        )
+
+    def decode(
+        self, input_ids_BS: torch.Tensor, cache: KVCache, valid_BS: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [B, S, V] of new tokens that attend to `cache` and are appended to it.
+
+        Rows are left-padded (`valid_BS` False on padding). Eval mode and pool-free routing only:
+        an EMO pool needs whole documents, which incremental decoding never has.
+        """
+        if self.training or parse_pool(self.cfg.moe.router.eval_pool, "eval_pool") is not None:
+            raise ValueError("decoding with a KV cache needs eval mode and moe.router.eval_pool=off")
+        positions_BS, mask_B1SC = cache.extend(input_ids_BS, valid_BS)
+        cos_B1SDh, sin_B1SDh = self.rope_cos[positions_BS][:, None], self.rope_sin[positions_BS][:, None]
+        x_BSD = self.embed(input_ids_BS)
+        for layer, kv in zip(self.layers, cache.layers):
+            x_BSD, _ = layer(x_BSD, cos_B1SDh, sin_B1SDh, mask_B1SC, None, None, kv)
+        return self.lm_head(self.norm(x_BSD))
 
     def _documents(
         self, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None

@@ -15,11 +15,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from emomoe.checkpoint import load_model, save_model
+from emomoe.checkpoint import check_fits, load_model, save_model
 from emomoe.data.loader import DataConfig, TrainLoader
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError
-from emomoe.evaluate.inference import check_fits
 from emomoe.model.losses import compute_loss
 from emomoe.select.subset import SELECTION_FILE, read_selection, save_subset
 from emomoe.train.config import LRSchedule, TrainConfig

@@ -14,9 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from emomoe.checkpoint import checkpoint_hash, save_model
+from emomoe.checkpoint import checkpoint_hash, load_for_inference, save_model
 from emomoe.errors import ConfigError, DataError
-from emomoe.evaluate.inference import load_for_inference
 from emomoe.io import atomic_path
 from emomoe.model import ModelConfig
 from emomoe.select.calibration import Calibration
@@ -26,6 +25,8 @@ from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import slice_model
 
 SELECTION_FILE = "selection.json"
+MAX_LINEAGE = 8
+"""Subsets of subsets followed back at most this far."""
 
 
 def select_subset(
@@ -110,3 +111,15 @@ def read_selection(subset_dir: str | Path) -> dict[str, Any]:
         if key not in record:
             raise DataError(f"{path}: missing '{key}'")
     return record
+
+
+def lineage(checkpoint: Path) -> list[Path]:
+    """`checkpoint`, then the models it was sliced from, as far as their directories still exist
+    (a subset's selection.json names its source)."""
+    dirs = [checkpoint]
+    while (dirs[-1] / SELECTION_FILE).is_file() and len(dirs) <= MAX_LINEAGE:
+        source = Path(read_selection(dirs[-1]).get("source_checkpoint", ""))
+        if not source.is_dir():
+            break
+        dirs.append(source)
+    return dirs

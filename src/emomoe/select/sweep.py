@@ -18,12 +18,11 @@ from tqdm.auto import tqdm
 
 from emomoe.analyze.report import write_report
 from emomoe.analyze.sweep_results import FULL
-from emomoe.checkpoint import load_config
+from emomoe.checkpoint import check_fits, load_config, load_for_inference
 from emomoe.config import Config
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
 from emomoe.errors import ConfigError
-from emomoe.evaluate.inference import check_fits, load_for_inference
 from emomoe.evaluate.loss import loss_by_domain
 from emomoe.io import atomic_write_text
 from emomoe.select.calibration import store_calibration

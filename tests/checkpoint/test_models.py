@@ -1,7 +1,6 @@
 import torch
 
-from emomoe.checkpoint import save_model
-from emomoe.evaluate.inference import load_for_inference
+from emomoe.checkpoint import load_for_inference, save_model
 from emomoe.model import ModelConfig, build_model
 
 

@@ -1,0 +1,96 @@
+"""On-disk checkpoint formats: how a directory's config and tensor names map onto ours.
+
+A `Format` recognises its directories, reads their config as our `ModelConfig`, and says where
+each of our tensors lives in the safetensors files: under one key, or (Hugging Face's per-expert
+matrices) one key per row of a stacked tensor. Our own format, `model.yaml` beside the weights
+with our names, is the identity mapping. Other formats (Hugging Face layouts) register
+themselves with `register_format`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from emomoe.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from emomoe.model.config import ModelConfig
+
+CONFIG_FILE = "model.yaml"
+
+TensorInfo = tuple[tuple[int, ...], torch.dtype]
+"""Shape and dtype of a tensor in the files, known without reading its data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSource:
+    keys: tuple[str, ...]
+    """File keys: one for a tensor stored whole, or one per row of dim 0 when `stacked`."""
+    stacked: bool = False
+
+    @classmethod
+    def whole(cls, key: str) -> TensorSource:
+        return cls((key,))
+
+    @classmethod
+    def rows(cls, keys: list[str]) -> TensorSource:
+        return cls(tuple(keys), stacked=True)
+
+
+class Format(Protocol):
+    name: str
+
+    def detect(self, directory: Path) -> bool:
+        """Whether `directory` holds a checkpoint of this format (cheap: looks at config files only)."""
+
+    def read_config(self, directory: Path) -> ModelConfig:
+        """The checkpoint's architecture as our config; DataError naming the file and field if it
+        is not one emomoe can run."""
+
+    def sources(self, cfg: ModelConfig, keys: Mapping[str, TensorInfo]) -> dict[str, TensorSource]:
+        """Our tensor name -> where it is stored, for every tensor of the model; DataError naming
+        the key for a file key this format does not know."""
+
+
+class EmomoeFormat:
+    """Our own checkpoints: `model.yaml` and safetensors files under our tensor names."""
+
+    name = "emomoe"
+
+    def detect(self, directory: Path) -> bool:
+        return (directory / CONFIG_FILE).is_file()
+
+    def read_config(self, directory: Path) -> ModelConfig:
+        from emomoe.model.config import ModelConfig
+
+        try:
+            return ModelConfig.from_yaml(directory / CONFIG_FILE)
+        except ConfigError as e:
+            raise DataError(str(e)) from None
+
+    def sources(self, cfg: ModelConfig, keys: Mapping[str, TensorInfo]) -> dict[str, TensorSource]:
+        return {key: TensorSource.whole(key) for key in keys}
+
+
+_FORMATS: list[Format] = [EmomoeFormat()]
+
+
+def register_format(fmt: Format) -> None:
+    """Make `fmt` readable everywhere a checkpoint is read; later registrations are tried first."""
+    _FORMATS[:] = [f for f in _FORMATS if f.name != fmt.name]
+    _FORMATS.insert(0, fmt)
+
+
+def detect_format(directory: Path) -> Format:
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such checkpoint directory")
+    for fmt in _FORMATS:
+        if fmt.detect(directory):
+            return fmt
+    known = ", ".join(f.name for f in _FORMATS)
+    raise DataError(f"{directory}: not a model checkpoint of a known format ({known}); expected {CONFIG_FILE} + model.safetensors")

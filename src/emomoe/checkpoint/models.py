@@ -1,0 +1,109 @@
+"""Model checkpoints: a directory with the weights and the config that describes them.
+
+Our own format is `model.yaml` plus `model.safetensors` (or shards with an index); every consumer
+of a trained model (selection, evaluation, generation, the HF converter) reads through
+`CheckpointReader`, so models trained here, sliced subsets and imported models load alike.
+Trainer state (optimizer, data loader, RNG) is the trainer's business and lives beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from emomoe.checkpoint.formats import CONFIG_FILE, detect_format
+from emomoe.checkpoint.reader import CheckpointReader, file_fingerprint, weight_files
+from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, SINGLE_FILE, ShardedWriter
+from emomoe.errors import ConfigError, DataError
+from emomoe.io import atomic_path
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from emomoe.model.config import ModelConfig
+
+WEIGHTS_FILE = SINGLE_FILE
+META_FILE = "meta.json"
+
+
+def save_model(
+    directory: str | Path,
+    model: nn.Module,
+    cfg: ModelConfig,
+    meta: dict[str, Any] | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """Write the model's weights and config to `directory` atomically (replacing what was there)."""
+    directory = Path(directory)
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        with ShardedWriter(tmp, max_shard_bytes) as writer:
+            for name, tensor in model.state_dict().items():
+                writer.add(name, tensor)
+        cfg.to_yaml(tmp / CONFIG_FILE)
+        if meta is not None:
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def load_config(directory: str | Path) -> ModelConfig:
+    """The config of a checkpoint of any readable format, without opening its weights."""
+    directory = Path(directory)
+    return detect_format(directory).read_config(directory)
+
+
+def load_model(
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    overrides: list[str] | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> tuple[nn.Module, ModelConfig]:
+    """Build the model a checkpoint describes and load its weights (names and shapes checked).
+
+    `overrides` are dotted config changes that leave the weights alone (e.g. the router's pool).
+    `dtype`: None loads float32, the dtype emomoe computes in; "stored" keeps the files' dtype.
+    """
+    from emomoe.model import build_model
+
+    with CheckpointReader(directory) as reader:
+        cfg = reader.config.with_overrides(overrides) if overrides else reader.config
+        state = reader.state_dict()
+    target = None if dtype == "stored" else (dtype or torch.float32)
+    if target is not None:
+        state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
+    # Every weight comes from the files: build on the meta device and skip random initialisation.
+    with torch.device("meta"):
+        model = build_model(cfg)
+    model.load_state_dict(state, assign=True)
+    model.init_buffers()
+    return model.to(device), cfg
+
+
+def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = None) -> tuple[nn.Module, ModelConfig]:
+    """`load_model` in eval mode with no document pool.
+
+    Every number in the paper, for full models and subsets alike, comes from pool-free routing
+    (the HF inference behaviour); an EMO checkpoint may have been trained with an eval-mode pool
+    for its in-loop validation, which must not leak into selection or held-out evaluation.
+    """
+    model, cfg = load_model(directory, overrides=["moe.router.eval_pool=off"], dtype=dtype)
+    return model.eval(), cfg
+
+
+def check_fits(cfg: ModelConfig, checkpoint: str | Path, *, vocab_size: int, seq_len: int) -> None:
+    """Raise unless windows of `seq_len` tokens from a `vocab_size` vocabulary fit the model."""
+    if vocab_size > cfg.vocab_size:
+        raise DataError(
+            f"{checkpoint}: the data's vocabulary ({vocab_size}) is larger than the model's ({cfg.vocab_size})"
+        )
+    if seq_len > cfg.max_seq_len:
+        raise ConfigError(f"seq_len: {seq_len} exceeds {checkpoint}'s max_seq_len {cfg.max_seq_len}")
+
+
+def checkpoint_hash(directory: str | Path) -> str:
+    """Identifies the exact weights of a checkpoint (see `file_fingerprint`): the source hash of
+    derived models."""
+    return file_fingerprint(sorted(set(weight_files(Path(directory)).values())))

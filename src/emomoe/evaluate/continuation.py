@@ -1,0 +1,191 @@
+"""An offline lm-eval task built from a token store's held-out documents: pick the true continuation.
+
+Each item is a passage of `context_tokens` tokens from a held-out document of one domain and four
+choices of about `continuation_tokens` tokens: what really follows the passage, and the same
+part of three other passages of the same domain, from other documents (seeded). Every choice is
+real text of the domain, so only a model that follows the passage beats chance (25%).
+
+`write_continuation_tasks` writes one lm-eval task per domain (`emomoe_continuation_<domain>`),
+their group (`emomoe_continuation`, accuracy weighted by item count), and the items as JSON
+lines, into a folder that `lm_eval`'s `TaskManager(include_path=...)` reads. Nothing is
+downloaded: the data files are local and absolute.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emomoe.data.store import Split, TokenStore
+from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
+from emomoe.errors import ConfigError, DataError
+from emomoe.io import atomic_path
+
+GROUP = "emomoe_continuation"
+NUM_CHOICES = 4
+NUM_ITEMS = 32
+CONTEXT_TOKENS = 64
+CONTINUATION_TOKENS = 16
+"""Defaults: 32 items per domain of 64 + 16 tokens (about 230 + 60 characters of English)."""
+_CUT_PROBE = 6
+"""Tokens decoded on either side of a cut to tell whether it is clean."""
+
+
+def task_name(domain: str) -> str:
+    return f"{GROUP}_{re.sub(r'[^0-9a-zA-Z]+', '_', domain).lower()}"
+
+
+def clean_cut(tokenizer: TextTokenizer, tokens: Sequence[int], pos: int) -> int:
+    """The first cut at or after `pos` that falls between two words: where the tokenizer's
+    pre-tokenizer splits the text and not between two letters or digits ("x|1"), so before a
+    space-led word, punctuation or a line break; never right after whitespace, nor inside a
+    UTF-8 character.
+
+    lm-eval scores a choice by the tokens of context + choice beyond those of the context alone
+    (after moving the context's trailing whitespace into the choice). Choices that begin mid-word
+    would be scored as odd byte sequences, and every model would pick the one that does not.
+    """
+    pre_tokenizer = tokenizer.tokenizer.pre_tokenizer
+    while 0 < pos < len(tokens):
+        left = tokenizer.decode(tokens[max(0, pos - _CUT_PROBE) : pos])
+        right = tokenizer.decode(tokens[pos : pos + _CUT_PROBE])
+        text = tokenizer.decode(tokens[max(0, pos - _CUT_PROBE) : pos + _CUT_PROBE])
+        # A split character decodes to U+FFFD on both sides, but whole in the window.
+        inside_word = (left[-1:] + right[:1]).isalnum()
+        if text == left + right and not left[-1:].isspace() and not inside_word:
+            starts = {start for _, (start, _) in pre_tokenizer.pre_tokenize_str(text)} if pre_tokenizer else None
+            if starts is None or len(left) in starts:
+                return pos
+        pos += 1
+    return pos
+
+
+def continuation_items(
+    documents: Sequence[Sequence[int]],
+    tokenizer: TextTokenizer,
+    *,
+    num_items: int,
+    context_tokens: int,
+    continuation_tokens: int,
+    rng: random.Random,
+) -> list[dict[str, Any]]:
+    """Up to `num_items` items {context, choices, label, document} from the documents of one domain.
+
+    Passages are non-overlapping windows of `context_tokens + continuation_tokens` tokens, taken
+    round-robin over the documents so that long documents do not dominate.
+    """
+    span = context_tokens + continuation_tokens
+    windows_by_doc = [[(d, start) for start in range(0, len(doc) - span + 1, span)] for d, doc in enumerate(documents)]
+    windows_by_doc = [w for w in windows_by_doc if w]
+    if len(windows_by_doc) < 2:
+        return []
+    for windows in windows_by_doc:
+        rng.shuffle(windows)
+    rng.shuffle(windows_by_doc)
+    longest = max(len(w) for w in windows_by_doc)
+    windows = [w[i] for i in range(longest) for w in windows_by_doc if i < len(w)]
+
+    decode = tokenizer.decode
+
+    def continuation(d: int, start: int) -> tuple[int, str]:
+        doc = documents[d]
+        cut = clean_cut(tokenizer, doc, start + context_tokens)
+        return cut, decode(doc[cut : clean_cut(tokenizer, doc, cut + continuation_tokens)])
+
+    items = []
+    for d, start in windows[:num_items]:
+        doc = documents[d]
+        begin = clean_cut(tokenizer, doc, start)
+        cut, truth = continuation(d, start)
+        others = [w for w in windows if w[0] != d]
+        distractors: list[str] = []
+        for od, ostart in rng.sample(others, len(others)):
+            text = continuation(od, ostart)[1]
+            if text != truth and text not in distractors and text.strip():
+                distractors.append(text)
+            if len(distractors) == NUM_CHOICES - 1:
+                break
+        if len(distractors) < NUM_CHOICES - 1 or not truth.strip():
+            continue
+        label = rng.randrange(NUM_CHOICES)
+        choices = distractors[:label] + [truth] + distractors[label:]
+        items.append({"context": decode(doc[begin:cut]), "choices": choices, "label": label, "document": d})
+    return items
+
+
+def write_continuation_tasks(
+    store: str | Path | TokenStore,
+    out_dir: str | Path,
+    *,
+    domains: list[str] | None = None,
+    num_items: int = NUM_ITEMS,
+    context_tokens: int = CONTEXT_TOKENS,
+    continuation_tokens: int = CONTINUATION_TOKENS,
+    seed: int = 0,
+) -> dict[str, int]:
+    """Write the tasks for `domains` (default: all) of `store` into `out_dir` (atomically, replacing it).
+
+    Returns the number of items per task name. The store must keep its tokenizer (to write text).
+    """
+    if num_items < 1 or context_tokens < 1 or continuation_tokens < 1:
+        raise ConfigError("num_items, context_tokens, continuation_tokens: expected positive integers")
+    store = store if isinstance(store, TokenStore) else TokenStore.open(store)
+    if store.tokenizer_path is None:
+        raise DataError(f"{store.path}: the store has no tokenizer, so its documents cannot be turned into text")
+    tokenizer = load_tokenizer(store.tokenizer_path)
+    names = domains or store.domains
+    store.domain_ids(names)
+    out_dir = Path(out_dir).resolve()
+    counts = {}
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for domain in names:
+            documents = [tokens[:-1].tolist() for _, tokens in store.documents(Split.VAL, [domain])]
+            items = continuation_items(
+                documents, tokenizer, num_items=num_items, context_tokens=context_tokens,
+                continuation_tokens=continuation_tokens, rng=random.Random(f"{seed}:{domain}"),
+            )
+            if not items:
+                raise DataError(
+                    f"{store.path}: domain {domain!r} has too few held-out documents of at least "
+                    f"{context_tokens + continuation_tokens} tokens for the continuation task (need 2)"
+                )
+            name = task_name(domain)
+            data_file = f"{name}.jsonl"
+            (tmp / data_file).write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items))
+            (tmp / f"{name}.yaml").write_text(yaml.safe_dump(_task_config(name, out_dir / data_file, domain, seed)))
+            counts[name] = len(items)
+        group = {
+            "group": GROUP,
+            "task": list(counts),
+            "aggregate_metric_list": [
+                {"metric": m, "aggregation": "mean", "weight_by_size": True} for m in ("acc", "acc_norm")
+            ],
+            "metadata": {"version": 1.0},
+        }
+        (tmp / f"{GROUP}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
+    return counts
+
+
+def _task_config(name: str, data_file: Path, domain: str, seed: int) -> dict[str, Any]:
+    return {
+        "task": name,
+        "dataset_path": "json",
+        # The datasets cache stays beside the data, not in the user's home.
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}, "cache_dir": str(data_file.parent / ".cache")},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "context",
+        "doc_to_choice": "choices",
+        "doc_to_target": "label",
+        # The choices carry their own leading whitespace, exactly as it followed the passage.
+        "target_delimiter": "",
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")],
+        "metadata": {"version": 1.0, "domain": domain, "seed": seed},
+    }

@@ -1,0 +1,34 @@
+"""What to generate: how many tokens at most, and how each next token is chosen."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from emomoe.config import Config
+from emomoe.errors import ConfigError
+
+
+@dataclasses.dataclass
+class GenerationConfig(Config):
+    max_new_tokens: int = 64
+    """Stop a row after this many new tokens if it has not produced EOS (or a stop) before."""
+    greedy: bool = False
+    """Always take the most likely token (temperature and top_p are then ignored)."""
+    temperature: float = 1.0
+    """Logits are divided by it before the softmax; 0 means greedy."""
+    top_p: float = 1.0
+    """Sample only from the smallest set of most likely tokens whose probability reaches top_p."""
+    seed: int = 0
+    """Seed of the draws: the same prompts, model and config give the same tokens."""
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens: {self.max_new_tokens} must be >= 0")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature: {self.temperature} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p: {self.top_p} must be in (0, 1]")

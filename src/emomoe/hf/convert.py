@@ -1,0 +1,123 @@
+"""Hugging Face checkpoints in and out: `import_hf` writes one of ours, `export_hf` an EMO one.
+
+Both stream through `CheckpointReader` and `ShardedWriter`, one tensor at a time, in the stored
+dtype (or the `dtype` asked for), so memory stays near one shard. Both check everything they can
+before writing and make the output directory appear atomically.
+
+An import keeps the HF `config.json` as `hf_config.json` beside our `model.yaml`, with the
+tokenizer and generation files: an export of the imported model writes the same tensors (bit for
+bit), the same tokenizer files and the same config fields, and keeps fields emomoe does not model
+(for example `router_aux_loss_coef`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter
+from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
+from emomoe.data.tokenizer import TOKENIZER_FILE
+from emomoe.errors import ConfigError, DataError
+from emomoe.hf.config_json import CONFIG_JSON, check_exportable, emo_config_json, read_config_json
+from emomoe.hf.layouts import EMO, tensor_keys
+from emomoe.hf.tokenizer_files import carry_files, check_tokenizer, find_tokenizer, write_tokenizer_files
+from emomoe.io import atomic_path
+from emomoe.select.subset import lineage
+
+HF_CONFIG_COPY = "hf_config.json"
+REMOTE_DIR = Path(__file__).parent / "remote"
+REMOTE_FILES = ("configuration_emo.py", "modeling_emo.py")
+DTYPES = {"stored": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _check_out(out: Path, force: bool, source: Path) -> None:
+    if out.resolve() == source.resolve():
+        raise DataError(f"{out}: is the checkpoint being converted; write somewhere else")
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out}: already exists and is not empty (pass --force to replace it)")
+
+
+def import_hf(
+    hf_dir: str | Path, out: str | Path, *, force: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+) -> Path:
+    """Convert a Hugging Face checkpoint directory (EMO, OLMoE or Mixtral) into one of ours at `out`."""
+    hf_dir, out = Path(hf_dir), Path(out)
+    _check_out(out, force, hf_dir)
+    with CheckpointReader(hf_dir) as reader:
+        if not reader.format.startswith("hf-"):
+            raise DataError(f"{hf_dir}: an emomoe checkpoint, not a Hugging Face one ({CONFIG_JSON}); use it as it is")
+        if (hf_dir / TOKENIZER_FILE).is_file():
+            check_tokenizer(hf_dir / TOKENIZER_FILE, reader.config)
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            with ShardedWriter(tmp, max_shard_bytes) as writer:
+                for name in reader.names():
+                    writer.add(name, reader.get(name))
+            reader.config.to_yaml(tmp / CONFIG_FILE)
+            shutil.copyfile(hf_dir / CONFIG_JSON, tmp / HF_CONFIG_COPY)
+            carry_files(hf_dir, tmp)
+    return out
+
+
+def _base_config(dirs: list[Path]) -> dict[str, Any] | None:
+    """The HF config.json the model (or the model it was sliced from) came with, if an EMO one:
+    imported (our copy) or read as it is."""
+    for directory in dirs:
+        for name in (HF_CONFIG_COPY, CONFIG_JSON):
+            if (directory / name).is_file():
+                data = read_config_json(directory / name)
+                return data if data.get("model_type") == EMO.model_type else None
+    return None
+
+
+def export_hf(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    dtype: str = "stored",
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    force: bool = False,
+) -> Path:
+    """Write `checkpoint` (ours, a subset, or any readable HF one) to `out` in the official EMO layout.
+
+    `out` gets `config.json` (with `auto_map`), our `configuration_emo.py` / `modeling_emo.py`,
+    the weights (sharded with `model.safetensors.index.json` above `max_shard_bytes`), the tokenizer
+    files and `generation_config.json`. `dtype` is "stored" (keep the checkpoint's) or a torch float
+    dtype name.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+    _check_out(out, force, checkpoint)
+    with CheckpointReader(checkpoint) as reader:
+        cfg = reader.config
+        check_exportable(cfg)
+        dirs = lineage(checkpoint)
+        tokenizer_file = find_tokenizer(tokenizer, dirs)
+        tok = check_tokenizer(tokenizer_file, cfg)
+        target = DTYPES[dtype]
+        stored_dtype = target or reader.dtype("embed.weight")
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            pad = write_tokenizer_files(tmp, tokenizer_file, tok, cfg)
+            with ShardedWriter(tmp, max_shard_bytes) as writer:
+                for name, keys in tensor_keys(cfg, EMO).items():
+                    tensor = reader.get(name)
+                    tensor = tensor if target is None else tensor.to(target)
+                    if isinstance(keys, str):
+                        writer.add(keys, tensor)
+                    else:
+                        for key, row in zip(keys, tensor):
+                            writer.add(key, row)
+            dtype_name = str(stored_dtype).removeprefix("torch.")
+            config = emo_config_json(cfg, eos_id=tok.eos_id, pad_id=pad, dtype=dtype_name, base=_base_config(dirs))
+            (tmp / CONFIG_JSON).write_text(json.dumps(config, indent=2) + "\n")
+            for name in REMOTE_FILES:
+                shutil.copyfile(REMOTE_DIR / name, tmp / name)
+    return out

@@ -1,0 +1,29 @@
+import pytest
+
+from emomoe.data.prompts import read_prompts
+from emomoe.errors import DataError
+
+
+def test_text_files_hold_one_prompt_per_line_and_jsonl_a_prompt_field(tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_text("first prompt\n\n  second, indented\n")
+    assert read_prompts(txt) == ["first prompt", "  second, indented"]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "a\\nb"}\n"plain"\n{"text": "t", "id": 3}\n')
+    assert read_prompts(jsonl) == ["a\nb", "plain", "t"]
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("bad.jsonl", '{"prompt": 1}\n', r"bad.jsonl:1: expected a JSON string or an object"),
+        ("bad.jsonl", '"ok"\n{oops\n', r"bad.jsonl:2: not JSON"),
+        ("empty.txt", "\n \n", r"empty.txt: holds no prompt"),
+    ],
+)
+def test_bad_prompt_files_name_the_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=message):
+        read_prompts(tmp_path / name)
+    with pytest.raises(DataError, match="not found"):
+        read_prompts(tmp_path / "missing.txt")
