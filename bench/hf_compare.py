@@ -13,8 +13,8 @@ emomoe is configured to match each family, so every ratio compares like with lik
 Runs interleave (emomoe, transformers, peak GEMM, emomoe, ...) in one process; each figure is the
 fastest repetition. `mfu` = analytic training FLOPs per token (`emomoe.train.flops`) x tokens/s /
 the peak measured between the same repetitions, so the machine's load divides out as well as it can.
-Greedy generation (KV cache) of emomoe needs `emomoe.generate` (from the generation work); without
-it the emomoe generation fields are null and only transformers' figure is printed.
+Greedy generation uses both libraries' KV caches (`emomoe.generate.generate`, `model.generate`),
+for exactly the requested new tokens.
 
     python bench/hf_compare.py                 # all shapes and families
     python bench/hf_compare.py --quick         # coarse, OLMoE, training step and forward only
@@ -23,12 +23,12 @@ it the emomoe generation fields are null and only transformers' figure is printe
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 
 import torch
 import transformers
 
+from emomoe.generate import GenerationConfig, generate
 from emomoe.model import ModelConfig, build_model
 from emomoe.model.config import LossConfig, MoEConfig, RouterConfig
 from emomoe.model.losses import compute_loss
@@ -117,12 +117,13 @@ def emomoe_side(cfg: ModelConfig) -> Side:
 
 
 def emomoe_generate(model: torch.nn.Module):
-    """Greedy generation through `emomoe.generate` when that module exists, else None."""
-    if importlib.util.find_spec("emomoe.generate") is None:
-        return None
-    from emomoe.generate import generate
+    """Greedy generation with emomoe's KV cache (`emomoe.generate`), no EOS stop."""
 
-    return lambda prompt_BS, new_tokens: generate(model, prompt_BS, max_new_tokens=new_tokens)
+    def run(prompt_BS, new_tokens):
+        cfg = GenerationConfig(max_new_tokens=new_tokens, greedy=True)
+        return generate(model, prompt_BS.tolist(), cfg, eos_id=None)
+
+    return run
 
 
 def hf_side(model: torch.nn.Module) -> Side:
@@ -167,14 +168,12 @@ def compare(shape: str, family: str, reps: int, workloads: list[str], gen_shape:
             fns = {"emomoe": lambda: ours.forward(ids_BS), "hf": lambda: theirs.forward(ids_BS)}
             tokens = BATCH * SEQ_LEN
         else:
-            fns = {"hf": lambda: theirs.generate(prompt_BS, new_tokens)}
-            if ours._generate is not None:
-                fns["emomoe"] = lambda: ours.generate(prompt_BS, new_tokens)
+            fns = {"emomoe": lambda: ours.generate(prompt_BS, new_tokens),
+                   "hf": lambda: theirs.generate(prompt_BS, new_tokens)}
             tokens = gen_batch * new_tokens
         best = interleaved_best(fns, reps)
         row = {name: round(tokens / seconds) for name, seconds in best.items() if name != "peak"}
-        row.setdefault("emomoe", None)
-        row["emomoe_over_hf"] = round(row["emomoe"] / row["hf"], 3) if row["emomoe"] else None
+        row["emomoe_over_hf"] = round(row["emomoe"] / row["hf"], 3)
         if "peak" in best:
             peak = gemm_flops(*PEAK_SHAPE) / best["peak"]
             row["peak_gflops"] = round(peak / 1e9, 1)
@@ -215,7 +214,6 @@ def main() -> None:
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
         "retain_freed_memory": retained,
         "reps": args.reps, "batch": [BATCH, SEQ_LEN], "generate_batch_prompt_new": args.gen,
-        "emomoe_generate": importlib.util.find_spec("emomoe.generate") is not None,
     }
     result["gemm_gflops"] = gemm_rates(args.shapes)
     for shape in args.shapes:
