@@ -40,7 +40,7 @@ def random_doc_ids(num_rows: int, seq_len: int, num_docs: int, generator: torch.
 
 def vectorised_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, seed: int) -> torch.Tensor:
     segments = Segments.from_doc_ids(doc_ids_BS)
-    sizes_G = draw_pool_sizes(*POOL, logits_TE.shape[0], segments.num_segments, seed, logits_TE.device)
+    sizes_G = draw_pool_sizes(*POOL, segments.num_segments, seed, logits_TE.device)
     keep_GE = document_pools(logits_TE.softmax(-1), segments.seg_T, segments.num_segments, sizes_G)
     return logits_TE + pool_logit_bias(keep_GE, segments.seg_T)
 

@@ -192,3 +192,35 @@ def test_pool_gradients_equal_those_of_the_per_document_loop(case):
     ref_loss = ref_loss + masked_TE.logsumexp(-1).square().mean()
     (ref_grad,) = torch.autograd.grad(ref_loss, router.gate.weight)
     assert torch.allclose(grad, ref_grad)
+
+
+def _pool_router_inputs(device="cpu"):
+    """A training router with a random pool and 24 tokens in 5 documents over 2 rows."""
+    router = _make_router(12, 1, 2, 0, pool="3..12").float().to(device)
+    doc_ids_BS = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]], device=device)
+    return router, doc_ids_BS, torch.randn(24, 6).to(device), torch.tensor(7, device=device)
+
+
+def test_pool_path_reads_nothing_back_to_the_host():
+    # Meta tensors have shapes but no values: any .item(), .tolist(), int(tensor), nonzero or
+    # other data-dependent step raises, as a host sync would stall an accelerator.
+    router, doc_ids_BS, x_TD, seed = _pool_router_inputs("meta")
+    segments = Segments.from_doc_ids(doc_ids_BS)  # off the CPU: the token count bounds the segments
+    assert segments.num_segments == doc_ids_BS.numel()
+    out = router(x_TD, segments, seed)
+    assert out.experts_TK.shape == (24, 2) and out.lb_loss.shape == ()
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        x_TD.sum().item()  # the check bites
+
+
+def test_pool_path_compiles_to_one_graph():
+    # fullgraph=True turns every graph break into an error (compiled blocks stay whole).
+    torch._dynamo.reset()
+    router, doc_ids_BS, x_TD, seed = _pool_router_inputs()
+    segments = Segments(Segments.from_doc_ids(doc_ids_BS).seg_T, num_segments=doc_ids_BS.numel())
+    compiled = torch.compile(router, fullgraph=True, backend="eager")
+    eager, traced = router(x_TD, segments, seed), compiled(x_TD, segments, seed)
+    assert torch.equal(eager.experts_TK, traced.experts_TK) and torch.allclose(eager.weights_TK, traced.weights_TK)
+    with pytest.raises(torch._dynamo.exc.Unsupported):  # the check bites: a seeded CPU generator breaks graphs
+        torch.compile(lambda t: t + torch.randn(6, generator=torch.Generator().manual_seed(1)), fullgraph=True,
+                      backend="eager")(x_TD)

@@ -51,8 +51,8 @@ def pool_logit_bias(keep_GE: torch.Tensor, seg_T: torch.Tensor, dtype: torch.dty
 class PoolSampler:
     """Deterministic pool-size draws: one seed per (forward, layer), from a base seed and a counter.
 
-    Resuming from `state_dict()` replays the same sizes. Layers receive a plain integer seed, not a
-    generator, so recomputing a layer's forward (activation checkpointing) draws the same sizes.
+    Resuming from `state_dict()` replays the same sizes. Layers receive a seed (see `seed_tensors`),
+    not a generator, so recomputing a layer's forward (activation checkpointing) draws the same sizes.
     The data-parallel rank is part of every seed, so ranks draw independent sizes for their
     different documents.
     """
@@ -78,14 +78,44 @@ class PoolSampler:
         self.num_forwards = int(state["num_forwards"])
 
 
-def draw_pool_sizes(
-    low: int, high: int, num_tokens: int, num_segments: int, seed: int | None, device: torch.device
-) -> torch.Tensor:
-    """Sizes ~ U{low..high} for segments 0..num_segments-1 (from torch's global RNG if seed is None).
+def seed_tensors(seeds: list[int], device: torch.device) -> list[torch.Tensor]:
+    """Per-layer seeds as 0-dim int64 tensors on `device`.
 
-    One value is drawn per token position (the most segments there can be), so segment g gets
-    the same size whether `num_segments` is exact or an upper bound.
+    A compiled block specialises on Python ints (a new seed every forward would recompile it)
+    but not on tensor values; the copy goes through pinned memory, so it does not wait for the GPU.
     """
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
-    sizes_T = torch.randint(low, high + 1, (num_tokens,), generator=generator)
-    return sizes_T[:num_segments].to(device, non_blocking=True)
+    seeds_L = torch.tensor(seeds, dtype=torch.int64)
+    if device.type != "cpu":
+        seeds_L = seeds_L.pin_memory().to(device, non_blocking=True)
+    return list(seeds_L.unbind())
+
+
+_M32 = 0xFFFFFFFF
+# Multipliers below 2**31 keep every product of a 32-bit value inside int64.
+_MIX = (0x61C88647, 0x7FEB352D, 0x2C1B3C6D)
+
+
+def _hash32(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash of (index, seed) in int64 tensor arithmetic, computed on their device."""
+    x = (index * _MIX[0] + (seed & _M32)) & _M32
+    x = x ^ ((seed >> 32) & _M32)
+    x = x ^ (x >> 16)
+    x = (x * _MIX[1]) & _M32
+    x = x ^ (x >> 15)
+    x = (x * _MIX[2]) & _M32
+    return x ^ (x >> 16)
+
+
+def draw_pool_sizes(
+    low: int, high: int, num_segments: int, seed: torch.Tensor | int | None, device: torch.device
+) -> torch.Tensor:
+    """Sizes ~ U{low..high} for segments 0..num_segments-1, drawn on `device` without a host sync.
+
+    With a seed, segment g's size is a hash of (g, seed): the same whether `num_segments` is exact
+    or an upper bound, and the same on every device. Without one, torch's RNG of the device draws.
+    """
+    if seed is None:
+        return torch.randint(low, high + 1, (num_segments,), device=device)
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
+    index_G = torch.arange(num_segments, dtype=torch.int64, device=device)
+    return low + _hash32(index_G, seed) % (high - low + 1)

@@ -18,7 +18,7 @@ from emomoe.model.experts import Experts
 from emomoe.model.init import init_weight_
 from emomoe.model.kv_cache import KVCache, LayerKV
 from emomoe.model.moe import MoE
-from emomoe.model.pool import PoolSampler
+from emomoe.model.pool import PoolSampler, seed_tensors
 
 
 @dataclass
@@ -162,14 +162,15 @@ class EmoTransformer(nn.Module):
         causal_SS = torch.ones(S, S, dtype=torch.bool, device=input_ids_BS.device).tril()
         return segments, (segments.same_doc_BSS(B) & causal_SS)[:, None]
 
-    def _pool_seeds(self) -> list[int | None]:
-        """One seed per layer for random pool sizes; a training forward with a range pool uses up one
-        forward index of the sampler."""
+    def _pool_seeds(self) -> list[torch.Tensor | None]:
+        """One seed tensor per layer for random pool sizes; a training forward with a range pool uses
+        up one forward index of the sampler."""
         pool = self._train_pool
         if not (self.training and pool is not None and pool[0] != pool[1]):
             return [None] * len(self.layers)
         forward_index = self.pool_sampler.next_forward()
-        return [self.pool_sampler.layer_seed(forward_index, i) for i in range(len(self.layers))]
+        seeds = [self.pool_sampler.layer_seed(forward_index, i) for i in range(len(self.layers))]
+        return seed_tensors(seeds, self.embed.weight.device)
 
     def update_router_biases(self) -> None:
         """Apply the pending bias-balancing updates (call after each optimizer step; no-op when off)."""
