@@ -45,6 +45,16 @@ def _reference_route(logits_TE, doc_ids_BS, d, top_k):
     return torch.stack(experts), torch.stack(weights), pools
 
 
+def _route_with_eval_pool(case):
+    """Route a drawn case through a router in eval mode with a fixed pool of the drawn size."""
+    num_routed, num_shared, top_k, pool, boundaries, seed = case
+    router = _make_router(num_routed, num_shared, top_k, seed, eval_pool=str(pool))
+    router.eval()
+    doc_ids_BS = torch.tensor(boundaries).long().cumsum(1)
+    x_TD = torch.randn(doc_ids_BS.numel(), 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return router, doc_ids_BS, x_TD, router(x_TD, Segments.from_doc_ids(doc_ids_BS))
+
+
 def _sorted_by_expert(experts_TK, weights_TK):
     order = experts_TK.argsort(-1)
     return experts_TK.gather(1, order), weights_TK.gather(1, order)
@@ -53,12 +63,8 @@ def _sorted_by_expert(experts_TK, weights_TK):
 @settings(max_examples=80, deadline=None)
 @given(routing_cases())
 def test_fixed_eval_pool_matches_a_per_document_loop(case):
-    num_routed, num_shared, top_k, pool, boundaries, seed = case
-    router = _make_router(num_routed, num_shared, top_k, seed, eval_pool=str(pool))
-    router.eval()
-    doc_ids_BS = torch.tensor(boundaries).long().cumsum(1)
-    x_TD = torch.randn(doc_ids_BS.numel(), 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    out = router(x_TD, Segments.from_doc_ids(doc_ids_BS))
+    num_routed, _, top_k, pool, _, _ = case
+    router, doc_ids_BS, x_TD, out = _route_with_eval_pool(case)
 
     assert torch.allclose(out.logits_TE, x_TD @ router.gate.weight[:num_routed].T)
     ref_experts, ref_weights, pools = _reference_route(out.logits_TE, doc_ids_BS, pool, top_k)
@@ -170,12 +176,8 @@ def test_biased_selection_stays_inside_the_pool():
 @settings(max_examples=30, deadline=None)
 @given(routing_cases())
 def test_pool_gradients_equal_those_of_the_per_document_loop(case):
-    num_routed, num_shared, top_k, pool, boundaries, seed = case
-    router = _make_router(num_routed, num_shared, top_k, seed, eval_pool=str(pool))
-    router.eval()
-    doc_ids_BS = torch.tensor(boundaries).long().cumsum(1)
-    x_TD = torch.randn(doc_ids_BS.numel(), 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    out = router(x_TD, Segments.from_doc_ids(doc_ids_BS))
+    num_routed, _, top_k, pool, _, _ = case
+    router, doc_ids_BS, x_TD, out = _route_with_eval_pool(case)
     loss = (out.weights_TK * torch.arange(1.0, top_k + 1, dtype=torch.float64)).sum() + out.lb_loss + out.z_loss
     (grad,) = torch.autograd.grad(loss, router.gate.weight)
 
