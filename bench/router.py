@@ -23,6 +23,7 @@ from emomoe import ModelConfig, build_model
 from emomoe.model.docs import Segments
 from emomoe.model.losses import compute_loss
 from emomoe.model.pool import document_pools, draw_pool_sizes, pool_logit_bias
+from emomoe.train.runtime import retain_freed_memory
 
 from timing import interleaved_best
 
@@ -135,6 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    retain_freed_memory()  # as in training
     result = {
         "torch": torch.__version__,
         "threads": args.threads,
