@@ -53,6 +53,7 @@ def emomoe_config(shape: str, family: str) -> ModelConfig:
     return ModelConfig(
         vocab_size=VOCAB, d_model=D_MODEL, num_layers=NUM_LAYERS, num_heads=NUM_HEADS, max_seq_len=SEQ_LEN,
         qk_norm=family == "olmoe", doc_attention_mask=False, eos_id=None,
+        loss=LossConfig(lb_weight=0.01, router_z_weight=0.0, logit_z_weight=0.0),  # HF: CE + 0.01 x aux
         moe=MoEConfig(
             num_experts=num_experts + num_shared, top_k=top_k, expert_hidden_size=hidden,
             router=RouterConfig(pool="off", num_shared_experts=num_shared, renormalize=family == "mixtral"),
@@ -108,10 +109,9 @@ class Side:
 
 def emomoe_side(cfg: ModelConfig) -> Side:
     model = build_model(cfg)
-    loss_cfg = LossConfig(lb_weight=0.01, router_z_weight=0.0, logit_z_weight=0.0)  # HF: CE + 0.01 x aux
 
     def step_loss(ids_BS):
-        return compute_loss(model(ids_BS[:, :-1]), ids_BS[:, 1:], loss_cfg)["total"]
+        return compute_loss(model(ids_BS[:, :-1], labels_BS=ids_BS[:, 1:]), ids_BS[:, 1:], cfg.loss)["total"]
 
     return Side(model, step_loss, lambda ids_BS: model(ids_BS).logits, emomoe_generate(model))
 

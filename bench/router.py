@@ -109,7 +109,7 @@ def bench_train_step(batch_size: int, reps: int, mean_doc_len: int) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
         def step(model=model, opt=opt, cfg=cfg):
-            out = model(ids_BS[:, :-1], doc_ids_BS)
+            out = model(ids_BS[:, :-1], doc_ids_BS, labels_BS=ids_BS[:, 1:])
             loss = compute_loss(out, ids_BS[:, 1:], cfg.loss)["total"]
             opt.zero_grad(set_to_none=True)
             loss.backward()

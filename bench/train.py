@@ -47,7 +47,7 @@ class StepTimer:
     def step(self) -> float:
         input_ids_BS, labels_BS, doc_ids_BS = random_batch(self.cfg, *self.shape, self.gen)
         start = time.perf_counter()
-        out = self.model(input_ids_BS, doc_ids_BS=doc_ids_BS)
+        out = self.model(input_ids_BS, doc_ids_BS=doc_ids_BS, labels_BS=labels_BS)
         compute_loss(out, labels_BS, self.cfg.loss)["total"].backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()

@@ -17,6 +17,7 @@ from emomoe.model.docs import Segments, doc_ids_from_eos
 from emomoe.model.experts import Experts
 from emomoe.model.init import init_weight_
 from emomoe.model.kv_cache import KVCache, LayerKV
+from emomoe.model.losses import LMHeadLoss, lm_head_loss
 from emomoe.model.moe import MoE
 from emomoe.model.pool import PoolSampler, seed_tensors
 
@@ -32,14 +33,16 @@ class LayerRouting:
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor
-    """[B, S, V] float32."""
+    logits: torch.Tensor | None
+    """[B, S, V] float32; None when the forward was given labels (see `lm_loss`)."""
     lb_loss: torch.Tensor
     """Load-balancing loss summed over MoE layers, unweighted."""
     router_z_loss: torch.Tensor
     """Router z-loss summed over MoE layers, unweighted."""
     routing: list[LayerRouting] | None = None
     """One entry per layer when asked for; layers without routed experts have empty [T, 0] tensors."""
+    lm_loss: LMHeadLoss | None = None
+    """With labels: CE and logit z-loss from the fused LM head, in place of the logits."""
 
 
 class Block(nn.Module):
@@ -98,8 +101,11 @@ class EmoTransformer(nn.Module):
                 nn.init.ones_(module.weight)
 
     def forward(
-        self, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None = None, return_routing: bool = False
+        self, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None = None, return_routing: bool = False,
+        labels_BS: torch.Tensor | None = None,
     ) -> ModelOutput:
+        """Logits, or with `labels_BS` the LM loss terms straight from the hidden states (`lm_head_loss`:
+        faster, and no [B, S, V] tensor; not under autocast, where the logits path runs)."""
         B, S = input_ids_BS.shape
         if S > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {S} exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -117,8 +123,11 @@ class EmoTransformer(nn.Module):
             lb_loss = lb_loss + routed.lb_loss
             router_z_loss = router_z_loss + routed.z_loss
             routing.append(LayerRouting(routed.logits_TE, routed.experts_TK, routed.weights_TK))
-        logits_BSV = self.lm_head(self.norm(x_BSD))
-        return ModelOutput(logits_BSV, lb_loss, router_z_loss, routing if return_routing else None)
+        routing = routing if return_routing else None
+        if labels_BS is not None and not torch.is_autocast_enabled(x_BSD.device.type):
+            lm_loss = lm_head_loss(self.norm(x_BSD), self.lm_head.weight, labels_BS, self.cfg.loss.logit_z_weight)
+            return ModelOutput(None, lb_loss, router_z_loss, routing, lm_loss)
+        return ModelOutput(self.lm_head(self.norm(x_BSD)), lb_loss, router_z_loss, routing)
 
     def new_cache(self, batch_size: int, capacity: int) -> KVCache:
         """An empty KV cache for `batch_size` rows of up to `capacity` positions (padding included)."""

@@ -189,7 +189,10 @@ class Trainer:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with parallel.gradient_sync(self.model, enabled=i == len(micro_batches) - 1):
                 with self._autocast():
-                    out = self.model(batch["input_ids_BS"], doc_ids_BS=batch["doc_ids_BS"], return_routing=want_routing and i == 0)
+                    out = self.model(
+                        batch["input_ids_BS"], doc_ids_BS=batch["doc_ids_BS"], return_routing=want_routing and i == 0,
+                        labels_BS=batch["labels_BS"],
+                    )
                 losses = compute_loss(out, batch["labels_BS"], self.cfg.model.loss)
                 weight = label_counts[i] / total_labels
                 (losses["total"] * weight).backward()
