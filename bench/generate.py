@@ -26,7 +26,7 @@ from emomoe.evaluate.provenance import find_tokenizer
 from emomoe.generate import GenerationConfig, generate
 from emomoe.hf.convert import export_hf
 from emomoe.model import ModelConfig, build_model
-from router import interleaved_best  # bench/ is the script's folder, so it is on sys.path
+from timing import interleaved_best  # bench/ is the script's folder, so it is on sys.path
 
 TOKENIZER_TEXTS = ["the router sends each token to a few experts", "def f(x): return x + 1"] * 8
 

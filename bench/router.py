@@ -1,41 +1,35 @@
 """Router benchmark: EMO vs standard routing in a `small` train step, and the vectorised pool vs a
 per-document Python loop (the official code's design). Prints one JSON object.
 
-Shapes: B rows, S sequence, T = B*S tokens, E routed experts.
+Shapes: B rows, S sequence, T = B*S tokens, E routed experts, K experts per token.
 
     python bench/router.py [--quick]
 
-Timings are the best of interleaved repetitions (the two variants alternate): on a machine shared
-with other jobs the minimum is the least disturbed estimate, and alternation exposes both variants
-to the same background load.
+Two pool measurements per documents-per-row count, each as a speedup over the loop:
+- `mask`: logits -> pool-masked logits (unmasked softmax, per-document sums, ranking, masking);
+- `route`: the router's whole pool path, mask + softmax over the pool + top-7, which the official
+  code runs after its loop (so the common tail dilutes the speedup).
+Timings are the best of interleaved repetitions (the variants alternate; see bench/timing).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
 from emomoe import ModelConfig, build_model
 from emomoe.model.docs import Segments
 from emomoe.model.losses import compute_loss
-from emomoe.model.pool import draw_pool_sizes, pool_drop_mask
+from emomoe.model.pool import document_pools, draw_pool_sizes, pool_logit_bias
+from emomoe.train.runtime import retain_freed_memory
+
+from timing import interleaved_best
 
 NUM_ROUTED = 127
+TOP_K = 7
 POOL = (8, 128)
-
-
-def interleaved_best(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
-    times = {name: [] for name in fns}
-    for rep in range(warmup + reps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if rep >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: min(ts) for name, ts in times.items()}
 
 
 def random_doc_ids(num_rows: int, seq_len: int, num_docs: int, generator: torch.Generator) -> torch.Tensor:
@@ -47,9 +41,9 @@ def random_doc_ids(num_rows: int, seq_len: int, num_docs: int, generator: torch.
 
 def vectorised_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, seed: int) -> torch.Tensor:
     segments = Segments.from_doc_ids(doc_ids_BS)
-    sizes_G = draw_pool_sizes(*POOL, logits_TE.shape[0], segments.num_segments, seed, logits_TE.device)
-    drop_TE = pool_drop_mask(logits_TE.softmax(-1), segments.seg_T, segments.num_segments, sizes_G)
-    return logits_TE.masked_fill(drop_TE, float("-inf"))
+    sizes_G = draw_pool_sizes(*POOL, segments.num_segments, seed, logits_TE.device)
+    keep_GE = document_pools(logits_TE.softmax(-1), segments.seg_T, segments.num_segments, sizes_G)
+    return logits_TE + pool_logit_bias(keep_GE, segments.seg_T)
 
 
 def looped_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -69,6 +63,11 @@ def looped_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, generator: to
     return logits_BSE.masked_fill(drop_BSE, float("-inf")).view_as(logits_TE)
 
 
+def route(masked_TE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tail both designs share: softmax over the pool, top-k."""
+    return masked_TE.softmax(dim=-1).topk(TOP_K, dim=-1)
+
+
 def bench_pool(num_rows: int, reps: int) -> dict:
     g = torch.Generator().manual_seed(0)
     results = {}
@@ -77,15 +76,21 @@ def bench_pool(num_rows: int, reps: int) -> dict:
         logits_TE = torch.randn(num_rows * 4096, NUM_ROUTED, generator=g)
         best = interleaved_best(
             {
-                "vectorised": lambda: vectorised_pool(logits_TE, doc_ids_BS, seed=0),
-                "loop": lambda: looped_pool(logits_TE, doc_ids_BS, g),
+                "mask_vectorised": lambda: vectorised_pool(logits_TE, doc_ids_BS, seed=0),
+                "mask_loop": lambda: looped_pool(logits_TE, doc_ids_BS, g),
+                "route_vectorised": lambda: route(vectorised_pool(logits_TE, doc_ids_BS, seed=0)),
+                "route_loop": lambda: route(looped_pool(logits_TE, doc_ids_BS, g)),
             },
             reps,
         )
         results[str(num_docs)] = {
-            "vectorised_ms": round(best["vectorised"] * 1e3, 3),
-            "loop_ms": round(best["loop"] * 1e3, 3),
-            "speedup": round(best["loop"] / best["vectorised"], 2),
+            f"{part}_{key}": value
+            for part in ("mask", "route")
+            for key, value in (
+                ("vectorised_ms", round(best[f"{part}_vectorised"] * 1e3, 3)),
+                ("loop_ms", round(best[f"{part}_loop"] * 1e3, 3)),
+                ("speedup", round(best[f"{part}_loop"] / best[f"{part}_vectorised"], 2)),
+            )
         }
     return results
 
@@ -104,7 +109,7 @@ def bench_train_step(batch_size: int, reps: int, mean_doc_len: int) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
         def step(model=model, opt=opt, cfg=cfg):
-            out = model(ids_BS[:, :-1], doc_ids_BS)
+            out = model(ids_BS[:, :-1], doc_ids_BS, labels_BS=ids_BS[:, 1:])
             loss = compute_loss(out, ids_BS[:, 1:], cfg.loss)["total"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -131,6 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    retain_freed_memory()  # as in training
     result = {
         "torch": torch.__version__,
         "threads": args.threads,

@@ -20,8 +20,11 @@ from emomoe.model.config import ModelConfig
 from emomoe.model.docs import doc_ids_from_eos
 from emomoe.model.losses import compute_loss
 from emomoe.train.config import TrainConfig
+from emomoe.train.flops import matmul_flops_per_s, mfu, train_flops_per_token
 from emomoe.train.optim import build_optimizer
 from emomoe.train.runtime import setup_runtime
+
+PEAK_SHAPE = (2048, 2048, 2048)
 
 
 def random_batch(cfg: ModelConfig, batch_size: int, seq_len: int, doc_len: int, gen: torch.Generator):
@@ -44,7 +47,7 @@ class StepTimer:
     def step(self) -> float:
         input_ids_BS, labels_BS, doc_ids_BS = random_batch(self.cfg, *self.shape, self.gen)
         start = time.perf_counter()
-        out = self.model(input_ids_BS, doc_ids_BS=doc_ids_BS)
+        out = self.model(input_ids_BS, doc_ids_BS=doc_ids_BS, labels_BS=labels_BS)
         compute_loss(out, labels_BS, self.cfg.loss)["total"].backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -59,29 +62,35 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--doc-len", type=int, default=100)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--quick", action="store_true", help="tiny preset, a few steps")
     args = parser.parse_args()
     if args.quick:
         args.preset, args.batch_size, args.seq_len, args.steps = "tiny", 4, 64, 5
-    setup_runtime()
+    setup_runtime(args.threads, retain_memory=True)
     emo = ModelConfig.preset(args.preset)
     std = emo.with_overrides(["moe.router.pool=off"])
     if emo.moe.router.pool == "off":
         raise SystemExit(f"preset {args.preset} has no EMO pool to compare against")
     timers = {name: StepTimer(cfg, args.batch_size, args.seq_len, args.doc_len) for name, cfg in (("emo", emo), ("std", std))}
     elapsed = {name: 0.0 for name in timers}
-    # Steps alternate between the two models so that both see the same machine load.
+    peak = 0.0
+    # Steps alternate between the two models (and a peak-rate matmul, for MFU) so that all see the
+    # same machine load.
     for step in range(args.steps + 2):
         for name, timer in timers.items():
             seconds = timer.step()
             if step >= 2:  # the first steps warm up allocators and caches
                 elapsed[name] += seconds
+        peak = max(peak, matmul_flops_per_s(*PEAK_SHAPE, seconds=0.0))
     emo_tps, std_tps = (args.steps * args.batch_size * args.seq_len / elapsed[name] for name in ("emo", "std"))
+    flops_per_token = train_flops_per_token(emo, args.seq_len)
     print(json.dumps({
         "preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "threads": torch.get_num_threads(), "steps": args.steps,
         "emo_tokens_per_s": round(emo_tps), "std_tokens_per_s": round(std_tps),
         "emo_over_std": round(emo_tps / std_tps, 3),
+        "peak_gflops": round(peak / 1e9, 1), "emo_mfu": round(mfu(flops_per_token, emo_tps, peak), 3),
     }))
 
 

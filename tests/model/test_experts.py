@@ -70,3 +70,18 @@ def test_expert_matmul_falls_back_to_the_loop_for_unsupported_dtypes_and_shapes(
     for x_ND, w_EHD in [(torch.randn(3, 8, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64)),
                         (torch.randn(3, 5), torch.randn(2, 3, 5))]:
         assert torch.allclose(expert_matmul(x_ND, w_EHD, counts_E), looped_matmul(x_ND, w_EHD, counts_E))
+
+
+@pytest.mark.parametrize("num_shared", [0, 1])
+def test_gradients_equal_those_of_a_per_token_loop(num_shared):
+    experts = _make_experts(5, num_shared)
+    g = torch.Generator().manual_seed(1)
+    x_TD = torch.randn(7, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    experts_TK = torch.stack([torch.randperm(5, generator=g)[:3] for _ in range(7)])
+    weights_TK = torch.rand(7, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    grad_TD = torch.randn(7, 8, dtype=torch.float64, generator=g)
+    inputs = (x_TD, weights_TK, experts.w1, experts.w2, experts.w3)
+    fast = torch.autograd.grad(experts(x_TD, experts_TK, weights_TK), inputs, grad_TD)
+    slow = torch.autograd.grad(_naive(experts, x_TD, experts_TK, weights_TK), inputs, grad_TD)
+    for a, b in zip(fast, slow):
+        assert torch.allclose(a, b)

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from emomoe.model.config import LBScope, LossConfig, RouterConfig
 from emomoe.model.docs import Segments
-from emomoe.model.losses import compute_loss, cross_entropy_and_logit_z, load_balancing_loss, router_z_loss
+from emomoe.model.losses import (
+    IGNORE_INDEX, compute_loss, cross_entropy_and_logit_z, lm_head_loss, load_balancing_loss, router_z_loss,
+)
 from emomoe.model.router import Router
 from emomoe.model.transformer import ModelOutput
 
@@ -141,3 +143,43 @@ def test_global_lb_over_two_processes_equals_one_process_with_both_halves(tmp_pa
 
 if __name__ == "__main__":
     _global_lb_worker(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+
+
+@pytest.mark.parametrize("num_tokens", [5, 64 * 3 + 7])  # one chunk; several, the last one short
+def test_fused_lm_head_loss_equals_logits_then_cross_entropy(num_tokens):
+    g = torch.Generator().manual_seed(0)
+    hidden_BSD = torch.randn(1, num_tokens, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    weight_VD = torch.randn(40000, 6, dtype=torch.float64, generator=g, requires_grad=True)  # 40k rows: chunks of 64
+    labels_BS = torch.randint(0, 40000, (1, num_tokens), generator=g)
+    labels_BS[0, 1::3] = IGNORE_INDEX
+    fused = lm_head_loss(hidden_BSD, weight_VD, labels_BS, logit_z_weight=0.3)
+    fused_grads = torch.autograd.grad(2.0 * fused.total, (hidden_BSD, weight_VD))
+    ce, z = cross_entropy_and_logit_z(hidden_BSD @ weight_VD.T, labels_BS)
+    ref_grads = torch.autograd.grad(2.0 * (ce + 0.3 * z), (hidden_BSD, weight_VD))
+    assert torch.allclose(fused.ce, ce) and torch.allclose(fused.logit_z, z)
+    assert torch.allclose(fused.total, ce + 0.3 * z)
+    for a, b in zip(fused_grads, ref_grads):
+        assert torch.allclose(a, b)
+
+
+def test_model_with_labels_gives_the_losses_of_its_logits():
+    from emomoe import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny")
+    model = build_model(cfg)
+    ids_BS = torch.randint(0, cfg.vocab_size, (2, 17))
+    fused = compute_loss(model(ids_BS[:, :-1], labels_BS=ids_BS[:, 1:]), ids_BS[:, 1:], cfg.loss)
+    fused["total"].backward()
+    fused_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    # The same pool draws: the sampler's forward counter goes back.
+    model.pool_sampler.num_forwards -= 1
+    plain = compute_loss(model(ids_BS[:, :-1]), ids_BS[:, 1:], cfg.loss)
+    plain["total"].backward()
+    for key in plain:
+        assert torch.allclose(fused[key], plain[key], atol=1e-6)
+    for a, p in zip(fused_grads, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-6)
+    with pytest.raises(ValueError, match="logit_z_weight"):
+        compute_loss(model(ids_BS[:, :-1], labels_BS=ids_BS[:, 1:]), ids_BS[:, 1:], LossConfig(logit_z_weight=0.5))

@@ -1,8 +1,9 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emomoe.model.pool import PoolSampler, draw_pool_sizes, pool_drop_mask
+from emomoe.model.pool import PoolSampler, document_pools, draw_pool_sizes, pool_logit_bias, seed_tensors
 
 
 @st.composite
@@ -27,22 +28,24 @@ def _loop_keep(probs_TE, lengths, sizes):
 
 @settings(max_examples=60, deadline=None)
 @given(pooled_batches())
-def test_drop_mask_equals_a_per_document_loop(batch):
+def test_pools_equal_a_per_document_loop(batch):
     num_experts, lengths, sizes, seed = batch
     g = torch.Generator().manual_seed(seed)
     probs_TE = torch.randn(sum(lengths), num_experts, generator=g, dtype=torch.float64).softmax(-1)
     seg_T = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    keep_TE = ~pool_drop_mask(probs_TE, seg_T, len(lengths), torch.tensor(sizes))
+    keep_GE = document_pools(probs_TE, seg_T, len(lengths), torch.tensor(sizes))
+    keep_TE = pool_logit_bias(keep_GE, seg_T) == 0
     assert keep_TE.tolist() == _loop_keep(probs_TE, lengths, sizes)
+    assert torch.isneginf(pool_logit_bias(keep_GE, seg_T)[~keep_TE]).all()
     assert keep_TE.sum(-1).tolist() == [min(d, num_experts) for d, n in zip(sizes, lengths) for _ in range(n)]
 
 
-def test_drop_mask_is_unchanged_by_an_oversized_segment_count():
+def test_pools_are_unchanged_by_an_oversized_segment_count():
     probs_TE = torch.rand(6, 5).softmax(-1)
     seg_T = torch.tensor([0, 0, 1, 1, 1, 2])
     sizes = torch.tensor([2, 3, 1, 4, 4, 4])
-    exact = pool_drop_mask(probs_TE, seg_T, 3, sizes[:3])
-    assert torch.equal(exact, pool_drop_mask(probs_TE, seg_T, 6, sizes))
+    exact = document_pools(probs_TE, seg_T, 3, sizes[:3])
+    assert torch.equal(exact, document_pools(probs_TE, seg_T, 6, sizes)[:3])
 
 
 def test_sampler_layer_seeds_depend_only_on_seed_forward_and_layer():
@@ -61,12 +64,27 @@ def test_sampler_state_resumes_the_forward_counter():
     assert resumed.seed == 7
 
 
-def test_pool_sizes_are_uniform_in_range_and_prefix_stable():
-    sizes = draw_pool_sizes(8, 128, 20000, 20000, 0, torch.device("cpu"))
+@pytest.mark.parametrize("seed", [0, 2**62 + 12345])
+def test_pool_sizes_are_uniform_in_range_and_prefix_stable(seed):
+    sizes = draw_pool_sizes(8, 128, 24200, seed, torch.device("cpu"))
     assert sizes.min() == 8 and sizes.max() == 128
-    assert abs(sizes.float().mean().item() - 68) < 1.5
-    fewer = draw_pool_sizes(8, 128, 20000, 5, 0, torch.device("cpu"))
+    # Each of the 121 sizes is drawn about 200 times: a chi-square test of uniformity (df 120;
+    # 180 is beyond its 99.9th percentile).
+    counts = torch.bincount(sizes - 8, minlength=121).double()
+    assert ((counts - 200) ** 2 / 200).sum() < 180
+    fewer = draw_pool_sizes(8, 128, 5, seed, torch.device("cpu"))
     assert torch.equal(fewer, sizes[:5])
+
+
+def test_pool_sizes_of_different_seeds_are_independent():
+    a, b = (draw_pool_sizes(1, 2, 10000, seed, torch.device("cpu")) for seed in (1, 2))
+    assert abs((a == b).double().mean().item() - 0.5) < 0.03
+    assert torch.equal(a, draw_pool_sizes(1, 2, 10000, torch.tensor(1), torch.device("cpu")))
+
+
+def test_layer_seeds_become_tensors():
+    seeds = seed_tensors([3, 2**62], torch.device("cpu"))
+    assert [s.item() for s in seeds] == [3, 2**62] and all(s.dtype == torch.int64 and s.dim() == 0 for s in seeds)
 
 
 def test_each_data_parallel_rank_draws_its_own_sizes(monkeypatch):

@@ -45,6 +45,16 @@ def _reference_route(logits_TE, doc_ids_BS, d, top_k):
     return torch.stack(experts), torch.stack(weights), pools
 
 
+def _route_with_eval_pool(case):
+    """Route a drawn case through a router in eval mode with a fixed pool of the drawn size."""
+    num_routed, num_shared, top_k, pool, boundaries, seed = case
+    router = _make_router(num_routed, num_shared, top_k, seed, eval_pool=str(pool))
+    router.eval()
+    doc_ids_BS = torch.tensor(boundaries).long().cumsum(1)
+    x_TD = torch.randn(doc_ids_BS.numel(), 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return router, doc_ids_BS, x_TD, router(x_TD, Segments.from_doc_ids(doc_ids_BS))
+
+
 def _sorted_by_expert(experts_TK, weights_TK):
     order = experts_TK.argsort(-1)
     return experts_TK.gather(1, order), weights_TK.gather(1, order)
@@ -53,12 +63,8 @@ def _sorted_by_expert(experts_TK, weights_TK):
 @settings(max_examples=80, deadline=None)
 @given(routing_cases())
 def test_fixed_eval_pool_matches_a_per_document_loop(case):
-    num_routed, num_shared, top_k, pool, boundaries, seed = case
-    router = _make_router(num_routed, num_shared, top_k, seed, eval_pool=str(pool))
-    router.eval()
-    doc_ids_BS = torch.tensor(boundaries).long().cumsum(1)
-    x_TD = torch.randn(doc_ids_BS.numel(), 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    out = router(x_TD, Segments.from_doc_ids(doc_ids_BS))
+    num_routed, _, top_k, pool, _, _ = case
+    router, doc_ids_BS, x_TD, out = _route_with_eval_pool(case)
 
     assert torch.allclose(out.logits_TE, x_TD @ router.gate.weight[:num_routed].T)
     ref_experts, ref_weights, pools = _reference_route(out.logits_TE, doc_ids_BS, pool, top_k)
@@ -165,3 +171,58 @@ def test_biased_selection_stays_inside_the_pool():
     out = router(torch.randn(6, 6, dtype=torch.float64), Segments.from_doc_ids(doc_ids_BS))
     assert len(out.experts_TK.unique()) == 2
     assert (out.weights_TK > 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(routing_cases())
+def test_pool_gradients_equal_those_of_the_per_document_loop(case):
+    num_routed, _, top_k, pool, _, _ = case
+    router, doc_ids_BS, x_TD, out = _route_with_eval_pool(case)
+    loss = (out.weights_TK * torch.arange(1.0, top_k + 1, dtype=torch.float64)).sum() + out.lb_loss + out.z_loss
+    (grad,) = torch.autograd.grad(loss, router.gate.weight)
+
+    # Reference: the loop's pools, logits set to -inf outside them, softmax, top-k, the same losses.
+    logits_TE = x_TD @ router.gate.weight[:num_routed].T
+    _, _, pools = _reference_route(logits_TE.detach(), doc_ids_BS, pool, top_k)
+    outside_TE = torch.tensor([[e not in p for e in range(num_routed)] for p in pools])
+    masked_TE = logits_TE.masked_fill(outside_TE, float("-inf"))
+    probs_TE = masked_TE.softmax(-1)
+    weights_TK = probs_TE.gather(1, out.experts_TK)
+    counts_E = torch.bincount(out.experts_TK.flatten(), minlength=num_routed).double()
+    lb = num_routed * (counts_E / (top_k * len(x_TD)) * probs_TE.mean(0)).sum()
+    ref_loss = (weights_TK * torch.arange(1.0, top_k + 1, dtype=torch.float64)).sum() + lb
+    ref_loss = ref_loss + masked_TE.logsumexp(-1).square().mean()
+    (ref_grad,) = torch.autograd.grad(ref_loss, router.gate.weight)
+    assert torch.allclose(grad, ref_grad)
+
+
+def _pool_router_inputs(device="cpu"):
+    """A training router with a random pool and 24 tokens in 5 documents over 2 rows."""
+    router = _make_router(12, 1, 2, 0, pool="3..12").float().to(device)
+    doc_ids_BS = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]], device=device)
+    return router, doc_ids_BS, torch.randn(24, 6).to(device), torch.tensor(7, device=device)
+
+
+def test_pool_path_reads_nothing_back_to_the_host():
+    # Meta tensors have shapes but no values: any .item(), .tolist(), int(tensor), nonzero or
+    # other data-dependent step raises, as a host sync would stall an accelerator.
+    router, doc_ids_BS, x_TD, seed = _pool_router_inputs("meta")
+    segments = Segments.from_doc_ids(doc_ids_BS)  # off the CPU: the token count bounds the segments
+    assert segments.num_segments == doc_ids_BS.numel()
+    out = router(x_TD, segments, seed)
+    assert out.experts_TK.shape == (24, 2) and out.lb_loss.shape == ()
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        x_TD.sum().item()  # the check bites
+
+
+def test_pool_path_compiles_to_one_graph():
+    # fullgraph=True turns every graph break into an error (compiled blocks stay whole).
+    torch._dynamo.reset()
+    router, doc_ids_BS, x_TD, seed = _pool_router_inputs()
+    segments = Segments(Segments.from_doc_ids(doc_ids_BS).seg_T, num_segments=doc_ids_BS.numel())
+    compiled = torch.compile(router, fullgraph=True, backend="eager")
+    eager, traced = router(x_TD, segments, seed), compiled(x_TD, segments, seed)
+    assert torch.equal(eager.experts_TK, traced.experts_TK) and torch.allclose(eager.weights_TK, traced.weights_TK)
+    with pytest.raises(torch._dynamo.exc.Unsupported):  # the check bites: a seeded CPU generator breaks graphs
+        torch.compile(lambda t: t + torch.randn(6, generator=torch.Generator().manual_seed(1)), fullgraph=True,
+                      backend="eager")(x_TD)

@@ -167,3 +167,28 @@ def test_activation_recompute_of_a_layer_draws_the_same_pool_sizes():
         compute_loss(model(ids), ids, cfg.loss)["total"].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("seeds_as", ["tensors", "ints"])
+def test_compiled_blocks_do_not_recompile_for_new_pool_seeds(seeds_as, monkeypatch):
+    from torch._dynamo.testing import CompileCounter
+
+    from emomoe.model import transformer
+
+    if seeds_as == "ints":  # what passing the sampler's integers would do
+        monkeypatch.setattr(transformer, "seed_tensors", lambda seeds, device: seeds)
+    torch._dynamo.reset()
+    model, _ = _model()  # the tiny preset draws pools from 2..8 in training
+    counter = CompileCounter()
+    for block in model.layers:
+        block.compile(backend=counter)
+    ids = _ids()
+    model(ids)
+    frames_after_first_forward = counter.frame_count
+    for _ in range(3):  # a new forward index, so new seeds, every time
+        model(ids)
+    if seeds_as == "tensors":
+        assert counter.frame_count == frames_after_first_forward
+    else:
+        assert counter.frame_count > frames_after_first_forward
+    torch._dynamo.reset()

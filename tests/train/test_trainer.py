@@ -12,6 +12,7 @@ from emomoe.errors import ConfigError
 from emomoe.train import trainer as trainer_module
 from emomoe.train.checkpointing import CheckpointManager, read_checkpoint
 from emomoe.train.config import RunConfig
+from emomoe.train.flops import train_flops_per_token
 from emomoe.train.metrics import TIMING_KEYS, read_metrics
 from emomoe.train.schedule import lr_multiplier
 from emomoe.train.trainer import Trainer, TrainingDiverged, TrainingInterrupted, fit_to_store, train
@@ -242,3 +243,15 @@ def test_a_pool_of_every_routed_expert_is_called_out_at_start_up(run_config, tmp
     assert "pool 7..8: every pool holds all 7 routed experts, so this trains a standard MoE" in capsys.readouterr().err
     train(run_config("train.max_steps=1", "model.moe.router.pool=2..8"), tmp_path / "emo", progress=False)
     assert "standard MoE" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("peak", [None, 2e9])
+def test_mfu_uses_the_configured_peak_or_is_left_out(run_config, tmp_path, peak):
+    cfg = run_config("train.max_steps=2", f"train.peak_flops={'null' if peak is None else peak}")
+    train(cfg, tmp_path / "run", progress=False)
+    flops_per_token = train_flops_per_token(cfg.model, cfg.data.seq_len)
+    for r in read_metrics(tmp_path / "run" / "metrics.jsonl"):
+        if peak is None:
+            assert "mfu" not in r
+        else:
+            assert r["mfu"] == pytest.approx(flops_per_token * r["tokens_per_s"] / peak)

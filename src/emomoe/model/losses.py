@@ -1,10 +1,11 @@
 """Training losses as pure functions, and `compute_loss` that combines them with the paper's weights.
 
-Shapes: B batch, S sequence, T tokens, E routed experts, V vocab.
+Shapes: B batch, S sequence, T tokens, C tokens of a chunk, D model dim, E routed experts, V vocab.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -71,13 +72,88 @@ def cross_entropy_and_logit_z(logits_BSV: torch.Tensor, labels_BS: torch.Tensor)
     return ce, logit_z
 
 
-def compute_loss(out: ModelOutput, labels_BS: torch.Tensor, loss_cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """Total = CE + w_z * logit z + w_lb * LB + w_rz * router z (router terms summed over layers)."""
-    ce, logit_z = cross_entropy_and_logit_z(out.logits, labels_BS)
-    total = (
-        ce
-        + loss_cfg.logit_z_weight * logit_z
-        + loss_cfg.lb_weight * out.lb_loss
-        + loss_cfg.router_z_weight * out.router_z_loss
+@dataclass
+class LMHeadLoss:
+    """CE and logit z-loss computed together with the LM head (see `lm_head_loss`)."""
+
+    total: torch.Tensor
+    """CE + logit_z_weight * logit z: the only term that carries gradients."""
+    ce: torch.Tensor
+    logit_z: torch.Tensor
+    logit_z_weight: float
+
+
+# Logit rows per chunk: a [C, V] block of about 8 MiB stays in the CPU's caches.
+_CHUNK_BYTES = 8 * 2**20
+_MIN_CHUNK = 64
+
+
+class _FusedLMHeadLoss(torch.autograd.Function):
+    """CE + w_z * logit z of `hidden @ weight.T`, chunk by chunk, never holding the [T, V] logits.
+
+    On a CPU the logits of a small model are its largest tensor, and each pass over them (the
+    log-softmax, its backward, the two matmuls that read the gradient) goes to main memory. Here
+    each [C, V] block is made, turned into its gradient (softmax - onehot, plus the z-loss term)
+    and multiplied into the gradients of `hidden` and `weight` while it is in cache. The gradients
+    are therefore computed in the forward pass, for the one scalar this returns; backward scales them.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_TD, weight_VD, labels_T, z_weight: float):
+        valid_T = labels_T != IGNORE_INDEX
+        targets_T1 = labels_T.clamp(min=0)[:, None]
+        scale_T = valid_T.to(hidden_TD.dtype) / valid_T.sum().clamp(min=1)
+        want_grad = any(ctx.needs_input_grad[:2])  # False under no_grad
+        nll_T, lse_T = hidden_TD.new_empty(len(labels_T)), hidden_TD.new_empty(len(labels_T))
+        grad_hidden_TD = torch.empty_like(hidden_TD) if want_grad else None
+        grad_weight_VD = torch.zeros_like(weight_VD) if want_grad else None
+        chunk = max(_MIN_CHUNK, _CHUNK_BYTES // (weight_VD.shape[0] * weight_VD.element_size()))
+        for start in range(0, len(labels_T), chunk):
+            rows = slice(start, start + chunk)
+            logits_CV = hidden_TD[rows] @ weight_VD.T
+            lse_C = logits_CV.logsumexp(dim=-1)
+            nll_T[rows] = lse_C - logits_CV.gather(1, targets_T1[rows]).squeeze(1)
+            lse_T[rows] = lse_C
+            if want_grad:
+                # d/dlogits of scale * (nll + w_z * lse^2) = scale * ((1 + 2 w_z lse) softmax - onehot)
+                grad_CV = logits_CV.sub_(lse_C[:, None]).exp_().mul_((scale_T[rows] * (1 + 2 * z_weight * lse_C))[:, None])
+                grad_CV.scatter_add_(1, targets_T1[rows], -scale_T[rows, None])
+                torch.mm(grad_CV, weight_VD, out=grad_hidden_TD[rows])
+                grad_weight_VD.addmm_(grad_CV.T, hidden_TD[rows])
+        if want_grad:
+            ctx.save_for_backward(grad_hidden_TD, grad_weight_VD)
+        ce, logit_z = (nll_T * scale_T).sum(), (lse_T.square() * scale_T).sum()
+        return ce + z_weight * logit_z, ce, logit_z
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_ce, _grad_logit_z):
+        grad_hidden_TD, grad_weight_VD = ctx.saved_tensors
+        return grad_hidden_TD * grad_total, grad_weight_VD * grad_total, None, None
+
+
+def lm_head_loss(hidden_BSD: torch.Tensor, weight_VD: torch.Tensor, labels_BS: torch.Tensor, logit_z_weight: float) -> LMHeadLoss:
+    """CE and logit z-loss of the logits `hidden @ weight.T` without materialising them; the same
+    values as `cross_entropy_and_logit_z`, and gradients (through `total` only) for both inputs."""
+    total, ce, logit_z = _FusedLMHeadLoss.apply(
+        hidden_BSD.reshape(-1, hidden_BSD.shape[-1]), weight_VD, labels_BS.reshape(-1), logit_z_weight
     )
+    return LMHeadLoss(total, ce.detach(), logit_z.detach(), logit_z_weight)
+
+
+def compute_loss(out: ModelOutput, labels_BS: torch.Tensor, loss_cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Total = CE + w_z * logit z + w_lb * LB + w_rz * router z (router terms summed over layers).
+
+    When the model was given the labels (`out.lm_loss`), CE and logit z come from its fused LM head
+    and only `total` carries gradients.
+    """
+    if out.lm_loss is not None:
+        if out.lm_loss.logit_z_weight != loss_cfg.logit_z_weight:
+            raise ValueError(
+                f"the model's fused loss used logit_z_weight {out.lm_loss.logit_z_weight}, not {loss_cfg.logit_z_weight}"
+            )
+        ce, logit_z, lm_total = out.lm_loss.ce, out.lm_loss.logit_z, out.lm_loss.total
+    else:
+        ce, logit_z = cross_entropy_and_logit_z(out.logits, labels_BS)
+        lm_total = ce + loss_cfg.logit_z_weight * logit_z
+    total = lm_total + loss_cfg.lb_weight * out.lb_loss + loss_cfg.router_z_weight * out.router_z_loss
     return {"ce": ce, "lb": out.lb_loss, "router_z": out.router_z_loss, "logit_z": logit_z, "total": total}

@@ -23,7 +23,7 @@ class MoE(nn.Module):
         self.experts = Experts(num_experts, num_shared, d_model, hidden)
 
     def forward(
-        self, x_TD: torch.Tensor, segments: Segments | None = None, pool_seed: int | None = None
+        self, x_TD: torch.Tensor, segments: Segments | None = None, pool_seed: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, RouterOutput | None]:
         if self.router is None:
             return self.experts(x_TD), None

@@ -3,7 +3,9 @@
 Shapes: T tokens, E routed experts, G segments (documents; see `docs.Segments`).
 
 Per document: sum the unmasked routed softmax over its tokens, keep the top-d experts and mask
-the rest. Everything is vectorised over documents, with no Python loop and no device sync.
+the rest. Everything is vectorised over documents, with no Python loop and no device sync: the
+work is one pass over [T, E] for the sums and one to spread the per-document [G, E] pools back
+over the tokens, plus a sort of G rows of E.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import torch
 from emomoe import distributed
 
 
-def pool_drop_mask(
+def document_pools(
     probs_TE: torch.Tensor, seg_T: torch.Tensor, num_segments: int, pool_sizes_G: torch.Tensor
 ) -> torch.Tensor:
-    """Boolean [T, E]: expert e is OUTSIDE the pool of token t's document (ready for masked_fill).
+    """Boolean [G, E]: expert e is in the pool of segment g.
 
     A document's pool is the `pool_sizes_G[g]` experts with the largest summed probability over
     its tokens (ties go to the lower expert index); sizes >= E keep every expert.
@@ -31,16 +33,26 @@ def pool_drop_mask(
     )
     order_GE = sums_GE.argsort(dim=-1, descending=True, stable=True)
     rank_E = torch.arange(num_experts, device=probs_TE.device)
-    drop_sorted_GE = rank_E >= pool_sizes_G[:, None]
-    drop_GE = torch.empty_like(drop_sorted_GE).scatter_(1, order_GE, drop_sorted_GE)
-    return drop_GE.index_select(0, seg_T)
+    keep_sorted_GE = rank_E < pool_sizes_G[:, None]
+    return torch.empty_like(keep_sorted_GE).scatter_(1, order_GE, keep_sorted_GE)
+
+
+def pool_logit_bias(keep_GE: torch.Tensor, seg_T: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[T, E]: 0 where the expert is in the pool of the token's segment, -inf outside.
+
+    Adding it to the logits masks them: the addition passes gradients through untouched (they are
+    exactly zero outside the pool after the softmax), where masked_fill would zero them in another
+    pass; and gathering G rows of a bias is cheaper on the CPU than a masked_fill of [T, E].
+    """
+    bias_GE = torch.zeros(keep_GE.shape, dtype=dtype, device=keep_GE.device).masked_fill_(~keep_GE, float("-inf"))
+    return bias_GE.index_select(0, seg_T)
 
 
 class PoolSampler:
     """Deterministic pool-size draws: one seed per (forward, layer), from a base seed and a counter.
 
-    Resuming from `state_dict()` replays the same sizes. Layers receive a plain integer seed, not a
-    generator, so recomputing a layer's forward (activation checkpointing) draws the same sizes.
+    Resuming from `state_dict()` replays the same sizes. Layers receive a seed (see `seed_tensors`),
+    not a generator, so recomputing a layer's forward (activation checkpointing) draws the same sizes.
     The data-parallel rank is part of every seed, so ranks draw independent sizes for their
     different documents.
     """
@@ -66,14 +78,44 @@ class PoolSampler:
         self.num_forwards = int(state["num_forwards"])
 
 
-def draw_pool_sizes(
-    low: int, high: int, num_tokens: int, num_segments: int, seed: int | None, device: torch.device
-) -> torch.Tensor:
-    """Sizes ~ U{low..high} for segments 0..num_segments-1 (from torch's global RNG if seed is None).
+def seed_tensors(seeds: list[int], device: torch.device) -> list[torch.Tensor]:
+    """Per-layer seeds as 0-dim int64 tensors on `device`.
 
-    One value is drawn per token position (the most segments there can be), so segment g gets
-    the same size whether `num_segments` is exact or an upper bound.
+    A compiled block specialises on Python ints (a new seed every forward would recompile it)
+    but not on tensor values; the copy goes through pinned memory, so it does not wait for the GPU.
     """
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
-    sizes_T = torch.randint(low, high + 1, (num_tokens,), generator=generator)
-    return sizes_T[:num_segments].to(device, non_blocking=True)
+    seeds_L = torch.tensor(seeds, dtype=torch.int64)
+    if device.type != "cpu":
+        seeds_L = seeds_L.pin_memory().to(device, non_blocking=True)
+    return list(seeds_L.unbind())
+
+
+_M32 = 0xFFFFFFFF
+# Multipliers below 2**31 keep every product of a 32-bit value inside int64.
+_MIX = (0x61C88647, 0x7FEB352D, 0x2C1B3C6D)
+
+
+def _hash32(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash of (index, seed) in int64 tensor arithmetic, computed on their device."""
+    x = (index * _MIX[0] + (seed & _M32)) & _M32
+    x = x ^ ((seed >> 32) & _M32)
+    x = x ^ (x >> 16)
+    x = (x * _MIX[1]) & _M32
+    x = x ^ (x >> 15)
+    x = (x * _MIX[2]) & _M32
+    return x ^ (x >> 16)
+
+
+def draw_pool_sizes(
+    low: int, high: int, num_segments: int, seed: torch.Tensor | int | None, device: torch.device
+) -> torch.Tensor:
+    """Sizes ~ U{low..high} for segments 0..num_segments-1, drawn on `device` without a host sync.
+
+    With a seed, segment g's size is a hash of (g, seed): the same whether `num_segments` is exact
+    or an upper bound, and the same on every device. Without one, torch's RNG of the device draws.
+    """
+    if seed is None:
+        return torch.randint(low, high + 1, (num_segments,), device=device)
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
+    index_G = torch.arange(num_segments, dtype=torch.int64, device=device)
+    return low + _hash32(index_G, seed) % (high - low + 1)

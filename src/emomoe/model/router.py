@@ -17,7 +17,7 @@ from emomoe import distributed
 from emomoe.model.config import LBScope, RouterConfig, parse_pool
 from emomoe.model.docs import Segments
 from emomoe.model.losses import load_balancing_loss, router_z_loss
-from emomoe.model.pool import draw_pool_sizes, pool_drop_mask
+from emomoe.model.pool import document_pools, draw_pool_sizes, pool_logit_bias
 
 
 @dataclass
@@ -57,17 +57,22 @@ class Router(nn.Module):
         return self.train_pool if self.training else self.eval_pool
 
     def forward(
-        self, x_TD: torch.Tensor, segments: Segments | None = None, pool_seed: int | None = None
+        self, x_TD: torch.Tensor, segments: Segments | None = None, pool_seed: torch.Tensor | int | None = None
     ) -> RouterOutput:
-        """Route tokens. `segments` is needed when a pool is active; `pool_seed` fixes random sizes."""
+        """Route tokens. `segments` is needed when a pool is active; `pool_seed` (a 0-dim int64 tensor
+        or an int) fixes random pool sizes.
+
+        No op reads a value back to the host: on an accelerator this runs without a sync (given
+        `Segments` sized without one), and under torch.compile it is one graph.
+        """
         logits_TE = self.gate(x_TD)[:, : self.num_routed]
-        drop_TE = self._pool_drop(logits_TE, segments, pool_seed)
-        masked_TE = logits_TE if drop_TE is None else logits_TE.masked_fill(drop_TE, float("-inf"))
+        pool_bias_TE = self._pool_bias(logits_TE, segments, pool_seed)
+        masked_TE = logits_TE if pool_bias_TE is None else logits_TE + pool_bias_TE
         probs_TE = masked_TE.softmax(dim=-1)
         if self.bias_update_rate > 0:
             select_TE = probs_TE + self.score_bias_E
-            if drop_TE is not None:
-                select_TE = select_TE.masked_fill(drop_TE, float("-inf"))
+            if pool_bias_TE is not None:
+                select_TE = select_TE + pool_bias_TE
             experts_TK = select_TE.topk(self.top_k, dim=-1).indices
             weights_TK = probs_TE.gather(1, experts_TK)
         else:
@@ -82,20 +87,21 @@ class Router(nn.Module):
             z_loss=router_z_loss(masked_TE.logsumexp(dim=-1)),
         )
 
-    def _pool_drop(
-        self, logits_TE: torch.Tensor, segments: Segments | None, pool_seed: int | None
+    def _pool_bias(
+        self, logits_TE: torch.Tensor, segments: Segments | None, pool_seed: torch.Tensor | int | None
     ) -> torch.Tensor | None:
+        """0 / -inf per (token, expert) for the document pools, or None without a pool."""
         pool = self.pool
         if pool is None or pool[0] >= self.num_routed:
             return None
         if segments is None:
             raise ValueError("an EMO pool is active, so the router needs the document segments")
-        num_tokens = logits_TE.shape[0]
         if pool[0] == pool[1]:
             sizes_G = torch.full((segments.num_segments,), pool[0], device=logits_TE.device)
         else:
-            sizes_G = draw_pool_sizes(*pool, num_tokens, segments.num_segments, pool_seed, logits_TE.device)
-        return pool_drop_mask(logits_TE.detach().softmax(dim=-1), segments.seg_T, segments.num_segments, sizes_G)
+            sizes_G = draw_pool_sizes(*pool, segments.num_segments, pool_seed, logits_TE.device)
+        keep_GE = document_pools(logits_TE.detach().softmax(dim=-1), segments.seg_T, segments.num_segments, sizes_G)
+        return pool_logit_bias(keep_GE, segments.seg_T, logits_TE.dtype)
 
     def _lb_loss(self, probs_TE: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -106,7 +112,8 @@ class Router(nn.Module):
             )
             if self.bias_update_rate > 0 and self.training:
                 self.pending_counts_E += counts_E
-            num_tokens = torch.tensor(float(experts_TK.shape[0]), device=slots.device)
+            # A fill, not a copy from the host: no sync on an accelerator.
+            num_tokens = torch.full((), float(experts_TK.shape[0]), device=slots.device)
             # Only training forwards are in lockstep across ranks; eval passes may differ in count.
             if self.lb_scope == LBScope.GLOBAL and self.training and distributed.get_world_size() > 1:
                 totals = distributed.all_reduce_sum_(torch.cat([counts_E, num_tokens[None]]))

@@ -17,8 +17,9 @@ from emomoe.model.docs import Segments, doc_ids_from_eos
 from emomoe.model.experts import Experts
 from emomoe.model.init import init_weight_
 from emomoe.model.kv_cache import KVCache, LayerKV
+from emomoe.model.losses import LMHeadLoss, lm_head_loss
 from emomoe.model.moe import MoE
-from emomoe.model.pool import PoolSampler
+from emomoe.model.pool import PoolSampler, seed_tensors
 
 
 @dataclass
@@ -32,14 +33,16 @@ class LayerRouting:
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor
-    """[B, S, V] float32."""
+    logits: torch.Tensor | None
+    """[B, S, V] float32; None when the forward was given labels (see `lm_loss`)."""
     lb_loss: torch.Tensor
     """Load-balancing loss summed over MoE layers, unweighted."""
     router_z_loss: torch.Tensor
     """Router z-loss summed over MoE layers, unweighted."""
     routing: list[LayerRouting] | None = None
     """One entry per layer when asked for; layers without routed experts have empty [T, 0] tensors."""
+    lm_loss: LMHeadLoss | None = None
+    """With labels: CE and logit z-loss from the fused LM head, in place of the logits."""
 
 
 def document_inputs(
@@ -114,8 +117,11 @@ class EmoTransformer(nn.Module):
                 nn.init.ones_(module.weight)
 
     def forward(
-        self, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None = None, return_routing: bool = False
+        self, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None = None, return_routing: bool = False,
+        labels_BS: torch.Tensor | None = None,
     ) -> ModelOutput:
+        """Logits, or with `labels_BS` the LM loss terms straight from the hidden states (`lm_head_loss`:
+        faster, and no [B, S, V] tensor; not under autocast, where the logits path runs)."""
         B, S = input_ids_BS.shape
         if S > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {S} exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -133,8 +139,11 @@ class EmoTransformer(nn.Module):
             lb_loss = lb_loss + routed.lb_loss
             router_z_loss = router_z_loss + routed.z_loss
             routing.append(LayerRouting(routed.logits_TE, routed.experts_TK, routed.weights_TK))
-        logits_BSV = self.lm_head(self.norm(x_BSD))
-        return ModelOutput(logits_BSV, lb_loss, router_z_loss, routing if return_routing else None)
+        routing = routing if return_routing else None
+        if labels_BS is not None and not torch.is_autocast_enabled(x_BSD.device.type):
+            lm_loss = lm_head_loss(self.norm(x_BSD), self.lm_head.weight, labels_BS, self.cfg.loss.logit_z_weight)
+            return ModelOutput(None, lb_loss, router_z_loss, routing, lm_loss)
+        return ModelOutput(self.lm_head(self.norm(x_BSD)), lb_loss, router_z_loss, routing)
 
     def new_cache(self, batch_size: int, capacity: int) -> KVCache:
         """An empty KV cache for `batch_size` rows of up to `capacity` positions (padding included)."""
@@ -163,14 +172,15 @@ class EmoTransformer(nn.Module):
             x_BSD, _ = layer(x_BSD, cos_B1SDh, sin_B1SDh, mask_B1SC, None, None, kv)
         return self.lm_head(self.norm(x_BSD))
 
-    def _pool_seeds(self) -> list[int | None]:
-        """One seed per layer for random pool sizes; a training forward with a range pool uses up one
-        forward index of the sampler."""
+    def _pool_seeds(self) -> list[torch.Tensor | None]:
+        """One seed tensor per layer for random pool sizes; a training forward with a range pool uses
+        up one forward index of the sampler."""
         pool = self._train_pool
         if not (self.training and pool is not None and pool[0] != pool[1]):
             return [None] * len(self.layers)
         forward_index = self.pool_sampler.next_forward()
-        return [self.pool_sampler.layer_seed(forward_index, i) for i in range(len(self.layers))]
+        seeds = [self.pool_sampler.layer_seed(forward_index, i) for i in range(len(self.layers))]
+        return seed_tensors(seeds, self.embed.weight.device)
 
     def update_router_biases(self) -> None:
         """Apply the pending bias-balancing updates (call after each optimizer step; no-op when off)."""

@@ -93,7 +93,10 @@ class TrainConfig(Config):
     seed: int = 12536
     """Seed for weight initialisation and the model's pool sampler (the data order has its own seed)."""
     num_threads: int = 0
-    """CPU threads per process; 0 means the cores available divided by the local process count."""
+    """CPU threads per process. 0: in a single CPU process, one thread per core that other
+    processes leave free, re-decided every second as their load changes (with torchrun, the cores
+    divided by the local process count). Results depend on the thread count in their last bits,
+    so a run that must reproduce bit for bit on a machine shared with other jobs sets a number."""
     log_every: int = 10
     """Steps between routing-health measurements (every step gets the other metrics)."""
     eval_every: int = 0
@@ -104,9 +107,11 @@ class TrainConfig(Config):
     checkpoint_every: int = 0
     """Steps between checkpoints; 0 means only at the end (and on Ctrl-C)."""
     num_checkpoints_kept: int = 2
-    peak_flops: float = 100e9
-    """FLOP/s one process could reach, for the utilisation estimate. 100e9 is about what fp32
-    matmuls reach on 2 cores of this laptop's CPU; set your accelerator's dense peak on a GPU."""
+    peak_flops: float | None = 0.0
+    """Matmul FLOP/s one process can reach, the denominator of the `mfu` metric. 0 measures it once
+    at the start of the run (half a second of large matmuls in the training precision, all ranks
+    at once); a number skips the measurement (e.g. your accelerator's dense peak); null leaves
+    `mfu` out of the metrics."""
     tensorboard: bool = True
     """Also write TensorBoard event files under RUN_DIR/tensorboard (the `tensorboard` extra; without
     it the run warns once and writes metrics.jsonl only)."""
@@ -133,7 +138,9 @@ class TrainConfig(Config):
         problems += [f"{name}: expected >= 0, got {getattr(self, name)}"
                      for name in ("weight_decay", "grad_clip") if not getattr(self, name) >= 0]
         problems += [f"{name}: expected > 0, got {getattr(self, name)}"
-                     for name in ("eps", "peak_flops") if not getattr(self, name) > 0]
+                     for name in ("eps",) if not getattr(self, name) > 0]
+        if self.peak_flops is not None and not self.peak_flops >= 0:
+            problems.append(f"peak_flops: expected >= 0 (0 measures it) or null, got {self.peak_flops}")
         if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
             problems.append(f"decay_steps: expected more than warmup_steps ({self.warmup_steps}), got {self.decay_steps}")
         if problems:

@@ -18,7 +18,7 @@ from emomoe.errors import DataError, MissingDependency, optional_import, warn
 from emomoe.io import atomic_write_text, write_errors
 
 METRICS_FILE = "metrics.jsonl"
-TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s")
+TIMING_KEYS = ("tokens_per_s", "mfu", "elapsed_s", "threads")
 """Wall-clock fields: the only ones that legitimately differ between a resumed and an uninterrupted run."""
 
 

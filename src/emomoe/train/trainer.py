@@ -32,7 +32,7 @@ from emomoe.model.losses import IGNORE_INDEX, compute_loss
 from emomoe.train import parallel
 from emomoe.train.checkpointing import CheckpointManager, Restored
 from emomoe.train.config import Precision, RunConfig
-from emomoe.train.flops import mfu, train_flops_per_token
+from emomoe.train.flops import measure_peak_flops, mfu, train_flops_per_token
 from emomoe.train.init_from import check_architecture, load_initial_weights
 from emomoe.train.interrupt import StopRequest
 from emomoe.train.metrics import MetricsWriter
@@ -40,7 +40,7 @@ from emomoe.train.optim import build_optimizer
 from emomoe.train.rng import capture_rng_state, restore_rng_state, seed_everything
 from emomoe.train.routing_health import routing_health
 from emomoe.train.rundir import FINAL_DIR, check_run_dir, claim_run_dir, holds_run
-from emomoe.train.runtime import setup_runtime
+from emomoe.train.runtime import setup_runtime, thread_governor
 from emomoe.train.schedule import build_scheduler
 from emomoe.train.validation import Validator
 
@@ -67,7 +67,7 @@ class TrainResult:
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True) -> TrainResult:
     """Train `cfg` into `run_dir`. Launched by torchrun, every process calls this with the same arguments."""
     run_dir = Path(run_dir)
-    device = setup_runtime(cfg.train.num_threads)
+    device = setup_runtime(cfg.train.num_threads, retain_memory=True)
     store = TokenStore.open(cfg.data.store)
     cfg = fit_to_store(cfg, store)
     if distributed.is_main_process():
@@ -160,6 +160,8 @@ class Trainer:
         self.validator = Validator(store, cfg.data.seq_len, tc.eval_batch_size, tc.num_eval_windows)
         self.checkpoints = CheckpointManager(run_dir, tc.num_checkpoints_kept)
         self.flops_per_token = train_flops_per_token(cfg.model, cfg.data.seq_len)
+        self.peak_flops = self._peak_flops()
+        self.threads = thread_governor(tc.num_threads)
         self.step = 0
         self.tokens_seen = 0
         self.last_checkpoint: Path | None = None
@@ -210,6 +212,8 @@ class Trainer:
 
     def _train_step(self) -> dict[str, Any]:
         tc = self.cfg.train
+        if self.threads is not None:
+            self.threads.update()
         started = time.perf_counter()
         lr = self.scheduler.get_last_lr()[0]
         micro_batches = [next(self.loader) for _ in range(tc.num_micro_batches)]
@@ -223,7 +227,10 @@ class Trainer:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with parallel.gradient_sync(self.model, enabled=i == len(micro_batches) - 1):
                 with self._autocast():
-                    out = self.model(batch["input_ids_BS"], doc_ids_BS=batch["doc_ids_BS"], return_routing=want_routing and i == 0)
+                    out = self.model(
+                        batch["input_ids_BS"], doc_ids_BS=batch["doc_ids_BS"], return_routing=want_routing and i == 0,
+                        labels_BS=batch["labels_BS"],
+                    )
                 losses = compute_loss(out, batch["labels_BS"], self.cfg.model.loss)
                 weight = label_counts[i] / total_labels
                 (losses["total"] * weight).backward()
@@ -244,16 +251,32 @@ class Trainer:
         step_tokens = sum(b["input_ids_BS"].numel() for b in micro_batches) * self.world_size
         self.tokens_seen += step_tokens
         tokens_per_s = step_tokens / (time.perf_counter() - started)
-        return {
+        record = {
             "step": self.step,
             "tokens": self.tokens_seen,
             **values,
             "grad_norm": grad_norm,
             "lr": lr,
             "tokens_per_s": tokens_per_s,
-            "mfu": mfu(self.flops_per_token, tokens_per_s, self.cfg.train.peak_flops * self.world_size),
+            "threads": torch.get_num_threads(),
             **health,
         }
+        if self.peak_flops is not None:
+            record["mfu"] = mfu(self.flops_per_token, tokens_per_s, self.peak_flops)
+        return record
+
+    def _peak_flops(self) -> float | None:
+        """The whole run's matmul peak (all ranks), for MFU: as configured, or measured now."""
+        per_process = self.cfg.train.peak_flops
+        if per_process is None:
+            return None
+        if per_process > 0:
+            return per_process * self.world_size
+        dtype = torch.bfloat16 if self.cfg.train.precision is Precision.BF16 else torch.float32
+        # Ranks measure at the same moment, so processes sharing a machine add up to its peak.
+        distributed.barrier()
+        measured = torch.tensor([measure_peak_flops(device=self.device, dtype=dtype)], device=self.device)
+        return float(distributed.all_reduce_sum_(measured)[0])
 
     def _validate(self) -> dict[str, float]:
         model = parallel.unwrap(self.model)
