@@ -76,7 +76,7 @@ def s(path: Path) -> str:
 ERRORS = {
     "train-missing-config": (
         lambda e, t: ["train", "--config", s(t / "nope.yaml"), "--out", s(t / "r")],
-        r"nope\.yaml: config file not found \(shipped configs, usable by name: demo-emo, ",
+        r"nope\.yaml: config file not found \(shipped configs, usable by name: demo-anneal, demo-emo, ",
     ),
     "train-unknown-key": (
         lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "train.max_stepz=3"],
