@@ -60,9 +60,13 @@ def test_sigterm_writes_a_checkpoint_like_ctrl_c(run_config, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_during_start_up_is_one_line(run_config, tmp_path):
     config = tmp_path / "run.yaml"
-    run_config().to_yaml(config)
+    # A run too long to finish: on a fast machine start-up may be over before the signal comes, and
+    # a stop requested in a run's last step rightly ends it normally.
+    run_config("train.max_steps=100000", "train.eval_every=0").to_yaml(config)
     process = start_training(config, tmp_path / "run")
     time.sleep(0.3)  # still importing torch
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130 and err in ("emomoe: interrupted\n", "emomoe train: interrupted\n"), err
+    assert process.returncode == 130 and "Traceback" not in err, err
+    early = err in ("emomoe: interrupted\n", "emomoe train: interrupted\n")
+    assert early or re.search(r"stopped at step \d+; checkpoint \S+; continue with --resume", err), err
