@@ -32,7 +32,12 @@ def test_previous_handlers_are_restored():
 def start_training(config, run_dir, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "emomoe", "train", "--config", str(config), "--out", str(run_dir), "--no-progress"]
-    return subprocess.Popen([*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # As from a terminal: a shell starts background jobs (CI runners may be one) with SIGINT
+    # ignored, and a child inherits that, so Ctrl-C would never reach the start-up code.
+    return subprocess.Popen(
+        [*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for_steps(run_dir, num_steps, process, timeout=120):
