@@ -5,22 +5,16 @@ import json
 import pytest
 import yaml
 
-from emomoe import demo
 from emomoe.analyze.tables import summary_table
 from emomoe.cli import main
-from tests.cli.test_train_cli import TOPICS, documents
+from tests.cli.test_train_cli import SMALL_DEMO, TOPICS, small_demo_inputs
 
 
 @pytest.mark.slow
 def test_anneal_starts_from_the_standard_model_and_joins_the_comparison(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "embedded_corpus", lambda: iter(documents()))
-    monkeypatch.setattr(demo, "BENCHMARK_TASK", {"num_items": 4, "context_tokens": 16, "continuation_tokens": 4})
-    small = [
-        "--set", "train.max_steps=2", "--set", "data.seq_len=32", "--set", "data.batch_size=2",
-        "--set", "train.num_threads=1", "--set", "train.tensorboard=false", "--set", "train.eval_every=0",
-    ]
+    small_demo_inputs(monkeypatch)
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--no-progress", "--anneal", *small]) == 0
+    assert main(["demo", "--out", str(out), "--no-progress", "--anneal", *SMALL_DEMO]) == 0
     anneal_cfg = yaml.safe_load((out / "anneal" / "config.yaml").read_text())
     assert anneal_cfg["train"]["init_from"] == str(out / "std" / "final")
     emo_cfg = yaml.safe_load((out / "emo" / "config.yaml").read_text())

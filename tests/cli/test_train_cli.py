@@ -91,15 +91,23 @@ def test_resume_needs_a_config_or_a_run(tmp_path, capsys):
     assert "--config is required" in capsys.readouterr().err
 
 
-def test_demo_trains_both_models_compares_and_reuses(tmp_path, monkeypatch, capsys):
+SMALL_DEMO = [
+    "--set", "train.max_steps=2", "--set", "data.seq_len=32", "--set", "data.batch_size=2",
+    "--set", "train.num_threads=1", "--set", "train.tensorboard=false", "--set", "train.eval_every=0",
+]
+"""Overrides that make the demo a seconds-long run."""
+
+
+def small_demo_inputs(monkeypatch) -> None:
+    """The demo on the test topics' documents with a few short benchmark items."""
     monkeypatch.setattr(demo, "embedded_corpus", lambda: iter(documents()))
     monkeypatch.setattr(demo, "BENCHMARK_TASK", {"num_items": 4, "context_tokens": 16, "continuation_tokens": 4})
-    small = [
-        "--set", "train.max_steps=2", "--set", "data.seq_len=32", "--set", "data.batch_size=2",
-        "--set", "train.num_threads=1", "--set", "train.tensorboard=false", "--set", "train.eval_every=0",
-    ]
+
+
+def test_demo_trains_both_models_compares_and_reuses(tmp_path, monkeypatch, capsys):
+    small_demo_inputs(monkeypatch)
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--no-progress", *small]) == 0
+    assert main(["demo", "--out", str(out), "--no-progress", *SMALL_DEMO]) == 0
     table = capsys.readouterr().out
     for topic in TOPICS:
         assert topic in table
@@ -125,9 +133,9 @@ def test_demo_trains_both_models_compares_and_reuses(tmp_path, monkeypatch, caps
 
     # A second run reuses the store and both finished runs.
     store_stamp = (out / "store" / "metadata.json").stat().st_mtime_ns
-    assert main(["demo", "--out", str(out), "--no-progress", *small]) == 0
+    assert main(["demo", "--out", str(out), "--no-progress", *SMALL_DEMO]) == 0
     assert (out / "store" / "metadata.json").stat().st_mtime_ns == store_stamp
     assert len(read_metrics(out / "emo" / "metrics.jsonl")) == 2
 
-    assert main(["demo", "--out", str(out), "--no-progress", *small, "--set", "train.lr=1e-3"]) == 2
+    assert main(["demo", "--out", str(out), "--no-progress", *SMALL_DEMO, "--set", "train.lr=1e-3"]) == 2
     assert "--force" in capsys.readouterr().err
