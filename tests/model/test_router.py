@@ -162,6 +162,17 @@ def test_bias_balancing_moves_selection_toward_underused_experts():
     assert torch.allclose(second.weights_TK, probs_TE.gather(1, second.experts_TK))
 
 
+def test_skipping_the_losses_keeps_the_routing_and_the_bias_counts():
+    x_TD = torch.randn(40, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    routers = [_make_router(9, 1, 3, seed=0, bias_update_rate=0.1) for _ in range(2)]
+    full, skipped = routers[0](x_TD), routers[1](x_TD, aux_losses=False)
+    assert skipped.lb_loss is None and skipped.z_loss is None and full.lb_loss is not None
+    assert torch.equal(full.experts_TK, skipped.experts_TK) and torch.equal(full.weights_TK, skipped.weights_TK)
+    expected_E = torch.bincount(full.experts_TK.flatten(), minlength=9).float()
+    assert torch.equal(routers[0].pending_counts_E, expected_E)
+    assert torch.equal(routers[1].pending_counts_E, expected_E)
+
+
 def test_biased_selection_stays_inside_the_pool():
     router = _make_router(8, 1, 2, 0, eval_pool="2", bias_update_rate=1.0)
     router.eval()

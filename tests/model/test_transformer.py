@@ -1,3 +1,4 @@
+import collections
 import functools
 
 import pytest
@@ -111,6 +112,46 @@ def test_without_document_masking_attention_crosses_documents():
     first[0, -1] = EOS
     packed = model(torch.cat([first, second], dim=1)).logits
     assert not torch.allclose(packed[:, 9:], model(second).logits, atol=1e-3)
+
+
+def _aten_calls(fn) -> collections.Counter:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return collections.Counter({event.key: event.count for event in prof.key_averages()})
+
+
+def test_an_eval_forward_without_autograd_skips_the_router_losses_and_their_kernels():
+    model, cfg = _model()
+    model.eval()
+    ids, outs = _ids(), {}
+    with torch.inference_mode():
+        calls = {
+            aux: _aten_calls(lambda aux=aux: outs.__setitem__(aux, model(ids, return_routing=True, aux_losses=aux)))
+            for aux in (None, True)
+        }
+        cache = model.new_cache(2, 30)
+        decode_calls = _aten_calls(lambda: [model.decode(ids, cache), model.decode(ids[:, :1], cache)])
+    skipped, full = outs[None], outs[True]
+    assert skipped.lb_loss is None and skipped.router_z_loss is None
+    assert full.lb_loss > 0 and full.router_z_loss > 0
+    assert torch.equal(skipped.logits, full.logits)
+    for a, b in zip(skipped.routing, full.routing):
+        assert torch.equal(a.experts_TK, b.experts_TK) and torch.equal(a.weights_TK, b.weights_TK)
+    # The z-loss's logsumexp and the LB's expert counts run once per MoE layer, and only when asked for.
+    assert calls[True]["aten::logsumexp"] >= cfg.num_layers and calls[None]["aten::logsumexp"] == 0
+    assert calls[True]["aten::scatter_add_"] - calls[None]["aten::scatter_add_"] == cfg.num_layers
+    assert decode_calls["aten::logsumexp"] == 0 and decode_calls["aten::mm"] > 0
+    with pytest.raises(ValueError, match="skipped the router losses"):
+        compute_loss(skipped, ids, cfg.loss)
+
+
+def test_router_losses_are_computed_in_training_mode_or_with_autograd():
+    model, _ = _model()
+    with torch.no_grad():
+        assert model(_ids()).lb_loss is not None  # training mode, e.g. a loss probe
+    model.eval()
+    out = model(_ids())
+    assert out.lb_loss is not None and out.lb_loss.requires_grad
 
 
 def test_layers_without_routed_experts_are_dense_and_report_empty_routing():

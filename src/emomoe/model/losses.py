@@ -140,6 +140,13 @@ def lm_head_loss(hidden_BSD: torch.Tensor, weight_VD: torch.Tensor, labels_BS: t
     return LMHeadLoss(total, ce.detach(), logit_z.detach(), logit_z_weight)
 
 
+def router_losses(out: ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed router LB and z-losses of a forward, which must have computed them."""
+    if out.lb_loss is None or out.router_z_loss is None:
+        raise ValueError("the forward skipped the router losses (eval mode without autograd); pass aux_losses=True")
+    return out.lb_loss, out.router_z_loss
+
+
 def compute_loss(out: ModelOutput, labels_BS: torch.Tensor, loss_cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Total = CE + w_z * logit z + w_lb * LB + w_rz * router z (router terms summed over layers).
 
@@ -155,5 +162,6 @@ def compute_loss(out: ModelOutput, labels_BS: torch.Tensor, loss_cfg: LossConfig
     else:
         ce, logit_z = cross_entropy_and_logit_z(out.logits, labels_BS)
         lm_total = ce + loss_cfg.logit_z_weight * logit_z
-    total = lm_total + loss_cfg.lb_weight * out.lb_loss + loss_cfg.router_z_weight * out.router_z_loss
-    return {"ce": ce, "lb": out.lb_loss, "router_z": out.router_z_loss, "logit_z": logit_z, "total": total}
+    lb, router_z = router_losses(out)
+    total = lm_total + loss_cfg.lb_weight * lb + loss_cfg.router_z_weight * router_z
+    return {"ce": ce, "lb": lb, "router_z": router_z, "logit_z": logit_z, "total": total}

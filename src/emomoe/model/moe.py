@@ -23,9 +23,13 @@ class MoE(nn.Module):
         self.experts = Experts(num_experts, num_shared, d_model, hidden)
 
     def forward(
-        self, x_TD: torch.Tensor, segments: Segments | None = None, pool_seed: torch.Tensor | None = None
+        self,
+        x_TD: torch.Tensor,
+        segments: Segments | None = None,
+        pool_seed: torch.Tensor | None = None,
+        aux_losses: bool = True,
     ) -> tuple[torch.Tensor, RouterOutput | None]:
         if self.router is None:
             return self.experts(x_TD), None
-        routed = self.router(x_TD, segments, pool_seed)
+        routed = self.router(x_TD, segments, pool_seed, aux_losses)
         return self.experts(x_TD, routed.experts_TK, routed.weights_TK), routed

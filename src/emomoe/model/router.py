@@ -26,8 +26,9 @@ class RouterOutput:
     """Routed logits before any pool mask."""
     experts_TK: torch.Tensor
     weights_TK: torch.Tensor
-    lb_loss: torch.Tensor
-    z_loss: torch.Tensor
+    lb_loss: torch.Tensor | None
+    """None when the forward was asked to skip the auxiliary losses."""
+    z_loss: torch.Tensor | None
 
 
 class Router(nn.Module):
@@ -57,10 +58,15 @@ class Router(nn.Module):
         return self.train_pool if self.training else self.eval_pool
 
     def forward(
-        self, x_TD: torch.Tensor, segments: Segments | None = None, pool_seed: torch.Tensor | int | None = None
+        self,
+        x_TD: torch.Tensor,
+        segments: Segments | None = None,
+        pool_seed: torch.Tensor | int | None = None,
+        aux_losses: bool = True,
     ) -> RouterOutput:
         """Route tokens. `segments` is needed when a pool is active; `pool_seed` (a 0-dim int64 tensor
-        or an int) fixes random pool sizes.
+        or an int) fixes random pool sizes; `aux_losses=False` skips the LB and z-losses (inference
+        has no use for them; the bias-balancing counts of a training forward are still taken).
 
         No op reads a value back to the host: on an accelerator this runs without a sync (given
         `Segments` sized without one), and under torch.compile it is one graph.
@@ -79,13 +85,13 @@ class Router(nn.Module):
             weights_TK, experts_TK = probs_TE.topk(self.top_k, dim=-1)
         if self.renormalize:
             weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
-        return RouterOutput(
-            logits_TE=logits_TE,
-            experts_TK=experts_TK,
-            weights_TK=weights_TK,
-            lb_loss=self._lb_loss(probs_TE, experts_TK),
-            z_loss=router_z_loss(masked_TE.logsumexp(dim=-1)),
-        )
+        out = RouterOutput(logits_TE, experts_TK, weights_TK, lb_loss=None, z_loss=None)
+        if aux_losses:
+            out.lb_loss = self._lb_loss(probs_TE, experts_TK)
+            out.z_loss = router_z_loss(masked_TE.logsumexp(dim=-1))
+        elif self.bias_update_rate > 0 and self.training:
+            self._count_experts(experts_TK)
+        return out
 
     def _pool_bias(
         self, logits_TE: torch.Tensor, segments: Segments | None, pool_seed: torch.Tensor | int | None
@@ -103,17 +109,23 @@ class Router(nn.Module):
         keep_GE = document_pools(logits_TE.detach().softmax(dim=-1), segments.seg_T, segments.num_segments, sizes_G)
         return pool_logit_bias(keep_GE, segments.seg_T, logits_TE.dtype)
 
+    @torch.no_grad()
+    def _count_experts(self, experts_TK: torch.Tensor) -> torch.Tensor:
+        """Routed slots per expert [E]; a training forward adds them to the pending bias counts."""
+        slots = experts_TK.flatten()
+        # scatter_add_: sync-free like bincount is not on GPU, and ~10x faster than index_add_ on CPU.
+        counts_E = torch.zeros(self.num_routed, device=slots.device).scatter_add_(
+            0, slots, torch.ones_like(slots, dtype=torch.float32)
+        )
+        if self.bias_update_rate > 0 and self.training:
+            self.pending_counts_E += counts_E
+        return counts_E
+
     def _lb_loss(self, probs_TE: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:
+        counts_E = self._count_experts(experts_TK)
         with torch.no_grad():
-            slots = experts_TK.flatten()
-            # scatter_add_: sync-free like bincount is not on GPU, and ~10x faster than index_add_ on CPU.
-            counts_E = torch.zeros(self.num_routed, device=slots.device).scatter_add_(
-                0, slots, torch.ones_like(slots, dtype=torch.float32)
-            )
-            if self.bias_update_rate > 0 and self.training:
-                self.pending_counts_E += counts_E
             # A fill, not a copy from the host: no sync on an accelerator.
-            num_tokens = torch.full((), float(experts_TK.shape[0]), device=slots.device)
+            num_tokens = torch.full((), float(experts_TK.shape[0]), device=counts_E.device)
             # Only training forwards are in lockstep across ranks; eval passes may differ in count.
             if self.lb_scope == LBScope.GLOBAL and self.training and distributed.get_world_size() > 1:
                 totals = distributed.all_reduce_sum_(torch.cat([counts_E, num_tokens[None]]))

@@ -35,10 +35,11 @@ class LayerRouting:
 class ModelOutput:
     logits: torch.Tensor | None
     """[B, S, V] float32; None when the forward was given labels (see `lm_loss`)."""
-    lb_loss: torch.Tensor
-    """Load-balancing loss summed over MoE layers, unweighted."""
-    router_z_loss: torch.Tensor
-    """Router z-loss summed over MoE layers, unweighted."""
+    lb_loss: torch.Tensor | None
+    """Load-balancing loss summed over MoE layers, unweighted; None when the forward skipped the
+    router losses (see `EmoTransformer.forward`'s `aux_losses`)."""
+    router_z_loss: torch.Tensor | None
+    """Router z-loss summed over MoE layers, unweighted; None with `lb_loss`."""
     routing: list[LayerRouting] | None = None
     """One entry per layer when asked for; layers without routed experts have empty [T, 0] tensors."""
     lm_loss: LMHeadLoss | None = None
@@ -71,9 +72,11 @@ class Block(nn.Module):
             cfg.d_model, cfg.moe.expert_hidden_size, cfg.moe.experts_in_layer(layer), cfg.moe.top_k, cfg.moe.router
         )
 
-    def forward(self, x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_seed, kv: LayerKV | None = None):
+    def forward(
+        self, x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_seed, kv: LayerKV | None = None, aux_losses: bool = True
+    ):
         x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), cos_SDh, sin_SDh, mask_B1SS, kv)
-        y_TD, routed = self.moe(self.moe_norm(x_BSD).flatten(0, 1), segments, pool_seed)
+        y_TD, routed = self.moe(self.moe_norm(x_BSD).flatten(0, 1), segments, pool_seed, aux_losses)
         return x_BSD + y_TD.view_as(x_BSD), routed
 
 
@@ -118,26 +121,34 @@ class EmoTransformer(nn.Module):
 
     def forward(
         self, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None = None, return_routing: bool = False,
-        labels_BS: torch.Tensor | None = None,
+        labels_BS: torch.Tensor | None = None, aux_losses: bool | None = None,
     ) -> ModelOutput:
         """Logits, or with `labels_BS` the LM loss terms straight from the hidden states (`lm_head_loss`:
-        faster, and no [B, S, V] tensor; not under autocast, where the logits path runs)."""
+        faster, and no [B, S, V] tensor; not under autocast, where the logits path runs).
+
+        `aux_losses`: compute the routers' LB and z-losses. None (the default) computes them where
+        they can be used: in training mode, or with autograd on. An eval-mode forward under
+        `torch.no_grad`/`inference_mode` (evaluation, generation) skips them, and their work.
+        """
         B, S = input_ids_BS.shape
         if S > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {S} exceeds max_seq_len {self.cfg.max_seq_len}")
         segments, mask_B1SS = document_inputs(self.cfg, input_ids_BS, doc_ids_BS)
         x_BSD = self.embed(input_ids_BS)
         cos_SDh, sin_SDh = self.rope_cos[:S], self.rope_sin[:S]
-        lb_loss = router_z_loss = x_BSD.new_zeros(())
+        if aux_losses is None:
+            aux_losses = self.training or torch.is_grad_enabled()
+        lb_loss = router_z_loss = x_BSD.new_zeros(()) if aux_losses else None
         routing = []
         for layer, pool_seed in zip(self.layers, self._pool_seeds()):
-            x_BSD, routed = layer(x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_seed)
+            x_BSD, routed = layer(x_BSD, cos_SDh, sin_SDh, mask_B1SS, segments, pool_seed, aux_losses=aux_losses)
             if routed is None:
                 empty_T0 = x_BSD.new_zeros(B * S, 0)
                 routing.append(LayerRouting(empty_T0, empty_T0.long(), empty_T0))
                 continue
-            lb_loss = lb_loss + routed.lb_loss
-            router_z_loss = router_z_loss + routed.z_loss
+            if aux_losses:
+                lb_loss = lb_loss + routed.lb_loss
+                router_z_loss = router_z_loss + routed.z_loss
             routing.append(LayerRouting(routed.logits_TE, routed.experts_TK, routed.weights_TK))
         routing = routing if return_routing else None
         if labels_BS is not None and not torch.is_autocast_enabled(x_BSD.device.type):
@@ -169,7 +180,7 @@ class EmoTransformer(nn.Module):
         cos_B1SDh, sin_B1SDh = self.rope_cos[positions_BS][:, None], self.rope_sin[positions_BS][:, None]
         x_BSD = self.embed(input_ids_BS)
         for layer, kv in zip(self.layers, cache.layers):
-            x_BSD, _ = layer(x_BSD, cos_B1SDh, sin_B1SDh, mask_B1SC, None, None, kv)
+            x_BSD, _ = layer(x_BSD, cos_B1SDh, sin_B1SDh, mask_B1SC, None, None, kv, aux_losses=False)
         return self.lm_head(self.norm(x_BSD))
 
     def _pool_seeds(self) -> list[torch.Tensor | None]:

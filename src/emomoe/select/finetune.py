@@ -37,7 +37,7 @@ from emomoe.data.tokenizer import load_tokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.loss import loss_by_domain
 from emomoe.io import atomic_write_text, refuse_existing
-from emomoe.model.losses import IGNORE_INDEX, cross_entropy_and_logit_z, load_balancing_loss
+from emomoe.model.losses import IGNORE_INDEX, cross_entropy_and_logit_z, load_balancing_loss, router_losses
 from emomoe.model.transformer import ModelOutput
 from emomoe.select.subset import SELECTION_FILE, read_selection, save_subset
 from emomoe.train.checkpointing import CheckpointManager
@@ -83,7 +83,7 @@ def finetune_loss(out: ModelOutput, labels_BS: torch.Tensor, weights: FinetuneLo
         )
         lb = lb + load_balancing_loss(probs_TE, counts_E, max(int(valid_T.sum()), 1), experts.shape[1])
     num_layers = max(len(layers), 1)
-    lb, router_z = lb / num_layers, out.router_z_loss / num_layers
+    lb, router_z = lb / num_layers, router_losses(out)[1] / num_layers
     total = ce + weights.lb_weight * lb + weights.router_z_weight * router_z + weights.logit_z_weight * logit_z
     return {"ce": ce, "lb": lb, "router_z": router_z, "logit_z": logit_z, "total": total}
 
