@@ -6,9 +6,11 @@ Shapes: B rows, S sequence, T = B*S tokens, E routed experts, K experts per toke
     python bench/router.py [--quick]
 
 Two pool measurements per documents-per-row count, each as a speedup over the loop:
-- `mask`: logits -> pool-masked logits (unmasked softmax, per-document sums, ranking, masking);
-- `route`: the router's whole pool path, mask + softmax over the pool + top-7, which the official
-  code runs after its loop (so the common tail dilutes the speedup).
+- `mask`: logits -> each token's softmax over its document's pool (unmasked softmax, per-document
+  sums, ranking, then the softmax renormalised over the pool; the loop masks the logits to -inf
+  outside the pool and takes a second softmax, as the official code does);
+- `route`: the whole pool path, mask + top-7, which the official code runs after its loop (so the
+  common top-k dilutes the speedup).
 Timings are the best of interleaved repetitions (the variants alternate; see bench/timing).
 """
 
@@ -22,7 +24,7 @@ import torch
 from emomoe import ModelConfig, build_model
 from emomoe.model.docs import Segments
 from emomoe.model.losses import compute_loss
-from emomoe.model.pool import document_pools, draw_pool_sizes, pool_logit_bias
+from emomoe.model.pool import document_pools, draw_pool_sizes, pool_softmax
 from emomoe.train.runtime import retain_freed_memory
 
 from timing import interleaved_best
@@ -40,14 +42,17 @@ def random_doc_ids(num_rows: int, seq_len: int, num_docs: int, generator: torch.
 
 
 def vectorised_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, seed: int) -> torch.Tensor:
+    """The router's pool path: pool-restricted probabilities [T, E]."""
     segments = Segments.from_doc_ids(doc_ids_BS)
     sizes_G = draw_pool_sizes(*POOL, segments.num_segments, seed, logits_TE.device)
-    keep_GE = document_pools(logits_TE.softmax(-1), segments.seg_T, segments.num_segments, sizes_G)
-    return logits_TE + pool_logit_bias(keep_GE, segments.seg_T)
+    probs_TE = logits_TE.softmax(-1)
+    keep_GE = document_pools(probs_TE, segments.seg_T, segments.num_segments, sizes_G)
+    return pool_softmax(logits_TE, probs_TE, keep_GE.index_select(0, segments.seg_T))
 
 
 def looped_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The official design: boundaries to the host, then one iteration per document."""
+    """The official design: boundaries to the host, one iteration per document, then the softmax
+    of the masked logits: pool-restricted probabilities [T, E]."""
     B, S = doc_ids_BS.shape
     logits_BSE = logits_TE.view(B, S, -1)
     drop_BSE = torch.zeros_like(logits_BSE, dtype=torch.bool)
@@ -60,12 +65,12 @@ def looped_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, generator: to
             num_drop = logits_BSE.shape[-1] - d
             if num_drop > 0:
                 drop_BSE[b, start:end, (-score_E).topk(num_drop).indices] = True
-    return logits_BSE.masked_fill(drop_BSE, float("-inf")).view_as(logits_TE)
+    return logits_BSE.masked_fill(drop_BSE, float("-inf")).view_as(logits_TE).softmax(dim=-1)
 
 
-def route(masked_TE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tail both designs share: softmax over the pool, top-k."""
-    return masked_TE.softmax(dim=-1).topk(TOP_K, dim=-1)
+def route(probs_TE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tail both designs share: top-k."""
+    return probs_TE.topk(TOP_K, dim=-1)
 
 
 def bench_pool(num_rows: int, reps: int) -> dict:

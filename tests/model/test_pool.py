@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emomoe.model.pool import PoolSampler, document_pools, draw_pool_sizes, pool_logit_bias, seed_tensors
+from emomoe.model.pool import PoolSampler, document_pools, draw_pool_sizes, pool_softmax, seed_tensors
 
 
 @st.composite
@@ -34,10 +34,37 @@ def test_pools_equal_a_per_document_loop(batch):
     probs_TE = torch.randn(sum(lengths), num_experts, generator=g, dtype=torch.float64).softmax(-1)
     seg_T = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
     keep_GE = document_pools(probs_TE, seg_T, len(lengths), torch.tensor(sizes))
-    keep_TE = pool_logit_bias(keep_GE, seg_T) == 0
+    keep_TE = keep_GE[seg_T]
     assert keep_TE.tolist() == _loop_keep(probs_TE, lengths, sizes)
-    assert torch.isneginf(pool_logit_bias(keep_GE, seg_T)[~keep_TE]).all()
     assert keep_TE.sum(-1).tolist() == [min(d, num_experts) for d, n in zip(sizes, lengths) for _ in range(n)]
+
+
+def test_ties_go_to_the_lower_expert_index():
+    probs_TE = torch.tensor([[0.1, 0.3, 0.3, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    keep_GE = document_pools(probs_TE, torch.tensor([0, 1]), 2, torch.tensor([2, 3]))
+    assert keep_GE.tolist() == [[False, True, True, False], [True, True, True, False]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(pooled_batches())
+def test_pool_softmax_and_its_gradient_equal_the_softmax_of_masked_logits(batch):
+    num_experts, lengths, sizes, seed = batch
+    g = torch.Generator().manual_seed(seed)
+    logits_TE = (3 * torch.randn(sum(lengths), num_experts, generator=g, dtype=torch.float64)).requires_grad_()
+    upstream_TE = torch.randn(logits_TE.shape, generator=g, dtype=torch.float64)
+    seg_T = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    keep_TE = document_pools(logits_TE.softmax(-1), seg_T, len(lengths), torch.tensor(sizes))[seg_T]
+    pooled_TE = pool_softmax(logits_TE, logits_TE.softmax(-1), keep_TE)
+    (grad,) = torch.autograd.grad((pooled_TE * upstream_TE).sum(), logits_TE)
+    # Reference: every token on its own, its pool's logits only, softmax, gradient by autograd.
+    for t in range(len(seg_T)):
+        inside = keep_TE[t].nonzero().flatten()
+        row = logits_TE[t, inside].detach().requires_grad_()
+        probs = row.softmax(-1)
+        (row_grad,) = torch.autograd.grad((probs * upstream_TE[t, inside]).sum(), row)
+        assert torch.allclose(pooled_TE[t, inside], probs, rtol=0, atol=1e-12)
+        assert not pooled_TE[t][~keep_TE[t]].any() and not grad[t][~keep_TE[t]].any()
+        assert torch.allclose(grad[t, inside], row_grad, rtol=0, atol=1e-6)
 
 
 def test_pools_are_unchanged_by_an_oversized_segment_count():

@@ -4,8 +4,8 @@ Shapes: T tokens, E routed experts, G segments (documents; see `docs.Segments`).
 
 Per document: sum the unmasked routed softmax over its tokens, keep the top-d experts and mask
 the rest. Everything is vectorised over documents, with no Python loop and no device sync: the
-work is one pass over [T, E] for the sums and one to spread the per-document [G, E] pools back
-over the tokens, plus a sort of G rows of E.
+work is one pass over [T, E] for the sums, a sort of G rows of E, and the renormalisation of the
+same softmax over each token's pool (`pool_softmax`).
 """
 
 from __future__ import annotations
@@ -37,15 +37,31 @@ def document_pools(
     return torch.empty_like(keep_sorted_GE).scatter_(1, order_GE, keep_sorted_GE)
 
 
-def pool_logit_bias(keep_GE: torch.Tensor, seg_T: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[T, E]: 0 where the expert is in the pool of the token's segment, -inf outside.
+class _PoolSoftmax(torch.autograd.Function):
+    """The softmax of the pool-masked logits, computed from the unmasked softmax (see `pool_softmax`)."""
 
-    Adding it to the logits masks them: the addition passes gradients through untouched (they are
-    exactly zero outside the pool after the softmax), where masked_fill would zero them in another
-    pass; and gathering G rows of a bias is cheaper on the CPU than a masked_fill of [T, E].
+    @staticmethod
+    def forward(ctx, logits_TE: torch.Tensor, probs_TE: torch.Tensor, keep_TE: torch.Tensor) -> torch.Tensor:
+        pooled_TE = probs_TE * keep_TE
+        pooled_TE.div_(pooled_TE.sum(dim=-1, keepdim=True))
+        ctx.save_for_backward(pooled_TE)
+        return pooled_TE
+
+    @staticmethod
+    def backward(ctx, grad_TE: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (pooled_TE,) = ctx.saved_tensors
+        return torch._softmax_backward_data(grad_TE, pooled_TE, -1, pooled_TE.dtype), None, None
+
+
+def pool_softmax(logits_TE: torch.Tensor, probs_TE: torch.Tensor, keep_TE: torch.Tensor) -> torch.Tensor:
+    """softmax(logits masked to -inf outside the pool) [T, E], given probs_TE = softmax(logits_TE).
+
+    The unmasked probabilities restricted to the pool and renormalised are that softmax, so the
+    pool costs no second pass of exponentials and no [T, E] float mask: a product with the boolean
+    `keep_TE`, a row sum and a division. The gradient (to `logits_TE` only) is the masked
+    softmax's, exactly zero outside the pool.
     """
-    bias_GE = torch.zeros(keep_GE.shape, dtype=dtype, device=keep_GE.device).masked_fill_(~keep_GE, float("-inf"))
-    return bias_GE.index_select(0, seg_T)
+    return _PoolSoftmax.apply(logits_TE, probs_TE.detach(), keep_TE)
 
 
 class PoolSampler:

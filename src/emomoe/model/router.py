@@ -17,7 +17,7 @@ from emomoe import distributed
 from emomoe.model.config import LBScope, RouterConfig, parse_pool
 from emomoe.model.docs import Segments
 from emomoe.model.losses import load_balancing_loss, router_z_loss
-from emomoe.model.pool import document_pools, draw_pool_sizes, pool_logit_bias
+from emomoe.model.pool import document_pools, draw_pool_sizes, pool_softmax
 
 
 @dataclass
@@ -72,42 +72,49 @@ class Router(nn.Module):
         `Segments` sized without one), and under torch.compile it is one graph.
         """
         logits_TE = self.gate(x_TD)[:, : self.num_routed]
-        pool_bias_TE = self._pool_bias(logits_TE, segments, pool_seed)
-        masked_TE = logits_TE if pool_bias_TE is None else logits_TE + pool_bias_TE
-        probs_TE = masked_TE.softmax(dim=-1)
+        probs_TE = logits_TE.softmax(dim=-1)
+        keep_TE = self._pool_mask(probs_TE, segments, pool_seed)
+        if keep_TE is not None:
+            probs_TE = pool_softmax(logits_TE, probs_TE, keep_TE)
         if self.bias_update_rate > 0:
             select_TE = probs_TE + self.score_bias_E
-            if pool_bias_TE is not None:
-                select_TE = select_TE + pool_bias_TE
+            if keep_TE is not None:
+                select_TE = select_TE.masked_fill(~keep_TE, float("-inf"))
             experts_TK = select_TE.topk(self.top_k, dim=-1).indices
             weights_TK = probs_TE.gather(1, experts_TK)
+            top_p_T, top_e_T = probs_TE.max(dim=-1) if aux_losses else (None, None)
         else:
             weights_TK, experts_TK = probs_TE.topk(self.top_k, dim=-1)
-        if self.renormalize:
-            weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
+            top_p_T, top_e_T = weights_TK[:, 0], experts_TK[:, 0]
         out = RouterOutput(logits_TE, experts_TK, weights_TK, lb_loss=None, z_loss=None)
         if aux_losses:
             out.lb_loss = self._lb_loss(probs_TE, experts_TK)
-            out.z_loss = router_z_loss(masked_TE.logsumexp(dim=-1))
+            # log p_e = l_e - logsumexp(l) for any expert in the pool: the most probable one gives
+            # the masked logsumexp to float precision without another pass over [T, E].
+            lse_T = logits_TE.gather(1, top_e_T[:, None]).squeeze(1) - top_p_T.log()
+            out.z_loss = router_z_loss(lse_T)
         elif self.bias_update_rate > 0 and self.training:
             self._count_experts(experts_TK)
+        if self.renormalize:
+            out.weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
         return out
 
-    def _pool_bias(
-        self, logits_TE: torch.Tensor, segments: Segments | None, pool_seed: torch.Tensor | int | None
+    def _pool_mask(
+        self, probs_TE: torch.Tensor, segments: Segments | None, pool_seed: torch.Tensor | int | None
     ) -> torch.Tensor | None:
-        """0 / -inf per (token, expert) for the document pools, or None without a pool."""
+        """Boolean [T, E] from the unmasked probabilities: the expert is in the pool of the token's
+        document. None without a pool."""
         pool = self.pool
         if pool is None or pool[0] >= self.num_routed:
             return None
         if segments is None:
             raise ValueError("an EMO pool is active, so the router needs the document segments")
         if pool[0] == pool[1]:
-            sizes_G = torch.full((segments.num_segments,), pool[0], device=logits_TE.device)
+            sizes_G = torch.full((segments.num_segments,), pool[0], device=probs_TE.device)
         else:
-            sizes_G = draw_pool_sizes(*pool, segments.num_segments, pool_seed, logits_TE.device)
-        keep_GE = document_pools(logits_TE.detach().softmax(dim=-1), segments.seg_T, segments.num_segments, sizes_G)
-        return pool_logit_bias(keep_GE, segments.seg_T, logits_TE.dtype)
+            sizes_G = draw_pool_sizes(*pool, segments.num_segments, pool_seed, probs_TE.device)
+        keep_GE = document_pools(probs_TE, segments.seg_T, segments.num_segments, sizes_G)
+        return keep_GE.index_select(0, segments.seg_T)
 
     @torch.no_grad()
     def _count_experts(self, experts_TK: torch.Tensor) -> torch.Tensor:
