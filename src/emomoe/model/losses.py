@@ -104,22 +104,34 @@ class _FusedLMHeadLoss(torch.autograd.Function):
         targets_T1 = labels_T.clamp(min=0)[:, None]
         scale_T = valid_T.to(hidden_TD.dtype) / valid_T.sum().clamp(min=1)
         want_grad = any(ctx.needs_input_grad[:2])  # False under no_grad
-        nll_T, lse_T = hidden_TD.new_empty(len(labels_T)), hidden_TD.new_empty(len(labels_T))
+        num_tokens, vocab = len(labels_T), weight_VD.shape[0]
+        nll_T, lse_T = hidden_TD.new_empty(num_tokens), hidden_TD.new_empty(num_tokens)
         grad_hidden_TD = torch.empty_like(hidden_TD) if want_grad else None
-        grad_weight_VD = torch.zeros_like(weight_VD) if want_grad else None
-        chunk = max(_MIN_CHUNK, _CHUNK_BYTES // (weight_VD.shape[0] * weight_VD.element_size()))
-        for start in range(0, len(labels_T), chunk):
+        # Written by the first chunk's matmul (zeros only when there is none).
+        grad_weight_VD = (torch.empty_like if num_tokens else torch.zeros_like)(weight_VD) if want_grad else None
+        chunk = max(_MIN_CHUNK, _CHUNK_BYTES // (vocab * weight_VD.element_size()))
+        # One block for every chunk: a fresh [C, V] tensor per chunk costs page faults on the CPU.
+        block_CV = hidden_TD.new_empty(min(chunk, num_tokens), vocab)
+        for start in range(0, num_tokens, chunk):
             rows = slice(start, start + chunk)
-            logits_CV = hidden_TD[rows] @ weight_VD.T
-            lse_C = logits_CV.logsumexp(dim=-1)
-            nll_T[rows] = lse_C - logits_CV.gather(1, targets_T1[rows]).squeeze(1)
+            logits_CV = torch.mm(hidden_TD[rows], weight_VD.T, out=block_CV[: min(chunk, num_tokens - start)])
+            nll_T[rows] = -logits_CV.gather(1, targets_T1[rows]).squeeze(1)
+            # logsumexp by hand, in place: exp(logits - max) is also the unnormalised softmax.
+            max_C = logits_CV.amax(dim=-1)
+            exp_CV = logits_CV.sub_(max_C[:, None]).exp_()
+            sum_C = exp_CV.sum(dim=-1)
+            lse_C = max_C + sum_C.log()
+            nll_T[rows] += lse_C
             lse_T[rows] = lse_C
             if want_grad:
                 # d/dlogits of scale * (nll + w_z * lse^2) = scale * ((1 + 2 w_z lse) softmax - onehot)
-                grad_CV = logits_CV.sub_(lse_C[:, None]).exp_().mul_((scale_T[rows] * (1 + 2 * z_weight * lse_C))[:, None])
+                grad_CV = exp_CV.mul_((scale_T[rows] * (1 + 2 * z_weight * lse_C) / sum_C)[:, None])
                 grad_CV.scatter_add_(1, targets_T1[rows], -scale_T[rows, None])
                 torch.mm(grad_CV, weight_VD, out=grad_hidden_TD[rows])
-                grad_weight_VD.addmm_(grad_CV.T, hidden_TD[rows])
+                if start == 0:
+                    torch.mm(grad_CV.T, hidden_TD[rows], out=grad_weight_VD)
+                else:
+                    grad_weight_VD.addmm_(grad_CV.T, hidden_TD[rows])
         if want_grad:
             ctx.save_for_backward(grad_hidden_TD, grad_weight_VD)
         ce, logit_z = (nll_T * scale_T).sum(), (lse_T.square() * scale_T).sum()
