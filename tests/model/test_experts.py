@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 from emomoe.model.experts import HAS_GROUPED_MM, Experts, expert_matmul, grouped_matmul, looped_matmul
 
 
-def _make_experts(num_routed, num_shared, dtype=torch.float64):
+def _make_experts(num_routed, num_shared, dtype=torch.float64, hidden=4):
     torch.manual_seed(0)
-    experts = Experts(num_routed + num_shared, num_shared, d_model=8, hidden=4).to(dtype)
+    experts = Experts(num_routed + num_shared, num_shared, d_model=8, hidden=hidden).to(dtype)
     experts.reset_parameters(std=1.0)
     return experts
 
@@ -72,9 +72,10 @@ def test_expert_matmul_falls_back_to_the_loop_for_unsupported_dtypes_and_shapes(
         assert torch.allclose(expert_matmul(x_ND, w_EHD, counts_E), looped_matmul(x_ND, w_EHD, counts_E))
 
 
-@pytest.mark.parametrize("num_shared", [0, 1])
-def test_gradients_equal_those_of_a_per_token_loop(num_shared):
-    experts = _make_experts(5, num_shared)
+@pytest.mark.parametrize("hidden", [4, 12])  # the routing weight scales the narrower side: hidden, then d_model
+@pytest.mark.parametrize("num_shared", [0, 2])
+def test_gradients_equal_those_of_a_per_token_loop(num_shared, hidden):
+    experts = _make_experts(5, num_shared, hidden=hidden)
     g = torch.Generator().manual_seed(1)
     x_TD = torch.randn(7, 8, dtype=torch.float64, generator=g, requires_grad=True)
     experts_TK = torch.stack([torch.randperm(5, generator=g)[:3] for _ in range(7)])
