@@ -3,6 +3,22 @@ import torch
 from emomoe.model.attention import Attention, apply_rope, rope_tables
 
 
+def test_rope_turns_each_pair_of_halves_by_position_times_frequency_in_values_and_gradients():
+    S, Dh, theta = 9, 8, 500.0
+    cos, sin = rope_tables(S, Dh, theta)
+    x = torch.randn(2, 3, S, Dh, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 3, S, Dh, dtype=torch.float64)
+    # Reference: complex numbers x_j + i x_{j+Dh/2} times e^{i pos / theta^(2j/Dh)}.
+    angle = torch.arange(S, dtype=torch.float64)[:, None] / theta ** (torch.arange(0, Dh, 2, dtype=torch.float64) / Dh)
+    turned = torch.complex(x[..., : Dh // 2], x[..., Dh // 2 :]) * torch.polar(torch.ones_like(angle), angle)
+    expected = torch.cat([turned.real, turned.imag], dim=-1)
+    got = apply_rope(x, cos.double(), sin.double())
+    assert torch.allclose(got, expected, atol=1e-6)
+    (grad,) = torch.autograd.grad((got * upstream).sum(), x)
+    (ref_grad,) = torch.autograd.grad((expected * upstream).sum(), x)
+    assert torch.allclose(grad, ref_grad, atol=1e-6)
+
+
 def test_rope_scores_depend_only_on_relative_position():
     cos, sin = rope_tables(32, 8, theta=10000.0)
     q, k = torch.randn(8), torch.randn(8)
