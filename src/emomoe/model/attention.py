@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emomoe.model.kv_cache import LayerKV
+from emomoe.model.norm import RMSNorm
 
 
 def rope_tables(max_seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +62,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(num_heads * self.head_dim, d_model, bias=False)
         # Full-width norms over all heads, as in OLMoE (the HF `q_norm`/`k_norm` shapes).
-        self.q_norm = nn.RMSNorm(num_heads * self.head_dim, eps=norm_eps) if qk_norm else None
-        self.k_norm = nn.RMSNorm(num_kv_heads * self.head_dim, eps=norm_eps) if qk_norm else None
+        self.q_norm = RMSNorm(num_heads * self.head_dim, eps=norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(num_kv_heads * self.head_dim, eps=norm_eps) if qk_norm else None
 
     def forward(
         self,

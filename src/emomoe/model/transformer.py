@@ -19,6 +19,7 @@ from emomoe.model.init import init_weight_
 from emomoe.model.kv_cache import KVCache, LayerKV
 from emomoe.model.losses import LMHeadLoss, lm_head_loss
 from emomoe.model.moe import MoE
+from emomoe.model.norm import RMSNorm
 from emomoe.model.pool import PoolSampler, seed_tensors
 
 
@@ -65,9 +66,9 @@ def document_inputs(
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.qk_norm, cfg.norm_eps)
-        self.moe_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.moe_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.moe = MoE(
             cfg.d_model, cfg.moe.expert_hidden_size, cfg.moe.experts_in_layer(layer), cfg.moe.top_k, cfg.moe.router
         )
@@ -86,7 +87,7 @@ class EmoTransformer(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.pool_sampler = PoolSampler()
         self._train_pool = parse_pool(cfg.moe.router.pool, "pool")
