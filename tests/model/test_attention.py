@@ -14,6 +14,8 @@ def test_rope_turns_each_pair_of_halves_by_position_times_frequency_in_values_an
     expected = torch.cat([turned.real, turned.imag], dim=-1)
     got = apply_rope(x, cos.double(), sin.double())
     assert torch.allclose(got, expected, atol=1e-6)
+    with torch.no_grad():  # the path without an autograd node
+        assert torch.equal(apply_rope(x, cos.double(), sin.double()), got)
     (grad,) = torch.autograd.grad((got * upstream).sum(), x)
     (ref_grad,) = torch.autograd.grad((expected * upstream).sum(), x)
     assert torch.allclose(grad, ref_grad, atol=1e-6)

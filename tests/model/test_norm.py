@@ -19,6 +19,8 @@ def test_values_and_gradients_equal_the_formula(shape):
     ref = x64 / (x64.square().mean(-1, keepdim=True) + 1e-5).sqrt() * w64
     ref_grads = torch.autograd.grad((ref * upstream.double()).sum(), (x64, w64))
     assert out.shape == shape and torch.allclose(out.double(), ref, atol=1e-6)
+    with torch.no_grad():  # torch's forward, without an autograd node
+        assert torch.allclose(norm(x), out, atol=1e-6)
     for got, expected in zip(grads, ref_grads):
         assert torch.allclose(got.double(), expected, atol=1e-5)
 

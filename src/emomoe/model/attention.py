@@ -49,6 +49,8 @@ class _Rope(torch.autograd.Function):
 def apply_rope(x_BHSDh: torch.Tensor, cos_SDh: torch.Tensor, sin_SDh: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE: the pair (x_j, x_{j+Dh/2}) turns by the angle of its position and frequency.
     The tables carry no gradient."""
+    if not torch.is_grad_enabled():  # decoding: no autograd node to pay for
+        return _rotate(x_BHSDh, cos_SDh, sin_SDh, -1.0)
     return _Rope.apply(x_BHSDh, cos_SDh, sin_SDh)
 
 

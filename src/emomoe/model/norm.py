@@ -37,7 +37,9 @@ class _RMSNormFunction(torch.autograd.Function):
 class RMSNorm(nn.RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        if len(self.normalized_shape) != 1 or weight is None or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        # Without autograd torch's fused forward is all there is (and one op is cheapest when decoding).
+        plain = not torch.is_grad_enabled() or len(self.normalized_shape) != 1 or weight is None
+        if plain or x.dtype != torch.float32 or weight.dtype != torch.float32:
             return super().forward(x)
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
         return _RMSNormFunction.apply(x.reshape(-1, x.shape[-1]), weight, eps).view(x.shape)

@@ -82,22 +82,28 @@ class Router(nn.Module):
                 select_TE = select_TE.masked_fill(~keep_TE, float("-inf"))
             experts_TK = select_TE.topk(self.top_k, dim=-1).indices
             weights_TK = probs_TE.gather(1, experts_TK)
-            top_p_T, top_e_T = probs_TE.max(dim=-1) if aux_losses else (None, None)
         else:
             weights_TK, experts_TK = probs_TE.topk(self.top_k, dim=-1)
-            top_p_T, top_e_T = weights_TK[:, 0], experts_TK[:, 0]
         out = RouterOutput(logits_TE, experts_TK, weights_TK, lb_loss=None, z_loss=None)
         if aux_losses:
             out.lb_loss = self._lb_loss(probs_TE, experts_TK)
-            # log p_e = l_e - logsumexp(l) for any expert in the pool: the most probable one gives
-            # the masked logsumexp to float precision without another pass over [T, E].
-            lse_T = logits_TE.gather(1, top_e_T[:, None]).squeeze(1) - top_p_T.log()
-            out.z_loss = router_z_loss(lse_T)
+            out.z_loss = router_z_loss(self._masked_logsumexp(logits_TE, probs_TE, experts_TK, weights_TK))
         elif self.bias_update_rate > 0 and self.training:
             self._count_experts(experts_TK)
         if self.renormalize:
             out.weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
         return out
+
+    def _masked_logsumexp(
+        self, logits_TE: torch.Tensor, probs_TE: torch.Tensor, experts_TK: torch.Tensor, weights_TK: torch.Tensor
+    ) -> torch.Tensor:
+        """logsumexp over each token's pool, [T]: log p_e = l_e - logsumexp for any expert e in the
+        pool, and the most probable one gives it to float precision without another pass over [T, E]."""
+        if self.bias_update_rate > 0:  # the biased choice may pass over the most probable expert
+            top_p_T, top_e_T = probs_TE.max(dim=-1)
+        else:
+            top_p_T, top_e_T = weights_TK[:, 0], experts_TK[:, 0]
+        return logits_TE.gather(1, top_e_T[:, None]).squeeze(1) - top_p_T.log()
 
     def _pool_mask(
         self, probs_TE: torch.Tensor, segments: Segments | None, pool_seed: torch.Tensor | int | None
