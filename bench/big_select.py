@@ -41,6 +41,7 @@ from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import train_tokenizer
 from emomoe.hf.config_json import emo_config_json
 from emomoe.hf.layouts import EMO, tensor_keys
+from emomoe.io import write_checksums
 from emomoe.model import ModelConfig, build_model
 
 DOMAINS = ["alpha", "beta", "gamma", "delta"]
@@ -103,8 +104,9 @@ def synthetic_tensor(name: str, shape: tuple[int, ...], directions_GD: torch.Ten
 
 
 def write_checkpoint(out: Path, store_dir: Path, cfg: ModelConfig, shard_bytes: int, fmt: str = "emomoe") -> None:
-    """Our format (model.yaml, our names), or the Hugging Face EMO layout (config.json, one matrix
-    per expert) written directly, so the files are those a released model would have."""
+    """Our format (model.yaml, our names, checksums.sha256 as save_model writes them), or the
+    Hugging Face EMO layout (config.json, one matrix per expert, no checksums) written directly, so
+    the files are those a released model would have."""
     store = TokenStore.open(store_dir)
     gen = torch.Generator().manual_seed(0)
     directions_GD = torch.randn(len(DOMAINS), cfg.d_model, generator=gen)
@@ -123,6 +125,8 @@ def write_checkpoint(out: Path, store_dir: Path, cfg: ModelConfig, shard_bytes: 
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     else:
         cfg.to_yaml(out / CONFIG_FILE)
+        # As save_model does: select then verifies every shard before it reads one.
+        write_checksums(out)
 
 
 def run_step(code: str) -> dict:
