@@ -77,6 +77,11 @@ GRID: dict[str, tuple[str, list[str]]] = {
     "std-renorm-seed1": (STD, [RENORM, SEED1]),
     "emo-renorm-seed1": (EMO, [PAPER_POOL, RENORM, SEED1]),
     "emo-renorm-pool4-40-seed1": (EMO, ["model.moe.router.pool=4..40", RENORM, SEED1]),
+    # pool size as a function of training progress: a pool-free phase at the start or at the end
+    "emo-start25": (EMO, [PAPER_POOL, "train.pool_start=0.25"]),
+    "emo-start50": (EMO, [PAPER_POOL, "train.pool_start=0.5"]),
+    "emo-end80": (EMO, [PAPER_POOL, "train.pool_end=0.8"]),
+    "emo-renorm-start25": (EMO, [PAPER_POOL, RENORM, "train.pool_start=0.25"]),
     # LR and warmup, for both models
     "std-lr2e-3": (STD, ["train.lr=2e-3"]),
     "emo-lr2e-3": (EMO, [PAPER_POOL, "train.lr=2e-3"]),
