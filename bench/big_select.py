@@ -2,10 +2,11 @@
 
 Writes a synthetic bf16 checkpoint with exactly the emo-1b14b topology (16 layers x 128 experts,
 127 routed + 1 shared, d_model 2048, expert hidden 1024, vocab 100352; 13.6B parameters, ~27 GB)
-in shards, then runs `emomoe select --keep 0.25` on ~2k calibration tokens and `emomoe eval` on the
-subset, each step in its own process so its peak RSS is its own. Prints one JSON object: bytes on
-disk, peak RSS and wall time of every step, free disk before writing, and the targets
-(select peak RSS <= 4 GB, select wall <= 5 min, subset <= non-expert bytes + 26% of expert bytes).
+in shards, then runs `emomoe select --keep 0.25` on ~2k calibration tokens, and `emomoe eval`,
+`generate` (8 tokens) and `analyze` on the subset, each step in its own process so its peak RSS is
+its own. Prints one JSON object: bytes on disk, peak RSS and wall time of every step, free disk
+before writing, and the targets (select peak RSS <= 4 GB, select wall <= 5 min, subset <= non-expert
+bytes + 26% of expert bytes).
 
 The routing is not degenerate: token ids belong to synthetic domains (the documents of a small
 token store), each domain has a random direction in the embedding, and each routed expert's gate
@@ -41,6 +42,7 @@ from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import train_tokenizer
 from emomoe.hf.config_json import emo_config_json
 from emomoe.hf.layouts import EMO, tensor_keys
+from emomoe.io import write_checksums
 from emomoe.model import ModelConfig, build_model
 
 DOMAINS = ["alpha", "beta", "gamma", "delta"]
@@ -72,6 +74,7 @@ def build_store(out: Path, vocab_size: int, num_docs: int) -> TokenStore:
             text = " ".join(rng.choice(words) for _ in range(rng.randint(150, 400)))
             docs.append({"text": text, "domain": domain, "source": f"synthetic:{domain}/{i}"})
     tokenizer = train_tokenizer((d["text"] for d in docs), vocab_size=vocab_size)
+    tokenizer.save(out.parent / "tokenizer")
     return tokenize_corpus(docs, tokenizer, out, val_fraction=0.2, progress=False)
 
 
@@ -103,8 +106,9 @@ def synthetic_tensor(name: str, shape: tuple[int, ...], directions_GD: torch.Ten
 
 
 def write_checkpoint(out: Path, store_dir: Path, cfg: ModelConfig, shard_bytes: int, fmt: str = "emomoe") -> None:
-    """Our format (model.yaml, our names), or the Hugging Face EMO layout (config.json, one matrix
-    per expert) written directly, so the files are those a released model would have."""
+    """Our format (model.yaml, our names, checksums.sha256 as save_model writes them), or the
+    Hugging Face EMO layout (config.json, one matrix per expert, no checksums) written directly, so
+    the files are those a released model would have."""
     store = TokenStore.open(store_dir)
     gen = torch.Generator().manual_seed(0)
     directions_GD = torch.randn(len(DOMAINS), cfg.d_model, generator=gen)
@@ -123,6 +127,8 @@ def write_checkpoint(out: Path, store_dir: Path, cfg: ModelConfig, shard_bytes: 
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     else:
         cfg.to_yaml(out / CONFIG_FILE)
+        # As save_model does: select then verifies every shard before it reads one.
+        write_checksums(out)
 
 
 def run_step(code: str) -> dict:
@@ -197,6 +203,12 @@ def run(work: Path, args: argparse.Namespace) -> dict:
                            "--no-progress"))
     evaluate = run_step(_cli("eval", "--checkpoint", str(sub), "--data", str(store_dir), "--domains", CALIB_DOMAIN,
                              "--max-windows", "8", *windows, "--out", str(work / "eval.json"), "--no-progress"))
+    # The subset's weights stay bf16 (float32 ones would not fit in half the memory at full size)
+    # and each module computes in float32.
+    generate = run_step(_cli("generate", "--checkpoint", str(sub), "--tokenizer", str(work / "tokenizer"), "--prompt",
+                             "the", "--max-new-tokens", "8", "--greedy"))
+    analyze = run_step(_cli("analyze", "--checkpoints", str(sub), "--data", str(store_dir), "--num-docs", "4",
+                            "--k", "4", "--out", str(work / "analysis"), "--no-progress"))
     with CheckpointReader(full) as reader:
         expert = sum(_nbytes(reader, n) for n in reader.names() if ".moe.experts." in n)
         non_expert = sum(_nbytes(reader, n) for n in reader.names() if ".moe.experts." not in n)
@@ -218,7 +230,7 @@ def run(work: Path, args: argparse.Namespace) -> dict:
         "subset_bytes": subset_bytes,
         "subset_bytes_limit": int(limit),
         "calibration_tokens": record["calibration"]["num_tokens"],
-        "steps": {"write": write, "select": select, "eval": evaluate},
+        "steps": {"write": write, "select": select, "eval": evaluate, "generate": generate, "analyze": analyze},
         "eval_loss": json.loads((work / "eval.json").read_text())["all"]["loss"],
         "kept_in_domain": kept_in_domain,
         "targets_met": {

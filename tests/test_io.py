@@ -1,5 +1,7 @@
 import hashlib
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +101,21 @@ def test_refuse_existing(tmp_path):
     refuse_existing(tmp_path, force=True)
     with pytest.raises(DataError, match="already exists.*force"):
         refuse_existing(tmp_path, force=False)
+
+
+def test_checksums_hash_a_file_once_until_it_changes(tmp_path, monkeypatch):
+    from emomoe import io
+
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    write_checksums(tmp_path)
+    hashed = []
+    monkeypatch.setattr(io, "file_sha256", lambda p: hashed.append(p) or hashlib.sha256(Path(p).read_bytes()).hexdigest())
+    verify_checksums(tmp_path)
+    verify_checksums(tmp_path)
+    assert len(hashed) == 1
+    # A flipped byte with the modification time put back is still found (the ctime moved).
+    stat = (tmp_path / "a.bin").stat()
+    (tmp_path / "a.bin").write_bytes(b"abd")
+    os.utime(tmp_path / "a.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(DataError, match="a.bin: checksum mismatch"):
+        verify_checksums(tmp_path)

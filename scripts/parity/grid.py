@@ -50,6 +50,7 @@ SEED1, SEED2 = "train.seed=1", "train.seed=2"
 PAPER_POOL = "model.moe.router.pool=4..32"
 """The paper's U{8..128} scaled to 31 routed experts: the demo's pool when these runs were made
 (demo-emo.yaml has U{4..40} since; the runs name their pool, so they stay what they were)."""
+RENORM = "model.moe.router.renormalize=true"
 GRID: dict[str, tuple[str, list[str]]] = {
     # name: (demo config, overrides). Standard runs are the references of the EMO runs with the
     # same seed and budget (see `reference_of`).
@@ -67,6 +68,20 @@ GRID: dict[str, tuple[str, list[str]]] = {
     "emo-pool4-48": (EMO, ["model.moe.router.pool=4..48"]),
     "emo-pool8-48": (EMO, ["model.moe.router.pool=8..48"]),
     "emo-pool8-48-seed1": (EMO, ["model.moe.router.pool=8..48", SEED1]),
+    # top-k weights rescaled to sum to 1 (norm_topk_prob), in both models: a pool concentrates the
+    # softmax on fewer experts, so without it a token's expert weights are larger in training
+    # (within its pool) than in pool-free inference
+    "std-renorm": (STD, [RENORM]),
+    "emo-renorm": (EMO, [PAPER_POOL, RENORM]),
+    "emo-renorm-pool4-40": (EMO, ["model.moe.router.pool=4..40", RENORM]),
+    "std-renorm-seed1": (STD, [RENORM, SEED1]),
+    "emo-renorm-seed1": (EMO, [PAPER_POOL, RENORM, SEED1]),
+    "emo-renorm-pool4-40-seed1": (EMO, ["model.moe.router.pool=4..40", RENORM, SEED1]),
+    # pool size as a function of training progress: a pool-free phase at the start or at the end
+    "emo-start25": (EMO, [PAPER_POOL, "train.pool_start=0.25"]),
+    "emo-start50": (EMO, [PAPER_POOL, "train.pool_start=0.5"]),
+    "emo-end80": (EMO, [PAPER_POOL, "train.pool_end=0.8"]),
+    "emo-renorm-start25": (EMO, [PAPER_POOL, RENORM, "train.pool_start=0.25"]),
     # LR and warmup, for both models
     "std-lr2e-3": (STD, ["train.lr=2e-3"]),
     "emo-lr2e-3": (EMO, [PAPER_POOL, "train.lr=2e-3"]),
@@ -76,7 +91,10 @@ GRID: dict[str, tuple[str, list[str]]] = {
     "std-lb0.01": (STD, ["model.loss.lb_weight=0.01"]),
     "emo-lb0.01": (EMO, [PAPER_POOL, "model.loss.lb_weight=0.01"]),
 }
-REFERENCE_KEYS = ("train.seed", "train.max_steps", "train.lr", "train.warmup_steps", "model.loss.lb_weight")
+REFERENCE_KEYS = (
+    "train.seed", "train.max_steps", "train.lr", "train.warmup_steps", "model.loss.lb_weight",
+    "model.moe.router.renormalize",
+)
 
 
 def parse_run(spec: str) -> tuple[str, int | None]:

@@ -52,6 +52,7 @@ from emomoe.select.slicing import slice_model
 from emomoe.select.sweep import SweepConfig, keep_label, run_sweep, write_sweep
 from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
+from emomoe.train.metrics import METRICS_FILE, read_metrics
 from emomoe.train.trainer import fit_to_store, train
 
 ANALYSIS_DIR = "analysis"
@@ -152,11 +153,17 @@ def analyze_demo_models(
 
 
 def training_facts(final_dir: Path, wall_s: float) -> dict[str, Any]:
-    """What the report says about a training run: its budget and how long this invocation took."""
+    """What the report says about a training run: its budget, how long this invocation took, and
+    the thread counts it ran with (the adaptive default follows the machine's load; results
+    differ in their last bits between thread counts, so a bit-exact rerun needs the same ones)."""
     cfg = RunConfig.from_yaml(final_dir.parent / CONFIG_FILE)
     steps = cfg.train.max_steps
     tokens = steps * cfg.train.num_micro_batches * cfg.data.batch_size * cfg.data.seq_len
-    return {"steps": steps, "tokens": tokens, "wall s (this run)": round(wall_s, 1)}
+    threads = sorted({r["threads"] for r in read_metrics(final_dir.parent / METRICS_FILE) if "threads" in r})
+    return {
+        "steps": steps, "tokens": tokens, "wall s (this run)": round(wall_s, 1),
+        "threads": "-".join(str(t) for t in sorted({threads[0], threads[-1]})) if threads else "n/a",
+    }
 
 
 def prepare_demo_data(out: Path, *, progress: bool = True) -> TokenStore:

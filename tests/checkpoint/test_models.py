@@ -1,3 +1,4 @@
+import os
 import re
 
 import pytest
@@ -59,3 +60,29 @@ def test_every_file_of_a_saved_model_is_listed(tmp_path):
     directory = saved_tiny(tmp_path)
     listed = sorted(line.split("  ")[1] for line in (directory / CHECKSUMS_FILE).read_text().splitlines())
     assert listed == sorted(p.name for p in directory.iterdir() if p.name != CHECKSUMS_FILE)
+
+
+@pytest.mark.parametrize("memory, stays_bf16", [(10**12, False), (10**5, True)])
+def test_auto_dtype_keeps_bf16_weights_only_when_fp32_ones_would_not_fit(tmp_path, monkeypatch, memory, stays_bf16):
+    from emomoe.checkpoint import models
+
+    cfg = ModelConfig.preset("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg).bfloat16()
+    save_model(tmp_path / "bf16", model, cfg)
+    reference = build_model(cfg).eval()
+    reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    monkeypatch.setattr(models, "available_memory", lambda: memory)
+    loaded, _ = load_for_inference(tmp_path / "bf16", dtype="auto")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16 if stays_bf16 else torch.float32}
+    ids_BS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids_BS).logits, reference(ids_BS).logits, rtol=1e-5, atol=1e-5)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16 if stays_bf16 else torch.float32}
+
+
+def test_available_memory_is_below_the_machine_total():
+    from emomoe.checkpoint.models import available_memory
+
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < available_memory() <= total

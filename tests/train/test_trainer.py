@@ -255,3 +255,25 @@ def test_mfu_uses_the_configured_peak_or_is_left_out(run_config, tmp_path, peak)
             assert "mfu" not in r
         else:
             assert r["mfu"] == pytest.approx(flops_per_token * r["tokens_per_s"] / peak)
+
+
+def test_a_pool_schedule_routes_like_the_standard_moe_outside_its_window(run_config, tmp_path):
+    """pool_start 0.5, pool_end 0.75 of 8 steps: steps 1-4 and 7-8 without the pool. The first four
+    equal a run with the pool off (same seed and data); the EMO steps in between differ."""
+    common = ("train.max_steps=8", "train.warmup_steps=2", "train.eval_every=0", "model.moe.router.pool=2..5")
+    scheduled = run_config(*common, "train.pool_start=0.5", "train.pool_end=0.75")
+    train(scheduled, tmp_path / "scheduled", progress=False)
+    train(run_config(*common, "model.moe.router.pool=off"), tmp_path / "std", progress=False)
+    train(run_config(*common), tmp_path / "emo", progress=False)
+    runs = {name: read_metrics(tmp_path / name / "metrics.jsonl") for name in ("scheduled", "std", "emo")}
+    assert [r["pool_active"] for r in runs["scheduled"]] == [0, 0, 0, 0, 1, 1, 0, 0]
+    assert "pool_active" not in runs["emo"][0]
+    ce = {name: [r["ce"] for r in records] for name, records in runs.items()}
+    assert ce["scheduled"][:4] == ce["std"][:4]
+    assert ce["emo"][:4] != ce["std"][:4]  # the pool does change training here
+    assert ce["scheduled"][4] != ce["std"][4]
+
+
+def test_a_pool_window_must_be_inside_the_run(run_config):
+    with pytest.raises(ConfigError, match="pool_start, pool_end: expected 0 <= pool_start < pool_end <= 1, got 0.5, 0.5"):
+        run_config("train.pool_start=0.5", "train.pool_end=0.5")

@@ -80,7 +80,7 @@ def run_analysis(
     decoder = load_tokenizer(store.tokenizer_path) if store.tokenizer_path is not None else None
     models: dict[str, Any] = {}
     for name, checkpoint in checkpoints.items():
-        model, _ = load_for_inference(checkpoint)
+        model, _ = load_for_inference(checkpoint, dtype="auto")
         bar = f"routing {name}" if progress else None
         routed = collect_routing(model, docs, batch_size=cfg.batch_size, pad_id=store.eos_id, progress=bar)
         del model

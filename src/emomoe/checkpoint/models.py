@@ -9,6 +9,7 @@ Trainer state (optimizer, data loader, RNG) is the trainer's business and lives 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,9 +91,36 @@ def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = 
     Every number in the paper, for full models and subsets alike, comes from pool-free routing
     (the HF inference behaviour); an EMO checkpoint may have been trained with an eval-mode pool
     for its in-loop validation, which must not leak into selection or held-out evaluation.
+
+    `dtype="auto"`: float32 weights if they take at most half the memory available, otherwise the
+    stored dtype with every module computing in float32 (`compute_in_fp32`, one module's weights
+    upcast at a time): each forward pays the upcasts, but a bf16 subset of a big model runs in
+    half the memory. Otherwise as in `load_model`.
     """
-    model, cfg = load_model(directory, overrides=INFERENCE_OVERRIDES, dtype=dtype)
+    from emomoe.model.weights import compute_in_fp32
+
+    if dtype != "auto":
+        model, cfg = load_model(directory, overrides=INFERENCE_OVERRIDES, dtype=dtype)
+        return model.eval(), cfg
+    model, cfg = load_model(directory, overrides=INFERENCE_OVERRIDES, dtype="stored")
+    fp32_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+    if fp32_bytes <= available_memory() // 2:
+        model.float()
+    else:
+        compute_in_fp32(model)
     return model.eval(), cfg
+
+
+def available_memory() -> int:
+    """Bytes of memory the system can give without swapping (MemAvailable: free plus reclaimable cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_fits(

@@ -60,7 +60,7 @@ class EmoLM(TemplateLM):
         if (checkpoint is None) == (model is None):
             raise ConfigError("emomoe lm-eval model: give exactly one of checkpoint=DIR or a loaded model")
         if model is None:
-            model, cfg = load_for_inference(checkpoint)
+            model, cfg = load_for_inference(checkpoint, dtype="auto")
             if not isinstance(tokenizer, TextTokenizer):
                 tokenizer = checkpoint_tokenizer(checkpoint, cfg, tokenizer)
         elif not isinstance(tokenizer, TextTokenizer):

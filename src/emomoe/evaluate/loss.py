@@ -19,7 +19,6 @@ from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
 from emomoe.checkpoint import check_fits, load_config, load_for_inference
 from emomoe.model.losses import IGNORE_INDEX
-from emomoe.model.weights import fp32_compute
 
 Batch = dict[str, torch.Tensor]
 
@@ -93,15 +92,14 @@ def evaluate_checkpoint(
         cfg, checkpoint, vocab_size=store.vocab_size, seq_len=seq_len, tokenizer_hash=store.tokenizer_hash,
         any_tokenizer=any_tokenizer,
     )
-    # Weights stay in their stored dtype (a bf16 subset of a big model needs half the memory) and
-    # each block computes in fp32 (this CPU has no bf16 matmul).
-    model, _ = load_for_inference(checkpoint, dtype="stored")
+    # A bf16 subset of a big model too big for float32 weights keeps its stored dtype, and each
+    # block computes in float32 (this CPU has no bf16 matmul).
+    model, _ = load_for_inference(checkpoint, dtype="auto")
     batches = eval_batches(
         store, Split.VAL, seq_len=seq_len, batch_size=batch_size, domains=names,
         max_windows_per_domain=max_windows_per_domain,
     )
-    with fp32_compute(model):
-        per_domain = loss_by_domain(model, batches, store.domains, progress="eval" if progress else None)
+    per_domain = loss_by_domain(model, batches, store.domains, progress="eval" if progress else None)
     overall = DomainLoss(sum(d.sum_nats for d in per_domain.values()), sum(d.num_tokens for d in per_domain.values()))
     return {
         "checkpoint": str(checkpoint),

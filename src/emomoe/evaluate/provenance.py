@@ -69,6 +69,7 @@ def checkpoint_tokenizer(
 def load_with_tokenizer(
     checkpoint: str | Path, tokenizer: str | Path | None = None
 ) -> tuple[nn.Module, ModelConfig, TextTokenizer]:
-    """The model ready for inference (eval mode, pool-free routing), its config and its tokenizer."""
-    model, cfg = load_for_inference(checkpoint)
+    """The model ready for inference (eval mode, pool-free routing; float32 compute, with the
+    weights kept in their stored dtype when float32 ones would not fit), its config and its tokenizer."""
+    model, cfg = load_for_inference(checkpoint, dtype="auto")
     return model, cfg, checkpoint_tokenizer(checkpoint, cfg, tokenizer)

@@ -40,6 +40,9 @@ class Router(nn.Module):
         self.lb_scope = cfg.lb_scope
         self.train_pool = parse_pool(cfg.pool, "pool")
         self.eval_pool = parse_pool(cfg.eval_pool, "eval_pool")
+        self.train_pool_active = True
+        """Off: training forwards route without the pool (a schedule's pool-free phase, see
+        `TrainConfig.pool_start`)."""
         self.bias_update_rate = cfg.bias_update_rate
         self.gate = nn.Linear(d_model, num_experts, bias=False)
         if self.bias_update_rate > 0:
@@ -55,7 +58,9 @@ class Router(nn.Module):
 
     @property
     def pool(self) -> tuple[int, int] | None:
-        return self.train_pool if self.training else self.eval_pool
+        if not self.training:
+            return self.eval_pool
+        return self.train_pool if self.train_pool_active else None
 
     def forward(
         self,

@@ -91,6 +91,7 @@ class EmoTransformer(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.pool_sampler = PoolSampler()
         self._train_pool = parse_pool(cfg.moe.router.pool, "pool")
+        self._train_pool_active = True
         self.init_buffers()
         self.reset_parameters()
 
@@ -187,12 +188,20 @@ class EmoTransformer(nn.Module):
     def _pool_seeds(self) -> list[torch.Tensor | None]:
         """One seed tensor per layer for random pool sizes; a training forward with a range pool uses
         up one forward index of the sampler."""
-        pool = self._train_pool
+        pool = self._train_pool if self._train_pool_active else None
         if not (self.training and pool is not None and pool[0] != pool[1]):
             return [None] * len(self.layers)
         forward_index = self.pool_sampler.next_forward()
         seeds = [self.pool_sampler.layer_seed(forward_index, i) for i in range(len(self.layers))]
         return seed_tensors(seeds, self.embed.weight.device)
+
+    def set_train_pool_active(self, active: bool) -> None:
+        """Turn the EMO pool of training forwards on or off in every layer (pool schedules); eval
+        forwards keep `eval_pool`."""
+        self._train_pool_active = active
+        for layer in self.layers:
+            if layer.moe.router is not None:
+                layer.moe.router.train_pool_active = active
 
     def update_router_biases(self) -> None:
         """Apply the pending bias-balancing updates (call after each optimizer step; no-op when off)."""

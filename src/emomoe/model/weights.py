@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from emomoe.model.config import ModelConfig
 from emomoe.model.transformer import Block, EmoTransformer, build_model
@@ -59,17 +60,24 @@ def block_from_weights(cfg: ModelConfig, layer: int, weights: Mapping[str, torch
 def fp32_compute(model: EmoTransformer) -> Iterator[EmoTransformer]:
     """Within the block, `model` computes in fp32 whatever floating dtype its weights are stored
     in, upcasting one module at a time (see the module docstring). A no-op for fp32 weights."""
+    handles = compute_in_fp32(model)
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def compute_in_fp32(model: EmoTransformer) -> list[RemovableHandle]:
+    """`fp32_compute` for good: the hooks stay until the returned handles are removed (a model
+    loaded for inference only)."""
     handles = [model.embed.register_forward_hook(_output_to_compute_dtype)]
     for module in (*model.layers, model.norm, model.lm_head):
         if any(_needs_upcast(t) for t in _tensors(module)):
             stash: dict[nn.Parameter | torch.Tensor, torch.Tensor] = {}
             handles.append(module.register_forward_pre_hook(_upcaster(stash)))
             handles.append(module.register_forward_hook(_restorer(stash), always_call=True))
-    try:
-        yield model
-    finally:
-        for handle in handles:
-            handle.remove()
+    return handles
 
 
 def _tensors(module: nn.Module) -> Iterator[torch.Tensor]:

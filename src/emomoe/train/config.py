@@ -90,6 +90,12 @@ class TrainConfig(Config):
     this run, with a fresh optimizer, schedule and data order: warm starts and the EMO anneal of a
     standard MoE. Its architecture must match `model`; routing (pool), loss weights and the
     attention mask may differ. `--resume` continues from the run's own checkpoint instead."""
+    pool_start: float = 0.0
+    """Fraction of `max_steps` trained without the EMO document pool before it turns on: a
+    standard-MoE phase at the start of the run. 0: the pool from the first step (the paper)."""
+    pool_end: float = 1.0
+    """Fraction of `max_steps` after which training routes without the pool again. 1: to the end
+    (the paper). Either bound only matters when `model.moe.router.pool` is set."""
     seed: int = 12536
     """Seed for weight initialisation and the model's pool sampler (the data order has its own seed)."""
     num_threads: int = 0
@@ -141,6 +147,10 @@ class TrainConfig(Config):
                      for name in ("eps",) if not getattr(self, name) > 0]
         if self.peak_flops is not None and not self.peak_flops >= 0:
             problems.append(f"peak_flops: expected >= 0 (0 measures it) or null, got {self.peak_flops}")
+        if not 0.0 <= self.pool_start < self.pool_end <= 1.0:
+            problems.append(
+                f"pool_start, pool_end: expected 0 <= pool_start < pool_end <= 1, got {self.pool_start}, {self.pool_end}"
+            )
         if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
             problems.append(f"decay_steps: expected more than warmup_steps ({self.warmup_steps}), got {self.decay_steps}")
         if problems:

@@ -216,6 +216,8 @@ class Trainer:
             self.threads.update()
         started = time.perf_counter()
         lr = self.scheduler.get_last_lr()[0]
+        pool_active = tc.pool_start * tc.max_steps <= self.step < tc.pool_end * tc.max_steps
+        parallel.unwrap(self.model).set_train_pool_active(pool_active)
         micro_batches = [next(self.loader) for _ in range(tc.num_micro_batches)]
         # CE is averaged over all label tokens of the step (per rank), not per micro-batch.
         label_counts = [int((b["labels_BS"] != IGNORE_INDEX).sum()) for b in micro_batches]
@@ -261,6 +263,8 @@ class Trainer:
             "threads": torch.get_num_threads(),
             **health,
         }
+        if (tc.pool_start, tc.pool_end) != (0.0, 1.0):
+            record["pool_active"] = int(pool_active)
         if self.peak_flops is not None:
             record["mfu"] = mfu(self.flops_per_token, tokens_per_s, self.peak_flops)
         return record
