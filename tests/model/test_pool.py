@@ -67,6 +67,16 @@ def test_pool_softmax_and_its_gradient_equal_the_softmax_of_masked_logits(batch)
         assert torch.allclose(grad[t, inside], row_grad, rtol=0, atol=1e-6)
 
 
+def test_a_pool_whose_probabilities_underflow_gets_zero_weights_not_nan():
+    logits_TE = torch.tensor([[200.0, 0.0, 1.0], [0.0, 0.0, 1.0]], requires_grad=True)
+    keep_TE = torch.tensor([[False, True, True], [False, True, True]])
+    pooled_TE = pool_softmax(logits_TE, logits_TE.softmax(-1), keep_TE)
+    assert pooled_TE[0].tolist() == [0.0, 0.0, 0.0]
+    assert torch.allclose(pooled_TE[1], torch.tensor([0.0, 1.0, torch.e]) / (1 + torch.e))
+    (grad,) = torch.autograd.grad(pooled_TE[:, 2].sum(), logits_TE)
+    assert torch.isfinite(grad).all()
+
+
 def test_pools_are_unchanged_by_an_oversized_segment_count():
     probs_TE = torch.rand(6, 5).softmax(-1)
     seg_T = torch.tensor([0, 0, 1, 1, 1, 2])

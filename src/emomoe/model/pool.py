@@ -43,7 +43,9 @@ class _PoolSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits_TE: torch.Tensor, probs_TE: torch.Tensor, keep_TE: torch.Tensor) -> torch.Tensor:
         pooled_TE = probs_TE * keep_TE
-        pooled_TE.div_(pooled_TE.sum(dim=-1, keepdim=True))
+        # A pool whose every logit lies ~87+ nats below the token's best expert has underflowed to
+        # zero mass: its weights stay zero rather than 0/0.
+        pooled_TE.div_(pooled_TE.sum(dim=-1, keepdim=True).clamp_(min=torch.finfo(pooled_TE.dtype).tiny))
         ctx.save_for_backward(pooled_TE)
         return pooled_TE
 
