@@ -79,6 +79,7 @@ GRID: dict[str, tuple[str, list[str]]] = {
     "emo-renorm-pool4-40-seed1": (EMO, ["model.moe.router.pool=4..40", RENORM, SEED1]),
     # pool size as a function of training progress: a pool-free phase at the start or at the end
     "emo-start25": (EMO, [PAPER_POOL, "train.pool_start=0.25"]),
+    "emo-start25-seed1": (EMO, [PAPER_POOL, "train.pool_start=0.25", SEED1]),
     "emo-start50": (EMO, [PAPER_POOL, "train.pool_start=0.5"]),
     "emo-end80": (EMO, [PAPER_POOL, "train.pool_end=0.8"]),
     "emo-renorm-start25": (EMO, [PAPER_POOL, RENORM, "train.pool_start=0.25"]),
