@@ -77,7 +77,12 @@ def test_auto_dtype_keeps_bf16_weights_only_when_fp32_ones_would_not_fit(tmp_pat
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16 if stays_bf16 else torch.float32}
     ids_BS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids_BS).logits, reference(ids_BS).logits, rtol=1e-5, atol=1e-5)
+        expected = reference(ids_BS).logits
+        torch.testing.assert_close(loaded(ids_BS).logits, expected, rtol=1e-5, atol=1e-5)
+        # Decoding with a KV cache (generation) too, prompt then one token at a time.
+        cache = loaded.new_cache(2, 24)
+        steps = [loaded.decode(ids_BS[:, :20], cache), *(loaded.decode(ids_BS[:, i : i + 1], cache) for i in range(20, 24))]
+        torch.testing.assert_close(torch.cat(steps, dim=1), expected, rtol=1e-4, atol=1e-4)
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16 if stays_bf16 else torch.float32}
 
 

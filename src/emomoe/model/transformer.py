@@ -165,7 +165,9 @@ class EmoTransformer(nn.Module):
         return KVCache(
             self.cfg.num_layers, batch_size, capacity, self.cfg.kv_heads, self.cfg.head_dim,
             eos_id=self.cfg.eos_id, doc_mask=self.cfg.doc_attention_mask,
-            dtype=self.embed.weight.dtype, device=self.embed.weight.device,
+            # The activations' dtype: the rotary tables are computed in it, while the weights may be
+            # stored narrower and upcast per module (`compute_in_fp32`).
+            dtype=self.rope_cos.dtype, device=self.embed.weight.device,
         )
 
     def decode(
