@@ -37,7 +37,7 @@ def demo_models() -> dict[str, torch.nn.Module]:
     cfg = ModelConfig.preset("small").with_overrides(["moe.router.pool=off"])
     torch.manual_seed(0)
     full = build_model(cfg).eval()
-    layers = moe_layers(full)
+    layers = moe_layers(cfg)
     kept = [list(range(max(1, round(layer.num_routed * KEEP_FRACTION)))) for layer in layers]
     subset, _ = slice_model(full, cfg, layers, kept)
     return {"full": full, "subset": subset.eval()}
