@@ -33,7 +33,8 @@ def _calibration(vocab_size: int, num_windows: int, seq_len: int, batch_size: in
     for start in range(0, num_windows, batch_size):
         ids_BS = torch.randint(0, vocab_size, (min(batch_size, num_windows - start), seq_len), generator=gen)
         batches.append({"input_ids_BS": ids_BS, "doc_ids_BS": torch.zeros_like(ids_BS)})
-    return Calibration(batches, {"source": "random tokens", "num_windows": num_windows, "seq_len": seq_len})
+    info = {"source": "random tokens", "num_windows": num_windows, "num_tokens": num_windows * seq_len, "seq_len": seq_len}
+    return Calibration(batches, info)
 
 
 def _seconds(fn) -> float:

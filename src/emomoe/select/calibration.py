@@ -49,7 +49,11 @@ class Calibration:
 
 
 def _describe(info: dict[str, Any]) -> str:
-    return ", ".join(info["paths"]) if info["source"] == "files" else f"{info['store']} ({', '.join(info['domains'])})"
+    if info["source"] == "files":
+        return ", ".join(info["paths"])
+    if "store" in info:
+        return f"{info['store']} ({', '.join(info['domains'])})"
+    return str(info["source"])  # windows built by the caller
 
 
 def _summary(batches: list[Batch]) -> dict[str, int]:
