@@ -65,6 +65,7 @@ GRID: dict[str, tuple[str, list[str]]] = {
     "emo-pool16": (EMO, ["model.moe.router.pool=16..32"]),
     "emo-pool4-40": (EMO, ["model.moe.router.pool=4..40"]),
     "emo-pool4-40-seed1": (EMO, ["model.moe.router.pool=4..40", SEED1]),
+    "emo-pool4-40-seed2": (EMO, ["model.moe.router.pool=4..40", SEED2]),
     "emo-pool4-48": (EMO, ["model.moe.router.pool=4..48"]),
     "emo-pool8-48": (EMO, ["model.moe.router.pool=8..48"]),
     "emo-pool8-48-seed1": (EMO, ["model.moe.router.pool=8..48", SEED1]),
