@@ -29,7 +29,13 @@ def grouped_matmul(x_ND: torch.Tensor, w_EHD: torch.Tensor, counts_E: torch.Tens
 
 
 def expert_matmul(x_ND: torch.Tensor, w_EHD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-    """`grouped_matmul` where the kernel supports the dtype and row alignment, else `looped_matmul`."""
+    """`grouped_matmul` where the kernel supports the dtype and row alignment, else `looped_matmul`.
+
+    Fewer rows than experts on the CPU (decoding a token or a few) also go to `looped_matmul`: the
+    CPU kernel runs a matmul for every expert, empty ones included, and most are empty then.
+    """
+    if x_ND.device.type == "cpu" and x_ND.shape[0] < w_EHD.shape[0]:
+        return looped_matmul(x_ND, w_EHD, counts_E)
     if (
         HAS_GROUPED_MM
         and x_ND.dtype in (torch.float32, torch.bfloat16, torch.float16)
