@@ -8,17 +8,20 @@ import torch
 from emomoe.train import runtime
 from emomoe.train.runtime import RETAIN_MEMORY_ENV, busy_cpu_seconds, threads_for_free_cores
 
-# Allocate, free and allocate again a 64 MB tensor; print the page faults of the second allocation.
+# Allocate, free and allocate again a 64 MB tensor; print the fewest page faults of six
+# allocations after the first. Retained memory is not reused by every allocation: on the
+# development machine (2026-12-01) glibc placed every second 64 MB block in fresh heap pages that
+# fault in again, so the test asserts reuse in steady state, while opting out faults every time.
 _REFAULTS = """
 import resource, torch
 from emomoe.train.runtime import retain_freed_memory
 print(retain_freed_memory())
 def touch():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.empty(16 * 2**20).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 touch()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-touch()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(min(touch() for _ in range(6)))
 """
 
 
