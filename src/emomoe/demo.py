@@ -51,8 +51,8 @@ from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
 from emomoe.select.sweep import SweepConfig, keep_label, run_sweep, write_sweep
 from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
-from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
 from emomoe.train.metrics import METRICS_FILE, read_metrics
+from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
 from emomoe.train.trainer import fit_to_store, train
 
 ANALYSIS_DIR = "analysis"
@@ -159,10 +159,11 @@ def training_facts(final_dir: Path, wall_s: float) -> dict[str, Any]:
     cfg = RunConfig.from_yaml(final_dir.parent / CONFIG_FILE)
     steps = cfg.train.max_steps
     tokens = steps * cfg.train.num_micro_batches * cfg.data.batch_size * cfg.data.seq_len
-    threads = sorted({r["threads"] for r in read_metrics(final_dir.parent / METRICS_FILE) if "threads" in r})
+    threads = [r["threads"] for r in read_metrics(final_dir.parent / METRICS_FILE) if "threads" in r]
+    low, high = (min(threads), max(threads)) if threads else ("n/a", "n/a")
     return {
         "steps": steps, "tokens": tokens, "wall s (this run)": round(wall_s, 1),
-        "threads": "-".join(str(t) for t in sorted({threads[0], threads[-1]})) if threads else "n/a",
+        "threads": str(low) if low == high else f"{low}-{high}",
     }
 
 

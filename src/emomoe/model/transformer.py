@@ -19,6 +19,7 @@ from emomoe.model.init import init_weight_
 from emomoe.model.kv_cache import KVCache, LayerKV
 from emomoe.model.losses import LMHeadLoss, lm_head_loss
 from emomoe.model.moe import MoE
+from emomoe.model.router import Router
 from emomoe.model.norm import RMSNorm
 from emomoe.model.pool import PoolSampler, seed_tensors
 
@@ -90,8 +91,6 @@ class EmoTransformer(nn.Module):
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.pool_sampler = PoolSampler()
-        self._train_pool = parse_pool(cfg.moe.router.pool, "pool")
-        self._train_pool_active = True
         self.init_buffers()
         self.reset_parameters()
 
@@ -106,9 +105,8 @@ class EmoTransformer(nn.Module):
         cos_SDh, sin_SDh = rope_tables(self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta)
         self.register_buffer("rope_cos", cos_SDh.to(device), persistent=False)
         self.register_buffer("rope_sin", sin_SDh.to(device), persistent=False)
-        for block in self.layers:
-            if block.moe.router is not None:
-                block.moe.router.init_buffers()
+        for router in self._routers():
+            router.init_buffers()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -190,7 +188,9 @@ class EmoTransformer(nn.Module):
     def _pool_seeds(self) -> list[torch.Tensor | None]:
         """One seed tensor per layer for random pool sizes; a training forward with a range pool uses
         up one forward index of the sampler."""
-        pool = self._train_pool if self._train_pool_active else None
+        routers = self._routers()
+        # Every router has the same pool; its `pool` is None while a schedule has it switched off.
+        pool = routers[0].pool if routers else None
         if not (self.training and pool is not None and pool[0] != pool[1]):
             return [None] * len(self.layers)
         forward_index = self.pool_sampler.next_forward()
@@ -200,16 +200,17 @@ class EmoTransformer(nn.Module):
     def set_train_pool_active(self, active: bool) -> None:
         """Turn the EMO pool of training forwards on or off in every layer (pool schedules); eval
         forwards keep `eval_pool`."""
-        self._train_pool_active = active
-        for layer in self.layers:
-            if layer.moe.router is not None:
-                layer.moe.router.train_pool_active = active
+        for router in self._routers():
+            router.train_pool_active = active
 
     def update_router_biases(self) -> None:
         """Apply the pending bias-balancing updates (call after each optimizer step; no-op when off)."""
-        for layer in self.layers:
-            if layer.moe.router is not None:
-                layer.moe.router.update_bias()
+        for router in self._routers():
+            router.update_bias()
+
+    def _routers(self) -> list[Router]:
+        """The routers of the layers that have routed experts, in order."""
+        return [layer.moe.router for layer in self.layers if layer.moe.router is not None]
 
 
 def build_model(cfg: ModelConfig) -> EmoTransformer:
