@@ -16,14 +16,24 @@ the peak measured between the same repetitions, so the machine's load divides ou
 Greedy generation uses both libraries' KV caches (`emomoe.generate.generate`, `model.generate`),
 for exactly the requested new tokens.
 
+`gemm_bound_mfu` is the MFU a training step would reach if every matmul ran at the rate measured
+for its own shape (`gemm_gflops`) and nothing else took any time: the ceiling for fp32 on this
+machine, before attention, elementwise work and the optimizer. With `--compile`, each library's
+transformer blocks are also `torch.compile`d (what `train.compile: true` does; inductor generates
+fused C++ loops for the elementwise work on CPU) and timed in the same interleaving, so the
+compiled figures compare with each other and with the eager ones; `compile_s` is the first
+training step, compiling included.
+
     python bench/hf_compare.py                 # all shapes and families
     python bench/hf_compare.py --quick         # coarse, OLMoE, training step and forward only
+    python bench/hf_compare.py --compile --families olmoe --workloads train forward
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import torch
 import transformers
@@ -140,7 +150,18 @@ def num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def compare(shape: str, family: str, reps: int, workloads: list[str], gen_shape: tuple[int, int, int]) -> dict:
+def compile_blocks(side: Side, layers: torch.nn.ModuleList, ids_BS: torch.Tensor) -> float:
+    """Compile each transformer block in place and run one training step; its seconds."""
+    for block in layers:
+        block.compile()
+    started = time.perf_counter()
+    side.train_step(ids_BS)
+    return time.perf_counter() - started
+
+
+def compare(
+    shape: str, family: str, reps: int, workloads: list[str], gen_shape: tuple[int, int, int], compiled: bool
+) -> dict:
     torch.manual_seed(0)
     cfg = emomoe_config(shape, family)
     ours, theirs = emomoe_side(cfg), hf_side(hf_model(shape, family))
@@ -159,13 +180,22 @@ def compare(shape: str, family: str, reps: int, workloads: list[str], gen_shape:
         "hf_attn_implementation": theirs.model.config._attn_implementation,
     }
     flops_per_token = train_flops_per_token(cfg, SEQ_LEN)
+    sides = {"emomoe": (ours, train_ids_BS), "hf": (theirs, hf_train_ids_BS)}
+    if compiled:
+        torch.manual_seed(0)
+        ours_c, theirs_c = emomoe_side(cfg), hf_side(hf_model(shape, family))
+        result["compile_s"] = {
+            "emomoe": round(compile_blocks(ours_c, ours_c.model.layers, train_ids_BS), 1),
+            "hf": round(compile_blocks(theirs_c, theirs_c.model.model.layers, hf_train_ids_BS), 1),
+        }
+        sides |= {"emomoe_compiled": (ours_c, train_ids_BS), "hf_compiled": (theirs_c, hf_train_ids_BS)}
     for workload in workloads:
         if workload == "train":
-            fns = {"emomoe": lambda: ours.train_step(train_ids_BS), "hf": lambda: theirs.train_step(hf_train_ids_BS),
-                   "peak": lambda: torch.mm(peak_a, peak_b)}
+            fns = {name: (lambda s=side, x=x: s.train_step(x)) for name, (side, x) in sides.items()}
+            fns["peak"] = lambda: torch.mm(peak_a, peak_b)
             tokens = BATCH * SEQ_LEN
         elif workload == "forward":
-            fns = {"emomoe": lambda: ours.forward(ids_BS), "hf": lambda: theirs.forward(ids_BS)}
+            fns = {name: (lambda s=side: s.forward(ids_BS)) for name, (side, _) in sides.items()}
             tokens = BATCH * SEQ_LEN
         else:
             fns = {"emomoe": lambda: ours.generate(prompt_BS, new_tokens),
@@ -174,22 +204,54 @@ def compare(shape: str, family: str, reps: int, workloads: list[str], gen_shape:
         best = interleaved_best(fns, reps)
         row = {name: round(tokens / seconds) for name, seconds in best.items() if name != "peak"}
         row["emomoe_over_hf"] = round(row["emomoe"] / row["hf"], 3)
+        if "emomoe_compiled" in row:
+            row["compiled_emomoe_over_hf"] = round(row["emomoe_compiled"] / row["hf"], 3)
+            row["compiled_emomoe_over_compiled_hf"] = round(row["emomoe_compiled"] / row["hf_compiled"], 3)
         if "peak" in best:
             peak = gemm_flops(*PEAK_SHAPE) / best["peak"]
             row["peak_gflops"] = round(peak / 1e9, 1)
-            row["emomoe_mfu"] = round(flops_per_token * row["emomoe"] / peak, 3)
-            row["hf_mfu"] = round(flops_per_token * row["hf"] / peak, 3)
+            for name in sides:
+                row[f"{name}_mfu"] = round(flops_per_token * row[name] / peak, 3)
         result[f"{workload}_tokens_per_s"] = row
     return result
 
 
-def gemm_rates(shapes: list[str]) -> dict:
-    """GFLOP/s of large square matmuls (the peak MFU divides by) and of each model's own matmuls."""
-    rates = {"peak_square": round(measure_peak_flops(seconds=1.0) / 1e9, 1)}
+def gemm_rates(shapes: list[str]) -> tuple[dict, dict]:
+    """GFLOP/s of large square matmuls (the peak MFU divides by) and of each model's own matmuls;
+    and per shape the GEMM-bound MFU (see the module doc)."""
+    peak = measure_peak_flops(seconds=1.0)
+    rates, bounds = {"peak_square": round(peak / 1e9, 1)}, {}
     for shape in shapes:
-        for name, mkn in model_gemm_shapes(emomoe_config(shape, "olmoe"), BATCH * SEQ_LEN).items():
-            rates[f"{shape}/{name}{list(mkn)}"] = round(matmul_flops_per_s(*mkn, seconds=0.2) / 1e9, 1)
-    return rates
+        cfg = emomoe_config(shape, "olmoe")
+        measured = {
+            name: (mkn, matmul_flops_per_s(*mkn, seconds=0.2))
+            for name, mkn in model_gemm_shapes(cfg, BATCH * SEQ_LEN).items()
+        }
+        rates |= {f"{shape}/{name}{list(mkn)}": round(rate / 1e9, 1) for name, (mkn, rate) in measured.items()}
+        bounds[shape] = round(gemm_bound_mfu(cfg, measured, peak), 3)
+    return rates, bounds
+
+
+# How many matmuls of each measured shape a layer runs per forward: q and output projections share
+# the q shape, k and v the kv shape; an expert runs gate and up (the up shape) and down.
+GEMMS_PER_LAYER = {"attention_q": 2, "attention_kv": 2, "expert_up": 2, "expert_down": 1, "shared_expert_up": 3}
+
+
+def gemm_bound_mfu(cfg: ModelConfig, measured: dict[str, tuple[tuple[int, int, int], float]], peak: float) -> float:
+    """Training FLOPs per token / the time its matmuls take at their measured rates, over `peak`.
+    Backward matmuls are taken at the forward shape's rate; the FLOPs no measured shape covers
+    (attention scores, the router) are charged at the peak, which flatters the bound."""
+    tokens = BATCH * SEQ_LEN
+    total = train_flops_per_token(cfg, SEQ_LEN) * tokens
+    seconds, covered = 0.0, 0.0
+    for name, (mkn, rate) in measured.items():
+        count = 1 if name == "lm_head" else cfg.num_layers * GEMMS_PER_LAYER[name]
+        if name.startswith("expert_"):
+            count *= cfg.moe.routed_in_layer(0)
+        flops = 3 * count * gemm_flops(*mkn)
+        seconds, covered = seconds + flops / rate, covered + flops
+    seconds += (total - covered) / peak
+    return total / seconds / peak
 
 
 def main() -> None:
@@ -201,6 +263,8 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--workloads", nargs="+", default=["train", "forward", "generate"],
                         choices=["train", "forward", "generate"])
+    parser.add_argument("--compile", action="store_true",
+                        help="also time both libraries with their transformer blocks torch.compile'd")
     parser.add_argument("--gen", type=int, nargs=3, default=[1, 64, 64], metavar=("BATCH", "PROMPT", "NEW"),
                         help="greedy generation: batch, prompt tokens, new tokens")
     args = parser.parse_args()
@@ -215,10 +279,12 @@ def main() -> None:
         "retain_freed_memory": retained,
         "reps": args.reps, "batch": [BATCH, SEQ_LEN], "generate_batch_prompt_new": args.gen,
     }
-    result["gemm_gflops"] = gemm_rates(args.shapes)
+    result["gemm_gflops"], result["gemm_bound_mfu"] = gemm_rates(args.shapes)
     for shape in args.shapes:
         for family in args.families:
-            result[f"{shape}/{family}"] = compare(shape, family, args.reps, args.workloads, tuple(args.gen))
+            result[f"{shape}/{family}"] = compare(
+                shape, family, args.reps, args.workloads, tuple(args.gen), args.compile
+            )
     print(json.dumps(result))
 
 

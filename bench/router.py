@@ -24,7 +24,7 @@ import torch
 from emomoe import ModelConfig, build_model
 from emomoe.model.docs import Segments
 from emomoe.model.losses import compute_loss
-from emomoe.model.pool import document_pools, draw_pool_sizes, pool_softmax
+from emomoe.model.pool import document_pools, draw_pool_sizes, pool_softmax, token_pools
 from emomoe.train.runtime import retain_freed_memory
 
 from timing import interleaved_best
@@ -47,7 +47,7 @@ def vectorised_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, seed: int
     sizes_G = draw_pool_sizes(*POOL, segments.num_segments, seed, logits_TE.device)
     probs_TE = logits_TE.softmax(-1)
     keep_GE = document_pools(probs_TE, segments.seg_T, segments.num_segments, sizes_G)
-    return pool_softmax(logits_TE, probs_TE, keep_GE.index_select(0, segments.seg_T))
+    return pool_softmax(logits_TE, probs_TE, token_pools(keep_GE, segments.seg_T, probs_TE.dtype))
 
 
 def looped_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -50,7 +50,10 @@ SEED1, SEED2 = "train.seed=1", "train.seed=2"
 PAPER_POOL = "model.moe.router.pool=4..32"
 """The paper's U{8..128} scaled to 31 routed experts: the demo's pool when these runs were made
 (demo-emo.yaml has U{4..40} since; the runs name their pool, so they stay what they were)."""
+DEMO_POOL = "model.moe.router.pool=4..40"
 RENORM = "model.moe.router.renormalize=true"
+WARM100 = "train.warmup_steps=100"
+LB001 = "model.loss.lb_weight=0.01"
 GRID: dict[str, tuple[str, list[str]]] = {
     # name: (demo config, overrides). Standard runs are the references of the EMO runs with the
     # same seed and budget (see `reference_of`).
@@ -63,9 +66,9 @@ GRID: dict[str, tuple[str, list[str]]] = {
     # pool range; sizes of 31 or more mean no pool, so an upper bound past 31 adds pool-free draws
     "emo-pool8": (EMO, ["model.moe.router.pool=8..32"]),
     "emo-pool16": (EMO, ["model.moe.router.pool=16..32"]),
-    "emo-pool4-40": (EMO, ["model.moe.router.pool=4..40"]),
-    "emo-pool4-40-seed1": (EMO, ["model.moe.router.pool=4..40", SEED1]),
-    "emo-pool4-40-seed2": (EMO, ["model.moe.router.pool=4..40", SEED2]),
+    "emo-pool4-40": (EMO, [DEMO_POOL]),
+    "emo-pool4-40-seed1": (EMO, [DEMO_POOL, SEED1]),
+    "emo-pool4-40-seed2": (EMO, [DEMO_POOL, SEED2]),
     "emo-pool4-48": (EMO, ["model.moe.router.pool=4..48"]),
     "emo-pool8-48": (EMO, ["model.moe.router.pool=8..48"]),
     "emo-pool8-48-seed1": (EMO, ["model.moe.router.pool=8..48", SEED1]),
@@ -74,10 +77,10 @@ GRID: dict[str, tuple[str, list[str]]] = {
     # (within its pool) than in pool-free inference
     "std-renorm": (STD, [RENORM]),
     "emo-renorm": (EMO, [PAPER_POOL, RENORM]),
-    "emo-renorm-pool4-40": (EMO, ["model.moe.router.pool=4..40", RENORM]),
+    "emo-renorm-pool4-40": (EMO, [DEMO_POOL, RENORM]),
     "std-renorm-seed1": (STD, [RENORM, SEED1]),
     "emo-renorm-seed1": (EMO, [PAPER_POOL, RENORM, SEED1]),
-    "emo-renorm-pool4-40-seed1": (EMO, ["model.moe.router.pool=4..40", RENORM, SEED1]),
+    "emo-renorm-pool4-40-seed1": (EMO, [DEMO_POOL, RENORM, SEED1]),
     # pool size as a function of training progress: a pool-free phase at the start or at the end
     "emo-start25": (EMO, [PAPER_POOL, "train.pool_start=0.25"]),
     "emo-start25-seed1": (EMO, [PAPER_POOL, "train.pool_start=0.25", SEED1]),
@@ -87,11 +90,25 @@ GRID: dict[str, tuple[str, list[str]]] = {
     # LR and warmup, for both models
     "std-lr2e-3": (STD, ["train.lr=2e-3"]),
     "emo-lr2e-3": (EMO, [PAPER_POOL, "train.lr=2e-3"]),
-    "std-warm100": (STD, ["train.warmup_steps=100"]),
-    "emo-warm100": (EMO, [PAPER_POOL, "train.warmup_steps=100"]),
+    "std-warm100": (STD, [WARM100]),
+    "emo-warm100": (EMO, [PAPER_POOL, WARM100]),
+    # the demo's pool with the longer warmup, on the three seeds of the gradient-spike finding
+    "std-warm100-seed1": (STD, [WARM100, SEED1]),
+    "std-warm100-seed2": (STD, [WARM100, SEED2]),
+    "emo-pool4-40-warm100": (EMO, [DEMO_POOL, WARM100]),
+    "emo-pool4-40-warm100-seed1": (EMO, [DEMO_POOL, WARM100, SEED1]),
+    "emo-pool4-40-warm100-seed2": (EMO, [DEMO_POOL, WARM100, SEED2]),
+    # with the longer warmup, the OLMoE default LB weight: a demo batch holds ~16-20 documents, not
+    # the paper's ~500, so balancing it pushes a document's tokens off its pool (spec 4.2)
+    "std-warm100-lb0.01": (STD, [WARM100, LB001]),
+    "std-warm100-lb0.01-seed1": (STD, [WARM100, LB001, SEED1]),
+    "std-warm100-lb0.01-seed2": (STD, [WARM100, LB001, SEED2]),
+    "emo-pool4-40-warm100-lb0.01": (EMO, [DEMO_POOL, WARM100, LB001]),
+    "emo-pool4-40-warm100-lb0.01-seed1": (EMO, [DEMO_POOL, WARM100, LB001, SEED1]),
+    "emo-pool4-40-warm100-lb0.01-seed2": (EMO, [DEMO_POOL, WARM100, LB001, SEED2]),
     # load balancing weight
-    "std-lb0.01": (STD, ["model.loss.lb_weight=0.01"]),
-    "emo-lb0.01": (EMO, [PAPER_POOL, "model.loss.lb_weight=0.01"]),
+    "std-lb0.01": (STD, [LB001]),
+    "emo-lb0.01": (EMO, [PAPER_POOL, LB001]),
 }
 REFERENCE_KEYS = (
     "train.seed", "train.max_steps", "train.lr", "train.warmup_steps", "model.loss.lb_weight",

@@ -17,7 +17,7 @@ from emomoe import distributed
 from emomoe.model.config import LBScope, RouterConfig, parse_pool
 from emomoe.model.docs import Segments
 from emomoe.model.losses import load_balancing_loss, router_z_loss
-from emomoe.model.pool import document_pools, draw_pool_sizes, pool_softmax
+from emomoe.model.pool import document_pools, draw_pool_sizes, pool_softmax, token_pools
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Router(nn.Module):
         if self.bias_update_rate > 0:
             select_TE = probs_TE + self.score_bias_E
             if keep_TE is not None:
-                select_TE = select_TE.masked_fill(~keep_TE, float("-inf"))
+                select_TE = select_TE.masked_fill(keep_TE == 0, float("-inf"))
             experts_TK = select_TE.topk(self.top_k, dim=-1).indices
             weights_TK = probs_TE.gather(1, experts_TK)
         else:
@@ -113,8 +113,8 @@ class Router(nn.Module):
     def _pool_mask(
         self, probs_TE: torch.Tensor, segments: Segments | None, pool_seed: torch.Tensor | int | None
     ) -> torch.Tensor | None:
-        """Boolean [T, E] from the unmasked probabilities: the expert is in the pool of the token's
-        document. None without a pool."""
+        """[T, E] from the unmasked probabilities: 1.0 where the expert is in the pool of the token's
+        document, else 0.0 (`token_pools`). None without a pool."""
         pool = self.pool
         if pool is None or pool[0] >= self.num_routed:
             return None
@@ -125,7 +125,7 @@ class Router(nn.Module):
         else:
             sizes_G = draw_pool_sizes(*pool, segments.num_segments, pool_seed, probs_TE.device)
         keep_GE = document_pools(probs_TE, segments.seg_T, segments.num_segments, sizes_G)
-        return keep_GE.index_select(0, segments.seg_T)
+        return token_pools(keep_GE, segments.seg_T, probs_TE.dtype)
 
     @torch.no_grad()
     def _count_experts(self, experts_TK: torch.Tensor) -> torch.Tensor:
