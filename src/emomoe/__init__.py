@@ -12,8 +12,9 @@ __version__ = "0.1.0"
 
 
 def _one_line_if_uncaught(previous=sys.excepthook):
-    """An excepthook for a Ctrl-C during this import (torch takes seconds to load): if nothing
-    catches it, say "emomoe: interrupted" and exit 130, as the CLI does, instead of a traceback."""
+    """An excepthook for a Ctrl-C during this import (torch takes seconds to load; the Ctrl-C is
+    raised once the imports end): if nothing catches it, say "emomoe: interrupted" and exit 130, as
+    the CLI does, instead of a traceback."""
 
     def hook(kind, value, traceback):
         sys.excepthook = previous
@@ -25,10 +26,13 @@ def _one_line_if_uncaught(previous=sys.excepthook):
     return hook
 
 
+from emomoe.interrupts import held_interrupt  # noqa: E402 (after the environment variable above)
+
 try:
-    from emomoe.hf.auto import register_when_transformers_loads
-    from emomoe.hf.formats import register_hf_formats
-    from emomoe.model import ModelConfig, build_model
+    with held_interrupt():
+        from emomoe.hf.auto import register_when_transformers_loads
+        from emomoe.hf.formats import register_hf_formats
+        from emomoe.model import ModelConfig, build_model
 except KeyboardInterrupt:
     sys.excepthook = _one_line_if_uncaught()
     raise

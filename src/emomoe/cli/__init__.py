@@ -7,16 +7,13 @@ as the default. Verbs only parse arguments and call library functions.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import pkgutil
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 
 from emomoe import __version__
 from emomoe.errors import EmomoeError
+from emomoe.interrupts import held_interrupt
 from emomoe.io import WRITE_ERRNOS, write_errno
 
 
@@ -33,32 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _interrupt_after() -> Iterator[None]:
-    """Hold a Ctrl-C that comes while the verb modules import torch until the imports are done.
-
-    Raised inside torch's C++ import code, the KeyboardInterrupt aborts the process (pybind11
-    calls std::terminate) instead of reaching `main`. A SIGINT the process ignores stays ignored.
-    """
-    if threading.current_thread() is not threading.main_thread() or (
-        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield
-        return
-    pending: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if pending:
-        raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     verb = "emomoe"
     try:
-        with _interrupt_after():
+        with held_interrupt():  # the verb modules import more of torch
             parser = build_parser()
         args = parser.parse_args(argv)
         verb = f"emomoe {args.verb}"
