@@ -67,8 +67,8 @@ def pool_softmax(logits_TE: torch.Tensor, probs_TE: torch.Tensor, keep_TE: torch
 
     The unmasked probabilities restricted to the pool and renormalised are that softmax, so the
     pool costs no second pass of exponentials: a product with the 0/1 mask `keep_TE` (see
-    `token_pools`; a boolean mask works too), a row sum and a division. The gradient (to `logits_TE` only) is the masked
-    softmax's, exactly zero outside the pool.
+    `token_pools`; a boolean mask works too), a row sum and a division. The gradient (to
+    `logits_TE` only) is the masked softmax's, exactly zero outside the pool.
     """
     return _PoolSoftmax.apply(logits_TE, probs_TE.detach(), keep_TE)
 

@@ -19,9 +19,9 @@ from emomoe.model.init import init_weight_
 from emomoe.model.kv_cache import KVCache, LayerKV
 from emomoe.model.losses import LMHeadLoss, lm_head_loss
 from emomoe.model.moe import MoE
-from emomoe.model.router import Router
 from emomoe.model.norm import RMSNorm
 from emomoe.model.pool import PoolSampler, seed_tensors
+from emomoe.model.router import Router
 
 
 @dataclass
