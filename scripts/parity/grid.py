@@ -58,6 +58,7 @@ RENORM = "model.moe.router.renormalize=true"
 WARM100 = "train.warmup_steps=100"
 LB001 = "model.loss.lb_weight=0.01"
 POOL4_44 = "model.moe.router.pool=4..44"
+WIN32 = "model.moe.router.lb_window=32"
 GRID: dict[str, tuple[str, list[str]]] = {
     # name: (demo config, overrides). Standard runs are the references of the EMO runs with the
     # same seed and budget (see `reference_of`).
@@ -114,14 +115,31 @@ GRID: dict[str, tuple[str, list[str]]] = {
     "emo-pool4-44-warm100-lb0.01": (EMO, [POOL4_44, WARM100, LB001]),
     "emo-pool4-44-warm100-lb0.01-seed1": (EMO, [POOL4_44, WARM100, LB001, SEED1]),
     "emo-pool4-44-warm100-lb0.01-seed2": (EMO, [POOL4_44, WARM100, LB001, SEED2]),
+    # LB counts summed over the last 32 steps (~500-600 documents, the paper's ~500 per balanced
+    # batch) while the mean probabilities stay this batch's: balance across documents without
+    # pulling a batch's few documents off their pools (spec 4.2); in both models
+    "std-warm100-lb0.01-win32": (STD, [WARM100, LB001, WIN32]),
+    "std-warm100-lb0.01-win32-seed1": (STD, [WARM100, LB001, WIN32, SEED1]),
+    "std-warm100-lb0.01-win32-seed2": (STD, [WARM100, LB001, WIN32, SEED2]),
+    "emo-pool4-40-warm100-lb0.01-win32": (EMO, [DEMO_POOL, WARM100, LB001, WIN32]),
+    "emo-pool4-40-warm100-lb0.01-win32-seed1": (EMO, [DEMO_POOL, WARM100, LB001, WIN32, SEED1]),
+    "emo-pool4-40-warm100-lb0.01-win32-seed2": (EMO, [DEMO_POOL, WARM100, LB001, WIN32, SEED2]),
+    "std-warm100-win32": (STD, [WARM100, WIN32]),
+    "std-warm100-win32-seed1": (STD, [WARM100, WIN32, SEED1]),
+    "std-warm100-win32-seed2": (STD, [WARM100, WIN32, SEED2]),
+    "emo-pool4-40-warm100-win32": (EMO, [DEMO_POOL, WARM100, WIN32]),
+    "emo-pool4-40-warm100-win32-seed1": (EMO, [DEMO_POOL, WARM100, WIN32, SEED1]),
+    "emo-pool4-40-warm100-win32-seed2": (EMO, [DEMO_POOL, WARM100, WIN32, SEED2]),
     # load balancing weight
     "std-lb0.01": (STD, [LB001]),
     "emo-lb0.01": (EMO, [PAPER_POOL, LB001]),
 }
 REFERENCE_KEYS = (
     "train.seed", "train.max_steps", "train.lr", "train.warmup_steps", "model.loss.lb_weight",
-    "model.moe.router.renormalize",
+    "model.moe.router.renormalize", "model.moe.router.lb_window",
 )
+REFERENCE_DEFAULTS = {"model.moe.router.lb_window": 1}
+"""Settings of records made before their key was compared: what those runs used."""
 
 
 def parse_run(spec: str) -> tuple[str, int | None]:
@@ -216,9 +234,12 @@ def keep_increase(record: dict) -> float | None:
 
 
 def reference_of(record: dict, records: dict[str, dict]) -> dict | None:
-    """The standard run with the same settings (seed, budget, LR, warmup, LB weight), if finished."""
+    """The standard run with the same settings (seed, budget, LR, warmup, LB weight...), if finished."""
+    def settings(rec: dict) -> dict:
+        return {**REFERENCE_DEFAULTS, **rec["settings"]}
+
     for other in records.values():
-        if other["config"] == STD and other["settings"] == record["settings"]:
+        if other["config"] == STD and settings(other) == settings(record):
             return other
     return None
 

@@ -72,6 +72,7 @@ def test_parse_pool(text, expected):
         (["moe.router.eval_pool=1"], "moe.router.eval_pool"),
         (["moe.router.eval_pool=2..8"], "moe.router.eval_pool"),
         (["moe.router.num_shared_experts=9"], "moe.router.num_shared_experts"),
+        (["moe.router.lb_window=0"], "moe.router.lb_window"),
         (["moe.top_k=8"], "moe.top_k"),
         (["moe.top_k=0"], "moe.top_k"),
         (["moe.num_experts_per_layer=[8]"], "moe.num_experts_per_layer"),

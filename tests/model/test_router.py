@@ -184,6 +184,28 @@ def test_biased_selection_stays_inside_the_pool():
     assert (out.weights_TK > 0).all()
 
 
+def test_lb_window_counts_the_last_training_forwards_and_this_batch_probabilities():
+    window, num_routed, top_k = 3, 5, 2
+    router = _make_router(num_routed, 1, top_k, 0, lb_window=window)
+    g = torch.Generator().manual_seed(0)
+    counts, tokens = [], []
+    for i, num_tokens in enumerate([7, 4, 9, 5, 6]):
+        x_TD = torch.randn(num_tokens, 6, dtype=torch.float64, generator=g)
+        if i == 2:  # an eval forward balances over itself alone and leaves the window as it was
+            router.eval()
+            out = router(x_TD)
+            fractions_E = torch.bincount(out.experts_TK.flatten(), minlength=num_routed) / (top_k * num_tokens)
+            assert torch.allclose(out.lb_loss, num_routed * (fractions_E * out.logits_TE.softmax(-1).mean(0)).sum())
+            router.train()
+            continue
+        out = router(x_TD)
+        counts.append(torch.bincount(out.experts_TK.flatten(), minlength=num_routed).double())
+        tokens.append(num_tokens)
+        fractions_E = sum(counts[-window:]) / (top_k * sum(tokens[-window:]))
+        expected = num_routed * (fractions_E * out.logits_TE.softmax(-1).mean(0)).sum()
+        assert torch.allclose(out.lb_loss, expected)
+
+
 @settings(max_examples=30, deadline=None)
 @given(routing_cases())
 def test_pool_gradients_equal_those_of_the_per_document_loop(case):
@@ -208,8 +230,8 @@ def test_pool_gradients_equal_those_of_the_per_document_loop(case):
 
 
 def _pool_router_inputs(device="cpu"):
-    """A training router with a random pool and 24 tokens in 5 documents over 2 rows."""
-    router = _make_router(12, 1, 2, 0, pool="3..12").float().to(device)
+    """A training router with a random pool and an LB window, and 24 tokens in 5 documents over 2 rows."""
+    router = _make_router(12, 1, 2, 0, pool="3..12", lb_window=4).float().to(device)
     doc_ids_BS = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]], device=device)
     return router, doc_ids_BS, torch.randn(24, 6).to(device), torch.tensor(7, device=device)
 

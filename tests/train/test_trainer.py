@@ -63,8 +63,10 @@ def test_run_writes_config_metrics_checkpoints_and_final_model(run_config, tmp_p
     assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
 
 
-def test_resume_after_interrupt_is_bitwise_identical(run_config, tmp_path, monkeypatch):
-    cfg = run_config("train.max_steps=7", "train.checkpoint_every=5")
+# An LB window's counts of the steps before the interrupt are training state, like the optimizer's.
+@pytest.mark.parametrize("routing", [[], ["model.moe.router.lb_window=4"]], ids=["lb_window_1", "lb_window_4"])
+def test_resume_after_interrupt_is_bitwise_identical(run_config, tmp_path, monkeypatch, routing):
+    cfg = run_config("train.max_steps=7", "train.checkpoint_every=5", *routing)
     train(cfg, tmp_path / "straight", progress=False)
 
     stop_at = 3  # not a checkpoint step: the interrupt itself must write one

@@ -53,6 +53,11 @@ class RouterConfig(Config):
     renormalize: bool = False
     """Rescale the routed top-k weights to sum to 1 (the paper does not)."""
     lb_scope: LBScope = LBScope.GLOBAL
+    lb_window: int = 1
+    """Training forwards whose expert counts the LB loss sums: 1 is the paper's (this batch only);
+    more judges balance over more documents than one batch holds, with the mean probabilities
+    (the gradient) still from this batch. Counts of earlier forwards are taken after the
+    `lb_scope` reduction."""
     bias_update_rate: float = 0.0
     """DeepSeek-V3-style balancing: per-expert selection bias moved by this much per update
     (`EmoTransformer.update_router_biases`); 0 turns it off."""
@@ -63,6 +68,8 @@ class RouterConfig(Config):
             raise ConfigError(f"eval_pool: '{self.eval_pool}' must be 'off' or a fixed size, not a range")
         if self.num_shared_experts < 0:
             raise ConfigError(f"num_shared_experts: {self.num_shared_experts} must be >= 0")
+        if self.lb_window < 1:
+            raise ConfigError(f"lb_window: {self.lb_window} must be >= 1")
         if self.bias_update_rate < 0:
             raise ConfigError(f"bias_update_rate: {self.bias_update_rate} must be >= 0")
 

@@ -38,6 +38,7 @@ class Router(nn.Module):
         self.top_k = min(top_k, self.num_routed)
         self.renormalize = cfg.renormalize
         self.lb_scope = cfg.lb_scope
+        self.lb_window = cfg.lb_window
         self.train_pool = parse_pool(cfg.pool, "pool")
         self.eval_pool = parse_pool(cfg.eval_pool, "eval_pool")
         self.train_pool_active = True
@@ -51,10 +52,17 @@ class Router(nn.Module):
         self.init_buffers()
 
     def init_buffers(self) -> None:
-        """The counts pending for the next bias update: never stored, so zero after a load."""
+        """Training-time counts, never stored with the weights, so zero after a load: those pending
+        for the next bias update, and the LB window's history (the trainer keeps that in its state,
+        see `lb_history`)."""
+        device = self.gate.weight.device
         if self.bias_update_rate > 0:
-            device = self.gate.weight.device
             self.register_buffer("pending_counts_E", torch.zeros(self.num_routed, device=device), persistent=False)
+        if self.lb_window > 1:
+            # Rows: the earlier training forwards of the window, oldest first; columns: the expert
+            # counts, then the token count.
+            history_WE1 = torch.zeros(self.lb_window - 1, self.num_routed + 1, device=device)
+            self.register_buffer("lb_history_WE1", history_WE1, persistent=False)
 
     @property
     def pool(self) -> tuple[int, int] | None:
@@ -143,12 +151,24 @@ class Router(nn.Module):
         counts_E = self._count_experts(experts_TK)
         with torch.no_grad():
             # A fill, not a copy from the host: no sync on an accelerator.
-            num_tokens = torch.full((), float(experts_TK.shape[0]), device=counts_E.device)
+            num_tokens = torch.full((1,), float(experts_TK.shape[0]), device=counts_E.device)
+            totals_E1 = torch.cat([counts_E, num_tokens])
             # Only training forwards are in lockstep across ranks; eval passes may differ in count.
-            if self.lb_scope == LBScope.GLOBAL and self.training and distributed.get_world_size() > 1:
-                totals = distributed.all_reduce_sum_(torch.cat([counts_E, num_tokens[None]]))
-                counts_E, num_tokens = totals[:-1], totals[-1]
-        return load_balancing_loss(probs_TE, counts_E, num_tokens, self.top_k)
+            if self.training:
+                totals_E1 = self._training_totals(totals_E1)
+        return load_balancing_loss(probs_TE, totals_E1[:-1], totals_E1[-1], self.top_k)
+
+    def _training_totals(self, totals_E1: torch.Tensor) -> torch.Tensor:
+        """This forward's expert and token counts summed over the data-parallel group (global
+        scope), then over the last `lb_window` training forwards."""
+        if self.lb_scope == LBScope.GLOBAL and distributed.get_world_size() > 1:
+            totals_E1 = distributed.all_reduce_sum_(totals_E1)
+        if self.lb_window == 1:
+            return totals_E1
+        history_WE1 = self.lb_history_WE1
+        window_E1 = totals_E1 + history_WE1.sum(dim=0)
+        history_WE1.copy_(torch.cat([history_WE1[1:], totals_E1[None]]))
+        return window_E1
 
     @torch.no_grad()
     def update_bias(self) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from emomoe.errors import ConfigError
 from emomoe.model.attention import Attention, rope_tables
 from emomoe.model.config import ModelConfig, parse_pool
 from emomoe.model.docs import Segments, doc_ids_from_eos
@@ -207,6 +208,23 @@ class EmoTransformer(nn.Module):
         """Apply the pending bias-balancing updates (call after each optimizer step; no-op when off)."""
         for router in self._routers():
             router.update_bias()
+
+    def lb_history(self) -> list[torch.Tensor]:
+        """The LB windows' counts of earlier training forwards, one tensor per router (empty when
+        `lb_window` is 1): training state, saved with the optimizer's rather than the weights."""
+        return [router.lb_history_WE1.clone() for router in self._routers() if router.lb_window > 1]
+
+    @torch.no_grad()
+    def load_lb_history(self, history: list[torch.Tensor]) -> None:
+        mine = self.lb_history()
+        if [t.shape for t in history] != [t.shape for t in mine]:
+            raise ConfigError(
+                f"the saved LB history has shapes {[tuple(t.shape) for t in history]}, this model's "
+                f"lb_window needs {[tuple(t.shape) for t in mine]}: moe.router.lb_window cannot change on resume"
+            )
+        routers = [router for router in self._routers() if router.lb_window > 1]
+        for router, counts_WE1 in zip(routers, history):
+            router.lb_history_WE1.copy_(counts_WE1)
 
     def _routers(self) -> list[Router]:
         """The routers of the layers that have routed experts, in order."""

@@ -332,6 +332,7 @@ class Trainer:
             {
                 "loader": self.loader.state_dict(),
                 "pool_sampler": self.plain_model.pool_sampler.state_dict(),
+                "lb_history": self.plain_model.lb_history(),
                 "rng": capture_rng_state(),
             }
         )
@@ -365,4 +366,5 @@ class Trainer:
         mine = state["ranks"][self.rank]
         self.loader.load_state_dict(mine["loader"])
         self.plain_model.pool_sampler.load_state_dict(mine["pool_sampler"])
+        self.plain_model.load_lb_history(mine.get("lb_history", []))
         restore_rng_state(mine["rng"])
