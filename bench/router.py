@@ -11,6 +11,8 @@ Two pool measurements per documents-per-row count, each as a speedup over the lo
   outside the pool and takes a second softmax, as the official code does);
 - `route`: the whole pool path, mask + top-7, which the official code runs after its loop (so the
   common top-k dilutes the speedup).
+With --compile, also `mask_compiled` and `route_compiled`: the vectorised path through
+torch.compile (inductor), as a `train.compile: true` run executes it inside its compiled blocks.
 Timings are the best of interleaved repetitions (the variants alternate; see bench/timing).
 """
 
@@ -41,13 +43,17 @@ def random_doc_ids(num_rows: int, seq_len: int, num_docs: int, generator: torch.
     return starts_BS.cumsum(1)
 
 
-def vectorised_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, seed: int) -> torch.Tensor:
-    """The router's pool path: pool-restricted probabilities [T, E]."""
-    segments = Segments.from_doc_ids(doc_ids_BS)
-    sizes_G = draw_pool_sizes(*POOL, segments.num_segments, seed, logits_TE.device)
+def pooled_probs(logits_TE: torch.Tensor, seg_T: torch.Tensor, num_segments: int, seed: torch.Tensor) -> torch.Tensor:
+    """The router's pool path after the segments: pool-restricted probabilities [T, E]."""
+    sizes_G = draw_pool_sizes(*POOL, num_segments, seed, logits_TE.device)
     probs_TE = logits_TE.softmax(-1)
-    keep_GE = document_pools(probs_TE, segments.seg_T, segments.num_segments, sizes_G)
-    return pool_softmax(logits_TE, probs_TE, token_pools(keep_GE, segments.seg_T, probs_TE.dtype))
+    keep_GE = document_pools(probs_TE, seg_T, num_segments, sizes_G)
+    return pool_softmax(logits_TE, probs_TE, token_pools(keep_GE, seg_T, probs_TE.dtype))
+
+
+def vectorised_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, pool_probs=pooled_probs) -> torch.Tensor:
+    segments = Segments.from_doc_ids(doc_ids_BS)
+    return pool_probs(logits_TE, segments.seg_T, segments.num_segments, torch.tensor(0))
 
 
 def looped_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -73,30 +79,34 @@ def route(probs_TE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return probs_TE.topk(TOP_K, dim=-1)
 
 
-def bench_pool(num_rows: int, reps: int) -> dict:
+def bench_pool(num_rows: int, reps: int, compile: bool) -> dict:
     g = torch.Generator().manual_seed(0)
     results = {}
+    # One graph per document count (static shapes, as a compiled training block sees them).
+    compiled_probs = torch.compile(pooled_probs, dynamic=False) if compile else None
     for num_docs in (1, 8, 64, 256):
         doc_ids_BS = random_doc_ids(num_rows, 4096, num_docs, g)
         logits_TE = torch.randn(num_rows * 4096, NUM_ROUTED, generator=g)
-        best = interleaved_best(
-            {
-                "mask_vectorised": lambda: vectorised_pool(logits_TE, doc_ids_BS, seed=0),
-                "mask_loop": lambda: looped_pool(logits_TE, doc_ids_BS, g),
-                "route_vectorised": lambda: route(vectorised_pool(logits_TE, doc_ids_BS, seed=0)),
-                "route_loop": lambda: route(looped_pool(logits_TE, doc_ids_BS, g)),
-            },
-            reps,
-        )
-        results[str(num_docs)] = {
-            f"{part}_{key}": value
-            for part in ("mask", "route")
-            for key, value in (
-                ("vectorised_ms", round(best[f"{part}_vectorised"] * 1e3, 3)),
-                ("loop_ms", round(best[f"{part}_loop"] * 1e3, 3)),
-                ("speedup", round(best[f"{part}_loop"] / best[f"{part}_vectorised"], 2)),
-            )
+        fns = {
+            "mask_vectorised": lambda: vectorised_pool(logits_TE, doc_ids_BS),
+            "mask_loop": lambda: looped_pool(logits_TE, doc_ids_BS, g),
+            "route_vectorised": lambda: route(vectorised_pool(logits_TE, doc_ids_BS)),
+            "route_loop": lambda: route(looped_pool(logits_TE, doc_ids_BS, g)),
         }
+        if compiled_probs is not None:
+            torch.testing.assert_close(vectorised_pool(logits_TE, doc_ids_BS, compiled_probs), fns["mask_vectorised"]())
+            fns["mask_compiled"] = lambda: vectorised_pool(logits_TE, doc_ids_BS, compiled_probs)
+            fns["route_compiled"] = lambda: route(vectorised_pool(logits_TE, doc_ids_BS, compiled_probs))
+        best = interleaved_best(fns, reps)
+        row = results[str(num_docs)] = {}
+        for part in ("mask", "route"):
+            loop = best[f"{part}_loop"]
+            row[f"{part}_vectorised_ms"] = round(best[f"{part}_vectorised"] * 1e3, 3)
+            row[f"{part}_loop_ms"] = round(loop * 1e3, 3)
+            row[f"{part}_speedup"] = round(loop / best[f"{part}_vectorised"], 2)
+            if compile:
+                row[f"{part}_compiled_ms"] = round(best[f"{part}_compiled"] * 1e3, 3)
+                row[f"{part}_compiled_speedup"] = round(loop / best[f"{part}_compiled"], 2)
     return results
 
 
@@ -138,6 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions and one row (a few seconds)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also time the pool path through torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -148,7 +159,7 @@ def main() -> None:
         "train_step": bench_train_step(batch_size=16, reps=3 if args.quick else 10, mean_doc_len=300),
         # Four 4096-token rows: the paper's per-GPU micro-batch.
         "pool_rows": 4,
-        "pool_docs_per_4096": bench_pool(num_rows=4, reps=3 if args.quick else 10),
+        "pool_docs_per_4096": bench_pool(num_rows=4, reps=3 if args.quick else 10, compile=args.compile),
     }
     print(json.dumps(result))
 
