@@ -6,6 +6,7 @@ import torch
 import torch.utils.checkpoint
 
 from emomoe import ModelConfig, build_model
+from emomoe.errors import ConfigError
 from emomoe.model.docs import doc_ids_from_eos
 from emomoe.model.losses import compute_loss
 
@@ -179,6 +180,22 @@ def test_update_router_biases_moves_the_bias_only_when_enabled():
     plain(_ids())
     plain.update_router_biases()
     assert "score_bias_E" not in dict(plain.named_buffers())
+
+
+def test_lb_history_round_trips_and_refuses_another_window():
+    model, _ = _model("moe.router.lb_window=3")
+    model.train()
+    model(_ids(), labels_BS=_ids())
+    history = model.lb_history()
+    num_routed = model.layers[0].moe.router.num_routed
+    assert len(history) == len(model.layers) and all(t.shape == (2, num_routed + 1) for t in history)
+    assert all(t[-1, -1] == 2 * 24 and t[0].sum() == 0 for t in history)  # this forward's tokens, last row
+    fresh, _ = _model("moe.router.lb_window=3")
+    fresh.load_lb_history(history)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.lb_history(), history))
+    other, _ = _model("moe.router.lb_window=5")
+    with pytest.raises(ConfigError, match="lb_window cannot change on resume"):
+        other.load_lb_history(history)
 
 
 def test_init_is_a_truncated_normal_with_the_configured_std():

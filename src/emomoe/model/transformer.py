@@ -211,7 +211,7 @@ class EmoTransformer(nn.Module):
 
     def lb_history(self) -> list[torch.Tensor]:
         """The LB windows' counts of earlier training forwards, one tensor per router (empty when
-        `lb_window` is 1): training state, saved with the optimizer's rather than the weights."""
+        `lb_window` is 1): training state, which checkpoints keep with the trainer's, not the weights."""
         return [router.lb_history_WE1.clone() for router in self._routers() if router.lb_window > 1]
 
     @torch.no_grad()
