@@ -86,6 +86,10 @@ ERRORS = {
         lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "train.lr=.nan"],
         r"run\.yaml: train\.lr: expected a finite number, got nan$",
     ),
+    "train-lb-window-zero": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "model.moe.router.lb_window=0"],
+        r"run\.yaml: model\.moe\.router\.lb_window: 0 must be >= 1$",
+    ),
     "train-all-problems-at-once": (
         lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "train.max_steps=-1",
                       "--set", "train.warmup_steps=-2", "--set", "data.batch_size=0"],
