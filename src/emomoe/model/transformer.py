@@ -212,19 +212,23 @@ class EmoTransformer(nn.Module):
     def lb_history(self) -> list[torch.Tensor]:
         """The LB windows' counts of earlier training forwards, one tensor per router (empty when
         `lb_window` is 1): training state, which checkpoints keep with the trainer's, not the weights."""
-        return [router.lb_history_WE1.clone() for router in self._routers() if router.lb_window > 1]
+        return [router.lb_history_WE1.clone() for router in self._windowed_routers()]
 
     @torch.no_grad()
     def load_lb_history(self, history: list[torch.Tensor]) -> None:
-        mine = self.lb_history()
-        if [t.shape for t in history] != [t.shape for t in mine]:
+        routers = self._windowed_routers()
+        saved, needed = [tuple(t.shape) for t in history], [tuple(r.lb_history_WE1.shape) for r in routers]
+        if saved != needed:
             raise ConfigError(
-                f"the saved LB history has shapes {[tuple(t.shape) for t in history]}, this model's "
-                f"lb_window needs {[tuple(t.shape) for t in mine]}: moe.router.lb_window cannot change on resume"
+                f"the saved LB history has shapes {saved}, this model's lb_window needs {needed}: "
+                "moe.router.lb_window cannot change on resume"
             )
-        routers = [router for router in self._routers() if router.lb_window > 1]
         for router, counts_WE1 in zip(routers, history):
             router.lb_history_WE1.copy_(counts_WE1)
+
+    def _windowed_routers(self) -> list[Router]:
+        """The routers whose LB loss looks back over earlier forwards (`lb_window` > 1)."""
+        return [router for router in self._routers() if router.lb_window > 1]
 
     def _routers(self) -> list[Router]:
         """The routers of the layers that have routed experts, in order."""
