@@ -16,9 +16,14 @@ the peak measured between the same repetitions, so the machine's load divides ou
 Greedy generation uses both libraries' KV caches (`emomoe.generate.generate`, `model.generate`),
 for exactly the requested new tokens.
 
-`gemm_bound_mfu` is the MFU a training step would reach if every matmul ran at the rate measured
-for its own shape (`gemm_gflops`) and nothing else took any time: the ceiling for fp32 on this
-machine, before attention, elementwise work and the optimizer. With `--compile`, each library's
+`kernels` (in the training workload) runs, forward and backward, only the matmul and attention
+kernels a training step of emomoe runs, at its shapes: the q/k/v/o projections, the causal SDPA,
+the gate, the experts' grouped matmuls (tokens spread evenly over the experts) and the LM head, once
+per layer where per layer. It is timed in the same interleaving as the steps. No implementation
+that calls these kernels can take less time, so `kernel_bound_mfu` (the MFU of a step that took
+only that long) and `kernel_bound_emomoe_over_hf` (transformers' step time over it) are ceilings:
+what fusing away everything else would reach, before writing faster GEMMs or attention. `gemm_gflops`
+lists the rate of each model matmul shape beside the square peak. With `--compile`, each library's
 transformer blocks are also `torch.compile`d (what `train.compile: true` does; inductor generates
 fused C++ loops for the elementwise work on CPU) and timed in the same interleaving, so the
 compiled figures compare with each other and with the eager ones; `compile_s` is the first
@@ -36,11 +41,13 @@ import json
 import time
 
 import torch
+import torch.nn.functional as F
 import transformers
 
 from emomoe.generate import GenerationConfig, generate
 from emomoe.model import ModelConfig, build_model
 from emomoe.model.config import LossConfig, MoEConfig, RouterConfig
+from emomoe.model.experts import expert_matmul
 from emomoe.model.losses import compute_loss
 from emomoe.train.config import TrainConfig
 from emomoe.train.flops import (
@@ -195,6 +202,7 @@ def compare(
         if workload == "train":
             fns = {name: (lambda s=side, x=x: s.train_step(x)) for name, (side, x) in sides.items()}
             fns["peak"] = lambda: torch.mm(peak_a, peak_b)
+            fns["kernels"] = step_kernels(cfg)
             tokens = BATCH * SEQ_LEN
         elif workload == "forward":
             fns = {name: (lambda s=side: s.forward(ids_BS)) for name, (side, _) in sides.items()}
@@ -204,7 +212,7 @@ def compare(
                    "hf": lambda: theirs.generate(prompt_BS, new_tokens)}
             tokens = gen_batch * new_tokens
         best = interleaved_best(fns, reps)
-        row = {name: round(tokens / seconds) for name, seconds in best.items() if name != "peak"}
+        row = {name: round(tokens / seconds) for name, seconds in best.items() if name not in ("peak", "kernels")}
         row["emomoe_over_hf"] = round(row["emomoe"] / row["hf"], 3)
         if "emomoe_compiled" in row:
             row["compiled_emomoe_over_hf"] = round(row["emomoe_compiled"] / row["hf"], 3)
@@ -214,46 +222,59 @@ def compare(
             row["peak_gflops"] = round(peak / 1e9, 1)
             for name in sides:
                 row[f"{name}_mfu"] = round(flops_per_token * row[name] / peak, 3)
+            row["kernel_bound_mfu"] = round(flops_per_token * tokens / best["kernels"] / peak, 3)
+            row["kernel_bound_emomoe_over_hf"] = round(best["hf"] / best["kernels"], 3)
         result[f"{workload}_tokens_per_s"] = row
     return result
 
 
-def gemm_rates(shapes: list[str]) -> tuple[dict, dict]:
-    """GFLOP/s of large square matmuls (the peak MFU divides by) and of each model's own matmuls;
-    and per shape the GEMM-bound MFU (see the module doc)."""
-    peak = measure_peak_flops(seconds=1.0)
-    rates, bounds = {"peak_square": round(peak / 1e9, 1)}, {}
+def gemm_rates(shapes: list[str]) -> dict:
+    """GFLOP/s of large square matmuls (the peak MFU divides by) and of each model's own matmuls."""
+    rates = {"peak_square": round(measure_peak_flops(seconds=1.0) / 1e9, 1)}
     for shape in shapes:
-        cfg = emomoe_config(shape, "olmoe")
-        measured = {
-            name: (mkn, matmul_flops_per_s(*mkn, seconds=0.2))
-            for name, mkn in model_gemm_shapes(cfg, BATCH * SEQ_LEN).items()
-        }
-        rates |= {f"{shape}/{name}{list(mkn)}": round(rate / 1e9, 1) for name, (mkn, rate) in measured.items()}
-        bounds[shape] = round(gemm_bound_mfu(cfg, measured, peak), 3)
-    return rates, bounds
+        for name, mkn in model_gemm_shapes(emomoe_config(shape, "olmoe"), BATCH * SEQ_LEN).items():
+            rates[f"{shape}/{name}{list(mkn)}"] = round(matmul_flops_per_s(*mkn, seconds=0.2) / 1e9, 1)
+    return rates
 
 
-# How many matmuls of each measured shape a layer runs per forward: q and output projections share
-# the q shape, k and v the kv shape; an expert runs gate and up (the up shape) and down.
-GEMMS_PER_LAYER = {"attention_q": 2, "attention_kv": 2, "expert_up": 2, "expert_down": 1, "shared_expert_up": 3}
+def step_kernels(cfg: ModelConfig):
+    """A closure running the matmul and attention kernels of one emomoe training step, forward and
+    backward, on random operands of the step's shapes (see the module doc)."""
+    g = torch.Generator().manual_seed(0)
+    T, D, heads = BATCH * SEQ_LEN, cfg.d_model, cfg.num_heads
+    routed, top_k, hidden = cfg.moe.routed_in_layer(0), cfg.moe.top_k_in_layer(0), cfg.moe.expert_hidden_size
 
+    def leaf(*shape):
+        return (0.02 * torch.randn(*shape, generator=g)).requires_grad_()
 
-def gemm_bound_mfu(cfg: ModelConfig, measured: dict[str, tuple[tuple[int, int, int], float]], peak: float) -> float:
-    """Training FLOPs per token / the time its matmuls take at their measured rates, over `peak`.
-    Backward matmuls are taken at the forward shape's rate; the FLOPs no measured shape covers
-    (attention scores, the router) are charged at the peak, which flatters the bound."""
-    tokens = BATCH * SEQ_LEN
-    total = train_flops_per_token(cfg, SEQ_LEN) * tokens
-    seconds, covered = 0.0, 0.0
-    for name, (mkn, rate) in measured.items():
-        count = 1 if name == "lm_head" else cfg.num_layers * GEMMS_PER_LAYER[name]
-        if name.startswith("expert_"):
-            count *= cfg.moe.routed_in_layer(0)
-        flops = 3 * count * gemm_flops(*mkn)
-        seconds, covered = seconds + flops / rate, covered + flops
-    seconds += (total - covered) / peak
-    return total / seconds / peak
+    x_TD, head_in_TD = leaf(T, D), leaf(T, D)
+    proj_weights = [leaf(D, D) for _ in range(4)]
+    q, k, v = (leaf(BATCH, heads, SEQ_LEN, D // heads) for _ in range(3))
+    gate_ED, lm_head_VD = leaf(routed + cfg.moe.router.num_shared_experts, D), leaf(cfg.vocab_size, D)
+    x_ND, h_NH = leaf(T * top_k, D), leaf(T * top_k, hidden)
+    w1, w3, w2 = leaf(routed, hidden, D), leaf(routed, hidden, D), leaf(routed, D, hidden)
+    counts_E = torch.full((routed,), T * top_k // routed)
+    counts_E[: T * top_k - int(counts_E.sum())] += 1
+    wide = hidden * cfg.moe.router.num_shared_experts  # the shared experts side by side
+    shared_in_TF, shared_up, shared_gate, shared_down = leaf(T, wide), leaf(wide, D), leaf(wide, D), leaf(D, wide)
+    leaves = [x_TD, head_in_TD, *proj_weights, q, k, v, gate_ED, lm_head_VD, x_ND, h_NH, w1, w3, w2,
+              shared_in_TF, shared_up, shared_gate, shared_down]
+
+    def run() -> None:
+        outs = []
+        for _ in range(cfg.num_layers):
+            outs += [x_TD @ w.T for w in proj_weights]
+            outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+            outs.append(x_TD @ gate_ED.T)
+            outs += [expert_matmul(x_ND, w, counts_E) for w in (w1, w3)] + [expert_matmul(h_NH, w2, counts_E)]
+            if wide:
+                outs += [x_TD @ shared_up.T, x_TD @ shared_gate.T, shared_in_TF @ shared_down.T]
+        outs.append(head_in_TD @ lm_head_VD.T)
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+        for t in leaves:
+            t.grad = None
+
+    return run
 
 
 def main() -> None:
@@ -281,7 +302,7 @@ def main() -> None:
         "retain_freed_memory": retained,
         "reps": args.reps, "batch": [BATCH, SEQ_LEN], "generate_batch_prompt_new": args.gen,
     }
-    result["gemm_gflops"], result["gemm_bound_mfu"] = gemm_rates(args.shapes)
+    result["gemm_gflops"] = gemm_rates(args.shapes)
     for shape in args.shapes:
         for family in args.families:
             result[f"{shape}/{family}"] = compare(

@@ -6,12 +6,15 @@ Shapes: B rows, S sequence, T = B*S tokens, E routed experts, K experts per toke
     python bench/router.py [--quick]
 
 Two pool measurements per documents-per-row count, each as a speedup over the loop:
-- `mask`: logits -> each token's softmax over its document's pool (unmasked softmax, per-document
-  sums, ranking, then the softmax renormalised over the pool; the loop masks the logits to -inf
-  outside the pool and takes a second softmax, as the official code does);
-- `route`: the whole pool path, mask + top-7, which the official code runs after its loop (so the
-  common top-k dilutes the speedup).
-With --compile, also `mask_compiled` and `route_compiled`: the vectorised path through
+- `mask`: logits -> each token's softmax over its document's pool, as the router computes it
+  (`pooled_softmax`: the unmasked softmax, per-document sums, ranking, then the softmax
+  renormalised over the pool, fused into one CPU kernel for float32); the loop masks the logits
+  to -inf outside the pool and takes a second softmax, as the official code does;
+- `route`: the whole pool path plus the top-7: the router's `top_experts` (a fused top-k) after
+  ours, torch.topk after the loop, as the official code runs it.
+`mask_pytorch` and `route_pytorch` time the same path with the fused kernels off: the PyTorch ops
+that GPUs, other dtypes and machines without a compiler run.
+With --compile, also `mask_compiled` and `route_compiled`: the PyTorch path through
 torch.compile (inductor), as a `train.compile: true` run executes it inside its compiled blocks.
 Timings are the best of interleaved repetitions (the variants alternate; see bench/timing).
 """
@@ -26,7 +29,9 @@ import torch
 from emomoe import ModelConfig, build_model
 from emomoe.model.docs import Segments
 from emomoe.model.losses import compute_loss
-from emomoe.model.pool import document_pools, draw_pool_sizes, pool_softmax, token_pools
+from emomoe import kernels
+from emomoe.model.pool import draw_pool_sizes, pooled_softmax
+from emomoe.model.router import top_experts
 from emomoe.train.runtime import retain_freed_memory
 
 from timing import interleaved_best
@@ -46,9 +51,7 @@ def random_doc_ids(num_rows: int, seq_len: int, num_docs: int, generator: torch.
 def pooled_probs(logits_TE: torch.Tensor, seg_T: torch.Tensor, num_segments: int, seed: torch.Tensor) -> torch.Tensor:
     """The router's pool path after the segments: pool-restricted probabilities [T, E]."""
     sizes_G = draw_pool_sizes(*POOL, num_segments, seed, logits_TE.device)
-    probs_TE = logits_TE.softmax(-1)
-    keep_GE = document_pools(probs_TE, seg_T, num_segments, sizes_G)
-    return pool_softmax(logits_TE, probs_TE, token_pools(keep_GE, seg_T, probs_TE.dtype))
+    return pooled_softmax(logits_TE, seg_T, num_segments, sizes_G)[0]
 
 
 def vectorised_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, pool_probs=pooled_probs) -> torch.Tensor:
@@ -74,9 +77,27 @@ def looped_pool(logits_TE: torch.Tensor, doc_ids_BS: torch.Tensor, generator: to
     return logits_BSE.masked_fill(drop_BSE, float("-inf")).view_as(logits_TE).softmax(dim=-1)
 
 
-def route(probs_TE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tail both designs share: top-k."""
-    return probs_TE.topk(TOP_K, dim=-1)
+def official_route(probs_TE: torch.Tensor) -> torch.Tensor:
+    """The official tail: torch.topk."""
+    return probs_TE.topk(TOP_K, dim=-1).indices
+
+
+def route(probs_TE: torch.Tensor) -> torch.Tensor:
+    """The router's tail: `top_experts` (the fused top-k on float32 CPU tensors)."""
+    return top_experts(probs_TE, TOP_K)
+
+
+def pytorch_ops(fn):
+    """`fn` with the fused kernels off: the PyTorch twins that GPUs and other dtypes run."""
+
+    def run():
+        usable, kernels.usable = kernels.usable, lambda *tensors: False
+        try:
+            return fn()
+        finally:
+            kernels.usable = usable
+
+    return run
 
 
 def bench_pool(num_rows: int, reps: int, compile: bool) -> dict:
@@ -89,10 +110,13 @@ def bench_pool(num_rows: int, reps: int, compile: bool) -> dict:
         logits_TE = torch.randn(num_rows * 4096, NUM_ROUTED, generator=g)
         fns = {
             "mask_vectorised": lambda: vectorised_pool(logits_TE, doc_ids_BS),
+            "mask_pytorch": pytorch_ops(lambda: vectorised_pool(logits_TE, doc_ids_BS)),
             "mask_loop": lambda: looped_pool(logits_TE, doc_ids_BS, g),
             "route_vectorised": lambda: route(vectorised_pool(logits_TE, doc_ids_BS)),
-            "route_loop": lambda: route(looped_pool(logits_TE, doc_ids_BS, g)),
+            "route_pytorch": pytorch_ops(lambda: route(vectorised_pool(logits_TE, doc_ids_BS))),
+            "route_loop": lambda: official_route(looped_pool(logits_TE, doc_ids_BS, g)),
         }
+        torch.testing.assert_close(fns["mask_pytorch"](), fns["mask_vectorised"](), rtol=0, atol=1e-6)
         if compiled_probs is not None:
             torch.testing.assert_close(vectorised_pool(logits_TE, doc_ids_BS, compiled_probs), fns["mask_vectorised"]())
             fns["mask_compiled"] = lambda: vectorised_pool(logits_TE, doc_ids_BS, compiled_probs)
@@ -104,6 +128,8 @@ def bench_pool(num_rows: int, reps: int, compile: bool) -> dict:
             row[f"{part}_vectorised_ms"] = round(best[f"{part}_vectorised"] * 1e3, 3)
             row[f"{part}_loop_ms"] = round(loop * 1e3, 3)
             row[f"{part}_speedup"] = round(loop / best[f"{part}_vectorised"], 2)
+            row[f"{part}_pytorch_ms"] = round(best[f"{part}_pytorch"] * 1e3, 3)
+            row[f"{part}_pytorch_speedup"] = round(loop / best[f"{part}_pytorch"], 2)
             if compile:
                 row[f"{part}_compiled_ms"] = round(best[f"{part}_compiled"] * 1e3, 3)
                 row[f"{part}_compiled_speedup"] = round(loop / best[f"{part}_compiled"], 2)

@@ -3,7 +3,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emomoe.model.pool import PoolSampler, document_pools, draw_pool_sizes, pool_softmax, seed_tensors
+from emomoe import kernels
+from emomoe.model.docs import Segments
+from emomoe.model.pool import PoolSampler, document_pools, draw_pool_sizes, pooled_softmax, seed_tensors
 
 
 @st.composite
@@ -45,36 +47,73 @@ def test_ties_go_to_the_lower_expert_index():
     assert keep_GE.tolist() == [[False, True, True, False], [True, True, True, False]]
 
 
+# float32 runs the fused CPU kernel (emomoe.kernels), float64 the PyTorch ops.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @settings(max_examples=40, deadline=None)
-@given(pooled_batches())
-def test_pool_softmax_and_its_gradient_equal_the_softmax_of_masked_logits(batch):
+@given(batch=pooled_batches())
+def test_pooled_softmax_and_its_gradient_equal_the_softmax_of_masked_logits(dtype, batch):
     num_experts, lengths, sizes, seed = batch
     g = torch.Generator().manual_seed(seed)
-    logits_TE = (3 * torch.randn(sum(lengths), num_experts, generator=g, dtype=torch.float64)).requires_grad_()
-    upstream_TE = torch.randn(logits_TE.shape, generator=g, dtype=torch.float64)
+    logits_TE = (3 * torch.randn(sum(lengths), num_experts, generator=g, dtype=torch.float64)).to(dtype)
+    logits_TE.requires_grad_()
+    upstream_TE = torch.randn(logits_TE.shape, generator=g, dtype=torch.float64).to(dtype)
     seg_T = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    keep_TE = document_pools(logits_TE.softmax(-1), seg_T, len(lengths), torch.tensor(sizes))[seg_T]
-    pooled_TE = pool_softmax(logits_TE, logits_TE.softmax(-1), keep_TE)
+    pooled_TE, keep_GE = pooled_softmax(logits_TE, seg_T, len(lengths), torch.tensor(sizes))
+    keep_TE = keep_GE[seg_T]
+    assert keep_TE.tolist() == _loop_keep(logits_TE.detach().double().softmax(-1), lengths, sizes)
     (grad,) = torch.autograd.grad((pooled_TE * upstream_TE).sum(), logits_TE)
+    atol = 1e-12 if dtype == torch.float64 else 1e-6
     # Reference: every token on its own, its pool's logits only, softmax, gradient by autograd.
     for t in range(len(seg_T)):
         inside = keep_TE[t].nonzero().flatten()
-        row = logits_TE[t, inside].detach().requires_grad_()
+        row = logits_TE[t, inside].detach().double().requires_grad_()
         probs = row.softmax(-1)
-        (row_grad,) = torch.autograd.grad((probs * upstream_TE[t, inside]).sum(), row)
-        assert torch.allclose(pooled_TE[t, inside], probs, rtol=0, atol=1e-12)
+        (row_grad,) = torch.autograd.grad((probs * upstream_TE[t, inside].double()).sum(), row)
+        assert torch.allclose(pooled_TE[t, inside].double(), probs, rtol=0, atol=atol)
         assert not pooled_TE[t][~keep_TE[t]].any() and not grad[t][~keep_TE[t]].any()
-        assert torch.allclose(grad[t, inside], row_grad, rtol=0, atol=1e-6)
+        assert torch.allclose(grad[t, inside].double(), row_grad, rtol=0, atol=1e-6 if dtype == torch.float64 else 1e-5)
 
 
-def test_a_pool_whose_probabilities_underflow_gets_zero_weights_not_nan():
-    logits_TE = torch.tensor([[200.0, 0.0, 1.0], [0.0, 0.0, 1.0]], requires_grad=True)
-    keep_TE = torch.tensor([[False, True, True], [False, True, True]])
-    pooled_TE = pool_softmax(logits_TE, logits_TE.softmax(-1), keep_TE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_pool_whose_probabilities_underflow_gets_zero_weights_not_nan(dtype):
+    # One document: token 0 prefers expert 0 overwhelmingly, but tokens 1-3 put more mass on
+    # experts 1 and 2, so the pool of two drops expert 0, and token 0's pool probabilities (e^-1000)
+    # underflow in float64 as in float32.
+    logits_TE = torch.tensor(
+        [[1000.0, 0.0, 1.0], [0.0, 300.0, 0.0], [0.0, 0.0, 300.0], [0.0, 300.0, 300.0]], dtype=dtype, requires_grad=True
+    )
+    pooled_TE, keep_GE = pooled_softmax(logits_TE, torch.tensor([0, 0, 0, 0]), 1, torch.tensor([2]))
+    assert keep_GE.tolist() == [[False, True, True]]
     assert pooled_TE[0].tolist() == [0.0, 0.0, 0.0]
-    assert torch.allclose(pooled_TE[1], torch.tensor([0.0, 1.0, torch.e]) / (1 + torch.e))
     (grad,) = torch.autograd.grad(pooled_TE[:, 2].sum(), logits_TE)
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_fused_kernel_equals_the_pytorch_ops_on_many_documents(threads, monkeypatch):
+    """Documents of very different lengths: the kernel splits the tokens into chunks, and a document
+    longer than a chunk (the first 3000 tokens of row 0) is summed over several before its pool is
+    ranked; the rest are single rows, 100-token documents, and 2-token ones."""
+    assert kernels.ops() is not None, "the fused CPU kernels did not build on this machine"
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    starts_BS = torch.rand(3, 4096, generator=g) < torch.tensor([0.01, 0.5, 0.0])[:, None]
+    starts_BS[0, :3000] = False
+    doc_ids_BS = starts_BS.long().cumsum(1)
+    segments = Segments.from_doc_ids(doc_ids_BS)
+    logits_TE = 2 * torch.randn(3 * 4096, 61, generator=g)
+    sizes_G = draw_pool_sizes(4, 40, segments.num_segments, 7, logits_TE.device)
+    fused = pooled_softmax(logits_TE, segments.seg_T, segments.num_segments, sizes_G)
+    monkeypatch.setattr(kernels, "usable", lambda *tensors: False)
+    twin = pooled_softmax(logits_TE, segments.seg_T, segments.num_segments, sizes_G)
+    assert torch.equal(fused[1], twin[1])
+    torch.testing.assert_close(fused[0], twin[0], rtol=0, atol=1e-6)
+
+
+def test_segment_ids_out_of_order_are_refused():
+    assert kernels.ops() is not None
+    with pytest.raises(RuntimeError, match="non-decreasing"):
+        pooled_softmax(torch.randn(4, 5), torch.tensor([0, 1, 0, 1]), 2, torch.tensor([2, 2]))
 
 
 def test_pools_are_unchanged_by_an_oversized_segment_count():

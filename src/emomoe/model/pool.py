@@ -5,7 +5,7 @@ Shapes: T tokens, E routed experts, G segments (documents; see `docs.Segments`).
 Per document: sum the unmasked routed softmax over its tokens, keep the top-d experts and mask
 the rest. Everything is vectorised over documents, with no Python loop and no device sync: the
 work is one pass over [T, E] for the sums, a sort of G rows of E, and the renormalisation of the
-same softmax over each token's pool (`pool_softmax`).
+same softmax over each token's pool (`pooled_softmax`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 
 import torch
 
-from emomoe import distributed
+from emomoe import distributed, kernels
 
 
 def document_pools(
@@ -45,32 +45,42 @@ def token_pools(keep_GE: torch.Tensor, seg_T: torch.Tensor, dtype: torch.dtype) 
 
 
 class _PoolSoftmax(torch.autograd.Function):
-    """The softmax of the pool-masked logits, computed from the unmasked softmax (see `pool_softmax`)."""
+    """The softmax of the pool-masked logits (see `pooled_softmax`)."""
 
     @staticmethod
-    def forward(ctx, logits_TE: torch.Tensor, probs_TE: torch.Tensor, keep_TE: torch.Tensor) -> torch.Tensor:
-        pooled_TE = probs_TE * keep_TE
-        # A pool whose every logit lies ~87+ nats below the token's best expert has underflowed to
-        # zero mass: its weights stay zero rather than 0/0.
-        pooled_TE.div_(pooled_TE.sum(dim=-1, keepdim=True).clamp_(min=torch.finfo(pooled_TE.dtype).tiny))
+    def forward(ctx, logits_TE, seg_T, num_segments, sizes_G):
+        if kernels.usable(logits_TE):
+            pooled_TE, keep_GE = kernels.ops().pool_softmax(logits_TE.detach(), seg_T, num_segments, sizes_G)
+            keep_GE = keep_GE.bool()
+        else:
+            probs_TE = logits_TE.detach().softmax(dim=-1)
+            keep_GE = document_pools(probs_TE, seg_T, num_segments, sizes_G)
+            pooled_TE = probs_TE * token_pools(keep_GE, seg_T, probs_TE.dtype)
+            # A pool whose every logit lies ~87+ nats below the token's best expert has underflowed
+            # to zero mass: its weights stay zero rather than 0/0.
+            pooled_TE.div_(pooled_TE.sum(dim=-1, keepdim=True).clamp_(min=torch.finfo(pooled_TE.dtype).tiny))
         ctx.save_for_backward(pooled_TE)
-        return pooled_TE
+        ctx.mark_non_differentiable(keep_GE)
+        return pooled_TE, keep_GE
 
     @staticmethod
-    def backward(ctx, grad_TE: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad_TE, _grad_keep):
         (pooled_TE,) = ctx.saved_tensors
-        return torch._softmax_backward_data(grad_TE, pooled_TE, -1, pooled_TE.dtype), None, None
+        return torch._softmax_backward_data(grad_TE, pooled_TE, -1, pooled_TE.dtype), None, None, None
 
 
-def pool_softmax(logits_TE: torch.Tensor, probs_TE: torch.Tensor, keep_TE: torch.Tensor) -> torch.Tensor:
-    """softmax(logits masked to -inf outside the pool) [T, E], given probs_TE = softmax(logits_TE).
+def pooled_softmax(
+    logits_TE: torch.Tensor, seg_T: torch.Tensor, num_segments: int, sizes_G: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's softmax over its document's pool [T, E], and the pools (`document_pools`) [G, E].
 
-    The unmasked probabilities restricted to the pool and renormalised are that softmax, so the
-    pool costs no second pass of exponentials: a product with the 0/1 mask `keep_TE` (see
-    `token_pools`; a boolean mask works too), a row sum and a division. The gradient (to
-    `logits_TE` only) is the masked softmax's, exactly zero outside the pool.
+    The unmasked softmax restricted to the pool and renormalised is the softmax of the pool-masked
+    logits, so the pool costs no second pass of exponentials. The gradient (to `logits_TE` only)
+    is the masked softmax's, exactly zero outside the pool. `seg_T` must be non-decreasing, as
+    `Segments` numbers tokens. Float32 CPU tensors go through one fused kernel
+    (`emomoe.kernels`, three passes over [T, E]); everything else through the PyTorch ops above.
     """
-    return _PoolSoftmax.apply(logits_TE, probs_TE.detach(), keep_TE)
+    return _PoolSoftmax.apply(logits_TE, seg_T, num_segments, sizes_G)
 
 
 class PoolSampler:

@@ -13,11 +13,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from emomoe import distributed
+from emomoe import distributed, kernels
 from emomoe.model.config import LBScope, RouterConfig, parse_pool
 from emomoe.model.docs import Segments
 from emomoe.model.losses import load_balancing_loss, router_z_loss
-from emomoe.model.pool import document_pools, draw_pool_sizes, pool_softmax, token_pools
+from emomoe.model.pool import draw_pool_sizes, pooled_softmax
+
+
+def top_experts(scores_TE: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [T, k] of each token's k highest scores, highest first: `topk(...).indices`. Float32
+    CPU scores go to a fused kernel (a sorted k-list per row; ties to the lower index), which is
+    2.5-3x faster than torch.topk at k = 7 of 127 experts."""
+    if kernels.usable(scores_TE):
+        return kernels.ops().topk_indices(scores_TE, k)
+    return scores_TE.topk(k, dim=-1).indices
 
 
 @dataclass
@@ -85,18 +94,14 @@ class Router(nn.Module):
         `Segments` sized without one), and under torch.compile it is one graph.
         """
         logits_TE = self.gate(x_TD)[:, : self.num_routed]
-        probs_TE = logits_TE.softmax(dim=-1)
-        keep_TE = self._pool_mask(probs_TE, segments, pool_seed)
-        if keep_TE is not None:
-            probs_TE = pool_softmax(logits_TE, probs_TE, keep_TE)
+        probs_TE, keep_GE = self._probs(logits_TE, segments, pool_seed)
+        select_TE = probs_TE
         if self.bias_update_rate > 0:
             select_TE = probs_TE + self.score_bias_E
-            if keep_TE is not None:
-                select_TE = select_TE.masked_fill(keep_TE == 0, float("-inf"))
-            experts_TK = select_TE.topk(self.top_k, dim=-1).indices
-            weights_TK = probs_TE.gather(1, experts_TK)
-        else:
-            weights_TK, experts_TK = probs_TE.topk(self.top_k, dim=-1)
+            if keep_GE is not None:
+                select_TE = select_TE.masked_fill(~keep_GE.index_select(0, segments.seg_T), float("-inf"))
+        experts_TK = top_experts(select_TE, self.top_k)
+        weights_TK = probs_TE.gather(1, experts_TK)
         out = RouterOutput(logits_TE, experts_TK, weights_TK, lb_loss=None, z_loss=None)
         if aux_losses:
             out.lb_loss = self._lb_loss(probs_TE, experts_TK)
@@ -118,22 +123,21 @@ class Router(nn.Module):
             top_p_T, top_e_T = weights_TK[:, 0], experts_TK[:, 0]
         return logits_TE.gather(1, top_e_T[:, None]).squeeze(1) - top_p_T.log()
 
-    def _pool_mask(
-        self, probs_TE: torch.Tensor, segments: Segments | None, pool_seed: torch.Tensor | int | None
-    ) -> torch.Tensor | None:
-        """[T, E] from the unmasked probabilities: 1.0 where the expert is in the pool of the token's
-        document, else 0.0 (`token_pools`). None without a pool."""
+    def _probs(
+        self, logits_TE: torch.Tensor, segments: Segments | None, pool_seed: torch.Tensor | int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The routing probabilities [T, E]: the softmax over each token's document pool while a pool
+        is active (`pooled_softmax`), else over all routed experts; and the pools [G, E] or None."""
         pool = self.pool
         if pool is None or pool[0] >= self.num_routed:
-            return None
+            return logits_TE.softmax(dim=-1), None
         if segments is None:
             raise ValueError("an EMO pool is active, so the router needs the document segments")
         if pool[0] == pool[1]:
-            sizes_G = torch.full((segments.num_segments,), pool[0], device=probs_TE.device)
+            sizes_G = torch.full((segments.num_segments,), pool[0], device=logits_TE.device)
         else:
-            sizes_G = draw_pool_sizes(*pool, segments.num_segments, pool_seed, probs_TE.device)
-        keep_GE = document_pools(probs_TE, segments.seg_T, segments.num_segments, sizes_G)
-        return token_pools(keep_GE, segments.seg_T, probs_TE.dtype)
+            sizes_G = draw_pool_sizes(*pool, segments.num_segments, pool_seed, logits_TE.device)
+        return pooled_softmax(logits_TE, segments.seg_T, segments.num_segments, sizes_G)
 
     @torch.no_grad()
     def _count_experts(self, experts_TK: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,289 @@
+// emomoe's fused CPU kernels, registered as torch ops in the `emomoe` namespace.
+//
+// Shapes: T tokens, E routed experts, G segments (documents), K experts per token.
+//
+// Built once per machine by emomoe/kernels/__init__.py with the host's vector ISA. Every kernel
+// here has a pure-PyTorch twin in the model code; tests compare the two, and the twin runs
+// wherever this library cannot be built or the tensors are not float32 CPU ones.
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define CPU_CAPABILITY_AVX512
+#define CPU_CAPABILITY AVX512
+#elif defined(__AVX2__) && defined(__FMA__)
+#define CPU_CAPABILITY_AVX2
+#define CPU_CAPABILITY AVX2
+#else
+#define CPU_CAPABILITY DEFAULT
+#endif
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kVec = Vec::size();
+
+// Row r of a [T, E] matrix as vector loads; the tail of a row of odd width is a partial load whose
+// padding lanes must not change a max (-inf) or a sum (0).
+inline Vec load_tail(const float* p, int64_t n, float pad) {
+  alignas(64) float buf[kVec];
+  std::fill(buf, buf + kVec, pad);
+  std::copy(p, p + n, buf);
+  return Vec::loadu(buf);
+}
+
+inline float row_max(const float* x, int64_t n) {
+  Vec m(-std::numeric_limits<float>::infinity());
+  int64_t i = 0;
+  for (; i + kVec <= n; i += kVec) m = at::vec::maximum(m, Vec::loadu(x + i));
+  if (i < n) m = at::vec::maximum(m, load_tail(x + i, n - i, -std::numeric_limits<float>::infinity()));
+  return at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return at::vec::maximum(a, b); }, m);
+}
+
+// out = exp(x - max) / sum(exp(x - max)): one row's softmax, its passes in L1; the probabilities
+// are also added to `acc` (ceil(n / kVec) vectors), the running sums of the row's segment.
+inline void softmax_row_into(const float* x, float* out, int64_t n, Vec* acc) {
+  const Vec max(row_max(x, n));
+  Vec sum(0.f);
+  int64_t i = 0;
+  for (; i + kVec <= n; i += kVec) {
+    Vec e = (Vec::loadu(x + i) - max).exp_u20();
+    e.store(out + i);
+    sum = sum + e;
+  }
+  if (i < n) {
+    // the tail's padding lanes (exp(0 - max)) are stored nowhere and must not reach the sum
+    Vec e = (load_tail(x + i, n - i, 0.f) - max).exp_u20();
+    e.store(out + i, n - i);
+    sum = sum + Vec::loadu(out + i, n - i);
+  }
+  const Vec inv(1.f / at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return a + b; }, sum));
+  int64_t v = 0;
+  for (i = 0; i + kVec <= n; i += kVec, ++v) {
+    Vec p = Vec::loadu(out + i) * inv;
+    p.store(out + i);
+    acc[v] = acc[v] + p;
+  }
+  if (i < n) {
+    Vec p = Vec::loadu(out + i, n - i) * inv;
+    p.store(out + i, n - i);
+    acc[v] = acc[v] + p;
+  }
+}
+
+// Token ranges, one per task, of about T / C tokens each: a border moves to a segment start within
+// half a chunk of it where there is one, so that fewer segments are cut.
+std::vector<int64_t> chunk_borders(const int64_t* seg, int64_t num_tokens, int64_t num_chunks) {
+  std::vector<int64_t> borders(num_chunks + 1, num_tokens);
+  borders[0] = 0;
+  const int64_t reach = num_tokens / (2 * num_chunks);
+  for (int64_t c = 1; c < num_chunks; ++c) {
+    const int64_t even = c * num_tokens / num_chunks;
+    int64_t border = even;
+    for (int64_t d = 0; d <= reach; ++d) {
+      if (even + d < num_tokens && seg[even + d] != seg[even + d - 1]) {
+        border = even + d;
+        break;
+      }
+      if (even - d > borders[c - 1] && seg[even - d] != seg[even - d - 1]) {
+        border = even - d;
+        break;
+      }
+    }
+    borders[c] = std::max(border, borders[c - 1]);
+  }
+  return borders;
+}
+
+}  // namespace
+
+// The top `size` experts of one segment by summed probability, ties to the lower index, as 1.0
+// in its row of `keep` (zeros elsewhere).
+inline void rank_pool(const double* sum, int64_t E, int64_t size, float* keep, std::vector<int64_t>& order) {
+  const int64_t d = std::clamp<int64_t>(size, 0, E);
+  std::iota(order.begin(), order.end(), 0);
+  auto before = [sum](int64_t a, int64_t b) { return sum[a] > sum[b] || (sum[a] == sum[b] && a < b); };
+  if (d < E) std::nth_element(order.begin(), order.begin() + d, order.end(), before);
+  for (int64_t i = 0; i < d; ++i) keep[order[i]] = 1.f;
+}
+
+// Rows [t0, t1) of one segment: probabilities times the pool's 0/1 row, renormalised in place. A
+// pool whose probabilities all underflowed to zero keeps zero weights, not 0/0.
+inline void renormalise_rows(float* out, int64_t t0, int64_t t1, int64_t E, const float* keep) {
+  const float tiny = std::numeric_limits<float>::min();
+  for (int64_t t = t0; t < t1; ++t) {
+    float* p = out + t * E;
+    Vec sum(0.f);
+    int64_t i = 0;
+    for (; i + kVec <= E; i += kVec) {
+      Vec v = Vec::loadu(p + i) * Vec::loadu(keep + i);
+      v.store(p + i);
+      sum = sum + v;
+    }
+    if (i < E) {
+      Vec v = Vec::loadu(p + i, E - i) * Vec::loadu(keep + i, E - i);
+      v.store(p + i, E - i);
+      sum = sum + v;
+    }
+    const float total = at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return a + b; }, sum);
+    const Vec inv(1.f / std::max(total, tiny));
+    for (i = 0; i + kVec <= E; i += kVec) (Vec::loadu(p + i) * inv).store(p + i);
+    if (i < E) (Vec::loadu(p + i, E - i) * inv).store(p + i, E - i);
+  }
+}
+
+// The EMO pool (see emomoe.model.pool.pooled_softmax): for each segment, its tokens' softmax rows
+// and their sum over the segment; the top sizes_G[g] experts by that sum, ties to the lower index;
+// then each row restricted to the pool and renormalised. The tokens are cut into chunks, one task
+// each (`chunk_borders`). A segment that lies within one chunk is finished there, while its rows are still in the
+// core's cache (the pool needs a second pass over them); a segment cut by a chunk border sums its
+// parts (in double) after the parallel part, and is finished in a second, smaller one.
+// `seg_T` must be non-decreasing (segments are runs of tokens, as `Segments` numbers them).
+// Returns (pooled_TE, keep_GE as 0/1 float).
+std::tuple<at::Tensor, at::Tensor> pool_softmax(
+    const at::Tensor& logits_TE, const at::Tensor& seg_T, int64_t num_segments, const at::Tensor& sizes_G) {
+  TORCH_CHECK(logits_TE.device().is_cpu() && logits_TE.scalar_type() == at::kFloat && logits_TE.dim() == 2,
+              "emomoe::pool_softmax: logits must be a 2-D float32 CPU tensor");
+  TORCH_CHECK(seg_T.scalar_type() == at::kLong && sizes_G.scalar_type() == at::kLong,
+              "emomoe::pool_softmax: segment ids and pool sizes must be int64");
+  TORCH_CHECK(seg_T.numel() == logits_TE.size(0) && sizes_G.numel() >= num_segments,
+              "emomoe::pool_softmax: one segment id per token and one pool size per segment");
+  const at::Tensor logits = logits_TE.contiguous();
+  const at::Tensor seg = seg_T.contiguous();
+  const at::Tensor sizes = sizes_G.contiguous();
+  const int64_t T = logits.size(0), E = logits.size(1), G = num_segments;
+  at::Tensor out_TE = at::empty({T, E}, logits.options());
+  at::Tensor keep_GE = at::zeros({G, E}, logits.options());
+  if (T == 0 || E == 0) return {out_TE, keep_GE};
+  const float* x = logits.data_ptr<float>();
+  const int64_t* s = seg.data_ptr<int64_t>();
+  const int64_t* size = sizes.data_ptr<int64_t>();
+  float* out = out_TE.data_ptr<float>();
+  float* keep = keep_GE.data_ptr<float>();
+
+  // Per chunk, at most two cut segments: the one it starts inside, the one it ends inside.
+  struct Cut {
+    int64_t seg = -1, t0 = 0, t1 = 0;
+  };
+  const int64_t num_chunks = std::min<int64_t>(T, 4 * at::get_num_threads());
+  std::vector<Cut> cuts(2 * num_chunks);
+  std::vector<double> cut_sums(2 * num_chunks * E, 0.0);
+  const std::vector<int64_t> borders = chunk_borders(s, T, num_chunks);
+  std::vector<int64_t> first_seg(num_chunks, -1), last_seg(num_chunks, -1);
+  const int64_t num_vecs = (E + kVec - 1) / kVec;
+  at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<Vec> lanes(num_vecs);  // float sums of one run of rows: at most T / num_chunks
+    std::vector<float> run(num_vecs * kVec);
+    std::vector<double> sum(E);
+    std::vector<int64_t> order(E);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t t0 = borders[c], t1 = borders[c + 1];
+      if (t0 == t1) continue;
+      first_seg[c] = s[t0];
+      for (int64_t t = t0; t < t1;) {
+        const int64_t g = s[t], start = t;
+        TORCH_CHECK(g >= 0 && g < G, "emomoe::pool_softmax: segment id out of range");
+        TORCH_CHECK(t == t0 || g > s[t - 1], "emomoe::pool_softmax: segment ids must be non-decreasing");
+        std::fill(lanes.begin(), lanes.end(), Vec(0.f));
+        for (; t < t1 && s[t] == g; ++t) softmax_row_into(x + t * E, out + t * E, E, lanes.data());
+        for (int64_t v = 0; v < num_vecs; ++v) lanes[v].store(run.data() + v * kVec);
+        std::copy(run.begin(), run.begin() + E, sum.begin());
+        const bool cut = (start == t0 && t0 > 0 && s[t0 - 1] == g) || (t == t1 && t1 < T && s[t1] == g);
+        if (!cut) {
+          rank_pool(sum.data(), E, size[g], keep + g * E, order);
+          renormalise_rows(out, start, t, E, keep + g * E);
+          continue;
+        }
+        const int64_t slot = 2 * c + (start == t0 ? 0 : 1);
+        cuts[slot] = {g, start, t};
+        std::copy(sum.begin(), sum.end(), cut_sums.begin() + slot * E);
+      }
+      last_seg[c] = s[t1 - 1];
+    }
+  });
+  int64_t previous = -1;  // the last segment of the chunks so far
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    if (first_seg[c] < 0) continue;  // an empty chunk
+    TORCH_CHECK(first_seg[c] >= previous, "emomoe::pool_softmax: segment ids must be non-decreasing");
+    previous = last_seg[c];
+  }
+
+  // The cut segments: sum their parts, rank each once, then finish their rows chunk by chunk.
+  std::vector<double> sum(E, 0.0);
+  std::vector<int64_t> order(E);
+  for (size_t i = 0; i < cuts.size();) {
+    const int64_t g = cuts[i].seg;
+    if (g < 0) {
+      ++i;
+      continue;
+    }
+    std::fill(sum.begin(), sum.end(), 0.0);
+    for (; i < cuts.size() && (cuts[i].seg == g || cuts[i].seg < 0); ++i) {
+      if (cuts[i].seg < 0) continue;
+      for (int64_t e = 0; e < E; ++e) sum[e] += cut_sums[i * E + e];
+    }
+    rank_pool(sum.data(), E, size[g], keep + g * E, order);
+  }
+  at::parallel_for(0, static_cast<int64_t>(cuts.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      if (cuts[i].seg >= 0) renormalise_rows(out, cuts[i].t0, cuts[i].t1, E, keep + cuts[i].seg * E);
+  });
+  return {out_TE, keep_GE};
+}
+
+// Indices [T, K] of each row's K largest values, largest first, ties to the lower index: what
+// torch.topk(...).indices gives, by insertion into a sorted K-list instead of a general selection
+// (K is a handful, E at most a few hundred).
+at::Tensor topk_indices(const at::Tensor& x_TE, int64_t k) {
+  TORCH_CHECK(x_TE.device().is_cpu() && x_TE.scalar_type() == at::kFloat && x_TE.dim() == 2,
+              "emomoe::topk_indices: input must be a 2-D float32 CPU tensor");
+  const at::Tensor x = x_TE.contiguous();
+  const int64_t T = x.size(0), E = x.size(1);
+  TORCH_CHECK(k >= 0 && k <= E, "emomoe::topk_indices: k must lie in [0, E]");
+  at::Tensor idx_TK = at::empty({T, k}, x.options().dtype(at::kLong));
+  if (k == 0) return idx_TK;
+  const float* v = x.data_ptr<float>();
+  int64_t* out = idx_TK.data_ptr<int64_t>();
+  at::parallel_for(0, T, 256, [&](int64_t t0, int64_t t1) {
+    std::vector<float> best(k);
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* row = v + t * E;
+      int64_t* ids = out + t * k;
+      int64_t n = 0;  // entries held, sorted descending; a later equal value goes after
+      for (int64_t e = 0; e < E; ++e) {
+        const float val = row[e];
+        if (n == k && !(val > best[k - 1])) continue;
+        int64_t j = n < k ? n++ : k - 1;
+        for (; j > 0 && val > best[j - 1]; --j) {
+          best[j] = best[j - 1];
+          ids[j] = ids[j - 1];
+        }
+        best[j] = val;
+        ids[j] = e;
+      }
+    }
+  });
+  return idx_TK;
+}
+
+TORCH_LIBRARY(emomoe, m) {
+  m.def("pool_softmax(Tensor logits_TE, Tensor seg_T, int num_segments, Tensor sizes_G) -> (Tensor, Tensor)");
+  m.def("topk_indices(Tensor x_TE, int k) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(emomoe, CPU, m) {
+  m.impl("pool_softmax", &pool_softmax);
+  m.impl("topk_indices", &topk_indices);
+}

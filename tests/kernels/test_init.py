@@ -1,0 +1,76 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from emomoe import kernels
+
+# The pool kernel is tested against per-document loops in tests/model/test_pool.py.
+
+
+def test_the_kernels_build_and_load_on_this_machine():
+    assert kernels.ops() is not None
+    assert kernels.library_path().is_file()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 127), (300, 64), (7, 16), (3, 17)])
+def test_topk_indices_equal_torch_topk(shape):
+    g = torch.Generator().manual_seed(shape[1])
+    x_TE = torch.randn(shape, generator=g)
+    for k in {0, 1, min(7, shape[1]), shape[1]}:
+        assert torch.equal(kernels.ops().topk_indices(x_TE, k), x_TE.topk(k, dim=-1).indices)
+
+
+def test_topk_ties_go_to_the_lower_index():
+    x_TE = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.1], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    assert kernels.ops().topk_indices(x_TE, 3).tolist() == [[1, 3, 4], [0, 1, 2]]
+
+
+def test_topk_reads_strided_input_and_refuses_other_dtypes():
+    x_ET = torch.randn(9, 40)
+    assert torch.equal(kernels.ops().topk_indices(x_ET.T, 4), x_ET.T.topk(4).indices)
+    with pytest.raises(RuntimeError, match="float32"):
+        kernels.ops().topk_indices(x_ET.double(), 4)
+
+
+def test_usable_only_for_float32_cpu_tensors():
+    assert kernels.usable(torch.ones(2), torch.ones(3))
+    assert not kernels.usable(torch.ones(2), torch.ones(2, dtype=torch.float64))
+    assert not kernels.usable(torch.ones(2, device="meta"))
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
+
+
+FORWARD = """
+import torch
+from emomoe import kernels
+from emomoe.model import ModelConfig, build_model
+torch.manual_seed(0)
+model = build_model(ModelConfig.preset("tiny"))
+ids = torch.randint(0, model.cfg.vocab_size, (2, 16))
+out = model(ids, labels_BS=ids)
+out.lm_loss.total.backward()
+print(kernels.ops() is None, float(out.lm_loss.ce))
+"""
+
+
+def test_switched_off_or_unbuildable_kernels_leave_the_pytorch_path(tmp_path):
+    """EMOMOE_KERNELS=0, and a machine whose compiler fails (an empty cache, so a build is tried):
+    the model runs on PyTorch ops alone, with one warning line for the failed build."""
+    off = _run(FORWARD, EMOMOE_KERNELS="0")
+    assert off.returncode == 0, off.stderr
+    no_compiler = _run(FORWARD, EMOMOE_CACHE=str(tmp_path), CXX="/nonexistent/c++")
+    assert no_compiler.returncode == 0, no_compiler.stderr
+    assert off.stdout.split()[0] == no_compiler.stdout.split()[0] == "True"
+    assert "fused CPU kernels unavailable" in no_compiler.stderr
+    assert not list(tmp_path.rglob("*.so"))
+    on = _run(FORWARD)
+    assert on.returncode == 0 and on.stdout.split()[0] == "False", on.stderr
+    # The same model and batch through the kernels: the same loss to float32 rounding.
+    assert float(on.stdout.split()[1]) == pytest.approx(float(off.stdout.split()[1]), abs=1e-5)
