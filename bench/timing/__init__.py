@@ -12,10 +12,13 @@ from collections.abc import Callable
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Wall seconds of every repetition of every variant, run A, B, A, B, ... after `warmup` rounds."""
+    """Wall seconds of every repetition of every variant, run A, B, C, then C, B, A, ... after
+    `warmup` rounds. The order turns every round: a variant that runs right after another pays for
+    what that one left behind (evicted caches, a cold thread pool; measured: the same 3 ms op took
+    6 ms after a 100 ms one), and no variant should always be the one that pays."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for rep in range(warmup + reps):
-        for name, fn in fns.items():
+        for name, fn in (fns.items() if rep % 2 == 0 else reversed(fns.items())):
             start = time.perf_counter()
             fn()
             if rep >= warmup:

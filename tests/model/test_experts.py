@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emomoe.model.experts import HAS_GROUPED_MM, Experts, expert_matmul, grouped_matmul, looped_matmul
+from emomoe.model.experts import HAS_GROUPED_MM, Experts, expert_matmul, grouped_matmul, looped_matmul, swiglu
 
 
 def _make_experts(num_routed, num_shared, dtype=torch.float64, hidden=4):
@@ -72,17 +72,41 @@ def test_expert_matmul_falls_back_to_the_loop_for_unsupported_dtypes_and_shapes(
         assert torch.allclose(expert_matmul(x_ND, w_EHD, counts_E), looped_matmul(x_ND, w_EHD, counts_E))
 
 
+# float32 runs the fused SwiGLU kernel (emomoe.kernels), float64 PyTorch's ops.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("hidden", [4, 12])  # the routing weight scales the narrower side: hidden, then d_model
 @pytest.mark.parametrize("num_shared", [0, 2])
-def test_gradients_equal_those_of_a_per_token_loop(num_shared, hidden):
-    experts = _make_experts(5, num_shared, hidden=hidden)
+def test_gradients_equal_those_of_a_per_token_loop(num_shared, hidden, dtype):
+    experts = _make_experts(5, num_shared, hidden=hidden).to(dtype)
     g = torch.Generator().manual_seed(1)
-    x_TD = torch.randn(7, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    x_TD = torch.randn(7, 8, dtype=torch.float64, generator=g).to(dtype).requires_grad_()
     experts_TK = torch.stack([torch.randperm(5, generator=g)[:3] for _ in range(7)])
-    weights_TK = torch.rand(7, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    weights_TK = torch.rand(7, 3, dtype=torch.float64, generator=g).to(dtype).requires_grad_()
     grad_TD = torch.randn(7, 8, dtype=torch.float64, generator=g)
     inputs = (x_TD, weights_TK, experts.w1, experts.w2, experts.w3)
-    fast = torch.autograd.grad(experts(x_TD, experts_TK, weights_TK), inputs, grad_TD)
-    slow = torch.autograd.grad(_naive(experts, x_TD, experts_TK, weights_TK), inputs, grad_TD)
+    fast = torch.autograd.grad(experts(x_TD, experts_TK, weights_TK), inputs, grad_TD.to(dtype))
+    # The reference in float64, from the same values.
+    reference = _make_experts(5, num_shared, hidden=hidden)
+    reference.load_state_dict(experts.state_dict())
+    ref_inputs = [t.detach().double().requires_grad_() for t in (x_TD, weights_TK)]
+    ref_inputs += [reference.w1, reference.w2, reference.w3]
+    slow = torch.autograd.grad(_naive(reference, ref_inputs[0], experts_TK, ref_inputs[1]), ref_inputs, grad_TD)
     for a, b in zip(fast, slow):
-        assert torch.allclose(a, b)
+        assert torch.allclose(a.double(), b, atol=1e-12 if dtype == torch.float64 else 1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_swiglu_and_its_gradients_equal_the_formula_also_far_out(dtype):
+    g_NH = torch.tensor([[-100.0, -20.0, -1.0, 0.0, 0.5, 3.0, 20.0, 100.0]] * 3, dtype=dtype)
+    g_NH = (g_NH * torch.linspace(0.5, 1.5, 3, dtype=dtype)[:, None]).requires_grad_()
+    u_NH = torch.randn(g_NH.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(dtype)
+    u_NH.requires_grad_()
+    upstream = torch.randn(g_NH.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = swiglu(g_NH, u_NH)
+    grads = torch.autograd.grad((out * upstream.to(dtype)).sum(), (g_NH, u_NH))
+    g64, u64 = (t.detach().double().requires_grad_() for t in (g_NH, u_NH))
+    ref = g64 * torch.sigmoid(g64) * u64  # x * sigmoid(x): not the silu op under test
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), (g64, u64))
+    assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-6)
+    for got, expected in zip(grads, ref_grads):
+        assert torch.isfinite(got).all() and torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@ compiler or ninja logs one warning and runs the twins.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -94,9 +95,8 @@ def _load() -> bool:
     try:
         if not target.is_file():
             log.warning("emomoe: compiling the fused CPU kernels for this machine (once, about 30 s)")
-            if shutil.which("ninja") is None and not _has_ninja_module():
-                raise RuntimeError("ninja is not installed")
-            _build(target)
+            with _ninja_on_path():
+                _build(target)
         torch.ops.load_library(str(target))
     except Exception as e:  # any build or load failure leaves the pure-PyTorch path, which is correct
         log.warning("emomoe: fused CPU kernels unavailable, using PyTorch ops (%s)", str(e).splitlines()[0])
@@ -104,12 +104,21 @@ def _load() -> bool:
     return True
 
 
-def _has_ninja_module() -> bool:
+@contextlib.contextmanager
+def _ninja_on_path():
+    """torch's builder runs `ninja` from PATH; the PyPI package (a dependency) installs it beside the
+    interpreter, which is not on PATH when a venv's python runs without activating the venv."""
+    path = os.environ.get("PATH", "")
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError as e:
+            raise RuntimeError("ninja is not installed") from e
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])
     try:
-        import ninja  # noqa: F401  (the PyPI package puts the binary beside the interpreter)
-    except ImportError:
-        return False
-    return True
+        yield
+    finally:
+        os.environ["PATH"] = path
 
 
 def ops():

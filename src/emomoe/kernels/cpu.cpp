@@ -21,10 +21,13 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 #include <tuple>
@@ -278,12 +281,140 @@ at::Tensor topk_indices(const at::Tensor& x_TE, int64_t k) {
   return idx_TK;
 }
 
+
+inline void check_float_cpu(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "emomoe: ", what, " must be a float32 CPU tensor");
+}
+
+inline float reduce_sum(const Vec& v) {
+  return at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return a + b; }, v);
+}
+
+// RMSNorm over the rows of x_ND: y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps), in one
+// pass per row. Returns (y_ND, rstd_N); the backward reuses rstd.
+std::tuple<at::Tensor, at::Tensor> rms_norm_forward(const at::Tensor& x_ND, const at::Tensor& w_D, double eps) {
+  check_float_cpu(x_ND, "rms_norm_forward's input");
+  check_float_cpu(w_D, "rms_norm_forward's weight");
+  TORCH_CHECK(x_ND.dim() == 2 && w_D.dim() == 1 && w_D.size(0) == x_ND.size(1), "emomoe::rms_norm_forward: shapes");
+  const at::Tensor x = x_ND.contiguous(), w = w_D.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  at::Tensor y_ND = at::empty({N, D}, x.options()), rstd_N = at::empty({N}, x.options());
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float *yp = y_ND.data_ptr<float>(), *rp = rstd_N.data_ptr<float>();
+  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const float* row = xp + n * D;
+      Vec sq(0.f);
+      for (int64_t i = 0; i < D; i += kVec) {
+        const Vec v = Vec::loadu(row + i, std::min(kVec, D - i));
+        sq = at::vec::fmadd(v, v, sq);
+      }
+      const float r = 1.f / std::sqrt(reduce_sum(sq) / D + static_cast<float>(eps));
+      rp[n] = r;
+      const Vec rv(r);
+      for (int64_t i = 0; i < D; i += kVec) {
+        const int64_t m = std::min(kVec, D - i);
+        (Vec::loadu(row + i, m) * rv * Vec::loadu(wp + i, m)).store(yp + n * D + i, m);
+      }
+    }
+  });
+  return {y_ND, rstd_N};
+}
+
+// The gradients of rms_norm_forward, in one pass over (grad, x):
+// dx = rstd * g * w - x * rstd^3 * sum(g * w * x) / D, and dw = sum over rows of g * x * rstd
+// (per-task partial sums, added after the parallel part).
+std::tuple<at::Tensor, at::Tensor> rms_norm_backward(
+    const at::Tensor& grad_ND, const at::Tensor& x_ND, const at::Tensor& w_D, const at::Tensor& rstd_N) {
+  for (const auto* t : {&grad_ND, &x_ND, &w_D, &rstd_N}) check_float_cpu(*t, "rms_norm_backward's inputs");
+  const at::Tensor g = grad_ND.contiguous(), x = x_ND.contiguous(), w = w_D.contiguous(), rstd = rstd_N.contiguous();
+  const int64_t N = x.size(0), D = x.size(1);
+  TORCH_CHECK(g.sizes() == x.sizes() && w.size(0) == D && rstd.size(0) == N, "emomoe::rms_norm_backward: shapes");
+  at::Tensor dx_ND = at::empty({N, D}, x.options());
+  const int64_t num_chunks = std::max<int64_t>(1, std::min<int64_t>(N, at::get_num_threads()));
+  at::Tensor partial_CD = at::zeros({num_chunks, D}, x.options());
+  const float *gp = g.data_ptr<float>(), *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *rp = rstd.data_ptr<float>();
+  float *dxp = dx_ND.data_ptr<float>(), *pp = partial_CD.data_ptr<float>();
+  at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      float* dw = pp + c * D;
+      for (int64_t n = c * N / num_chunks; n < (c + 1) * N / num_chunks; ++n) {
+        const float *gr = gp + n * D, *xr = xp + n * D;
+        const float r = rp[n];
+        Vec dot(0.f);
+        for (int64_t i = 0; i < D; i += kVec) {
+          const int64_t m = std::min(kVec, D - i);
+          dot = at::vec::fmadd(Vec::loadu(gr + i, m) * Vec::loadu(wp + i, m), Vec::loadu(xr + i, m), dot);
+        }
+        const Vec rv(r), coef(r * r * r * reduce_sum(dot) / D);
+        for (int64_t i = 0; i < D; i += kVec) {
+          const int64_t m = std::min(kVec, D - i);
+          const Vec gv = Vec::loadu(gr + i, m), xv = Vec::loadu(xr + i, m);
+          (rv * gv * Vec::loadu(wp + i, m) - xv * coef).store(dxp + n * D + i, m);
+          at::vec::fmadd(gv * xv, rv, Vec::loadu(dw + i, m)).store(dw + i, m);
+        }
+      }
+    }
+  });
+  return {dx_ND, partial_CD.sum(0)};
+}
+
+// h = silu(g) * u elementwise, one pass.
+at::Tensor swiglu_forward(const at::Tensor& g_NH, const at::Tensor& u_NH) {
+  check_float_cpu(g_NH, "swiglu_forward's gate");
+  check_float_cpu(u_NH, "swiglu_forward's up projection");
+  TORCH_CHECK(g_NH.sizes() == u_NH.sizes(), "emomoe::swiglu_forward: shapes differ");
+  const at::Tensor g = g_NH.contiguous(), u = u_NH.contiguous();
+  at::Tensor h = at::empty_like(g);
+  const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
+  float* hp = h.data_ptr<float>();
+  const Vec one(1.f);
+  at::parallel_for(0, g.numel(), 16384, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += kVec) {
+      const int64_t m = std::min(kVec, i1 - i);
+      const Vec gv = Vec::loadu(gp + i, m);
+      (gv / (one + gv.neg().exp_u20()) * Vec::loadu(up + i, m)).store(hp + i, m);
+    }
+  });
+  return h;
+}
+
+// The gradients of swiglu_forward, one pass: with s = sigmoid(g),
+// du = dh * g * s and dg = dh * u * s * (1 + g * (1 - s)).
+std::tuple<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& dh_NH, const at::Tensor& g_NH, const at::Tensor& u_NH) {
+  for (const auto* t : {&dh_NH, &g_NH, &u_NH}) check_float_cpu(*t, "swiglu_backward's inputs");
+  TORCH_CHECK(dh_NH.sizes() == g_NH.sizes() && g_NH.sizes() == u_NH.sizes(), "emomoe::swiglu_backward: shapes differ");
+  const at::Tensor dh = dh_NH.contiguous(), g = g_NH.contiguous(), u = u_NH.contiguous();
+  at::Tensor dg = at::empty_like(g), du = at::empty_like(u);
+  const float *dhp = dh.data_ptr<float>(), *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
+  float *dgp = dg.data_ptr<float>(), *dup = du.data_ptr<float>();
+  const Vec one(1.f);
+  at::parallel_for(0, g.numel(), 16384, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += kVec) {
+      const int64_t m = std::min(kVec, i1 - i);
+      const Vec dv = Vec::loadu(dhp + i, m), gv = Vec::loadu(gp + i, m), uv = Vec::loadu(up + i, m);
+      const Vec sv = one / (one + gv.neg().exp_u20());
+      (dv * gv * sv).store(dup + i, m);
+      (dv * uv * sv * at::vec::fmadd(gv, one - sv, one)).store(dgp + i, m);
+    }
+  });
+  return {dg, du};
+}
+
 TORCH_LIBRARY(emomoe, m) {
   m.def("pool_softmax(Tensor logits_TE, Tensor seg_T, int num_segments, Tensor sizes_G) -> (Tensor, Tensor)");
   m.def("topk_indices(Tensor x_TE, int k) -> Tensor");
+  m.def("rms_norm_forward(Tensor x_ND, Tensor w_D, float eps) -> (Tensor, Tensor)");
+  m.def("rms_norm_backward(Tensor grad_ND, Tensor x_ND, Tensor w_D, Tensor rstd_N) -> (Tensor, Tensor)");
+  m.def("swiglu_forward(Tensor g_NH, Tensor u_NH) -> Tensor");
+  m.def("swiglu_backward(Tensor dh_NH, Tensor g_NH, Tensor u_NH) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(emomoe, CPU, m) {
   m.impl("pool_softmax", &pool_softmax);
   m.impl("topk_indices", &topk_indices);
+  m.impl("rms_norm_forward", &rms_norm_forward);
+  m.impl("rms_norm_backward", &rms_norm_backward);
+  m.impl("swiglu_forward", &swiglu_forward);
+  m.impl("swiglu_backward", &swiglu_backward);
 }

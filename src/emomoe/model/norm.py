@@ -3,9 +3,11 @@
 Shapes: N rows (every leading dim together), D normalised features.
 
 torch's CPU kernel fuses the forward only; autograd then runs the norm's backward as about a
-dozen elementwise ops. Here the backward takes the gradient of the weight and of the input in
-fewer passes, with the rows' dot product as one matrix-vector product (1.5-1.6x forward plus
-backward for fp32 on the CPU). Other dtypes, where torch mixes precisions, use torch's path.
+dozen elementwise ops. On float32 CPU tensors the forward and the backward are each one pass of a
+fused kernel (`emomoe.kernels`: 4.8x torch's forward plus backward at [4096, 256], two threads).
+Elsewhere (fp32 on GPU) the backward takes the gradient of the weight and of the input in fewer
+passes than autograd's, with the rows' dot product as one matrix-vector product. Other dtypes,
+where torch mixes precisions, use torch's path.
 """
 
 from __future__ import annotations
@@ -13,16 +15,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from emomoe import kernels
+
 
 class _RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_ND: torch.Tensor, weight_D: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.fused = kernels.usable(x_ND, weight_D)
+        if ctx.fused:
+            y_ND, rstd_N = kernels.ops().rms_norm_forward(x_ND, weight_D, eps)
+            ctx.save_for_backward(x_ND, weight_D, rstd_N)
+            return y_ND
         rstd_N1 = x_ND.square().mean(dim=-1, keepdim=True).add_(eps).rsqrt_()
         ctx.save_for_backward(x_ND, weight_D, rstd_N1)
         return (x_ND * rstd_N1).mul_(weight_D)
 
     @staticmethod
     def backward(ctx, grad_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        if ctx.fused:
+            return (*kernels.ops().rms_norm_backward(grad_ND, *ctx.saved_tensors), None)
         # y = w * xhat, xhat = x * rstd:  dL/dw = sum_rows g * xhat,
         # dL/dx = rstd * (g * w - xhat * mean(g * w * xhat)), and g * w * xhat = (g * xhat) * w.
         x_ND, weight_D, rstd_N1 = ctx.saved_tensors
