@@ -145,21 +145,27 @@ if __name__ == "__main__":
     _global_lb_worker(int(sys.argv[1]), sys.argv[2], sys.argv[3])
 
 
+# float64 runs the PyTorch ops, float32 the fused kernel (emomoe.kernels), with a vocabulary that
+# is not a multiple of the vector width.
+@pytest.mark.parametrize(("dtype", "vocab"), [(torch.float64, 40000), (torch.float32, 40003)])
 @pytest.mark.parametrize("num_tokens", [5, 64 * 3 + 7])  # one chunk; several, the last one short
-def test_fused_lm_head_loss_equals_logits_then_cross_entropy(num_tokens):
+def test_fused_lm_head_loss_equals_logits_then_cross_entropy(num_tokens, dtype, vocab):
     g = torch.Generator().manual_seed(0)
-    hidden_BSD = torch.randn(1, num_tokens, 6, dtype=torch.float64, generator=g, requires_grad=True)
-    weight_VD = torch.randn(40000, 6, dtype=torch.float64, generator=g, requires_grad=True)  # 40k rows: chunks of 64
-    labels_BS = torch.randint(0, 40000, (1, num_tokens), generator=g)
+    hidden_BSD = torch.randn(1, num_tokens, 6, dtype=torch.float64, generator=g).to(dtype).requires_grad_()
+    weight_VD = torch.randn(vocab, 6, dtype=torch.float64, generator=g).to(dtype).requires_grad_()  # chunks of 64
+    labels_BS = torch.randint(0, vocab, (1, num_tokens), generator=g)
     labels_BS[0, 1::3] = IGNORE_INDEX
     fused = lm_head_loss(hidden_BSD, weight_VD, labels_BS, logit_z_weight=0.3)
     fused_grads = torch.autograd.grad(2.0 * fused.total, (hidden_BSD, weight_VD))
-    ce, z = cross_entropy_and_logit_z(hidden_BSD @ weight_VD.T, labels_BS)
-    ref_grads = torch.autograd.grad(2.0 * (ce + 0.3 * z), (hidden_BSD, weight_VD))
-    assert torch.allclose(fused.ce, ce) and torch.allclose(fused.logit_z, z)
-    assert torch.allclose(fused.total, ce + 0.3 * z)
+    # The reference in float64 from the same values, through the logits.
+    hidden64, weight64 = (t.detach().double().requires_grad_() for t in (hidden_BSD, weight_VD))
+    ce, z = cross_entropy_and_logit_z(hidden64 @ weight64.T, labels_BS)
+    ref_grads = torch.autograd.grad(2.0 * (ce + 0.3 * z), (hidden64, weight64))
+    tol = {"rtol": 1e-5, "atol": 1e-12 if dtype == torch.float64 else 1e-6}
+    assert torch.allclose(fused.ce.double(), ce, **tol) and torch.allclose(fused.logit_z.double(), z, **tol)
+    assert torch.allclose(fused.total.double(), ce + 0.3 * z, **tol)
     for a, b in zip(fused_grads, ref_grads):
-        assert torch.allclose(a, b)
+        assert torch.allclose(a.double(), b, **tol)
 
 
 def test_model_with_labels_gives_the_losses_of_its_logits():

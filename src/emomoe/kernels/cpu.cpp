@@ -401,6 +401,58 @@ std::tuple<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& dh_NH, cons
   return {dg, du};
 }
 
+// One block of LM-head logits [C, V] to its cross-entropy terms, one row at a time while it is in
+// L1/L2: lse = logsumexp(row), nll = lse - row[target]. With `grad`, the block is overwritten by
+// the gradient of scale * (nll + z_weight * lse^2): scale * ((1 + 2 z_weight lse) softmax - onehot).
+// Returns (nll_C, lse_C).
+std::tuple<at::Tensor, at::Tensor> cross_entropy_rows(
+    at::Tensor logits_CV, const at::Tensor& targets_C, const at::Tensor& scale_C, double z_weight, bool grad) {
+  check_float_cpu(logits_CV, "cross_entropy_rows' logits");
+  check_float_cpu(scale_C, "cross_entropy_rows' scales");
+  TORCH_CHECK(logits_CV.dim() == 2 && logits_CV.is_contiguous(), "emomoe::cross_entropy_rows: contiguous [C, V] logits");
+  TORCH_CHECK(targets_C.scalar_type() == at::kLong, "emomoe::cross_entropy_rows: int64 targets");
+  const int64_t C = logits_CV.size(0), V = logits_CV.size(1);
+  TORCH_CHECK(targets_C.numel() == C && scale_C.numel() == C, "emomoe::cross_entropy_rows: one target and scale per row");
+  const at::Tensor targets = targets_C.contiguous(), scale = scale_C.contiguous();
+  at::Tensor nll_C = at::empty({C}, logits_CV.options()), lse_C = at::empty({C}, logits_CV.options());
+  float* x = logits_CV.data_ptr<float>();
+  const int64_t* tp = targets.data_ptr<int64_t>();
+  const float* sp = scale.data_ptr<float>();
+  float *np = nll_C.data_ptr<float>(), *lp = lse_C.data_ptr<float>();
+  at::parallel_for(0, C, 8, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      float* row = x + c * V;
+      const int64_t target = tp[c];
+      TORCH_CHECK(target >= 0 && target < V, "emomoe::cross_entropy_rows: target out of range");
+      const float target_logit = row[target];
+      const float max = row_max(row, V);
+      const Vec maxv(max);
+      Vec sum(0.f);
+      int64_t i = 0;
+      for (; i + kVec <= V; i += kVec) {
+        const Vec e = (Vec::loadu(row + i) - maxv).exp_u20();
+        sum = sum + e;
+        if (grad) e.store(row + i);
+      }
+      for (; i < V; ++i) {  // the tail, one by one (V is rarely not a multiple of the width)
+        const float e = std::exp(row[i] - max);
+        sum = sum + Vec::loadu(&e, 1);
+        if (grad) row[i] = e;
+      }
+      const float total = reduce_sum(sum);
+      const float lse = max + std::log(total);
+      lp[c] = lse;
+      np[c] = lse - target_logit;
+      if (!grad) continue;
+      const Vec factor(sp[c] * (1.f + 2.f * static_cast<float>(z_weight) * lse) / total);
+      for (i = 0; i + kVec <= V; i += kVec) (Vec::loadu(row + i) * factor).store(row + i);
+      for (; i < V; ++i) row[i] *= sp[c] * (1.f + 2.f * static_cast<float>(z_weight) * lse) / total;
+      row[target] -= sp[c];
+    }
+  });
+  return {nll_C, lse_C};
+}
+
 TORCH_LIBRARY(emomoe, m) {
   m.def("pool_softmax(Tensor logits_TE, Tensor seg_T, int num_segments, Tensor sizes_G) -> (Tensor, Tensor)");
   m.def("topk_indices(Tensor x_TE, int k) -> Tensor");
@@ -408,6 +460,7 @@ TORCH_LIBRARY(emomoe, m) {
   m.def("rms_norm_backward(Tensor grad_ND, Tensor x_ND, Tensor w_D, Tensor rstd_N) -> (Tensor, Tensor)");
   m.def("swiglu_forward(Tensor g_NH, Tensor u_NH) -> Tensor");
   m.def("swiglu_backward(Tensor dh_NH, Tensor g_NH, Tensor u_NH) -> (Tensor, Tensor)");
+  m.def("cross_entropy_rows(Tensor(a!) logits_CV, Tensor targets_C, Tensor scale_C, float z_weight, bool grad) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(emomoe, CPU, m) {
@@ -417,4 +470,5 @@ TORCH_LIBRARY_IMPL(emomoe, CPU, m) {
   m.impl("rms_norm_backward", &rms_norm_backward);
   m.impl("swiglu_forward", &swiglu_forward);
   m.impl("swiglu_backward", &swiglu_backward);
+  m.impl("cross_entropy_rows", &cross_entropy_rows);
 }

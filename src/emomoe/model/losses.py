@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from emomoe import kernels
+
 if TYPE_CHECKING:
     from emomoe.model.config import LossConfig
     from emomoe.model.transformer import ModelOutput
@@ -88,6 +90,23 @@ _CHUNK_BYTES = 8 * 2**20
 _MIN_CHUNK = 64
 
 
+def _cross_entropy_rows(logits_CV, targets_C1, scale_C, z_weight, nll_C, lse_C, grad: bool) -> torch.Tensor:
+    """Writes the CE terms of a block of logits into `nll_C` and `lse_C`; with `grad`, turns the
+    block into the gradient of scale * (nll + w_z * lse^2): scale * ((1 + 2 w_z lse) softmax - onehot).
+    The PyTorch twin of the fused kernel `cross_entropy_rows`."""
+    nll_C.copy_(-logits_CV.gather(1, targets_C1).squeeze(1))
+    # logsumexp by hand, in place: exp(logits - max) is also the unnormalised softmax.
+    max_C = logits_CV.amax(dim=-1)
+    exp_CV = logits_CV.sub_(max_C[:, None]).exp_()
+    sum_C = exp_CV.sum(dim=-1)
+    lse_C.copy_(max_C + sum_C.log())
+    nll_C += lse_C
+    if not grad:
+        return exp_CV
+    grad_CV = exp_CV.mul_((scale_C * (1 + 2 * z_weight * lse_C) / sum_C)[:, None])
+    return grad_CV.scatter_add_(1, targets_C1, -scale_C[:, None])
+
+
 class _FusedLMHeadLoss(torch.autograd.Function):
     """CE + w_z * logit z of `hidden @ weight.T`, chunk by chunk, never holding the [T, V] logits.
 
@@ -109,24 +128,23 @@ class _FusedLMHeadLoss(torch.autograd.Function):
         grad_hidden_TD = torch.empty_like(hidden_TD) if want_grad else None
         # Written by the first chunk's matmul (zeros only when there is none).
         grad_weight_VD = (torch.empty_like if num_tokens else torch.zeros_like)(weight_VD) if want_grad else None
+        fused = kernels.usable(hidden_TD, weight_VD)
         chunk = max(_MIN_CHUNK, _CHUNK_BYTES // (vocab * weight_VD.element_size()))
         # One block for every chunk: a fresh [C, V] tensor per chunk costs page faults on the CPU.
         block_CV = hidden_TD.new_empty(min(chunk, num_tokens), vocab)
         for start in range(0, num_tokens, chunk):
             rows = slice(start, start + chunk)
             logits_CV = torch.mm(hidden_TD[rows], weight_VD.T, out=block_CV[: min(chunk, num_tokens - start)])
-            nll_T[rows] = -logits_CV.gather(1, targets_T1[rows]).squeeze(1)
-            # logsumexp by hand, in place: exp(logits - max) is also the unnormalised softmax.
-            max_C = logits_CV.amax(dim=-1)
-            exp_CV = logits_CV.sub_(max_C[:, None]).exp_()
-            sum_C = exp_CV.sum(dim=-1)
-            lse_C = max_C + sum_C.log()
-            nll_T[rows] += lse_C
-            lse_T[rows] = lse_C
+            if fused:  # the same terms, and the gradient in place, in one pass over each row
+                nll_T[rows], lse_T[rows] = kernels.ops().cross_entropy_rows(
+                    logits_CV, targets_T1[rows, 0], scale_T[rows], z_weight, want_grad
+                )
+                grad_CV = logits_CV
+            else:
+                grad_CV = _cross_entropy_rows(
+                    logits_CV, targets_T1[rows], scale_T[rows], z_weight, nll_T[rows], lse_T[rows], want_grad
+                )
             if want_grad:
-                # d/dlogits of scale * (nll + w_z * lse^2) = scale * ((1 + 2 w_z lse) softmax - onehot)
-                grad_CV = exp_CV.mul_((scale_T[rows] * (1 + 2 * z_weight * lse_C) / sum_C)[:, None])
-                grad_CV.scatter_add_(1, targets_T1[rows], -scale_T[rows, None])
                 torch.mm(grad_CV, weight_VD, out=grad_hidden_TD[rows])
                 if start == 0:
                     torch.mm(grad_CV.T, hidden_TD[rows], out=grad_weight_VD)
