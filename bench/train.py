@@ -1,7 +1,9 @@
 """Training throughput of a model preset: EMO and the standard MoE measured side by side.
 
 One step = forward, loss, backward, clip and AdamW, on random tokens packed as documents of
-about `--doc-len` tokens (so the EMO pool has documents to work on). Prints one JSON object.
+about `--doc-len` tokens (so the EMO pool has documents to work on). A third timer runs the EMO
+model with emomoe's fused CPU kernels off (`emomoe.kernels.disabled`): `kernels_speedup` is what
+they bring. Prints one JSON object.
 
     python bench/train.py --preset small            # the demo model at the demo batch shape
     python bench/train.py --quick
@@ -10,11 +12,13 @@ about `--doc-len` tokens (so the EMO pool has documents to work on). Prints one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
 import torch
 
+from emomoe import kernels
 from emomoe.model import build_model
 from emomoe.model.config import ModelConfig
 from emomoe.model.docs import doc_ids_from_eos
@@ -37,8 +41,9 @@ def random_batch(cfg: ModelConfig, batch_size: int, seq_len: int, doc_len: int, 
 class StepTimer:
     """One model with its optimizer and its own batch stream; `step()` returns its wall time."""
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, seq_len: int, doc_len: int):
+    def __init__(self, cfg: ModelConfig, batch_size: int, seq_len: int, doc_len: int, pytorch_ops: bool = False):
         torch.manual_seed(0)
+        self.pytorch_ops = pytorch_ops
         self.cfg, self.shape = cfg, (batch_size, seq_len, doc_len)
         self.model = build_model(cfg)
         self.optimizer = build_optimizer(self.model, TrainConfig())
@@ -47,8 +52,9 @@ class StepTimer:
     def step(self) -> float:
         input_ids_BS, labels_BS, doc_ids_BS = random_batch(self.cfg, *self.shape, self.gen)
         start = time.perf_counter()
-        out = self.model(input_ids_BS, doc_ids_BS=doc_ids_BS, labels_BS=labels_BS)
-        compute_loss(out, labels_BS, self.cfg.loss)["total"].backward()
+        with kernels.disabled() if self.pytorch_ops else contextlib.nullcontext():
+            out = self.model(input_ids_BS, doc_ids_BS=doc_ids_BS, labels_BS=labels_BS)
+            compute_loss(out, labels_BS, self.cfg.loss)["total"].backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -73,6 +79,7 @@ def main() -> None:
     if emo.moe.router.pool == "off":
         raise SystemExit(f"preset {args.preset} has no EMO pool to compare against")
     timers = {name: StepTimer(cfg, args.batch_size, args.seq_len, args.doc_len) for name, cfg in (("emo", emo), ("std", std))}
+    timers["emo_pytorch_ops"] = StepTimer(emo, args.batch_size, args.seq_len, args.doc_len, pytorch_ops=True)
     elapsed = {name: 0.0 for name in timers}
     peak = 0.0
     # Steps alternate between the two models (and a peak-rate matmul, for MFU) so that all see the
@@ -83,13 +90,16 @@ def main() -> None:
             if step >= 2:  # the first steps warm up allocators and caches
                 elapsed[name] += seconds
         peak = max(peak, matmul_flops_per_s(*PEAK_SHAPE, seconds=0.0))
-    emo_tps, std_tps = (args.steps * args.batch_size * args.seq_len / elapsed[name] for name in ("emo", "std"))
+    emo_tps, std_tps, plain_tps = (
+        args.steps * args.batch_size * args.seq_len / elapsed[name] for name in ("emo", "std", "emo_pytorch_ops")
+    )
     flops_per_token = train_flops_per_token(emo, args.seq_len)
     print(json.dumps({
         "preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "threads": torch.get_num_threads(), "steps": args.steps,
         "emo_tokens_per_s": round(emo_tps), "std_tokens_per_s": round(std_tps),
         "emo_over_std": round(emo_tps / std_tps, 3),
+        "emo_pytorch_ops_tokens_per_s": round(plain_tps), "kernels_speedup": round(emo_tps / plain_tps, 3),
         "peak_gflops": round(peak / 1e9, 1), "emo_mfu": round(mfu(flops_per_token, emo_tps, peak), 3),
     }))
 

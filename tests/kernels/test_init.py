@@ -41,6 +41,17 @@ def test_usable_only_for_float32_cpu_tensors():
     assert not kernels.usable(torch.ones(2, device="meta"))
 
 
+def test_disabled_turns_the_kernels_off_within_its_block_only():
+    x = torch.ones(2)
+    with pytest.raises(ValueError):
+        with kernels.disabled():
+            with kernels.disabled():
+                assert not kernels.usable(x)
+            assert not kernels.usable(x)
+            raise ValueError
+    assert kernels.usable(x)
+
+
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, **env}

@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -7,17 +9,16 @@ from emomoe.model.norm import RMSNorm
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused_kernel", "pytorch_ops"])
 @pytest.mark.parametrize("shape", [(5, 16), (2, 3, 8), (70, 300)])
-def test_values_and_gradients_equal_the_formula(shape, fused, monkeypatch):
-    if not fused:
-        monkeypatch.setattr(kernels, "usable", lambda *tensors: False)
+def test_values_and_gradients_equal_the_formula(shape, fused):
     g = torch.Generator().manual_seed(0)
     norm = RMSNorm(shape[-1], eps=1e-5)
     with torch.no_grad():
         norm.weight.copy_(torch.rand(shape[-1], generator=g) + 0.5)
     x = (3 * torch.randn(shape, generator=g)).requires_grad_()
     upstream = torch.randn(shape, generator=g)
-    out = norm(x)
-    grads = torch.autograd.grad((out * upstream).sum(), (x, norm.weight))
+    with contextlib.nullcontext() if fused else kernels.disabled():
+        out = norm(x)
+        grads = torch.autograd.grad((out * upstream).sum(), (x, norm.weight))
     # Reference in float64: x / sqrt(mean(x^2) + eps) * w, differentiated by autograd.
     x64, w64 = x.detach().double().requires_grad_(), norm.weight.detach().double().requires_grad_()
     ref = x64 / (x64.square().mean(-1, keepdim=True) + 1e-5).sqrt() * w64

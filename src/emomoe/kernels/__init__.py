@@ -126,10 +126,25 @@ def ops():
     return torch.ops.emomoe if _load() else None
 
 
+_disabled_depth = 0
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the PyTorch twins inside the block, as EMOMOE_KERNELS=0 does for a whole process: for
+    timing the two side by side, or to rule the kernels out when chasing a numerical difference."""
+    global _disabled_depth
+    _disabled_depth += 1
+    try:
+        yield
+    finally:
+        _disabled_depth -= 1
+
+
 def usable(*tensors: torch.Tensor) -> bool:
     """The kernels apply: all tensors are float32 CPU tensors and the library is loaded. Tracing
     under torch.compile keeps the PyTorch twins, which inductor fuses itself."""
-    if torch.compiler.is_compiling():
+    if _disabled_depth or torch.compiler.is_compiling():
         return False
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
         return False
