@@ -16,7 +16,8 @@ the peak measured between the same repetitions, so the machine's load divides ou
 Greedy generation uses both libraries' KV caches (`emomoe.generate.generate`, `model.generate`),
 for exactly the requested new tokens.
 
-`kernels` (in the training workload) runs, forward and backward, only the matmul and attention
+`emomoe_pytorch_ops` (training workload) is emomoe with its fused CPU kernels off
+(`emomoe.kernels.disabled`), so `kernels_speedup` is what they bring. `kernels` runs, forward and backward, only the matmul and attention
 kernels a training step of emomoe runs, at its shapes: the q/k/v/o projections, the causal SDPA,
 the gate, the experts' grouped matmuls (tokens spread evenly over the experts) and the LM head, once
 per layer where per layer. It is timed in the same interleaving as the steps. No implementation
@@ -44,6 +45,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from emomoe import kernels
 from emomoe.generate import GenerationConfig, generate
 from emomoe.model import ModelConfig, build_model
 from emomoe.model.config import LossConfig, MoEConfig, RouterConfig
@@ -154,6 +156,11 @@ def hf_side(model: torch.nn.Module) -> Side:
     return Side(model, step_loss, lambda ids_BS: model(input_ids=ids_BS, use_cache=False).logits, generate)
 
 
+def kernels_off(fn, *args):
+    with kernels.disabled():
+        return fn(*args)
+
+
 def num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -187,6 +194,8 @@ def compare(
     }
     flops_per_token = train_flops_per_token(cfg, SEQ_LEN)
     sides = {"emomoe": (ours, train_ids_BS), "hf": (theirs, hf_train_ids_BS)}
+    torch.manual_seed(0)
+    plain = emomoe_side(cfg)  # emomoe with its fused CPU kernels off, in the training workload only
     if compiled:
         torch.manual_seed(0)
         ours_c, theirs_c = emomoe_side(cfg), hf_side(hf_model(shape, family))
@@ -203,6 +212,7 @@ def compare(
             fns = {name: (lambda s=side, x=x: s.train_step(x)) for name, (side, x) in sides.items()}
             fns["peak"] = lambda: torch.mm(peak_a, peak_b)
             fns["kernels"] = step_kernels(cfg)
+            fns["emomoe_pytorch_ops"] = lambda: kernels_off(plain.train_step, train_ids_BS)
             tokens = BATCH * SEQ_LEN
         elif workload == "forward":
             fns = {name: (lambda s=side: s.forward(ids_BS)) for name, (side, _) in sides.items()}
@@ -214,6 +224,8 @@ def compare(
         best = interleaved_best(fns, reps)
         row = {name: round(tokens / seconds) for name, seconds in best.items() if name not in ("peak", "kernels")}
         row["emomoe_over_hf"] = round(row["emomoe"] / row["hf"], 3)
+        if "emomoe_pytorch_ops" in row:
+            row["kernels_speedup"] = round(row["emomoe"] / row["emomoe_pytorch_ops"], 3)
         if "emomoe_compiled" in row:
             row["compiled_emomoe_over_hf"] = round(row["emomoe_compiled"] / row["hf"], 3)
             row["compiled_emomoe_over_compiled_hf"] = round(row["emomoe_compiled"] / row["hf_compiled"], 3)
