@@ -23,6 +23,16 @@ def test_topk_indices_equal_torch_topk(shape):
         assert torch.equal(kernels.ops().topk_indices(x_TE, k), x_TE.topk(k, dim=-1).indices)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/maps")
+def test_the_kernels_share_torchs_openmp_runtime():
+    """Two OpenMP runtimes in one process would each start a thread per core, and their spinning
+    threads would fight over the cores (torch ships its own libgomp, loaded before ours)."""
+    kernels.ops().topk_indices(torch.randn(4096, 8), 2)  # runs a parallel region in the library
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "gomp" in line or "libomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
 def test_topk_ties_go_to_the_lower_index():
     x_TE = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.1], [0.0, 0.0, 0.0, 0.0, 0.0]])
     assert kernels.ops().topk_indices(x_TE, 3).tolist() == [[1, 3, 4], [0, 1, 2]]
