@@ -84,6 +84,8 @@ def _build(target: Path) -> None:
             is_python_module=False,
             verbose=False,
         )
+        # load_inline has loaded the library from the build directory already; the rename keeps
+        # the file's inode, so the load from `target` below finds it loaded and registers nothing twice.
         os.replace(Path(build_dir) / f"{target.stem}.so", target)
 
 
