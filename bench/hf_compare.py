@@ -17,14 +17,15 @@ Greedy generation uses both libraries' KV caches (`emomoe.generate.generate`, `m
 for exactly the requested new tokens.
 
 `emomoe_pytorch_ops` (training workload) is emomoe with its fused CPU kernels off
-(`emomoe.kernels.disabled`), so `kernels_speedup` is what they bring. `kernels` runs, forward and backward, only the matmul and attention
-kernels a training step of emomoe runs, at its shapes: the q/k/v/o projections, the causal SDPA,
-the gate, the experts' grouped matmuls (tokens spread evenly over the experts) and the LM head, once
-per layer where per layer. It is timed in the same interleaving as the steps. No implementation
-that calls these kernels can take less time, so `kernel_bound_mfu` (the MFU of a step that took
-only that long) and `kernel_bound_emomoe_over_hf` (transformers' step time over it) are ceilings:
-what fusing away everything else would reach, before writing faster GEMMs or attention. `gemm_gflops`
-lists the rate of each model matmul shape beside the square peak. With `--compile`, each library's
+(`emomoe.kernels.disabled`), so `kernels_speedup` is what they bring. `kernels` runs, forward and
+backward, only the matmul and attention kernels a training step of emomoe runs, at its shapes: the
+q/k/v/o projections, the causal SDPA, the gate, the experts' grouped matmuls (tokens spread evenly
+over the experts) and the LM head, once per layer where per layer. It is timed in the same
+interleaving as the steps. No implementation that calls these kernels can take less time, so
+`kernel_bound_mfu` (the MFU of a step that took only that long) and `kernel_bound_emomoe_over_hf`
+(transformers' step time over it) are ceilings: what fusing away everything else would reach, before
+writing faster GEMMs or attention. `gemm_gflops` lists the rate of each model matmul shape beside
+the square peak. With `--compile`, each library's
 transformer blocks are also `torch.compile`d (what `train.compile: true` does; inductor generates
 fused C++ loops for the elementwise work on CPU) and timed in the same interleaving, so the
 compiled figures compare with each other and with the eager ones; `compile_s` is the first
@@ -45,7 +46,6 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from emomoe import kernels
 from emomoe.generate import GenerationConfig, generate
 from emomoe.model import ModelConfig, build_model
 from emomoe.model.config import LossConfig, MoEConfig, RouterConfig
@@ -59,7 +59,7 @@ from emomoe.train.optim import build_optimizer
 from emomoe.train.parallel import compile_blocks
 from emomoe.train.runtime import retain_freed_memory
 
-from timing import interleaved_best
+from timing import interleaved_best, kernels_off
 
 D_MODEL, NUM_LAYERS, NUM_HEADS, VOCAB, SEQ_LEN, BATCH = 256, 4, 4, 8192, 512, 8
 SHAPES = {"coarse": (8, 2, 512), "fine": (64, 8, 128)}  # experts, top-k, expert hidden
@@ -156,11 +156,6 @@ def hf_side(model: torch.nn.Module) -> Side:
     return Side(model, step_loss, lambda ids_BS: model(input_ids=ids_BS, use_cache=False).logits, generate)
 
 
-def kernels_off(fn, *args):
-    with kernels.disabled():
-        return fn(*args)
-
-
 def num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -194,8 +189,6 @@ def compare(
     }
     flops_per_token = train_flops_per_token(cfg, SEQ_LEN)
     sides = {"emomoe": (ours, train_ids_BS), "hf": (theirs, hf_train_ids_BS)}
-    torch.manual_seed(0)
-    plain = emomoe_side(cfg)  # emomoe with its fused CPU kernels off, in the training workload only
     if compiled:
         torch.manual_seed(0)
         ours_c, theirs_c = emomoe_side(cfg), hf_side(hf_model(shape, family))
@@ -212,7 +205,9 @@ def compare(
             fns = {name: (lambda s=side, x=x: s.train_step(x)) for name, (side, x) in sides.items()}
             fns["peak"] = lambda: torch.mm(peak_a, peak_b)
             fns["kernels"] = step_kernels(cfg)
-            fns["emomoe_pytorch_ops"] = lambda: kernels_off(plain.train_step, train_ids_BS)
+            torch.manual_seed(0)
+            plain = emomoe_side(cfg)  # the same model, run with the fused CPU kernels off
+            fns["emomoe_pytorch_ops"] = kernels_off(lambda: plain.train_step(train_ids_BS))
             tokens = BATCH * SEQ_LEN
         elif workload == "forward":
             fns = {name: (lambda s=side: s.forward(ids_BS)) for name, (side, _) in sides.items()}

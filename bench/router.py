@@ -29,12 +29,11 @@ import torch
 from emomoe import ModelConfig, build_model
 from emomoe.model.docs import Segments
 from emomoe.model.losses import compute_loss
-from emomoe import kernels
 from emomoe.model.pool import draw_pool_sizes, pooled_softmax
 from emomoe.model.router import top_experts
 from emomoe.train.runtime import retain_freed_memory
 
-from timing import interleaved_best
+from timing import interleaved_best, kernels_off
 
 NUM_ROUTED = 127
 TOP_K = 7
@@ -87,17 +86,6 @@ def route(probs_TE: torch.Tensor) -> torch.Tensor:
     return top_experts(probs_TE, TOP_K)
 
 
-def pytorch_ops(fn):
-    """`fn` with the fused kernels off: the PyTorch twins that GPUs, other dtypes and machines
-    without a compiler run."""
-
-    def run():
-        with kernels.disabled():
-            return fn()
-
-    return run
-
-
 def bench_pool(num_rows: int, reps: int, compile: bool) -> dict:
     g = torch.Generator().manual_seed(0)
     results = {}
@@ -108,10 +96,10 @@ def bench_pool(num_rows: int, reps: int, compile: bool) -> dict:
         logits_TE = torch.randn(num_rows * 4096, NUM_ROUTED, generator=g)
         fns = {
             "mask_vectorised": lambda: vectorised_pool(logits_TE, doc_ids_BS),
-            "mask_pytorch": pytorch_ops(lambda: vectorised_pool(logits_TE, doc_ids_BS)),
+            "mask_pytorch": kernels_off(lambda: vectorised_pool(logits_TE, doc_ids_BS)),
             "mask_loop": lambda: looped_pool(logits_TE, doc_ids_BS, g),
             "route_vectorised": lambda: route(vectorised_pool(logits_TE, doc_ids_BS)),
-            "route_pytorch": pytorch_ops(lambda: route(vectorised_pool(logits_TE, doc_ids_BS))),
+            "route_pytorch": kernels_off(lambda: route(vectorised_pool(logits_TE, doc_ids_BS))),
             "route_loop": lambda: official_route(looped_pool(logits_TE, doc_ids_BS, g)),
         }
         torch.testing.assert_close(fns["mask_pytorch"](), fns["mask_vectorised"](), rtol=0, atol=1e-6)

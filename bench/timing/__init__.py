@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from emomoe import kernels
+
 
 def interleaved_times(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
     """Wall seconds of every repetition of every variant, run A, B, C, then C, B, A, ... after
@@ -29,3 +31,14 @@ def interleaved_times(fns: dict[str, Callable[[], object]], reps: int, warmup: i
 def interleaved_best(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, float]:
     """The fastest repetition of each variant (see `interleaved_times`)."""
     return {name: min(ts) for name, ts in interleaved_times(fns, reps, warmup).items()}
+
+
+def kernels_off(fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` with emomoe's fused CPU kernels off: the PyTorch twins that GPUs, other dtypes and
+    machines without a compiler run, for timing beside the kernels."""
+
+    def run():
+        with kernels.disabled():
+            return fn()
+
+    return run

@@ -38,8 +38,16 @@ namespace {
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kVec = Vec::size();
 
-// Row r of a [T, E] matrix as vector loads; the tail of a row of odd width is a partial load whose
-// padding lanes must not change a max (-inf) or a sum (0).
+inline void check_float_cpu(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "emomoe: ", what, " must be a float32 CPU tensor");
+}
+
+inline float reduce_sum(const Vec& v) {
+  return at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return a + b; }, v);
+}
+
+// The tail of a row of odd width as a partial load whose padding lanes hold `pad` (-inf for a max;
+// Vec::loadu(p, n) pads with zeros).
 inline Vec load_tail(const float* p, int64_t n, float pad) {
   alignas(64) float buf[kVec];
   std::fill(buf, buf + kVec, pad);
@@ -68,11 +76,11 @@ inline void softmax_row_into(const float* x, float* out, int64_t n, Vec* acc) {
   }
   if (i < n) {
     // the tail's padding lanes (exp(0 - max)) are stored nowhere and must not reach the sum
-    Vec e = (load_tail(x + i, n - i, 0.f) - max).exp_u20();
+    Vec e = (Vec::loadu(x + i, n - i) - max).exp_u20();
     e.store(out + i, n - i);
     sum = sum + Vec::loadu(out + i, n - i);
   }
-  const Vec inv(1.f / at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return a + b; }, sum));
+  const Vec inv(1.f / reduce_sum(sum));
   int64_t v = 0;
   for (i = 0; i + kVec <= n; i += kVec, ++v) {
     Vec p = Vec::loadu(out + i) * inv;
@@ -140,8 +148,7 @@ inline void renormalise_rows(float* out, int64_t t0, int64_t t1, int64_t E, cons
       v.store(p + i, E - i);
       sum = sum + v;
     }
-    const float total = at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return a + b; }, sum);
-    const Vec inv(1.f / std::max(total, tiny));
+    const Vec inv(1.f / std::max(reduce_sum(sum), tiny));
     for (i = 0; i + kVec <= E; i += kVec) (Vec::loadu(p + i) * inv).store(p + i);
     if (i < E) (Vec::loadu(p + i, E - i) * inv).store(p + i, E - i);
   }
@@ -157,8 +164,8 @@ inline void renormalise_rows(float* out, int64_t t0, int64_t t1, int64_t E, cons
 // Returns (pooled_TE, keep_GE as 0/1 float).
 std::tuple<at::Tensor, at::Tensor> pool_softmax(
     const at::Tensor& logits_TE, const at::Tensor& seg_T, int64_t num_segments, const at::Tensor& sizes_G) {
-  TORCH_CHECK(logits_TE.device().is_cpu() && logits_TE.scalar_type() == at::kFloat && logits_TE.dim() == 2,
-              "emomoe::pool_softmax: logits must be a 2-D float32 CPU tensor");
+  check_float_cpu(logits_TE, "pool_softmax's logits");
+  TORCH_CHECK(logits_TE.dim() == 2, "emomoe::pool_softmax: logits must be [T, E]");
   TORCH_CHECK(seg_T.scalar_type() == at::kLong && sizes_G.scalar_type() == at::kLong,
               "emomoe::pool_softmax: segment ids and pool sizes must be int64");
   TORCH_CHECK(seg_T.numel() == logits_TE.size(0) && sizes_G.numel() >= num_segments,
@@ -250,8 +257,8 @@ std::tuple<at::Tensor, at::Tensor> pool_softmax(
 // torch.topk(...).indices gives, by insertion into a sorted K-list instead of a general selection
 // (K is a handful, E at most a few hundred).
 at::Tensor topk_indices(const at::Tensor& x_TE, int64_t k) {
-  TORCH_CHECK(x_TE.device().is_cpu() && x_TE.scalar_type() == at::kFloat && x_TE.dim() == 2,
-              "emomoe::topk_indices: input must be a 2-D float32 CPU tensor");
+  check_float_cpu(x_TE, "topk_indices' input");
+  TORCH_CHECK(x_TE.dim() == 2, "emomoe::topk_indices: input must be [T, E]");
   const at::Tensor x = x_TE.contiguous();
   const int64_t T = x.size(0), E = x.size(1);
   TORCH_CHECK(k >= 0 && k <= E, "emomoe::topk_indices: k must lie in [0, E]");
@@ -281,14 +288,6 @@ at::Tensor topk_indices(const at::Tensor& x_TE, int64_t k) {
   return idx_TK;
 }
 
-
-inline void check_float_cpu(const at::Tensor& t, const char* what) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "emomoe: ", what, " must be a float32 CPU tensor");
-}
-
-inline float reduce_sum(const Vec& v) {
-  return at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return a + b; }, v);
-}
 
 // RMSNorm over the rows of x_ND: y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps), in one
 // pass per row. Returns (y_ND, rstd_N); the backward reuses rstd.
