@@ -16,6 +16,7 @@ from pathlib import Path
 
 from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import train_tokenizer
+from emomoe.model import ModelConfig
 
 
 def word_documents(
@@ -115,3 +116,8 @@ def damage(path: Path, how: str) -> Path:
         raise ValueError(how)
     path.write_bytes(bytes(data))
     return path
+
+
+def tiny_config(num_layers: int = 2, pool: str = "2..8") -> ModelConfig:
+    cfg = ModelConfig.preset("tiny").with_overrides([f"num_layers={num_layers}", f"moe.router.pool={pool}"])
+    return cfg

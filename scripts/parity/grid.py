@@ -27,15 +27,16 @@ import time
 from pathlib import Path
 
 from emomoe.analyze.sweep_results import mean_increase
-from emomoe.analyze.tables import markdown_table
 from emomoe.checkpoint import load_model
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
-from emomoe.evaluate.loss import evaluate_checkpoint, loss_by_domain
+from emomoe.evaluate.loss import evaluate_checkpoint
+from emomoe.experiments.sweep import SweepConfig, run_sweep
 from emomoe.io import atomic_write_text
-from emomoe.select.sweep import SweepConfig, run_sweep
+from emomoe.tables import markdown_table
 from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
 from emomoe.train.trainer import train
+from emomoe.train.validation import loss_by_domain
 
 KEEP = 0.25
 EVAL_POOL_WINDOWS = 32

@@ -1,28 +1,10 @@
 import json
-import random
 
 import numpy as np
 import pytest
 
 from emomoe.analyze.collect import Documents, RoutedLayer
 from tests.fixtures import THREE_DOMAINS, build_store, save_tiny_checkpoint, three_domain_store, word_documents
-
-
-@pytest.fixture
-def sweep_results():
-    """A synthetic sweep result: two models, three domains, four keep fractions."""
-    rng = random.Random(0)
-    domains = ["code", "legal", "math"]
-    keeps = ["1", "0.5", "0.25", "0.125"]
-    loss = {
-        model: {keep: {d: round(1.0 + rng.random() + (1 - float(keep)) * scale, 4) for d in domains} for keep in keeps}
-        for model, scale in (("emo", 0.2), ("std", 1.5))
-    }
-    params = {
-        model: {keep: {"total": int(1000 + 9000 * float(keep)), "active": 700} for keep in keeps} for model in loss
-    }
-    return {"loss": loss, "params": params, "settings": {"method": "layerwise", "num_calib_windows": 4}}
-
 
 
 @pytest.fixture(scope="session")

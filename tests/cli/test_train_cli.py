@@ -6,8 +6,8 @@ import random
 import pytest
 import yaml
 
-from emomoe import demo
 from emomoe.cli import main
+from emomoe.experiments import demo
 from emomoe.train.metrics import read_metrics
 
 TOPICS = {"weather": "rain sun cloud wind storm cold warm", "kitchen": "pot pan salt bread knife oven soup"}

@@ -107,3 +107,18 @@ def test_sample_spreads_over_the_input_deterministically(make_documents) -> None
 def test_a_smaller_vocabulary_than_asked_is_said(capsys) -> None:
     tok = train_tokenizer(["a tiny text, a tiny text"] * 3, vocab_size=70000)
     assert f"the tokenizer has {tok.vocab_size:,} entries, not the 70,000 asked for" in capsys.readouterr().err
+
+
+def test_load_model_tokenizer_refuses_ids_the_model_cannot_run(tmp_path: Path, tokenizer) -> None:
+    from emomoe.data.tokenizer import load_model_tokenizer
+    from emomoe.model import ModelConfig
+
+    tokenizer.save(tmp_path / "tok")
+    file = tmp_path / "tok" / "tokenizer.json"
+    fits = ModelConfig.preset("tiny").with_overrides([f"vocab_size={tokenizer.vocab_size}", f"eos_id={tokenizer.eos_id}"])
+    assert load_model_tokenizer(file, fits).hash == tokenizer.hash
+    with pytest.raises(DataError, match=rf"vocabulary \({tokenizer.vocab_size}\) is larger than the model's"):
+        load_model_tokenizer(file, fits.with_overrides([f"vocab_size={tokenizer.vocab_size - 1}"]))
+    other_eos = (tokenizer.eos_id + 1) % tokenizer.vocab_size
+    with pytest.raises(DataError, match=rf"is id {tokenizer.eos_id}, but the model's eos_id is {other_eos}"):
+        load_model_tokenizer(file, fits.with_overrides([f"eos_id={other_eos}"]))

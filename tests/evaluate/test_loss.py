@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emomoe.evaluate.loss import DomainLoss, loss_by_domain
 from emomoe.model import ModelConfig, build_model
+from emomoe.train.validation import DomainLoss, loss_by_domain
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from emomoe.checkpoint import CheckpointReader, load_model, save_model
+from emomoe.checkpoint.selection import SELECTION_FILE
 from emomoe.cli import main
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
-from emomoe.evaluate.loss import loss_by_domain
-from emomoe.select.subset import SELECTION_FILE
+from emomoe.train.validation import loss_by_domain
 
 
 def test_select_finetune_merge(tmp_path, checkpoint_dir, store_dir, capsys):

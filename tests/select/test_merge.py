@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from emomoe.checkpoint import load_model, save_model
+from emomoe.checkpoint.selection import SELECTION_FILE
 from emomoe.errors import DataError
 from emomoe.select.keep import KeepSpec
 from emomoe.select.merge import merge_subset
-from emomoe.select.subset import SELECTION_FILE, select_subset
+from emomoe.select.subset import select_subset
 
 
 @pytest.fixture

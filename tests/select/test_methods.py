@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
-from emomoe.select.weights import ModelWeights
+from emomoe.select.weight_source import ModelWeights
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from emomoe.model.experts import Experts
 from emomoe.select import stream
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.stream import ChunkedExperts, LayerStream
-from emomoe.select.weights import ModelWeights
+from emomoe.select.weight_source import ModelWeights
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,15 @@ from safetensors.torch import save_file
 
 from emomoe.checkpoint import CheckpointReader, checkpoint_hash, load_model, save_model
 from emomoe.checkpoint import writer as writer_module
+from emomoe.checkpoint.selection import SELECTION_FILE
 from emomoe.errors import ConfigError, DataError
+from emomoe.experiments.finetune import finetune_subset
 from emomoe.io import CHECKSUMS_FILE
 from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
-from emomoe.select.finetune import finetune_subset
 from emomoe.select.merge import merge_subset
 from emomoe.select.routing import moe_layers
-from emomoe.select.subset import SELECTION_FILE, select_subset, subset_bytes
+from emomoe.select.subset import select_subset, subset_bytes
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,9 @@ import torch
 
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import TokenStore
-from emomoe.evaluate.loss import loss_by_domain
 from emomoe.model import build_model
 from emomoe.train import validation
-from emomoe.train.validation import Validator
+from emomoe.train.validation import Validator, loss_by_domain
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ import numpy as np
 
 from emomoe.analyze.figures import KIND_LABEL, figure_files
 from emomoe.analyze.modularity import headline
-from emomoe.analyze.report import REPORT_FILE
-from emomoe.analyze.tables import markdown_table
+from emomoe.tables import markdown_table
 
 HEADLINE_ROWS = {
     "last_layer_similarity_topk_freq": "domain similarity, last layer, top-k frequency (lower: more modular)",
@@ -19,6 +18,7 @@ HEADLINE_ROWS = {
 }
 NUM_CLUSTERS_LISTED = 8
 HTML_FILE = "clusters.html"
+REPORT_FILE = "report.md"
 
 
 def headline_table(analysis: dict[str, Any]) -> str:

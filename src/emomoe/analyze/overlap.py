@@ -1,7 +1,7 @@
 """Subset overlap: how much the kept-expert sets of different domains' subsets share (Jaccard).
 
 The sets come from a sweep directory: its `results.json` (`kept_experts`: model -> keep -> domain
--> kept routed experts per MoE layer, see `emomoe.select.sweep`) and any `selection.json` of a
+-> kept routed experts per MoE layer, see `emomoe.experiments.sweep`) and any `selection.json` of a
 subset saved below it (`emomoe select`), whose domain is its calibration domains. Modular models
 keep different experts for different domains: their overlap stays near what two random subsets
 of the same size would share.
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from emomoe.analyze.metrics import expected_random_jaccard, jaccard_matrix, mean_off_diagonal
+from emomoe.analyze.sweep_results import RESULTS_FILE
+from emomoe.checkpoint.selection import SELECTION_FILE, read_selection
 from emomoe.errors import DataError
-from emomoe.select.subset import SELECTION_FILE, read_selection
-from emomoe.select.sweep import RESULTS_FILE
 
 KeptSets = dict[str, dict[str, dict[str, list[list[int]]]]]
 """model -> keep label -> domain -> kept routed experts of every MoE layer."""

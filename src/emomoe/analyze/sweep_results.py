@@ -1,6 +1,6 @@
 """Reading a sweep's results: loss increases over the full model, per domain and averaged.
 
-A sweep result is the dict `emomoe.evaluate.sweep.run_sweep` returns and writes as results.json:
+A sweep result is the dict `emomoe.experiments.sweep.run_sweep` returns and writes as RESULTS_FILE:
 
     {"loss":   {model: {keep: {domain: loss}}},
      "params": {model: {keep: {"total": int, "active": int}}},
@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+RESULTS_FILE = "results.json"
 FULL = "1"
 
 

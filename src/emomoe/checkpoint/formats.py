@@ -4,22 +4,23 @@ A `Format` recognises its directories, reads their config as our `ModelConfig`, 
 each of our tensors lives in the safetensors files: under one key, or (Hugging Face's per-expert
 matrices) one key per row of a stacked tensor. Our own format, `model.yaml` beside the weights
 with our names, is the identity mapping. Other formats (Hugging Face layouts) register
-themselves with `register_format`.
+themselves with `register_format`, called by the `emomoe.checkpoint_formats` entry points of the
+installed packages (ours registers `emomoe.hf.formats`) before the first directory is detected:
+a format registers from above without this package importing it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 
 from emomoe.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from emomoe.model.config import ModelConfig
+from emomoe.model.config import ModelConfig
 
 CONFIG_FILE = "model.yaml"
 
@@ -69,8 +70,6 @@ class EmomoeFormat:
         return (directory / CONFIG_FILE).is_file()
 
     def read_config(self, directory: Path) -> ModelConfig:
-        from emomoe.model.config import ModelConfig
-
         try:
             return ModelConfig.from_yaml(directory / CONFIG_FILE)
         except ConfigError as e:
@@ -81,10 +80,24 @@ class EmomoeFormat:
 
 
 _FORMATS: list[Format] = [EmomoeFormat()]
+ENTRY_POINT_GROUP = "emomoe.checkpoint_formats"
+
+
+_installed_registered = False
+
+
+def _register_installed_formats() -> None:
+    global _installed_registered
+    if _installed_registered:
+        return
+    _installed_registered = True  # before the calls: they register through register_format
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        entry_point.load()()
 
 
 def register_format(fmt: Format) -> None:
     """Make `fmt` readable everywhere a checkpoint is read; later registrations are tried first."""
+    _register_installed_formats()  # first, so that a program's own formats stay ahead of them
     _FORMATS[:] = [f for f in _FORMATS if f.name != fmt.name]
     _FORMATS.insert(0, fmt)
 
@@ -92,6 +105,7 @@ def register_format(fmt: Format) -> None:
 def detect_format(directory: Path) -> Format:
     if not directory.is_dir():
         raise DataError(f"{directory}: no such checkpoint directory")
+    _register_installed_formats()
     for fmt in _FORMATS:
         if fmt.detect(directory):
             return fmt

@@ -11,20 +11,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
 from emomoe.checkpoint.formats import CONFIG_FILE, detect_format
 from emomoe.checkpoint.reader import CheckpointReader, file_fingerprint, weight_files
 from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, SINGLE_FILE, ShardedWriter
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path, has_checksums, verify_checksums, write_checksums
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from emomoe.model.config import ModelConfig
+from emomoe.model.config import ModelConfig
+from emomoe.model.from_weights import compute_in_fp32, model_from_weights
 
 WEIGHTS_FILE = SINGLE_FILE
 META_FILE = "meta.json"
@@ -74,8 +72,6 @@ def load_model(
     `overrides` are dotted config changes that leave the weights alone (e.g. the router's pool).
     `dtype`: None loads float32, the dtype emomoe computes in; "stored" keeps the files' dtype.
     """
-    from emomoe.model.weights import model_from_weights
-
     with CheckpointReader(directory) as reader:
         cfg = reader.config.with_overrides(overrides) if overrides else reader.config
         state = reader.state_dict()
@@ -97,8 +93,6 @@ def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = 
     upcast at a time): each forward pays the upcasts, but a bf16 subset of a big model runs in
     half the memory. Otherwise as in `load_model`.
     """
-    from emomoe.model.weights import compute_in_fp32
-
     if dtype != "auto":
         model, cfg = load_model(directory, overrides=INFERENCE_OVERRIDES, dtype=dtype)
         return model.eval(), cfg

@@ -23,6 +23,7 @@ from emomoe.checkpoint.formats import TensorInfo, TensorSource, detect_format
 from emomoe.checkpoint.writer import INDEX_FILE, SINGLE_FILE
 from emomoe.errors import DataError
 from emomoe.io import has_checksums, verify_checksums
+from emomoe.model import build_model
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -89,8 +90,6 @@ class CheckpointReader:
     def __init__(self, directory: str | Path, verify: bool = True):
         """`verify`: check the files against the directory's checksums.sha256, if it has one (every
         checkpoint emomoe writes does), so that a damaged file is named before it is used."""
-        from emomoe.model import build_model
-
         self.directory = Path(directory)
         self._format = detect_format(self.directory)
         if verify and has_checksums(self.directory):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from emomoe.analyze.tables import summary_table
 from emomoe.cli.train import add_override_arg
-from emomoe.demo import run_demo
+from emomoe.experiments.demo import run_demo
+from emomoe.experiments.sweep_tables import summary_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

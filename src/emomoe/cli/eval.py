@@ -6,14 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from emomoe.analyze.sweep_results import keeps_descending, mean_increase
+from emomoe.analyze.sweep_results import RESULTS_FILE, keeps_descending, mean_increase
 from emomoe.cli.select import ANY_TOKENIZER_HELP
 from emomoe.errors import ConfigError
 from emomoe.evaluate.loss import evaluate_checkpoint
+from emomoe.experiments.sweep import SweepConfig, run_sweep, write_sweep
 from emomoe.io import atomic_write_text, check_output_dir, refuse_existing
-from emomoe.select.methods import SelectMethod
 from emomoe.select.keep import KeepSpec
-from emomoe.select.sweep import RESULTS_FILE, SweepConfig, run_sweep, write_sweep
+from emomoe.select.methods import SelectMethod
 from emomoe.train.rundir import FINAL_DIR
 from emomoe.train.runtime import setup_runtime
 

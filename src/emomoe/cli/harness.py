@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from emomoe.errors import ConfigError
-from emomoe.evaluate.benchmarks import evaluate_checkpoint_tasks, go_offline, scores_table, task_scores
 from emomoe.evaluate.continuation import CONTEXT_TOKENS, CONTINUATION_TOKENS, GROUP, NUM_ITEMS
+from emomoe.experiments.benchmarks import evaluate_checkpoint_tasks, go_offline, scores_table, task_scores
 from emomoe.io import atomic_write_text
 from emomoe.train.runtime import setup_runtime
 

@@ -7,9 +7,9 @@ import json
 
 from emomoe.checkpoint import load_config
 from emomoe.errors import ConfigError, DataError
+from emomoe.experiments.finetune import FinetuneLoss, finetune_subset
 from emomoe.io import refuse_existing
 from emomoe.select.calibration import load_calibration
-from emomoe.select.finetune import FinetuneLoss, finetune_subset
 from emomoe.select.keep import KeepSpec
 from emomoe.select.merge import merge_subset
 from emomoe.select.methods import SelectMethod

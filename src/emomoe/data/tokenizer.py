@@ -16,6 +16,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -23,6 +24,9 @@ from emomoe.data.holdout import hash_below, text_hash
 from emomoe.data.readers import Document, reiterable
 from emomoe.errors import DataError, warn
 from emomoe.io import atomic_path
+
+if TYPE_CHECKING:
+    from emomoe.model.config import ModelConfig
 
 EOS_TOKEN = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
@@ -198,3 +202,14 @@ def load_tokenizer(path: str | Path, eos_token: str | int | None = None) -> Text
         raise DataError(f"{file}: cannot tell which token is EOS; pass --eos-token (e.g. {EOS_TOKEN!r})")
     return _wrap(tokenizer, eos_token, str(file))
 
+
+def load_model_tokenizer(file: Path, cfg: ModelConfig) -> TextTokenizer:
+    """Load the tokenizer and raise DataError unless the model can run its ids."""
+    tok = load_tokenizer(file)
+    if tok.vocab_size > cfg.vocab_size:
+        raise DataError(
+            f"{file}: the tokenizer's vocabulary ({tok.vocab_size}) is larger than the model's ({cfg.vocab_size})"
+        )
+    if cfg.eos_id is not None and cfg.eos_id != tok.eos_id:
+        raise DataError(f"{file}: EOS {tok.eos_token!r} is id {tok.eos_id}, but the model's eos_id is {cfg.eos_id}")
+    return tok

@@ -15,12 +15,11 @@ from pathlib import Path
 from torch import nn
 
 from emomoe.checkpoint import load_for_inference
+from emomoe.checkpoint.selection import lineage
 from emomoe.data.store import TOKENIZER_DIR, TokenStore
-from emomoe.data.tokenizer import TOKENIZER_FILE, TextTokenizer
+from emomoe.data.tokenizer import TOKENIZER_FILE, TextTokenizer, load_model_tokenizer
 from emomoe.errors import ConfigError, DataError
-from emomoe.hf.tokenizer_files import check_tokenizer
 from emomoe.model import ModelConfig
-from emomoe.select.subset import lineage
 from emomoe.train.config import RunConfig
 from emomoe.train.rundir import CONFIG_FILE as RUN_CONFIG_FILE
 
@@ -63,7 +62,7 @@ def checkpoint_tokenizer(
             f"{checkpoint}: no tokenizer found (none in the checkpoint, its source, or its run's token store); "
             "pass --tokenizer DIR"
         )
-    return check_tokenizer(Path(path), cfg)
+    return load_model_tokenizer(Path(path), cfg)
 
 
 def load_with_tokenizer(

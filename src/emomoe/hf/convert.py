@@ -20,14 +20,14 @@ from typing import Any
 import torch
 
 from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter
+from emomoe.checkpoint.selection import lineage
 from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
-from emomoe.data.tokenizer import TOKENIZER_FILE
+from emomoe.data.tokenizer import TOKENIZER_FILE, load_model_tokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.hf.config_json import CONFIG_JSON, check_exportable, emo_config_json, read_config_json
 from emomoe.hf.layouts import EMO, tensor_keys
-from emomoe.hf.tokenizer_files import carry_files, check_tokenizer, find_tokenizer, write_tokenizer_files
+from emomoe.hf.tokenizer_files import carry_files, find_export_tokenizer, write_tokenizer_files
 from emomoe.io import atomic_path
-from emomoe.select.subset import lineage
 
 HF_CONFIG_COPY = "hf_config.json"
 REMOTE_DIR = Path(__file__).parent / "remote"
@@ -52,7 +52,7 @@ def import_hf(
         if not reader.format.startswith("hf-"):
             raise DataError(f"{hf_dir}: an emomoe checkpoint, not a Hugging Face one ({CONFIG_JSON}); use it as it is")
         if (hf_dir / TOKENIZER_FILE).is_file():
-            check_tokenizer(hf_dir / TOKENIZER_FILE, reader.config)
+            load_model_tokenizer(hf_dir / TOKENIZER_FILE, reader.config)
         with atomic_path(out) as tmp:
             tmp.mkdir()
             with ShardedWriter(tmp, max_shard_bytes) as writer:
@@ -99,8 +99,8 @@ def export_hf(
         cfg = reader.config
         check_exportable(cfg)
         dirs = lineage(checkpoint)
-        tokenizer_file = find_tokenizer(tokenizer, dirs)
-        tok = check_tokenizer(tokenizer_file, cfg)
+        tokenizer_file = find_export_tokenizer(tokenizer, dirs)
+        tok = load_model_tokenizer(tokenizer_file, cfg)
         target = DTYPES[dtype]
         stored_dtype = target or reader.dtype("embed.weight")
         with atomic_path(out) as tmp:

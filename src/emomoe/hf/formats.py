@@ -3,7 +3,8 @@
 
 One format per layout ("hf-emo", "hf-olmoe", "hf-mixtral"), recognised by `model_type` in
 `config.json`; a directory with a `config.json` of any other model_type gets an error naming it.
-Importing `emomoe` registers them (`register_hf_formats`); this module imports no transformers.
+`register_hf_formats` is the `emomoe.checkpoint_formats` entry point (pyproject.toml): the checkpoint
+reader calls it before it detects its first directory. This module imports no transformers.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from emomoe.data.tokenizer import HF_CONFIG_FILE, TOKENIZER_FILE, TextTokenizer, load_tokenizer
+from emomoe.data.tokenizer import HF_CONFIG_FILE, TOKENIZER_FILE, TextTokenizer
 from emomoe.errors import DataError
 from emomoe.model.config import ModelConfig
 
@@ -23,7 +23,7 @@ CARRIED_FILES = (TOKENIZER_FILE, HF_CONFIG_FILE, SPECIAL_TOKENS_FILE, GENERATION
 STORE_TOKENIZER_DIR = "tokenizer"
 
 
-def find_tokenizer(tokenizer: str | Path | None, checkpoints: list[Path]) -> Path:
+def find_export_tokenizer(tokenizer: str | Path | None, checkpoints: list[Path]) -> Path:
     """The `tokenizer.json` to export: from `tokenizer` (the file, its folder or a token store
     holding one), else the first of `checkpoints` (a model, then the models it was sliced from)
     that has one: an imported model keeps its tokenizer."""
@@ -40,18 +40,6 @@ def find_tokenizer(tokenizer: str | Path | None, checkpoints: list[Path]) -> Pat
         if candidate.is_file():
             return candidate
     raise DataError(f"{path}: no {TOKENIZER_FILE} there (expected the file, its folder or a token store)")
-
-
-def check_tokenizer(file: Path, cfg: ModelConfig) -> TextTokenizer:
-    """Load the tokenizer and raise DataError unless the model can run its ids."""
-    tok = load_tokenizer(file)
-    if tok.vocab_size > cfg.vocab_size:
-        raise DataError(
-            f"{file}: the tokenizer's vocabulary ({tok.vocab_size}) is larger than the model's ({cfg.vocab_size})"
-        )
-    if cfg.eos_id is not None and cfg.eos_id != tok.eos_id:
-        raise DataError(f"{file}: EOS {tok.eos_token!r} is id {tok.eos_id}, but the model's eos_id is {cfg.eos_id}")
-    return tok
 
 
 def pad_id(file: Path, tok: TextTokenizer) -> int:

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 
 from emomoe.checkpoint import checkpoint_hash, load_model, save_model
+from emomoe.checkpoint.selection import read_selection
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import refuse_existing
 from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import kept_rows
-from emomoe.select.subset import read_selection
 
 
 def merge_subset(

@@ -32,7 +32,7 @@ from emomoe.select.easy_ep import easy_ep_layer_scores
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import AddTensor, block_subset, extract_subset, read_blocks, subset_config
 from emomoe.select.stream import LayerStream, relative
-from emomoe.select.weights import WeightSource
+from emomoe.select.weight_source import WeightSource
 
 Batch = dict[str, torch.Tensor]
 

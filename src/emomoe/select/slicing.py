@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from emomoe.model import ModelConfig
-from emomoe.model.weights import model_from_weights
+from emomoe.model.from_weights import model_from_weights
 from emomoe.select.routing import MoELayer
-from emomoe.select.weights import ModelWeights, WeightSource
+from emomoe.select.weight_source import ModelWeights, WeightSource
 
 AddTensor = Callable[[str, torch.Tensor], None]
 

@@ -3,7 +3,7 @@
 
 Between blocks, memory holds the calibration batches' hidden states (fp32 [B, S, D] per batch)
 and their document masks. A block's weights are read in their stored dtype, upcast to fp32 inside
-the block (`emomoe.model.weights`), run on every batch, and dropped. The peak is one block's
+the block (`emomoe.model.from_weights`), run on every batch, and dropped. The peak is one block's
 weights, whatever the number of layers and experts. Three kinds of block:
 
 - `router_block`: attention, norms and gate only; its experts are never read. A forward through it
@@ -29,15 +29,15 @@ from torch import nn
 from emomoe.checkpoint import INFERENCE_OVERRIDES
 from emomoe.errors import DataError
 from emomoe.model.attention import rope_tables
-from emomoe.model.weights import COMPUTE_DTYPE, block_from_weights
-from emomoe.model.docs import Segments
 from emomoe.model.config import ModelConfig
+from emomoe.model.docs import Segments
 from emomoe.model.experts import Experts
+from emomoe.model.from_weights import COMPUTE_DTYPE, block_from_weights
 from emomoe.model.transformer import Block, document_inputs
 from emomoe.select.calibration import valid_tokens
 from emomoe.select.routing import MoELayer, StopForward, capture_routed_logits
 from emomoe.select.slicing import block_names
-from emomoe.select.weights import WeightSource
+from emomoe.select.weight_source import WeightSource
 
 Batch = dict[str, torch.Tensor]
 

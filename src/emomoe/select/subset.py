@@ -19,7 +19,6 @@ atomically: on any error, including a full disk mid-write, nothing is left behin
 
 from __future__ import annotations
 
-import errno
 import json
 import shutil
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter, check_fits, save_model
+from emomoe.checkpoint.selection import SELECTION_FILE, read_selection, selection_path
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path, check_output_dir, refuse_existing, write_checksums
 from emomoe.model import ModelConfig
@@ -39,14 +39,11 @@ from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import AddTensor, extract_subset, kept_rows, read_blocks, subset_config
 
-SELECTION_FILE = "selection.json"
 SUBSET_SHARD_BYTES = 2**29
 """Shard size of a written subset: the writer holds one shard in memory, so this bounds what
 selection needs beyond one block's weights."""
 _SPACE_MARGIN_BYTES = 16 * 2**20
 """Room for safetensors headers, the config and selection.json on top of the tensor bytes."""
-MAX_LINEAGE = 8
-"""Subsets of subsets followed back at most this far."""
 
 
 def select_subset(
@@ -220,12 +217,6 @@ def check_selection(
     return kept
 
 
-def selection_path(selection: str | Path) -> Path:
-    """A selection file given directly, or the selection.json of a subset directory."""
-    path = Path(selection)
-    return path / SELECTION_FILE if path.is_dir() else path
-
-
 def save_subset(out_dir: str | Path, model: nn.Module, cfg: ModelConfig, record: dict[str, Any]) -> Path:
     """Write an in-memory subset model and its selection.json as one atomic directory."""
     out_dir = Path(out_dir)
@@ -233,32 +224,3 @@ def save_subset(out_dir: str | Path, model: nn.Module, cfg: ModelConfig, record:
         save_model(tmp, model, cfg)
         (tmp / SELECTION_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
-
-
-def read_selection(selection: str | Path) -> dict[str, Any]:
-    """The record of a selection.json (or of a subset directory's)."""
-    path = selection_path(selection)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{selection}: not a subset or selection file (no {path.name})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    for key in ("moe_layers", "kept_experts", "source_sha256"):
-        if key not in record:
-            raise DataError(f"{path}: missing '{key}'")
-    return record
-
-
-def lineage(checkpoint: Path) -> list[Path]:
-    """`checkpoint`, then the models it was sliced from, as far as their directories still exist
-    (a subset's selection.json names its source)."""
-    dirs = [checkpoint]
-    while (dirs[-1] / SELECTION_FILE).is_file() and len(dirs) <= MAX_LINEAGE:
-        source = Path(read_selection(dirs[-1]).get("source_checkpoint", ""))
-        if not source.is_dir():
-            break
-        dirs.append(source)
-    return dirs

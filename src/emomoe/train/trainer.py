@@ -34,7 +34,6 @@ from emomoe.train.checkpointing import CheckpointManager, Restored
 from emomoe.train.config import Precision, RunConfig
 from emomoe.train.flops import measure_peak_flops, mfu, train_flops_per_token
 from emomoe.train.init_from import check_architecture, load_initial_weights
-from emomoe.train.interrupt import StopRequest
 from emomoe.train.metrics import MetricsWriter
 from emomoe.train.optim import build_optimizer
 from emomoe.train.rng import capture_rng_state, restore_rng_state, seed_everything
@@ -42,6 +41,7 @@ from emomoe.train.routing_health import routing_health
 from emomoe.train.rundir import FINAL_DIR, check_run_dir, claim_run_dir, holds_run
 from emomoe.train.runtime import setup_runtime, thread_governor
 from emomoe.train.schedule import build_scheduler
+from emomoe.train.stop_request import StopRequest
 from emomoe.train.validation import Validator
 
 LOSS_KEYS = ("ce", "lb", "router_z", "logit_z", "total")

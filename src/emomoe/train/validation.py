@@ -1,17 +1,69 @@
-"""Per-domain validation loss during training, split across data-parallel ranks.
+"""Token-weighted next-token loss per domain on held-out windows: the measure itself
+(`loss_by_domain`, which `emomoe eval`, the sweep and the fine-tune also use), and validation during
+training, split across data-parallel ranks.
 
-Legend: B batch, S sequence.
+Legend: B batch, S sequence, T tokens (B*S), V vocab, G domains.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Iterable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from emomoe import distributed
 from emomoe.data.loader import Batch, eval_batches
-from emomoe.evaluate.loss import loss_by_domain
 from emomoe.model.losses import IGNORE_INDEX
+
+
+@dataclasses.dataclass
+class DomainLoss:
+    """Summed cross-entropy (nats) and the number of label tokens it covers."""
+
+    sum_nats: float = 0.0
+    num_tokens: int = 0
+
+    @property
+    def loss(self) -> float:
+        return self.sum_nats / self.num_tokens if self.num_tokens else math.nan
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"loss": self.loss, "ppl": self.ppl, "num_tokens": self.num_tokens}
+
+
+@torch.inference_mode()
+def loss_by_domain(
+    model: torch.nn.Module, batches: Iterable[Batch], domain_names: list[str], progress: str | None = None
+) -> dict[str, DomainLoss]:
+    """Sum the CE of every label token into its domain; domains without tokens are left out."""
+    was_training = model.training
+    model.eval()
+    sums_G = torch.zeros(len(domain_names), dtype=torch.float64)
+    counts_G = torch.zeros(len(domain_names), dtype=torch.float64)
+    for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False, unit="batch"):
+        out = model(batch["input_ids_BS"], doc_ids_BS=batch.get("doc_ids_BS"))
+        logits_TV = out.logits.reshape(-1, out.logits.shape[-1]).float()
+        labels_T = batch["labels_BS"].reshape(-1)
+        ce_T = F.cross_entropy(logits_TV, labels_T, ignore_index=IGNORE_INDEX, reduction="none")
+        valid_T = labels_T != IGNORE_INDEX
+        domains_T = batch["domain_ids_BS"].reshape(-1)[valid_T]
+        sums_G.index_add_(0, domains_T, ce_T[valid_T].double())
+        counts_G.index_add_(0, domains_T, torch.ones_like(domains_T, dtype=torch.float64))
+    model.train(was_training)
+    return {
+        name: DomainLoss(float(sums_G[g]), int(counts_G[g]))
+        for g, name in enumerate(domain_names)
+        if counts_G[g] > 0
+    }
 
 
 class Validator:

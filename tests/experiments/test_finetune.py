@@ -6,16 +6,17 @@ import torch
 import torch.nn.functional as F
 
 from emomoe.checkpoint import load_model, save_model
+from emomoe.checkpoint.selection import SELECTION_FILE
 from emomoe.data.pairs import PairLoader, read_pairs
 from emomoe.data.store import TokenStore
 from emomoe.data.tokenizer import load_tokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.loss import evaluate_checkpoint
-from emomoe.select import finetune as finetune_module
+from emomoe.experiments import finetune as finetune_module
+from emomoe.experiments.finetune import FinetuneLoss, finetune_loss, finetune_subset
 from emomoe.select.calibration import store_calibration
-from emomoe.select.finetune import FinetuneLoss, finetune_loss, finetune_subset
 from emomoe.select.keep import KeepSpec
-from emomoe.select.subset import SELECTION_FILE, select_subset
+from emomoe.select.subset import select_subset
 from emomoe.train.metrics import METRICS_FILE, read_metrics
 from emomoe.train.trainer import TrainingInterrupted
 

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from emomoe.cli import main
-from emomoe.evaluate.benchmarks import go_offline, scores_table, task_scores
 from emomoe.evaluate.continuation import GROUP, task_name, write_continuation_tasks
+from emomoe.experiments.benchmarks import go_offline, scores_table, task_scores
 from emomoe.train.config import RunConfig
 from tests.fixtures import build_store, save_tiny_checkpoint, word_documents
 
@@ -36,7 +36,7 @@ def _argmax_accuracy(lm, task_file):
 @pytest.mark.slow
 def test_the_shipped_task_runs_through_lm_eval_from_the_cli_and_the_python_api(run, tmp_path, capsys):
     go_offline()
-    from emomoe.evaluate.harness import EmoLM
+    from emomoe.experiments.harness import EmoLM
 
     final, store = run
     out = tmp_path / "results.json"

@@ -1,4 +1,4 @@
-from emomoe.analyze.plots import plot_loss_increase
+from emomoe.experiments.sweep_plot import plot_loss_increase
 
 
 def test_plot_writes_a_png(tmp_path, sweep_results):

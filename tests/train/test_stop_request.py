@@ -8,8 +8,8 @@ import time
 import pytest
 
 from emomoe.train.checkpointing import CheckpointManager, step_dir_name
-from emomoe.train.interrupt import StopRequest
 from emomoe.train.metrics import read_metrics
+from emomoe.train.stop_request import StopRequest
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

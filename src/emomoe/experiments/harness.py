@@ -1,6 +1,6 @@
 """lm-evaluation-harness adapter: any emomoe checkpoint or subset as the lm-eval model `emomoe`.
 
-Importing this module registers the model, so that after `import emomoe.evaluate.harness`:
+Importing this module registers the model, so that after `import emomoe.experiments.harness`:
 
     lm_eval.simple_evaluate(model="emomoe", model_args="checkpoint=runs/emo/final", tasks=[...])
 

@@ -4,7 +4,7 @@ from lm_eval.api.instance import Instance
 
 from emomoe import ModelConfig, build_model
 from emomoe.data.tokenizer import train_tokenizer
-from emomoe.evaluate.harness import EmoLM
+from emomoe.experiments.harness import EmoLM
 from emomoe.generate import GenerationConfig, generate, generate_text
 
 TEXTS = ["the router sends every token to a few experts", "专家 模型 路由", "def f(x):\n    return x + 1"]

@@ -3,8 +3,8 @@ import torch
 
 from emomoe import ModelConfig, build_model
 from emomoe.model.attention import rope_tables
+from emomoe.model.from_weights import block_from_weights, fp32_compute, model_from_weights
 from emomoe.model.transformer import document_inputs
-from emomoe.model.weights import block_from_weights, fp32_compute, model_from_weights
 
 
 @pytest.fixture(scope="module")

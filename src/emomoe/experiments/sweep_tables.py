@@ -6,22 +6,14 @@ import math
 from typing import Any
 
 from emomoe.analyze.sweep_results import FULL, domains_of, experts_kept, increase, keeps_descending, mean_increase
-
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = [_row(header), _row(["---"] * len(header))] + [_row(r) for r in rows]
-    return "\n".join(lines)
+from emomoe.tables import markdown_table
 
 
 def _signed(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:+.3f}"
 
 
-def loss_table(results: dict[str, Any]) -> str:
+def subset_loss_table(results: dict[str, Any]) -> str:
     """One row per (model, keep): the loss on every domain with its increase over the full model."""
     domains = domains_of(results)
     rows = []

@@ -33,23 +33,26 @@ from typing import Any
 
 from emomoe.analyze.analysis import AnalysisConfig, run_analysis, write_analysis
 from emomoe.analyze.modularity_report import headline_table, summary_section
-from emomoe.analyze.tables import markdown_table
 from emomoe.checkpoint import load_for_inference
 from emomoe.data.corpus import embedded_corpus
 from emomoe.data.store import METADATA_FILE, TokenStore
 from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
-from emomoe.errors import ConfigError, DataError
-from emomoe.evaluate.benchmarks import go_offline, run_tasks, task_scores
+from emomoe.errors import ConfigError
 from emomoe.evaluate.continuation import (
-    CONTEXT_TOKENS, CONTINUATION_TOKENS, NUM_ITEMS, write_continuation_tasks,
+    CONTEXT_TOKENS,
+    CONTINUATION_TOKENS,
+    NUM_ITEMS,
+    write_continuation_tasks,
 )
 from emomoe.evaluate.continuation import task_name as continuation_task
 from emomoe.evaluate.loss import evaluate_checkpoint
+from emomoe.experiments.benchmarks import go_offline, run_tasks, task_scores
+from emomoe.experiments.sweep import SweepConfig, keep_label, run_sweep, write_sweep
 from emomoe.io import atomic_write_text
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
-from emomoe.select.sweep import SweepConfig, keep_label, run_sweep, write_sweep
+from emomoe.tables import markdown_table
 from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
 from emomoe.train.metrics import METRICS_FILE, read_metrics
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
@@ -111,7 +114,7 @@ def run_demo(
         final_dirs = {"emo": final_dirs["emo"], ANNEAL: annealed, "std": final_dirs["std"]}
     say("[3/6] eval: per-domain validation loss of the full models")
     val_loss = {name: validation_losses(final, store, progress=progress) for name, final in final_dirs.items()}
-    table = loss_table(val_loss)
+    table = model_loss_table(val_loss)
     atomic_write_text(out / "val_loss.md", table + "\n")
     atomic_write_text(out / "val_loss.json", json.dumps(val_loss, indent=2) + "\n")
     say("[4/6] sweep: select, slice and evaluate expert subsets per domain and keep fraction")
@@ -229,7 +232,7 @@ def validation_losses(final_dir: Path, store: TokenStore, *, progress: bool) -> 
 MODEL_TITLES = {"emo": "EMO", ANNEAL: "EMO-anneal", "std": "standard MoE"}
 
 
-def loss_table(val_loss: dict[str, dict[str, Any]]) -> str:
+def model_loss_table(val_loss: dict[str, dict[str, Any]]) -> str:
     """Step 3: domains as rows (then "all" tokens, and the unweighted mean over domains), one loss
     column per model, and every other model minus the standard one."""
     others = [m for m in val_loss if m != "std"]
@@ -256,7 +259,7 @@ def benchmark_accuracy(
     the task's items come from the domain's held-out documents (OUT/lm_eval_tasks).
     """
     go_offline()
-    from emomoe.evaluate.harness import EmoLM  # imports lm-eval: only now, and offline
+    from emomoe.experiments.harness import EmoLM  # imports lm-eval: only now, and offline
 
     task_dir = out / "lm_eval_tasks"
     write_continuation_tasks(store, task_dir, **BENCHMARK_TASK)

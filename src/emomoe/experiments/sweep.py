@@ -17,23 +17,21 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from emomoe.analyze.report import write_report
-from emomoe.analyze.sweep_results import FULL
+from emomoe.analyze.sweep_results import FULL, RESULTS_FILE
 from emomoe.checkpoint import check_fits, load_config, load_for_inference
 from emomoe.config import Config
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
 from emomoe.errors import ConfigError
-from emomoe.evaluate.loss import loss_by_domain
+from emomoe.experiments.sweep_report import write_report
 from emomoe.io import atomic_write_text, refuse_existing
 from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import subset_config, subset_model
-from emomoe.select.weights import ModelWeights
-
-RESULTS_FILE = "results.json"
+from emomoe.select.weight_source import ModelWeights
+from emomoe.train.validation import loss_by_domain
 
 
 @dataclasses.dataclass

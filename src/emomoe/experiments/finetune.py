@@ -29,25 +29,26 @@ import torch
 from tqdm.auto import tqdm
 
 from emomoe.checkpoint import check_fits, load_config, load_model, save_model
+from emomoe.checkpoint.selection import SELECTION_FILE, read_selection
 from emomoe.config import Config
 from emomoe.data.loader import DataConfig, TrainLoader, eval_batches
 from emomoe.data.pairs import PairLoader, read_pairs
 from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import load_tokenizer
 from emomoe.errors import ConfigError, DataError
-from emomoe.evaluate.loss import loss_by_domain
 from emomoe.io import atomic_write_text, refuse_existing
 from emomoe.model.losses import IGNORE_INDEX, cross_entropy_and_logit_z, load_balancing_loss, router_losses
 from emomoe.model.transformer import ModelOutput
-from emomoe.select.subset import SELECTION_FILE, read_selection, save_subset
+from emomoe.select.subset import save_subset
 from emomoe.train.checkpointing import CheckpointManager
 from emomoe.train.config import LRSchedule, TrainConfig
-from emomoe.train.interrupt import StopRequest
 from emomoe.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from emomoe.train.optim import build_optimizer
 from emomoe.train.rng import capture_rng_state, restore_rng_state
 from emomoe.train.schedule import build_scheduler
+from emomoe.train.stop_request import StopRequest
 from emomoe.train.trainer import TrainingInterrupted
+from emomoe.train.validation import loss_by_domain
 
 HF_ROUTING = ["moe.router.pool=off", "moe.router.eval_pool=off", "moe.router.lb_scope=local"]
 """How fine-tuning routes: like the HF model, with no document pool and batch-local balancing."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from emomoe.analyze.plots import plot_loss_increase
-from emomoe.analyze.tables import loss_table, markdown_table, params_table, summary_table
 from emomoe.errors import MissingDependency, warn
+from emomoe.experiments.sweep_plot import plot_loss_increase
+from emomoe.experiments.sweep_tables import params_table, subset_loss_table, summary_table
 from emomoe.io import atomic_write_text
+from emomoe.tables import markdown_table
 
 PLOT_FILE = "loss_vs_keep.png"
 REPORT_FILE = "report.md"
@@ -46,7 +47,7 @@ def write_report(
         "Averaged over domains, in nats per token; each domain uses its own subset, chosen on its "
         "training documents and evaluated on its held-out documents.\n\n" + summary_table(results),
         *figure,
-        "## Per-domain held-out loss (increase over the full model)\n\n" + loss_table(results),
+        "## Per-domain held-out loss (increase over the full model)\n\n" + subset_loss_table(results),
         "## Parameters of the subsets\n\n" + params_table(results),
     ]
     if training:

@@ -1,5 +1,5 @@
 from emomoe.analyze.sweep_results import mean_increase
-from emomoe.analyze.tables import loss_table, params_table, summary_table
+from emomoe.experiments.sweep_tables import params_table, subset_loss_table, summary_table
 
 
 def _rows(table):
@@ -9,7 +9,7 @@ def _rows(table):
 
 
 def test_loss_table_has_a_row_per_model_and_keep(sweep_results):
-    rows = _rows(loss_table(sweep_results))
+    rows = _rows(subset_loss_table(sweep_results))
     assert len(rows) == 2 * 4
     emo_quarter = next(r for r in rows if r[:2] == ["emo", "0.25"])
     assert emo_quarter[-1] == f"{mean_increase(sweep_results, 'emo', '0.25'):+.3f}"

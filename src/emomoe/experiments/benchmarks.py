@@ -12,12 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from emomoe.analyze.tables import markdown_table
 from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.continuation import (
-    CONTEXT_TOKENS, CONTINUATION_TOKENS, GROUP, NUM_ITEMS, write_continuation_tasks,
+    CONTEXT_TOKENS,
+    CONTINUATION_TOKENS,
+    GROUP,
+    NUM_ITEMS,
+    write_continuation_tasks,
 )
 from emomoe.evaluate.provenance import run_store
+from emomoe.tables import markdown_table
 
 OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 _STDERR_SUFFIX = "_stderr"
@@ -101,7 +105,7 @@ def evaluate_checkpoint_tasks(
     (`emomoe_continuation[_<domain>]`) are built first from the held-out documents of `data`
     (default: the token store of the checkpoint's run), `num_items` per domain (see
     `write_continuation_tasks`)."""
-    from emomoe.evaluate.harness import EmoLM
+    from emomoe.experiments.harness import EmoLM
 
     include = list(include_path)
     with tempfile.TemporaryDirectory(prefix="emomoe-tasks-") as tmp:

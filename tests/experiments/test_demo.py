@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
-from emomoe.analyze.tables import summary_table
 from emomoe.cli import main
+from emomoe.experiments.sweep_tables import summary_table
 from tests.cli.test_train_cli import SMALL_DEMO, TOPICS, small_demo_inputs
 
 

@@ -3,13 +3,14 @@ import math
 
 import pytest
 
-from emomoe.analyze.report import PLOT_FILE, REPORT_FILE
+from emomoe.analyze.sweep_results import RESULTS_FILE
 from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.loss import evaluate_checkpoint
+from emomoe.experiments.sweep import SweepConfig, run_sweep, write_sweep
+from emomoe.experiments.sweep_report import PLOT_FILE, REPORT_FILE
 from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.subset import select_subset
-from emomoe.select.sweep import RESULTS_FILE, SweepConfig, run_sweep, write_sweep
 
 SETTINGS = dict(num_calib_windows=3, num_eval_windows=3, seq_len=32, batch_size=4)
 

@@ -1,5 +1,5 @@
-from emomoe.analyze.report import PLOT_FILE, write_report
-from emomoe.analyze.tables import params_table, summary_table
+from emomoe.experiments.sweep_report import PLOT_FILE, write_report
+from emomoe.experiments.sweep_tables import params_table, summary_table
 
 
 def test_report_contains_tables_plot_and_training_facts(tmp_path, sweep_results):

@@ -1,0 +1,8 @@
+"""Experiments: runs that compose the library into a study and write its report.
+
+- `demo`: the whole pipeline on the embedded corpus (`emomoe demo`);
+- `sweep`, `sweep_report`, `sweep_tables`, `sweep_plot`: loss against the fraction of experts
+  kept, for every model and domain (`emomoe sweep`);
+- `finetune`: a subset fine-tuned on its domain (`emomoe finetune`);
+- `harness`, `benchmarks`: benchmark tasks through lm-evaluation-harness (`emomoe lm-eval`).
+"""
