@@ -8,6 +8,10 @@ the CPU, so a home directory shared by different machines keeps one build per ki
 
 EMOMOE_KERNELS=0 turns the kernels off (the twins run everywhere). A machine without a C++
 compiler or ninja logs one warning and runs the twins.
+
+EMOMOE_KERNELS_CFLAGS adds compiler flags (split like a shell line) after the defaults, and to the
+cache key: `-mno-avx512f` builds on an AVX-512 machine what an AVX2-only one runs, to check the
+numerics of the narrower vectors without such a machine.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +31,7 @@ import torch
 
 KERNELS_ENV = "EMOMOE_KERNELS"
 CACHE_ENV = "EMOMOE_CACHE"
+CFLAGS_ENV = "EMOMOE_KERNELS_CFLAGS"
 SOURCE = Path(__file__).with_name("cpu.cpp")
 
 log = logging.getLogger(__name__)
@@ -58,7 +64,7 @@ def _flags() -> tuple[list[str], list[str]]:
     # at::parallel_for is inline: under torch's OpenMP backend its threads come from pragmas that
     # need -fopenmp here. The process then shares torch's OpenMP runtime (loaded first, same soname).
     openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
-    return ["-O3", arch, *openmp], openmp
+    return ["-O3", arch, *openmp, *shlex.split(os.environ.get(CFLAGS_ENV, ""))], openmp
 
 
 def library_path() -> Path:
