@@ -30,6 +30,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -481,7 +482,17 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows(
   return {nll_C, lse_C};
 }
 
+#define EMOMOE_STRING(x) #x
+#define EMOMOE_EXPANDED_STRING(x) EMOMOE_STRING(x)
+
+// The vector instruction set this library was compiled for, as ATen names it (AVX512, AVX2,
+// DEFAULT): `emomoe kernels info` reports it, since the kernels' speed depends on it.
+std::string vector_isa() {
+  return EMOMOE_EXPANDED_STRING(CPU_CAPABILITY);
+}
+
 TORCH_LIBRARY(emomoe, m) {
+  m.def("vector_isa() -> str", &vector_isa);
   m.def("pool_softmax(Tensor logits_TE, Tensor seg_T, int num_segments, Tensor sizes_G) -> (Tensor, Tensor)");
   m.def("topk_indices(Tensor x_TE, int k) -> Tensor");
   m.def("rms_norm_forward(Tensor x_ND, Tensor w_D, float eps) -> (Tensor, Tensor)");
