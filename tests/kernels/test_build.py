@@ -41,10 +41,10 @@ def test_four_processes_on_an_empty_cache_build_once_and_all_use_the_kernels(tmp
     for process, out, err in finished:
         assert process.returncode == 0 and out.startswith("True "), err
     assert sum(err.count(kernels.COMPILING) for _, _, err in finished) == 1
-    library = finished[0][1].split()[1]
-    assert all(out.split()[1] == library for _, out, _ in finished)
+    library = Path(finished[0][1].split()[1])
+    assert all(Path(out.split()[1]) == library for _, out, _ in finished)
     # The library and its lock, and nothing half-built or failed beside them.
-    assert sorted(p.name for p in (tmp_path / "kernels").iterdir()) == [Path(library).stem + ".lock", Path(library).name]
+    assert sorted(p.name for p in (tmp_path / "kernels").iterdir()) == [library.stem + ".lock", library.name]
 
 
 def test_a_failed_build_is_tried_once_then_remembered_until_an_explicit_build(tmp_path):

@@ -87,7 +87,8 @@ def _lm_head_loss() -> dict[str, torch.Tensor]:
     labels_BS[0, 1::3] = IGNORE_INDEX
     loss = lm_head_loss(hidden_BSD, weight_VD, labels_BS, logit_z_weight=0.3)
     hidden_grad_BSD, weight_grad_VD = torch.autograd.grad(loss.total, (hidden_BSD, weight_VD))
-    return {"ce": loss.ce, "logit_z": loss.logit_z, "hidden_grad_BSD": hidden_grad_BSD, "weight_grad_VD": weight_grad_VD}
+    return {"ce": loss.ce, "logit_z": loss.logit_z, "hidden_grad_BSD": hidden_grad_BSD,
+            "weight_grad_VD": weight_grad_VD}
 
 
 TWINS = (
