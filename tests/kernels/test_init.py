@@ -10,38 +10,38 @@ from emomoe import kernels
 # The pool kernel is tested against per-document loops in tests/model/test_pool.py.
 
 
-def test_the_kernels_build_and_load_on_this_machine():
-    assert kernels.ops() is not None
+def test_the_kernels_build_and_load_on_this_machine(kernel_ops):
     assert kernels.library_path().is_file()
+    assert kernel_ops.vector_isa() in ("AVX512", "AVX2", "DEFAULT")
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 127), (300, 64), (7, 16), (3, 17)])
-def test_topk_indices_equal_torch_topk(shape):
+def test_topk_indices_equal_torch_topk(shape, kernel_ops):
     g = torch.Generator().manual_seed(shape[1])
     x_TE = torch.randn(shape, generator=g)
     for k in {0, 1, min(7, shape[1]), shape[1]}:
-        assert torch.equal(kernels.ops().topk_indices(x_TE, k), x_TE.topk(k, dim=-1).indices)
+        assert torch.equal(kernel_ops.topk_indices(x_TE, k), x_TE.topk(k, dim=-1).indices)
 
 
-def test_topk_ties_go_to_the_lower_index():
+def test_topk_ties_go_to_the_lower_index(kernel_ops):
     x_TE = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.1], [0.0, 0.0, 0.0, 0.0, 0.0]])
-    assert kernels.ops().topk_indices(x_TE, 3).tolist() == [[1, 3, 4], [0, 1, 2]]
+    assert kernel_ops.topk_indices(x_TE, 3).tolist() == [[1, 3, 4], [0, 1, 2]]
 
 
-def test_topk_reads_strided_input_and_refuses_other_dtypes():
+def test_topk_reads_strided_input_and_refuses_other_dtypes(kernel_ops):
     x_ET = torch.randn(9, 40)
-    assert torch.equal(kernels.ops().topk_indices(x_ET.T, 4), x_ET.T.topk(4).indices)
+    assert torch.equal(kernel_ops.topk_indices(x_ET.T, 4), x_ET.T.topk(4).indices)
     with pytest.raises(RuntimeError, match="float32"):
-        kernels.ops().topk_indices(x_ET.double(), 4)
+        kernel_ops.topk_indices(x_ET.double(), 4)
 
 
-def test_usable_only_for_float32_cpu_tensors():
+def test_usable_only_for_float32_cpu_tensors(kernel_ops):
     assert kernels.usable(torch.ones(2), torch.ones(3))
     assert not kernels.usable(torch.ones(2), torch.ones(2, dtype=torch.float64))
     assert not kernels.usable(torch.ones(2, device="meta"))
 
 
-def test_disabled_turns_the_kernels_off_within_its_block_only():
+def test_disabled_turns_the_kernels_off_within_its_block_only(kernel_ops):
     x = torch.ones(2)
     with pytest.raises(ValueError):
         with kernels.disabled():
@@ -87,7 +87,7 @@ print(before == runtimes(), before)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/maps")
-def test_the_kernels_share_torchs_openmp_runtime():
+def test_the_kernels_share_torchs_openmp_runtime(kernel_ops):
     """A second OpenMP runtime would start its own thread per core, and the two pools' spinning
     threads would fight over the cores. (In a fresh process: other libraries, e.g. scikit-learn,
     bring their own.)"""
@@ -96,7 +96,7 @@ def test_the_kernels_share_torchs_openmp_runtime():
     assert done.stdout.startswith("True"), done.stdout
 
 
-def test_switched_off_or_unbuildable_kernels_leave_the_pytorch_path(tmp_path):
+def test_switched_off_or_unbuildable_kernels_leave_the_pytorch_path(tmp_path, kernel_ops):
     """EMOMOE_KERNELS=0, and a machine whose compiler fails (an empty cache, so a build is tried):
     the model runs on PyTorch ops alone, with one warning line for the failed build."""
     off = _run(FORWARD, EMOMOE_KERNELS="0")

@@ -1,34 +1,60 @@
-"""Fused CPU kernels in C++ (`cpu.cpp`), compiled once per machine on first use.
+"""Fused CPU kernels in C++ (`cpu.cpp`), compiled once per machine.
 
 `ops()` is `torch.ops.emomoe` once the library is loaded, else None; callers then run their
-pure-PyTorch twin, which is also what every non-CPU or non-float32 tensor gets. The library is
-built with the host's vector instructions (`-march=native`) by torch's C++ extension builder and
-cached under `$EMOMOE_CACHE` (default `~/.cache/emomoe`), keyed by the source, the torch version and
-the CPU, so a home directory shared by different machines keeps one build per kind of CPU.
+pure-PyTorch twin (`emomoe.model.kernel_twins.TWINS` lists the pairs), which is also what every non-CPU or
+non-float32 tensor gets. The library is built with the host's vector instructions
+(`-march=native`) by torch's C++ extension builder and cached under `$EMOMOE_CACHE` (default
+`~/.cache/emomoe`), keyed by the source, the torch version, the CPU and the flags, so a home
+directory shared by different machines keeps one build per kind of CPU.
 
-EMOMOE_KERNELS=0 turns the kernels off (the twins run everywhere). A machine without a C++
-compiler or ninja logs one warning and runs the twins.
+`emomoe kernels build` (run by `make setup`) builds it ahead of time; otherwise the first use
+does. The build holds a file lock beside the library, so concurrent processes (test workers,
+torchrun ranks) build it once and load the same file. A failed build leaves `<key>.failed` with
+its reason: later processes run the twins after one warning line instead of compiling again,
+until `emomoe kernels build` retries.
+
+EMOMOE_KERNELS=0 turns the kernels off (the twins run everywhere).
+
+EMOMOE_KERNELS_CFLAGS adds compiler flags (split like a shell line) after the defaults, and to the
+cache key: `-mno-avx512f` builds on an AVX-512 machine what an AVX2-only one runs, to check the
+numerics of the narrower vectors without such a machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
 import os
 import platform
+import re
+import shlex
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
 
+from emomoe.errors import EmomoeError
+from emomoe.io import atomic_write_text
+
 KERNELS_ENV = "EMOMOE_KERNELS"
 CACHE_ENV = "EMOMOE_CACHE"
+CFLAGS_ENV = "EMOMOE_KERNELS_CFLAGS"
 SOURCE = Path(__file__).with_name("cpu.cpp")
+COMPILING = "emomoe: compiling the fused CPU kernels for this machine (once, about 40 s)"
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16",
+                "amx_tile", "asimd", "sve", "sve2")
+"""The CPU flags that decide what -march=native compiles (x86 and ARM names, as Linux lists them)."""
 
 log = logging.getLogger(__name__)
+
+
+class BuildFailed(EmomoeError):
+    """The library could not be built here (no compiler or ninja, or a compiler error)."""
 
 
 def enabled() -> bool:
@@ -41,15 +67,31 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "emomoe"
 
 
-def _cpu_identity() -> str:
-    """What -march=native compiles for: the CPU's feature flags where Linux lists them."""
+def _cpuinfo_field(*names: str) -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
+            if line.startswith(names):
+                return line.partition(":")[2].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_identity() -> str:
+    """What -march=native compiles for: the CPU's feature flags where Linux lists them."""
+    return _cpuinfo_field("flags", "Features") or platform.processor() or platform.machine()
+
+
+def cpu_summary() -> str:
+    """One line: the CPU's model and the vector extensions it has among `VECTOR_FLAGS`."""
+    model = _cpuinfo_field("model name", "Model") or platform.processor() or platform.machine()
+    present = set((_cpuinfo_field("flags", "Features") or "").split())
+    return f"{model}: {' '.join(f for f in VECTOR_FLAGS if f in present) or 'no vector flags listed'}"
+
+
+def compiler_flags() -> list[str]:
+    """What the library is compiled with, and keyed by."""
+    return _flags()[0]
 
 
 def _flags() -> tuple[list[str], list[str]]:
@@ -58,22 +100,26 @@ def _flags() -> tuple[list[str], list[str]]:
     # at::parallel_for is inline: under torch's OpenMP backend its threads come from pragmas that
     # need -fopenmp here. The process then shares torch's OpenMP runtime (loaded first, same soname).
     openmp = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
-    return ["-O3", arch, *openmp], openmp
+    return ["-O3", arch, *openmp, *shlex.split(os.environ.get(CFLAGS_ENV, ""))], openmp
 
 
 def library_path() -> Path:
-    parts = [SOURCE.read_text(), torch.__version__, platform.machine(), _cpu_identity(), *_flags()[0]]
+    parts = [SOURCE.read_text(), torch.__version__, platform.machine(), _cpu_identity(), *compiler_flags()]
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     return cache_dir() / "kernels" / f"emomoe_cpu_{key}.so"
 
 
-def _build(target: Path) -> None:
+def failure_marker(library: Path) -> Path:
+    """Holds the one-line reason the build of `library` failed, while it stays failed."""
+    return library.with_suffix(".failed")
+
+
+def _compile(target: Path) -> None:
+    """Compile into a private directory, which also loads the library into this process, and
+    rename it to `target`: a process killed mid-build leaves no half-written library behind."""
     from torch.utils import cpp_extension
 
     cflags, ldflags = _flags()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Built in a private directory and renamed into place: a concurrent process (a second test
-    # worker, another rank) never loads a half-written library.
     with tempfile.TemporaryDirectory(dir=target.parent) as build_dir:
         cpp_extension.load_inline(
             name=target.stem,
@@ -84,24 +130,78 @@ def _build(target: Path) -> None:
             is_python_module=False,
             verbose=False,
         )
-        # load_inline has loaded the library from the build directory already; the rename keeps
-        # the file's inode, so the load from `target` below finds it loaded and registers nothing twice.
         os.replace(Path(build_dir) / f"{target.stem}.so", target)
 
 
+def _reason(error: Exception) -> str:
+    """One line saying why a build failed: torch puts the whole ninja log in its message, whose
+    first line only names the extension; the compiler's or the shell's first error says more."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    found = next((line for line in lines[1:] if re.search(r"error:|not found|No such file", line)), None)
+    return found or lines[0]
+
+
+@contextlib.contextmanager
+def _locked(library: Path):
+    """Only one process at a time checks, builds and renames `library`. The lock file stays:
+    removing it would let a third process lock a new file while a second holds the old one."""
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with open(library.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
+def build(force: bool = False) -> tuple[Path, bool]:
+    """The library's path, compiled here first unless it is in the cache, and whether this
+    process compiled it (and has therefore loaded it). A remembered failure raises BuildFailed
+    again without compiling, unless `force`."""
+    target = library_path()
+    marker = failure_marker(target)
+    with _locked(target):
+        if target.is_file():
+            return target, False
+        if marker.is_file() and not force:
+            raise BuildFailed(f"{marker.read_text().strip()} (remembered from an earlier build; "
+                              "`emomoe kernels build` tries again)")
+        log.warning(COMPILING)
+        try:
+            with _ninja_on_path():
+                _compile(target)
+        except Exception as e:
+            reason = _reason(e)
+            # Not remembering is the lesser harm: the next process tries, and warns, again.
+            with contextlib.suppress(OSError, EmomoeError):
+                atomic_write_text(marker, reason + "\n")
+            raise BuildFailed(reason) from e
+        marker.unlink(missing_ok=True)
+    return target, True
+
+
+_loaded: Path | None = None
+_loading = threading.Lock()
+
+
+def load(force: bool = False) -> Path:
+    """Build the library unless it is cached (see `build`) and load it into this process, once."""
+    global _loaded
+    with _loading:
+        if _loaded is None:
+            target, built_here = build(force)
+            if not built_here:  # else load_inline has loaded it, from the build directory
+                torch.ops.load_library(str(target))
+            _loaded = target
+    return _loaded
+
+
 @functools.cache
-def _load() -> bool:
+def _available() -> bool:
     if not enabled():
         return False
-    target = library_path()
     try:
-        if not target.is_file():
-            log.warning("emomoe: compiling the fused CPU kernels for this machine (once, about 30 s)")
-            with _ninja_on_path():
-                _build(target)
-        torch.ops.load_library(str(target))
+        load()
     except Exception as e:  # any build or load failure leaves the pure-PyTorch path, which is correct
-        log.warning("emomoe: fused CPU kernels unavailable, using PyTorch ops (%s)", str(e).splitlines()[0])
+        reason = str(e) if isinstance(e, BuildFailed) else _reason(e)
+        log.warning("emomoe: fused CPU kernels unavailable, using PyTorch ops (%s)", reason)
         return False
     return True
 
@@ -125,7 +225,7 @@ def _ninja_on_path():
 
 def ops():
     """`torch.ops.emomoe` with the fused kernels, or None where they are off or could not be built."""
-    return torch.ops.emomoe if _load() else None
+    return torch.ops.emomoe if _available() else None
 
 
 _disabled_depth = 0
