@@ -64,10 +64,14 @@ class _TokenNLLAndLSE(torch.autograd.Function):
 
 def cross_entropy_and_logit_z(logits_BSV: torch.Tensor, labels_BS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token CE and output-logit z-loss (mean squared logsumexp), both averaged over label
-    tokens; labels equal to -100 are ignored."""
+    tokens; labels equal to -100 are ignored. Computed in float32 at least, whatever the logits' dtype."""
     labels_T = labels_BS.reshape(-1)
     valid_T = labels_T != IGNORE_INDEX
-    nll_T, lse_T = _TokenNLLAndLSE.apply(logits_BSV.reshape(-1, logits_BSV.shape[-1]), labels_T.clamp(min=0))
+    # bf16 logits (autocast) would round the logsumexp of a 32k vocabulary (about 10.4) to steps of
+    # 1/16 and sum the token terms in bf16: the CE would add an error larger than the logits' own.
+    logits_TV = logits_BSV.reshape(-1, logits_BSV.shape[-1])
+    logits_TV = logits_TV.to(torch.promote_types(logits_TV.dtype, torch.float32))
+    nll_T, lse_T = _TokenNLLAndLSE.apply(logits_TV, labels_T.clamp(min=0))
     num_valid = valid_T.sum().clamp(min=1)
     ce = (nll_T * valid_T).sum() / num_valid
     logit_z = (lse_T.square() * valid_T).sum() / num_valid
