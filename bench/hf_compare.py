@@ -8,7 +8,9 @@ vocab 8192, fp32, plain causal attention, untied LM head, random tokens of batch
 - qwen2_moe: `Qwen2MoeForCausalLM` (no QK-norm, no QKV bias, one shared expert of the routed
   experts' size: emomoe's shared expert, plus Qwen's sigmoid gate, which has as many parameters
   as emomoe's gate row for the shared expert).
-emomoe is configured to match each family, so every ratio compares like with like.
+emomoe is configured to match each family, so every ratio compares like with like. A training
+step is forward, loss, backward, clipping at 1.0 and fused AdamW on both sides (emomoe's is
+`train.step.train_step`, the step `emomoe train` runs).
 
 Runs interleave (emomoe, transformers, peak GEMM, emomoe, ...) in one process; each figure is the
 fastest repetition. `mfu` = analytic training FLOPs per token (`emomoe.train.flops`) x tokens/s /
@@ -39,6 +41,7 @@ training step, compiling included.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -58,6 +61,7 @@ from emomoe.train.flops import (
 from emomoe.train.optim import build_optimizer
 from emomoe.train.parallel import compile_blocks
 from emomoe.train.runtime import retain_freed_memory
+from emomoe.train.step import train_step
 
 from timing import interleaved_best, kernels_off
 
@@ -101,20 +105,23 @@ def hf_model(shape: str, family: str) -> torch.nn.Module:
     return transformers.Qwen2MoeForCausalLM(cfg)
 
 
-class Side:
-    """One model with its optimizer and the three workloads as closures. Both sides get emomoe's
-    optimizer: fused AdamW with decayed matrices, which is also HF Trainer's default (`adamw_torch_fused`)."""
+RECIPE = TrainConfig(lr=1e-4)
+"""Both sides' optimizer and clipping: emomoe's fused AdamW with decayed matrices, which is also HF
+Trainer's default (`adamw_torch_fused`), and clipping at 1.0 (HF Trainer's `max_grad_norm` too)."""
 
-    def __init__(self, model: torch.nn.Module, step_loss, forward, generate):
+
+class Side:
+    """One model with its optimizer and the three workloads as closures; `step(optimizer, ids_BS)`
+    is one training step."""
+
+    def __init__(self, model: torch.nn.Module, step, forward, generate):
         self.model = model
-        self.optimizer = build_optimizer(model, TrainConfig(lr=1e-4))
-        self._step_loss, self._forward, self._generate = step_loss, forward, generate
+        self.optimizer = build_optimizer(model, RECIPE)
+        self._step, self._forward, self._generate = step, forward, generate
 
     def train_step(self, ids_BS: torch.Tensor) -> None:
         self.model.train()
-        self._step_loss(ids_BS).backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._step(self.optimizer, ids_BS)
 
     @torch.inference_mode()
     def forward(self, ids_BS: torch.Tensor) -> None:
@@ -129,11 +136,13 @@ class Side:
 
 def emomoe_side(cfg: ModelConfig) -> Side:
     model = build_model(cfg)
+    loss_fn = functools.partial(compute_loss, loss_cfg=cfg.loss)
 
-    def step_loss(ids_BS):
-        return compute_loss(model(ids_BS[:, :-1], labels_BS=ids_BS[:, 1:]), ids_BS[:, 1:], cfg.loss)["total"]
+    def step(optimizer, ids_BS):  # the step `emomoe train` runs
+        batch = {"input_ids_BS": ids_BS[:, :-1], "labels_BS": ids_BS[:, 1:]}
+        train_step(model, optimizer, [batch], loss_fn, grad_clip=RECIPE.grad_clip)
 
-    return Side(model, step_loss, lambda ids_BS: model(ids_BS).logits, emomoe_generate(model))
+    return Side(model, step, lambda ids_BS: model(ids_BS).logits, emomoe_generate(model))
 
 
 def emomoe_generate(model: torch.nn.Module):
@@ -147,13 +156,16 @@ def emomoe_generate(model: torch.nn.Module):
 
 
 def hf_side(model: torch.nn.Module) -> Side:
-    def step_loss(ids_BS):
-        return model(input_ids=ids_BS, labels=ids_BS, output_router_logits=True, use_cache=False).loss
+    def step(optimizer, ids_BS):  # what HF Trainer's training step does, without its bookkeeping
+        model(input_ids=ids_BS, labels=ids_BS, output_router_logits=True, use_cache=False).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), RECIPE.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def generate(prompt_BS, new_tokens):
         model.generate(prompt_BS, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
-    return Side(model, step_loss, lambda ids_BS: model(input_ids=ids_BS, use_cache=False).logits, generate)
+    return Side(model, step, lambda ids_BS: model(input_ids=ids_BS, use_cache=False).logits, generate)
 
 
 def num_params(model: torch.nn.Module) -> int:

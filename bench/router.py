@@ -1,5 +1,6 @@
-"""Router benchmark: EMO vs standard routing in a `small` train step, and the vectorised pool vs a
-per-document Python loop (the official code's design). Prints one JSON object.
+"""Router benchmark: EMO vs standard routing in a `small` train step (`train.step.train_step`, as
+`emomoe train` runs it), and the vectorised pool vs a per-document Python loop (the official code's
+design). Prints one JSON object.
 
 Shapes: B rows, S sequence, T = B*S tokens, E routed experts, K experts per token.
 
@@ -22,6 +23,7 @@ Timings are the best of interleaved repetitions (the variants alternate; see ben
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 
 import torch
@@ -31,7 +33,10 @@ from emomoe.model.docs import Segments
 from emomoe.model.losses import compute_loss
 from emomoe.model.pool import draw_pool_sizes, pooled_softmax
 from emomoe.model.router import top_experts
+from emomoe.train.config import TrainConfig
+from emomoe.train.optim import build_optimizer
 from emomoe.train.runtime import retain_freed_memory
+from emomoe.train.step import train_step
 
 from timing import interleaved_best, kernels_off
 
@@ -128,21 +133,18 @@ def bench_train_step(batch_size: int, reps: int, mean_doc_len: int) -> dict:
     g = torch.Generator().manual_seed(0)
     ids_BS = torch.randint(0, base.vocab_size, (batch_size, S + 1), generator=g)
     doc_ids_BS = (torch.rand(batch_size, S, generator=g) < 1 / mean_doc_len).long().cumsum(1)
+    batch = {"input_ids_BS": ids_BS[:, :-1], "labels_BS": ids_BS[:, 1:], "doc_ids_BS": doc_ids_BS}
+    recipe = TrainConfig()
     steps = {}
     for name, pool in (("emo", base.moe.router.pool), ("standard", "off")):
         torch.manual_seed(0)
         cfg = base.with_overrides([f"moe.router.pool={pool}"])
         model = build_model(cfg)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-        def step(model=model, opt=opt, cfg=cfg):
-            out = model(ids_BS[:, :-1], doc_ids_BS, labels_BS=ids_BS[:, 1:])
-            loss = compute_loss(out, ids_BS[:, 1:], cfg.loss)["total"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        steps[name] = step
+        # The step `emomoe train` runs: its optimizer, clipping and loss.
+        steps[name] = functools.partial(
+            train_step, model, build_optimizer(model, recipe), [batch],
+            functools.partial(compute_loss, loss_cfg=cfg.loss), grad_clip=recipe.grad_clip,
+        )
     best = interleaved_best(steps, reps)
     tokens = batch_size * S
     return {

@@ -1,7 +1,7 @@
 """Training throughput of a model preset: EMO and the standard MoE measured side by side.
 
-One step = forward, loss, backward, clip and AdamW, on random tokens packed as documents of
-about `--doc-len` tokens (so the EMO pool has documents to work on). A third timer runs the EMO
+One step = `emomoe.train.step.train_step` (forward, loss, backward, clipping, AdamW: what
+`emomoe train` runs), on random tokens packed as documents of about `--doc-len` tokens (so the EMO pool has documents to work on). A third timer runs the EMO
 model with emomoe's fused CPU kernels off (`emomoe.kernels.disabled`): `kernels_speedup` is what
 they bring. Prints one JSON object.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import time
 
@@ -27,6 +28,7 @@ from emomoe.train.config import TrainConfig
 from emomoe.train.flops import matmul_flops_per_s, mfu, train_flops_per_token
 from emomoe.train.optim import build_optimizer
 from emomoe.train.runtime import setup_runtime
+from emomoe.train.step import train_step
 
 PEAK_SHAPE = (2048, 2048, 2048)
 
@@ -46,18 +48,17 @@ class StepTimer:
         self.pytorch_ops = pytorch_ops
         self.cfg, self.shape = cfg, (batch_size, seq_len, doc_len)
         self.model = build_model(cfg)
-        self.optimizer = build_optimizer(self.model, TrainConfig())
+        self.recipe = TrainConfig()
+        self.optimizer = build_optimizer(self.model, self.recipe)
+        self.loss_fn = functools.partial(compute_loss, loss_cfg=cfg.loss)
         self.gen = torch.Generator().manual_seed(0)
 
     def step(self) -> float:
         input_ids_BS, labels_BS, doc_ids_BS = random_batch(self.cfg, *self.shape, self.gen)
+        batch = {"input_ids_BS": input_ids_BS, "labels_BS": labels_BS, "doc_ids_BS": doc_ids_BS}
         start = time.perf_counter()
         with kernels.disabled() if self.pytorch_ops else contextlib.nullcontext():
-            out = self.model(input_ids_BS, doc_ids_BS=doc_ids_BS, labels_BS=labels_BS)
-            compute_loss(out, labels_BS, self.cfg.loss)["total"].backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            train_step(self.model, self.optimizer, [batch], self.loss_fn, grad_clip=self.recipe.grad_clip)
         return time.perf_counter() - start
 
 

@@ -18,6 +18,7 @@ from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.subset import select_subset
 from emomoe.train.metrics import METRICS_FILE, read_metrics
+from emomoe.train.step import TrainingDiverged
 from emomoe.train.trainer import TrainingInterrupted
 
 
@@ -97,6 +98,24 @@ def test_finetuning_reports_held_out_loss_writes_metrics_and_resumes_exactly(tmp
     a, b = load_model(tmp_path / "a")[0].state_dict(), load_model(tmp_path / "b")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not work.exists()
+
+
+def test_a_non_finite_step_stops_the_finetuning_without_saving_a_model(tmp_path, legal_subset, store_dir, monkeypatch):
+    real, calls = finetune_module.finetune_loss, []
+
+    def poisoned(out, labels_BS, weights):
+        terms = real(out, labels_BS, weights)
+        calls.append(1)
+        if len(calls) == 2:
+            terms["total"] = terms["total"] * math.nan
+        return terms
+
+    monkeypatch.setattr(finetune_module, "finetune_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"^step 2: loss nan, grad norm .* is not finite; .*ft was not written") as caught:
+        finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=1e-3, max_steps=3, seq_len=32, batch_size=4)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "ft").exists()
+    assert read_metrics(tmp_path / ".ft.finetune" / METRICS_FILE)[-1]["total"] == "nan"
 
 
 def test_a_full_emo_checkpoint_is_fine_tuned_without_its_pool(tmp_path, checkpoint_dir, store_dir):

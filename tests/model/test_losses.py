@@ -71,6 +71,18 @@ def test_cross_entropy_and_logit_z_ignore_masked_labels():
     assert torch.autograd.gradcheck(lambda x: sum(cross_entropy_and_logit_z(x, labels_BS)), (logits_BSV,))
 
 
+def test_cross_entropy_of_bf16_logits_is_computed_in_float32():
+    g = torch.Generator().manual_seed(0)
+    logits_BSV = (3 * torch.randn(2, 8, 32768, generator=g)).bfloat16()
+    labels_BS = torch.randint(0, 32768, (2, 8), generator=g)
+    ce, z = cross_entropy_and_logit_z(logits_BSV, labels_BS)
+    assert ce.dtype == z.dtype == torch.float32
+    # The float64 values of the same bf16 logits, to float32 precision (bf16 arithmetic is off by ~1e-2).
+    flat = logits_BSV.double().reshape(-1, 32768)
+    assert float(ce) == pytest.approx(float(F.cross_entropy(flat, labels_BS.reshape(-1))), rel=1e-6)
+    assert float(z) == pytest.approx(float(flat.logsumexp(-1).square().mean()), rel=1e-6)
+
+
 def test_compute_loss_applies_the_weights():
     logits_BSV = torch.randn(1, 3, 5)
     labels_BS = torch.tensor([[1, -100, 4]])

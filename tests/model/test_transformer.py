@@ -38,6 +38,23 @@ def test_forward_returns_logits_losses_and_routing_per_layer():
     assert model(_ids()).routing is None
 
 
+def test_labels_replace_the_logits_by_the_fused_loss_except_under_autocast():
+    model, cfg = _model()
+    ids = _ids()
+    for mode in (model.train, model.eval):
+        mode()
+        fused = model(ids, labels_BS=ids)
+        assert fused.logits is None and fused.lm_loss.ce.dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(ids, labels_BS=ids, return_routing=True)
+        assert autocast.lm_loss is None and autocast.logits.dtype == torch.bfloat16
+        assert autocast.lb_loss.dtype == torch.float32
+        assert {r.router_logits_TE.dtype for r in autocast.routing} == {torch.bfloat16}
+    with torch.no_grad():  # eval mode: no router losses, but the routing when asked for
+        out = model(ids, labels_BS=ids, return_routing=True)
+    assert out.logits is None and out.lb_loss is None and len(out.routing) == cfg.num_layers
+
+
 def test_gradients_reach_the_router_and_exactly_the_experts_that_got_tokens():
     # Standard routing, so every routed gate row takes part in the softmax of every token.
     model, cfg = _model("moe.router.pool=off")

@@ -4,7 +4,9 @@ The recipe: AdamW, lr 5e-5, no weight decay, 10% warmup then linear decay to 0, 
 one epoch, all parameters trained. Routing is the HF model's: no document pool, even for a full
 EMO checkpoint. The loss is that of HF fine-tuning: CE plus only the Switch load-balancing loss
 at 0.01, local to the batch and averaged over layers (the HF `router_aux_loss_coef`); router and
-output-logit z-losses stay off unless asked for.
+output-logit z-losses stay off unless asked for. Each step is the trainer's (`train.step`): the
+fused LM head, the routers' bias balancing when the model has it, and a non-finite loss or
+gradient stops the run before anything is saved.
 
 Data is either domains of a token store (packed windows in a seeded order, every token a label)
 or a jsonl file of prompt/answer pairs (one example per row; with `answer_only`, the paper's
@@ -19,6 +21,7 @@ Legend: B batch, S sequence, T tokens, E routed experts of a layer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import shutil
 import sys
@@ -37,7 +40,7 @@ from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import load_tokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_write_text, refuse_existing
-from emomoe.model.losses import IGNORE_INDEX, cross_entropy_and_logit_z, load_balancing_loss, router_losses
+from emomoe.model.losses import IGNORE_INDEX, language_model_loss, load_balancing_loss, router_losses
 from emomoe.model.transformer import ModelOutput
 from emomoe.select.subset import save_subset
 from emomoe.train.checkpointing import CheckpointManager
@@ -46,6 +49,7 @@ from emomoe.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from emomoe.train.optim import build_optimizer
 from emomoe.train.rng import capture_rng_state, restore_rng_state
 from emomoe.train.schedule import build_scheduler
+from emomoe.train.step import TrainingDiverged, train_step
 from emomoe.train.stop_request import StopRequest
 from emomoe.train.trainer import TrainingInterrupted
 from emomoe.train.validation import loss_by_domain
@@ -71,8 +75,9 @@ class FinetuneLoss(Config):
 
 def finetune_loss(out: ModelOutput, labels_BS: torch.Tensor, weights: FinetuneLoss) -> dict[str, torch.Tensor]:
     """CE (+ logit z) over label tokens, plus the per-layer Switch LB over the same tokens, averaged
-    over the MoE layers; `out` must carry the routing (`return_routing=True`)."""
-    ce, logit_z = cross_entropy_and_logit_z(out.logits, labels_BS)
+    over the MoE layers; `out` must carry the routing (`return_routing=True`), and a fused LM-head
+    loss (`out.lm_loss`) must have used `weights.logit_z_weight`."""
+    ce, logit_z, lm_total = language_model_loss(out, labels_BS, weights.logit_z_weight)
     valid_T = labels_BS.reshape(-1) != IGNORE_INDEX
     layers = [r for r in out.routing if r.experts_TK.shape[1] > 0]
     lb = ce.new_zeros(())
@@ -85,7 +90,7 @@ def finetune_loss(out: ModelOutput, labels_BS: torch.Tensor, weights: FinetuneLo
         lb = lb + load_balancing_loss(probs_TE, counts_E, max(int(valid_T.sum()), 1), experts.shape[1])
     num_layers = max(len(layers), 1)
     lb, router_z = lb / num_layers, router_losses(out)[1] / num_layers
-    total = ce + weights.lb_weight * lb + weights.router_z_weight * router_z + weights.logit_z_weight * logit_z
+    total = lm_total + weights.lb_weight * lb + weights.router_z_weight * router_z
     return {"ce": ce, "lb": lb, "router_z": router_z, "logit_z": logit_z, "total": total}
 
 
@@ -157,7 +162,8 @@ def finetune_subset(
         cfg, subset_dir, vocab_size=store.vocab_size, seq_len=seq_len, tokenizer_hash=store.tokenizer_hash,
         any_tokenizer=any_tokenizer,
     )
-    model, _ = load_model(subset_dir, overrides=HF_ROUTING)
+    # The model's fused LM head computes the logit z term with the model config's weight.
+    model, _ = load_model(subset_dir, overrides=[*HF_ROUTING, f"loss.logit_z_weight={loss.logit_z_weight}"])
     torch.manual_seed(seed)
     run = {"source": str(Path(subset_dir).resolve()), "domains": domains, "lr": lr, "batch_size": batch_size,
            "seq_len": seq_len, "seed": seed, "loss": loss.to_dict()}
@@ -209,21 +215,23 @@ def finetune_subset(
                  "run": run}
         return checkpoints.save(step, model, cfg, state)
 
+    loss_fn = functools.partial(finetune_loss, weights=loss)
     model.train()
     bar = tqdm(total=num_steps, initial=step, desc="finetune", unit="step", disable=not progress)
     with StopRequest() as stop, bar:
         while step < num_steps:
-            batch = next(loader)
-            out = model(batch["input_ids_BS"], doc_ids_BS=batch["doc_ids_BS"], return_routing=True)
-            terms = finetune_loss(out, batch["labels_BS"], loss)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
             lr_now = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
+            try:
+                terms = train_step(
+                    model, optimizer, [next(loader)], loss_fn, scheduler=scheduler, grad_clip=recipe.grad_clip
+                ).losses
+            except TrainingDiverged as e:
+                metrics.write({"step": step + 1, **e.values, "grad_norm": e.grad_norm})
+                metrics.close()
+                raise e.in_run(step + 1, f"{out_dir} was not written; metrics in {work} (start over with --force, "
+                                         "e.g. with a lower --lr)") from None
             step += 1
-            metrics.write({"step": step, **{k: terms[k].item() for k in ("ce", "lb", "total")}, "lr": lr_now})
+            metrics.write({"step": step, **{k: terms[k] for k in ("ce", "lb", "total")}, "lr": lr_now})
             bar.update()
             if (checkpoint_every and step % checkpoint_every == 0) or (stop.requested and step < num_steps):
                 path = save_checkpoint()

@@ -64,10 +64,14 @@ class _TokenNLLAndLSE(torch.autograd.Function):
 
 def cross_entropy_and_logit_z(logits_BSV: torch.Tensor, labels_BS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token CE and output-logit z-loss (mean squared logsumexp), both averaged over label
-    tokens; labels equal to -100 are ignored."""
+    tokens; labels equal to -100 are ignored. Computed in float32 at least, whatever the logits' dtype."""
     labels_T = labels_BS.reshape(-1)
     valid_T = labels_T != IGNORE_INDEX
-    nll_T, lse_T = _TokenNLLAndLSE.apply(logits_BSV.reshape(-1, logits_BSV.shape[-1]), labels_T.clamp(min=0))
+    # bf16 logits (autocast) would round the logsumexp of a 32k vocabulary (about 10.4) to steps of
+    # 1/16 and sum the token terms in bf16: the CE would add an error larger than the logits' own.
+    logits_TV = logits_BSV.reshape(-1, logits_BSV.shape[-1])
+    logits_TV = logits_TV.to(torch.promote_types(logits_TV.dtype, torch.float32))
+    nll_T, lse_T = _TokenNLLAndLSE.apply(logits_TV, labels_T.clamp(min=0))
     num_valid = valid_T.sum().clamp(min=1)
     ce = (nll_T * valid_T).sum() / num_valid
     logit_z = (lse_T.square() * valid_T).sum() / num_valid
@@ -177,21 +181,23 @@ def router_losses(out: ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
     return out.lb_loss, out.router_z_loss
 
 
-def compute_loss(out: ModelOutput, labels_BS: torch.Tensor, loss_cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """Total = CE + w_z * logit z + w_lb * LB + w_rz * router z (router terms summed over layers).
-
-    When the model was given the labels (`out.lm_loss`), CE and logit z come from its fused LM head
-    and only `total` carries gradients.
-    """
-    if out.lm_loss is not None:
-        if out.lm_loss.logit_z_weight != loss_cfg.logit_z_weight:
-            raise ValueError(
-                f"the model's fused loss used logit_z_weight {out.lm_loss.logit_z_weight}, not {loss_cfg.logit_z_weight}"
-            )
-        ce, logit_z, lm_total = out.lm_loss.ce, out.lm_loss.logit_z, out.lm_loss.total
-    else:
+def language_model_loss(
+    out: ModelOutput, labels_BS: torch.Tensor, logit_z_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(CE, logit z, CE + w_z * logit z) of a forward. When the model was given the labels
+    (`out.lm_loss`) they come from its fused LM head, and only the third carries gradients."""
+    if out.lm_loss is None:
         ce, logit_z = cross_entropy_and_logit_z(out.logits, labels_BS)
-        lm_total = ce + loss_cfg.logit_z_weight * logit_z
+        return ce, logit_z, ce + logit_z_weight * logit_z
+    if out.lm_loss.logit_z_weight != logit_z_weight:
+        raise ValueError(f"the model's fused loss used logit_z_weight {out.lm_loss.logit_z_weight}, not {logit_z_weight}")
+    return out.lm_loss.ce, out.lm_loss.logit_z, out.lm_loss.total
+
+
+def compute_loss(out: ModelOutput, labels_BS: torch.Tensor, loss_cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Total = CE + w_z * logit z + w_lb * LB + w_rz * router z (router terms summed over layers);
+    see `language_model_loss` for the CE and logit z."""
+    ce, logit_z, lm_total = language_model_loss(out, labels_BS, loss_cfg.logit_z_weight)
     lb, router_z = router_losses(out)
     total = lm_total + loss_cfg.lb_weight * lb + loss_cfg.router_z_weight * router_z
     return {"ce": ce, "lb": lb, "router_z": router_z, "logit_z": logit_z, "total": total}

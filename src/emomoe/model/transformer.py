@@ -28,25 +28,39 @@ from emomoe.model.router import Router
 @dataclass
 class LayerRouting:
     router_logits_TE: torch.Tensor
-    """Routed-expert logits before any pool mask (shared experts excluded)."""
+    """Routed-expert logits before any pool mask (shared experts excluded), in the gate's compute
+    dtype (bf16 under bf16 autocast) and attached to the graph: a loss may use them."""
     experts_TK: torch.Tensor
-    """Routed experts chosen per token, indices into the layer's routed experts."""
+    """Routed experts chosen per token (int64), indices into the layer's routed experts."""
     weights_TK: torch.Tensor
+    """The chosen experts' routing probabilities (over the document's pool while one is active;
+    renormalised to sum to 1 with `renormalize`), in the gate's compute dtype."""
 
 
 @dataclass
 class ModelOutput:
+    """What `EmoTransformer.forward` returns, in training and eval mode alike.
+
+    Given `labels_BS` outside autocast, the LM head computes CE and logit z fused (`lm_loss`) and
+    `logits` is None. Under autocast the labels are not used: `logits` come back in the autocast
+    dtype and the caller computes the CE from them (`compute_loss` does, in float32).
+    """
+
     logits: torch.Tensor | None
-    """[B, S, V] float32; None when the forward was given labels (see `lm_loss`)."""
+    """[B, S, V] in the LM head's compute dtype: float32 for float32 weights, bf16 under bf16
+    autocast; None when the forward was given labels outside autocast (see `lm_loss`)."""
     lb_loss: torch.Tensor | None
-    """Load-balancing loss summed over MoE layers, unweighted; None when the forward skipped the
-    router losses (see `EmoTransformer.forward`'s `aux_losses`)."""
+    """Load-balancing loss summed over MoE layers, unweighted (0-dim; float32 for float32 weights,
+    under autocast too); None when the forward skipped the router losses, by default in eval mode
+    without autograd (see `aux_losses`)."""
     router_z_loss: torch.Tensor | None
-    """Router z-loss summed over MoE layers, unweighted; None with `lb_loss`."""
+    """Router z-loss summed over MoE layers, unweighted, like `lb_loss`; None with it."""
     routing: list[LayerRouting] | None = None
-    """One entry per layer when asked for; layers without routed experts have empty [T, 0] tensors."""
+    """With `return_routing`, one entry per layer, even in eval mode without autograd; layers
+    without routed experts have empty [T, 0] tensors."""
     lm_loss: LMHeadLoss | None = None
-    """With labels: CE and logit z-loss from the fused LM head, in place of the logits."""
+    """With labels outside autocast: CE and logit z-loss (float32) from the fused LM head, in
+    place of the logits; only its `total` carries gradients."""
 
 
 def document_inputs(
@@ -125,7 +139,7 @@ class EmoTransformer(nn.Module):
         labels_BS: torch.Tensor | None = None, aux_losses: bool | None = None,
     ) -> ModelOutput:
         """Logits, or with `labels_BS` the LM loss terms straight from the hidden states (`lm_head_loss`:
-        faster, and no [B, S, V] tensor; not under autocast, where the logits path runs).
+        faster, and no [B, S, V] tensor); under autocast always the logits (see `ModelOutput`).
 
         `aux_losses`: compute the routers' LB and z-losses. None (the default) computes them where
         they can be used: in training mode, or with autograd on. An eval-mode forward under

@@ -2,21 +2,21 @@
 
 Legend: B batch, S sequence.
 
-A step draws `num_micro_batches` micro-batches, backpropagates each (gradients are synchronised
-across ranks on the last one only), clips, and takes one AdamW step. Every step writes a metrics
-record; every `log_every` steps it adds routing health, every `eval_every` steps per-domain
-validation loss, every `checkpoint_every` steps a checkpoint. Only the main process writes files.
+A step draws `num_micro_batches` micro-batches and hands them to `train.step.train_step`
+(accumulation, clipping, the non-finite check, one AdamW step). Every step writes a metrics
+record; every `log_every` steps it adds routing health (of the first micro-batch), every
+`eval_every` steps per-domain validation loss, every `checkpoint_every` steps a checkpoint. Only
+the main process writes files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
+import functools
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from tqdm.auto import tqdm
@@ -25,10 +25,10 @@ from emomoe import distributed
 from emomoe.checkpoint import save_model
 from emomoe.data.loader import TrainLoader
 from emomoe.data.store import TokenStore
-from emomoe.errors import ConfigError, EmomoeError, warn
+from emomoe.errors import ConfigError, warn
 from emomoe.model import build_model
 from emomoe.model.config import ModelConfig, parse_pool
-from emomoe.model.losses import IGNORE_INDEX, compute_loss
+from emomoe.model.losses import compute_loss
 from emomoe.train import parallel
 from emomoe.train.checkpointing import CheckpointManager, Restored
 from emomoe.train.config import Precision, RunConfig
@@ -41,14 +41,9 @@ from emomoe.train.routing_health import routing_health
 from emomoe.train.rundir import FINAL_DIR, check_run_dir, claim_run_dir, holds_run
 from emomoe.train.runtime import setup_runtime, thread_governor
 from emomoe.train.schedule import build_scheduler
+from emomoe.train.step import TrainingDiverged, train_step
 from emomoe.train.stop_request import StopRequest
 from emomoe.train.validation import Validator
-
-LOSS_KEYS = ("ce", "lb", "router_z", "logit_z", "total")
-
-
-class TrainingDiverged(EmomoeError):
-    """The loss or the gradient norm stopped being finite."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -156,6 +151,7 @@ class Trainer:
         self.model = parallel.wrap_model(self.plain_model, tc.parallelism, device)
         self.optimizer = build_optimizer(self.model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc)
+        self.loss_fn = functools.partial(compute_loss, loss_cfg=cfg.model.loss)
         self.loader = TrainLoader(store, cfg.data, rank=self.rank, world_size=self.world_size)
         self.validator = Validator(store, cfg.data.seq_len, tc.eval_batch_size, tc.num_eval_windows)
         self.checkpoints = CheckpointManager(run_dir, tc.num_checkpoints_kept)
@@ -219,35 +215,17 @@ class Trainer:
         pool_active = tc.pool_start * tc.max_steps <= self.step < tc.pool_end * tc.max_steps
         parallel.unwrap(self.model).set_train_pool_active(pool_active)
         micro_batches = [next(self.loader) for _ in range(tc.num_micro_batches)]
-        # CE is averaged over all label tokens of the step (per rank), not per micro-batch.
-        label_counts = [int((b["labels_BS"] != IGNORE_INDEX).sum()) for b in micro_batches]
-        total_labels = max(1, sum(label_counts))
         want_routing = self.is_main and (self.step % tc.log_every == 0)
-        sums = torch.zeros(len(LOSS_KEYS))
+        try:
+            result = train_step(
+                self.model, self.optimizer, micro_batches, self.loss_fn, scheduler=self.scheduler,
+                grad_clip=tc.grad_clip, precision=tc.precision, keep_routing=want_routing,
+            )
+        except TrainingDiverged as e:
+            self._diverged(e)
         health: dict[str, float] = {}
-        for i, batch in enumerate(micro_batches):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with parallel.gradient_sync(self.model, enabled=i == len(micro_batches) - 1):
-                with self._autocast():
-                    out = self.model(
-                        batch["input_ids_BS"], doc_ids_BS=batch["doc_ids_BS"], return_routing=want_routing and i == 0,
-                        labels_BS=batch["labels_BS"],
-                    )
-                losses = compute_loss(out, batch["labels_BS"], self.cfg.model.loss)
-                weight = label_counts[i] / total_labels
-                (losses["total"] * weight).backward()
-            sums += torch.stack([losses[k].detach().float().cpu() for k in LOSS_KEYS]) * weight
-            if out.routing is not None:
-                health = routing_health(out.routing, batch["doc_ids_BS"])
-        grad_norm = self._clip_gradients()
-        means = distributed.all_reduce_sum_(sums) / self.world_size
-        values = dict(zip(LOSS_KEYS, means.tolist()))
-        if not (math.isfinite(values["total"]) and math.isfinite(grad_norm)):
-            self._diverged(values, grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        parallel.unwrap(self.model).update_router_biases()
+        if result.routing is not None:
+            health = routing_health(result.routing, micro_batches[0]["doc_ids_BS"].to(self.device))
 
         self.step += 1
         step_tokens = sum(b["input_ids_BS"].numel() for b in micro_batches) * self.world_size
@@ -256,8 +234,8 @@ class Trainer:
         record = {
             "step": self.step,
             "tokens": self.tokens_seen,
-            **values,
-            "grad_norm": grad_norm,
+            **result.losses,
+            "grad_norm": result.grad_norm,
             "lr": lr,
             "tokens_per_s": tokens_per_s,
             "threads": torch.get_num_threads(),
@@ -297,32 +275,19 @@ class Trainer:
             tqdm.write(message, file=sys.stderr)
         raise TrainingInterrupted(message)
 
-    def _clip_gradients(self) -> float:
-        max_norm = self.cfg.train.grad_clip or math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
-            norm = norm.full_tensor()
-        return float(norm)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        enabled = self.cfg.train.precision is Precision.BF16
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
     def _stop_requested(self, stop: StopRequest) -> bool:
         flag = torch.tensor([float(stop.requested)])
         return bool(distributed.all_reduce_max_(flag).item())
 
-    def _diverged(self, values: dict[str, float], grad_norm: float) -> None:
+    def _diverged(self, error: TrainingDiverged) -> NoReturn:
         if self.metrics is not None:
-            self.metrics.write({"step": self.step + 1, **values, "grad_norm": grad_norm})
+            self.metrics.write({"step": self.step + 1, **error.values, "grad_norm": error.grad_norm})
         where = (
             f"last good checkpoint: {self.last_checkpoint} (continue from it with --resume, e.g. with a lower train.lr)"
             if self.last_checkpoint
             else "no checkpoint was written yet"
         )
-        raise TrainingDiverged(
-            f"step {self.step + 1}: loss {values['total']:.4g}, grad norm {grad_norm:.4g} is not finite; {where}"
-        )
+        raise error.in_run(self.step + 1, where) from None
 
     # ----------------------------------------------------------------------------- state
 
