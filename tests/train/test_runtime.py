@@ -12,8 +12,12 @@ from emomoe.train.runtime import RETAIN_MEMORY_ENV, busy_cpu_seconds, threads_fo
 # allocations after the first. Retained memory is not reused by every allocation: on the
 # development machine (2026-12-01) glibc placed every second 64 MB block in fresh heap pages that
 # fault in again, so the test asserts reuse in steady state, while opting out faults every time.
+# The process imports what `emomoe train` imports first: with only torch in the heap, glibc served
+# the block from fresh pages on every allocation in about one run of three (2026-12-07), a heap
+# layout a training process does not have.
 _REFAULTS = """
 import resource, torch
+import emomoe.train.trainer
 from emomoe.train.runtime import retain_freed_memory
 print(retain_freed_memory())
 def touch():
