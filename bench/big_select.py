@@ -202,13 +202,13 @@ def run(work: Path, args: argparse.Namespace) -> dict:
                            "--keep", args.keep, "--num-calib-windows", "8", *windows, "--out", str(sub),
                            "--no-progress"))
     evaluate = run_step(_cli("eval", "--checkpoint", str(sub), "--data", str(store_dir), "--domains", CALIB_DOMAIN,
-                             "--max-windows", "8", *windows, "--out", str(work / "eval.json"), "--no-progress"))
+                             "--num-eval-windows", "8", *windows, "--out", str(work / "eval.json"), "--no-progress"))
     # The subset's weights stay bf16 (float32 ones would not fit in half the memory at full size)
     # and each module computes in float32.
     generate = run_step(_cli("generate", "--checkpoint", str(sub), "--tokenizer", str(work / "tokenizer"), "--prompt",
                              "the", "--max-new-tokens", "8", "--greedy"))
     analyze = run_step(_cli("analyze", "--checkpoints", str(sub), "--data", str(store_dir), "--num-docs", "4",
-                            "--k", "4", "--out", str(work / "analysis"), "--no-progress"))
+                            "--clusters.num-clusters", "4", "--out", str(work / "analysis"), "--no-progress"))
     with CheckpointReader(full) as reader:
         expert = sum(_nbytes(reader, n) for n in reader.names() if ".moe.experts." in n)
         non_expert = sum(_nbytes(reader, n) for n in reader.names() if ".moe.experts." not in n)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emomoe.config import Config
+from emomoe.config import Config, field_docs
 from emomoe.errors import ConfigError
 
 
@@ -103,3 +103,41 @@ def test_yaml_reads_on_off_yes_no_as_strings(tmp_path):
     cfg = Outer.from_yaml(path)
     assert cfg.name == "off" and cfg.inner.pool == "off" and cfg.flag is True
     assert Outer().with_overrides(["inner.pool=off", "name=no"]).name == "no"
+
+
+def test_sources_apply_in_order_file_values_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: file\ninner: {size: 5, rate: 0.5}\n")
+    cfg = Outer.from_sources(path, values={"inner.size": 6, "name": "value"}, overrides=["inner.size=7"])
+    assert (cfg.name, cfg.inner.size, cfg.inner.rate) == ("value", 7, 0.5)
+    assert Outer.from_sources() == Outer()
+    with pytest.raises(ConfigError, match=r"^inner\.size: must be >= 1"):  # no file: nothing to name
+        Outer.from_sources(values={"inner.size": 0})
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown config key 'nope'"):
+        Outer.from_sources(path, overrides=["nope=1"])
+
+
+def test_replace_checks_the_copy_and_its_sections():
+    assert Outer().replace(name="y", inner=Inner(size=2)) == Outer(name="y", inner=Inner(size=2))
+    with pytest.raises(ConfigError, match=r"^inner\.size"):
+        Outer().replace(inner=Inner(size=0))
+
+
+def test_field_docs_are_the_strings_below_the_fields_inherited_ones_too():
+    @dataclasses.dataclass
+    class Base(Config):
+        a: int = 1
+        """The first
+        one."""
+        b: int = 2
+
+    @dataclasses.dataclass
+    class Derived(Base):
+        c: str = "x"
+        """The third."""
+
+    assert field_docs(Derived) == {"a": "The first one.", "c": "The third."}
+
+
+def test_a_number_is_text_for_a_string_field():
+    assert Inner.from_dict({"pool": 0.25}).pool == "0.25" and Inner.from_dict({"pool": 32}).pool == "32"

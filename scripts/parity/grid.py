@@ -169,7 +169,9 @@ def run_one(spec: str, store: str, out: Path) -> dict:
     started = time.perf_counter()
     result = train(cfg, run_dir, resume=(run_dir / "config.yaml").is_file(), progress=False)
     train_s = time.perf_counter() - started
-    full = evaluate_checkpoint(result.final_dir, store, seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size)
+    full = evaluate_checkpoint(
+        result.final_dir, store, seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size, num_eval_windows=0
+    )
     record = {
         "name": spec,
         "config": GRID[name][0],

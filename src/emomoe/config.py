@@ -7,10 +7,14 @@ YAML file or in `--set model.router.pool=4..31` never passes silently.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
+import functools
+import inspect
 import math
 import re
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -82,22 +86,27 @@ class Config:
     def from_yaml(cls: type[C], path: str | Path, overrides: list[str] | None = None) -> C:
         """Load a YAML file with dotted `overrides` applied before anything is checked, so that an
         override can repair a file that would fail on its own."""
-        path = Path(path)
+        return cls.from_sources(path, overrides=overrides or [])
+
+    @classmethod
+    def from_sources(
+        cls: type[C], path: str | Path | None = None, *, values: dict[str, Any] | None = None,
+        overrides: list[str] | None = None,
+    ) -> C:
+        """The defaults, then the YAML file at `path`, then `values` (dotted key -> value, e.g. from
+        command-line flags), then dotted `key=value` overrides; checked once, at the end, so that a
+        later source can repair an earlier one. Errors name the file, if there is one."""
+        data = read_yaml_mapping(path) if path is not None else {}
         try:
-            data = load_yaml(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{path}: is a directory, not a config file") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-        try:
-            if not isinstance(data, dict):
-                raise ConfigError(f"expected a mapping of config sections, got {type(data).__name__}")
-            if overrides:
-                data = apply_overrides(deep_merge(cls().to_dict(), cls.expand(data)), overrides)
+            if values or overrides:
+                data = deep_merge(cls().to_dict(), cls.expand(data))
+                for key, value in (values or {}).items():
+                    _set(data, key, value, f"{key}={value}")
+                apply_overrides(data, overrides or [])
             return cls.from_dict(data)
         except ConfigError as e:
+            if path is None:
+                raise
             raise ConfigError(f"{path}: {e}") from None
 
     @classmethod
@@ -111,9 +120,35 @@ class Config:
             atomic_write_text(Path(path), text)
         return text
 
+    def replace(self: C, **fields: Any) -> C:
+        """A checked copy with `fields` set: the keyword form of a library call that takes this
+        config, e.g. `finetune_subset(subset, store, out, lr=1e-3)`."""
+        copy = dataclasses.replace(self, **fields)
+        _validate_all(copy, "")
+        return copy
+
     def with_overrides(self: C, overrides: list[str]) -> C:
         """Return a copy with dotted `key=value` overrides applied (values parsed as YAML scalars)."""
         return type(self).from_dict(apply_overrides(self.to_dict(), overrides))
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its docstring (the string literal below the field), on one line; a class's
+    own docstrings win over those of its bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, after in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -122,19 +157,46 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected key=value, e.g. train.max_steps=200")
-        node = data
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part) if isinstance(node, dict) else None
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a config section")
-            node = child
-        if parts[-1] not in node:
-            raise ConfigError(f"unknown config key '{key}' in override '{item}'")
-        try:
-            node[parts[-1]] = load_yaml(raw) if raw else ""
-        except yaml.YAMLError:
-            node[parts[-1]] = raw
+        _set(data, key, parse_value(raw), item)
+    return data
+
+
+def parse_value(raw: str) -> Any:
+    """A value typed on the command line, read as a YAML scalar (`4e-3`, `true`, `[1, 2]`); text
+    that is not valid YAML stays as it is."""
+    try:
+        return load_yaml(raw) if raw else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _set(data: dict[str, Any], key: str, value: Any, item: str) -> None:
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a config section")
+        node = child
+    if parts[-1] not in node:
+        raise ConfigError(f"unknown config key '{key}' in override '{item}'")
+    node[parts[-1]] = value
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; a missing, unreadable or non-mapping file is a
+    ConfigError naming it."""
+    path = Path(path)
+    try:
+        data = load_yaml(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
     return data
 
 
@@ -160,6 +222,14 @@ def _validate_tree(obj: Config, path: str) -> None:
         # A validate() may report several problems, "; "-separated: each gets the section's path.
         parts = [f"{path}.{msg}" if path and not msg.startswith(path) else msg for msg in str(e).split("; ")]
         raise ConfigError("; ".join(parts)) from None
+
+
+def _validate_all(obj: Config, path: str) -> None:
+    """Validate `obj` and every section in it (from_dict validates each section as it builds it)."""
+    for f in dataclasses.fields(obj):
+        if isinstance(value := getattr(obj, f.name), Config):
+            _validate_all(value, _join(path, f.name))
+    _validate_tree(obj, path)
 
 
 def _plain(value: Any) -> Any:
@@ -238,8 +308,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return number
     if tp is str:
-        # Numbers are accepted for string fields such as `pool: 32` next to `pool: 4..31`.
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
+        # Numbers are accepted for string fields such as `pool: 32` next to `pool: 4..31`, or
+        # `keep: 0.25` next to `keep: 8,8,4,4`.
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{path}: expected a string, got {value!r}")
     raise ConfigError(f"{path}: unsupported config type {_type_name(tp)}")

@@ -6,7 +6,7 @@ from emomoe.cli import main
 from tests.analyze.conftest import single_domain_store
 from tests.fixtures import save_tiny_checkpoint
 
-FAST = ["--num-docs", "3", "--tokens-per-doc", "24", "--k", "3", "--no-progress"]
+FAST = ["--num-docs", "3", "--tokens-per-doc", "24", "--clusters.num-clusters", "3", "--no-progress"]
 
 
 @pytest.mark.slow
@@ -50,7 +50,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
     elif case == "vocab":
         checkpoint = save_tiny_checkpoint(tmp_path / "v256", analysis_store, "vocab_size=256")
     else:
-        extra = ["--k", "100000"]
+        extra = ["--clusters.num-clusters", "100000"]
     out = tmp_path / "out"
     capsys.readouterr()  # building the inputs may warn (e.g. how many documents were held out)
     code = main(["analyze", "--checkpoints", str(checkpoint), "--data", str(data), "--out", str(out), *FAST, *extra])

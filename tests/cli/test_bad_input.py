@@ -288,7 +288,7 @@ def test_override_repairs_a_file_that_fails_alone(inputs, tmp_path, capsys):
 @pytest.mark.slow
 def test_any_tokenizer_overrides_the_check(inputs, tmp_path):
     assert main(["eval", "--checkpoint", str(inputs["model"]), "--data", str(inputs["other"]), "--any-tokenizer",
-                 "--max-windows", "1", "--out", str(tmp_path / "e.json"), "--no-progress"]) == 0
+                 "--num-eval-windows", "1", "--out", str(tmp_path / "e.json"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["all"]["loss"] > 0
 
 
@@ -298,7 +298,7 @@ def test_eval_out_through_a_symlink_keeps_the_link(inputs, tmp_path):
     real.write_text("{}")
     link = tmp_path / "link.json"
     link.symlink_to(real)
-    assert main(["eval", "--checkpoint", str(inputs["model"]), "--data", str(STORE), "--max-windows", "1",
+    assert main(["eval", "--checkpoint", str(inputs["model"]), "--data", str(STORE), "--num-eval-windows", "1",
                  "--out", str(link), "--force", "--no-progress"]) == 0
     assert link.is_symlink() and "domains" in json.loads(real.read_text())
 
@@ -315,7 +315,7 @@ def test_small_calibration_warns(inputs, tmp_path, capsys):
 FULL_DISK = {
     "tokenize": lambda e, d: ["tokenize", "--input", s(e["corpus"]), "--tokenizer", s(STORE / "tokenizer"),
                               "--out", s(d / "store"), "--no-progress"],
-    "eval": lambda e, d: ["eval", "--checkpoint", s(e["model"]), "--data", s(STORE), "--max-windows", "1",
+    "eval": lambda e, d: ["eval", "--checkpoint", s(e["model"]), "--data", s(STORE), "--num-eval-windows", "1",
                           "--out", s(d / "eval.json"), "--no-progress"],
     "select": lambda e, d: ["select", "--checkpoint", s(e["model"]), "--data", s(STORE), "--calib", "code",
                             "--keep", "2", "--out", s(d / "sub"), "--no-progress"],

@@ -84,7 +84,7 @@ def test_invalid_utf8_policies(corpus: Path, capsys) -> None:
     tok = _tokenizer(corpus, capsys)
     (corpus / "txt" / "notes" / "latin1.txt").write_bytes(b"caf\xe9 au lait")
     base = ["tokenize", "--input", corpus / "txt", "--tokenizer", tok, "--no-progress"]
-    code, _, err = _run(capsys, *base, "--out", corpus / "strict", "--invalid-utf8", "error")
+    code, _, err = _run(capsys, *base, "--out", corpus / "strict", "--invalid-text", "error")
     assert code == 2 and "latin1.txt: text is not valid UTF-8" in err
     assert _run(capsys, *base, "--out", corpus / "skipped")[0] == 0
     assert TokenStore.open(corpus / "skipped").metadata["source"]["num_invalid_utf8"] == 1

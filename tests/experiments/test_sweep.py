@@ -33,7 +33,7 @@ def test_every_model_keep_and_domain_has_a_loss(sweep):
 
 
 def test_full_model_loss_matches_eval(sweep, checkpoint_dir, store_dir):
-    evaluated = evaluate_checkpoint(checkpoint_dir, store_dir, seq_len=32, batch_size=4, max_windows_per_domain=3)
+    evaluated = evaluate_checkpoint(checkpoint_dir, store_dir, seq_len=32, batch_size=4, num_eval_windows=3)
     for domain, loss in sweep["loss"]["a"]["1"].items():
         assert math.isclose(loss, evaluated["domains"][domain]["loss"], rel_tol=1e-6)
 
@@ -43,7 +43,7 @@ def test_subset_loss_matches_the_standalone_pipeline(sweep, checkpoint_dir, stor
     record = select_subset(checkpoint_dir, tmp_path / "sub", keep=KeepSpec.of_fraction(0.25), calibration=calib)
     assert record["kept_experts"] == sweep["kept_experts"]["a"]["0.25"]["legal"]
     evaluated = evaluate_checkpoint(
-        tmp_path / "sub", store_dir, domains=["legal"], seq_len=32, batch_size=4, max_windows_per_domain=3
+        tmp_path / "sub", store_dir, domains=["legal"], seq_len=32, batch_size=4, num_eval_windows=3
     )
     assert math.isclose(sweep["loss"]["a"]["0.25"]["legal"], evaluated["domains"]["legal"]["loss"], rel_tol=1e-5)
 

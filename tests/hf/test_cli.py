@@ -3,7 +3,7 @@ import json
 import pytest
 
 from emomoe.cli import main
-from emomoe.cli.hf import parse_size
+from emomoe.hf.convert import parse_size
 from tests.hf.conftest import write_emo_dir
 
 
@@ -64,7 +64,7 @@ def test_every_checkpoint_verb_reads_an_olmoe_directory_as_it_is(tmp_path, capsy
     olmoe = tmp_path / "olmoe"
     save_transformers_model(olmoe, "olmoe", max_position_embeddings=64)
     common = ["--data", str(store), "--seq-len", "32", "--no-progress"]
-    assert main(["eval", "--checkpoint", str(olmoe), "--max-windows", "2", *common]) == 0
+    assert main(["eval", "--checkpoint", str(olmoe), "--num-eval-windows", "2", *common]) == 0
     assert set(json.loads(capsys.readouterr().out)["domains"]) == {"code", "math"}
     assert main(["select", "--checkpoint", str(olmoe), "--calib", "math", "--keep", "3", "--num-calib-windows", "4",
                  "--out", str(tmp_path / "sub"), *common]) == 0

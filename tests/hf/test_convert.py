@@ -146,7 +146,7 @@ def test_a_subset_exports_as_a_smaller_emo_model(tmp_path, tokenizer_dir):
 
 def test_a_large_export_is_sharded_with_an_index(tmp_path, tokenizer_dir):
     source = write_emo_dir(tmp_path / "hf", tokenizer_dir)
-    export_hf(source, tmp_path / "out", max_shard_bytes=40_000, dtype="bfloat16")
+    export_hf(source, tmp_path / "out", max_shard_size=40_000, dtype="bfloat16")
     index = json.loads((tmp_path / "out" / INDEX_FILE).read_text())
     shards = sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
     assert len(shards) > 2 and set(index["weight_map"].values()) == set(shards)

@@ -61,12 +61,12 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, checkpoint_dir
 
 def test_eval_prints_json_per_domain(tmp_path, checkpoint_dir, store_dir, capsys):
     assert main(["eval", "--checkpoint", str(checkpoint_dir), "--data", str(store_dir), "--domains", "legal",
-                 "--seq-len", "32", "--max-windows", "2", "--no-progress"]) == 0
+                 "--seq-len", "32", "--num-eval-windows", "2", "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert list(result["domains"]) == ["legal"] and result["all"]["loss"] == result["domains"]["legal"]["loss"]
     out = tmp_path / "eval.json"
     assert main(["eval", "--checkpoint", str(checkpoint_dir), "--data", str(store_dir), "--seq-len", "32",
-                 "--max-windows", "1", "--out", str(out), "--no-progress"]) == 0
+                 "--num-eval-windows", "1", "--out", str(out), "--no-progress"]) == 0
     assert set(json.loads(out.read_text())["domains"]) == {"code", "legal", "math"}
 
 
@@ -110,7 +110,7 @@ def test_select_streams_a_sharded_bf16_checkpoint_and_eval_runs_the_subset(tmp_p
         assert torch.equal(subset.get("layers.1.moe.experts.w1"), full.get("layers.1.moe.experts.w1")[[*kept[1], 7]])
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(sub), "--data", str(store_dir), "--domains", "math",
-                 "--seq-len", "32", "--max-windows", "2", "--no-progress"]) == 0
+                 "--seq-len", "32", "--num-eval-windows", "2", "--no-progress"]) == 0
     loss = json.loads(capsys.readouterr().out)["all"]["loss"]
     # The reference: the subset's bf16 values in an fp32 model, evaluated the ordinary way.
     reference, _ = load_model(sub)
@@ -130,8 +130,8 @@ def test_select_needs_exactly_one_of_keep_and_selection(tmp_path, checkpoint_dir
 
 
 def test_sweep_names_runs_after_their_run_directory():
-    from emomoe.cli.eval import sweep_names
+    from emomoe.cli._models import model_names
 
-    assert sweep_names(["runs/emo/final", "runs/std/final"], None) == {"emo": "runs/emo/final", "std": "runs/std/final"}
-    assert sweep_names(["subsets/emo-code"], None) == {"emo-code": "subsets/emo-code"}
-    assert sweep_names(["a/final"], ["mine"]) == {"mine": "a/final"}
+    assert model_names(["runs/emo/final", "runs/std/final"], None) == {"emo": "runs/emo/final", "std": "runs/std/final"}
+    assert model_names(["subsets/emo-code"], None) == {"emo-code": "subsets/emo-code"}
+    assert model_names(["a/final"], ["mine"]) == {"mine": "a/final"}

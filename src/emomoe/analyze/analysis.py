@@ -28,6 +28,7 @@ from emomoe.checkpoint import check_fits, load_config, load_for_inference
 from emomoe.config import Config
 from emomoe.data.store import TokenStore
 from emomoe.data.tokenizer import load_tokenizer
+from emomoe.data.windows import BATCH_SIZE
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path
 
@@ -42,9 +43,10 @@ class AnalysisConfig(Config):
     """Held-out documents per domain, evenly spaced over the validation split."""
     tokens_per_doc: int = 100
     """Only the first tokens of each document (the paper's clustering uses the first 100)."""
-    batch_size: int = 16
+    batch_size: int = BATCH_SIZE
     """Documents per forward pass."""
     clusters: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
+    """How tokens are clustered by their routing."""
     num_top_tokens: int = 10
     """Most frequent tokens listed per cluster."""
 

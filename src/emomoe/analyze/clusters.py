@@ -30,7 +30,9 @@ class ClusterConfig(Config):
     num_inits: int = 10
     """k-means restarts; the best (lowest inertia) wins."""
     max_iter: int = 500
+    """Iterations of one k-means run at most."""
     seed: int = 42
+    """Seed of the PCA and of the k-means initialisations."""
 
     def validate(self) -> None:
         if self.num_clusters < 2:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from emomoe.cli.train import add_override_arg
+from emomoe.cli._options import add_override_arg
 from emomoe.experiments.demo import run_demo
 from emomoe.experiments.sweep_tables import summary_table
 
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    add_override_arg(parser)
+    add_override_arg(parser, "train.max_steps=50")
     parser.add_argument(
         "--anneal", action="store_true",
         help="also EMO-anneal the standard model (configs/demo-anneal.yaml) and sweep it beside the other two",

@@ -8,10 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from emomoe.cli._options import add_config_options, config_from_args
 from emomoe.data.prompts import read_prompts
 from emomoe.errors import ConfigError
 from emomoe.evaluate.provenance import load_with_tokenizer
-from emomoe.generate import GenerationConfig, generate_text
+from emomoe.generate import GenerateConfig, generate_text
 from emomoe.io import atomic_write_text
 from emomoe.train.runtime import setup_runtime
 
@@ -32,31 +33,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    defaults = GenerationConfig()
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="model checkpoint or subset")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", metavar="TEXT", help="one prompt; its continuation is streamed to stdout")
     source.add_argument("--prompts", metavar="FILE", help="one prompt per line, or .jsonl with a 'prompt' field")
-    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, metavar="N")
-    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--temperature", type=float, default=defaults.temperature, help="0 means greedy (default 1)")
-    p.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass (default 1: off)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="end a completion before any of these strings")
     p.add_argument("--tokenizer", metavar="DIR",
                    help="tokenizer.json or its folder (default: found from the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --prompts (default 8)")
     p.add_argument("--out", metavar="FILE", help="with --prompts: write the JSON lines here instead of stdout")
+    add_config_options(p, GenerateConfig)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = GenerationConfig.from_dict({
-        "max_new_tokens": args.max_new_tokens, "greedy": args.greedy, "temperature": args.temperature,
-        "top_p": args.top_p, "seed": args.seed,
-    })
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    cfg = config_from_args(GenerateConfig, args)
     if args.out and args.prompts is None:
         raise ConfigError("--out: only with --prompts (a single --prompt streams to stdout)")
     prompts = read_prompts(args.prompts) if args.prompts is not None else None
@@ -65,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if prompts is None:
         started = time.perf_counter()
         [done] = generate_text(
-            model, tokenizer, [args.prompt], cfg, stop_strings=args.stop,
+            model, tokenizer, [args.prompt], cfg, stop_strings=cfg.stop,
             on_text=lambda _, piece: print(piece, end="", flush=True),
         )
         seconds = time.perf_counter() - started
@@ -74,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{done.num_tokens} tokens, {done.finish_reason}, {rate:.1f} tokens/s]", file=sys.stderr)
         return 0
     lines = []
-    for start in range(0, len(prompts), args.batch_size):
-        batch = prompts[start : start + args.batch_size]
-        for prompt, done in zip(batch, generate_text(model, tokenizer, batch, cfg, stop_strings=args.stop)):
+    for start in range(0, len(prompts), cfg.batch_size):
+        batch = prompts[start : start + cfg.batch_size]
+        for prompt, done in zip(batch, generate_text(model, tokenizer, batch, cfg, stop_strings=cfg.stop)):
             record = {"prompt": prompt, "completion": done.text, "num_tokens": done.num_tokens,
                       "finish_reason": str(done.finish_reason)}
             line = json.dumps(record, ensure_ascii=False)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 
-from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
-from emomoe.hf.convert import DTYPES, export_hf, import_hf
+from emomoe.cli._options import add_config_options, config_from_args
+from emomoe.hf.convert import ExportConfig, ImportConfig, export_hf, import_hf
 
 IMPORT_EXAMPLE = """example:
   emomoe hf import --hf ~/models/Emo_1b14b_1T --out runs/emo-1t
@@ -17,15 +16,6 @@ EXPORT_EXAMPLE = """examples:
 then, in Python (transformers only):
   AutoModelForCausalLM.from_pretrained("hf/emo-math", trust_remote_code=True)
 """
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_size(text: str) -> int:
-    """Bytes in "5GB", "500MB", "2GiB" or "1000000" (the notation of transformers' max_shard_size)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", text, flags=re.IGNORECASE)
-    if not match or int(float(match[1]) * _UNITS[(match[2] or "").upper()]) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}': expected a size like 5GB, 500MB or 2GiB")
-    return int(float(match[1]) * _UNITS[(match[2] or "").upper()])
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--hf", required=True, metavar="DIR", help="HF checkpoint directory")
     imp.add_argument("--out", required=True, metavar="CKPT", help="emomoe checkpoint directory to write")
     imp.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    add_config_options(imp, ImportConfig)
     imp.set_defaults(func=_import)
 
     exp = actions.add_parser(
@@ -70,25 +61,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tokenizer.json, its folder, or a token store (default: the checkpoint's own, or for a subset its "
         "source's)",
     )
-    exp.add_argument("--dtype", choices=list(DTYPES), default="stored", help="weights' dtype (default: as stored)")
-    exp.add_argument(
-        "--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_BYTES, metavar="SIZE",
-        help="largest safetensors shard, e.g. 5GB (default), 500MB, 2GiB",
-    )
     exp.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    add_config_options(exp, ExportConfig)
     exp.set_defaults(func=_export)
 
 
 def _import(args: argparse.Namespace) -> int:
-    out = import_hf(args.hf, args.out, force=args.force)
+    out = import_hf(args.hf, args.out, config_from_args(ImportConfig, args), force=args.force)
     print(f"wrote {out}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    out = export_hf(
-        args.checkpoint, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
-        max_shard_bytes=args.max_shard_size, force=args.force,
-    )
+    cfg = config_from_args(ExportConfig, args)
+    out = export_hf(args.checkpoint, args.out, cfg, tokenizer=args.tokenizer, force=args.force)
     print(f"wrote {out}; load it with AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True)")
     return 0

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from emomoe import distributed
+from emomoe.cli._options import add_override_arg
 from emomoe.errors import ConfigError
 from emomoe.train.config import RunConfig, config_path
 from emomoe.train.rundir import CONFIG_FILE
@@ -21,13 +22,6 @@ EXAMPLES = """examples (configs that ship with emomoe can be named without a pat
 """
 
 
-def add_override_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override any config field by its dotted path, e.g. train.lr=1e-3 (repeatable)",
-    )
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -39,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="run config YAML (default with --resume: RUN_DIR/config.yaml)")
-    add_override_arg(parser)
+    add_override_arg(parser, "train.lr=1e-3")
     parser.add_argument("--out", metavar="RUN_DIR", help="run directory (required unless --dry-run)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved config (preset expanded, overrides applied) and exit")

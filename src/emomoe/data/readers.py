@@ -33,6 +33,7 @@ from typing import Any, TypedDict
 
 import zstandard
 
+from emomoe.config import Config
 from emomoe.errors import DataError, optional_import
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,23 @@ class InvalidText(enum.StrEnum):
     """Keep the document; each invalid sequence becomes U+FFFD."""
     ERROR = "error"
     """Stop with an error naming the file."""
+
+
+@dataclasses.dataclass
+class ReadConfig(Config):
+    text_field: str = "text"
+    """Field or column holding the text."""
+    domain_field: str = "domain"
+    """Field or column holding the domain label."""
+    domain: str | None = None
+    """Label every document with this domain; None means the domain field (for .txt files, the
+    subfolder below the input folder)."""
+    invalid_text: InvalidText = InvalidText.SKIP
+    """Documents that are not valid UTF-8: skip and count them, replace the bad bytes with U+FFFD, or
+    stop with an error. Empty documents are always skipped and counted."""
+
+    def __post_init__(self) -> None:
+        self.invalid_text = InvalidText(self.invalid_text)
 
 
 @dataclasses.dataclass
@@ -92,20 +110,15 @@ class _Input:
 class DocumentSource:
     """Re-iterable stream of the documents in `inputs` (files or folders, read in the given order)."""
 
-    def __init__(
-        self,
-        inputs: Iterable[str | Path],
-        text_field: str = "text",
-        domain_field: str = "domain",
-        domain: str | None = None,
-        invalid_text: InvalidText | str = InvalidText.SKIP,
-    ) -> None:
+    def __init__(self, inputs: Iterable[str | Path], cfg: ReadConfig | None = None, **fields: Any) -> None:
+        """`fields` set fields of `cfg` (default: `ReadConfig()`), e.g. `text_field="body"`."""
+        cfg = (cfg or ReadConfig()).replace(**fields)
         self.paths = [Path(p) for p in inputs]
         self.inputs = expand_inputs(self.paths)
-        self.text_field = text_field
-        self.domain_field = domain_field
-        self.domain = domain
-        self.invalid_text = InvalidText(invalid_text)
+        self.text_field = cfg.text_field
+        self.domain_field = cfg.domain_field
+        self.domain = cfg.domain
+        self.invalid_text = cfg.invalid_text
         self.stats = ReadStats()
         self._warned = False
 

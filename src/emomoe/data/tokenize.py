@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from emomoe.data.arrays import token_dtype, write_shard
 from emomoe.data.holdout import CorpusScan, Fingerprint, text_hash
-from emomoe.data.readers import Document, DocumentSource, reiterable
+from emomoe.data.readers import Document, DocumentSource, ReadConfig, reiterable
 from emomoe.data.store import FORMAT, FORMAT_VERSION, METADATA_FILE, TOKENIZER_DIR, Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer
 from emomoe.errors import ConfigError, DataError, warn
@@ -36,12 +37,31 @@ from emomoe.io import WRITE_ERRNOS, atomic_write_text
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 32 << 20
+VAL_FRACTION = 0.02
+MIN_VAL_DOCS = 4
+_MB = 1 << 20
 _BATCH_BYTES = 1 << 20  # text per encode_batch call: big enough for both cores, small for a live progress bar
 PIECE_CHARS = 1 << 18
 """Longer documents are encoded in pieces of about this many characters: HF tokenizers needs about
 150 bytes of memory per character of one text (a 20 MB single-line document took 3.3 GB)."""
 _PLAN_FILE = "plan.json"
 _CHUNKS_DIR = "chunks"
+
+
+@dataclasses.dataclass
+class TokenizeConfig(ReadConfig):
+    val_fraction: float = VAL_FRACTION
+    """Fraction of each domain's documents held out for validation."""
+    min_val_docs: int = MIN_VAL_DOCS
+    """Hold out at least this many documents per domain, but never more than half."""
+    chunk_mb: float = CHUNK_BYTES / _MB
+    """Text per resumable chunk, in MB."""
+    eos_token: str | None = None
+    """The EOS token, if the tokenizer does not declare one."""
+
+    @property
+    def chunk_bytes(self) -> int:
+        return max(1, int(self.chunk_mb * _MB))
 
 
 def split_points(text: str, piece_chars: int) -> list[int]:
@@ -97,8 +117,8 @@ def tokenize_corpus(
     tokenizer: TextTokenizer,
     out: str | Path,
     *,
-    val_fraction: float = 0.02,
-    min_val_docs: int = 4,
+    val_fraction: float = VAL_FRACTION,
+    min_val_docs: int = MIN_VAL_DOCS,
     chunk_bytes: int = CHUNK_BYTES,
     overwrite: bool = False,
     progress: bool = True,

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from emomoe.data.holdout import hash_below, text_hash
-from emomoe.data.readers import Document, reiterable
-from emomoe.errors import DataError, warn
+from emomoe.data.readers import Document, ReadConfig, reiterable
+from emomoe.errors import ConfigError, DataError, warn
 from emomoe.io import atomic_path
 
 if TYPE_CHECKING:
@@ -35,6 +35,28 @@ HF_CONFIG_FILE = "tokenizer_config.json"
 # Names EOS goes by in common tokenizers, most specific first.
 EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>", "<|im_end|>")
 _TEXTS_PER_TRAIN_BATCH = 256
+VOCAB_SIZE = 8192
+MIN_FREQUENCY = 2
+_MB = 1 << 20
+
+
+@dataclasses.dataclass
+class TokenizerTrainConfig(ReadConfig):
+    vocab_size: int = VOCAB_SIZE
+    """Vocabulary size, EOS included (at least 257: the 256 bytes and EOS)."""
+    min_frequency: int = MIN_FREQUENCY
+    """Least count of a pair of tokens for a merge."""
+    sample_mb: float = 64.0
+    """Train on about this many MB of text, a deterministic sample spread over the input; 0 means all."""
+
+    def validate(self) -> None:
+        if self.sample_mb < 0:
+            raise ConfigError(f"sample_mb: expected >= 0 (0: all), got {self.sample_mb}")
+
+    @property
+    def sample_bytes(self) -> int | None:
+        """`sample_mb` as `sample_texts` takes it (None: all)."""
+        return int(self.sample_mb * _MB) if self.sample_mb > 0 else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +113,9 @@ def _wrap(tokenizer: Tokenizer, eos_token: str, where: str) -> TextTokenizer:
 
 def train_tokenizer(
     texts: Iterable[str],
-    vocab_size: int = 8192,
+    vocab_size: int = VOCAB_SIZE,
     *,
-    min_frequency: int = 2,
+    min_frequency: int = MIN_FREQUENCY,
     eos_token: str = EOS_TOKEN,
     show_progress: bool = False,
 ) -> TextTokenizer:

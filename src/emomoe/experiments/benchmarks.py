@@ -6,12 +6,15 @@ when a run starts: they take seconds to import, and the offline switches must be
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from emomoe.config import Config
+from emomoe.data.windows import BATCH_SIZE
 from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.continuation import (
     CONTEXT_TOKENS,
@@ -86,30 +89,62 @@ def task_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return scores
 
 
+@dataclasses.dataclass
+class LmEvalConfig(Config):
+    tasks: list[str] = dataclasses.field(default_factory=lambda: [GROUP])
+    """lm-eval task or group names; the default is the shipped offline continuation task."""
+    include_path: list[str] = dataclasses.field(default_factory=list)
+    """Folders of your own task YAMLs."""
+    limit: float | None = None
+    """At most this many items per task (a fraction of them if below 1); None means all."""
+    num_fewshot: int | None = None
+    """Examples in each prompt; None means each task's own setting (0 if it has none)."""
+    batch_size: int = BATCH_SIZE
+    """Requests per forward pass."""
+    seed: int = 0
+    """Seed of lm-eval's few-shot sampling and of the continuation task's distractors."""
+    num_items: int = NUM_ITEMS
+    """Continuation-task items per domain."""
+    context_tokens: int = CONTEXT_TOKENS
+    """Continuation-task passage length, in tokens."""
+    continuation_tokens: int = CONTINUATION_TOKENS
+    """Continuation-task choice length, in tokens."""
+    online: bool = False
+    """Let lm-eval download task data; offline otherwise."""
+
+    def validate(self) -> None:
+        for name in ("batch_size", "num_items", "context_tokens", "continuation_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if not self.tasks:
+            raise ConfigError("tasks: expected at least one task")
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"limit: expected a number of items > 0, got {self.limit}")
+
+    @property
+    def item_limit(self) -> int | float | None:
+        """`limit` as lm-eval reads it: a count, or a fraction below 1."""
+        return self.limit if self.limit is None or self.limit < 1 else int(self.limit)
+
+
 def evaluate_checkpoint_tasks(
     checkpoint: str | Path,
-    tasks: Sequence[str],
+    cfg: LmEvalConfig,
     *,
     tokenizer: str | Path | None = None,
     data: str | Path | None = None,
-    include_path: Sequence[str | Path] = (),
-    num_items: int = NUM_ITEMS,
-    context_tokens: int = CONTEXT_TOKENS,
-    continuation_tokens: int = CONTINUATION_TOKENS,
-    batch_size: int = 8,
-    limit: int | float | None = None,
-    num_fewshot: int | None = None,
-    seed: int = 0,
 ) -> dict[str, Any]:
-    """Run lm-eval `tasks` on a checkpoint or subset. The shipped continuation tasks
+    """Run lm-eval tasks on a checkpoint or subset. The shipped continuation tasks
     (`emomoe_continuation[_<domain>]`) are built first from the held-out documents of `data`
-    (default: the token store of the checkpoint's run), `num_items` per domain (see
-    `write_continuation_tasks`)."""
+    (default: the token store of the checkpoint's run), `cfg.num_items` per domain (see
+    `write_continuation_tasks`). Offline unless `cfg.online`."""
     from emomoe.experiments.harness import EmoLM
 
-    include = list(include_path)
+    if not cfg.online:
+        go_offline()
+    include = list(cfg.include_path)
     with tempfile.TemporaryDirectory(prefix="emomoe-tasks-") as tmp:
-        if any(task.startswith(GROUP) for task in tasks):
+        if any(task.startswith(GROUP) for task in cfg.tasks):
             store = data if data is not None else run_store(checkpoint)
             if store is None:
                 raise DataError(
@@ -117,12 +152,14 @@ def evaluate_checkpoint_tasks(
                     "(none found from the checkpoint's run)"
                 )
             write_continuation_tasks(
-                store, Path(tmp) / "tasks", num_items=num_items, context_tokens=context_tokens,
-                continuation_tokens=continuation_tokens, seed=seed,
+                store, Path(tmp) / "tasks", num_items=cfg.num_items, context_tokens=cfg.context_tokens,
+                continuation_tokens=cfg.continuation_tokens, seed=cfg.seed,
             )
             include.append(Path(tmp) / "tasks")
-        lm = EmoLM(checkpoint=str(checkpoint), tokenizer=tokenizer, batch_size=batch_size)
-        return run_tasks(lm, tasks, include_path=include, limit=limit, num_fewshot=num_fewshot, seed=seed)
+        lm = EmoLM(checkpoint=str(checkpoint), tokenizer=tokenizer, batch_size=cfg.batch_size)
+        return run_tasks(
+            lm, cfg.tasks, include_path=include, limit=cfg.item_limit, num_fewshot=cfg.num_fewshot, seed=cfg.seed
+        )
 
 
 def scores_table(scores: dict[str, dict[str, float]]) -> str:

@@ -223,7 +223,8 @@ def validation_losses(final_dir: Path, store: TokenStore, *, progress: bool) -> 
     """Step 3: CE per domain (and over all tokens) on the whole validation split."""
     cfg = RunConfig.from_yaml(final_dir.parent / CONFIG_FILE)
     result = evaluate_checkpoint(
-        final_dir, store, seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size, progress=progress
+        final_dir, store, seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size, num_eval_windows=0,
+        progress=progress,
     )
     losses = {domain: stats["loss"] for domain, stats in result["domains"].items()}
     return {**losses, "all": result["all"]["loss"]}

@@ -38,6 +38,7 @@ from emomoe.data.loader import DataConfig, TrainLoader, eval_batches
 from emomoe.data.pairs import PairLoader, read_pairs
 from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import load_tokenizer
+from emomoe.data.windows import HeldOutConfig
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_write_text, refuse_existing
 from emomoe.model.losses import IGNORE_INDEX, language_model_loss, load_balancing_loss, router_losses
@@ -105,44 +106,67 @@ def finetune_domains(subset_dir: str | Path, domains: list[str] | None) -> list[
     raise ConfigError(f"{subset_dir}: was not selected on token-store domains; name the domains to fine-tune on")
 
 
+@dataclasses.dataclass
+class FinetuneConfig(HeldOutConfig):
+    domains: list[str] | None = None
+    """Domains of the store to train on; None means those the subset was selected on. With
+    prompt/answer pairs, the domains whose held-out loss is measured before and after."""
+    answer_only: bool = True
+    """With prompt/answer pairs: the loss counts the answer tokens only, as in the paper."""
+    lr: float = 5e-5
+    """Peak learning rate of AdamW (no weight decay), after a warmup, decaying linearly to 0."""
+    num_epochs: float = 1.0
+    """Passes over the training data."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps; 0 means no limit."""
+    warmup_fraction: float = 0.1
+    """Share of the steps the learning rate warms up over."""
+    loss: FinetuneLoss = dataclasses.field(default_factory=FinetuneLoss)
+    """The terms of the loss besides the cross-entropy, and their weights."""
+    seed: int = 0
+    """Seed of the order the training windows (or pairs) are visited in."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints that a resumed run continues from; 0 means only on Ctrl-C / SIGTERM."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not (self.num_epochs > 0 and self.max_steps >= 0 and 0.0 <= self.warmup_fraction < 1.0
+                and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(
+                f"lr > 0, num_epochs > 0, max_steps >= 0 and warmup_fraction in [0, 1) expected, "
+                f"got {self.lr}, {self.num_epochs}, {self.max_steps}, {self.warmup_fraction}"
+            )
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every: expected >= 0, got {self.checkpoint_every}")
+
+
 def finetune_subset(
     subset_dir: str | Path,
     store: str | Path | TokenStore,
     out_dir: str | Path,
+    config: FinetuneConfig | None = None,
     *,
-    domains: list[str] | None = None,
     pairs: str | Path | None = None,
-    answer_only: bool = True,
-    lr: float = 5e-5,
-    num_epochs: float = 1.0,
-    max_steps: int = 0,
-    seq_len: int | None = None,
-    batch_size: int = 8,
-    warmup_fraction: float = 0.1,
-    loss: FinetuneLoss | None = None,
-    seed: int = 0,
-    num_eval_windows: int = 64,
-    checkpoint_every: int = 0,
     resume: bool = False,
-    any_tokenizer: bool = False,
     force: bool = False,
     progress: bool = False,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Train `subset_dir` on `domains` of `store`, or on the prompt/answer jsonl `pairs` (tokenized
     with the store's tokenizer), and save it to `out_dir` (an existing one only with `force`);
     returns what was done, with the held-out loss per domain before and after (with `pairs`: of
-    the `domains` named, if any).
+    the `domains` named, if any). `fields` set fields of `config` (default: `FinetuneConfig()`),
+    e.g. `lr=1e-3, max_steps=100`.
 
     Until it finishes, the run lives in a work directory beside `out_dir` (`.<name>.finetune`):
     per-step metrics.jsonl and, every `checkpoint_every` steps and on Ctrl-C / SIGTERM, a
     checkpoint that `resume=True` continues from, bitwise as if uninterrupted. `out_dir` gets the
     model, its selection.json (with this fine-tuning recorded) and metrics.jsonl.
     """
-    if not (num_epochs > 0 and max_steps >= 0 and 0.0 <= warmup_fraction < 1.0 and math.isfinite(lr) and lr > 0):
-        raise ConfigError(
-            f"lr > 0, num_epochs > 0, max_steps >= 0 and warmup_fraction in [0, 1) expected, "
-            f"got {lr}, {num_epochs}, {max_steps}, {warmup_fraction}"
-        )
+    config = (config or FinetuneConfig()).replace(**fields)
+    # The training below reads these as plain names.
+    lr, batch_size, warmup_fraction, loss = config.lr, config.batch_size, config.warmup_fraction, config.loss
+    num_eval_windows, checkpoint_every = config.num_eval_windows, config.checkpoint_every
     out_dir = Path(out_dir)
     refuse_existing(out_dir, force)
     work = out_dir.with_name(f".{out_dir.name}.finetune")
@@ -151,36 +175,39 @@ def finetune_subset(
             raise DataError(f"{work}: an interrupted fine-tuning into {out_dir} is there; pass --resume to continue "
                             "it or --force to start over")
         shutil.rmtree(work)
-    loss = loss or FinetuneLoss()
-    loss.validate()
     store = store if isinstance(store, TokenStore) else TokenStore.open(store)
-    domains = (domains or []) if pairs is not None else finetune_domains(subset_dir, domains)
+    domains = (config.domains or []) if pairs is not None else finetune_domains(subset_dir, config.domains)
     # Saved and checkpointed under its own config; trained with the HF routing (no pool).
     cfg = load_config(subset_dir)
-    seq_len = seq_len or cfg.max_seq_len
+    seq_len = config.seq_len or cfg.max_seq_len
     check_fits(
         cfg, subset_dir, vocab_size=store.vocab_size, seq_len=seq_len, tokenizer_hash=store.tokenizer_hash,
-        any_tokenizer=any_tokenizer,
+        any_tokenizer=config.any_tokenizer,
     )
     # The model's fused LM head computes the logit z term with the model config's weight.
     model, _ = load_model(subset_dir, overrides=[*HF_ROUTING, f"loss.logit_z_weight={loss.logit_z_weight}"])
-    torch.manual_seed(seed)
+    torch.manual_seed(config.seed)
     run = {"source": str(Path(subset_dir).resolve()), "domains": domains, "lr": lr, "batch_size": batch_size,
-           "seq_len": seq_len, "seed": seed, "loss": loss.to_dict()}
+           "seq_len": seq_len, "seed": config.seed, "loss": loss.to_dict()}
     if pairs is None:
-        data_cfg = DataConfig(store=str(store.path), seq_len=seq_len, batch_size=batch_size, seed=seed, domains=domains)
+        data_cfg = DataConfig(
+            store=str(store.path), seq_len=seq_len, batch_size=batch_size, seed=config.seed, domains=domains
+        )
         loader = TrainLoader(store, data_cfg)
         num_examples = loader.num_windows
     else:
         if store.tokenizer_path is None:
             raise DataError(f"{store.path}: has no tokenizer to encode {pairs} with")
         examples = read_pairs(pairs, load_tokenizer(store.tokenizer_path))
-        loader = PairLoader(examples, store.eos_id, seq_len=seq_len, batch_size=batch_size, answer_only=answer_only, seed=seed)
+        loader = PairLoader(
+            examples, store.eos_id, seq_len=seq_len, batch_size=batch_size, answer_only=config.answer_only,
+            seed=config.seed,
+        )
         num_examples = loader.num_examples
-        run.update(pairs=str(pairs), answer_only=answer_only)
-    num_steps = math.ceil(num_epochs * num_examples / batch_size)
-    if max_steps:
-        num_steps = min(num_steps, max_steps)
+        run.update(pairs=str(pairs), answer_only=config.answer_only)
+    num_steps = math.ceil(config.num_epochs * num_examples / batch_size)
+    if config.max_steps:
+        num_steps = min(num_steps, config.max_steps)
     run["num_steps"] = num_steps
     recipe = TrainConfig(
         max_steps=num_steps, lr=lr, warmup_steps=math.ceil(warmup_fraction * num_steps),

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from emomoe.checkpoint import load_for_inference
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
+from emomoe.data.windows import BATCH_SIZE
 from emomoe.errors import ConfigError
 from emomoe.evaluate.provenance import checkpoint_tokenizer
 from emomoe.generate import GenerationConfig, generate_text
@@ -51,7 +52,7 @@ class EmoLM(TemplateLM):
         checkpoint: str | None = None,
         tokenizer: str | TextTokenizer | None = None,
         model: torch.nn.Module | None = None,
-        batch_size: int | str = 8,
+        batch_size: int | str = BATCH_SIZE,
         max_gen_toks: int | str = DEFAULT_MAX_GEN_TOKS,
         device: str | None = None,
         max_batch_size: int | None = None,  # noqa: ARG002  (lm-eval passes it; batches here are fixed)
@@ -69,7 +70,7 @@ class EmoLM(TemplateLM):
             tokenizer = load_tokenizer(tokenizer)
         self.model = (model.to(device) if device else model).eval()
         self.tok = tokenizer
-        self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
+        self.batch_size = BATCH_SIZE if str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
         if self.batch_size < 1 or self.max_gen_toks < 1:
             raise ConfigError(f"batch_size {batch_size}, max_gen_toks {max_gen_toks}: expected positive integers")

@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 
 from emomoe.analyze.sweep_results import FULL, RESULTS_FILE
 from emomoe.checkpoint import check_fits, load_config, load_for_inference
-from emomoe.config import Config
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
+from emomoe.data.windows import HeldOutConfig
 from emomoe.errors import ConfigError
 from emomoe.experiments.sweep_report import write_report
 from emomoe.io import atomic_write_text, refuse_existing
-from emomoe.select.calibration import store_calibration
+from emomoe.select.calibration import NUM_CALIB_WINDOWS, store_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import moe_layers
@@ -35,38 +35,37 @@ from emomoe.train.validation import loss_by_domain
 
 
 @dataclasses.dataclass
-class SweepConfig(Config):
-    keep: list[float] = dataclasses.field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
-    """Fractions of each layer's routed experts to keep (shared experts always stay)."""
+class SweepConfig(HeldOutConfig):
+    keep: str = "1.0,0.5,0.25,0.125"
+    """Fractions of each layer's routed experts to keep (shared experts always stay), comma-separated
+    and spelled as in select, with a decimal point: 1.0 is all of them, a bare 1 one expert."""
     method: SelectMethod = SelectMethod.LAYERWISE
-    num_calib_windows: int = 64
+    """How experts are ranked on the calibration windows."""
+    num_calib_windows: int = NUM_CALIB_WINDOWS
     """Training windows per domain that the selection is computed on."""
-    num_eval_windows: int = 64
-    """Held-out windows per domain, evenly spaced; 0 means all of them."""
-    seq_len: int | None = None
-    """Tokens per window; None means the smallest max_seq_len of the models swept."""
-    batch_size: int = 16
     seed: int = 0
     """Seed of the random method (the others are deterministic)."""
     domains: list[str] | None = None
     """Domains to sweep; None means every domain of the store."""
-    any_tokenizer: bool = False
-    """Sweep even if the store was made with another tokenizer than a model's."""
 
     def __post_init__(self) -> None:
         self.method = SelectMethod(self.method)
+        if isinstance(self.keep, (list, tuple)):  # from Python: a list of fractions
+            self.keep = ",".join(str(float(k)) for k in self.keep)
 
     def validate(self) -> None:
-        if not self.keep:
-            raise ConfigError("keep: expected at least one fraction")
-        for fraction in self.keep:
-            if not 0.0 < fraction <= 1.0:
-                raise ConfigError(f"keep: fraction {fraction} is not in (0, 1]")
-        for name in ("num_calib_windows", "seq_len", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.num_eval_windows < 0:
-            raise ConfigError(f"num_eval_windows: expected >= 0, got {self.num_eval_windows}")
+        super().validate()
+        if self.num_calib_windows < 1:
+            raise ConfigError(f"num_calib_windows: expected a positive integer, got {self.num_calib_windows}")
+        if any(KeepSpec.parse(k).fraction is None for k in self.keep.split(",")):
+            raise ConfigError(
+                f"--keep {self.keep}: sweep keeps fractions of the routed experts, spelled with a decimal point "
+                "(1.0 for all of them, 0.25); a bare integer is a number of experts, as in select"
+            )
+
+    @property
+    def fractions(self) -> list[float]:
+        return [KeepSpec.parse(k).fraction for k in self.keep.split(",")]
 
 
 def keep_label(fraction: float) -> str:
@@ -89,7 +88,7 @@ def run_sweep(
             configs[name], checkpoint, vocab_size=store.vocab_size, seq_len=seq_len,
             tokenizer_hash=store.tokenizer_hash, any_tokenizer=cfg.any_tokenizer,
         )
-    fractions = sorted({*cfg.keep, 1.0}, reverse=True)
+    fractions = sorted({*cfg.fractions, 1.0}, reverse=True)
     window_args = {"seq_len": seq_len, "batch_size": cfg.batch_size}
     calib = {
         d: store_calibration(store, [d], num_windows=cfg.num_calib_windows, **window_args)
@@ -97,9 +96,8 @@ def run_sweep(
     }
     for calibration in calib.values():
         calibration.check_size()
-    max_eval = cfg.num_eval_windows or None
     held_out = {
-        d: list(eval_batches(store, Split.VAL, domains=[d], max_windows_per_domain=max_eval, **window_args))
+        d: list(eval_batches(store, Split.VAL, domains=[d], max_windows_per_domain=cfg.max_eval_windows, **window_args))
         for d in domains
     }
     results: dict[str, Any] = {"loss": {}, "params": {}, "kept_experts": {}, "experts": {}}
@@ -135,7 +133,7 @@ def run_sweep(
                 bar.update()
     bar.close()
     results["settings"] = {
-        **cfg.to_dict(), "seq_len": seq_len, "domains": domains, "store": str(store.path),
+        **cfg.to_dict(), "keep": cfg.fractions, "seq_len": seq_len, "domains": domains, "store": str(store.path),
         "checkpoints": {name: str(path) for name, path in checkpoints.items()},
     }
     return results

@@ -1,10 +1,12 @@
-"""What to generate: how many tokens at most, and how each next token is chosen."""
+"""What to generate: how many tokens at most, and how each next token is chosen; and for the
+`emomoe generate` verb, where a completion stops and how many prompts run together."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from emomoe.config import Config
+from emomoe.data.windows import BATCH_SIZE
 from emomoe.errors import ConfigError
 
 
@@ -32,3 +34,18 @@ class GenerationConfig(Config):
             raise ConfigError(f"temperature: {self.temperature} must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p: {self.top_p} must be in (0, 1]")
+
+
+@dataclasses.dataclass
+class GenerateConfig(GenerationConfig):
+    """The settings of `emomoe generate`: decoding, plus text-level stops and batching."""
+
+    stop: list[str] = dataclasses.field(default_factory=list)
+    """End a completion before any of these strings (they are not part of it)."""
+    batch_size: int = BATCH_SIZE
+    """Prompts decoded together, from a file of prompts."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size}")

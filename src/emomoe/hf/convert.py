@@ -12,7 +12,10 @@ bit), the same tokenizer files and the same config fields, and keeps fields emom
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ import torch
 from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter
 from emomoe.checkpoint.selection import lineage
 from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
+from emomoe.config import Config
 from emomoe.data.tokenizer import TOKENIZER_FILE, load_model_tokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.hf.config_json import CONFIG_JSON, check_exportable, emo_config_json, read_config_json
@@ -32,7 +36,53 @@ from emomoe.io import atomic_path
 HF_CONFIG_COPY = "hf_config.json"
 REMOTE_DIR = Path(__file__).parent / "remote"
 REMOTE_FILES = ("configuration_emo.py", "modeling_emo.py")
-DTYPES = {"stored": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+class ExportDtype(enum.StrEnum):
+    STORED = "stored"
+    """Keep the checkpoint's own dtype."""
+    FLOAT32 = "float32"
+    """float32: the weights as they are computed with."""
+    BFLOAT16 = "bfloat16"
+    """bfloat16: half the size, the dtype of the released EMO checkpoints."""
+    FLOAT16 = "float16"
+    """float16: half the size, for hardware without bfloat16."""
+
+
+DTYPES = {ExportDtype.STORED: None, ExportDtype.FLOAT32: torch.float32, ExportDtype.BFLOAT16: torch.bfloat16,
+          ExportDtype.FLOAT16: torch.float16}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in "5GB", "500MB", "2GiB" or "1000000" (the notation of transformers' max_shard_size)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", text, flags=re.IGNORECASE)
+    if not match or int(float(match[1]) * _UNITS[(match[2] or "").upper()]) < 1:
+        raise ConfigError(f"max_shard_size: '{text}': expected a size like 5GB, 500MB or 2GiB")
+    return int(float(match[1]) * _UNITS[(match[2] or "").upper()])
+
+
+@dataclasses.dataclass
+class ImportConfig(Config):
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES
+    """Largest safetensors shard: bytes, or a size like 5GB, 500MB, 2GiB; above it the weights are
+    sharded, with an index file."""
+
+    def validate(self) -> None:
+        parse_size(str(self.max_shard_size))
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(str(self.max_shard_size))
+
+
+@dataclasses.dataclass
+class ExportConfig(ImportConfig):
+    dtype: ExportDtype = ExportDtype.STORED
+    """The weights' dtype in the export."""
+
+    def __post_init__(self) -> None:
+        self.dtype = ExportDtype(self.dtype)
 
 
 def _check_out(out: Path, force: bool, source: Path) -> None:
@@ -43,9 +93,11 @@ def _check_out(out: Path, force: bool, source: Path) -> None:
 
 
 def import_hf(
-    hf_dir: str | Path, out: str | Path, *, force: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    hf_dir: str | Path, out: str | Path, cfg: ImportConfig | None = None, *, force: bool = False, **fields: Any
 ) -> Path:
-    """Convert a Hugging Face checkpoint directory (EMO, OLMoE or Mixtral) into one of ours at `out`."""
+    """Convert a Hugging Face checkpoint directory (EMO, OLMoE or Mixtral) into one of ours at `out`.
+    `fields` set fields of `cfg` (default: `ImportConfig()`)."""
+    cfg = (cfg or ImportConfig()).replace(**fields)
     hf_dir, out = Path(hf_dir), Path(out)
     _check_out(out, force, hf_dir)
     with CheckpointReader(hf_dir) as reader:
@@ -55,7 +107,7 @@ def import_hf(
             load_model_tokenizer(hf_dir / TOKENIZER_FILE, reader.config)
         with atomic_path(out) as tmp:
             tmp.mkdir()
-            with ShardedWriter(tmp, max_shard_bytes) as writer:
+            with ShardedWriter(tmp, cfg.max_shard_bytes) as writer:
                 for name in reader.names():
                     writer.add(name, reader.get(name))
             reader.config.to_yaml(tmp / CONFIG_FILE)
@@ -78,22 +130,20 @@ def _base_config(dirs: list[Path]) -> dict[str, Any] | None:
 def export_hf(
     checkpoint: str | Path,
     out: str | Path,
+    cfg: ExportConfig | None = None,
     *,
     tokenizer: str | Path | None = None,
-    dtype: str = "stored",
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     force: bool = False,
+    **fields: Any,
 ) -> Path:
     """Write `checkpoint` (ours, a subset, or any readable HF one) to `out` in the official EMO layout.
 
     `out` gets `config.json` (with `auto_map`), our `configuration_emo.py` / `modeling_emo.py`,
-    the weights (sharded with `model.safetensors.index.json` above `max_shard_bytes`), the tokenizer
-    files and `generation_config.json`. `dtype` is "stored" (keep the checkpoint's) or a torch float
-    dtype name.
+    the weights (in the dtype and shards `cfg` asks for), the tokenizer files and
+    `generation_config.json`. `fields` set fields of `cfg` (default: `ExportConfig()`).
     """
+    export = (cfg or ExportConfig()).replace(**fields)
     checkpoint, out = Path(checkpoint), Path(out)
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
     _check_out(out, force, checkpoint)
     with CheckpointReader(checkpoint) as reader:
         cfg = reader.config
@@ -101,12 +151,12 @@ def export_hf(
         dirs = lineage(checkpoint)
         tokenizer_file = find_export_tokenizer(tokenizer, dirs)
         tok = load_model_tokenizer(tokenizer_file, cfg)
-        target = DTYPES[dtype]
+        target = DTYPES[export.dtype]
         stored_dtype = target or reader.dtype("embed.weight")
         with atomic_path(out) as tmp:
             tmp.mkdir()
             pad = write_tokenizer_files(tmp, tokenizer_file, tok, cfg)
-            with ShardedWriter(tmp, max_shard_bytes) as writer:
+            with ShardedWriter(tmp, export.max_shard_bytes) as writer:
                 for name, keys in tensor_keys(cfg, EMO).items():
                     tensor = reader.get(name)
                     tensor = tensor if target is None else tensor.to(target)

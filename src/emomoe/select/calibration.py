@@ -29,6 +29,8 @@ MIN_TOKENS = 64
 """Fewer calibration tokens than this are refused: too few routing decisions to rank experts by."""
 FEW_TOKENS = 512
 """Fewer than this get a warning: the ranking of the less used experts is mostly noise."""
+NUM_CALIB_WINDOWS = 64
+"""Calibration windows by default: the paper found one document enough to rank experts."""
 
 
 @dataclasses.dataclass

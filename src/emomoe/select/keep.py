@@ -68,6 +68,12 @@ class KeepSpec:
                 raise ConfigError(f"keep: layer {layer} has only {have} routed experts, cannot keep {keep}")
         return counts
 
+    def __str__(self) -> str:
+        """The spelling `parse` reads back (a fraction keeps its decimal point: 1.0, not 1)."""
+        if self.fraction is not None:
+            return str(self.fraction)
+        return self.label()
+
     def label(self) -> str:
         if self.fraction is not None:
             return f"{self.fraction:g}"

@@ -7,6 +7,7 @@ embeddings) can be merged too. Each merged tensor becomes (1 - alpha) * full + a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,55 +15,70 @@ import torch
 
 from emomoe.checkpoint import checkpoint_hash, load_model, save_model
 from emomoe.checkpoint.selection import read_selection
+from emomoe.config import Config
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import refuse_existing
 from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import kept_rows
 
 
+@dataclasses.dataclass
+class MergeConfig(Config):
+    alpha: float = 1.0
+    """Each merged tensor becomes (1 - alpha) * full + alpha * subset; 1 copies the subset's."""
+    router: bool = False
+    """Also merge the kept experts' router rows."""
+    shared: bool = False
+    """Also merge the shared experts."""
+    non_moe: bool = False
+    """Also merge attention, norms and embeddings."""
+    any_source: bool = False
+    """Merge even if the full model is not the exact checkpoint the subset was selected from."""
+
+    def validate(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha: expected a number in [0, 1], got {self.alpha}")
+
+
 def merge_subset(
     full_dir: str | Path,
     subset_dir: str | Path,
     out_dir: str | Path,
+    cfg: MergeConfig | None = None,
     *,
-    alpha: float = 1.0,
-    router: bool = False,
-    shared: bool = False,
-    non_moe: bool = False,
-    any_source: bool = False,
     force: bool = False,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Write the full model with the subset's weights merged in to `out_dir` (an existing one only
-    with `force`); returns the record. `any_source` merges into another checkpoint than the source."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha: expected a number in [0, 1], got {alpha}")
+    with `force`); returns the record. `fields` set fields of `cfg` (default: `MergeConfig()`)."""
+    cfg = (cfg or MergeConfig()).replace(**fields)
     refuse_existing(out_dir, force)
     record = read_selection(subset_dir)
-    if not any_source and record["source_sha256"] != checkpoint_hash(full_dir):
+    if not cfg.any_source and record["source_sha256"] != checkpoint_hash(full_dir):
         raise DataError(
             f"{subset_dir}: was selected from a different checkpoint than {full_dir} "
             f"(weights sha256 differ; pass --any-source to merge anyway)"
         )
-    full, cfg = load_model(full_dir)
+    full, model_cfg = load_model(full_dir)
     sub, _ = load_model(subset_dir)
-    layers = moe_layers(cfg, where=str(full_dir))
+    layers = moe_layers(model_cfg, where=str(full_dir))
     if [layer.index for layer in layers] != record["moe_layers"]:
         raise DataError(f"{subset_dir}: its MoE layers {record['moe_layers']} do not match {full_dir}'s")
     full_state, sub_state = full.state_dict(), sub.state_dict()
     with torch.no_grad():
         for layer, kept in zip(layers, record["kept_experts"]):
-            for key, full_ids, sub_ids in _expert_rows(full_state, layer, kept, router=router, shared=shared):
+            for key, full_ids, sub_ids in _expert_rows(full_state, layer, kept, router=cfg.router, shared=cfg.shared):
                 target = full_state[key]
-                target[full_ids] = (1 - alpha) * target[full_ids] + alpha * sub_state[key][sub_ids]
-        if non_moe:
+                target[full_ids] = (1 - cfg.alpha) * target[full_ids] + cfg.alpha * sub_state[key][sub_ids]
+        if cfg.non_moe:
             for key, target in full_state.items():
                 if ".moe." not in key:
-                    target.mul_(1 - alpha).add_(sub_state[key], alpha=alpha)
+                    target.mul_(1 - cfg.alpha).add_(sub_state[key], alpha=cfg.alpha)
     merged = {
         "full": str(Path(full_dir).resolve()), "subset": str(Path(subset_dir).resolve()),
-        "alpha": alpha, "router": router, "shared": shared, "non_moe": non_moe,
+        "alpha": cfg.alpha, "router": cfg.router, "shared": cfg.shared, "non_moe": cfg.non_moe,
     }
-    save_model(out_dir, full, cfg, meta={"merged": merged})
+    save_model(out_dir, full, model_cfg, meta={"merged": merged})
     return merged
 
 

@@ -19,6 +19,7 @@ atomically: on any error, including a full disk mid-write, nothing is left behin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -30,10 +31,11 @@ from torch import nn
 
 from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter, check_fits, save_model
 from emomoe.checkpoint.selection import SELECTION_FILE, read_selection, selection_path
+from emomoe.data.windows import WindowConfig
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path, check_output_dir, refuse_existing, write_checksums
 from emomoe.model import ModelConfig
-from emomoe.select.calibration import Calibration
+from emomoe.select.calibration import NUM_CALIB_WINDOWS, Calibration, load_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import MoELayer, moe_layers
@@ -46,28 +48,60 @@ _SPACE_MARGIN_BYTES = 16 * 2**20
 """Room for safetensors headers, the config and selection.json on top of the tensor bytes."""
 
 
+@dataclasses.dataclass
+class SelectConfig(WindowConfig):
+    keep: str | None = None
+    """Routed experts kept per MoE layer: a count (8), a fraction of the routed experts (0.25), or one
+    count per MoE layer (8,8,4,4); needed unless an earlier selection is reused."""
+    method: SelectMethod = SelectMethod.LAYERWISE
+    """How experts are ranked: layerwise (the paper's greedy), global, easy-ep or random."""
+    num_calib_windows: int = NUM_CALIB_WINDOWS
+    """Calibration windows of seq_len tokens; at least 64 tokens in all (fewer than 512 get a warning)."""
+    seed: int = 0
+    """Seed of the random method (the others are deterministic)."""
+
+    def __post_init__(self) -> None:
+        self.method = SelectMethod(self.method)
+        if self.keep is not None:  # from Python, a KeepSpec or a number is as good as its spelling
+            self.keep = str(self.keep)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_calib_windows < 1:
+            raise ConfigError(f"num_calib_windows: expected a positive integer, got {self.num_calib_windows}")
+        if self.keep is not None:
+            KeepSpec.parse(self.keep)
+
+
 def select_subset(
     checkpoint: str | Path,
     out_dir: str | Path,
+    cfg: SelectConfig | None = None,
     *,
-    keep: KeepSpec | None = None,
-    method: SelectMethod | str = SelectMethod.LAYERWISE,
-    calibration: Calibration | None = None,
-    seed: int = 0,
+    calibration: Calibration | str | None = None,
+    store: str | Path | None = None,
+    tokenizer: str | Path | None = None,
     selection: str | Path | None = None,
-    any_tokenizer: bool = False,
     force: bool = False,
     progress: bool = False,
     max_shard_bytes: int = SUBSET_SHARD_BYTES,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Select a subset of `checkpoint` (or take its kept experts from the `selection` file, a
     selection.json or a subset directory) and write it to `out_dir`; return its selection record.
 
+    `calibration` is windows already made, or a `--calib` source: domains of the token store
+    `store`, or text files tokenized with `tokenizer` (default: the store's), cut as `cfg` says.
+    `fields` set fields of `cfg` (default: `SelectConfig()`), e.g. `keep="0.25"`.
+
     Everything is checked before anything is written (an existing `out_dir` is replaced only with
     `force`), and the directory appears atomically.
     """
-    method = SelectMethod(method)
+    cfg = (cfg or SelectConfig()).replace(**fields)
+    method = cfg.method
     refuse_existing(out_dir, force)
+    if (cfg.keep is None) == (selection is None):
+        raise ConfigError("give either --keep (and calibration) or --selection (an earlier selection to reuse)")
     check_output_dir(out_dir)
     with CheckpointReader(checkpoint) as reader:
         layers = moe_layers(reader.config, where=str(checkpoint))
@@ -81,26 +115,32 @@ def select_subset(
                 return kept
 
             return _write_subset(out_dir, reader, layers, [len(k) for k in kept], how, max_shard_bytes, extract)
-        if keep is None:
-            raise ConfigError("keep: give the experts to keep per layer, or a selection file to reuse")
+        keep = KeepSpec.parse(cfg.keep)
         num_keep = keep.resolve([layer.num_routed for layer in layers])
         if not method.needs_calibration:
             calibration = None
-        elif calibration is None or not calibration.batches:
-            raise ConfigError(f"method {method}: needs calibration data (--calib)")
         else:
+            if isinstance(calibration, str):
+                calibration = load_calibration(
+                    calibration, store=store, tokenizer=tokenizer, num_windows=cfg.num_calib_windows,
+                    seq_len=cfg.seq_len or reader.config.max_seq_len, batch_size=cfg.batch_size,
+                )
+            if calibration is None or not calibration.batches:
+                raise ConfigError(
+                    f"method {method}: needs --calib, or calibration= (domains of a token store, or text files)"
+                )
             if "vocab_size" in calibration.info:
                 info = calibration.info
                 check_fits(
                     reader.config, checkpoint, vocab_size=info["vocab_size"], seq_len=info["seq_len"],
-                    tokenizer_hash=info["tokenizer_hash"], any_tokenizer=any_tokenizer,
+                    tokenizer_hash=info["tokenizer_hash"], any_tokenizer=cfg.any_tokenizer,
                 )
             calibration.check_size()
         selector = ExpertSelector(
-            reader, calibration.batches if calibration else [], method, seed=seed, progress=progress,
+            reader, calibration.batches if calibration else [], method, seed=cfg.seed, progress=progress,
             where=str(checkpoint),
         )
-        how = {"method": str(method), "keep": keep.label(), "seed": seed,
+        how = {"method": str(method), "keep": keep.label(), "seed": cfg.seed,
                "calibration": calibration.info if calibration else None}
         return _write_subset(
             out_dir, reader, layers, num_keep, how, max_shard_bytes,

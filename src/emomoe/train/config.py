@@ -17,6 +17,7 @@ from typing import Any
 
 from emomoe.config import Config, deep_merge
 from emomoe.data.loader import DataConfig
+from emomoe.data.windows import BATCH_SIZE, NUM_EVAL_WINDOWS
 from emomoe.errors import ConfigError
 from emomoe.model.config import ModelConfig
 
@@ -107,9 +108,10 @@ class TrainConfig(Config):
     """Steps between routing-health measurements (every step gets the other metrics)."""
     eval_every: int = 0
     """Steps between per-domain validation passes; 0 means only at the end of the run."""
-    eval_batch_size: int = 8
-    num_eval_windows: int = 0
-    """Held-out sequences per domain in each validation pass; 0 means the whole validation split."""
+    eval_batch_size: int = BATCH_SIZE
+    """Held-out windows per forward pass of a validation pass."""
+    num_eval_windows: int = NUM_EVAL_WINDOWS
+    """Held-out windows per domain in each validation pass, evenly spaced; 0 means all of them."""
     checkpoint_every: int = 0
     """Steps between checkpoints; 0 means only at the end (and on Ctrl-C)."""
     num_checkpoints_kept: int = 2

@@ -1,0 +1,48 @@
+"""`emomoe lm-eval`: lm-evaluation-harness tasks on a checkpoint or subset (the adapter's model `emomoe`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from emomoe.cli._options import add_config_options, config_from_args
+from emomoe.evaluate.continuation import GROUP
+from emomoe.experiments.benchmarks import LmEvalConfig, evaluate_checkpoint_tasks, scores_table, task_scores
+from emomoe.io import atomic_write_text
+from emomoe.train.runtime import setup_runtime
+
+EXAMPLES = f"""examples:
+  emomoe lm-eval --checkpoint runs/demo/emo/final --tasks {GROUP}
+  emomoe lm-eval --checkpoint subsets/emo-code --tasks {GROUP}_code --data runs/demo/store --out code.json
+  emomoe lm-eval --checkpoint runs/emo/final --tasks my_task --include-path my_tasks/ --limit 100
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "lm-eval",
+        help="run lm-evaluation-harness tasks on a checkpoint or subset",
+        description=f"Evaluate a checkpoint with lm-evaluation-harness through emomoe's adapter (loglikelihood, "
+        f"loglikelihood_rolling, generate_until with a KV cache; no document pool). The shipped offline task "
+        f"{GROUP} (one task per domain, {GROUP}_<domain>: pick the true continuation of a held-out passage "
+        "among 4) is built from the held-out documents of a token store. Offline unless --online.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="model checkpoint or subset")
+    p.add_argument("--tokenizer", metavar="DIR", help="default: found from the checkpoint")
+    p.add_argument("--data", metavar="STORE", help=f"token store for {GROUP} (default: the checkpoint's run's)")
+    p.add_argument("--out", metavar="FILE", help="write lm-eval's results as JSON here")
+    add_config_options(p, LmEvalConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(LmEvalConfig, args)
+    setup_runtime()
+    results = evaluate_checkpoint_tasks(args.checkpoint, cfg, tokenizer=args.tokenizer, data=args.data)
+    print(scores_table(task_scores(results)))
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(results, indent=2, default=float) + "\n")
+    return 0

@@ -1,0 +1,55 @@
+"""`emomoe sweep`: select and evaluate every domain at several keep fractions, for several models."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from emomoe.analyze.sweep_results import RESULTS_FILE, keeps_descending, mean_increase
+from emomoe.cli._models import model_names
+from emomoe.cli._options import add_config_options, config_from_args
+from emomoe.experiments.sweep import SweepConfig, run_sweep, write_sweep
+from emomoe.io import check_output_dir, refuse_existing
+from emomoe.train.runtime import setup_runtime
+
+EXAMPLES = """examples:
+  emomoe sweep --checkpoints runs/emo/final runs/std/final --names emo std --data runs/store --out runs/sweep
+  emomoe sweep --checkpoints runs/emo/final --data runs/store --keep 1.0,0.25 --method easy-ep --domains code math --out s
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="select and evaluate every domain at several keep fractions, for several models",
+        description="For every model, domain and keep fraction: select experts on the domain's training "
+        "documents, slice, and evaluate on its held-out documents. Writes results.json "
+        "({loss: {model: {keep: {domain: loss}}}, params: ...}), report.md (tables) and loss_vs_keep.png.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoints", nargs="+", required=True, metavar="DIR")
+    p.add_argument("--names", nargs="+", metavar="NAME", help="model names in the results (default: directory names)")
+    p.add_argument("--data", required=True, metavar="STORE")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--force", action="store_true", help="replace the results already in --out")
+    p.add_argument("--no-progress", action="store_true")
+    add_config_options(p, SweepConfig)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(SweepConfig, args)
+    checkpoints = model_names(args.checkpoints, args.names)
+    check_output_dir(args.out)
+    refuse_existing(Path(args.out) / RESULTS_FILE, args.force, " (results of an earlier sweep)")
+    setup_runtime()
+    results = run_sweep(checkpoints, args.data, cfg, progress=not args.no_progress)
+    report = write_sweep(args.out, results, force=args.force)
+    for name in results["loss"]:
+        means = ", ".join(
+            f"{k}: {mean_increase(results, name, k):+.3f}" for k in keeps_descending(results) if float(k) < 1
+        )
+        print(f"{name}: mean held-out loss increase {means}")
+    print(f"wrote {report} and results.json in {args.out}")
+    return 0

@@ -1,0 +1,47 @@
+"""What every verb that reads windows of a token store is configured with: one name, one default
+and one meaning for each (the sequence length, the batch size, the held-out windows)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from emomoe.config import Config
+from emomoe.errors import ConfigError
+
+BATCH_SIZE = 8
+"""Rows per forward pass wherever a verb batches (windows, documents, prompts, lm-eval requests).
+A loss or a routing statistic does not depend on it; memory does, so it is kept small for CPUs."""
+NUM_EVAL_WINDOWS = 64
+"""Held-out windows per domain a loss is measured on: a quick estimate by default, everywhere
+(eval, sweep, finetune, training's validation); 0 measures the whole validation split."""
+
+@dataclasses.dataclass
+class WindowConfig(Config):
+    seq_len: int | None = None
+    """Tokens per window; None means the model's max_seq_len (with several models, the smallest)."""
+    batch_size: int = BATCH_SIZE
+    """Windows per forward pass."""
+    any_tokenizer: bool = False
+    """Go ahead even if the data was made with another tokenizer than the model's (results are then
+    meaningless unless the text is the same)."""
+
+    def validate(self) -> None:
+        for name in ("seq_len", "batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class HeldOutConfig(WindowConfig):
+    num_eval_windows: int = NUM_EVAL_WINDOWS
+    """Held-out windows per domain, evenly spaced; 0 means all of them."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_eval_windows < 0:
+            raise ConfigError(f"num_eval_windows: expected >= 0 (0: all), got {self.num_eval_windows}")
+
+    @property
+    def max_eval_windows(self) -> int | None:
+        """`num_eval_windows` as `eval_batches` takes it (None: all)."""
+        return self.num_eval_windows or None
