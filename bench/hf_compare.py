@@ -258,13 +258,13 @@ def step_kernels(cfg: ModelConfig):
     proj_weights = [leaf(D, D) for _ in range(4)]
     q, k, v = (leaf(BATCH, heads, SEQ_LEN, D // heads) for _ in range(3))
     gate_ED, lm_head_VD = leaf(routed + cfg.moe.router.num_shared_experts, D), leaf(cfg.vocab_size, D)
-    x_ND, h_NH = leaf(T * top_k, D), leaf(T * top_k, hidden)
+    x_ND, h_NF = leaf(T * top_k, D), leaf(T * top_k, hidden)
     w1, w3, w2 = leaf(routed, hidden, D), leaf(routed, hidden, D), leaf(routed, D, hidden)
     counts_E = torch.full((routed,), T * top_k // routed)
     counts_E[: T * top_k - int(counts_E.sum())] += 1
     wide = hidden * cfg.moe.router.num_shared_experts  # the shared experts side by side
     shared_in_TF, shared_up, shared_gate, shared_down = leaf(T, wide), leaf(wide, D), leaf(wide, D), leaf(D, wide)
-    leaves = [x_TD, head_in_TD, *proj_weights, q, k, v, gate_ED, lm_head_VD, x_ND, h_NH, w1, w3, w2,
+    leaves = [x_TD, head_in_TD, *proj_weights, q, k, v, gate_ED, lm_head_VD, x_ND, h_NF, w1, w3, w2,
               shared_in_TF, shared_up, shared_gate, shared_down]
 
     def run() -> None:
@@ -273,7 +273,7 @@ def step_kernels(cfg: ModelConfig):
             outs += [x_TD @ w.T for w in proj_weights]
             outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True))
             outs.append(x_TD @ gate_ED.T)
-            outs += [expert_matmul(x_ND, w, counts_E) for w in (w1, w3)] + [expert_matmul(h_NH, w2, counts_E)]
+            outs += [expert_matmul(x_ND, w, counts_E) for w in (w1, w3)] + [expert_matmul(h_NF, w2, counts_E)]
             if wide:
                 outs += [x_TD @ shared_up.T, x_TD @ shared_gate.T, shared_in_TF @ shared_down.T]
         outs.append(head_in_TD @ lm_head_VD.T)

@@ -1,7 +1,7 @@
 """Router benchmark: EMO vs standard routing in a `small` train step, and the vectorised pool vs a
 per-document Python loop (the official code's design). Prints one JSON object.
 
-Shapes: B rows, S sequence, T = B*S tokens, E routed experts, K experts per token.
+Legend: B batch, S sequence, T = B*S tokens, E routed experts, K experts per token.
 
     python bench/router.py [--quick]
 
