@@ -26,7 +26,7 @@ from emomoe.evaluate.provenance import find_tokenizer
 from emomoe.generate import GenerationConfig, generate
 from emomoe.hf.convert import export_hf
 from emomoe.model import ModelConfig, build_model
-from timing import interleaved_best  # bench/ is the script's folder, so it is on sys.path
+from timing import TOKENS_PER_S, interleaved_best, ratio  # bench/ is the script's folder, so it is on sys.path
 
 TOKENIZER_TEXTS = ["the router sends each token to a few experts", "def f(x): return x + 1"] * 8
 
@@ -86,7 +86,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "emomoe_tokens_per_s": round(rate["emomoe"], 1),
         "transformers_tokens_per_s": round(rate["transformers"], 1),
-        "emomoe_over_transformers": round(rate["emomoe"] / rate["transformers"], 3),
+        **ratio(rate, "emomoe", "transformers", TOKENS_PER_S),
         "same_tokens": outputs["emomoe"] == outputs["transformers"],
     }))
 

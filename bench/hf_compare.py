@@ -22,7 +22,7 @@ backward, only the matmul and attention kernels a training step of emomoe runs, 
 q/k/v/o projections, the causal SDPA, the gate, the experts' grouped matmuls (tokens spread evenly
 over the experts) and the LM head, once per layer where per layer. It is timed in the same
 interleaving as the steps. No implementation that calls these kernels can take less time, so
-`kernel_bound_mfu` (the MFU of a step that took only that long) and `kernel_bound_emomoe_over_hf`
+`kernel_bound_mfu` (the MFU of a step that took only that long) and `kernel_bound_over_hf_tokens_per_s`
 (transformers' step time over it) are ceilings: what fusing away everything else would reach, before
 writing faster GEMMs or attention. `gemm_gflops` lists the rate of each model matmul shape beside
 the square peak. With `--compile`, each library's
@@ -59,7 +59,7 @@ from emomoe.train.optim import build_optimizer
 from emomoe.train.parallel import compile_blocks
 from emomoe.train.runtime import retain_freed_memory
 
-from timing import interleaved_best, kernels_off
+from timing import TOKENS_PER_S, interleaved_best, kernels_off, ratio
 
 D_MODEL, NUM_LAYERS, NUM_HEADS, VOCAB, SEQ_LEN, BATCH = 256, 4, 4, 8192, 512, 8
 SHAPES = {"coarse": (8, 2, 512), "fine": (64, 8, 128)}  # experts, top-k, expert hidden
@@ -218,19 +218,20 @@ def compare(
             tokens = gen_batch * new_tokens
         best = interleaved_best(fns, reps)
         row = {name: round(tokens / seconds) for name, seconds in best.items() if name not in ("peak", "kernels")}
-        row["emomoe_over_hf"] = round(row["emomoe"] / row["hf"], 3)
+        row |= ratio(row, "emomoe", "hf", TOKENS_PER_S)
         if "emomoe_pytorch_ops" in row:
             row["kernels_speedup"] = round(row["emomoe"] / row["emomoe_pytorch_ops"], 3)
         if "emomoe_compiled" in row:
-            row["compiled_emomoe_over_hf"] = round(row["emomoe_compiled"] / row["hf"], 3)
-            row["compiled_emomoe_over_compiled_hf"] = round(row["emomoe_compiled"] / row["hf_compiled"], 3)
+            row |= ratio(row, "emomoe_compiled", "hf", TOKENS_PER_S)
+            row |= ratio(row, "emomoe_compiled", "hf_compiled", TOKENS_PER_S)
         if "peak" in best:
             peak = gemm_flops(*PEAK_SHAPE) / best["peak"]
             row["peak_gflops"] = round(peak / 1e9, 1)
             for name in sides:
                 row[f"{name}_mfu"] = round(flops_per_token * row[name] / peak, 3)
             row["kernel_bound_mfu"] = round(flops_per_token * tokens / best["kernels"] / peak, 3)
-            row["kernel_bound_emomoe_over_hf"] = round(best["hf"] / best["kernels"], 3)
+            kernel_bound = {"kernel_bound": tokens / best["kernels"], "hf": tokens / best["hf"]}
+            row |= ratio(kernel_bound, "kernel_bound", "hf", TOKENS_PER_S)
         result[f"{workload}_tokens_per_s"] = row
     return result
 

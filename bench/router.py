@@ -33,7 +33,7 @@ from emomoe.model.pool import draw_pool_sizes, pooled_softmax
 from emomoe.model.router import top_experts
 from emomoe.train.runtime import retain_freed_memory
 
-from timing import interleaved_best, kernels_off
+from timing import TOKENS_PER_S, interleaved_best, kernels_off, ratio
 
 NUM_ROUTED = 127
 TOP_K = 7
@@ -152,7 +152,7 @@ def bench_train_step(batch_size: int, reps: int, mean_doc_len: int) -> dict:
         "standard_step_ms": round(best["standard"] * 1e3, 1),
         "emo_tokens_per_s": round(tokens / best["emo"]),
         "standard_tokens_per_s": round(tokens / best["standard"]),
-        "emo_over_standard": round(best["emo"] / best["standard"], 3),
+        **ratio({"emo": tokens / best["emo"], "standard": tokens / best["standard"]}, "emo", "standard", TOKENS_PER_S),
     }
 
 
