@@ -26,7 +26,7 @@ from emomoe.evaluate.provenance import find_tokenizer
 from emomoe.generate import GenerationConfig, generate
 from emomoe.hf.convert import export_hf
 from emomoe.model import ModelConfig, build_model
-from timing import interleaved_best  # bench/ is the script's folder, so it is on sys.path
+from timing import TOKENS_PER_S, interleaved_best, ratio  # bench/ is the script's folder, so it is on sys.path
 
 TOKENIZER_TEXTS = ["the router sends each token to a few experts", "def f(x): return x + 1"] * 8
 
@@ -59,19 +59,19 @@ def main() -> None:
         theirs = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", trust_remote_code=True, dtype=torch.float32)
         theirs.eval()
         gen = torch.Generator().manual_seed(0)
-        prompts_BP = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_tokens), generator=gen)
+        prompts_BS = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_tokens), generator=gen)
         if cfg.eos_id is not None:  # no document boundary inside a prompt (the HF model does not mask them)
-            prompts_BP[prompts_BP == cfg.eos_id] = (cfg.eos_id + 1) % cfg.vocab_size
+            prompts_BS[prompts_BS == cfg.eos_id] = (cfg.eos_id + 1) % cfg.vocab_size
         settings = GenerationConfig(max_new_tokens=new_tokens, greedy=True)
         outputs = {}
 
         def run_ours() -> None:
-            outputs["emomoe"] = [c.tokens for c in generate(ours, prompts_BP.tolist(), settings)]
+            outputs["emomoe"] = [c.tokens for c in generate(ours, prompts_BS.tolist(), settings)]
 
         def run_theirs() -> None:
             with torch.inference_mode():
                 out_BS = theirs.generate(
-                    prompts_BP, attention_mask=torch.ones_like(prompts_BP), do_sample=False, use_cache=True,
+                    prompts_BS, attention_mask=torch.ones_like(prompts_BS), do_sample=False, use_cache=True,
                     max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=cfg.eos_id,
                 )
             outputs["transformers"] = out_BS[:, args.prompt_tokens :].tolist()
@@ -86,7 +86,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "emomoe_tokens_per_s": round(rate["emomoe"], 1),
         "transformers_tokens_per_s": round(rate["transformers"], 1),
-        "emomoe_over_transformers": round(rate["emomoe"] / rate["transformers"], 3),
+        **ratio(rate, "emomoe", "transformers", TOKENS_PER_S),
         "same_tokens": outputs["emomoe"] == outputs["transformers"],
     }))
 

@@ -24,7 +24,7 @@ backward, only the matmul and attention kernels a training step of emomoe runs, 
 q/k/v/o projections, the causal SDPA, the gate, the experts' grouped matmuls (tokens spread evenly
 over the experts) and the LM head, once per layer where per layer. It is timed in the same
 interleaving as the steps. No implementation that calls these kernels can take less time, so
-`kernel_bound_mfu` (the MFU of a step that took only that long) and `kernel_bound_emomoe_over_hf`
+`kernel_bound_mfu` (the MFU of a step that took only that long) and `kernel_bound_over_hf_tokens_per_s`
 (transformers' step time over it) are ceilings: what fusing away everything else would reach, before
 writing faster GEMMs or attention. `gemm_gflops` lists the rate of each model matmul shape beside
 the square peak. With `--compile`, each library's
@@ -63,7 +63,7 @@ from emomoe.train.parallel import compile_blocks
 from emomoe.train.runtime import retain_freed_memory
 from emomoe.train.step import train_step
 
-from timing import interleaved_best, kernels_off
+from timing import TOKENS_PER_S, interleaved_best, kernels_off, ratio
 
 D_MODEL, NUM_LAYERS, NUM_HEADS, VOCAB, SEQ_LEN, BATCH = 256, 4, 4, 8192, 512, 8
 SHAPES = {"coarse": (8, 2, 512), "fine": (64, 8, 128)}  # experts, top-k, expert hidden
@@ -230,19 +230,20 @@ def compare(
             tokens = gen_batch * new_tokens
         best = interleaved_best(fns, reps)
         row = {name: round(tokens / seconds) for name, seconds in best.items() if name not in ("peak", "kernels")}
-        row["emomoe_over_hf"] = round(row["emomoe"] / row["hf"], 3)
+        row |= ratio(row, "emomoe", "hf", TOKENS_PER_S)
         if "emomoe_pytorch_ops" in row:
             row["kernels_speedup"] = round(row["emomoe"] / row["emomoe_pytorch_ops"], 3)
         if "emomoe_compiled" in row:
-            row["compiled_emomoe_over_hf"] = round(row["emomoe_compiled"] / row["hf"], 3)
-            row["compiled_emomoe_over_compiled_hf"] = round(row["emomoe_compiled"] / row["hf_compiled"], 3)
+            row |= ratio(row, "emomoe_compiled", "hf", TOKENS_PER_S)
+            row |= ratio(row, "emomoe_compiled", "hf_compiled", TOKENS_PER_S)
         if "peak" in best:
             peak = gemm_flops(*PEAK_SHAPE) / best["peak"]
             row["peak_gflops"] = round(peak / 1e9, 1)
             for name in sides:
                 row[f"{name}_mfu"] = round(flops_per_token * row[name] / peak, 3)
             row["kernel_bound_mfu"] = round(flops_per_token * tokens / best["kernels"] / peak, 3)
-            row["kernel_bound_emomoe_over_hf"] = round(best["hf"] / best["kernels"], 3)
+            kernel_bound = {"kernel_bound": tokens / best["kernels"], "hf": tokens / best["hf"]}
+            row |= ratio(kernel_bound, "kernel_bound", "hf", TOKENS_PER_S)
         result[f"{workload}_tokens_per_s"] = row
     return result
 
@@ -270,13 +271,13 @@ def step_kernels(cfg: ModelConfig):
     proj_weights = [leaf(D, D) for _ in range(4)]
     q, k, v = (leaf(BATCH, heads, SEQ_LEN, D // heads) for _ in range(3))
     gate_ED, lm_head_VD = leaf(routed + cfg.moe.router.num_shared_experts, D), leaf(cfg.vocab_size, D)
-    x_ND, h_NH = leaf(T * top_k, D), leaf(T * top_k, hidden)
+    x_ND, h_NF = leaf(T * top_k, D), leaf(T * top_k, hidden)
     w1, w3, w2 = leaf(routed, hidden, D), leaf(routed, hidden, D), leaf(routed, D, hidden)
     counts_E = torch.full((routed,), T * top_k // routed)
     counts_E[: T * top_k - int(counts_E.sum())] += 1
     wide = hidden * cfg.moe.router.num_shared_experts  # the shared experts side by side
     shared_in_TF, shared_up, shared_gate, shared_down = leaf(T, wide), leaf(wide, D), leaf(wide, D), leaf(D, wide)
-    leaves = [x_TD, head_in_TD, *proj_weights, q, k, v, gate_ED, lm_head_VD, x_ND, h_NH, w1, w3, w2,
+    leaves = [x_TD, head_in_TD, *proj_weights, q, k, v, gate_ED, lm_head_VD, x_ND, h_NF, w1, w3, w2,
               shared_in_TF, shared_up, shared_gate, shared_down]
 
     def run() -> None:
@@ -285,7 +286,7 @@ def step_kernels(cfg: ModelConfig):
             outs += [x_TD @ w.T for w in proj_weights]
             outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True))
             outs.append(x_TD @ gate_ED.T)
-            outs += [expert_matmul(x_ND, w, counts_E) for w in (w1, w3)] + [expert_matmul(h_NH, w2, counts_E)]
+            outs += [expert_matmul(x_ND, w, counts_E) for w in (w1, w3)] + [expert_matmul(h_NF, w2, counts_E)]
             if wide:
                 outs += [x_TD @ shared_up.T, x_TD @ shared_gate.T, shared_in_TF @ shared_down.T]
         outs.append(head_in_TD @ lm_head_VD.T)

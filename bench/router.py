@@ -2,7 +2,7 @@
 `emomoe train` runs it), and the vectorised pool vs a per-document Python loop (the official code's
 design). Prints one JSON object.
 
-Shapes: B rows, S sequence, T = B*S tokens, E routed experts, K experts per token.
+Legend: B batch, S sequence, T = B*S tokens, E routed experts, K experts per token.
 
     python bench/router.py [--quick]
 
@@ -38,7 +38,7 @@ from emomoe.train.optim import build_optimizer
 from emomoe.train.runtime import retain_freed_memory
 from emomoe.train.step import train_step
 
-from timing import interleaved_best, kernels_off
+from timing import TOKENS_PER_S, interleaved_best, kernels_off, ratio
 
 NUM_ROUTED = 127
 TOP_K = 7
@@ -154,7 +154,7 @@ def bench_train_step(batch_size: int, reps: int, mean_doc_len: int) -> dict:
         "standard_step_ms": round(best["standard"] * 1e3, 1),
         "emo_tokens_per_s": round(tokens / best["emo"]),
         "standard_tokens_per_s": round(tokens / best["standard"]),
-        "emo_over_standard": round(best["emo"] / best["standard"], 3),
+        **ratio({"emo": tokens / best["emo"], "standard": tokens / best["standard"]}, "emo", "standard", TOKENS_PER_S),
     }
 
 

@@ -26,6 +26,8 @@ from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import SelectMethod
 from emomoe.select.subset import select_subset
 
+from timing import SECONDS, ratio  # bench/ is the script's folder, so it is on sys.path
+
 
 def _calibration(vocab_size: int, num_windows: int, seq_len: int, batch_size: int) -> Calibration:
     gen = torch.Generator().manual_seed(0)
@@ -80,7 +82,7 @@ def main() -> None:
             "subset_params": load_config(subset_dir).num_params()[0],
             "load_full_s": round(load_full_s, 4),
             "load_subset_s": round(load_subset_s, 4),
-            "load_subset_over_full": round(load_subset_s / load_full_s, 3),
+            **ratio({"load_subset": load_subset_s, "load_full": load_full_s}, "load_subset", "load_full", SECONDS),
         }))
 
 

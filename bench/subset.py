@@ -28,7 +28,7 @@ from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
 from emomoe.train.runtime import retain_freed_memory
 
-from timing import interleaved_best
+from timing import TOKENS_PER_S, interleaved_best, ratio
 
 KEEP_FRACTION = 0.25
 
@@ -85,7 +85,7 @@ def main() -> None:
         best = interleaved_best({name: run[workload] for name, run in runs.items()}, args.reps)
         row = {name: round(count / seconds) for name, seconds in best.items()}
         if len(row) == 2:
-            row["subset_over_full"] = round(row["subset"] / row["full"], 3)
+            row |= ratio(row, "subset", "full", TOKENS_PER_S)
         result[f"{workload}_tokens_per_s"] = row
     print(json.dumps(result))
 

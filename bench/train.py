@@ -30,6 +30,8 @@ from emomoe.train.optim import build_optimizer
 from emomoe.train.runtime import setup_runtime
 from emomoe.train.step import train_step
 
+from timing import TOKENS_PER_S, ratio  # bench/ is the script's folder, so it is on sys.path
+
 PEAK_SHAPE = (2048, 2048, 2048)
 
 
@@ -99,7 +101,7 @@ def main() -> None:
         "preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
         "threads": torch.get_num_threads(), "steps": args.steps,
         "emo_tokens_per_s": round(emo_tps), "std_tokens_per_s": round(std_tps),
-        "emo_over_std": round(emo_tps / std_tps, 3),
+        **ratio({"emo": emo_tps, "std": std_tps}, "emo", "std", TOKENS_PER_S),
         "emo_pytorch_ops_tokens_per_s": round(plain_tps), "kernels_speedup": round(emo_tps / plain_tps, 3),
         "peak_gflops": round(peak / 1e9, 1), "emo_mfu": round(mfu(flops_per_token, emo_tps, peak), 3),
     }))

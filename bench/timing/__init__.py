@@ -3,12 +3,16 @@
 On a machine shared with other jobs the minimum of several repetitions is the least disturbed
 estimate of a variant's own cost; ratios of minima measured in one process are what the benches
 report. (A package rather than `bench/timing.py`, so `make bench` does not run it as a bench.)
+
+Every ratio a bench prints is named by `ratio`: `<a>_over_<b>_<unit>`, where a and b name the two
+measurements and the unit says which way is better. `tokens_per_s`: a throughput ratio, above 1
+when a is faster. `seconds`: a time ratio, above 1 when a is slower.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from emomoe import kernels
 
@@ -31,6 +35,18 @@ def interleaved_times(fns: dict[str, Callable[[], object]], reps: int, warmup: i
 def interleaved_best(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, float]:
     """The fastest repetition of each variant (see `interleaved_times`)."""
     return {name: min(ts) for name, ts in interleaved_times(fns, reps, warmup).items()}
+
+
+TOKENS_PER_S = "tokens_per_s"
+SECONDS = "seconds"
+
+
+def ratio(values: Mapping[str, float], a: str, b: str, unit: str) -> dict[str, float]:
+    """`{"<a>_over_<b>_<unit>": values[a] / values[b]}` to 3 decimals; `values` hold `unit`s,
+    `TOKENS_PER_S` (above 1: a faster) or `SECONDS` (above 1: a slower)."""
+    if unit not in (TOKENS_PER_S, SECONDS):
+        raise ValueError(f"unit: expected {TOKENS_PER_S!r} or {SECONDS!r}, got {unit!r}")
+    return {f"{a}_over_{b}_{unit}": round(values[a] / values[b], 3)}
 
 
 def kernels_off(fn: Callable[[], object]) -> Callable[[], object]:

@@ -54,12 +54,12 @@ def test_grouped_matmul_equals_the_per_expert_loop_in_values_and_gradients():
     torch.manual_seed(0)
     counts_E = torch.tensor([3, 0, 5, 1, 0])
     x_ND = torch.randn(9, 8, requires_grad=True)
-    w_EHD = torch.randn(5, 4, 8, requires_grad=True)
-    grad_NH = torch.randn(9, 4)
+    w_EFD = torch.randn(5, 4, 8, requires_grad=True)
+    grad_NF = torch.randn(9, 4)
     results = []
     for fn in (grouped_matmul, looped_matmul):
-        y = fn(x_ND, w_EHD, counts_E)
-        results.append((y, *torch.autograd.grad(y, (x_ND, w_EHD), grad_NH)))
+        y = fn(x_ND, w_EFD, counts_E)
+        results.append((y, *torch.autograd.grad(y, (x_ND, w_EFD), grad_NF)))
     for a, b in zip(*results):
         assert torch.allclose(a, b, atol=1e-5)
     assert not results[0][2][1].any() and not results[0][2][4].any()
@@ -67,9 +67,9 @@ def test_grouped_matmul_equals_the_per_expert_loop_in_values_and_gradients():
 
 def test_expert_matmul_falls_back_to_the_loop_for_unsupported_dtypes_and_shapes():
     counts_E = torch.tensor([2, 1])
-    for x_ND, w_EHD in [(torch.randn(3, 8, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64)),
+    for x_ND, w_EFD in [(torch.randn(3, 8, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64)),
                         (torch.randn(3, 5), torch.randn(2, 3, 5))]:
-        assert torch.allclose(expert_matmul(x_ND, w_EHD, counts_E), looped_matmul(x_ND, w_EHD, counts_E))
+        assert torch.allclose(expert_matmul(x_ND, w_EFD, counts_E), looped_matmul(x_ND, w_EFD, counts_E))
 
 
 # float32 runs the fused SwiGLU kernel (emomoe.kernels), float64 PyTorch's ops.
@@ -97,14 +97,14 @@ def test_gradients_equal_those_of_a_per_token_loop(num_shared, hidden, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_swiglu_and_its_gradients_equal_the_formula_also_far_out(dtype):
-    g_NH = torch.tensor([[-100.0, -20.0, -1.0, 0.0, 0.5, 3.0, 20.0, 100.0]] * 3, dtype=dtype)
-    g_NH = (g_NH * torch.linspace(0.5, 1.5, 3, dtype=dtype)[:, None]).requires_grad_()
-    u_NH = torch.randn(g_NH.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(dtype)
-    u_NH.requires_grad_()
-    upstream = torch.randn(g_NH.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    out = swiglu(g_NH, u_NH)
-    grads = torch.autograd.grad((out * upstream.to(dtype)).sum(), (g_NH, u_NH))
-    g64, u64 = (t.detach().double().requires_grad_() for t in (g_NH, u_NH))
+    g_NF = torch.tensor([[-100.0, -20.0, -1.0, 0.0, 0.5, 3.0, 20.0, 100.0]] * 3, dtype=dtype)
+    g_NF = (g_NF * torch.linspace(0.5, 1.5, 3, dtype=dtype)[:, None]).requires_grad_()
+    u_NF = torch.randn(g_NF.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(dtype)
+    u_NF.requires_grad_()
+    upstream = torch.randn(g_NF.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = swiglu(g_NF, u_NF)
+    grads = torch.autograd.grad((out * upstream.to(dtype)).sum(), (g_NF, u_NF))
+    g64, u64 = (t.detach().double().requires_grad_() for t in (g_NF, u_NF))
     ref = g64 * torch.sigmoid(g64) * u64  # x * sigmoid(x): not the silu op under test
     ref_grads = torch.autograd.grad((ref * upstream).sum(), (g64, u64))
     assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-6)

@@ -6,7 +6,8 @@ rows. Clustering: spherical k-means, here scikit-learn's k-means on the unit row
 centroids re-normalised to unit length afterwards, and every token assigned to the centroid of
 highest cosine similarity.
 
-Legend: T tokens, F features, P principal components, C clusters, Y domains, G documents.
+Legend: T tokens, M features (every MoE layer's routed softmax side by side), Z principal
+components, C clusters, Y domains, G documents.
 """
 
 from __future__ import annotations
@@ -52,27 +53,27 @@ def check_num_clusters(cfg: ClusterConfig, num_tokens: int) -> None:
         )
 
 
-def cluster_tokens(features_TF: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndarray, dict[str, Any]]:
+def cluster_tokens(features_TM: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Cluster ids of every row and facts about the preprocessing (PCA components, variance kept)."""
     try:
         from sklearn.cluster import KMeans
         from sklearn.decomposition import PCA
     except ImportError:
         raise EmomoeError("token clustering needs scikit-learn: pip install 'emomoe[analysis]'") from None
-    check_num_clusters(cfg, len(features_TF))
-    features_TF = np.asarray(features_TF, dtype=np.float32)  # T x F can be large; PCA and k-means keep float32
+    check_num_clusters(cfg, len(features_TM))
+    features_TM = np.asarray(features_TM, dtype=np.float32)  # T x M can be large; PCA and k-means keep float32
     if cfg.variance < 1.0:
         pca = PCA(n_components=cfg.variance, svd_solver="covariance_eigh", random_state=cfg.seed)
-        x_TP = pca.fit_transform(features_TF)
+        x_TZ = pca.fit_transform(features_TM)
         kept = float(pca.explained_variance_ratio_.sum())
     else:
-        x_TP, kept = features_TF - features_TF.mean(axis=0), 1.0
-    unit_TP = _unit_rows(x_TP)
+        x_TZ, kept = features_TM - features_TM.mean(axis=0), 1.0
+    unit_TZ = _unit_rows(x_TZ)
     kmeans = KMeans(cfg.num_clusters, n_init=cfg.num_inits, max_iter=cfg.max_iter, random_state=cfg.seed)
-    kmeans.fit(unit_TP)
-    centroids_CP = _unit_rows(kmeans.cluster_centers_)
-    labels_T = (unit_TP @ centroids_CP.T).argmax(axis=1)
-    return labels_T, {"num_components": int(x_TP.shape[1]), "variance_kept": kept}
+    kmeans.fit(unit_TZ)
+    centroids_CZ = _unit_rows(kmeans.cluster_centers_)
+    labels_T = (unit_TZ @ centroids_CZ.T).argmax(axis=1)
+    return labels_T, {"num_components": int(x_TZ.shape[1]), "variance_kept": kept}
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

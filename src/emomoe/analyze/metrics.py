@@ -1,7 +1,8 @@
 """Modularity metrics: pure functions on routing arrays, each tested against hand-computed values.
 
 Legend: T tokens, E routed experts of one layer, K experts per token, G documents, Y domains,
-C clusters, A/B the two variables of a contingency table. Information is in bits.
+C clusters, I first variable of a contingency table (`a`), J second variable (`b`), X any leading
+dims. Information is in bits.
 """
 
 from __future__ import annotations
@@ -23,28 +24,28 @@ def entropy_bits(p_XE: np.ndarray) -> np.ndarray:
 
 def contingency(a_T: np.ndarray, b_T: np.ndarray, num_a: int, num_b: int) -> np.ndarray:
     """Counts of every (a, b) pair: an [num_a, num_b] table of int64."""
-    counts_AB = np.zeros((num_a, num_b), dtype=np.int64)
-    np.add.at(counts_AB, (np.asarray(a_T), np.asarray(b_T)), 1)
-    return counts_AB
+    counts_IJ = np.zeros((num_a, num_b), dtype=np.int64)
+    np.add.at(counts_IJ, (np.asarray(a_T), np.asarray(b_T)), 1)
+    return counts_IJ
 
 
-def mutual_information_bits(counts_AB: np.ndarray) -> float:
+def mutual_information_bits(counts_IJ: np.ndarray) -> float:
     """I(A; B) in bits of the joint distribution given by a contingency table."""
-    joint_AB = np.asarray(counts_AB, dtype=np.float64)
-    joint_AB = joint_AB / joint_AB.sum()
-    outer_AB = joint_AB.sum(axis=1, keepdims=True) * joint_AB.sum(axis=0, keepdims=True)
-    nonzero = joint_AB > 0
-    return float((joint_AB[nonzero] * np.log2(joint_AB[nonzero] / outer_AB[nonzero])).sum())
+    joint_IJ = np.asarray(counts_IJ, dtype=np.float64)
+    joint_IJ = joint_IJ / joint_IJ.sum()
+    outer_IJ = joint_IJ.sum(axis=1, keepdims=True) * joint_IJ.sum(axis=0, keepdims=True)
+    nonzero = joint_IJ > 0
+    return float((joint_IJ[nonzero] * np.log2(joint_IJ[nonzero] / outer_IJ[nonzero])).sum())
 
 
-def normalized_mutual_information(counts_AB: np.ndarray) -> float:
+def normalized_mutual_information(counts_IJ: np.ndarray) -> float:
     """I(A; B) / mean(H(A), H(B)) (the arithmetic normalisation, scikit-learn's default); 0 when
     both variables are constant."""
-    counts_AB = np.asarray(counts_AB)
-    h_a = float(entropy_bits(counts_AB.sum(axis=1)))
-    h_b = float(entropy_bits(counts_AB.sum(axis=0)))
+    counts_IJ = np.asarray(counts_IJ)
+    h_a = float(entropy_bits(counts_IJ.sum(axis=1)))
+    h_b = float(entropy_bits(counts_IJ.sum(axis=0)))
     mean_h = (h_a + h_b) / 2
-    return mutual_information_bits(counts_AB) / mean_h if mean_h > 0 else 0.0
+    return mutual_information_bits(counts_IJ) / mean_h if mean_h > 0 else 0.0
 
 
 def cosine_matrix(v_YE: np.ndarray) -> np.ndarray:

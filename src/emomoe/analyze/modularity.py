@@ -68,8 +68,8 @@ def cluster_summary(
     """Token clusters over all MoE layers: the cluster x domain table, purity, NMI, top tokens,
     one example document per domain, and the first-token check."""
     token_T, doc_T, pos_T, domain_T = docs.token_arrays()
-    features_TF = np.concatenate([r.probs_TE for r in routed], axis=1)
-    labels_T, preprocessing = cluster_tokens(features_TF, cfg)
+    features_TM = np.concatenate([r.probs_TE for r in routed], axis=1)
+    labels_T, preprocessing = cluster_tokens(features_TM, cfg)
     k = cfg.num_clusters
     summary = cluster_domain_summary(labels_T, domain_T, k, len(docs.domains))
     sizes_C = np.bincount(labels_T, minlength=k)

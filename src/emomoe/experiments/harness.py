@@ -14,7 +14,7 @@ plugin mechanism to find models outside its package). Routing uses no document p
 - `generate_until`: `emomoe.generate` with the KV cache, stopping at EOS, `max_gen_toks` or the
   first `until` string (which is cut off).
 
-Shapes: B batch rows, S sequence, V vocab.
+Legend: B batch rows, S sequence, V vocab.
 """
 
 from __future__ import annotations

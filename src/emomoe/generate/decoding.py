@@ -4,7 +4,7 @@ The prompts are left-padded into one batch and run through the model once; after
 step feeds one token per row. A row stops at EOS, when `stop` says so, or after
 `max_new_tokens`; the batch stops when every row has.
 
-Shapes: B batch rows, P longest prompt, V vocab.
+Legend: B batch rows, S sequence (the longest prompt), V vocab.
 """
 
 from __future__ import annotations
@@ -70,15 +70,15 @@ def stream(
             f"exceeds the model's max_seq_len {max_len}"
         )
     device = model.embed.weight.device
-    ids_BP = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
-    valid_BP = torch.zeros(len(prompts), longest, dtype=torch.bool, device=device)
+    ids_BS = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
+    valid_BS = torch.zeros(len(prompts), longest, dtype=torch.bool, device=device)
     for row, prompt in enumerate(prompts):
-        ids_BP[row, longest - len(prompt) :] = torch.as_tensor(list(prompt), device=device)
-        valid_BP[row, longest - len(prompt) :] = True
+        ids_BS[row, longest - len(prompt) :] = torch.as_tensor(list(prompt), device=device)
+        valid_BS[row, longest - len(prompt) :] = True
     generator = None if cfg.is_greedy else torch.Generator(device=device).manual_seed(cfg.seed)
     with torch.inference_mode():
         cache = model.new_cache(len(prompts), longest + cfg.max_new_tokens)
-        logits_BV = model.decode(ids_BP, cache, valid_BP)[:, -1]
+        logits_BV = model.decode(ids_BS, cache, valid_BS)[:, -1]
         for step in range(cfg.max_new_tokens):
             tokens_B = next_tokens(logits_BV, cfg, generator)
             for row, token in enumerate(tokens_B.tolist()):

@@ -2,7 +2,7 @@
 
 Pure functions of the logits (and a seeded generator for the draw).
 
-Shapes: B batch rows, V vocab.
+Legend: B batch rows, V vocab.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Causal self-attention with RoPE, optional grouped-query heads, QK-norm and document masking.
 
-Shapes: B batch, S sequence (the new tokens when decoding with a cache), C cached positions
-including the new ones, D model dim, H heads, R key/value heads, Dh head dim.
+Legend: B batch, S sequence (the new tokens when decoding with a cache), P cache positions
+(cached and new), D model dim, H heads, R key/value heads, Dh head dim, A rotary frequencies (Dh/2).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from emomoe.model.norm import RMSNorm
 def rope_tables(max_seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin, each [max_seq_len, head_dim], for the rotate-half form of RoPE."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles_SF = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    angles_SDh = torch.cat([angles_SF, angles_SF], dim=-1)
+    angles_SA = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    angles_SDh = torch.cat([angles_SA, angles_SA], dim=-1)
     return angles_SDh.cos().float(), angles_SDh.sin().float()
 
 
@@ -78,7 +78,7 @@ class Attention(nn.Module):
         """`mask_B1SS` (True = may attend) already includes causality; None means plain causal.
 
         With `kv`, the new keys and values are appended to it and the queries attend over all its
-        positions: the mask is then [B, 1, S, C], and cos/sin are [B, 1, S, Dh] (per-row positions).
+        positions: the mask is then [B, 1, S, P], and cos/sin are [B, 1, S, Dh] (per-row positions).
         """
         B, S, _ = x_BSD.shape
         q, k, v = self.q_proj(x_BSD), self.k_proj(x_BSD), self.v_proj(x_BSD)
@@ -88,7 +88,7 @@ class Attention(nn.Module):
         k_BRSDh = apply_rope(k.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2), cos_SDh, sin_SDh)
         v_BRSDh = v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if kv is not None:
-            k_BRSDh, v_BRSDh = kv.append(k_BRSDh, v_BRSDh)  # now [B, R, C, Dh]
+            k_BRSDh, v_BRSDh = kv.append(k_BRSDh, v_BRSDh)  # now [B, R, P, Dh]
         out_BHSDh = F.scaled_dot_product_attention(
             q_BHSDh, k_BRSDh, v_BRSDh,
             attn_mask=mask_B1SS,

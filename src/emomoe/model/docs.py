@@ -1,6 +1,6 @@
 """Document boundaries inside packed rows: doc ids from EOS, and flat segment ids for the router.
 
-Shapes: B batch rows, S sequence length, T = B*S flattened tokens.
+Legend: B batch rows, S sequence length, T = B*S flattened tokens.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A layer's SwiGLU experts as stacked tensors, run dropless.
 
-Shapes: T tokens, D model dim, H expert hidden size, E experts, K routed experts per token,
-N = T*K routed token slots, F = S*H the hidden units of the S shared experts together.
+Legend: T tokens, D model dim, F ffn hidden (of one expert; of all shared experts together in
+`_shared`), E experts, K routed experts per token, N = T*K rows (the routed (token, expert) slots).
 
 Routed slots are sorted by expert so every expert sees one contiguous block of its tokens; one
 grouped matmul (or one matmul per non-empty expert where `torch._grouped_mm` is missing or does
@@ -23,54 +23,54 @@ HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
 # Run eagerly under torch.compile: the kernel's fake (tracing) implementation accepts only bf16.
 @torch.compiler.disable
-def grouped_matmul(x_ND: torch.Tensor, w_EHD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-    """Rows of `x_ND` sorted by expert, `counts_E` rows each: row n -> x_n @ w[e(n)].T, shape [N, H]."""
+def grouped_matmul(x_ND: torch.Tensor, w_EFD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+    """Rows of `x_ND` sorted by expert, `counts_E` rows each: row n -> x_n @ w[e(n)].T, shape [N, F]."""
     offsets_E = counts_E.cumsum(0).to(torch.int32)
-    return torch._grouped_mm(x_ND, w_EHD.transpose(-2, -1), offs=offsets_E)
+    return torch._grouped_mm(x_ND, w_EFD.transpose(-2, -1), offs=offsets_E)
 
 
-def expert_matmul(x_ND: torch.Tensor, w_EHD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+def expert_matmul(x_ND: torch.Tensor, w_EFD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
     """`grouped_matmul` where the kernel supports the dtype and row alignment, else `looped_matmul`.
 
     Fewer rows than experts on the CPU (decoding a token or a few) also go to `looped_matmul`: the
     CPU kernel runs a matmul for every expert, empty ones included, and most are empty then.
     """
-    if x_ND.device.type == "cpu" and x_ND.shape[0] < w_EHD.shape[0]:
-        return looped_matmul(x_ND, w_EHD, counts_E)
+    if x_ND.device.type == "cpu" and x_ND.shape[0] < w_EFD.shape[0]:
+        return looped_matmul(x_ND, w_EFD, counts_E)
     if (
         HAS_GROUPED_MM
         and x_ND.dtype in (torch.float32, torch.bfloat16, torch.float16)
-        and (w_EHD.shape[1] * x_ND.element_size()) % 16 == 0
-        and (w_EHD.shape[2] * x_ND.element_size()) % 16 == 0
+        and (w_EFD.shape[1] * x_ND.element_size()) % 16 == 0
+        and (w_EFD.shape[2] * x_ND.element_size()) % 16 == 0
     ):
-        return grouped_matmul(x_ND, w_EHD, counts_E)
-    return looped_matmul(x_ND, w_EHD, counts_E)
+        return grouped_matmul(x_ND, w_EFD, counts_E)
+    return looped_matmul(x_ND, w_EFD, counts_E)
 
 
-def looped_matmul(x_ND: torch.Tensor, w_EHD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+def looped_matmul(x_ND: torch.Tensor, w_EFD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
     """Same as `grouped_matmul`, one matmul per non-empty expert (needs the counts on the host)."""
     blocks = x_ND.split(counts_E.tolist())
-    return torch.cat([block @ w_EHD[e].T for e, block in enumerate(blocks) if block.shape[0]])
+    return torch.cat([block @ w_EFD[e].T for e, block in enumerate(blocks) if block.shape[0]])
 
 
 class _SwiGLU(torch.autograd.Function):
     """silu(g) * u through the fused kernels: one pass forward, one backward (2.3x autograd's ops)."""
 
     @staticmethod
-    def forward(ctx, g_NH: torch.Tensor, u_NH: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(g_NH, u_NH)
-        return kernels.ops().swiglu_forward(g_NH, u_NH)
+    def forward(ctx, g_NF: torch.Tensor, u_NF: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(g_NF, u_NF)
+        return kernels.ops().swiglu_forward(g_NF, u_NF)
 
     @staticmethod
-    def backward(ctx, grad_NH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return kernels.ops().swiglu_backward(grad_NH, *ctx.saved_tensors)
+    def backward(ctx, grad_NF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return kernels.ops().swiglu_backward(grad_NF, *ctx.saved_tensors)
 
 
-def swiglu(g_NH: torch.Tensor, u_NH: torch.Tensor) -> torch.Tensor:
+def swiglu(g_NF: torch.Tensor, u_NF: torch.Tensor) -> torch.Tensor:
     """silu(g) * u: the fused kernel on float32 CPU tensors, PyTorch's two ops elsewhere."""
-    if kernels.usable(g_NH, u_NH):
-        return _SwiGLU.apply(g_NH, u_NH)
-    return F.silu(g_NH) * u_NH
+    if kernels.usable(g_NF, u_NF):
+        return _SwiGLU.apply(g_NF, u_NF)
+    return F.silu(g_NF) * u_NF
 
 
 class Experts(nn.Module):
@@ -98,8 +98,9 @@ class Experts(nn.Module):
         r = self.num_routed
         if r == self.w1.shape[0]:
             return torch.zeros_like(x_TD)
-        # The shared experts side by side are one SwiGLU of hidden S*H: plain 2-D matmuls, and the
-        # sum over the experts happens inside the last one (1.1-1.4x a broadcast batched matmul).
+        # The shared experts side by side are one SwiGLU whose F is all their hidden units: plain 2-D
+        # matmuls, and the sum over the experts happens inside the last one (1.1-1.4x a broadcast
+        # batched matmul).
         d_model = x_TD.shape[1]
         w1_FD, w3_FD = self.w1[r:].reshape(-1, d_model), self.w3[r:].reshape(-1, d_model)
         w2_DF = self.w2[r:].transpose(0, 1).reshape(d_model, -1)
@@ -114,11 +115,11 @@ class Experts(nn.Module):
         counts_E.scatter_add_(0, slots_N, torch.ones_like(slots_N))
         x_ND = x_TD.index_select(0, token_N)  # its backward is index_add_, ~2x faster than indexing's
         weights_N1 = weights_TK.flatten().index_select(0, order_N)[:, None]
-        h_NH = swiglu(expert_matmul(x_ND, self.w1[:r], counts_E), expert_matmul(x_ND, self.w3[:r], counts_E))
+        h_NF = swiglu(expert_matmul(x_ND, self.w1[:r], counts_E), expert_matmul(x_ND, self.w3[:r], counts_E))
         # The down projection is linear, so the routing weight can scale its input or its output:
-        # whichever is narrower (fine-grained experts: H < D, 4% of a training step).
-        if h_NH.shape[1] < x_TD.shape[1]:
-            y_ND = expert_matmul(h_NH * weights_N1, self.w2[:r], counts_E)
+        # whichever is narrower (fine-grained experts: F < D, 4% of a training step).
+        if h_NF.shape[1] < x_TD.shape[1]:
+            y_ND = expert_matmul(h_NF * weights_N1, self.w2[:r], counts_E)
         else:
-            y_ND = expert_matmul(h_NH, self.w2[:r], counts_E) * weights_N1
+            y_ND = expert_matmul(h_NF, self.w2[:r], counts_E) * weights_N1
         return torch.zeros_like(x_TD).index_add_(0, token_N, y_ND)

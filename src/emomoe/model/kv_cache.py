@@ -1,12 +1,12 @@
 """Keys and values of past tokens for incremental decoding, and the mask and positions of new tokens.
 
-Rows are left-padded: all rows append their new tokens at the same cache index, `valid_BL` marks
+Rows are left-padded: all rows append their new tokens at the same cache index, `valid_BP` marks
 the cached positions that hold real tokens, and a token's RoPE position counts only the real
 tokens before it in its row. So a padded row is computed as it would be alone. With document
 masking, a token attends only within its document (doc ids from EOS, as in the full forward).
 
-Shapes: B batch rows, S new tokens per row, L cache capacity, C positions filled so far (after
-the new tokens), R key/value heads, Dh head dim.
+Legend: B batch rows, S sequence (the new tokens of a row), P cache positions (all of them in the
+buffers; those filled so far, the new tokens included, in a mask), R key/value heads, Dh head dim.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ class LayerKV:
 
     def __init__(self, batch_size: int, num_kv_heads: int, capacity: int, head_dim: int, dtype, device):
         shape = (batch_size, num_kv_heads, capacity, head_dim)
-        self.keys_BRLDh = torch.zeros(shape, dtype=dtype, device=device)
-        self.values_BRLDh = torch.zeros(shape, dtype=dtype, device=device)
+        self.keys_BRPDh = torch.zeros(shape, dtype=dtype, device=device)
+        self.values_BRPDh = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
 
     def append(self, k_BRSDh: torch.Tensor, v_BRSDh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new keys and values; return those of all C filled positions."""
+        """Store the new keys and values; return those of all P filled positions."""
         end = self.length + k_BRSDh.shape[2]
-        self.keys_BRLDh[:, :, self.length : end] = k_BRSDh
-        self.values_BRLDh[:, :, self.length : end] = v_BRSDh
+        self.keys_BRPDh[:, :, self.length : end] = k_BRSDh
+        self.values_BRPDh[:, :, self.length : end] = v_BRSDh
         self.length = end
-        return self.keys_BRLDh[:, :, :end], self.values_BRLDh[:, :, :end]
+        return self.keys_BRPDh[:, :, :end], self.values_BRPDh[:, :, :end]
 
 
 class KVCache:
@@ -51,8 +51,8 @@ class KVCache:
         self.layers = [LayerKV(batch_size, num_kv_heads, capacity, head_dim, dtype, device) for _ in range(num_layers)]
         self.capacity = capacity
         self.length = 0
-        self.valid_BL = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
-        self.doc_BL = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)
+        self.valid_BP = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
+        self.doc_BP = torch.zeros(batch_size, capacity, dtype=torch.long, device=device)
         self.eos_id = eos_id
         self.doc_mask = doc_mask and eos_id is not None
         self._num_tokens_B = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -63,7 +63,7 @@ class KVCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Claim the next S positions for new tokens (`valid_BS` False marks left padding).
 
-        Returns their RoPE positions [B, S] and the attention mask [B, 1, S, C] (True = may attend).
+        Returns their RoPE positions [B, S] and the attention mask [B, 1, S, P] (True = may attend).
         """
         B, S = input_ids_BS.shape
         start, end = self.length, self.length + S
@@ -74,21 +74,21 @@ class KVCache:
         counts_BS = valid_BS.long().cumsum(1)
         positions_BS = (self._num_tokens_B[:, None] + counts_BS - 1).clamp(min=0)
         self._num_tokens_B += counts_BS[:, -1]
-        self.valid_BL[:, start:end] = valid_BS
+        self.valid_BP[:, start:end] = valid_BS
         self.length = end
 
         query_S = torch.arange(start, end, device=input_ids_BS.device)
-        key_C = torch.arange(end, device=input_ids_BS.device)
-        allowed_BSC = self.valid_BL[:, None, :end] & (key_C[None, :] <= query_S[:, None])
+        key_P = torch.arange(end, device=input_ids_BS.device)
+        allowed_BSP = self.valid_BP[:, None, :end] & (key_P[None, :] <= query_S[:, None])
         if self.doc_mask:
             # Doc id = EOS tokens strictly before, so the EOS that ends a document stays in it.
             is_eos_BS = (input_ids_BS == self.eos_id) & valid_BS
             eos_counts_BS = is_eos_BS.long().cumsum(1)
             doc_BS = self._num_eos_B[:, None] + eos_counts_BS - is_eos_BS.long()
             self._num_eos_B += eos_counts_BS[:, -1]
-            self.doc_BL[:, start:end] = doc_BS
-            allowed_BSC &= doc_BS[:, :, None] == self.doc_BL[:, None, :end]
+            self.doc_BP[:, start:end] = doc_BS
+            allowed_BSP &= doc_BS[:, :, None] == self.doc_BP[:, None, :end]
         # A padding query attends to itself only: a row with no key at all would turn into NaNs,
         # and NaN values poison every query that gives them weight zero.
-        allowed_BSC |= ~valid_BS[:, :, None] & (key_C[None, :] == query_S[:, None])
-        return positions_BS, allowed_BSC[:, None]
+        allowed_BSP |= ~valid_BS[:, :, None] & (key_P[None, :] == query_S[:, None])
+        return positions_BS, allowed_BSP[:, None]

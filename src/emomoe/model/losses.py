@@ -1,6 +1,6 @@
 """Training losses as pure functions, and `compute_loss` that combines them with the paper's weights.
 
-Shapes: B batch, S sequence, T tokens, C tokens of a chunk, D model dim, E routed experts, V vocab.
+Legend: B batch, S sequence, T tokens, N rows (the tokens of a chunk), D model dim, E routed experts, V vocab.
 """
 
 from __future__ import annotations
@@ -89,26 +89,26 @@ class LMHeadLoss:
     logit_z_weight: float
 
 
-# Logit rows per chunk: a [C, V] block of about 8 MiB stays in the CPU's caches.
+# Logit rows per chunk: a [N, V] block of about 8 MiB stays in the CPU's caches.
 _CHUNK_BYTES = 8 * 2**20
 _MIN_CHUNK = 64
 
 
-def _cross_entropy_rows(logits_CV, targets_C1, scale_C, z_weight, nll_C, lse_C, grad: bool) -> torch.Tensor:
-    """Writes the CE terms of a block of logits into `nll_C` and `lse_C`; with `grad`, turns the
+def _cross_entropy_rows(logits_NV, targets_N1, scale_N, z_weight, nll_N, lse_N, grad: bool) -> torch.Tensor:
+    """Writes the CE terms of a block of logits into `nll_N` and `lse_N`; with `grad`, turns the
     block into the gradient of scale * (nll + w_z * lse^2): scale * ((1 + 2 w_z lse) softmax - onehot).
     The PyTorch twin of the fused kernel `cross_entropy_rows`."""
-    nll_C.copy_(-logits_CV.gather(1, targets_C1).squeeze(1))
+    nll_N.copy_(-logits_NV.gather(1, targets_N1).squeeze(1))
     # logsumexp by hand, in place: exp(logits - max) is also the unnormalised softmax.
-    max_C = logits_CV.amax(dim=-1)
-    exp_CV = logits_CV.sub_(max_C[:, None]).exp_()
-    sum_C = exp_CV.sum(dim=-1)
-    lse_C.copy_(max_C + sum_C.log())
-    nll_C += lse_C
+    max_N = logits_NV.amax(dim=-1)
+    exp_NV = logits_NV.sub_(max_N[:, None]).exp_()
+    sum_N = exp_NV.sum(dim=-1)
+    lse_N.copy_(max_N + sum_N.log())
+    nll_N += lse_N
     if not grad:
-        return exp_CV
-    grad_CV = exp_CV.mul_((scale_C * (1 + 2 * z_weight * lse_C) / sum_C)[:, None])
-    return grad_CV.scatter_add_(1, targets_C1, -scale_C[:, None])
+        return exp_NV
+    grad_NV = exp_NV.mul_((scale_N * (1 + 2 * z_weight * lse_N) / sum_N)[:, None])
+    return grad_NV.scatter_add_(1, targets_N1, -scale_N[:, None])
 
 
 class _FusedLMHeadLoss(torch.autograd.Function):
@@ -116,7 +116,7 @@ class _FusedLMHeadLoss(torch.autograd.Function):
 
     On a CPU the logits of a small model are its largest tensor, and each pass over them (the
     log-softmax, its backward, the two matmuls that read the gradient) goes to main memory. Here
-    each [C, V] block is made, turned into its gradient (softmax - onehot, plus the z-loss term)
+    each [N, V] block is made, turned into its gradient (softmax - onehot, plus the z-loss term)
     and multiplied into the gradients of `hidden` and `weight` while it is in cache. The gradients
     are therefore computed in the forward pass, for the one scalar this returns; backward scales them.
     """
@@ -134,26 +134,26 @@ class _FusedLMHeadLoss(torch.autograd.Function):
         grad_weight_VD = (torch.empty_like if num_tokens else torch.zeros_like)(weight_VD) if want_grad else None
         fused = kernels.usable(hidden_TD, weight_VD)
         chunk = max(_MIN_CHUNK, _CHUNK_BYTES // (vocab * weight_VD.element_size()))
-        # One block for every chunk: a fresh [C, V] tensor per chunk costs page faults on the CPU.
-        block_CV = hidden_TD.new_empty(min(chunk, num_tokens), vocab)
+        # One block for every chunk: a fresh [N, V] tensor per chunk costs page faults on the CPU.
+        block_NV = hidden_TD.new_empty(min(chunk, num_tokens), vocab)
         for start in range(0, num_tokens, chunk):
             rows = slice(start, start + chunk)
-            logits_CV = torch.mm(hidden_TD[rows], weight_VD.T, out=block_CV[: min(chunk, num_tokens - start)])
+            logits_NV = torch.mm(hidden_TD[rows], weight_VD.T, out=block_NV[: min(chunk, num_tokens - start)])
             if fused:  # the same terms, and the gradient in place, in one pass over each row
                 nll_T[rows], lse_T[rows] = kernels.ops().cross_entropy_rows(
-                    logits_CV, targets_T1[rows, 0], scale_T[rows], z_weight, want_grad
+                    logits_NV, targets_T1[rows, 0], scale_T[rows], z_weight, want_grad
                 )
-                grad_CV = logits_CV
+                grad_NV = logits_NV
             else:
-                grad_CV = _cross_entropy_rows(
-                    logits_CV, targets_T1[rows], scale_T[rows], z_weight, nll_T[rows], lse_T[rows], want_grad
+                grad_NV = _cross_entropy_rows(
+                    logits_NV, targets_T1[rows], scale_T[rows], z_weight, nll_T[rows], lse_T[rows], want_grad
                 )
             if want_grad:
-                torch.mm(grad_CV, weight_VD, out=grad_hidden_TD[rows])
+                torch.mm(grad_NV, weight_VD, out=grad_hidden_TD[rows])
                 if start == 0:
-                    torch.mm(grad_CV.T, hidden_TD[rows], out=grad_weight_VD)
+                    torch.mm(grad_NV.T, hidden_TD[rows], out=grad_weight_VD)
                 else:
-                    grad_weight_VD.addmm_(grad_CV.T, hidden_TD[rows])
+                    grad_weight_VD.addmm_(grad_NV.T, hidden_TD[rows])
         if want_grad:
             ctx.save_for_backward(grad_hidden_TD, grad_weight_VD)
         ce, logit_z = (nll_T * scale_T).sum(), (lse_T.square() * scale_T).sum()

@@ -1,6 +1,6 @@
 """An MoE feed-forward layer: router plus stacked experts. With no routed experts it is a dense SwiGLU.
 
-Shapes: T tokens, D model dim.
+Legend: T tokens, D model dim.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """RMSNorm with a hand-written backward: the same module and weights as `torch.nn.RMSNorm`.
 
-Shapes: N rows (every leading dim together), D normalised features.
+Legend: N rows (every leading dim together), D model dim (the normalised features; H*Dh for QK-norm).
 
 torch's CPU kernel fuses the forward only; autograd then runs the norm's backward as about a
 dozen elementwise ops. On float32 CPU tensors the forward and the backward are each one pass of a

@@ -1,6 +1,6 @@
 """The EMO document pool as pure tensor functions, and the sampler that draws pool sizes.
 
-Shapes: T tokens, E routed experts, G segments (documents; see `docs.Segments`).
+Legend: T tokens, E routed experts, G documents (segments; see `docs.Segments`).
 
 Per document: sum the unmasked routed softmax over its tokens, keep the top-d experts and mask
 the rest. Everything is vectorised over documents, with no Python loop and no device sync: the

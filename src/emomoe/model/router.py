@@ -1,6 +1,7 @@
 """One router for both the standard top-k MoE and EMO's document-pool routing.
 
-Shapes: T tokens, D model dim, E routed experts of this layer, K routed experts per token.
+Legend: T tokens, D model dim, E routed experts of this layer, K routed experts per token,
+W window (past steps of the load-balancing window).
 
 The gate has a row for every expert of the layer (shared ones last, as in the HF layout) but
 only the routed rows are used: shared experts always run with weight 1.0.

@@ -1,7 +1,7 @@
 """The decoder-only MoE transformer: pre-norm blocks of attention and an MoE layer, untied LM head.
 
-Shapes: B batch, S sequence, T = B*S tokens, D model dim, V vocab, E routed experts of a layer,
-K routed experts per token, C positions of a KV cache.
+Legend: B batch, S sequence, T = B*S tokens, D model dim, V vocab, E routed experts of a layer,
+K routed experts per token, P cache positions, W window (past steps of the load-balancing window).
 """
 
 from __future__ import annotations
@@ -193,11 +193,11 @@ class EmoTransformer(nn.Module):
         """
         if self.training or parse_pool(self.cfg.moe.router.eval_pool, "eval_pool") is not None:
             raise ValueError("decoding with a KV cache needs eval mode and moe.router.eval_pool=off")
-        positions_BS, mask_B1SC = cache.extend(input_ids_BS, valid_BS)
+        positions_BS, mask_B1SP = cache.extend(input_ids_BS, valid_BS)
         cos_B1SDh, sin_B1SDh = self.rope_cos[positions_BS][:, None], self.rope_sin[positions_BS][:, None]
         x_BSD = self.embed(input_ids_BS)
         for layer, kv in zip(self.layers, cache.layers):
-            x_BSD, _ = layer(x_BSD, cos_B1SDh, sin_B1SDh, mask_B1SC, None, None, kv, aux_losses=False)
+            x_BSD, _ = layer(x_BSD, cos_B1SDh, sin_B1SDh, mask_B1SP, None, None, kv, aux_losses=False)
         return self.lm_head(self.norm(x_BSD))
 
     def _pool_seeds(self) -> list[torch.Tensor | None]:

@@ -13,7 +13,8 @@ weights, whatever the number of layers and experts. Three kinds of block:
   the statistics of the unpruned model (global, EASY-EP).
 
 Legend: B batch, S sequence, D model dim, T tokens (B*S), E routed experts of a layer, K routed
-experts per token, N routed (token, expert) slots, U distinct calibration token ids.
+experts per token, N rows (the routed (token, expert) slots), U distinct ids (of the calibration
+tokens).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (`loss_by_domain`, which `emomoe eval`, the sweep and the fine-tune also use), and validation during
 training, split across data-parallel ranks.
 
-Legend: B batch, S sequence, T tokens (B*S), V vocab, G domains.
+Legend: B batch, S sequence, T tokens (B*S), V vocab, Y domains.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def loss_by_domain(
     """Sum the CE of every label token into its domain; domains without tokens are left out."""
     was_training = model.training
     model.eval()
-    sums_G = torch.zeros(len(domain_names), dtype=torch.float64)
-    counts_G = torch.zeros(len(domain_names), dtype=torch.float64)
+    sums_Y = torch.zeros(len(domain_names), dtype=torch.float64)
+    counts_Y = torch.zeros(len(domain_names), dtype=torch.float64)
     for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False, unit="batch"):
         out = model(batch["input_ids_BS"], doc_ids_BS=batch.get("doc_ids_BS"))
         logits_TV = out.logits.reshape(-1, out.logits.shape[-1]).float()
@@ -56,13 +56,13 @@ def loss_by_domain(
         ce_T = F.cross_entropy(logits_TV, labels_T, ignore_index=IGNORE_INDEX, reduction="none")
         valid_T = labels_T != IGNORE_INDEX
         domains_T = batch["domain_ids_BS"].reshape(-1)[valid_T]
-        sums_G.index_add_(0, domains_T, ce_T[valid_T].double())
-        counts_G.index_add_(0, domains_T, torch.ones_like(domains_T, dtype=torch.float64))
+        sums_Y.index_add_(0, domains_T, ce_T[valid_T].double())
+        counts_Y.index_add_(0, domains_T, torch.ones_like(domains_T, dtype=torch.float64))
     model.train(was_training)
     return {
-        name: DomainLoss(float(sums_G[g]), int(counts_G[g]))
+        name: DomainLoss(float(sums_Y[g]), int(counts_Y[g]))
         for g, name in enumerate(domain_names)
-        if counts_G[g] > 0
+        if counts_Y[g] > 0
     }
 
 
@@ -82,17 +82,17 @@ class Validator:
         """`val/<domain>` losses and `val/all` (every held-out token weighted equally)."""
         mine = [{k: v.to(device) for k, v in b.items()} for b in _rank_share(self.batches)]
         per_domain = loss_by_domain(model, mine, self.domains)
-        sums_N = torch.zeros(2, len(self.domains), dtype=torch.float64)
+        sums_2Y = torch.zeros(2, len(self.domains), dtype=torch.float64)
         for g, name in enumerate(self.domains):
             if name in per_domain:
-                sums_N[0, g] = per_domain[name].sum_nats
-                sums_N[1, g] = per_domain[name].num_tokens
-        distributed.all_reduce_sum_(sums_N)
+                sums_2Y[0, g] = per_domain[name].sum_nats
+                sums_2Y[1, g] = per_domain[name].num_tokens
+        distributed.all_reduce_sum_(sums_2Y)
         metrics = {
-            f"val/{name}": float(sums_N[0, g] / sums_N[1, g]) for g, name in enumerate(self.domains) if sums_N[1, g] > 0
+            f"val/{name}": float(sums_2Y[0, g] / sums_2Y[1, g]) for g, name in enumerate(self.domains) if sums_2Y[1, g] > 0
         }
-        if sums_N[1].sum() > 0:
-            metrics["val/all"] = float(sums_N[0].sum() / sums_N[1].sum())
+        if sums_2Y[1].sum() > 0:
+            metrics["val/all"] = float(sums_2Y[0].sum() / sums_2Y[1].sum())
         return metrics
 
 

@@ -10,9 +10,9 @@ experts' logits, their top k (`num_experts_per_tok` minus the shared expert, and
 the layer has), plus the shared expert with weight 1.0. Attention is causal over the whole input;
 with a KV cache (`generate()`), the new tokens attend to the cached ones.
 
-Shapes: B batch, S new tokens, P cached + new positions, D hidden, H query heads, R key/value
-heads, Dh head dim, F hidden of one expert, E experts of a layer, K routed experts per token,
-T = B*S tokens, V vocabulary.
+Legend: B batch, S sequence (the new tokens), P cache positions (cached and new), D model dim
+(`hidden_size`), H query heads, R key/value heads, Dh head dim, A rotary frequencies (Dh/2), F ffn
+hidden (of one expert), E experts of a layer, K routed experts per token, T = B*S tokens, V vocab.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def rope(position_ids_BS: torch.Tensor, head_dim: int, theta: float, dtype: torc
     """cos and sin [B, 1, S, Dh] of the rotate-half RoPE; angles in float64 so long positions stay exact."""
     dims = torch.arange(0, head_dim, 2, dtype=torch.float64, device=position_ids_BS.device)
     inv_freq = 1.0 / theta ** (dims / head_dim)
-    angles_BSF = position_ids_BS.double()[..., None] * inv_freq
-    angles_BSDh = torch.cat([angles_BSF, angles_BSF], dim=-1)[:, None]
+    angles_BSA = position_ids_BS.double()[..., None] * inv_freq
+    angles_BSDh = torch.cat([angles_BSA, angles_BSA], dim=-1)[:, None]
     return angles_BSDh.cos().float().to(dtype), angles_BSDh.sin().float().to(dtype)
 
 
