@@ -1,6 +1,7 @@
 // emomoe's fused CPU kernels, registered as torch ops in the `emomoe` namespace.
 //
-// Shapes: T tokens, E routed experts, G segments (documents), K experts per token.
+// Legend (docs/architecture.md): T tokens, E routed experts, G documents, K experts per token,
+// N rows, D model dim, F ffn hidden, V vocab, X any leading dims.
 //
 // Built once per machine by emomoe/kernels/__init__.py with the host's vector ISA. Every kernel
 // here has a pure-PyTorch twin in the model code; tests compare the two, and the twin runs
@@ -361,9 +362,9 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward(
   TORCH_CHECK(g.sizes() == x.sizes() && w.size(0) == D && rstd.size(0) == N, "emomoe::rms_norm_backward: shapes");
   at::Tensor dx_ND = at::empty({N, D}, x.options());
   const int64_t num_chunks = std::max<int64_t>(1, std::min<int64_t>(N, at::get_num_threads()));
-  at::Tensor partial_CD = at::zeros({num_chunks, D}, x.options());
+  at::Tensor partials_XD = at::zeros({num_chunks, D}, x.options());
   const float *gp = g.data_ptr<float>(), *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *rp = rstd.data_ptr<float>();
-  float *dxp = dx_ND.data_ptr<float>(), *pp = partial_CD.data_ptr<float>();
+  float *dxp = dx_ND.data_ptr<float>(), *pp = partials_XD.data_ptr<float>();
   at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       float* dw = pp + c * D;
@@ -385,15 +386,15 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward(
       }
     }
   });
-  return {dx_ND, partial_CD.sum(0)};
+  return {dx_ND, partials_XD.sum(0)};
 }
 
 // h = silu(g) * u elementwise, one pass.
-at::Tensor swiglu_forward(const at::Tensor& g_NH, const at::Tensor& u_NH) {
-  check_float_cpu(g_NH, "swiglu_forward's gate");
-  check_float_cpu(u_NH, "swiglu_forward's up projection");
-  TORCH_CHECK(g_NH.sizes() == u_NH.sizes(), "emomoe::swiglu_forward: shapes differ");
-  const at::Tensor g = g_NH.contiguous(), u = u_NH.contiguous();
+at::Tensor swiglu_forward(const at::Tensor& g_NF, const at::Tensor& u_NF) {
+  check_float_cpu(g_NF, "swiglu_forward's gate");
+  check_float_cpu(u_NF, "swiglu_forward's up projection");
+  TORCH_CHECK(g_NF.sizes() == u_NF.sizes(), "emomoe::swiglu_forward: shapes differ");
+  const at::Tensor g = g_NF.contiguous(), u = u_NF.contiguous();
   at::Tensor h = at::empty_like(g);
   const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
   float* hp = h.data_ptr<float>();
@@ -410,10 +411,10 @@ at::Tensor swiglu_forward(const at::Tensor& g_NH, const at::Tensor& u_NH) {
 
 // The gradients of swiglu_forward, one pass: with s = sigmoid(g),
 // du = dh * g * s and dg = dh * u * s * (1 + g * (1 - s)).
-std::tuple<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& dh_NH, const at::Tensor& g_NH, const at::Tensor& u_NH) {
-  for (const auto* t : {&dh_NH, &g_NH, &u_NH}) check_float_cpu(*t, "swiglu_backward's inputs");
-  TORCH_CHECK(dh_NH.sizes() == g_NH.sizes() && g_NH.sizes() == u_NH.sizes(), "emomoe::swiglu_backward: shapes differ");
-  const at::Tensor dh = dh_NH.contiguous(), g = g_NH.contiguous(), u = u_NH.contiguous();
+std::tuple<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& dh_NF, const at::Tensor& g_NF, const at::Tensor& u_NF) {
+  for (const auto* t : {&dh_NF, &g_NF, &u_NF}) check_float_cpu(*t, "swiglu_backward's inputs");
+  TORCH_CHECK(dh_NF.sizes() == g_NF.sizes() && g_NF.sizes() == u_NF.sizes(), "emomoe::swiglu_backward: shapes differ");
+  const at::Tensor dh = dh_NF.contiguous(), g = g_NF.contiguous(), u = u_NF.contiguous();
   at::Tensor dg = at::empty_like(g), du = at::empty_like(u);
   const float *dhp = dh.data_ptr<float>(), *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
   float *dgp = dg.data_ptr<float>(), *dup = du.data_ptr<float>();
@@ -430,25 +431,25 @@ std::tuple<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& dh_NH, cons
   return {dg, du};
 }
 
-// One block of LM-head logits [C, V] to its cross-entropy terms, one row at a time while it is in
+// One block of LM-head logits [N, V] to its cross-entropy terms, one row at a time while it is in
 // L1/L2: lse = logsumexp(row), nll = lse - row[target]. With `grad`, the block is overwritten by
 // the gradient of scale * (nll + z_weight * lse^2): scale * ((1 + 2 z_weight lse) softmax - onehot).
-// Returns (nll_C, lse_C).
+// Returns (nll_N, lse_N).
 std::tuple<at::Tensor, at::Tensor> cross_entropy_rows(
-    at::Tensor logits_CV, const at::Tensor& targets_C, const at::Tensor& scale_C, double z_weight, bool grad) {
-  check_float_cpu(logits_CV, "cross_entropy_rows' logits");
-  check_float_cpu(scale_C, "cross_entropy_rows' scales");
-  TORCH_CHECK(logits_CV.dim() == 2 && logits_CV.is_contiguous(), "emomoe::cross_entropy_rows: contiguous [C, V] logits");
-  TORCH_CHECK(targets_C.scalar_type() == at::kLong, "emomoe::cross_entropy_rows: int64 targets");
-  const int64_t C = logits_CV.size(0), V = logits_CV.size(1);
-  TORCH_CHECK(targets_C.numel() == C && scale_C.numel() == C, "emomoe::cross_entropy_rows: one target and scale per row");
-  const at::Tensor targets = targets_C.contiguous(), scale = scale_C.contiguous();
-  at::Tensor nll_C = at::empty({C}, logits_CV.options()), lse_C = at::empty({C}, logits_CV.options());
-  float* x = logits_CV.data_ptr<float>();
+    at::Tensor logits_NV, const at::Tensor& targets_N, const at::Tensor& scale_N, double z_weight, bool grad) {
+  check_float_cpu(logits_NV, "cross_entropy_rows' logits");
+  check_float_cpu(scale_N, "cross_entropy_rows' scales");
+  TORCH_CHECK(logits_NV.dim() == 2 && logits_NV.is_contiguous(), "emomoe::cross_entropy_rows: contiguous [N, V] logits");
+  TORCH_CHECK(targets_N.scalar_type() == at::kLong, "emomoe::cross_entropy_rows: int64 targets");
+  const int64_t N = logits_NV.size(0), V = logits_NV.size(1);
+  TORCH_CHECK(targets_N.numel() == N && scale_N.numel() == N, "emomoe::cross_entropy_rows: one target and scale per row");
+  const at::Tensor targets = targets_N.contiguous(), scale = scale_N.contiguous();
+  at::Tensor nll_N = at::empty({N}, logits_NV.options()), lse_N = at::empty({N}, logits_NV.options());
+  float* x = logits_NV.data_ptr<float>();
   const int64_t* tp = targets.data_ptr<int64_t>();
   const float* sp = scale.data_ptr<float>();
-  float *np = nll_C.data_ptr<float>(), *lp = lse_C.data_ptr<float>();
-  at::parallel_for(0, C, 8, [&](int64_t c0, int64_t c1) {
+  float *np = nll_N.data_ptr<float>(), *lp = lse_N.data_ptr<float>();
+  at::parallel_for(0, N, 8, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       float* row = x + c * V;
       const int64_t target = tp[c];
@@ -479,7 +480,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows(
       row[target] -= sp[c];
     }
   });
-  return {nll_C, lse_C};
+  return {nll_N, lse_N};
 }
 
 #define EMOMOE_STRING(x) #x
@@ -497,9 +498,9 @@ TORCH_LIBRARY(emomoe, m) {
   m.def("topk_indices(Tensor x_TE, int k) -> Tensor");
   m.def("rms_norm_forward(Tensor x_ND, Tensor w_D, float eps) -> (Tensor, Tensor)");
   m.def("rms_norm_backward(Tensor grad_ND, Tensor x_ND, Tensor w_D, Tensor rstd_N) -> (Tensor, Tensor)");
-  m.def("swiglu_forward(Tensor g_NH, Tensor u_NH) -> Tensor");
-  m.def("swiglu_backward(Tensor dh_NH, Tensor g_NH, Tensor u_NH) -> (Tensor, Tensor)");
-  m.def("cross_entropy_rows(Tensor(a!) logits_CV, Tensor targets_C, Tensor scale_C, float z_weight, bool grad) -> (Tensor, Tensor)");
+  m.def("swiglu_forward(Tensor g_NF, Tensor u_NF) -> Tensor");
+  m.def("swiglu_backward(Tensor dh_NF, Tensor g_NF, Tensor u_NF) -> (Tensor, Tensor)");
+  m.def("cross_entropy_rows(Tensor(a!) logits_NV, Tensor targets_N, Tensor scale_N, float z_weight, bool grad) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(emomoe, CPU, m) {

@@ -69,9 +69,9 @@ def _rms_norm() -> dict[str, torch.Tensor]:
 
 def _swiglu() -> dict[str, torch.Tensor]:
     g = _generator()
-    g_NH, u_NH = ((3 * torch.randn(64, 96, generator=g)).requires_grad_() for _ in range(2))
-    h_NH = swiglu(g_NH, u_NH)
-    return {"h_NH": h_NH, **_grads(h_NH, (g_NH, u_NH), ("g_grad_NH", "u_grad_NH"), g)}
+    g_NF, u_NF = ((3 * torch.randn(64, 96, generator=g)).requires_grad_() for _ in range(2))
+    h_NF = swiglu(g_NF, u_NF)
+    return {"h_NF": h_NF, **_grads(h_NF, (g_NF, u_NF), ("g_grad_NF", "u_grad_NF"), g)}
 
 
 def _lm_head_loss() -> dict[str, torch.Tensor]:
