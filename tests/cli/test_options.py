@@ -125,6 +125,8 @@ VERBS = {
 }
 RUN_CONFIG_VERBS = {"train", "demo"}
 """They take --set for the whole run config (model, data, train), with no flag per field."""
+OPTIONLESS_VERBS = {"kernels build", "kernels info"}
+"""They take no option at all, so they have no config (checked below: an option would need one)."""
 
 
 def _commands(parser, prefix=""):
@@ -158,8 +160,10 @@ def _get(cfg, path):
 def test_every_verb_takes_set_and_the_table_above_covers_every_verb():
     commands = dict(_commands(build_parser()))
     takes_set = {name for name, sub in commands.items() if "--set" in sub._option_string_actions}
-    assert takes_set == set(commands)
-    assert set(commands) - RUN_CONFIG_VERBS == set(VERBS)
+    assert takes_set == set(commands) - OPTIONLESS_VERBS
+    assert set(commands) - RUN_CONFIG_VERBS - OPTIONLESS_VERBS == set(VERBS)
+    for name in OPTIONLESS_VERBS:
+        assert set(commands[name]._option_string_actions) == {"-h", "--help"}, name
 
 
 @pytest.mark.parametrize("verb", VERBS)
