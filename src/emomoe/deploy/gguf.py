@@ -1,0 +1,115 @@
+"""`export_gguf`: a checkpoint or subset as one GGUF file that llama.cpp (and ollama, LM Studio,
+llama-cpp-python) runs, with its tokenizer inside.
+
+It streams like `select`: the tensors' names, shapes and types go into the header first (known
+from the checkpoint without reading it), then each tensor is read from `CheckpointReader` in its
+stored dtype, converted, written and dropped, so memory holds one tensor (a layer's stacked
+experts at most) whatever the model's size. gguf's own `add_tensor` would keep every tensor until
+the file is closed. The file appears atomically, when complete.
+
+Types: `f32` and `f16` are exact conversions and `q8_0` is quantized here with gguf's quantizer
+(the same blocks of 32 as llama.cpp's). gguf has no quantizer for the k-quants, so `q4_k` runs
+llama.cpp's own (`llama_model_quantize`, through llama-cpp-python) on an intermediate file in the
+stored dtype, asking for its Q4_K_M mix. Norms and routers stay float32 in every type, and a
+matrix whose rows do not split into blocks falls back to f16.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileType
+from gguf.quants import quant_shape_to_byte_shape, quantize
+
+from emomoe.checkpoint import CheckpointReader
+from emomoe.deploy.config import GGUFExportConfig, GGUFType
+from emomoe.deploy.layout import ARCHITECTURE, GGUFTensor, add_hparams, check_expressible, gguf_tensors
+from emomoe.deploy.vocab import add_vocab, pre_tokenizer_name
+from emomoe.io import atomic_path, refuse_existing, write_errors
+from emomoe.train.provenance import checkpoint_tokenizer
+
+_MATRIX_TYPES = {
+    GGUFType.F32: GGMLQuantizationType.F32, GGUFType.F16: GGMLQuantizationType.F16,
+    GGUFType.Q8_0: GGMLQuantizationType.Q8_0,
+}
+_FILE_TYPES = {
+    GGUFType.F32: LlamaFileType.ALL_F32, GGUFType.F16: LlamaFileType.MOSTLY_F16,
+    GGUFType.Q8_0: LlamaFileType.MOSTLY_Q8_0, GGUFType.Q4_K: LlamaFileType.MOSTLY_Q4_K_M,
+}
+_EXACT_TYPES = {torch.float32: GGUFType.F32, torch.float16: GGUFType.F16}
+"""The file type holding a stored dtype without rounding; bfloat16 is widened to float32."""
+
+
+def export_gguf(
+    checkpoint: str | Path,
+    out: str | Path,
+    cfg: GGUFExportConfig | None = None,
+    *,
+    tokenizer: str | Path | None = None,
+    force: bool = False,
+    **fields: Any,
+) -> Path:
+    """Write `checkpoint` (ours, a subset, or a readable HF EMO directory) to the GGUF file `out`.
+
+    `tokenizer`: a tokenizer folder or file (default: the checkpoint's, its source's or its run's).
+    `fields` set fields of `cfg` (default: `GGUFExportConfig()`).
+    """
+    export = (cfg or GGUFExportConfig()).replace(**fields)
+    checkpoint, out = Path(checkpoint), Path(out)
+    refuse_existing(out, force)
+    with CheckpointReader(checkpoint) as reader:
+        model_cfg = reader.config
+        check_expressible(model_cfg)
+        tok = checkpoint_tokenizer(checkpoint, model_cfg, tokenizer)
+        pre_tokenizer_name(tok)  # refuse before any writing
+        with atomic_path(out) as tmp:
+            if export.type == GGUFType.Q4_K:
+                from emomoe.deploy.quantize import quantize_file
+
+                stored = _EXACT_TYPES.get(reader.dtype("embed.weight"), GGUFType.F32)
+                intermediate = tmp.with_name(tmp.name + f".{stored}")
+                _write(reader, tok, intermediate, stored, checkpoint.name)
+                quantize_file(intermediate, tmp, _FILE_TYPES[GGUFType.Q4_K])
+                intermediate.unlink()
+            else:
+                _write(reader, tok, tmp, export.type, checkpoint.name)
+    return out
+
+
+def _write(reader: CheckpointReader, tok, path: Path, kind: GGUFType, name: str) -> None:
+    cfg = reader.config
+    writer = GGUFWriter(path, ARCHITECTURE)
+    writer.add_name(name)
+    writer.add_file_type(_FILE_TYPES[kind])
+    add_hparams(writer, cfg)
+    add_vocab(writer, tok, cfg.vocab_size)
+    tensors = gguf_tensors(cfg)
+    types = []
+    for t in tensors:
+        shape = t.shape(reader.shape(t.source))
+        qtype = _tensor_type(t, shape, kind)
+        nbytes = int(np.prod(quant_shape_to_byte_shape(shape, qtype)))
+        writer.add_tensor_info(t.name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
+        types.append(qtype)
+    with write_errors(path):
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t, qtype in zip(tensors, types):
+            source = reader.get(t.source, rows=None if t.rows is None else list(t.rows))
+            writer.write_tensor_data(quantize(t.apply(source).float().contiguous().numpy(), qtype))
+            del source
+            reader.close()  # unmap what was read: pages read through a mapping count as ours
+        writer.close()
+
+
+def _tensor_type(t: GGUFTensor, shape: tuple[int, ...], kind: GGUFType) -> GGMLQuantizationType:
+    if not t.matrix:
+        return GGMLQuantizationType.F32
+    qtype = _MATRIX_TYPES[kind]
+    block_size, _ = GGML_QUANT_SIZES[qtype]
+    return qtype if shape[-1] % block_size == 0 else GGMLQuantizationType.F16
+
