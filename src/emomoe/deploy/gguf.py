@@ -26,7 +26,7 @@ from gguf.quants import quant_shape_to_byte_shape, quantize
 
 from emomoe.checkpoint import CheckpointReader
 from emomoe.deploy.config import GGUFExportConfig, GGUFType
-from emomoe.deploy.layout import ARCHITECTURE, GGUFTensor, add_hparams, check_expressible, gguf_tensors
+from emomoe.deploy.layout import Architecture, GGUFTensor, add_hparams, architecture, gguf_tensors
 from emomoe.deploy.vocab import add_vocab, pre_tokenizer_name
 from emomoe.io import atomic_path, refuse_existing, write_errors
 from emomoe.train.provenance import checkpoint_tokenizer
@@ -62,7 +62,7 @@ def export_gguf(
     refuse_existing(out, force)
     with CheckpointReader(checkpoint) as reader:
         model_cfg = reader.config
-        check_expressible(model_cfg)
+        arch = architecture(model_cfg)
         tok = checkpoint_tokenizer(checkpoint, model_cfg, tokenizer)
         pre_tokenizer_name(tok)  # refuse before any writing
         with atomic_path(out) as tmp:
@@ -71,22 +71,22 @@ def export_gguf(
 
                 stored = _EXACT_TYPES.get(reader.dtype("embed.weight"), GGUFType.F32)
                 intermediate = tmp.with_name(tmp.name + f".{stored}")
-                _write(reader, tok, intermediate, stored, checkpoint.name)
+                _write(reader, arch, tok, intermediate, stored, checkpoint.name)
                 quantize_file(intermediate, tmp, _FILE_TYPES[GGUFType.Q4_K])
                 intermediate.unlink()
             else:
-                _write(reader, tok, tmp, export.type, checkpoint.name)
+                _write(reader, arch, tok, tmp, export.type, checkpoint.name)
     return out
 
 
-def _write(reader: CheckpointReader, tok, path: Path, kind: GGUFType, name: str) -> None:
+def _write(reader: CheckpointReader, arch: Architecture, tok, path: Path, kind: GGUFType, name: str) -> None:
     cfg = reader.config
-    writer = GGUFWriter(path, ARCHITECTURE)
+    writer = GGUFWriter(path, arch.name)
     writer.add_name(name)
     writer.add_file_type(_FILE_TYPES[kind])
-    add_hparams(writer, cfg)
+    add_hparams(writer, cfg, arch)
     add_vocab(writer, tok, cfg.vocab_size)
-    tensors = gguf_tensors(cfg)
+    tensors = gguf_tensors(cfg, arch)
     types = []
     for t in tensors:
         shape = t.shape(reader.shape(t.source))
