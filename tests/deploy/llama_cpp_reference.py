@@ -15,7 +15,6 @@ import numpy as np
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-
 NEOX_ROPE = {"olmoe"}
 RENORMALISED = {"llama"}
 

@@ -27,6 +27,7 @@ from gguf.quants import quant_shape_to_byte_shape, quantize
 from emomoe.checkpoint import CheckpointReader
 from emomoe.deploy.config import GGUFExportConfig, GGUFType
 from emomoe.deploy.layout import Architecture, GGUFTensor, add_hparams, architecture, gguf_tensors
+from emomoe.deploy.quantize import llama_cpp, quantize_file
 from emomoe.deploy.vocab import add_vocab, pre_tokenizer_name
 from emomoe.io import atomic_path, refuse_existing, write_errors
 from emomoe.train.provenance import checkpoint_tokenizer
@@ -65,10 +66,10 @@ def export_gguf(
         arch = architecture(model_cfg)
         tok = checkpoint_tokenizer(checkpoint, model_cfg, tokenizer)
         pre_tokenizer_name(tok)  # refuse before any writing
+        if export.type == GGUFType.Q4_K:
+            llama_cpp()
         with atomic_path(out) as tmp:
             if export.type == GGUFType.Q4_K:
-                from emomoe.deploy.quantize import quantize_file
-
                 stored = _EXACT_TYPES.get(reader.dtype("embed.weight"), GGUFType.F32)
                 intermediate = tmp.with_name(tmp.name + f".{stored}")
                 _write(reader, arch, tok, intermediate, stored, checkpoint.name)
