@@ -98,3 +98,17 @@ def test_models_without_shared_experts_run_as_llama_cpps_olmoe_and_llama(kind, s
     with torch.no_grad():
         ours_SV = model(torch.tensor([ids])).logits[0].double().numpy()
     assert np.abs(reference.logits(ids) - ours_SV).max() < 1e-4
+
+
+@pytest.mark.parametrize("kind", IMPORTED_LIKE)
+def test_llama_cpp_runs_the_olmoe_and_llama_files_as_we_do(llama_cpp, kind, store_dir, tmp_path):
+    checkpoint, tokenizer = imported_like(kind, tmp_path / kind, store_dir)
+    path = export_gguf(checkpoint, tmp_path / "m.gguf", type="f32", tokenizer=tokenizer)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, n_ubatch=64, n_threads=1, logits_all=True,
+                          type_k=0, type_v=0, flash_attn=False, verbose=False)
+    model, _ = load_for_inference(checkpoint)
+    ids = list(range(3, 40))
+    llm.eval(ids)
+    with torch.no_grad():
+        ours_SV = model(torch.tensor([ids])).logits[0].double().numpy()
+    assert np.abs(np.array(llm.scores[: len(ids)]) - ours_SV).max() < 1e-3

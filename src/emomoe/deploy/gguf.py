@@ -7,8 +7,8 @@ stored dtype, converted, written and dropped, so memory holds one tensor (a laye
 experts at most) whatever the model's size. gguf's own `add_tensor` would keep every tensor until
 the file is closed. The file appears atomically, when complete.
 
-Types: `f32` and `f16` are exact conversions and `q8_0` is quantized here with gguf's quantizer
-(the same blocks of 32 as llama.cpp's). gguf has no quantizer for the k-quants, so `q4_k` runs
+Types: `f32` holds our weights exactly, `f16` rounds them, and `q8_0` is quantized here with
+gguf's quantizer (llama.cpp's blocks of 32). gguf has no quantizer for the k-quants, so `q4_k` runs
 llama.cpp's own (`llama_model_quantize`, through llama-cpp-python) on an intermediate file in the
 stored dtype, asking for its Q4_K_M mix. Norms and routers stay float32 in every type, and a
 matrix whose rows do not split into blocks falls back to f16.
@@ -25,6 +25,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileTy
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
 from emomoe.checkpoint import CheckpointReader
+from emomoe.data.tokenizer import TextTokenizer
 from emomoe.deploy.config import GGUFExportConfig, GGUFType
 from emomoe.deploy.layout import Architecture, GGUFTensor, add_hparams, architecture, gguf_tensors
 from emomoe.deploy.quantize import llama_cpp, quantize_file
@@ -32,16 +33,18 @@ from emomoe.deploy.vocab import add_vocab, pre_tokenizer_name
 from emomoe.io import atomic_path, refuse_existing, write_errors
 from emomoe.train.provenance import checkpoint_tokenizer
 
-_MATRIX_TYPES = {
-    GGUFType.F32: GGMLQuantizationType.F32, GGUFType.F16: GGMLQuantizationType.F16,
-    GGUFType.Q8_0: GGMLQuantizationType.Q8_0,
+# What each type writes: the type of the weight matrices, and the file type it declares.
+_TYPES = {
+    GGUFType.F32: (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
+    GGUFType.F16: (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
+    GGUFType.Q8_0: (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
 }
-_FILE_TYPES = {
-    GGUFType.F32: LlamaFileType.ALL_F32, GGUFType.F16: LlamaFileType.MOSTLY_F16,
-    GGUFType.Q8_0: LlamaFileType.MOSTLY_Q8_0, GGUFType.Q4_K: LlamaFileType.MOSTLY_Q4_K_M,
+_EXACT_TYPES = {
+    torch.float32: (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
+    torch.float16: (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
+    torch.bfloat16: (GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16),
 }
-_EXACT_TYPES = {torch.float32: GGUFType.F32, torch.float16: GGUFType.F16}
-"""The file type holding a stored dtype without rounding; bfloat16 is widened to float32."""
+"""The types that hold a stored dtype without rounding: what llama.cpp's quantizer starts from."""
 
 
 def export_gguf(
@@ -70,28 +73,30 @@ def export_gguf(
             llama_cpp()
         with atomic_path(out) as tmp:
             if export.type == GGUFType.Q4_K:
-                stored = _EXACT_TYPES.get(reader.dtype("embed.weight"), GGUFType.F32)
-                intermediate = tmp.with_name(tmp.name + f".{stored}")
-                _write(reader, arch, tok, intermediate, stored, checkpoint.name)
-                quantize_file(intermediate, tmp, _FILE_TYPES[GGUFType.Q4_K])
+                intermediate = tmp.with_name(tmp.name + ".stored")
+                _write(reader, arch, tok, intermediate, *_EXACT_TYPES[reader.dtype("embed.weight")], checkpoint.name)
+                quantize_file(intermediate, tmp, LlamaFileType.MOSTLY_Q4_K_M)
                 intermediate.unlink()
             else:
-                _write(reader, arch, tok, tmp, export.type, checkpoint.name)
+                _write(reader, arch, tok, tmp, *_TYPES[export.type], checkpoint.name)
     return out
 
 
-def _write(reader: CheckpointReader, arch: Architecture, tok, path: Path, kind: GGUFType, name: str) -> None:
+def _write(
+    reader: CheckpointReader, arch: Architecture, tok: TextTokenizer, path: Path,
+    matrix_type: GGMLQuantizationType, file_type: LlamaFileType, name: str,
+) -> None:
     cfg = reader.config
     writer = GGUFWriter(path, arch.name)
     writer.add_name(name)
-    writer.add_file_type(_FILE_TYPES[kind])
+    writer.add_file_type(file_type)
     add_hparams(writer, cfg, arch)
     add_vocab(writer, tok, cfg.vocab_size)
     tensors = gguf_tensors(cfg, arch)
     types = []
     for t in tensors:
         shape = t.shape(reader.shape(t.source))
-        qtype = _tensor_type(t, shape, kind)
+        qtype = _tensor_type(t, shape, matrix_type)
         nbytes = int(np.prod(quant_shape_to_byte_shape(shape, qtype)))
         writer.add_tensor_info(t.name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
         types.append(qtype)
@@ -107,10 +112,8 @@ def _write(reader: CheckpointReader, arch: Architecture, tok, path: Path, kind: 
         writer.close()
 
 
-def _tensor_type(t: GGUFTensor, shape: tuple[int, ...], kind: GGUFType) -> GGMLQuantizationType:
+def _tensor_type(t: GGUFTensor, shape: tuple[int, ...], matrix_type: GGMLQuantizationType) -> GGMLQuantizationType:
     if not t.matrix:
         return GGMLQuantizationType.F32
-    qtype = _MATRIX_TYPES[kind]
-    block_size, _ = GGML_QUANT_SIZES[qtype]
-    return qtype if shape[-1] % block_size == 0 else GGMLQuantizationType.F16
-
+    block_size, _ = GGML_QUANT_SIZES[matrix_type]
+    return matrix_type if shape[-1] % block_size == 0 else GGMLQuantizationType.F16
