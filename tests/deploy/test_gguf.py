@@ -17,6 +17,7 @@ from emomoe.errors import ConfigError, DataError
 from emomoe.generate import GenerationConfig, generate
 from emomoe.select.keep import KeepSpec
 from emomoe.select.subset import select_subset
+from tests.fixtures import small_tmpfs
 
 PROMPT_TOKENS = 64
 GREEDY_TOKENS = 32
@@ -166,3 +167,13 @@ def test_quantized_files_lose_little_held_out_loss_in_llama_cpp(llama_cpp, subse
     assert abs(losses["f32"] - ours) < 1e-4
     assert losses["q8_0"] - ours < 0.01
     assert losses["q4_k"] - ours < 0.1
+
+
+def test_a_full_disk_is_one_error_naming_the_file_and_leaves_nothing(checkpoint_dir, store_dir, tmp_path):
+    with small_tmpfs(tmp_path / "disk", "64k") as mounted:
+        if not mounted:
+            pytest.skip("needs root to mount a small tmpfs")
+        out = tmp_path / "disk" / "m.gguf"
+        with pytest.raises(DataError, match=rf"^{out}: cannot write: no space left on the device"):
+            export_gguf(checkpoint_dir, out, type="f32", tokenizer=TokenStore.open(store_dir).tokenizer_path)
+        assert list(out.parent.iterdir()) == []

@@ -30,7 +30,7 @@ from emomoe.deploy.config import GGUFExportConfig, GGUFType
 from emomoe.deploy.layout import Architecture, GGUFTensor, add_hparams, architecture, gguf_tensors
 from emomoe.deploy.quantize import llama_cpp, quantize_file
 from emomoe.deploy.vocab import add_vocab, pre_tokenizer_name
-from emomoe.io import atomic_path, refuse_existing, write_errors
+from emomoe.io import atomic_path, refuse_existing
 from emomoe.train.provenance import checkpoint_tokenizer
 
 # What each type writes: the type of the weight matrices, and the file type it declares.
@@ -93,23 +93,36 @@ def _write(
     add_hparams(writer, cfg, arch)
     add_vocab(writer, tok, cfg.vocab_size)
     tensors = gguf_tensors(cfg, arch)
-    types = []
+    types, sizes = [], []
     for t in tensors:
         shape = t.shape(reader.shape(t.source))
         qtype = _tensor_type(t, shape, matrix_type)
         nbytes = int(np.prod(quant_shape_to_byte_shape(shape, qtype)))
         writer.add_tensor_info(t.name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
         types.append(qtype)
-    with write_errors(path):
+        sizes.append(nbytes)
+    try:  # a failed write is named by the caller's atomic_path, which drops the partial file
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for t, qtype in zip(tensors, types):
+        for t, qtype, nbytes in zip(tensors, types, sizes):
             source = reader.get(t.source, rows=None if t.rows is None else list(t.rows))
-            writer.write_tensor_data(quantize(t.apply(source).float().contiguous().numpy(), qtype))
+            data = quantize(t.apply(source).float().contiguous().numpy(), qtype)
+            assert data.nbytes == nbytes, f"{t.name}: {data.nbytes} bytes, the header says {nbytes}"
+            _write_data(writer, data)
             del source
             reader.close()  # unmap what was read: pages read through a mapping count as ours
+    finally:
         writer.close()
+
+
+def _write_data(writer: GGUFWriter, data: np.ndarray) -> None:
+    """`writer.write_tensor_data`, through Python's file object: numpy's `tofile`, which that uses,
+    reports a full disk as an OSError without an errno, which no caller can tell apart."""
+    [fout] = writer.fout
+    writer.write_padding(fout, fout.tell())
+    fout.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+    writer.write_padding(fout, data.nbytes)
 
 
 def _tensor_type(t: GGUFTensor, shape: tuple[int, ...], matrix_type: GGMLQuantizationType) -> GGMLQuantizationType:
