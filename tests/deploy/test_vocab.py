@@ -7,26 +7,28 @@ import pytest
 from gguf import GGUFReader, GGUFWriter, TokenType
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from emomoe.checkpoint import save_model
 from emomoe.data.corpus import DOMAINS, embedded_corpus
-from emomoe.data.store import TokenStore
-from emomoe.data.tokenizer import _wrap, load_tokenizer, train_tokenizer
+from emomoe.data.tokenizer import _wrap, train_tokenizer
 from emomoe.deploy.gguf import export_gguf
 from emomoe.deploy.vocab import CL100K_REGEX, add_vocab, pre_tokenizer_name
 from emomoe.errors import DataError
+from emomoe.model import ModelConfig, build_model
+from tests.deploy.conftest import VOCAB_SIZE, corpus_sample
 
 TEXTS = ["def f(x):\n    return x + 1\n", "Der Satz des Pythagoras. 12345 apples", "中文文本 and 'quotes' don't"] * 20
 LINES_PER_DOMAIN = 500
 
 
-def _bpe(pre_tokenizer, *, normalizer=None, ignore_merges=False):
+def _bpe(pre_tokenizer, *, normalizer=None, ignore_merges=False, texts=TEXTS, vocab_size=300):
     tokenizer = Tokenizer(models.BPE(ignore_merges=ignore_merges))
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.ByteLevel()
     if normalizer is not None:
         tokenizer.normalizer = normalizer
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=["<|endoftext|>"], show_progress=False)
-    tokenizer.train_from_iterator(TEXTS, trainer=trainer)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     return _wrap(tokenizer, "<|endoftext|>", "test")
 
 
@@ -86,14 +88,28 @@ def corpus_lines() -> list[str]:
     return lines
 
 
+def _gguf_of(tok, directory):
+    """A tiny model with `tok`'s vocabulary, exported with `tok` inside."""
+    cfg = ModelConfig.preset("tiny").with_overrides([f"vocab_size={tok.vocab_size}", f"eos_id={tok.eos_id}"])
+    checkpoint = save_model(directory / "ckpt", build_model(cfg), cfg)
+    tok.save(directory / "tokenizer")
+    return export_gguf(checkpoint, directory / "vocab.gguf", type="f32", tokenizer=directory / "tokenizer")
+
+
 @pytest.mark.slow
-def test_llama_cpp_tokenizes_thousands_of_corpus_lines_as_we_do(llama_cpp, trained, corpus_store, tmp_path):
-    path = export_gguf(trained, tmp_path / "m.gguf", type="f16")
-    ours = load_tokenizer(TokenStore.open(corpus_store).tokenizer_path)
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+@pytest.mark.parametrize("pre", ["gpt-2", "dbrx", "llama-bpe"])
+def test_llama_cpp_tokenizes_thousands_of_corpus_lines_as_we_do(llama_cpp, pre, tmp_path):
+    """Ours (GPT-2's regex) and cl100k-style ones like the released EMO's dolma2, trained on the corpus."""
+    texts = [doc["text"] for doc in corpus_sample()]
+    if pre == "gpt-2":
+        ours = train_tokenizer(texts, vocab_size=VOCAB_SIZE)
+    else:
+        ours = _cl100k(ignore_merges=pre == "llama-bpe", texts=texts, vocab_size=VOCAB_SIZE)
+    assert pre_tokenizer_name(ours) == pre
+    llm = llama_cpp.Llama(model_path=str(_gguf_of(ours, tmp_path)), vocab_only=True, verbose=False)
     lines = corpus_lines()
     assert len(lines) == LINES_PER_DOMAIN * len(DOMAINS)
     mismatches = [line for line in lines if llm.tokenize(line.encode(), add_bos=False, special=False) != ours.encode(line)]
     assert mismatches == []
-    # Lines with a special token's text in them are plain text to both.
+    # A special token's text inside a document is plain text to both.
     assert llm.tokenize(b"a <|endoftext|> b", add_bos=False, special=False) == ours.encode("a <|endoftext|> b")
