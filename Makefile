@@ -12,7 +12,12 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, from the constraints: resolving it with the rest could pick a CUDA build.
 	$(PIP) torch
-	$(PIP) -e '.[all,test,corpus]'
+	# The gguf extra builds llama.cpp from source (llama-cpp-python has no Linux wheel on PyPI): only
+	# the library the Python binding loads, on every core. pip caches the wheel, so this is slow once.
+	# For AVX2, not -march=native: the cached wheel must run on any x86-64 CPU with AVX2, and the AMX
+	# kernels a native build turns on for an AMX Xeon crashed on q8_0 files in our VM (llama-cpp-python 0.3.36).
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON $${CMAKE_ARGS:-}" \
+		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) -e '.[all,test,corpus]'
 	# The fused CPU kernels now, not in the first forward. Without a compiler the model runs on
 	# PyTorch ops, so a failed build (its one-line reason is printed) does not stop the setup.
 	$(BIN)/emomoe kernels build || true

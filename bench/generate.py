@@ -22,7 +22,7 @@ import torch
 
 from emomoe.checkpoint import load_for_inference, save_model
 from emomoe.data.tokenizer import train_tokenizer
-from emomoe.evaluate.provenance import find_tokenizer
+from emomoe.train.provenance import find_tokenizer
 from emomoe.generate import GenerationConfig, generate
 from emomoe.hf.convert import export_hf
 from emomoe.model import ModelConfig, build_model

@@ -14,6 +14,7 @@ from emomoe.data.readers import ReadConfig
 from emomoe.data.tokenize import TokenizeConfig
 from emomoe.data.tokenizer import TokenizerTrainConfig
 from emomoe.data.windows import BATCH_SIZE, NUM_EVAL_WINDOWS
+from emomoe.deploy.config import GGUFExportConfig
 from emomoe.errors import ConfigError
 from emomoe.evaluate.loss import EvalConfig
 from emomoe.experiments.benchmarks import LmEvalConfig
@@ -112,6 +113,7 @@ def test_a_bad_value_names_the_field(argv, field):
 VERBS = {
     "analyze": (AnalysisConfig, ["--checkpoints", "c", "--data", "d", "--out", "o"]),
     "eval": (EvalConfig, ["--checkpoint", "c", "--data", "d"]),
+    "export gguf": (GGUFExportConfig, ["--checkpoint", "c", "--out", "o"]),
     "finetune": (FinetuneConfig, ["--checkpoint", "c", "--data", "d", "--out", "o"]),
     "generate": (GenerateConfig, ["--checkpoint", "c", "--prompt", "p"]),
     "hf export": (ExportConfig, ["--checkpoint", "c", "--out", "o"]),

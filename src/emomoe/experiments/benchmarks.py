@@ -23,7 +23,7 @@ from emomoe.evaluate.continuation import (
     NUM_ITEMS,
     write_continuation_tasks,
 )
-from emomoe.evaluate.provenance import run_store
+from emomoe.train.provenance import run_store
 from emomoe.tables import markdown_table
 
 OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")

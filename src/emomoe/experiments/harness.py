@@ -33,7 +33,7 @@ from emomoe.checkpoint import load_for_inference
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
 from emomoe.data.windows import BATCH_SIZE
 from emomoe.errors import ConfigError
-from emomoe.evaluate.provenance import checkpoint_tokenizer
+from emomoe.train.provenance import checkpoint_tokenizer
 from emomoe.generate import GenerationConfig, generate_text
 
 MODEL_NAME = "emomoe"
