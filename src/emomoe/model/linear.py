@@ -32,6 +32,8 @@ TILE_BYTES = 2 * 2**20
 
 def is_stored_narrower(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """`weight` is kept narrower than the activations it multiplies (outside autocast, which casts)."""
+    if weight.dtype == x.dtype:  # first, and alone: every fp32 linear asks
+        return False
     return (
         weight.dtype.itemsize < x.dtype.itemsize
         and weight.is_floating_point()
