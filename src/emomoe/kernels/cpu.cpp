@@ -485,27 +485,40 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows(
   return {nll_N, lse_N};
 }
 
-// Dot products of R consecutive bf16 weight rows (length D) with one float row x. A bf16 is the
-// top half of a float, so each weight vector widens in registers (a shift) and is used once: no
-// float copy of the weights is ever written.
-template <int R>
-inline void bf16_dot_rows(const at::BFloat16* w, int64_t D, const float* x, float* out) {
-  Vec acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = Vec(0.f);
+// The dot products of R consecutive bf16 weight rows (length D) with C consecutive float rows of x,
+// into y (row stride F). A bf16 is the top half of a float, so each weight vector widens in
+// registers (a shift) and serves all C rows of x: no float copy of the weights is ever written.
+// R x C accumulators plus R weight vectors fit the 16 registers of AVX2 at R = 4, C = 2.
+template <int R, int C>
+inline void bf16_dot_block(const at::BFloat16* w, const float* x, int64_t D, float* y, int64_t F) {
+  Vec acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = Vec(0.f);
   int64_t d = 0;
   for (; d + kVec <= D; d += kVec) {
-    const Vec xv = Vec::loadu(x + d);
-    for (int r = 0; r < R; ++r) {
-      Vec wv;
-      at::vec::load_to_float(w + r * D + d, wv);
-      acc[r] = at::vec::fmadd(wv, xv, acc[r]);
+    Vec wv[R];
+    for (int r = 0; r < R; ++r) at::vec::load_to_float(w + r * D + d, wv[r]);
+    for (int c = 0; c < C; ++c) {
+      const Vec xv = Vec::loadu(x + c * D + d);
+      for (int r = 0; r < R; ++r) acc[r][c] = at::vec::fmadd(wv[r], xv, acc[r][c]);
     }
   }
   for (int r = 0; r < R; ++r) {
-    float sum = reduce_sum(acc[r]);
-    for (int64_t i = d; i < D; ++i) sum += static_cast<float>(w[r * D + i]) * x[i];
-    out[r] = sum;
+    for (int c = 0; c < C; ++c) {
+      float sum = reduce_sum(acc[r][c]);
+      for (int64_t i = d; i < D; ++i) sum += static_cast<float>(w[r * D + i]) * x[c * D + i];
+      y[c * F + r] = sum;
+    }
   }
+}
+
+// One task of bf16_grouped_linear: weight rows [f0, f1) of one expert against its rows of x [n0, n1).
+template <int R>
+inline void bf16_rows_task(const at::BFloat16* w, const float* x, int64_t n0, int64_t n1, int64_t D, float* y,
+                           int64_t F, int64_t f) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2) bf16_dot_block<R, 2>(w + f * D, x + n * D, D, y + n * F + f, F);
+  if (n < n1) bf16_dot_block<R, 1>(w + f * D, x + n * D, D, y + n * F + f, F);
 }
 
 // y_NF: the rows of x_ND, sorted by expert with counts_E[e] rows each, times their expert's
@@ -538,20 +551,13 @@ at::Tensor bf16_grouped_linear(const at::Tensor& x_ND, const at::Tensor& w_EFD, 
   const at::BFloat16* wp = w_EFD.data_ptr<at::BFloat16>();
   float* yp = y_NF.data_ptr<float>();
   at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t i0, int64_t i1) {
-    float dots[4];
     for (int64_t i = i0; i < i1; ++i) {
       const auto [e, f0] = tasks[i];
       const int64_t f1 = std::min(f0 + kTaskRows, F);
       const at::BFloat16* we = wp + e * F * D;
       int64_t f = f0;
-      for (; f + 4 <= f1; f += 4) {
-        for (int64_t n = first[e]; n < first[e + 1]; ++n) {
-          bf16_dot_rows<4>(we + f * D, D, xp + n * D, dots);
-          std::copy(dots, dots + 4, yp + n * F + f);
-        }
-      }
-      for (; f < f1; ++f)
-        for (int64_t n = first[e]; n < first[e + 1]; ++n) bf16_dot_rows<1>(we + f * D, D, xp + n * D, yp + n * F + f);
+      for (; f + 4 <= f1; f += 4) bf16_rows_task<4>(we, xp, first[e], first[e + 1], D, yp, F, f);
+      for (; f < f1; ++f) bf16_rows_task<1>(we, xp, first[e], first[e + 1], D, yp, F, f);
     }
   });
   return y_NF;
