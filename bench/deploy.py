@@ -54,6 +54,12 @@ from big_select import build_store, dir_bytes, model_config, run_step, write_che
 GB = 10**9
 PROMPT_TOKENS = 64
 TARGETS = {"subset_bf16_share_of_limit": 0.5, "subset_bf16_rss_above_disk_bytes": 1.5 * GB}
+AVX2_ONLY = {
+    kernels.CFLAGS_ENV: "-mno-avx512f", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+}
+"""What a CPU without AVX-512 or bf16 instructions (an AMD EPYC of the AVX2 kind) runs: our kernels
+built for AVX2, and torch, MKL and oneDNN held to AVX2. The `subset_bf16_avx2` row, on AVX-512 hosts."""
 SUBSET_EXPERTS = 33
 """What `select --keep 0.25` keeps of emo-1b14b's 127 routed + 1 shared experts: 32 + 1."""
 
@@ -98,15 +104,25 @@ def measure_decode(checkpoint: str, dtype: str, new_tokens: int, reps: int, thre
             ttft = min(ttft, stamps[0] - start)
             rate = max(rate, (len(stamps) - 1) / (stamps[-1] - stamps[0]))
     weight_dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
-    Path(out).write_text(json.dumps({"ttft_s": ttft, "decode_tokens_per_s": rate, "weight_dtypes": weight_dtypes}))
+    Path(out).write_text(json.dumps({
+        "ttft_s": ttft, "decode_tokens_per_s": rate, "weight_dtypes": weight_dtypes,
+        "kernels_isa": kernels.ops().vector_isa() if kernels.ops() is not None else None,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }))
 
 
-def run_variant(work: Path, name: str, checkpoint: Path, dtype: str, args: argparse.Namespace) -> dict:
+def run_variant(work: Path, name: str, checkpoint: Path, dtype: str, env: dict, args: argparse.Namespace) -> dict:
     out = work / f"{name}.json"
-    step = run_step(
-        f"import sys\nsys.path.insert(0, {str(BENCH)!r})\nfrom deploy import measure_decode\n"
-        f"measure_decode({str(checkpoint)!r}, {dtype!r}, {args.new_tokens}, {args.reps}, {args.threads}, {str(out)!r})"
-    )
+    saved = dict(os.environ)
+    os.environ.update(env)  # the child inherits it
+    try:
+        step = run_step(
+            f"import sys\nsys.path.insert(0, {str(BENCH)!r})\nfrom deploy import measure_decode\n"
+            f"measure_decode({str(checkpoint)!r}, {dtype!r}, {args.new_tokens}, {args.reps}, {args.threads}, {str(out)!r})"
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return {**json.loads(out.read_text()), "peak_rss_bytes": step["peak_rss_bytes"]}
 
 
@@ -162,18 +178,20 @@ def main() -> None:
         small_fp32, small_bf16, small_cfg = write_small(work)
         subset, subset_cfg = write_subset(work, args.quick)
         subset_fp32_bytes = subset_cfg.num_params()[0] * 4
-        # (name, checkpoint, load dtype, its config, bytes per weight)
+        # (name, checkpoint, load dtype, its config, bytes per weight, environment)
         variants = [
-            ("small_fp32", small_fp32, "fp32", small_cfg, 4),
-            ("small_bf16", small_bf16, "stored", small_cfg, 2),
-            ("subset_bf16", subset, "stored", subset_cfg, 2),  # what "auto" loads at full size
+            ("small_fp32", small_fp32, "fp32", small_cfg, 4, {}),
+            ("small_bf16", small_bf16, "stored", small_cfg, 2, {}),
+            ("subset_bf16", subset, "stored", subset_cfg, 2, {}),  # what "auto" loads at full size
         ]
+        if "avx512f" in kernels.cpu_summary().split():
+            variants.append(("subset_bf16_avx2", subset, "stored", subset_cfg, 2, AVX2_ONLY))
         if subset_fp32_bytes <= available_memory() // 2:
-            variants.append(("subset_fp32", subset, "fp32", subset_cfg, 4))
+            variants.append(("subset_fp32", subset, "fp32", subset_cfg, 4, {}))
         probes = [read_bandwidth(probe_bytes, probe_reps)]
         rows = {}
-        for name, checkpoint, dtype, cfg, itemsize in variants:
-            result = run_variant(work, name, checkpoint, dtype, args)
+        for name, checkpoint, dtype, cfg, itemsize, env in variants:
+            result = run_variant(work, name, checkpoint, dtype, env, args)
             probes.append(read_bandwidth(probe_bytes, probe_reps))
             rows[name] = row(result, cfg, itemsize, max(probes[-2:]), dir_bytes(checkpoint))
         load_after = os.getloadavg()
@@ -182,9 +200,6 @@ def main() -> None:
     subset_row = rows["subset_bf16"]
     print(json.dumps({
         "cpu": kernels.cpu_summary(),
-        "kernels_isa": kernels.ops().vector_isa() if kernels.ops() is not None else None,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "kernels_cflags": os.environ.get(kernels.CFLAGS_ENV, ""),
         "threads": args.threads,
         "prompt_tokens": PROMPT_TOKENS,
         "new_tokens": args.new_tokens,
