@@ -132,10 +132,14 @@ def write_checkpoint(out: Path, store_dir: Path, cfg: ModelConfig, shard_bytes: 
 
 
 def run_step(code: str) -> dict:
-    """Run Python `code` in its own process: wall seconds and that process's own peak RSS."""
+    """Run Python `code` in its own process: wall seconds and that process's own peak RSS.
+
+    The peak is VmHWM, that of the process's own address space: getrusage's ru_maxrss survives
+    exec, so a child of a big parent (a bench holding a bandwidth probe) reported the parent's."""
     wrapper = (
-        f"import json, resource\n{code}\n"
-        "print(json.dumps({'peak_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))"
+        f"import json, pathlib\n{code}\n"
+        "hwm = [l for l in pathlib.Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM:')]\n"
+        "print(json.dumps({'peak_rss_bytes': int(hwm[0].split()[1]) * 1024}))"
     )
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True)

@@ -22,7 +22,7 @@ from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, SINGLE_FILE, Shard
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path, has_checksums, verify_checksums, write_checksums
 from emomoe.model.config import ModelConfig
-from emomoe.model.from_weights import compute_in_fp32, model_from_weights
+from emomoe.model.from_weights import model_from_weights
 
 WEIGHTS_FILE = SINGLE_FILE
 META_FILE = "meta.json"
@@ -89,9 +89,9 @@ def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = 
     for its in-loop validation, which must not leak into selection or held-out evaluation.
 
     `dtype="auto"`: float32 weights if they take at most half the memory available, otherwise the
-    stored dtype with every module computing in float32 (`compute_in_fp32`, one module's weights
-    upcast at a time): each forward pays the upcasts, but a bf16 subset of a big model runs in
-    half the memory. Otherwise as in `load_model`.
+    stored dtype, still computing in float32: each matrix is read as stored where it is used
+    (`emomoe.model.linear`), so a bf16 subset of a big model runs in half the memory and decodes
+    reading half the bytes. Otherwise as in `load_model`.
     """
     if dtype != "auto":
         model, cfg = load_model(directory, overrides=INFERENCE_OVERRIDES, dtype=dtype)
@@ -100,8 +100,6 @@ def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = 
     fp32_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
     if fp32_bytes <= available_memory() // 2:
         model.float()
-    else:
-        compute_in_fp32(model)
     return model.eval(), cfg
 
 

@@ -78,7 +78,7 @@ def stream(
     generator = None if cfg.is_greedy else torch.Generator(device=device).manual_seed(cfg.seed)
     with torch.inference_mode():
         cache = model.new_cache(len(prompts), longest + cfg.max_new_tokens)
-        logits_BV = model.decode(ids_BS, cache, valid_BS)[:, -1]
+        logits_BV = model.decode(ids_BS, cache, valid_BS, last=True)[:, -1]
         for step in range(cfg.max_new_tokens):
             tokens_B = next_tokens(logits_BV, cfg, generator)
             for row, token in enumerate(tokens_B.tolist()):

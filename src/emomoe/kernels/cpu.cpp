@@ -1,7 +1,8 @@
 // emomoe's fused CPU kernels, registered as torch ops in the `emomoe` namespace.
 //
-// Legend (docs/architecture.md): T tokens, E routed experts, G documents, K experts per token,
-// N rows, D model dim, F ffn hidden, V vocab, X any leading dims.
+// Legend (docs/architecture.md): T tokens, E experts, G documents,
+// K experts per token, N rows, D model dim (a linear map's inputs), F ffn hidden (its outputs),
+// V vocab, X any leading dims.
 //
 // Built once per machine by emomoe/kernels/__init__.py with the host's vector ISA. Every kernel
 // here has a pure-PyTorch twin in the model code; tests compare the two, and the twin runs
@@ -20,6 +21,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/functional_bfloat16.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -483,6 +485,84 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows(
   return {nll_N, lse_N};
 }
 
+// The dot products of R consecutive bf16 weight rows (length D) with C consecutive float rows of x,
+// into y (row stride F). A bf16 is the top half of a float, so each weight vector widens in
+// registers (a shift) and serves all C rows of x: no float copy of the weights is ever written.
+// R x C accumulators plus R weight vectors fit the 16 registers of AVX2 at R = 4, C = 2.
+template <int R, int C>
+inline void bf16_dot_block(const at::BFloat16* w, const float* x, int64_t D, float* y, int64_t F) {
+  Vec acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = Vec(0.f);
+  int64_t d = 0;
+  for (; d + kVec <= D; d += kVec) {
+    Vec wv[R];
+    for (int r = 0; r < R; ++r) at::vec::load_to_float(w + r * D + d, wv[r]);
+    for (int c = 0; c < C; ++c) {
+      const Vec xv = Vec::loadu(x + c * D + d);
+      for (int r = 0; r < R; ++r) acc[r][c] = at::vec::fmadd(wv[r], xv, acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < C; ++c) {
+      float sum = reduce_sum(acc[r][c]);
+      for (int64_t i = d; i < D; ++i) sum += static_cast<float>(w[r * D + i]) * x[c * D + i];
+      y[c * F + r] = sum;
+    }
+  }
+}
+
+// One task of bf16_grouped_linear: weight rows [f0, f1) of one expert against its rows of x [n0, n1).
+template <int R>
+inline void bf16_rows_task(const at::BFloat16* w, const float* x, int64_t n0, int64_t n1, int64_t D, float* y,
+                           int64_t F, int64_t f) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2) bf16_dot_block<R, 2>(w + f * D, x + n * D, D, y + n * F + f, F);
+  if (n < n1) bf16_dot_block<R, 1>(w + f * D, x + n * D, D, y + n * F + f, F);
+}
+
+// y_NF: the rows of x_ND, sorted by expert with counts_E[e] rows each, times their expert's
+// w_EFD[e]^T, the weights read in bf16 once (few rows: decoding). Only experts with rows are read.
+// Tasks are blocks of one expert's output rows; within one, a few weight rows stay in L1 while
+// every row of x passes them.
+at::Tensor bf16_grouped_linear(const at::Tensor& x_ND, const at::Tensor& w_EFD, const at::Tensor& counts_E) {
+  check_float_cpu(x_ND, "bf16_grouped_linear's input");
+  TORCH_CHECK(w_EFD.device().is_cpu() && w_EFD.scalar_type() == at::kBFloat16 && w_EFD.dim() == 3 &&
+                  w_EFD.is_contiguous(),
+              "emomoe::bf16_grouped_linear: weights must be a contiguous bf16 CPU tensor [E, F, D]");
+  TORCH_CHECK(x_ND.dim() == 2 && x_ND.size(1) == w_EFD.size(2), "emomoe::bf16_grouped_linear: x must be [N, D]");
+  TORCH_CHECK(counts_E.device().is_cpu() && counts_E.scalar_type() == at::kLong && counts_E.numel() == w_EFD.size(0),
+              "emomoe::bf16_grouped_linear: one int64 CPU count per expert");
+  const at::Tensor x = x_ND.contiguous(), counts = counts_E.contiguous();
+  const int64_t N = x.size(0), D = x.size(1), E = w_EFD.size(0), F = w_EFD.size(1);
+  const int64_t* count = counts.data_ptr<int64_t>();
+  std::vector<int64_t> first(E + 1, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(count[e] >= 0, "emomoe::bf16_grouped_linear: negative count");
+    first[e + 1] = first[e] + count[e];
+  }
+  TORCH_CHECK(first[E] == N, "emomoe::bf16_grouped_linear: the counts must add up to the rows");
+  at::Tensor y_NF = at::empty({N, F}, x.options());
+  constexpr int64_t kTaskRows = 64;
+  std::vector<std::pair<int64_t, int64_t>> tasks;  // (expert, first output row)
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t f = 0; count[e] > 0 && f < F; f += kTaskRows) tasks.emplace_back(e, f);
+  const float* xp = x.data_ptr<float>();
+  const at::BFloat16* wp = w_EFD.data_ptr<at::BFloat16>();
+  float* yp = y_NF.data_ptr<float>();
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const auto [e, f0] = tasks[i];
+      const int64_t f1 = std::min(f0 + kTaskRows, F);
+      const at::BFloat16* we = wp + e * F * D;
+      int64_t f = f0;
+      for (; f + 4 <= f1; f += 4) bf16_rows_task<4>(we, xp, first[e], first[e + 1], D, yp, F, f);
+      for (; f < f1; ++f) bf16_rows_task<1>(we, xp, first[e], first[e + 1], D, yp, F, f);
+    }
+  });
+  return y_NF;
+}
+
 #define EMOMOE_STRING(x) #x
 #define EMOMOE_EXPANDED_STRING(x) EMOMOE_STRING(x)
 
@@ -501,6 +581,7 @@ TORCH_LIBRARY(emomoe, m) {
   m.def("swiglu_forward(Tensor g_NF, Tensor u_NF) -> Tensor");
   m.def("swiglu_backward(Tensor dh_NF, Tensor g_NF, Tensor u_NF) -> (Tensor, Tensor)");
   m.def("cross_entropy_rows(Tensor(a!) logits_NV, Tensor targets_N, Tensor scale_N, float z_weight, bool grad) -> (Tensor, Tensor)");
+  m.def("bf16_grouped_linear(Tensor x_ND, Tensor w_EFD, Tensor counts_E) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(emomoe, CPU, m) {
@@ -511,4 +592,5 @@ TORCH_LIBRARY_IMPL(emomoe, CPU, m) {
   m.impl("swiglu_forward", &swiglu_forward);
   m.impl("swiglu_backward", &swiglu_backward);
   m.impl("cross_entropy_rows", &cross_entropy_rows);
+  m.impl("bf16_grouped_linear", &bf16_grouped_linear);
 }

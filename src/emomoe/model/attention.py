@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emomoe.model.kv_cache import LayerKV
+from emomoe.model.linear import Linear
 from emomoe.model.norm import RMSNorm
 
 
@@ -59,10 +60,10 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = d_model // num_heads
-        self.q_proj = nn.Linear(d_model, num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(num_heads * self.head_dim, d_model, bias=False)
+        self.q_proj = Linear(d_model, num_heads * self.head_dim)
+        self.k_proj = Linear(d_model, num_kv_heads * self.head_dim)
+        self.v_proj = Linear(d_model, num_kv_heads * self.head_dim)
+        self.o_proj = Linear(num_heads * self.head_dim, d_model)
         # Full-width norms over all heads, as in OLMoE (the HF `q_norm`/`k_norm` shapes).
         self.q_norm = RMSNorm(num_heads * self.head_dim, eps=norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(num_kv_heads * self.head_dim, eps=norm_eps) if qk_norm else None

@@ -6,7 +6,9 @@ Legend: T tokens, D model dim, F ffn hidden (of one expert; of all shared expert
 Routed slots are sorted by expert so every expert sees one contiguous block of its tokens; one
 grouped matmul (or one matmul per non-empty expert where `torch._grouped_mm` is missing or does
 not support the dtype or shapes) runs them, and the weighted outputs are scattered back. Shared
-experts (the last indices) run densely on every token with weight 1.0.
+experts (the last indices) run densely on every token with weight 1.0. Weights stored narrower
+than the activations (a bf16 subset computing in fp32) go through `emomoe.model.linear`, which
+reads only the experts that have tokens.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from emomoe import kernels
 from emomoe.model.init import DEFAULT_STD, init_weight_
+from emomoe.model.linear import grouped_linear, is_stored_narrower, linear
 
 HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
@@ -30,11 +33,14 @@ def grouped_matmul(x_ND: torch.Tensor, w_EFD: torch.Tensor, counts_E: torch.Tens
 
 
 def expert_matmul(x_ND: torch.Tensor, w_EFD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-    """`grouped_matmul` where the kernel supports the dtype and row alignment, else `looped_matmul`.
+    """`grouped_matmul` where the kernel supports the dtype and row alignment, else `looped_matmul`;
+    `grouped_linear` for weights stored narrower than `x_ND`.
 
     Fewer rows than experts on the CPU (decoding a token or a few) also go to `looped_matmul`: the
     CPU kernel runs a matmul for every expert, empty ones included, and most are empty then.
     """
+    if is_stored_narrower(x_ND, w_EFD):
+        return grouped_linear(x_ND, w_EFD, counts_E.cpu())
     if x_ND.device.type == "cpu" and x_ND.shape[0] < w_EFD.shape[0]:
         return looped_matmul(x_ND, w_EFD, counts_E)
     if (
@@ -104,7 +110,7 @@ class Experts(nn.Module):
         d_model = x_TD.shape[1]
         w1_FD, w3_FD = self.w1[r:].reshape(-1, d_model), self.w3[r:].reshape(-1, d_model)
         w2_DF = self.w2[r:].transpose(0, 1).reshape(d_model, -1)
-        return swiglu(x_TD @ w1_FD.T, x_TD @ w3_FD.T) @ w2_DF.T
+        return linear(swiglu(linear(x_TD, w1_FD), linear(x_TD, w3_FD)), w2_DF)
 
     def _routed(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, weights_TK: torch.Tensor) -> torch.Tensor:
         r, top_k = self.num_routed, experts_TK.shape[1]

@@ -16,6 +16,7 @@ import torch
 
 from emomoe.model.docs import Segments
 from emomoe.model.experts import swiglu
+from emomoe.model.linear import grouped_linear
 from emomoe.model.losses import IGNORE_INDEX, lm_head_loss
 from emomoe.model.norm import RMSNorm
 from emomoe.model.pool import draw_pool_sizes, pooled_softmax
@@ -87,11 +88,21 @@ def _lm_head_loss() -> dict[str, torch.Tensor]:
             "weight_grad_VD": weight_grad_VD}
 
 
+def _grouped_linear() -> dict[str, torch.Tensor]:
+    g = _generator()
+    # Inputs not a multiple of a vector and outputs not of the kernel's 4-row blocks; two experts
+    # without rows, which the kernel must skip.
+    x_ND = torch.randn(9, 203, generator=g)
+    w_EFD = torch.randn(5, 70, 203, generator=g).bfloat16()
+    return {"y_NF": grouped_linear(x_ND, w_EFD, torch.tensor([3, 0, 4, 2, 0]))}
+
+
 TWINS = (
     Twin("emomoe.model.router.top_experts", ("topk_indices",), _top_experts),
     Twin("emomoe.model.pool.pooled_softmax", ("pool_softmax",), _pooled_softmax),
     Twin("emomoe.model.norm.RMSNorm", ("rms_norm_forward", "rms_norm_backward"), _rms_norm),
     Twin("emomoe.model.experts.swiglu", ("swiglu_forward", "swiglu_backward"), _swiglu),
     Twin("emomoe.model.losses.lm_head_loss", ("cross_entropy_rows",), _lm_head_loss),
+    Twin("emomoe.model.linear.grouped_linear", ("bf16_grouped_linear",), _grouped_linear),
 )
 

@@ -7,15 +7,18 @@ dozen elementwise ops. On float32 CPU tensors the forward and the backward are e
 fused kernel (`emomoe.kernels`: 4.8x torch's forward plus backward at [4096, 256], two threads).
 Elsewhere (fp32 on GPU) the backward takes the gradient of the weight and of the input in fewer
 passes than autograd's, with the rows' dot product as one matrix-vector product. Other dtypes,
-where torch mixes precisions, use torch's path.
+where torch mixes precisions, use torch's path; a weight stored narrower than the input (a bf16
+model computing in fp32) is widened for the call.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from emomoe import kernels
+from emomoe.model.linear import is_stored_narrower
 
 
 class _RMSNormFunction(torch.autograd.Function):
@@ -48,6 +51,9 @@ class _RMSNormFunction(torch.autograd.Function):
 class RMSNorm(nn.RMSNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
+        if weight is not None and is_stored_narrower(x, weight):
+            # D values widened per call (nothing next to a matrix): torch's fused norm needs one dtype.
+            return F.rms_norm(x, self.normalized_shape, weight.to(x.dtype), self.eps)
         # Without autograd torch's fused forward is all there is (and one op is cheapest when decoding).
         plain = not torch.is_grad_enabled() or len(self.normalized_shape) != 1 or weight is None
         if plain or x.dtype != torch.float32 or weight.dtype != torch.float32:

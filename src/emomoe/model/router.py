@@ -17,6 +17,7 @@ from torch import nn
 from emomoe import distributed, kernels
 from emomoe.model.config import LBScope, RouterConfig, parse_pool
 from emomoe.model.docs import Segments
+from emomoe.model.linear import Linear
 from emomoe.model.losses import load_balancing_loss, router_z_loss
 from emomoe.model.pool import draw_pool_sizes, pooled_softmax
 
@@ -55,7 +56,7 @@ class Router(nn.Module):
         """Off: training forwards route without the pool (a schedule's pool-free phase, see
         `TrainConfig.pool_start`)."""
         self.bias_update_rate = cfg.bias_update_rate
-        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        self.gate = Linear(d_model, num_experts)
         if self.bias_update_rate > 0:
             # Moves top-k selection only; the weights still come from the unbiased probabilities.
             self.register_buffer("score_bias_E", torch.zeros(self.num_routed))

@@ -18,6 +18,7 @@ from emomoe.model.docs import Segments, doc_ids_from_eos
 from emomoe.model.experts import Experts
 from emomoe.model.init import init_weight_
 from emomoe.model.kv_cache import KVCache, LayerKV
+from emomoe.model.linear import Linear
 from emomoe.model.losses import LMHeadLoss, lm_head_loss
 from emomoe.model.moe import MoE
 from emomoe.model.norm import RMSNorm
@@ -104,7 +105,7 @@ class EmoTransformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size)
         self.pool_sampler = PoolSampler()
         self.init_buffers()
         self.reset_parameters()
@@ -149,7 +150,7 @@ class EmoTransformer(nn.Module):
         if S > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {S} exceeds max_seq_len {self.cfg.max_seq_len}")
         segments, mask_B1SS = document_inputs(self.cfg, input_ids_BS, doc_ids_BS)
-        x_BSD = self.embed(input_ids_BS)
+        x_BSD = self._embed(input_ids_BS)
         cos_SDh, sin_SDh = self.rope_cos[:S], self.rope_sin[:S]
         if aux_losses is None:
             aux_losses = self.training or torch.is_grad_enabled()
@@ -178,15 +179,15 @@ class EmoTransformer(nn.Module):
         return KVCache(
             self.cfg.num_layers, batch_size, capacity, self.cfg.kv_heads, self.cfg.head_dim,
             eos_id=self.cfg.eos_id, doc_mask=self.cfg.doc_attention_mask,
-            # The activations' dtype: the rotary tables are computed in it, while the weights may be
-            # stored narrower and upcast per module (`compute_in_fp32`).
             dtype=self.rope_cos.dtype, device=self.embed.weight.device,
         )
 
     def decode(
-        self, input_ids_BS: torch.Tensor, cache: KVCache, valid_BS: torch.Tensor | None = None
+        self, input_ids_BS: torch.Tensor, cache: KVCache, valid_BS: torch.Tensor | None = None, last: bool = False
     ) -> torch.Tensor:
-        """Logits [B, S, V] of new tokens that attend to `cache` and are appended to it.
+        """Logits [B, S, V] of new tokens that attend to `cache` and are appended to it; with `last`,
+        those of the last position only, [B, 1, V] (what generation needs of a prompt: the LM head,
+        the largest matrix, then runs on one row instead of S).
 
         Rows are left-padded (`valid_BS` False on padding). Eval mode and pool-free routing only:
         an EMO pool needs whole documents, which incremental decoding never has.
@@ -195,10 +196,18 @@ class EmoTransformer(nn.Module):
             raise ValueError("decoding with a KV cache needs eval mode and moe.router.eval_pool=off")
         positions_BS, mask_B1SP = cache.extend(input_ids_BS, valid_BS)
         cos_B1SDh, sin_B1SDh = self.rope_cos[positions_BS][:, None], self.rope_sin[positions_BS][:, None]
-        x_BSD = self.embed(input_ids_BS)
+        x_BSD = self._embed(input_ids_BS)
         for layer, kv in zip(self.layers, cache.layers):
             x_BSD, _ = layer(x_BSD, cos_B1SDh, sin_B1SDh, mask_B1SP, None, None, kv, aux_losses=False)
+        if last:
+            x_BSD = x_BSD[:, -1:]
         return self.lm_head(self.norm(x_BSD))
+
+    def _embed(self, input_ids_BS: torch.Tensor) -> torch.Tensor:
+        """The tokens' embedding rows in the activations' dtype (that of the rotary tables, which are
+        computed, never stored): weights may be stored narrower, and widening only the rows looked
+        up is exact."""
+        return self.embed(input_ids_BS).to(self.rope_cos.dtype)
 
     def _pool_seeds(self) -> list[torch.Tensor | None]:
         """One seed tensor per layer for random pool sizes; a training forward with a range pool uses
