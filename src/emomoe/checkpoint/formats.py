@@ -31,8 +31,10 @@ TensorInfo = tuple[tuple[int, ...], torch.dtype]
 @dataclasses.dataclass(frozen=True)
 class TensorSource:
     keys: tuple[str, ...]
-    """File keys: one for a tensor stored whole, or one per row of dim 0 when `stacked`."""
+    """File keys: one for a tensor stored whole, or one per row of dim 0 when `stacked`; its
+    integers and their scales (`<name>.qdata`, `<name>.scales`) when `quantized`."""
     stacked: bool = False
+    quantized: bool = False
 
     @classmethod
     def whole(cls, key: str) -> TensorSource:

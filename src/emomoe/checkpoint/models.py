@@ -23,6 +23,7 @@ from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path, has_checksums, verify_checksums, write_checksums
 from emomoe.model.config import ModelConfig
 from emomoe.model.from_weights import model_from_weights
+from emomoe.model.quantized import QuantizedTensor, QuantizedWeight
 
 WEIGHTS_FILE = SINGLE_FILE
 META_FILE = "meta.json"
@@ -39,6 +40,8 @@ def save_model(
 ) -> Path:
     """Write the model's weights and config to `directory` atomically (replacing what was there),
     with checksums.sha256, which every reader verifies."""
+    if any(isinstance(module, QuantizedWeight) for module in model.modules()):
+        raise ValueError("a model with integer weights is written by `emomoe quantize`, not save_model")
     directory = Path(directory)
     with atomic_path(directory) as tmp:
         tmp.mkdir()
@@ -66,19 +69,27 @@ def load_model(
     device: str | torch.device = "cpu",
     overrides: list[str] | None = None,
     dtype: torch.dtype | str | None = None,
+    quantized: bool = False,
 ) -> tuple[nn.Module, ModelConfig]:
     """Build the model a checkpoint describes and load its weights (names and shapes checked).
 
     `overrides` are dotted config changes that leave the weights alone (e.g. the router's pool).
     `dtype`: None loads float32, the dtype emomoe computes in; "stored" keeps the files' dtype.
+    `quantized`: integer weights stay integers (inference); otherwise they are dequantized, so
+    that what trains or rewrites weights gets floats.
     """
     with CheckpointReader(directory) as reader:
         cfg = reader.config.with_overrides(overrides) if overrides else reader.config
-        state = reader.state_dict()
+        state = reader.state_dict(quantized=quantized)
     target = None if dtype == "stored" else (dtype or torch.float32)
     if target is not None:
-        state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
+        state = {k: _to(v, target) for k, v in state.items()}
     return model_from_weights(cfg, state).to(device), cfg
+
+
+def _to(tensor: torch.Tensor | QuantizedTensor, dtype: torch.dtype) -> torch.Tensor | QuantizedTensor:
+    """Float tensors in `dtype`; integer weights and other tensors as they are."""
+    return tensor.to(dtype) if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() else tensor
 
 
 def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = None) -> tuple[nn.Module, ModelConfig]:
@@ -91,12 +102,13 @@ def load_for_inference(directory: str | Path, dtype: torch.dtype | str | None = 
     `dtype="auto"`: float32 weights if they take at most half the memory available, otherwise the
     stored dtype, still computing in float32: each matrix is read as stored where it is used
     (`emomoe.model.linear`), so a bf16 subset of a big model runs in half the memory and decodes
-    reading half the bytes. Otherwise as in `load_model`.
+    reading half the bytes. Otherwise as in `load_model`. Integer weights (`emomoe quantize`)
+    stay integers, whatever `dtype`: the matmuls read them as stored.
     """
     if dtype != "auto":
-        model, cfg = load_model(directory, overrides=INFERENCE_OVERRIDES, dtype=dtype)
+        model, cfg = load_model(directory, overrides=INFERENCE_OVERRIDES, dtype=dtype, quantized=True)
         return model.eval(), cfg
-    model, cfg = load_model(directory, overrides=INFERENCE_OVERRIDES, dtype="stored")
+    model, cfg = load_model(directory, overrides=INFERENCE_OVERRIDES, dtype="stored", quantized=True)
     fp32_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
     if fp32_bytes <= available_memory() // 2:
         model.float()

@@ -20,10 +20,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from emomoe.checkpoint.formats import TensorInfo, TensorSource, detect_format
+from emomoe.checkpoint.quantization import read_quantization
 from emomoe.checkpoint.writer import INDEX_FILE, SINGLE_FILE
 from emomoe.errors import DataError
 from emomoe.io import has_checksums, verify_checksums
 from emomoe.model import build_model
+from emomoe.model.quantized import QuantizedTensor, quantized_bits
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -106,10 +108,14 @@ class CheckpointReader:
                 raise DataError(f"{path}: has no tensor '{key}' (named in {INDEX_FILE})") from None
             infos[key] = (tuple(view.get_shape()), _DTYPES[view.get_dtype()])
         self._infos = infos
+        self.quantization = read_quantization(self.directory)
+        """How the weights are stored as integers (quantization.json), None for float weights."""
         try:
             self._sources = self._format.sources(self.config, infos)
         except DataError as e:
             raise DataError(f"{self.directory}: {e}") from None
+        if self.quantization is not None:
+            self._sources = _pair_quantized(self._sources, self.directory)
         with torch.device("meta"):
             expected = build_model(self.config).state_dict()
         self._check(expected)
@@ -122,12 +128,29 @@ class CheckpointReader:
         if unexpected:
             raise DataError(f"{self.directory}: tensor '{unexpected[0]}' is not part of the model its config describes")
         for name, tensor in expected.items():
+            if self._sources[name].quantized:
+                self._check_quantized(name)
             if self.shape(name) != tuple(tensor.shape):
                 source = self._sources[name].keys[0]
                 raise DataError(
                     f"{self._files[source]}: tensor '{source}' has shape {list(self.shape(name))}, "
                     f"the config implies {list(tensor.shape)}"
                 )
+
+    def _check_quantized(self, name: str) -> None:
+        """The integers and scales of weight `name` have the dtypes and shapes quantization.json implies."""
+        group, bits = self.quantization.group_size, self._bits(name)
+        qkey, skey = self._sources[name].keys
+        (qshape, qdtype), (sshape, sdtype) = self._infos[qkey], self._infos[skey]
+        want_q = torch.int8 if bits == 8 else torch.uint8
+        inputs = qshape[-1] * 8 // bits if qshape else 0
+        want_s = (*qshape[:-1], inputs // group) if qshape else None
+        if qdtype != want_q or sdtype != torch.float32 or tuple(sshape) != want_s or inputs % group:
+            raise DataError(
+                f"{self._files[qkey]}: '{qkey}' {str(qdtype)[6:]} {list(qshape)} with '{skey}' {str(sdtype)[6:]} "
+                f"{list(sshape)} is not a {bits}-bit weight in groups of {group} "
+                f"(expected {str(want_q)[6:]} integers and float32 scales [..., inputs / {group}])"
+            )
 
     def _handle(self, path: Path):
         if path not in self._handles:
@@ -140,10 +163,17 @@ class CheckpointReader:
     def shape(self, name: str) -> tuple[int, ...]:
         source = self._source(name)
         shape = self._infos[source.keys[0]][0]
+        if source.quantized:
+            return (*shape[:-1], shape[-1] * 8 // self._bits(name))
         return (len(source.keys), *shape) if source.stacked else shape
 
     def dtype(self, name: str) -> torch.dtype:
-        return self._infos[self._source(name).keys[0]][1]
+        """The stored dtype; for integer weights the float dtype `get` dequantizes them to."""
+        source = self._source(name)
+        return self.quantization.torch_dtype if source.quantized else self._infos[source.keys[0]][1]
+
+    def is_quantized(self, name: str) -> bool:
+        return self._source(name).quantized
 
     def _source(self, name: str) -> TensorSource:
         try:
@@ -152,12 +182,32 @@ class CheckpointReader:
             raise KeyError(f"{self.directory}: no tensor '{name}'") from None
 
     def get(self, name: str, rows: Sequence[int] | None = None) -> torch.Tensor:
-        """The tensor in its stored dtype; with `rows`, only those indices of dim 0, in that order."""
+        """The tensor in its stored dtype (integer weights dequantized, see `dtype`); with `rows`,
+        only those indices of dim 0, in that order."""
         source = self._source(name)
+        if source.quantized:
+            return self.get_quantized(name, rows).dequantize(self.quantization.torch_dtype)
         if source.stacked:
             keys = source.keys if rows is None else [source.keys[r] for r in rows]
             return torch.stack([self._read(key) for key in keys])
-        key = source.keys[0]
+        return self._read_rows(source.keys[0], rows)
+
+    def get_quantized(self, name: str, rows: Sequence[int] | None = None) -> QuantizedTensor:
+        """Integer weight `name` as stored (see `emomoe.model.quantized`); `rows` as in `get`."""
+        source = self._source(name)
+        if not source.quantized:
+            raise KeyError(f"{self.directory}: tensor '{name}' is not stored as integers")
+        qdata, scales = (self._read_rows(key, rows) for key in source.keys)
+        return QuantizedTensor(qdata, scales, self._bits(name))
+
+    def _bits(self, name: str) -> int:
+        """The bits of integer weight `name` (the LM head may keep more than the rest)."""
+        bits = quantized_bits(name, self.quantization.bits)
+        if bits is None:
+            raise DataError(f"{self.directory}: '{name}' is stored as integers, but is not a weight emomoe quantizes")
+        return bits
+
+    def _read_rows(self, key: str, rows: Sequence[int] | None) -> torch.Tensor:
         if rows is None:
             return self._read(key)
         return torch.cat([self._read(key, run) for run in _runs(rows)]) if len(rows) else self._read(key, (0, 0))
@@ -170,8 +220,14 @@ class CheckpointReader:
         except (SafetensorError, OSError, RuntimeError) as e:
             raise DataError(f"{path}: cannot read tensor '{key}' (truncated or corrupt file? {e})") from None
 
-    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        return {name: self.get(name) for name in self._sources if name.startswith(prefix)}
+    def state_dict(self, prefix: str = "", quantized: bool = False) -> dict[str, torch.Tensor | QuantizedTensor]:
+        """Every tensor under `prefix`; with `quantized`, integer weights as stored (`get_quantized`)
+        rather than dequantized."""
+        return {
+            name: self.get_quantized(name) if quantized and source.quantized else self.get(name)
+            for name, source in self._sources.items()
+            if name.startswith(prefix)
+        }
 
     def fingerprint(self) -> str:
         return file_fingerprint(sorted(set(self._files.values())))
@@ -189,6 +245,23 @@ class CheckpointReader:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _pair_quantized(sources: dict[str, TensorSource], directory: Path) -> dict[str, TensorSource]:
+    """Merge each integer weight's `<name>.qdata` and `<name>.scales` into one source named `<name>`."""
+    paired: dict[str, TensorSource] = {}
+    for name, source in sources.items():
+        base, _, part = name.rpartition(".")
+        if part == "scales" and f"{base}.qdata" in sources:
+            continue
+        if part != "qdata":
+            paired[name] = source
+            continue
+        scales = sources.get(f"{base}.scales")
+        if scales is None:
+            raise DataError(f"{directory}: integer weight '{name}' has no '{base}.scales'")
+        paired[base] = TensorSource((*source.keys, *scales.keys), quantized=True)
+    return paired
 
 
 def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:

@@ -1,5 +1,5 @@
 """selection.json: the record a subset keeps of where it came from, and the chain of models it
-was sliced from.
+was sliced (or quantized) from.
 
 A subset directory is an ordinary checkpoint plus this file, which names the source checkpoint and
 its fingerprint, the kept routed experts per MoE layer in the source's numbering, and how they were
@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from emomoe.checkpoint.quantization import read_quantization
 from emomoe.errors import DataError
 
 SELECTION_FILE = "selection.json"
@@ -44,12 +45,22 @@ def read_selection(selection: str | Path) -> dict[str, Any]:
 
 
 def lineage(checkpoint: Path) -> list[Path]:
-    """`checkpoint`, then the models it was sliced from, as far as their directories still exist
-    (a subset's selection.json names its source)."""
+    """`checkpoint`, then the models it was sliced or quantized from, as far as their directories
+    still exist (a subset's selection.json names its source, a quantized model's quantization.json)."""
     dirs = [checkpoint]
-    while (dirs[-1] / SELECTION_FILE).is_file() and len(dirs) <= MAX_LINEAGE:
-        source = Path(read_selection(dirs[-1]).get("source_checkpoint", ""))
-        if not source.is_dir():
+    while len(dirs) <= MAX_LINEAGE:
+        source = _source_of(dirs[-1])
+        if source is None or not source.is_dir():
             break
         dirs.append(source)
     return dirs
+
+
+def _source_of(checkpoint: Path) -> Path | None:
+    if (checkpoint / SELECTION_FILE).is_file():
+        source = read_selection(checkpoint).get("source_checkpoint")
+    else:
+        quantization = read_quantization(checkpoint)
+        source = quantization.source.get("source_checkpoint") if quantization else None
+    # Not Path(""): that is the working directory.
+    return Path(source) if source else None

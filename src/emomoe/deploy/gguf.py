@@ -28,7 +28,7 @@ from emomoe.checkpoint import CheckpointReader
 from emomoe.data.tokenizer import TextTokenizer
 from emomoe.deploy.config import GGUFExportConfig, GGUFType
 from emomoe.deploy.layout import Architecture, GGUFTensor, add_hparams, architecture, gguf_tensors
-from emomoe.deploy.quantize import llama_cpp, quantize_file
+from emomoe.deploy.llama_quantizer import llama_cpp, quantize_file
 from emomoe.deploy.vocab import add_vocab, pre_tokenizer_name
 from emomoe.io import atomic_path, refuse_existing
 from emomoe.train.provenance import checkpoint_tokenizer

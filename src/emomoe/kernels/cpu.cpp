@@ -563,6 +563,157 @@ at::Tensor bf16_grouped_linear(const at::Tensor& x_ND, const at::Tensor& w_EFD, 
   return y_NF;
 }
 
+// Integer weights (`emomoe quantize`): each weight row is split into groups of G inputs with one
+// float scale each, w[f, d] = scale[f, d / G] * q[f, d]. 8 bits: q is an int8. 4 bits: q + 8 is
+// a nibble, two per byte, in blocks of 32 weights (16 bytes): byte j of a block holds weight j in
+// its low half and weight j + 16 in its high half, so one load yields two runs of consecutive
+// weights and unpacking needs no shuffle (llama.cpp's q4_0 lays its nibbles out the same way).
+constexpr int64_t kNibbleBlock = 32;
+
+// n consecutive int8 / uint8 values (n = kVec) widened to floats in registers.
+inline Vec int8_to_float(const int8_t* p) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return Vec(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return Vec(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))));
+#else
+  float f[kVec];
+  for (int64_t i = 0; i < kVec; ++i) f[i] = p[i];
+  return Vec::loadu(f);
+#endif
+}
+
+// The low and the high nibbles of kVec bytes, each widened to floats minus 8.
+inline std::pair<Vec, Vec> nibbles_to_float(const uint8_t* p) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m512i lo = _mm512_and_si512(b, _mm512_set1_epi32(15)), hi = _mm512_srli_epi32(b, 4);
+  return {Vec(_mm512_cvtepi32_ps(lo)) - Vec(8.f), Vec(_mm512_cvtepi32_ps(hi)) - Vec(8.f)};
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m256i lo = _mm256_and_si256(b, _mm256_set1_epi32(15)), hi = _mm256_srli_epi32(b, 4);
+  return {Vec(_mm256_cvtepi32_ps(lo)) - Vec(8.f), Vec(_mm256_cvtepi32_ps(hi)) - Vec(8.f)};
+#else
+  float lo[kVec], hi[kVec];
+  for (int64_t i = 0; i < kVec; ++i) {
+    lo[i] = static_cast<float>(p[i] & 15) - 8.f;
+    hi[i] = static_cast<float>(p[i] >> 4) - 8.f;
+  }
+  return {Vec::loadu(lo), Vec::loadu(hi)};
+#endif
+}
+
+// Ask for the same cache line of the next R rows, which the next call reads: rows are short (2 KB
+// at 8 bits, d_model 2048), so the hardware prefetcher, which follows each stream only within a
+// 4 KB page, ramps up too late, and a core's loads alone do not keep enough misses in flight.
+template <int R>
+inline void prefetch_rows(const uint8_t* p, int64_t row_bytes) {
+  for (int r = 0; r < R; ++r) __builtin_prefetch(p + (r + R) * row_bytes);
+}
+
+// acc[r] += scale[r] * (q row r . x) over one group [d0, d0 + G) of R consecutive weight rows, the
+// products summed in a vector per row before the scale multiplies them once.
+template <int Bits, int R>
+inline void int_group_dot(const uint8_t* q, int64_t row_bytes, const float* x, int64_t d0, int64_t G,
+                          const float* scale, int64_t groups, int64_t g, Vec* acc) {
+  Vec part[R];
+  for (int r = 0; r < R; ++r) part[r] = Vec(0.f);
+  if constexpr (Bits == 8) {
+    for (int64_t d = d0; d < d0 + G; d += kVec) {
+      if (d % 64 == 0) prefetch_rows<R>(q + R * row_bytes + d, row_bytes);
+      const Vec xv = Vec::loadu(x + d);
+      for (int r = 0; r < R; ++r)
+        part[r] = at::vec::fmadd(int8_to_float(reinterpret_cast<const int8_t*>(q + r * row_bytes) + d), xv, part[r]);
+    }
+  } else {
+    for (int64_t b = d0; b < d0 + G; b += kNibbleBlock) {
+      if (b % 128 == 0) prefetch_rows<R>(q + R * row_bytes + b / 2, row_bytes);
+      for (int64_t j = 0; j < kNibbleBlock / 2; j += kVec) {
+        const Vec xlo = Vec::loadu(x + b + j), xhi = Vec::loadu(x + b + kNibbleBlock / 2 + j);
+        for (int r = 0; r < R; ++r) {
+          const auto [wlo, whi] = nibbles_to_float(q + r * row_bytes + b / 2 + j);
+          part[r] = at::vec::fmadd(whi, xhi, at::vec::fmadd(wlo, xlo, part[r]));
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(part[r], Vec(scale[r * groups + g]), acc[r]);
+}
+
+// y[n, f..f+R) for every row n of x in [n0, n1): R weight rows at a time stay in L1 while the
+// rows of x pass them.
+template <int Bits, int R>
+inline void int_rows_task(const uint8_t* q, const float* scale, const float* x, int64_t n0, int64_t n1, int64_t D,
+                          int64_t G, float* y, int64_t F, int64_t f) {
+  const int64_t row_bytes = D * Bits / 8, groups = D / G;
+  for (int64_t n = n0; n < n1; ++n) {
+    Vec acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = Vec(0.f);
+    for (int64_t g = 0; g < groups; ++g)
+      int_group_dot<Bits, R>(q + f * row_bytes, row_bytes, x + n * D, g * G, G, scale + f * groups, groups, g, acc);
+    for (int r = 0; r < R; ++r) y[n * F + f + r] = reduce_sum(acc[r]);
+  }
+}
+
+// As bf16_grouped_linear, for integer weights q_EFP (P: D bytes at 8 bits, D / 2 at 4) with float
+// scales_EFG (G groups per row): each weight is read once, as stored, and widened in registers.
+at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& q_EFP, const at::Tensor& scales_EFG,
+                              const at::Tensor& counts_E, int64_t bits) {
+  check_float_cpu(x_ND, "int_grouped_linear's input");
+  check_float_cpu(scales_EFG, "int_grouped_linear's scales");
+  TORCH_CHECK(bits == 8 || bits == 4, "emomoe::int_grouped_linear: bits must be 8 or 4");
+  const auto qtype = bits == 8 ? at::kChar : at::kByte;
+  TORCH_CHECK(q_EFP.device().is_cpu() && q_EFP.scalar_type() == qtype && q_EFP.dim() == 3 && q_EFP.is_contiguous(),
+              "emomoe::int_grouped_linear: weights must be a contiguous ", bits == 8 ? "int8" : "uint8",
+              " CPU tensor [E, F, P]");
+  const int64_t N = x_ND.size(0), D = x_ND.size(1), E = q_EFP.size(0), F = q_EFP.size(1);
+  TORCH_CHECK(x_ND.dim() == 2 && q_EFP.size(2) * 8 / bits == D, "emomoe::int_grouped_linear: x must be [N, D]");
+  TORCH_CHECK(scales_EFG.dim() == 3 && scales_EFG.size(0) == E && scales_EFG.size(1) == F && scales_EFG.is_contiguous(),
+              "emomoe::int_grouped_linear: scales must be contiguous [E, F, G]");
+  const int64_t groups = scales_EFG.size(2), G = groups ? D / groups : 0;
+  const int64_t unit = bits == 8 ? kVec : std::max<int64_t>(kNibbleBlock, 2 * kVec);
+  TORCH_CHECK(groups > 0 && G * groups == D && G % unit == 0,
+              "emomoe::int_grouped_linear: the group size must divide D and be a multiple of ", unit);
+  TORCH_CHECK(counts_E.device().is_cpu() && counts_E.scalar_type() == at::kLong && counts_E.numel() == E,
+              "emomoe::int_grouped_linear: one int64 CPU count per expert");
+  const at::Tensor x = x_ND.contiguous(), counts = counts_E.contiguous();
+  const int64_t* count = counts.data_ptr<int64_t>();
+  std::vector<int64_t> first(E + 1, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(count[e] >= 0, "emomoe::int_grouped_linear: negative count");
+    first[e + 1] = first[e] + count[e];
+  }
+  TORCH_CHECK(first[E] == N, "emomoe::int_grouped_linear: the counts must add up to the rows");
+  at::Tensor y_NF = at::empty({N, F}, x.options());
+  constexpr int64_t kTaskRows = 64;
+  std::vector<std::pair<int64_t, int64_t>> tasks;  // (expert, first output row)
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t f = 0; count[e] > 0 && f < F; f += kTaskRows) tasks.emplace_back(e, f);
+  const float* xp = x.data_ptr<float>();
+  const float* sp = scales_EFG.data_ptr<float>();
+  const uint8_t* qp = static_cast<const uint8_t*>(q_EFP.data_ptr());
+  float* yp = y_NF.data_ptr<float>();
+  const int64_t P = q_EFP.size(2);
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const auto [e, f0] = tasks[i];
+      const int64_t f1 = std::min(f0 + kTaskRows, F);
+      const uint8_t* qe = qp + e * F * P;
+      const float* se = sp + e * F * groups;
+      const int64_t n0 = first[e], n1 = first[e + 1];
+      int64_t f = f0;
+      if (bits == 8) {
+        for (; f + 4 <= f1; f += 4) int_rows_task<8, 4>(qe, se, xp, n0, n1, D, G, yp, F, f);
+        for (; f < f1; ++f) int_rows_task<8, 1>(qe, se, xp, n0, n1, D, G, yp, F, f);
+      } else {
+        for (; f + 4 <= f1; f += 4) int_rows_task<4, 4>(qe, se, xp, n0, n1, D, G, yp, F, f);
+        for (; f < f1; ++f) int_rows_task<4, 1>(qe, se, xp, n0, n1, D, G, yp, F, f);
+      }
+    }
+  });
+  return y_NF;
+}
+
 #define EMOMOE_STRING(x) #x
 #define EMOMOE_EXPANDED_STRING(x) EMOMOE_STRING(x)
 
@@ -582,6 +733,7 @@ TORCH_LIBRARY(emomoe, m) {
   m.def("swiglu_backward(Tensor dh_NF, Tensor g_NF, Tensor u_NF) -> (Tensor, Tensor)");
   m.def("cross_entropy_rows(Tensor(a!) logits_NV, Tensor targets_N, Tensor scale_N, float z_weight, bool grad) -> (Tensor, Tensor)");
   m.def("bf16_grouped_linear(Tensor x_ND, Tensor w_EFD, Tensor counts_E) -> Tensor");
+  m.def("int_grouped_linear(Tensor x_ND, Tensor q_EFP, Tensor scales_EFG, Tensor counts_E, int bits) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(emomoe, CPU, m) {
@@ -593,4 +745,5 @@ TORCH_LIBRARY_IMPL(emomoe, CPU, m) {
   m.impl("swiglu_backward", &swiglu_backward);
   m.impl("cross_entropy_rows", &cross_entropy_rows);
   m.impl("bf16_grouped_linear", &bf16_grouped_linear);
+  m.impl("int_grouped_linear", &int_grouped_linear);
 }

@@ -5,7 +5,8 @@ adopt the given tensors as they are, then compute the buffers checkpoints do not
 
 - `model_from_weights`: a whole model (how checkpoints load). Weights stored narrower than fp32
   (a bf16 model too big for RAM in fp32) stay so: the model computes in fp32 all the same, each
-  matrix read in its stored dtype where it is used (`emomoe.model.linear`).
+  matrix read in its stored dtype where it is used (`emomoe.model.linear`); so do integer weights
+  (`emomoe.model.quantized`).
 - `block_from_weights`: one `Block`, its weights upcast to fp32. Streaming selection runs
   calibration tokens through such a block and drops it.
 """
@@ -17,16 +18,25 @@ from collections.abc import Mapping
 import torch
 
 from emomoe.model.config import ModelConfig
+from emomoe.model.quantized import QuantizedTensor, install_quantized
 from emomoe.model.transformer import Block, EmoTransformer, build_model
 
 COMPUTE_DTYPE = torch.float32
 
 
-def model_from_weights(cfg: ModelConfig, weights: Mapping[str, torch.Tensor]) -> EmoTransformer:
-    """The model `cfg` describes, holding `weights` (its full state dict) as they are."""
+def model_from_weights(cfg: ModelConfig, weights: Mapping[str, torch.Tensor | QuantizedTensor]) -> EmoTransformer:
+    """The model `cfg` describes, holding `weights` (its full state dict) as they are: a
+    `QuantizedTensor` becomes a `QuantizedWeight` in place of its parameter."""
     with torch.device("meta"):
         model = build_model(cfg)
-    model.load_state_dict(weights, assign=True)
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in weights.items():
+        if isinstance(tensor, QuantizedTensor):
+            install_quantized(model, name, tensor)
+            state |= tensor.state(name)
+        else:
+            state[name] = tensor
+    model.load_state_dict(state, assign=True)
     model.init_buffers()
     return model
 

@@ -20,6 +20,7 @@ from emomoe.model.linear import grouped_linear
 from emomoe.model.losses import IGNORE_INDEX, lm_head_loss
 from emomoe.model.norm import RMSNorm
 from emomoe.model.pool import draw_pool_sizes, pooled_softmax
+from emomoe.model.quantized import quantize
 from emomoe.model.router import top_experts
 
 
@@ -97,6 +98,14 @@ def _grouped_linear() -> dict[str, torch.Tensor]:
     return {"y_NF": grouped_linear(x_ND, w_EFD, torch.tensor([3, 0, 4, 2, 0]))}
 
 
+def _int_grouped_linear() -> dict[str, torch.Tensor]:
+    g = _generator()
+    x_ND = torch.randn(9, 256, generator=g)
+    w_EFD = torch.randn(5, 70, 256, generator=g)
+    counts_E = torch.tensor([3, 0, 4, 2, 0])
+    return {f"y{bits}_NF": grouped_linear(x_ND, quantize(w_EFD, bits, 64), counts_E) for bits in (8, 4)}
+
+
 TWINS = (
     Twin("emomoe.model.router.top_experts", ("topk_indices",), _top_experts),
     Twin("emomoe.model.pool.pooled_softmax", ("pool_softmax",), _pooled_softmax),
@@ -104,5 +113,6 @@ TWINS = (
     Twin("emomoe.model.experts.swiglu", ("swiglu_forward", "swiglu_backward"), _swiglu),
     Twin("emomoe.model.losses.lm_head_loss", ("cross_entropy_rows",), _lm_head_loss),
     Twin("emomoe.model.linear.grouped_linear", ("bf16_grouped_linear",), _grouped_linear),
+    Twin("emomoe.model.linear.grouped_linear", ("int_grouped_linear",), _int_grouped_linear),
 )
 

@@ -18,7 +18,7 @@ from emomoe.model.docs import Segments, doc_ids_from_eos
 from emomoe.model.experts import Experts
 from emomoe.model.init import init_weight_
 from emomoe.model.kv_cache import KVCache, LayerKV
-from emomoe.model.linear import Linear
+from emomoe.model.linear import Linear, is_stored_narrower
 from emomoe.model.losses import LMHeadLoss, lm_head_loss
 from emomoe.model.moe import MoE
 from emomoe.model.norm import RMSNorm
@@ -44,7 +44,9 @@ class ModelOutput:
 
     Given `labels_BS` outside autocast, the LM head computes CE and logit z fused (`lm_loss`) and
     `logits` is None. Under autocast the labels are not used: `logits` come back in the autocast
-    dtype and the caller computes the CE from them (`compute_loss` does, in float32).
+    dtype and the caller computes the CE from them (`compute_loss` does, in float32). So it is for
+    an LM head stored narrower than the activations or quantized (`emomoe.model.linear`), which the
+    fused head cannot read.
     """
 
     logits: torch.Tensor | None
@@ -167,7 +169,8 @@ class EmoTransformer(nn.Module):
                 router_z_loss = router_z_loss + routed.z_loss
             routing.append(LayerRouting(routed.logits_TE, routed.experts_TK, routed.weights_TK))
         routing = routing if return_routing else None
-        if labels_BS is not None and not torch.is_autocast_enabled(x_BSD.device.type):
+        autocast = torch.is_autocast_enabled(x_BSD.device.type)
+        if labels_BS is not None and not autocast and not is_stored_narrower(x_BSD, self.lm_head.weight):
             lm_loss = lm_head_loss(self.norm(x_BSD), self.lm_head.weight, labels_BS, self.cfg.loss.logit_z_weight)
             return ModelOutput(None, lb_loss, router_z_loss, routing, lm_loss)
         return ModelOutput(self.lm_head(self.norm(x_BSD)), lb_loss, router_z_loss, routing)

@@ -1,0 +1,196 @@
+"""Weight-only integer quantization: weights stored as 8- or 4-bit integers with a float scale per
+group of inputs, used as they are by `emomoe.model.linear` (activations stay float32).
+
+A weight [..., F, D] (F outputs, D inputs) is split along D into groups of G; each group keeps one
+float32 scale, and w = scale * q. The quantization is symmetric (no zero point), like llama.cpp's
+q8_0 and q4_0:
+
+- 8 bits: q = round(w / s) in [-127, 127] with s = max|w| / 127; `qdata` is int8 [..., F, D].
+- 4 bits: the group's largest-magnitude value m maps to -8 (s = -m / 8), so all 16 levels are used
+  and q is in [-8, 7]; q + 8 is stored as a nibble, two per byte, in blocks of 32 weights:
+  byte j of a block holds weight j (low nibble) and weight j + 16 (high nibble). `qdata` is
+  uint8 [..., F, D / 2]. (llama.cpp's q4_0 uses the same scale rule and nibble order.)
+
+Which weights are quantized (`QUANTIZED_WEIGHTS`): the experts, the attention projections and the
+LM head. Not the token embeddings (a lookup reads one row per token), the norms, nor the routers'
+gates: a gate's error would change which experts run, and it is tiny. The LM head keeps 8 bits
+when the rest takes 4, as llama.cpp keeps its output matrix at 6 bits in its 4-bit types.
+
+Legend: F ffn hidden (a weight's outputs), D model dim (its inputs), G groups per row, P packed
+bytes per row, E experts, X leading dims.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+from torch import nn
+
+GROUP_MULTIPLE = 32
+"""Group sizes are multiples of this: a 4-bit nibble block, and whole vectors for every ISA's kernel."""
+QUANTIZED_WEIGHTS = re.compile(r"(^|\.)(experts\.w[123]|attn\.[qkvo]_proj\.weight|lm_head\.weight)$")
+"""State-dict names of the weights that `emomoe quantize` stores as integers (see the module docstring)."""
+HEAD_MIN_BITS = 8
+
+
+def quantized_bits(name: str, bits: int) -> int | None:
+    """The bits weight `name` is stored with in a `bits`-bit model, None if it stays float."""
+    if not QUANTIZED_WEIGHTS.search(name):
+        return None
+    return max(bits, HEAD_MIN_BITS) if name.endswith("lm_head.weight") else bits
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedTensor:
+    """Integer weights and their group scales, standing for the float tensor of shape `shape`.
+
+    Indexing and reshaping apply to the leading (non-input) dims and return views: a layer's
+    routed experts `w[:r]`, the shared ones flattened into one matrix.
+    """
+
+    qdata: torch.Tensor
+    """int8 [..., F, D] (8 bits) or uint8 [..., F, D / 2] (4 bits)."""
+    scales: torch.Tensor
+    """float32 [..., F, D / group_size]."""
+    bits: int
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.qdata.shape[:-1], self.qdata.shape[-1] * 8 // self.bits))
+
+    @property
+    def group_size(self) -> int:
+        return self.shape[-1] // self.scales.shape[-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.qdata.device
+
+    @property
+    def nbytes(self) -> int:
+        return self.qdata.nbytes + self.scales.nbytes
+
+    def dim(self) -> int:
+        return self.qdata.dim()
+
+    def is_contiguous(self) -> bool:
+        return self.qdata.is_contiguous() and self.scales.is_contiguous()
+
+    def __getitem__(self, index) -> QuantizedTensor:
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) >= self.dim() or Ellipsis in index:
+            raise IndexError("a QuantizedTensor is indexed on its leading dims only, never its inputs")
+        return QuantizedTensor(self.qdata[index], self.scales[index], self.bits)
+
+    def transpose(self, dim0: int, dim1: int) -> QuantizedTensor:
+        last = self.dim() - 1
+        if last in (dim0 % self.dim(), dim1 % self.dim()):
+            raise ValueError("a QuantizedTensor's input dim (the last) cannot be transposed")
+        return QuantizedTensor(self.qdata.transpose(dim0, dim1), self.scales.transpose(dim0, dim1), self.bits)
+
+    def reshape(self, *shape: int) -> QuantizedTensor:
+        """Reshape to `shape`, whose last dim is the inputs, or whole rows of them side by side (the
+        shared experts' down projections, [S, D, F] -> [D, S * F]): groups never straddle rows."""
+        *lead, last = shape
+        if last == -1 and -1 not in lead:
+            last = self.shape.numel() // torch.Size(lead).numel()
+        if last <= 0 or last % self.shape[-1]:
+            raise ValueError(f"cannot reshape a QuantizedTensor of shape {list(self.shape)} to {list(shape)}")
+        per_row = last // self.shape[-1]
+        qdata = self.qdata.reshape(*lead, per_row * self.qdata.shape[-1])
+        scales = self.scales.reshape(*lead, per_row * self.scales.shape[-1])
+        return QuantizedTensor(qdata, scales, self.bits)
+
+    def integers(self) -> torch.Tensor:
+        """The integers, one int8 per weight, [..., F, D] (4 bits: unpacked, in [-8, 7])."""
+        return self.qdata if self.bits == 8 else _unpack_nibbles(self.qdata)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float tensor these integers stand for, in `dtype`."""
+        q_XGC = self.integers().reshape(*self.scales.shape, -1)
+        return (q_XGC * self.scales[..., None]).reshape(self.shape).to(dtype)
+
+    def state(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint stores for weight `name`."""
+        return {f"{name}.qdata": self.qdata, f"{name}.scales": self.scales}
+
+
+def check_group_size(group_size: int, inputs: int, name: str = "group_size") -> None:
+    if group_size < GROUP_MULTIPLE or group_size % GROUP_MULTIPLE or inputs % group_size:
+        raise ValueError(
+            f"{name}: {group_size} must be a multiple of {GROUP_MULTIPLE} that divides the {inputs} inputs of the weight"
+        )
+
+
+def quantize(w: torch.Tensor, bits: int, group_size: int) -> QuantizedTensor:
+    """`w` [..., F, D] as `bits`-bit integers with one scale per `group_size` inputs (see the module
+    docstring); computed in float32 whatever `w`'s dtype."""
+    if bits not in (8, 4):
+        raise ValueError(f"bits: {bits} is not 8 or 4")
+    check_group_size(group_size, w.shape[-1])
+    w_XGC = w.float().reshape(*w.shape[:-1], -1, group_size)
+    if bits == 8:
+        scale_XG = w_XGC.abs().amax(-1) / 127
+        q_XGC = _divide(w_XGC, scale_XG).round().clamp(-127, 127)
+        return QuantizedTensor(q_XGC.to(torch.int8).reshape(w.shape), scale_XG.contiguous(), 8)
+    extreme_XG = w_XGC.gather(-1, w_XGC.abs().argmax(-1, keepdim=True)).squeeze(-1)
+    scale_XG = extreme_XG / -8
+    q_XGC = _divide(w_XGC, scale_XG).round().clamp(-8, 7) + 8
+    return QuantizedTensor(_pack_nibbles(q_XGC.to(torch.uint8).reshape(w.shape)), scale_XG.contiguous(), 4)
+
+
+def _divide(w_XGC: torch.Tensor, scale_XG: torch.Tensor) -> torch.Tensor:
+    """w / scale per group; an all-zero group (scale 0) quantizes to zeros, not NaN."""
+    safe_XG = torch.where(scale_XG == 0, torch.ones_like(scale_XG), scale_XG)
+    return w_XGC / safe_XG[..., None]
+
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """uint8 values < 16, [..., D] -> [..., D / 2] in the 32-weight block layout."""
+    q_XB2H = q.reshape(*q.shape[:-1], -1, 2, 16)
+    return (q_XB2H[..., 0, :] | (q_XB2H[..., 1, :] << 4)).reshape(*q.shape[:-1], -1)
+
+
+def _unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of `_pack_nibbles`: [..., D / 2] -> int8 values in [-8, 7], [..., D]."""
+    p_XBH = packed.reshape(*packed.shape[:-1], -1, 16)
+    q_XB2H = torch.stack([p_XBH & 15, p_XBH >> 4], dim=-2)
+    return (q_XB2H.to(torch.int8) - 8).reshape(*packed.shape[:-1], -1)
+
+
+class QuantizedWeight(nn.Module):
+    """A quantized weight in a model, in place of its float `nn.Parameter`: the module's buffers
+    `qdata` and `scales` are what a checkpoint stores (`<weight name>.qdata`, `.scales`). It is
+    used through `tensor()`; indexing and `shape` forward to it, as the experts' code needs."""
+
+    def __init__(self, quantized: QuantizedTensor):
+        super().__init__()
+        self.bits = quantized.bits
+        self.register_buffer("qdata", quantized.qdata)
+        self.register_buffer("scales", quantized.scales)
+
+    def tensor(self) -> QuantizedTensor:
+        return QuantizedTensor(self.qdata, self.scales, self.bits)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor().shape
+
+    def __getitem__(self, index) -> QuantizedTensor:
+        return self.tensor()[index]
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, shape={list(self.shape)}, group_size={self.tensor().group_size}"
+
+
+def install_quantized(model: nn.Module, name: str, quantized: QuantizedTensor) -> None:
+    """Replace parameter `name` (e.g. `layers.0.moe.experts.w1`) of `model` by a `QuantizedWeight`."""
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    expected = tuple(getattr(owner, attr).shape)
+    if tuple(quantized.shape) != expected:
+        raise ValueError(f"{name}: quantized weights of shape {list(quantized.shape)}, the model has {list(expected)}")
+    delattr(owner, attr)
+    owner.add_module(attr, QuantizedWeight(quantized))
