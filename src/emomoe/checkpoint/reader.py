@@ -172,6 +172,10 @@ class CheckpointReader:
         source = self._source(name)
         return self.quantization.torch_dtype if source.quantized else self._infos[source.keys[0]][1]
 
+    def stored_bytes(self, name: str) -> int:
+        """Bytes tensor `name` takes in the files (integers and scales for an integer weight)."""
+        return sum(torch.Size(self._infos[key][0]).numel() * self._infos[key][1].itemsize for key in self._source(name).keys)
+
     def is_quantized(self, name: str) -> bool:
         return self._source(name).quantized
 
