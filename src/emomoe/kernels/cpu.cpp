@@ -2,7 +2,7 @@
 //
 // Legend (docs/architecture.md): T tokens, E experts, G documents,
 // K experts per token, N rows, D model dim (a linear map's inputs), F ffn hidden (its outputs),
-// V vocab, X any leading dims.
+// V vocab, Q quantization groups, X any leading dims.
 //
 // Built once per machine by emomoe/kernels/__init__.py with the host's vector ISA. Every kernel
 // here has a pure-PyTorch twin in the model code; tests compare the two, and the twin runs
@@ -655,22 +655,22 @@ inline void int_rows_task(const uint8_t* q, const float* scale, const float* x, 
   }
 }
 
-// As bf16_grouped_linear, for integer weights q_EFP (P: D bytes at 8 bits, D / 2 at 4) with float
-// scales_EFG (G groups per row): each weight is read once, as stored, and widened in registers.
-at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& q_EFP, const at::Tensor& scales_EFG,
+// As bf16_grouped_linear, for integer weights `qdata` [E, F, D bytes at 8 bits, D / 2 at 4] with
+// float scales_EFQ (Q groups per row): each weight is read once, as stored, and widened in registers.
+at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& qdata, const at::Tensor& scales_EFQ,
                               const at::Tensor& counts_E, int64_t bits) {
   check_float_cpu(x_ND, "int_grouped_linear's input");
-  check_float_cpu(scales_EFG, "int_grouped_linear's scales");
+  check_float_cpu(scales_EFQ, "int_grouped_linear's scales");
   TORCH_CHECK(bits == 8 || bits == 4, "emomoe::int_grouped_linear: bits must be 8 or 4");
   const auto qtype = bits == 8 ? at::kChar : at::kByte;
-  TORCH_CHECK(q_EFP.device().is_cpu() && q_EFP.scalar_type() == qtype && q_EFP.dim() == 3 && q_EFP.is_contiguous(),
+  TORCH_CHECK(qdata.device().is_cpu() && qdata.scalar_type() == qtype && qdata.dim() == 3 && qdata.is_contiguous(),
               "emomoe::int_grouped_linear: weights must be a contiguous ", bits == 8 ? "int8" : "uint8",
-              " CPU tensor [E, F, P]");
-  const int64_t N = x_ND.size(0), D = x_ND.size(1), E = q_EFP.size(0), F = q_EFP.size(1);
-  TORCH_CHECK(x_ND.dim() == 2 && q_EFP.size(2) * 8 / bits == D, "emomoe::int_grouped_linear: x must be [N, D]");
-  TORCH_CHECK(scales_EFG.dim() == 3 && scales_EFG.size(0) == E && scales_EFG.size(1) == F && scales_EFG.is_contiguous(),
+              " CPU tensor [E, F, bytes per row]");
+  const int64_t N = x_ND.size(0), D = x_ND.size(1), E = qdata.size(0), F = qdata.size(1);
+  TORCH_CHECK(x_ND.dim() == 2 && qdata.size(2) * 8 / bits == D, "emomoe::int_grouped_linear: x must be [N, D]");
+  TORCH_CHECK(scales_EFQ.dim() == 3 && scales_EFQ.size(0) == E && scales_EFQ.size(1) == F && scales_EFQ.is_contiguous(),
               "emomoe::int_grouped_linear: scales must be contiguous [E, F, G]");
-  const int64_t groups = scales_EFG.size(2), G = groups ? D / groups : 0;
+  const int64_t groups = scales_EFQ.size(2), G = groups ? D / groups : 0;
   const int64_t unit = bits == 8 ? kVec : std::max<int64_t>(kNibbleBlock, 2 * kVec);
   TORCH_CHECK(groups > 0 && G * groups == D && G % unit == 0,
               "emomoe::int_grouped_linear: the group size must divide D and be a multiple of ", unit);
@@ -690,15 +690,15 @@ at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& q_EFP, c
   for (int64_t e = 0; e < E; ++e)
     for (int64_t f = 0; count[e] > 0 && f < F; f += kTaskRows) tasks.emplace_back(e, f);
   const float* xp = x.data_ptr<float>();
-  const float* sp = scales_EFG.data_ptr<float>();
-  const uint8_t* qp = static_cast<const uint8_t*>(q_EFP.data_ptr());
+  const float* sp = scales_EFQ.data_ptr<float>();
+  const uint8_t* qp = static_cast<const uint8_t*>(qdata.data_ptr());
   float* yp = y_NF.data_ptr<float>();
-  const int64_t P = q_EFP.size(2);
+  const int64_t row_bytes = qdata.size(2);
   at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const auto [e, f0] = tasks[i];
       const int64_t f1 = std::min(f0 + kTaskRows, F);
-      const uint8_t* qe = qp + e * F * P;
+      const uint8_t* qe = qp + e * F * row_bytes;
       const float* se = sp + e * F * groups;
       const int64_t n0 = first[e], n1 = first[e + 1];
       int64_t f = f0;
@@ -733,7 +733,7 @@ TORCH_LIBRARY(emomoe, m) {
   m.def("swiglu_backward(Tensor dh_NF, Tensor g_NF, Tensor u_NF) -> (Tensor, Tensor)");
   m.def("cross_entropy_rows(Tensor(a!) logits_NV, Tensor targets_N, Tensor scale_N, float z_weight, bool grad) -> (Tensor, Tensor)");
   m.def("bf16_grouped_linear(Tensor x_ND, Tensor w_EFD, Tensor counts_E) -> Tensor");
-  m.def("int_grouped_linear(Tensor x_ND, Tensor q_EFP, Tensor scales_EFG, Tensor counts_E, int bits) -> Tensor");
+  m.def("int_grouped_linear(Tensor x_ND, Tensor qdata, Tensor scales_EFQ, Tensor counts_E, int bits) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(emomoe, CPU, m) {

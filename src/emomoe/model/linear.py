@@ -105,9 +105,8 @@ def _widen(stored_FD: torch.Tensor | QuantizedTensor, out_FD: torch.Tensor) -> t
     """`stored_FD` in `out_FD`'s dtype, written into it."""
     if not isinstance(stored_FD, QuantizedTensor):
         return out_FD.copy_(stored_FD)
-    q_FD = stored_FD.integers()
-    q_FGC = q_FD.view(*stored_FD.scales.shape, -1)
-    torch.mul(q_FGC, stored_FD.scales[..., None], out=out_FD.view_as(q_FGC))
+    groups = stored_FD.integers().view(*stored_FD.scales.shape, -1)  # [F, Q, group size]
+    torch.mul(groups, stored_FD.scales[..., None], out=out_FD.view_as(groups))
     return out_FD
 
 

@@ -16,8 +16,8 @@ LM head. Not the token embeddings (a lookup reads one row per token), the norms,
 gates: a gate's error would change which experts run, and it is tiny. The LM head keeps 8 bits
 when the rest takes 4, as llama.cpp keeps its output matrix at 6 bits in its 4-bit types.
 
-Legend: F ffn hidden (a weight's outputs), D model dim (its inputs), G groups per row, P packed
-bytes per row, E experts, X leading dims.
+Legend: F ffn hidden (a weight's outputs), D model dim (its inputs), Q quantization groups (of a
+row), E experts, X leading dims.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ class QuantizedTensor:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float tensor these integers stand for, in `dtype`."""
-        q_XGC = self.integers().reshape(*self.scales.shape, -1)
-        return (q_XGC * self.scales[..., None]).reshape(self.shape).to(dtype)
+        groups = self.integers().reshape(*self.scales.shape, -1)
+        return (groups * self.scales[..., None]).reshape(self.shape).to(dtype)
 
     def state(self, name: str) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint stores for weight `name`."""
@@ -130,34 +130,34 @@ def quantize(w: torch.Tensor, bits: int, group_size: int) -> QuantizedTensor:
     if bits not in (8, 4):
         raise ValueError(f"bits: {bits} is not 8 or 4")
     check_group_size(group_size, w.shape[-1])
-    w_XGC = w.float().reshape(*w.shape[:-1], -1, group_size)
+    groups = w.float().reshape(*w.shape[:-1], -1, group_size)  # [..., Q, group_size]
     if bits == 8:
-        scale_XG = w_XGC.abs().amax(-1) / 127
-        q_XGC = _divide(w_XGC, scale_XG).round().clamp(-127, 127)
-        return QuantizedTensor(q_XGC.to(torch.int8).reshape(w.shape), scale_XG.contiguous(), 8)
-    extreme_XG = w_XGC.gather(-1, w_XGC.abs().argmax(-1, keepdim=True)).squeeze(-1)
-    scale_XG = extreme_XG / -8
-    q_XGC = _divide(w_XGC, scale_XG).round().clamp(-8, 7) + 8
-    return QuantizedTensor(_pack_nibbles(q_XGC.to(torch.uint8).reshape(w.shape)), scale_XG.contiguous(), 4)
+        scale_XQ = groups.abs().amax(-1) / 127
+        ints = _divide(groups, scale_XQ).round().clamp(-127, 127)
+        return QuantizedTensor(ints.to(torch.int8).reshape(w.shape), scale_XQ.contiguous(), 8)
+    extreme_XQ = groups.gather(-1, groups.abs().argmax(-1, keepdim=True)).squeeze(-1)
+    scale_XQ = extreme_XQ / -8
+    ints = _divide(groups, scale_XQ).round().clamp(-8, 7) + 8
+    return QuantizedTensor(_pack_nibbles(ints.to(torch.uint8).reshape(w.shape)), scale_XQ.contiguous(), 4)
 
 
-def _divide(w_XGC: torch.Tensor, scale_XG: torch.Tensor) -> torch.Tensor:
+def _divide(groups: torch.Tensor, scale_XQ: torch.Tensor) -> torch.Tensor:
     """w / scale per group; an all-zero group (scale 0) quantizes to zeros, not NaN."""
-    safe_XG = torch.where(scale_XG == 0, torch.ones_like(scale_XG), scale_XG)
-    return w_XGC / safe_XG[..., None]
+    safe_XQ = torch.where(scale_XQ == 0, torch.ones_like(scale_XQ), scale_XQ)
+    return groups / safe_XQ[..., None]
 
 
 def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
     """uint8 values < 16, [..., D] -> [..., D / 2] in the 32-weight block layout."""
-    q_XB2H = q.reshape(*q.shape[:-1], -1, 2, 16)
-    return (q_XB2H[..., 0, :] | (q_XB2H[..., 1, :] << 4)).reshape(*q.shape[:-1], -1)
+    halves = q.reshape(*q.shape[:-1], -1, 2, 16)  # [..., blocks, low/high, 16]
+    return (halves[..., 0, :] | (halves[..., 1, :] << 4)).reshape(*q.shape[:-1], -1)
 
 
 def _unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     """The inverse of `_pack_nibbles`: [..., D / 2] -> int8 values in [-8, 7], [..., D]."""
-    p_XBH = packed.reshape(*packed.shape[:-1], -1, 16)
-    q_XB2H = torch.stack([p_XBH & 15, p_XBH >> 4], dim=-2)
-    return (q_XB2H.to(torch.int8) - 8).reshape(*packed.shape[:-1], -1)
+    blocks = packed.reshape(*packed.shape[:-1], -1, 16)
+    halves = torch.stack([blocks & 15, blocks >> 4], dim=-2)
+    return (halves.to(torch.int8) - 8).reshape(*packed.shape[:-1], -1)
 
 
 class QuantizedWeight(nn.Module):
