@@ -132,7 +132,7 @@ def measure_decode(checkpoint: str, dtype: str, prompt: list[int], new_tokens: i
     """One row, in its own process: load, warm up, then the best of `reps` generations; writes JSON to `out`."""
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
-    model, cfg = load_for_inference(checkpoint, dtype=torch.float32 if dtype == "fp32" else dtype)
+    model, _ = load_for_inference(checkpoint, dtype=torch.float32 if dtype == "fp32" else dtype)
     settings = GenerationConfig(max_new_tokens=new_tokens, greedy=True)
     ttft, rate = float("inf"), 0.0
     for rep in range(reps + 1):

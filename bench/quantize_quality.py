@@ -79,16 +79,19 @@ def measure(models: dict[str, Path], store: Path, sweep: dict, work: Path) -> di
             sub = subset_of(final, sweep["kept_experts"][name][KEEP][domain], work / f"{name}-{domain}")
             for variant, checkpoint in quantized(sub, work).items():
                 subsets[variant][domain] = losses(checkpoint, store, [domain], windows)[domain]
-        mean = lambda per_domain: sum(per_domain.values()) / len(per_domain)  # noqa: E731
         out[name] = {
-            "full": {v: round(mean(full[v]), 5) for v in VARIANTS},
-            f"subset_{KEEP}": {v: round(mean(subsets[v]), 5) for v in VARIANTS},
+            "full": {v: round(_mean(full[v]), 5) for v in VARIANTS},
+            f"subset_{KEEP}": {v: round(_mean(subsets[v]), 5) for v in VARIANTS},
         }
         for part in ("full", f"subset_{KEEP}"):
             row = out[name][part]
             row["int8_loss_change"] = round(row["int8"] - row["float"], 5)
             row["int4_loss_change"] = round(row["int4"] - row["float"], 5)
     return out
+
+
+def _mean(per_domain: dict[str, float]) -> float:
+    return sum(per_domain.values()) / len(per_domain)
 
 
 def headline(result: dict, emo: str, std: str) -> dict:

@@ -106,5 +106,5 @@ def _source_dtype(reader: CheckpointReader, names: list[str], checkpoint: str | 
     dtypes = {reader.dtype(name) for name in names}
     unknown = dtypes - set(by_name)
     if unknown:
-        raise DataError(f"{checkpoint}: cannot quantize weights of dtype {sorted(map(str, unknown))[0]}")
+        raise DataError(f"{checkpoint}: cannot quantize weights of dtype {min(map(str, unknown))}")
     return by_name[dtypes.pop()] if len(dtypes) == 1 else "float32"
