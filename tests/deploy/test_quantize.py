@@ -3,6 +3,7 @@ checkpoints takes it (dequantized where floats are needed), held-out loss on a t
 streaming, refusals and atomic writes."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -149,6 +150,16 @@ def test_cli_quantizes_and_eval_runs_on_the_result(subset, corpus_store, tmp_pat
     assert "4-bit weights in groups of 64" in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(out), "--data", str(corpus_store), "--num-eval-windows", "1",
                  "--out", str(tmp_path / "eval.json"), "--no-progress"]) == 0
+    capsys.readouterr()
+    # Its own copy of the tokenizer: it runs even where the model it came from is gone.
+    shutil.move(subset, tmp_path / "moved")
+    try:
+        assert main(["generate", "--checkpoint", str(out), "--prompt", "def f(x):", "--greedy",
+                     "--max-new-tokens", "4"]) == 0
+    finally:
+        shutil.move(tmp_path / "moved", subset)
+    out_text, err = capsys.readouterr()
+    assert out_text.strip() and err.startswith("[4 tokens")
     assert main(["quantize", "--checkpoint", str(subset), "--bits", "3", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bits: 3 is not 8 or 4" in err, err
