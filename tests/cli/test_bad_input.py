@@ -119,7 +119,7 @@ ERRORS = {
     ),
     "train-resume-changed-model": (
         lambda e, t: ["train", "--out", s(e["run"]), "--resume", "--set", "model.d_model=64"],
-        r"cannot resume, the config differs from the stored run at 'model\.d_model' \(only train\.\* may change",
+        r"cannot resume, the config differs from the stored run at 'model\.d_model' \(only train\.\* and data\.batch_size may change",
     ),
     "train-missing-mix-file": (
         lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "data.store=mix.yaml"],
