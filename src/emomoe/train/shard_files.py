@@ -91,6 +91,11 @@ def read_index(directory: str | Path) -> dict[str, StoredTensor]:
         raise DataError(f"{path}: damaged shard index ({type(e).__name__}: {e})") from None
 
 
+def block(offsets: tuple[int, ...], sizes: tuple[int, ...]) -> tuple[slice, ...]:
+    """The index of the block of a tensor at `offsets` with `sizes`."""
+    return tuple(slice(o, o + n) for o, n in zip(offsets, sizes))
+
+
 class ChunkFiles:
     """The safetensors files of a sharded state, each opened (memory-mapped) when first read."""
 
@@ -108,7 +113,7 @@ class ChunkFiles:
                 handle = self._handles[chunk.file] = self._stack.enter_context(safe_open(str(path), framework="pt"))
             if offsets is None or not chunk.sizes:
                 return handle.get_tensor(chunk.key)
-            return handle.get_slice(chunk.key)[tuple(slice(o, o + n) for o, n in zip(offsets, lengths))]
+            return handle.get_slice(chunk.key)[block(offsets, lengths)]
         except (SafetensorError, OSError) as e:
             raise DataError(f"{path}: cannot read chunk {chunk.key} ({e})") from None
 
