@@ -9,9 +9,7 @@ from safetensors.torch import load_file
 from emomoe.checkpoint import WEIGHTS_FILE
 from emomoe.train.metrics import TIMING_KEYS, read_metrics
 from emomoe.train.trainer import train
-from tests.train.spawn import train_processes
-
-COMPARED = ("ce", "lb", "router_z", "logit_z", "total", "grad_norm", "tokens", "val/all")
+from tests.train.multiprocess import COMPARED, train_processes
 
 
 @pytest.mark.slow
