@@ -35,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cons.add_argument("checkpoint", metavar="CHECKPOINT", help="a sharded training checkpoint: RUN_DIR/checkpoints/step-N")
+    cons.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="a sharded training checkpoint: RUN_DIR/checkpoints/step-N"
+    )
     cons.add_argument("--out", required=True, metavar="DIR", help="the model checkpoint to write")
     cons.add_argument("--force", action="store_true", help="replace an existing --out")
     add_config_options(cons, ConsolidateConfig)

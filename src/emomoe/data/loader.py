@@ -199,16 +199,24 @@ class TrainLoader:
                     f"{self.store.path}: cannot resume the data order: saved {key} {state.get(key)} "
                     f"differs from the current {mine[key]} (different store, domains or data config)"
                 )
-        # Absent from states written before runs could resume on another number of ranks.
-        saved = state.get("global_batch_size", self.global_batch_size)
-        if saved != self.global_batch_size:
-            raise ConfigError(
-                f"data.batch_size: the checkpoint's micro-batches hold {saved} sequences over all processes, "
-                f"this run's {self.global_batch_size} ({self.world_size} x {self.cfg.batch_size}); "
-                + (f"set data.batch_size={saved // self.world_size}" if saved % self.world_size == 0
-                   else f"run a number of processes that divides {saved}")
-            )
+        check_global_batch(state, self.cfg, self.world_size)
         self.position = int(state["position"])
+
+
+def check_global_batch(state: dict[str, Any], cfg: DataConfig, world_size: int) -> None:
+    """ConfigError unless `world_size` processes with `cfg` take micro-batches of as many windows
+    as the run that saved `state` (a `TrainLoader.state_dict`) did: otherwise the data order, and
+    every loss after it, would change."""
+    mine = cfg.batch_size * world_size
+    # Absent from states written before runs could resume on another number of ranks.
+    saved = state.get("global_batch_size", mine)
+    if saved != mine:
+        raise ConfigError(
+            f"data.batch_size: the checkpoint's micro-batches hold {saved} sequences over all processes, "
+            f"this run's {mine} ({world_size} x {cfg.batch_size}); "
+            + (f"set data.batch_size={saved // world_size}" if saved % world_size == 0
+               else f"run a number of processes that divides {saved}")
+        )
 
 
 def eval_batches(

@@ -76,7 +76,9 @@ def read_index(directory: str | Path) -> dict[str, StoredTensor]:
     try:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT:
-            raise DataError(f"{path}: not a sharded training state index (format {data.get('format')!r}, expected {FORMAT})")
+            raise DataError(
+                f"{path}: not a sharded training state index (format {data.get('format')!r}, expected {FORMAT})"
+            )
         return {
             name: StoredTensor(
                 SAFETENSORS_DTYPES[entry["dtype"]],
@@ -104,7 +106,9 @@ class ChunkFiles:
         self._handles: dict[str, Any] = {}
         self._stack = contextlib.ExitStack()
 
-    def read(self, chunk: Chunk, offsets: tuple[int, ...] | None = None, lengths: tuple[int, ...] | None = None) -> torch.Tensor:
+    def read(
+        self, chunk: Chunk, offsets: tuple[int, ...] | None = None, lengths: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
         """The chunk, or the block of it at `offsets` (relative to the chunk) of `lengths`."""
         handle = self._handles.get(chunk.file)
         path = self.directory / chunk.file
@@ -174,11 +178,13 @@ def _write_chunks(path: Path, plan: SavePlan, planner: SavePlanner) -> list[Writ
     for item in plan.items:
         if item.type is WriteItemType.BYTE_IO:
             raise TypeError(f"{item.index.fqn}: not a tensor; a sharded training state stores tensors only")
-        block, dtype = item.tensor_data.chunk, item.tensor_data.properties.dtype
-        key = f"{item.index.fqn}@{','.join(map(str, block.offsets))}"
-        nbytes = math.prod(block.sizes) * dtype.itemsize
-        header[key] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(block.sizes), "data_offsets": [offset, offset + nbytes]}
-        chunk = Chunk(tuple(block.offsets), tuple(block.sizes), path.name, key)
+        extent, dtype = item.tensor_data.chunk, item.tensor_data.properties.dtype
+        key = f"{item.index.fqn}@{','.join(map(str, extent.offsets))}"
+        nbytes = math.prod(extent.sizes) * dtype.itemsize
+        header[key] = {
+            "dtype": _DTYPE_NAMES[dtype], "shape": list(extent.sizes), "data_offsets": [offset, offset + nbytes]
+        }
+        chunk = Chunk(tuple(extent.offsets), tuple(extent.sizes), path.name, key)
         results.append(WriteResult(index=item.index, size_in_bytes=nbytes, storage_data=chunk))
         offset += nbytes
     head = json.dumps(header).encode()

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from emomoe import distributed
 from emomoe.checkpoint import save_model
-from emomoe.data.loader import TrainLoader
+from emomoe.data.loader import TrainLoader, check_global_batch
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, warn
 from emomoe.model import build_model
@@ -73,12 +73,15 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
     resuming = resume and holds_run(run_dir)
     if cfg.train.init_from and not resuming:
         check_architecture(cfg.model, cfg.train.init_from)
+    checkpoints = CheckpointManager(run_dir, cfg.train.num_checkpoints_kept)
+    restored = checkpoints.restore_newest() if resuming else None
+    if restored is not None:
+        # Before config.yaml takes the new settings: a refused resume changes nothing.
+        check_global_batch(restored.state["ranks"][0]["loader"], cfg.data, distributed.get_world_size())
     distributed.barrier()
     if distributed.is_main_process():
         claim_run_dir(run_dir, cfg, force=force)
     distributed.barrier()
-    checkpoints = CheckpointManager(run_dir, cfg.train.num_checkpoints_kept)
-    restored = checkpoints.restore_newest() if resuming else None
     if distributed.is_main_process():
         checkpoints.remove_temporaries()
         if restored is not None:
