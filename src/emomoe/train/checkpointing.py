@@ -182,13 +182,12 @@ class CheckpointManager:
 def _shared_atomic_dir(target: Path) -> Iterator[Path]:
     """`io.atomic_path` for a directory that every rank writes into: the main process creates the
     temporary directory and, after the block has run on every rank, renames it into place."""
-    tmp = None
     with contextlib.ExitStack() as stack:
+        created = None
         if distributed.is_main_process():
-            tmp = stack.enter_context(atomic_path(target))
-            tmp.mkdir()
-        tmp = Path(distributed.broadcast_object(str(tmp)))
-        yield tmp
+            created = stack.enter_context(atomic_path(target))
+            created.mkdir()
+        yield Path(distributed.broadcast_object(str(created)))
     distributed.barrier()
 
 

@@ -145,10 +145,11 @@ class Trainer:
         seed_everything(tc.seed)
         model = build_model(cfg.model)
         model.pool_sampler.seed = tc.seed + self.rank
-        if resume_from is not None and resume_from.weights is not None:
+        if resume_from is None:
+            if tc.init_from:
+                load_initial_weights(model, cfg.model, tc.init_from)
+        elif resume_from.weights is not None:  # a sharded checkpoint loads once the model is wrapped
             model.load_state_dict(resume_from.weights)
-        elif tc.init_from:
-            load_initial_weights(model, cfg.model, tc.init_from)
         self.plain_model = model.to(device)
         if tc.compile:
             parallel.compile_blocks(self.plain_model)
