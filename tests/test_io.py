@@ -10,8 +10,8 @@ from emomoe.io import (
     atomic_path,
     atomic_write_bytes,
     atomic_write_text,
-    refuse_existing,
     read_checksums,
+    refuse_existing,
     verify_checksums,
     write_checksums,
 )
