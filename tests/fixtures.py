@@ -72,6 +72,18 @@ def save_tiny_checkpoint(out: Path, store: Path, *overrides: str, seed: int = 0)
     return save_model(out, build_model(cfg), cfg)
 
 
+def sharded_checkpoint(run_dir: Path, model, cfg: ModelConfig, step: int = 1, num_kept: int = 2) -> Path:
+    """RUN_DIR/checkpoints/step-N as an FSDP run writes it, from one process (one rank file): the
+    weights of `model`, fresh AdamW moments, and a trainer state with no ranks."""
+    from emomoe.train.checkpointing import CheckpointManager
+    from emomoe.train.config import TrainConfig
+    from emomoe.train.optim import build_optimizer
+
+    state = {"step": step, "tokens_seen": 64 * step, "world_size": 1, "scheduler": {}, "ranks": []}
+    optimizer = build_optimizer(model, TrainConfig())
+    return CheckpointManager(run_dir, num_kept).save_sharded(step, model, optimizer, cfg, state)
+
+
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str = "256k") -> Iterator[bool]:
     """Mount a tmpfs of `size` at `path` (root only, where the platform allows); yields whether it did."""

@@ -10,6 +10,7 @@ from emomoe.io import (
     atomic_path,
     atomic_write_bytes,
     atomic_write_text,
+    read_checksums,
     refuse_existing,
     verify_checksums,
     write_checksums,
@@ -94,6 +95,16 @@ def test_checksums_name_the_damaged_file(tmp_path):
     (tmp_path / "a.bin").unlink()
     with pytest.raises(DataError, match="a.bin: missing"):
         verify_checksums(tmp_path, names=["a.bin"])
+
+
+def test_checksums_computed_elsewhere_are_taken_as_given(tmp_path):
+    (tmp_path / "mine.bin").write_bytes(b"abc")
+    (tmp_path / "theirs.bin").write_bytes(b"def")
+    reported = hashlib.sha256(b"what the other process wrote").hexdigest()
+    write_checksums(tmp_path, known={"theirs.bin": reported})
+    assert read_checksums(tmp_path) == {"mine.bin": hashlib.sha256(b"abc").hexdigest(), "theirs.bin": reported}
+    with pytest.raises(DataError, match="theirs.bin: checksum mismatch"):  # the file is not what was reported
+        verify_checksums(tmp_path)
 
 
 def test_refuse_existing(tmp_path):

@@ -47,6 +47,24 @@ def gather_objects(obj: object) -> list[object] | None:
     return gathered
 
 
+def all_gather_objects(obj: object) -> list[object]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: object) -> object:
+    """The main process's `obj`, on every rank (what the others pass is ignored)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from emomoe.errors import DataError
@@ -141,11 +141,17 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def write_checksums(directory: str | Path) -> Path:
-    """Record the sha256 of every file below `directory` in its checksums.sha256 (written last)."""
+def write_checksums(directory: str | Path, known: Mapping[str, str] | None = None) -> Path:
+    """Record the sha256 of every file below `directory` in its checksums.sha256 (written last).
+
+    `known` maps relative paths to digests already computed elsewhere (by the processes that wrote
+    those files); every other file is hashed here.
+    """
     directory = Path(directory)
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
-    lines = [f"{file_sha256(p)}  {p.relative_to(directory).as_posix()}\n" for p in files]
+    known = known or {}
+    names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    digests = {name: known.get(name) or file_sha256(directory / name) for name in names if name != CHECKSUMS_FILE}
+    lines = [f"{digest}  {name}\n" for name, digest in digests.items()]
     manifest = directory / CHECKSUMS_FILE
     manifest.write_text("".join(lines))
     return manifest
@@ -176,13 +182,10 @@ def _verified(path: Path, digest: str) -> bool:
     return True
 
 
-def verify_checksums(directory: str | Path, names: list[str] | None = None) -> None:
-    """Raise DataError naming the first file of `directory` whose bytes differ from checksums.sha256.
-
-    `names` limits the check to those files (relative paths); by default every listed file is checked.
-    """
-    directory = Path(directory)
-    manifest = directory / CHECKSUMS_FILE
+def read_checksums(directory: str | Path) -> dict[str, str]:
+    """The relative path -> sha256 listed in the checksums.sha256 of `directory`; DataError if it
+    is missing or damaged."""
+    manifest = Path(directory) / CHECKSUMS_FILE
     try:
         text = manifest.read_text()
     except FileNotFoundError:
@@ -195,10 +198,20 @@ def verify_checksums(directory: str | Path, names: list[str] | None = None) -> N
         if not sep or len(digest) != 64:
             raise DataError(f"{manifest}: line {number} is damaged (expected '<sha256>  <file name>')")
         expected[name] = digest
+    return expected
+
+
+def verify_checksums(directory: str | Path, names: list[str] | None = None) -> None:
+    """Raise DataError naming the first file of `directory` whose bytes differ from checksums.sha256.
+
+    `names` limits the check to those files (relative paths); by default every listed file is checked.
+    """
+    directory = Path(directory)
+    expected = read_checksums(directory)
     for name in names if names is not None else expected:
         path = directory / name
         if name not in expected:
-            raise DataError(f"{manifest}: has no checksum for {name}")
+            raise DataError(f"{directory / CHECKSUMS_FILE}: has no checksum for {name}")
         if not path.is_file():
             raise DataError(f"{path}: missing (listed in {CHECKSUMS_FILE})")
         if not _verified(path, expected[name]):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from emomoe.checkpoint.writer import INDEX_FILE, SINGLE_FILE, ShardedWriter
+from emomoe.checkpoint.writer import INDEX_FILE, SINGLE_FILE, ShardedWriter, parse_size
 
 
 def tensors():
@@ -57,3 +57,9 @@ def test_names_are_written_once(tmp_path):
     writer.add("a", torch.zeros(1))
     with pytest.raises(ValueError, match="'a'"):
         writer.add("a", torch.zeros(1))
+
+
+def test_shard_sizes_read_like_transformers():
+    assert [parse_size(s) for s in ("5GB", "500MB", "2GiB", "1000")] == [5 * 10**9, 5 * 10**8, 2 * 2**30, 1000]
+    with pytest.raises(Exception, match="expected a size like 5GB"):
+        parse_size("5 parsecs")

@@ -15,13 +15,14 @@ import pytest
 import torch
 import yaml
 
-from emomoe.checkpoint import save_model
+from emomoe.checkpoint import load_model, save_model
 from emomoe.cli import main
 from emomoe.data.store import TokenStore
 from emomoe.model import ModelConfig, build_model
 from emomoe.train.config import RunConfig
+from emomoe.train.shard_files import shard_file
 from emomoe.train.trainer import train
-from tests.fixtures import build_store, damage, fill_disk, small_tmpfs, word_documents
+from tests.fixtures import build_store, damage, fill_disk, sharded_checkpoint, small_tmpfs, word_documents
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 STORE = ASSETS / "store"
@@ -39,7 +40,8 @@ def tiny_run(store: Path, **train_overrides) -> RunConfig:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Read-only inputs: a trained tiny model on the shipped store, a subset of it, another store
-    with a different tokenizer of the same size, and a model whose vocabulary is too small."""
+    with a different tokenizer of the same size, a model whose vocabulary is too small, and a
+    sharded training checkpoint (as FSDP writes them) of the trained model."""
     root = tmp_path_factory.mktemp("env")
     run = root / "run"
     train(tiny_run(STORE, checkpoint_every=1), run, progress=False)
@@ -57,8 +59,9 @@ def env(tmp_path_factory):
         "model": {"preset": "tiny"}, "data": {"store": str(STORE), "seq_len": 64, "batch_size": 2},
         "train": {"max_steps": 1, "tensorboard": False, "num_threads": 1, "num_eval_windows": 1},
     }))
+    sharded = sharded_checkpoint(root / "fsdp-run", *load_model(model))
     return {"root": root, "run": run, "model": model, "subset": subset, "other": other, "small": small,
-            "config": config}
+            "config": config, "sharded": sharded}
 
 
 def damaged_copy(source: Path, dest: Path, files: str | list[str], how: str) -> Path:
@@ -119,7 +122,13 @@ ERRORS = {
     ),
     "train-resume-changed-model": (
         lambda e, t: ["train", "--out", s(e["run"]), "--resume", "--set", "model.d_model=64"],
-        r"cannot resume, the config differs from the stored run at 'model\.d_model' \(only train\.\* may change",
+        r"cannot resume, the config differs from the stored run at 'model\.d_model' "
+        r"\(only train\.\* and data\.batch_size may change",
+    ),
+    "train-resume-other-global-batch": (
+        lambda e, t: ["train", "--out", s(e["run"]), "--resume", "--set", "data.batch_size=4"],
+        r"data\.batch_size: the checkpoint's micro-batches hold 2 sequences over all processes, this run's 4 "
+        r"\(1 x 4\); set data\.batch_size=2$",
     ),
     "train-missing-mix-file": (
         lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "data.store=mix.yaml"],
@@ -235,6 +244,16 @@ ERRORS = {
     "sweep-out-is-a-file": (
         lambda e, t: ["sweep", "--checkpoints", s(e["model"]), "--data", s(STORE), "--out", s(e["config"])],
         r"run\.yaml: is a file; expected a directory",
+    ),
+    "consolidate-not-sharded": (
+        lambda e, t: ["checkpoint", "consolidate", s(e["run"] / "checkpoints" / "step-00000002"), "--out", s(t / "out")],
+        r"run/checkpoints/step-00000002: not a sharded training checkpoint \(no shards\.json\); checkpoints of "
+        r"single-process and DDP runs are model checkpoints already$",
+    ),
+    "consolidate-flipped-byte-in-a-shard": (
+        lambda e, t: ["checkpoint", "consolidate", s(damaged_copy(e["sharded"], t / "m", shard_file(0, 1), "flip")),
+                      "--out", s(t / "out")],
+        r"m/state-00000-of-00001\.safetensors: checksum mismatch, the file is damaged",
     ),
     "merge-other-source": (
         lambda e, t: ["merge", "--full", s(e["small"]), "--subset", s(e["subset"]), "--out", s(t / "merged")],

@@ -25,6 +25,7 @@ from emomoe.hf.convert import ExportConfig, ImportConfig
 from emomoe.select.merge import MergeConfig
 from emomoe.select.subset import SelectConfig
 from emomoe.train.config import TrainConfig
+from emomoe.train.consolidate import ConsolidateConfig
 
 
 class Shade(enum.StrEnum):
@@ -112,6 +113,7 @@ def test_a_bad_value_names_the_field(argv, field):
 # Every verb with generated options: its config and the arguments it cannot run without.
 VERBS = {
     "analyze": (AnalysisConfig, ["--checkpoints", "c", "--data", "d", "--out", "o"]),
+    "checkpoint consolidate": (ConsolidateConfig, ["c", "--out", "o"]),
     "eval": (EvalConfig, ["--checkpoint", "c", "--data", "d"]),
     "export gguf": (GGUFExportConfig, ["--checkpoint", "c", "--out", "o"]),
     "finetune": (FinetuneConfig, ["--checkpoint", "c", "--data", "d", "--out", "o"]),

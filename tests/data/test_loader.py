@@ -111,6 +111,15 @@ def test_resume_refuses_another_data_order(store: TokenStore, store_path: Path) 
         other.load_state_dict(state)
 
 
+def test_resume_on_other_ranks_must_keep_the_global_batch(store: TokenStore, store_path: Path) -> None:
+    state = TrainLoader(store, _cfg(store_path, batch_size=1), rank=1, world_size=4).state_dict()
+    TrainLoader(store, _cfg(store_path, batch_size=2), rank=0, world_size=2).load_state_dict(state)
+    with pytest.raises(ConfigError, match=r"hold 4 sequences over all processes, this run's 2 \(2 x 1\); set data\.batch_size=2$"):
+        TrainLoader(store, _cfg(store_path, batch_size=1), world_size=2).load_state_dict(state)
+    with pytest.raises(ConfigError, match=r"this run's 3 \(3 x 1\); run a number of processes that divides 4$"):
+        TrainLoader(store, _cfg(store_path, batch_size=1), world_size=3).load_state_dict(state)
+
+
 def test_domain_restriction(store: TokenStore, store_path: Path) -> None:
     loader = TrainLoader(store, _cfg(store_path, domains=["german", "chinese"]))
     wanted = {store.domains.index("german"), store.domains.index("chinese")}

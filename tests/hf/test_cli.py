@@ -3,7 +3,6 @@ import json
 import pytest
 
 from emomoe.cli import main
-from emomoe.hf.convert import parse_size
 from tests.hf.conftest import write_emo_dir
 
 
@@ -46,12 +45,6 @@ def test_export_into_a_non_empty_directory_needs_force(tmp_path, tokenizer_dir, 
     assert main(["hf", "export", "--checkpoint", str(source), "--out", str(tmp_path / "out")]) == 2
     assert "already exists and is not empty (pass --force" in _error_line(capsys)
     assert main(["hf", "export", "--checkpoint", str(source), "--out", str(tmp_path / "out"), "--force"]) == 0
-
-
-def test_shard_sizes_read_like_transformers():
-    assert [parse_size(s) for s in ("5GB", "500MB", "2GiB", "1000")] == [5 * 10**9, 5 * 10**8, 2 * 2**30, 1000]
-    with pytest.raises(Exception, match="expected a size like 5GB"):
-        parse_size("5 parsecs")
 
 
 @pytest.mark.slow

@@ -13,7 +13,8 @@ from emomoe.train.checkpointing import (
     read_checkpoint,
     step_dir_name,
 )
-from tests.fixtures import damage
+from emomoe.train.shard_files import INDEX_FILE, shard_file
+from tests.fixtures import damage, sharded_checkpoint
 
 
 def trainer_state(step, **extra):
@@ -119,3 +120,19 @@ def test_leftovers_of_a_killed_writer_are_removed(tmp_path, model_and_cfg):
     assert manager.steps() == [1]
     manager.remove_temporaries()
     assert sorted(p.name for p in manager.root.iterdir()) == [LATEST_FILE, step_dir_name(1)]
+
+
+def test_a_sharded_checkpoint_restores_without_weights_and_falls_back_past_a_damaged_shard(
+    tmp_path, model_and_cfg, capsys
+):
+    model, cfg = model_and_cfg
+    for step in (1, 2):
+        sharded_checkpoint(tmp_path, model, cfg, step=step)
+    manager = CheckpointManager(tmp_path, num_kept=2)
+    newest = manager.root / step_dir_name(2)
+    assert (newest / INDEX_FILE).is_file() and not (newest / "model.safetensors").exists()
+    assert (manager.root / LATEST_FILE).read_text() == step_dir_name(2) + "\n"
+    damaged = damage(newest / shard_file(0, 1), "flip")
+    restored = manager.restore_newest()
+    assert restored.path.name == step_dir_name(1) and restored.weights is None and restored.state["step"] == 1
+    assert f"skipping a damaged checkpoint: {damaged}: checksum mismatch" in capsys.readouterr().err

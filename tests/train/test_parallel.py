@@ -1,39 +1,15 @@
 """Data-parallel training with 2 gloo processes against one process on the same global batch."""
 
-import os
 import shutil
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from emomoe import distributed
 from emomoe.checkpoint import WEIGHTS_FILE
-from emomoe.train.config import RunConfig
 from emomoe.train.metrics import TIMING_KEYS, read_metrics
 from emomoe.train.trainer import train
-
-COMPARED = ("ce", "lb", "router_z", "logit_z", "total", "grad_norm", "tokens", "val/all")
-
-
-def _worker(rank: int, world_size: int, port: int, cfg_dict: dict, run_dir: str, resume: bool) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-    )
-    try:
-        train(RunConfig.from_dict(cfg_dict), run_dir, resume=resume, progress=False)
-    finally:
-        distributed.shutdown()
-
-
-def train_two_processes(cfg: RunConfig, run_dir, resume: bool = False) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, cfg.to_dict(), str(run_dir), resume), nprocs=2)
+from tests.train.multiprocess import COMPARED, train_processes
 
 
 @pytest.mark.slow
@@ -47,7 +23,7 @@ def test_two_processes_match_one_with_the_same_global_batch(run_config, tmp_path
         "train.max_steps=4", "train.eval_every=2", "train.num_micro_batches=2", f"train.parallelism={strategy}",
     ]
     train(run_config(*common, "data.batch_size=2"), tmp_path / "one", progress=False)
-    train_two_processes(run_config(*common, "data.batch_size=1"), tmp_path / "two")
+    train_processes(run_config(*common, "data.batch_size=1"), tmp_path / "two", 2)
 
     one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert [r["step"] for r in two] == [1, 2, 3, 4]
@@ -70,13 +46,13 @@ def test_two_process_resume_is_bitwise(run_config, tmp_path):
         "train.max_steps=4", "train.checkpoint_every=2", "train.num_checkpoints_kept=4",
         "train.parallelism=fsdp", "data.batch_size=2",
     )
-    train_two_processes(cfg, tmp_path / "straight")
+    train_processes(cfg, tmp_path / "straight", 2)
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     for name in ("config.yaml", "metrics.jsonl"):
         shutil.copy(tmp_path / "straight" / name, resumed / name)
     shutil.copytree(tmp_path / "straight" / "checkpoints" / "step-00000002", resumed / "checkpoints" / "step-00000002")
-    train_two_processes(cfg, resumed, resume=True)
+    train_processes(cfg, resumed, 2, resume=True)
 
     def strip(run):
         return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run / "metrics.jsonl")]

@@ -23,9 +23,13 @@ def test_existing_run_needs_resume_or_force(tmp_path):
         check_run_dir(tmp_path, config(), resume=False, force=False)
 
 
-def test_resume_accepts_train_changes_only(tmp_path):
+def test_resume_accepts_train_changes_and_the_batch_size_only(tmp_path):
     claim_run_dir(tmp_path, config(max_steps=10), force=False)
     check_run_dir(tmp_path, config(max_steps=20), resume=True, force=False)
+    # Another number of processes needs another per-process batch (the loader checks the global one).
+    check_run_dir(tmp_path, config().with_overrides(["data.batch_size=7"]), resume=True, force=False)
+    with pytest.raises(ConfigError, match="'data.seq_len'"):
+        check_run_dir(tmp_path, config().with_overrides(["data.seq_len=64"]), resume=True, force=False)
     other_model = config().with_overrides(["model.d_model=64"])
     with pytest.raises(ConfigError, match="'model.d_model'"):
         check_run_dir(tmp_path, other_model, resume=True, force=False)
@@ -53,3 +57,5 @@ def test_first_difference():
     assert first_difference(a, a) is None
     assert first_difference(a, {"model": {"d": 1, "moe": {"k": 3}}, "train": {"lr": 1}}) == "model.moe.k"
     assert first_difference(a, {"model": a["model"], "train": {"lr": 2}}, skip=("train",)) is None
+    other_k = {"model": {"d": 1, "moe": {"k": 3}}, "train": {"lr": 1}}
+    assert first_difference(a, other_k, skip=("model.moe.k",)) is None  # a single field, at any depth

@@ -168,6 +168,14 @@ def test_resume_from_a_truncated_checkpoint_falls_back_and_stays_exact(run_confi
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resume_refused_for_another_global_batch_leaves_the_run_as_it_was(run_config, tmp_path):
+    train(run_config("train.max_steps=2", "train.checkpoint_every=2"), tmp_path / "run", progress=False)
+    stored = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"data\.batch_size: .* hold 4 sequences .* set data\.batch_size=4$"):
+        train(run_config("train.max_steps=4", "data.batch_size=2"), tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == stored
+
+
 def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(run_config, tmp_path):
     cfg = run_config("train.max_steps=4", "train.checkpoint_every=2")
     train(cfg.with_overrides(["train.max_steps=2"]), tmp_path / "run", progress=False)

@@ -1,6 +1,7 @@
 """Checkpoints on disk: model checkpoints of every readable format, read lazily and written in shards.
 
-- `models`: save, load and identify whole models (`save_model`, `load_model`, `load_for_inference`);
+- `models`: save, load and identify whole models (`save_model`, `save_weights`, `load_model`,
+  `load_for_inference`);
 - `reader`: `CheckpointReader`, memory-mapped access to one tensor (or some experts) at a time;
 - `writer`: `ShardedWriter`, safetensors shards with the HF index;
 - `formats`: how a directory's layout maps onto our names; other layouts `register_format`.
@@ -17,6 +18,7 @@ from emomoe.checkpoint.models import (
     load_for_inference,
     load_model,
     save_model,
+    save_weights,
 )
 from emomoe.checkpoint.reader import CheckpointReader
 from emomoe.checkpoint.writer import INDEX_FILE, ShardedWriter
@@ -38,4 +40,5 @@ __all__ = [
     "load_model",
     "register_format",
     "save_model",
+    "save_weights",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,22 @@ def save_model(
     with checksums.sha256, which every reader verifies."""
     if any(isinstance(module, QuantizedWeight) for module in model.modules()):
         raise ValueError("a model with integer weights is written by `emomoe quantize`, not save_model")
+    return save_weights(directory, model.state_dict().items(), cfg, meta, max_shard_bytes)
+
+
+def save_weights(
+    directory: str | Path,
+    weights: Iterable[tuple[str, torch.Tensor]],
+    cfg: ModelConfig,
+    meta: dict[str, Any] | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """`save_model` for (name, tensor) pairs made one at a time: memory stays near one shard."""
     directory = Path(directory)
     with atomic_path(directory) as tmp:
         tmp.mkdir()
         with ShardedWriter(tmp, max_shard_bytes) as writer:
-            for name, tensor in model.state_dict().items():
+            for name, tensor in weights:
                 writer.add(name, tensor)
         cfg.to_yaml(tmp / CONFIG_FILE)
         if meta is not None:

@@ -27,11 +27,12 @@ from emomoe.io import has_checksums, verify_checksums
 from emomoe.model import build_model
 from emomoe.model.quantized import QuantizedTensor, quantized_bits
 
-_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+"""safetensors' dtype names (the training state's shards are written with them too)."""
 _FULL_HASH_BYTES = 64 * 2**20
 _SAMPLE_BLOCKS, _BLOCK_BYTES = 32, 2**20
 
@@ -106,7 +107,7 @@ class CheckpointReader:
                 view = self._handle(path).get_slice(key)
             except SafetensorError:
                 raise DataError(f"{path}: has no tensor '{key}' (named in {INDEX_FILE})") from None
-            infos[key] = (tuple(view.get_shape()), _DTYPES[view.get_dtype()])
+            infos[key] = (tuple(view.get_shape()), SAFETENSORS_DTYPES[view.get_dtype()])
         self._infos = infos
         self.quantization = read_quantization(self.directory)
         """How the weights are stored as integers (quantization.json), None for float weights."""

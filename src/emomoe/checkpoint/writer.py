@@ -8,6 +8,7 @@ name to its shard.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -19,10 +20,38 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from emomoe.config import Config
+from emomoe.errors import ConfigError
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 """The shard limit transformers' `save_pretrained` uses (5 GB)."""
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in "5GB", "500MB", "2GiB" or "1000000" (the notation of transformers' max_shard_size)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", text, flags=re.IGNORECASE)
+    if not match or int(float(match[1]) * _UNITS[(match[2] or "").upper()]) < 1:
+        raise ConfigError(f"max_shard_size: '{text}': expected a size like 5GB, 500MB or 2GiB")
+    return int(float(match[1]) * _UNITS[(match[2] or "").upper()])
+
+
+@dataclasses.dataclass
+class ShardSizeConfig(Config):
+    """The setting of every verb that writes weights with `ShardedWriter`."""
+
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES
+    """Largest safetensors shard: bytes, or a size like 5GB, 500MB, 2GiB; above it the weights are
+    sharded, with an index file."""
+
+    def validate(self) -> None:
+        parse_size(str(self.max_shard_size))
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(str(self.max_shard_size))
 
 
 def shard_name(index: int, count: int) -> str:

@@ -11,7 +11,8 @@ Order: the global position g (windows consumed by all ranks together) is window 
 epoch e = g // N, where perm_e is a permutation seeded by (seed, e): each epoch reshuffles. A step
 consumes world_size * B positions and rank r takes B consecutive ones starting at r * B, so ranks
 neither overlap nor skip windows, and the whole state is one integer: a resumed run, even on a
-different number of ranks, sees exactly the batches it would have seen.
+different number of ranks (keeping world_size * B, the global batch), sees exactly the batches it
+would have seen.
 
 In every batch, doc_ids_BS[b, s] = the number of EOS strictly before position s in row b (the
 EOS ending a document belongs to it), computed by the shared `emomoe.model.docs.doc_ids_from_eos`;
@@ -180,11 +181,17 @@ class TrainLoader:
             self._perms[epoch] = np.random.default_rng([self.cfg.seed, epoch]).permutation(self.num_windows)
         return int(self._perms[epoch][i])
 
+    @property
+    def global_batch_size(self) -> int:
+        """Windows per micro-batch over all ranks."""
+        return self.cfg.batch_size * self.world_size
+
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position, "seed": self.cfg.seed, "seq_len": self.cfg.seq_len,
-                "num_windows": self.num_windows}
+                "num_windows": self.num_windows, "global_batch_size": self.global_batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where `state` left off, on any number of ranks that keeps the global batch."""
         mine = self.state_dict()
         for key in ("seed", "seq_len", "num_windows"):
             if state.get(key) != mine[key]:
@@ -192,7 +199,24 @@ class TrainLoader:
                     f"{self.store.path}: cannot resume the data order: saved {key} {state.get(key)} "
                     f"differs from the current {mine[key]} (different store, domains or data config)"
                 )
+        check_global_batch(state, self.cfg, self.world_size)
         self.position = int(state["position"])
+
+
+def check_global_batch(state: dict[str, Any], cfg: DataConfig, world_size: int) -> None:
+    """ConfigError unless `world_size` processes with `cfg` take micro-batches of as many windows
+    as the run that saved `state` (a `TrainLoader.state_dict`) did: otherwise the data order, and
+    every loss after it, would change."""
+    mine = cfg.batch_size * world_size
+    # Absent from states written before runs could resume on another number of ranks.
+    saved = state.get("global_batch_size", mine)
+    if saved != mine:
+        raise ConfigError(
+            f"data.batch_size: the checkpoint's micro-batches hold {saved} sequences over all processes, "
+            f"this run's {mine} ({world_size} x {cfg.batch_size}); "
+            + (f"set data.batch_size={saved // world_size}" if saved % world_size == 0
+               else f"run a number of processes that divides {saved}")
+        )
 
 
 def eval_batches(

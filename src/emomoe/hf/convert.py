@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,9 @@ import torch
 
 from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter
 from emomoe.checkpoint.selection import lineage
-from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES
-from emomoe.config import Config
+from emomoe.checkpoint.writer import ShardSizeConfig
 from emomoe.data.tokenizer import TOKENIZER_FILE, load_model_tokenizer
-from emomoe.errors import ConfigError, DataError
+from emomoe.errors import DataError
 from emomoe.hf.config_json import CONFIG_JSON, check_exportable, emo_config_json, read_config_json
 from emomoe.hf.layouts import EMO, tensor_keys
 from emomoe.hf.tokenizer_files import carry_files, find_export_tokenizer, write_tokenizer_files
@@ -36,7 +34,6 @@ from emomoe.io import atomic_path
 HF_CONFIG_COPY = "hf_config.json"
 REMOTE_DIR = Path(__file__).parent / "remote"
 REMOTE_FILES = ("configuration_emo.py", "modeling_emo.py")
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
 class ExportDtype(enum.StrEnum):
@@ -54,26 +51,9 @@ DTYPES = {ExportDtype.STORED: None, ExportDtype.FLOAT32: torch.float32, ExportDt
           ExportDtype.FLOAT16: torch.float16}
 
 
-def parse_size(text: str) -> int:
-    """Bytes in "5GB", "500MB", "2GiB" or "1000000" (the notation of transformers' max_shard_size)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", text, flags=re.IGNORECASE)
-    if not match or int(float(match[1]) * _UNITS[(match[2] or "").upper()]) < 1:
-        raise ConfigError(f"max_shard_size: '{text}': expected a size like 5GB, 500MB or 2GiB")
-    return int(float(match[1]) * _UNITS[(match[2] or "").upper()])
-
-
 @dataclasses.dataclass
-class ImportConfig(Config):
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES
-    """Largest safetensors shard: bytes, or a size like 5GB, 500MB, 2GiB; above it the weights are
-    sharded, with an index file."""
-
-    def validate(self) -> None:
-        parse_size(str(self.max_shard_size))
-
-    @property
-    def max_shard_bytes(self) -> int:
-        return parse_size(str(self.max_shard_size))
+class ImportConfig(ShardSizeConfig):
+    """The settings of `import_hf`: how the weights are sharded."""
 
 
 @dataclasses.dataclass

@@ -3,9 +3,9 @@
 Single process: everything here is the identity. Under torchrun: DDP, or FSDP2 (`fully_shard`
 on every transformer block, then the root). Experts need nothing special: each layer's experts are
 stacked tensors, so an expert that receives no token still gets a (zero) gradient slice and DDP's
-reducer never sees an unused parameter. Checkpoints always hold full, unsharded tensors keyed
-by the plain module's parameter names, so a run can resume under another strategy and a model
-trained with FSDP loads like any other.
+reducer never sees an unused parameter. State is keyed by the plain module's parameter names
+under every strategy, so a run can resume under another one. The full state here serves DDP and
+single-process checkpoints and a run's final model; FSDP checkpoints are sharded (`train.sharded`).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def export_model(model: nn.Module, cfg: ModelConfig) -> nn.Module | None:
     Every rank must call it: under FSDP gathering the shards is a collective.
     """
     plain = unwrap(model)
-    if not _is_sharded(plain):
+    if not is_sharded(plain):
         return plain if distributed.is_main_process() else None
     state = get_model_state_dict(plain, options=_FULL)
     if not distributed.is_main_process():
@@ -114,11 +114,12 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
     plain = unwrap(model)
     # Full-state loading scatters shards, which needs a process group; a plain module takes the
     # name-keyed state as it is.
-    options = StateDictOptions(full_state_dict=_is_sharded(plain))
+    options = StateDictOptions(full_state_dict=is_sharded(plain))
     set_optimizer_state_dict(plain, optimizer, state, options=options)
 
 
-def _is_sharded(model: nn.Module) -> bool:
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP shards the parameters (over more than one process)."""
     from torch.distributed.tensor import DTensor
 
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return any(isinstance(p, DTensor) for p in unwrap(model).parameters())

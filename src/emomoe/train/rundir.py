@@ -2,7 +2,9 @@
 
 A directory holding `config.yaml` holds a run. Training into it again needs `resume` (continue
 from the latest checkpoint; the model and data sections must be unchanged, the train section may
-change, e.g. a larger max_steps) or `force` (delete that run's files and start over).
+change, e.g. a larger max_steps, and so may data.batch_size, for resuming on another number of
+processes: the data loader then checks that the global batch stays the same) or `force` (delete
+that run's files and start over).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from emomoe.train.config import RunConfig
 CONFIG_FILE = "config.yaml"
 FINAL_DIR = "final"
 RUN_ARTIFACTS = (CONFIG_FILE, "metrics.jsonl", "checkpoints", FINAL_DIR, "tensorboard")
-RESUMABLE_SECTIONS = ("train",)
-"""Sections a resumed run may change; anything else would make the checkpoint describe another run."""
+RESUMABLE = ("train", "data.batch_size")
+"""Sections and fields a resumed run may change; anything else would make the checkpoint describe
+another run. (data.batch_size is per process: what must not change, processes x batch size, is
+checked against the checkpoint when it loads.)"""
 
 
 def holds_run(run_dir: str | Path) -> bool:
@@ -40,11 +44,11 @@ def check_run_dir(run_dir: str | Path, cfg: RunConfig, *, resume: bool, force: b
             "or --force to delete it and start over"
         )
     stored = RunConfig.from_yaml(run_dir / CONFIG_FILE)
-    difference = first_difference(stored.to_dict(), cfg.to_dict(), skip=RESUMABLE_SECTIONS)
+    difference = first_difference(stored.to_dict(), cfg.to_dict(), skip=RESUMABLE)
     if difference:
         raise ConfigError(
             f"{run_dir}: cannot resume, the config differs from the stored run at '{difference}' "
-            "(only train.* may change; use --force to start over)"
+            "(only train.* and data.batch_size may change; use --force to start over)"
         )
 
 
@@ -68,12 +72,14 @@ def remove_run(run_dir: Path) -> None:
 
 
 def first_difference(a: Any, b: Any, skip: tuple[str, ...] = (), path: str = "") -> str | None:
-    """Dotted path of the first field where two config dicts differ, ignoring top-level `skip` sections."""
+    """Dotted path of the first field where two config dicts differ, ignoring the dotted paths in
+    `skip` (whole sections or single fields)."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
-            if not path and key in skip:
+            child = f"{path}.{key}" if path else key
+            if child in skip:
                 continue
-            found = first_difference(a.get(key), b.get(key), (), f"{path}.{key}" if path else key)
+            found = first_difference(a.get(key), b.get(key), skip, child)
             if found:
                 return found
         return None

@@ -23,14 +23,14 @@ from tqdm.auto import tqdm
 
 from emomoe import distributed
 from emomoe.checkpoint import save_model
-from emomoe.data.loader import TrainLoader
+from emomoe.data.loader import TrainLoader, check_global_batch
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, warn
 from emomoe.model import build_model
 from emomoe.model.config import ModelConfig, parse_pool
 from emomoe.model.losses import compute_loss
 from emomoe.train import parallel
-from emomoe.train.checkpointing import CheckpointManager, Restored
+from emomoe.train.checkpointing import CheckpointManager, Restored, step_dir_name
 from emomoe.train.config import Precision, RunConfig
 from emomoe.train.flops import measure_peak_flops, mfu, train_flops_per_token
 from emomoe.train.init_from import check_architecture, load_initial_weights
@@ -41,6 +41,7 @@ from emomoe.train.routing_health import routing_health
 from emomoe.train.rundir import FINAL_DIR, check_run_dir, claim_run_dir, holds_run
 from emomoe.train.runtime import setup_runtime, thread_governor
 from emomoe.train.schedule import build_scheduler
+from emomoe.train.sharded import load_shards
 from emomoe.train.step import TrainingDiverged, train_step
 from emomoe.train.stop_request import StopRequest
 from emomoe.train.validation import Validator
@@ -72,12 +73,15 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
     resuming = resume and holds_run(run_dir)
     if cfg.train.init_from and not resuming:
         check_architecture(cfg.model, cfg.train.init_from)
+    checkpoints = CheckpointManager(run_dir, cfg.train.num_checkpoints_kept)
+    restored = checkpoints.restore_newest() if resuming else None
+    if restored is not None:
+        # Before config.yaml takes the new settings: a refused resume changes nothing.
+        check_global_batch(restored.state["ranks"][0]["loader"], cfg.data, distributed.get_world_size())
     distributed.barrier()
     if distributed.is_main_process():
         claim_run_dir(run_dir, cfg, force=force)
     distributed.barrier()
-    checkpoints = CheckpointManager(run_dir, cfg.train.num_checkpoints_kept)
-    restored = checkpoints.restore_newest() if resuming else None
     if distributed.is_main_process():
         checkpoints.remove_temporaries()
         if restored is not None:
@@ -141,10 +145,11 @@ class Trainer:
         seed_everything(tc.seed)
         model = build_model(cfg.model)
         model.pool_sampler.seed = tc.seed + self.rank
-        if resume_from is not None:
+        if resume_from is None:
+            if tc.init_from:
+                load_initial_weights(model, cfg.model, tc.init_from)
+        elif resume_from.weights is not None:  # a sharded checkpoint loads once the model is wrapped
             model.load_state_dict(resume_from.weights)
-        elif tc.init_from:
-            load_initial_weights(model, cfg.model, tc.init_from)
         self.plain_model = model.to(device)
         if tc.compile:
             parallel.compile_blocks(self.plain_model)
@@ -164,7 +169,7 @@ class Trainer:
         self.checkpointed_step = -1
         self.val_loss: dict[str, float] = {}
         if resume_from is not None:
-            self._load_state(resume_from.state)
+            self._load_state(resume_from)
             self.last_checkpoint, self.checkpointed_step = resume_from.path, self.step
         self.metrics = MetricsWriter(run_dir, tc.tensorboard) if self.is_main else None
         if self.metrics is not None:
@@ -301,34 +306,38 @@ class Trainer:
                 "rng": capture_rng_state(),
             }
         )
-        optimizer_state = parallel.optimizer_state(self.model, self.optimizer)
-        exported = parallel.export_model(self.model, self.cfg.model)
-        path = self.checkpoints.root / f"step-{self.step:08d}"
-        if self.is_main:
-            trainer_state = {
-                "step": self.step,
-                "tokens_seen": self.tokens_seen,
-                "world_size": self.world_size,
-                "optimizer": optimizer_state,
-                "scheduler": self.scheduler.state_dict(),
-                "ranks": rank_states,
-            }
-            path = self.checkpoints.save(self.step, exported, self.cfg.model, trainer_state)
+        trainer_state = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "world_size": self.world_size,
+            "scheduler": self.scheduler.state_dict(),
+            "ranks": rank_states,
+        }
+        if parallel.is_sharded(self.model):
+            path = self.checkpoints.save_sharded(self.step, self.model, self.optimizer, self.cfg.model, trainer_state)
+        else:
+            trainer_state["optimizer"] = parallel.optimizer_state(self.model, self.optimizer)
+            exported = parallel.export_model(self.model, self.cfg.model)
+            path = self.checkpoints.root / step_dir_name(self.step)
+            if self.is_main:
+                path = self.checkpoints.save(self.step, exported, self.cfg.model, trainer_state)
         distributed.barrier()
         self.last_checkpoint, self.checkpointed_step = path, self.step
         return path
 
-    def _load_state(self, state: dict[str, Any]) -> None:
-        if state["world_size"] != self.world_size:
-            raise ConfigError(
-                f"cannot resume: the checkpoint was written by {state['world_size']} processes, "
-                f"this run has {self.world_size} (the data order is sharded by process)"
-            )
+    def _load_state(self, restored: Restored) -> None:
+        state = restored.state
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
-        parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        if restored.weights is None:
+            load_shards(restored.path, self.model, self.optimizer, state["optimizer"]["param_groups"])
+        else:
+            parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        mine = state["ranks"][self.rank]
+        # On another number of processes, rank r continues saved rank r mod the old count. What must
+        # carry over is the same on every rank (the global data position, the pool sampler's count
+        # of forwards, the global LB window); the per-rank seeds only keep draws apart.
+        mine = state["ranks"][self.rank % len(state["ranks"])]
         self.loader.load_state_dict(mine["loader"])
         self.plain_model.pool_sampler.load_state_dict(mine["pool_sampler"])
         self.plain_model.load_lb_history(mine.get("lb_history", []))
