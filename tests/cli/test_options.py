@@ -15,6 +15,7 @@ from emomoe.data.tokenize import TokenizeConfig
 from emomoe.data.tokenizer import TokenizerTrainConfig
 from emomoe.data.windows import BATCH_SIZE, NUM_EVAL_WINDOWS
 from emomoe.deploy.config import GGUFExportConfig
+from emomoe.deploy.quantize import QuantizeConfig
 from emomoe.errors import ConfigError
 from emomoe.evaluate.loss import EvalConfig
 from emomoe.experiments.benchmarks import LmEvalConfig
@@ -122,6 +123,7 @@ VERBS = {
     "hf import": (ImportConfig, ["--hf", "h", "--out", "o"]),
     "lm-eval": (LmEvalConfig, ["--checkpoint", "c"]),
     "merge": (MergeConfig, ["--full", "f", "--subset", "s", "--out", "o"]),
+    "quantize": (QuantizeConfig, ["--checkpoint", "c", "--out", "o"]),
     "select": (SelectConfig, ["--checkpoint", "c", "--out", "o"]),
     "sweep": (SweepConfig, ["--checkpoints", "c", "--data", "d", "--out", "o"]),
     "tokenize": (TokenizeConfig, ["--input", "i", "--tokenizer", "t", "--out", "o"]),

@@ -162,7 +162,7 @@ def test_cli_quantizes_and_eval_runs_on_the_result(subset, corpus_store, tmp_pat
     assert out_text.strip() and err.startswith("[4 tokens")
     assert main(["quantize", "--checkpoint", str(subset), "--bits", "3", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "bits: 3 is not 8 or 4" in err, err
+    assert err.count("\n") == 1 and "bits: '3' is not one of 8, 4" in err, err
 
 
 def test_a_model_with_integer_weights_is_not_saved_as_floats(checkpoint_dir, tmp_path):

@@ -12,6 +12,7 @@ can be deployed alone. It appears atomically, or not at all.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter
 from emomoe.checkpoint.quantization import FLOAT_DTYPES, QUANTIZATION_FILE, Quantization
-from emomoe.config import Config
+from emomoe.checkpoint.writer import ShardSizeConfig
 from emomoe.data.tokenizer import TOKENIZER_FILE
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path, check_output_dir, refuse_existing, write_checksums
@@ -31,23 +32,37 @@ from emomoe.train.provenance import find_tokenizer
 DEFAULT_GROUP_SIZE = {8: 128, 4: 32}
 
 
+class Bits(enum.StrEnum):
+    EIGHT = "8"
+    FOUR = "4"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Bits | None:
+        """YAML and the keyword API give the number itself."""
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        return cls.__members__.get({8: "EIGHT", 4: "FOUR"}.get(value)) if is_int else None
+
+
 @dataclasses.dataclass
-class QuantizeConfig(Config):
-    bits: int = 8
+class QuantizeConfig(ShardSizeConfig):
+    bits: Bits = Bits.EIGHT
     """8 or 4 bits per weight of the experts and attention projections (the LM head keeps 8)."""
     group_size: int | None = None
     """Weights per scale along a matrix's inputs, a multiple of 32 (default: 128 at 8 bits, 32 at 4,
     or the largest multiple of 32 below that which divides every quantized matrix's inputs)."""
 
     def validate(self) -> None:
-        if self.bits not in (8, 4):
-            raise ConfigError(f"bits: {self.bits} is not 8 or 4")
+        super().validate()
+        try:
+            Bits(self.bits)
+        except ValueError:
+            raise ConfigError(f"bits: '{self.bits}' is not one of 8, 4") from None
         if self.group_size is not None and (self.group_size < GROUP_MULTIPLE or self.group_size % GROUP_MULTIPLE):
             raise ConfigError(f"group_size: {self.group_size} is not a positive multiple of {GROUP_MULTIPLE}")
 
     def group_for(self, inputs: list[int], where: str) -> int:
         """The group size for matrices with these input widths; ConfigError if none fits."""
-        candidates = [self.group_size] if self.group_size else range(DEFAULT_GROUP_SIZE[self.bits], 0, -GROUP_MULTIPLE)
+        candidates = [self.group_size] if self.group_size else range(DEFAULT_GROUP_SIZE[int(Bits(self.bits))], 0, -GROUP_MULTIPLE)
         for group in candidates:
             if all(n % group == 0 for n in inputs):
                 return group
@@ -64,24 +79,25 @@ def quantize_checkpoint(
     """Write `checkpoint` (any readable format, float weights) to `out_dir` with integer weights;
     `fields` set fields of `cfg`. Returns the record written as quantization.json."""
     cfg = (cfg or QuantizeConfig()).replace(**fields)
+    bits = int(Bits(cfg.bits))
     refuse_existing(out_dir, force)
     check_output_dir(out_dir)
     with CheckpointReader(checkpoint) as reader:
         if reader.quantization is not None:
             raise DataError(f"{checkpoint}: is already quantized ({reader.quantization.bits} bits)")
-        names = [name for name in reader.names() if quantized_bits(name, cfg.bits)]
+        names = [name for name in reader.names() if quantized_bits(name, bits)]
         dtype = _source_dtype(reader, names, checkpoint)
         group = cfg.group_for([reader.shape(name)[-1] for name in names], str(checkpoint))
         record = Quantization(
-            cfg.bits, group, dtype,
+            bits, group, dtype,
             {"source_checkpoint": str(Path(checkpoint).resolve()), "source_format": reader.format,
              "source_sha256": reader.fingerprint()},
         )
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
-            with ShardedWriter(tmp) as writer:
+            with ShardedWriter(tmp, cfg.max_shard_bytes) as writer:
                 for name in reader.names():
-                    _write(writer, name, reader.get(name), quantized_bits(name, cfg.bits), group)
+                    _write(writer, name, reader.get(name), quantized_bits(name, bits), group)
                     reader.close()  # drop the mapped pages of what was read
             reader.config.to_yaml(tmp / CONFIG_FILE)
             (tmp / QUANTIZATION_FILE).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
