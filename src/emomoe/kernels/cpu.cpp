@@ -512,6 +512,34 @@ inline void bf16_dot_block(const at::BFloat16* w, const float* x, int64_t D, flo
   }
 }
 
+// Output rows per task of a grouped linear map: a few weight rows stay in L1 while every row of x
+// passes them, and an expert's rows split over the threads.
+constexpr int64_t kTaskRows = 64;
+
+// Where each expert's rows of x start (`first`, E + 1 offsets: the rows are sorted by expert,
+// counts_E of each), and the tasks of a grouped linear map: (expert, first output row) for every
+// kTaskRows output rows of each expert that has rows. Experts without rows get no task: their
+// weights are never read.
+struct ExpertTasks {
+  std::vector<int64_t> first;
+  std::vector<std::pair<int64_t, int64_t>> tasks;
+};
+
+ExpertTasks expert_tasks(const at::Tensor& counts_E, int64_t E, int64_t N, int64_t F, const char* op) {
+  TORCH_CHECK(counts_E.device().is_cpu() && counts_E.scalar_type() == at::kLong && counts_E.numel() == E,
+              "emomoe::", op, ": one int64 CPU count per expert");
+  const at::Tensor counts = counts_E.contiguous();
+  const int64_t* count = counts.data_ptr<int64_t>();
+  ExpertTasks out{std::vector<int64_t>(E + 1, 0), {}};
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(count[e] >= 0, "emomoe::", op, ": negative count");
+    out.first[e + 1] = out.first[e] + count[e];
+    for (int64_t f = 0; count[e] > 0 && f < F; f += kTaskRows) out.tasks.emplace_back(e, f);
+  }
+  TORCH_CHECK(out.first[E] == N, "emomoe::", op, ": the counts must add up to the rows");
+  return out;
+}
+
 // One task of bf16_grouped_linear: weight rows [f0, f1) of one expert against its rows of x [n0, n1).
 template <int R>
 inline void bf16_rows_task(const at::BFloat16* w, const float* x, int64_t n0, int64_t n1, int64_t D, float* y,
@@ -531,22 +559,12 @@ at::Tensor bf16_grouped_linear(const at::Tensor& x_ND, const at::Tensor& w_EFD, 
                   w_EFD.is_contiguous(),
               "emomoe::bf16_grouped_linear: weights must be a contiguous bf16 CPU tensor [E, F, D]");
   TORCH_CHECK(x_ND.dim() == 2 && x_ND.size(1) == w_EFD.size(2), "emomoe::bf16_grouped_linear: x must be [N, D]");
-  TORCH_CHECK(counts_E.device().is_cpu() && counts_E.scalar_type() == at::kLong && counts_E.numel() == w_EFD.size(0),
-              "emomoe::bf16_grouped_linear: one int64 CPU count per expert");
-  const at::Tensor x = x_ND.contiguous(), counts = counts_E.contiguous();
-  const int64_t N = x.size(0), D = x.size(1), E = w_EFD.size(0), F = w_EFD.size(1);
-  const int64_t* count = counts.data_ptr<int64_t>();
-  std::vector<int64_t> first(E + 1, 0);
-  for (int64_t e = 0; e < E; ++e) {
-    TORCH_CHECK(count[e] >= 0, "emomoe::bf16_grouped_linear: negative count");
-    first[e + 1] = first[e] + count[e];
-  }
-  TORCH_CHECK(first[E] == N, "emomoe::bf16_grouped_linear: the counts must add up to the rows");
+  const at::Tensor x = x_ND.contiguous();
+  const int64_t N = x.size(0), D = x.size(1), F = w_EFD.size(1);
+  const ExpertTasks plan = expert_tasks(counts_E, w_EFD.size(0), N, F, "bf16_grouped_linear");
+  const auto& first = plan.first;
+  const auto& tasks = plan.tasks;
   at::Tensor y_NF = at::empty({N, F}, x.options());
-  constexpr int64_t kTaskRows = 64;
-  std::vector<std::pair<int64_t, int64_t>> tasks;  // (expert, first output row)
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t f = 0; count[e] > 0 && f < F; f += kTaskRows) tasks.emplace_back(e, f);
   const float* xp = x.data_ptr<float>();
   const at::BFloat16* wp = w_EFD.data_ptr<at::BFloat16>();
   float* yp = y_NF.data_ptr<float>();
@@ -682,21 +700,11 @@ at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& qdata, c
   static_assert(kNibbleBlock % (2 * kVec) == 0, "a nibble block is whole vectors");
   TORCH_CHECK(groups > 0 && G * groups == D && G % kNibbleBlock == 0,
               "emomoe::int_grouped_linear: the group size must divide D and be a multiple of ", kNibbleBlock);
-  TORCH_CHECK(counts_E.device().is_cpu() && counts_E.scalar_type() == at::kLong && counts_E.numel() == E,
-              "emomoe::int_grouped_linear: one int64 CPU count per expert");
-  const at::Tensor x = x_ND.contiguous(), counts = counts_E.contiguous();
-  const int64_t* count = counts.data_ptr<int64_t>();
-  std::vector<int64_t> first(E + 1, 0);
-  for (int64_t e = 0; e < E; ++e) {
-    TORCH_CHECK(count[e] >= 0, "emomoe::int_grouped_linear: negative count");
-    first[e + 1] = first[e] + count[e];
-  }
-  TORCH_CHECK(first[E] == N, "emomoe::int_grouped_linear: the counts must add up to the rows");
+  const at::Tensor x = x_ND.contiguous();
+  const ExpertTasks plan = expert_tasks(counts_E, E, N, F, "int_grouped_linear");
+  const auto& first = plan.first;
+  const auto& tasks = plan.tasks;
   at::Tensor y_NF = at::empty({N, F}, x.options());
-  constexpr int64_t kTaskRows = 64;
-  std::vector<std::pair<int64_t, int64_t>> tasks;  // (expert, first output row)
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t f = 0; count[e] > 0 && f < F; f += kTaskRows) tasks.emplace_back(e, f);
   const float* xp = x.data_ptr<float>();
   const float* sp = scales_EFQ.data_ptr<float>();
   const uint8_t* qp = static_cast<const uint8_t*>(qdata.data_ptr());
