@@ -43,11 +43,11 @@ TARGETS = {"int8_loss_change": 0.005, "ratio_change": 0.02}
 VARIANTS = ("float", "int8", "int4")
 
 
-def quantized(checkpoint: Path, work: Path) -> dict[str, Path]:
-    """The checkpoint as it is and quantized to each bit width."""
+def quantized(checkpoint: Path, work: Path, tag: str) -> dict[str, Path]:
+    """The checkpoint as it is and quantized to each bit width (into `work`, named after `tag`)."""
     out = {"float": checkpoint}
     for bits in (8, 4):
-        out[f"int{bits}"] = work / f"{checkpoint.name}-int{bits}"
+        out[f"int{bits}"] = work / f"{tag}-int{bits}"
         quantize_checkpoint(checkpoint, out[f"int{bits}"], bits=bits)
     return out
 
@@ -73,11 +73,11 @@ def measure(models: dict[str, Path], store: Path, sweep: dict, work: Path) -> di
     domains, windows = settings["domains"], settings.get("num_eval_windows", 64)
     out: dict = {}
     for name, final in models.items():
-        full = {v: losses(c, store, domains, windows) for v, c in quantized(final, work).items()}
+        full = {v: losses(c, store, domains, windows) for v, c in quantized(final, work, name).items()}
         subsets = {v: {} for v in VARIANTS}
         for domain in domains:
             sub = subset_of(final, sweep["kept_experts"][name][KEEP][domain], work / f"{name}-{domain}")
-            for variant, checkpoint in quantized(sub, work).items():
+            for variant, checkpoint in quantized(sub, work, sub.name).items():
                 subsets[variant][domain] = losses(checkpoint, store, [domain], windows)[domain]
         out[name] = {
             "full": {v: round(_mean(full[v]), 5) for v in VARIANTS},
