@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from emomoe.checkpoint.models import checkpoint_hash
 from emomoe.config import Config
 from emomoe.errors import ConfigError, DataError
 from emomoe.model import ModelConfig
@@ -150,14 +151,13 @@ def read_profile(record: dict[str, Any], cfg: ModelConfig, path: Path) -> list[t
     return [torch.tensor(p, dtype=torch.float64) for p in profile]
 
 
-def load_selections(
-    checkpoint: str | Path, model: torch.nn.Module, cfg: SelectionConfig, fingerprint: str
-) -> Selections | None:
-    """The selections `cfg.selection` names, checked against the checkpoint (whose weights have
-    `fingerprint`) and applied to its loaded `model`; None if it names none. One file is in force
-    at once; after `auto`, each needs its router profile."""
+def load_selections(checkpoint: str | Path, model: torch.nn.Module, cfg: SelectionConfig) -> Selections | None:
+    """The selections `cfg.selection` names, checked against `checkpoint` and applied to `model`,
+    loaded from it; None if it names none. A single file is in force from now on; after `auto`,
+    each needs its router profile, and none is in force until one is chosen."""
     if not cfg.selection:
         return None
+    fingerprint = checkpoint_hash(checkpoint)
     paths = [selection_path(s) for s in (cfg.selection[1:] if cfg.auto else cfg.selection)]
     names = [p.parent.name if p.name == SELECTION_FILE else p.stem for p in paths]
     if len(set(names)) < len(names):
