@@ -69,6 +69,19 @@ def checkpoint_dir(tmp_path_factory, store_dir):
     return path
 
 
+@pytest.fixture(scope="session")
+def domain_subsets(tmp_path_factory, store_dir, checkpoint_dir):
+    """Domain -> a subset of `checkpoint_dir` keeping half the routed experts, selected (layerwise,
+    with its router profile) on that domain's training documents of `store_dir`."""
+    from emomoe.select.subset import select_subset
+
+    root = tmp_path_factory.mktemp("subsets")
+    for domain in TokenStore.open(store_dir).domains:
+        select_subset(checkpoint_dir, root / domain, calibration=domain, store=store_dir, keep="0.5",
+                      num_calib_windows=16, seq_len=64)
+    return {domain: root / domain for domain in TokenStore.open(store_dir).domains}
+
+
 @pytest.fixture
 def kernel_ops():
     """`torch.ops.emomoe`, for a test that asserts on the kernels themselves. Without them the
