@@ -35,7 +35,7 @@ def torch_process_settings():
 
 @pytest.fixture
 def sweep_results():
-    """A synthetic sweep result: two models, three domains, four keep fractions."""
+    """A synthetic sweep result: one selection method, two models, three domains, four keep fractions."""
     rng = random.Random(0)
     domains = ["code", "legal", "math"]
     keeps = ["1", "0.5", "0.25", "0.125"]
@@ -46,7 +46,7 @@ def sweep_results():
     params = {
         model: {keep: {"total": int(1000 + 9000 * float(keep)), "active": 700} for keep in keeps} for model in loss
     }
-    return {"loss": loss, "params": params, "settings": {"method": "layerwise", "num_calib_windows": 4}}
+    return {"loss": {"layerwise": loss}, "params": params, "settings": {"methods": ["layerwise"], "num_calib_windows": 4}}
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ from typing import Any
 
 from emomoe.analyze.analysis import AnalysisConfig, run_analysis, write_analysis
 from emomoe.analyze.modularity_report import headline_table, summary_section
+from emomoe.analyze.sweep_results import for_method, methods_of
 from emomoe.checkpoint import load_for_inference
 from emomoe.data.corpus import embedded_corpus
 from emomoe.data.store import METADATA_FILE, TokenStore
@@ -256,8 +257,9 @@ def benchmark_accuracy(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Step 5: model -> "full" or the keep label -> domain -> accuracy on the continuation task.
 
-    The subset of each domain is the one the sweep selected on that domain's training documents;
-    the task's items come from the domain's held-out documents (OUT/lm_eval_tasks).
+    The subset of each domain is the one the sweep selected on that domain's training documents
+    (with its first method); the task's items come from the domain's held-out documents
+    (OUT/lm_eval_tasks).
     """
     go_offline()
     from emomoe.experiments.harness import EmoLM  # imports lm-eval: only now, and offline
@@ -266,6 +268,7 @@ def benchmark_accuracy(
     write_continuation_tasks(store, task_dir, **BENCHMARK_TASK)
     tokenizer = load_tokenizer(store.tokenizer_path)
     keep = keep_label(BENCHMARK_KEEP)
+    kept_experts = for_method(sweep, methods_of(sweep)[0])["kept_experts"]
     accuracy: dict[str, dict[str, dict[str, float]]] = {}
     for name, final in final_dirs.items():
         model, cfg = load_for_inference(final)
@@ -273,7 +276,7 @@ def benchmark_accuracy(
         per_model = accuracy[name] = {"full": {}, keep: {}}
         for domain in store.domains:
             task = continuation_task(domain)
-            subset, _ = slice_model(model, cfg, layers, sweep["kept_experts"][name][keep][domain])
+            subset, _ = slice_model(model, cfg, layers, kept_experts[name][keep][domain])
             for label, variant in (("full", model), (keep, subset)):
                 lm = EmoLM(model=variant, tokenizer=tokenizer)
                 scores = task_scores(run_tasks(lm, [task], include_path=[task_dir]))
