@@ -191,7 +191,7 @@ def sweep_one(spec: str, store: str, out: Path) -> dict:
     if "sweep" not in record:
         cfg = run_config(spec, store)
         sweep_cfg = SweepConfig(
-            keep=[KEEP], seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size, auto_tokens=[]
+            keep=[KEEP], seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size, auto_eval_tokens=[]
         )
         record["sweep"] = run_sweep({spec: run_dir_of(spec, out) / "final"}, store, sweep_cfg, progress=False)
         atomic_write_text(run_dir_of(spec, out) / RESULT_FILE, json.dumps(record, indent=2) + "\n")

@@ -16,7 +16,9 @@ from emomoe.select.methods import ExpertSelector
 from emomoe.select.subset import select_subset
 from emomoe.select.weight_source import ModelWeights
 
-SETTINGS = dict(num_calib_windows=3, num_eval_windows=3, seq_len=32, batch_size=4, auto_tokens=[8, 16], auto_docs=4)
+SETTINGS = dict(
+    num_calib_windows=3, num_eval_windows=3, seq_len=32, batch_size=4, auto_eval_tokens=[8, 16], auto_eval_docs=4
+)
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,8 @@ def test_bad_settings_are_refused(checkpoint_dir, store_dir):
         SweepConfig.from_dict({"keep": [0.5, 1.5]})
     with pytest.raises(ConfigError, match="methods: expected distinct selection methods, got \\['reap', 'reap'\\]"):
         SweepConfig.from_dict({"methods": ["reap", "reap"]})
-    with pytest.raises(ConfigError, match="auto_tokens, auto_docs: expected positive integers, got \\[0\\] and 64"):
-        SweepConfig.from_dict({"auto_tokens": [0]})
+    with pytest.raises(ConfigError, match="auto_eval_tokens, auto_eval_docs: expected positive integers, got \\[0\\]"):
+        SweepConfig.from_dict({"auto_eval_tokens": [0]})
     with pytest.raises(DataError, match="'poetry'"):
         run_sweep({"a": checkpoint_dir}, store_dir, SweepConfig(domains=["poetry"], **SETTINGS), progress=False)
     with pytest.raises(ConfigError, match="max_seq_len"):

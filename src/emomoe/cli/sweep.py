@@ -14,8 +14,8 @@ from emomoe.train.runtime import setup_runtime
 
 EXAMPLES = """examples:
   emomoe sweep --checkpoints runs/emo/final runs/std/final --names emo std --data runs/store --out runs/sweep
-  emomoe sweep --checkpoints runs/emo/final --data runs/store --keep 1.0,0.25 --methods easy-ep reap --domains code math \\
-      --out s
+  emomoe sweep --checkpoints runs/emo/final --data runs/store --keep 1.0,0.25 --methods easy-ep reap \\
+      --domains code math --out s
   emomoe sweep --checkpoints runs/demo/emo/final runs/demo/std/final --data runs/demo/store --keep 1.0 --out runs/auto
 """
 
@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="select and evaluate every domain at several keep fractions, for several models",
         description="For every model, domain, selection method and keep fraction: select experts on the domain's "
         "training documents, slice, and evaluate on its held-out documents; and score --selection auto: how often "
-        "the first --auto-tokens tokens of a held-out document choose its own domain's calibration profile. Writes "
+        "the first --auto-eval-tokens tokens of a held-out document choose its own domain's calibration profile. "
+        "Writes "
         "results.json ({loss: {method: {model: {keep: {domain: loss}}}}, params: ...}), every subset as "
         "selections/MODEL/METHOD/KEEP/DOMAIN.json (for --selection), report.md (tables) and loss_vs_keep.png. "
         "--keep 1.0 alone evaluates the full models and the auto choice only.",

@@ -44,7 +44,7 @@ from emomoe.select.weight_source import ModelWeights, WeightSource
 from emomoe.train.validation import loss_by_domain
 
 SELECTIONS_DIR = "selections"
-AUTO_DOCS = 64
+AUTO_EVAL_DOCS = 64
 """Held-out documents per domain that the auto choice is scored on (all of the demo corpus's)."""
 
 
@@ -62,11 +62,11 @@ class SweepConfig(HeldOutConfig):
     """Seed of the random method (the others are deterministic)."""
     domains: list[str] | None = None
     """Domains to sweep; None means every domain of the store."""
-    auto_tokens: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 64])
-    """Prompt lengths at which `--selection auto` is scored: how often the first tokens of a
-    held-out document choose its own domain's calibration profile (with two domains or more);
-    empty skips it."""
-    auto_docs: int = AUTO_DOCS
+    auto_eval_tokens: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 64])
+    """The prompt lengths (`--auto-tokens` of generate, eval, lm-eval) at which `--selection auto` is
+    scored: how often the first tokens of a held-out document choose its own domain's calibration
+    profile (with two domains or more); empty skips it."""
+    auto_eval_docs: int = AUTO_EVAL_DOCS
     """Held-out documents per domain that the auto choice is scored on."""
 
     def __post_init__(self) -> None:
@@ -85,9 +85,10 @@ class SweepConfig(HeldOutConfig):
             )
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods: expected distinct selection methods, got {[str(m) for m in self.methods]}")
-        if any(n < 1 for n in self.auto_tokens) or self.auto_docs < 1:
+        if any(n < 1 for n in self.auto_eval_tokens) or self.auto_eval_docs < 1:
             raise ConfigError(
-                f"auto_tokens, auto_docs: expected positive integers, got {self.auto_tokens} and {self.auto_docs}"
+                f"auto_eval_tokens, auto_eval_docs: expected positive integers, got {self.auto_eval_tokens} "
+                f"and {self.auto_eval_docs}"
             )
 
     @property
@@ -97,7 +98,7 @@ class SweepConfig(HeldOutConfig):
     @property
     def needs_calibration(self) -> bool:
         """Some method ranks on calibration windows, or the auto choice needs the profiles."""
-        return bool(self.auto_tokens) or any(m.needs_calibration for m in self.methods)
+        return bool(self.auto_eval_tokens) or any(m.needs_calibration for m in self.methods)
 
 
 def keep_label(fraction: float) -> str:
@@ -133,8 +134,9 @@ def run_sweep(
         for d in domains
     }
     docs = None
-    if cfg.auto_tokens and len(domains) > 1:
-        docs = held_out_documents(store, domains, num_docs=cfg.auto_docs, tokens_per_doc=max(cfg.auto_tokens))
+    if cfg.auto_eval_tokens and len(domains) > 1:
+        longest = max(cfg.auto_eval_tokens)
+        docs = held_out_documents(store, domains, num_docs=cfg.auto_eval_docs, tokens_per_doc=longest)
     methods = [str(m) for m in cfg.methods]
     results: dict[str, Any] = {
         "loss": {m: {} for m in methods}, "kept_experts": {m: {} for m in methods}, "params": {}, "experts": {},
@@ -160,7 +162,7 @@ def run_sweep(
             bar.update()
             batches = calib[domain].batches if domain in calib else []
             selectors = {
-                m: ExpertSelector(source, batches if m.needs_calibration else [], m, seed=cfg.seed, where=checkpoint)
+                m: ExpertSelector(source, batches if m.needs_calibration else [], m, seed=cfg.seed, where=name)
                 for m in cfg.methods
             }
             for method, selector in selectors.items():
@@ -184,7 +186,7 @@ def run_sweep(
             bar.set_postfix_str(f"{name} auto selection")
             as_tensors = {d: [torch.tensor(p) for p in profile] for d, profile in profiles.items()}
             results["auto_selection"][name] = auto_selection_accuracy(
-                model, as_tensors, docs, cfg.auto_tokens, cfg.batch_size
+                model, as_tensors, docs, cfg.auto_eval_tokens, cfg.batch_size
             )
     bar.close()
     results["settings"] = {
