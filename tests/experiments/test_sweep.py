@@ -23,13 +23,14 @@ SETTINGS = dict(
 
 @pytest.fixture(scope="module")
 def sweep(checkpoint_dir, store_dir):
-    cfg = SweepConfig(keep=[0.5, 0.25], methods=["layerwise", "reap"], **SETTINGS)
+    cfg = SweepConfig(keep=[0.5, 0.25], methods=["layerwise", "reap"], compare_keep=[0.25], **SETTINGS)
     return run_sweep({"a": checkpoint_dir}, store_dir, cfg, progress=False)
 
 
 def test_every_method_model_keep_and_domain_has_a_loss(sweep):
+    assert list(sweep["loss"]["layerwise"]["a"]) == ["1", "0.5", "0.25"]
+    assert list(sweep["loss"]["reap"]["a"]) == ["1", "0.25"]  # the methods after the first: compare_keep
     for method in ("layerwise", "reap"):
-        assert list(sweep["loss"][method]["a"]) == ["1", "0.5", "0.25"]
         for per_domain in sweep["loss"][method]["a"].values():
             assert set(per_domain) == {"code", "legal", "math"} and all(math.isfinite(v) for v in per_domain.values())
         assert [len(layer) for layer in sweep["kept_experts"][method]["a"]["0.25"]["legal"]] == [2, 2]
@@ -83,7 +84,7 @@ def test_outputs_are_written_and_the_selections_apply_to_the_checkpoint(sweep, t
     assert (tmp_path / PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
     root = tmp_path / SELECTIONS_DIR
     written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.json"))
-    assert len(written) == 2 * 2 * 3 and "a/reap/0.25/math.json" in written
+    assert len(written) == (2 + 1) * 3 and "a/reap/0.25/math.json" in written
     selection = tmp_path / SELECTIONS_DIR / "a" / "reap" / "0.25" / "math.json"
     record = read_selection(selection)
     assert record["kept_experts"] == sweep["kept_experts"]["reap"]["a"]["0.25"]["math"]
@@ -110,6 +111,8 @@ def test_static_methods_give_nested_subsets_from_one_pass(checkpoint_dir, store_
 def test_bad_settings_are_refused(checkpoint_dir, store_dir):
     with pytest.raises(ConfigError, match="keep"):
         SweepConfig.from_dict({"keep": [0.5, 1.5]})
+    with pytest.raises(ConfigError, match="--compare-keep 2: sweep keeps fractions of the routed experts"):
+        SweepConfig.from_dict({"compare_keep": "2"})
     with pytest.raises(ConfigError, match="methods: expected distinct selection methods, got \\['reap', 'reap'\\]"):
         SweepConfig.from_dict({"methods": ["reap", "reap"]})
     with pytest.raises(ConfigError, match="auto_eval_tokens, auto_eval_docs: expected positive integers, got \\[0\\]"):

@@ -7,8 +7,10 @@ Steps, each cached in the output directory so that a second run reuses what is d
 3. eval:  per-domain validation loss of both final models over the whole validation split,
           written to OUT/val_loss.md (+ .json);
 4. sweep: for every domain and keep fraction (1, 1/2, 1/4, 1/8 of the routed experts), select
-          a subset on the domain's training documents, slice it, and evaluate it on the domain's
-          held-out documents, for both models;
+          a subset on the domain's training documents (layerwise), slice it, and evaluate it on the
+          domain's held-out documents, for both models; the other selection methods (global,
+          easy-ep, reap, random) at 1/4 beside it; and how often `--selection auto` picks a
+          held-out document's domain from its first 16, 32 and 64 tokens;
 5. lm-eval: the shipped continuation task (pick the true continuation of a held-out passage
           among 4) through lm-evaluation-harness, per domain, for both models, full and with the
           sweep's 1/4 subset of that domain; OUT/lm_eval.md (+ .json);
@@ -51,6 +53,7 @@ from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.experiments.benchmarks import go_offline, run_tasks, task_scores
 from emomoe.experiments.sweep import SweepConfig, keep_label, run_sweep, write_sweep
 from emomoe.io import atomic_write_text
+from emomoe.select.methods import SelectMethod
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
 from emomoe.tables import markdown_table
@@ -64,7 +67,12 @@ DEMO_MODELS = {"emo": "demo-emo.yaml", "std": "demo-std.yaml"}
 ANNEAL, ANNEAL_CONFIG = "anneal", "demo-anneal.yaml"
 TOKENIZER_VOCAB = 8192
 BENCHMARK_KEEP = 0.25
-"""The subset (fraction of routed experts kept) scored on the lm-eval task beside the full model."""
+"""The subset (fraction of routed experts kept) scored on the lm-eval task beside the full model,
+and the one every selection method is compared at."""
+SWEEP_METHODS = [
+    SelectMethod.LAYERWISE, SelectMethod.GLOBAL, SelectMethod.EASY_EP, SelectMethod.REAP, SelectMethod.RANDOM
+]
+"""The sweep's selection methods: layerwise (the paper's) at every fraction, the others at BENCHMARK_KEEP."""
 BENCHMARK_TASK = {"num_items": NUM_ITEMS, "context_tokens": CONTEXT_TOKENS, "continuation_tokens": CONTINUATION_TOKENS}
 """Items per domain of the continuation task and their lengths: 7 x 32 x 4 choices of 80 tokens per model."""
 
@@ -120,7 +128,10 @@ def run_demo(
     atomic_write_text(out / "val_loss.json", json.dumps(val_loss, indent=2) + "\n")
     say("[4/6] sweep: select, slice and evaluate expert subsets per domain and keep fraction")
     trained = RunConfig.from_yaml(out / "emo" / CONFIG_FILE)
-    sweep_cfg = SweepConfig(seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size)
+    sweep_cfg = SweepConfig(
+        seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size, methods=SWEEP_METHODS,
+        compare_keep=[BENCHMARK_KEEP],
+    )
     sweep = run_sweep(final_dirs, store, sweep_cfg, progress=progress)
     say(f"[5/6] lm-eval: the continuation task, full models and {BENCHMARK_KEEP:g} subsets")
     # The lm-eval and analysis steps stay with the two models the demo is about; the anneal is swept.

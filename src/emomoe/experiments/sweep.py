@@ -56,6 +56,9 @@ class SweepConfig(HeldOutConfig):
     methods: list[SelectMethod] = dataclasses.field(default_factory=lambda: [SelectMethod.LAYERWISE])
     """How experts are ranked on the calibration windows; several run side by side (layerwise,
     global, easy-ep, reap, random)."""
+    compare_keep: str | None = None
+    """Keep fractions at which the methods after the first are swept (spelled as keep); None: all
+    of keep. The first method is swept at every fraction."""
     num_calib_windows: int = NUM_CALIB_WINDOWS
     """Training windows per domain that the selection is computed on."""
     seed: int = 0
@@ -73,16 +76,19 @@ class SweepConfig(HeldOutConfig):
         self.methods = [SelectMethod(m) for m in self.methods]
         if isinstance(self.keep, (list, tuple)):  # from Python: a list of fractions
             self.keep = ",".join(str(float(k)) for k in self.keep)
+        if isinstance(self.compare_keep, (list, tuple)):
+            self.compare_keep = ",".join(str(float(k)) for k in self.compare_keep)
 
     def validate(self) -> None:
         super().validate()
         if self.num_calib_windows < 1:
             raise ConfigError(f"num_calib_windows: expected a positive integer, got {self.num_calib_windows}")
-        if any(KeepSpec.parse(k).fraction is None for k in self.keep.split(",")):
-            raise ConfigError(
-                f"--keep {self.keep}: sweep keeps fractions of the routed experts, spelled with a decimal point "
-                "(1.0 for all of them, 0.25); a bare integer is a number of experts, as in select"
-            )
+        for name, spelled in (("keep", self.keep), ("compare-keep", self.compare_keep)):
+            if spelled is not None and any(KeepSpec.parse(k).fraction is None for k in spelled.split(",")):
+                raise ConfigError(
+                    f"--{name} {spelled}: sweep keeps fractions of the routed experts, spelled with a decimal "
+                    "point (1.0 for all of them, 0.25); a bare integer is a number of experts, as in select"
+                )
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods: expected distinct selection methods, got {[str(m) for m in self.methods]}")
         if any(n < 1 for n in self.auto_eval_tokens) or self.auto_eval_docs < 1:
@@ -94,6 +100,11 @@ class SweepConfig(HeldOutConfig):
     @property
     def fractions(self) -> list[float]:
         return [KeepSpec.parse(k).fraction for k in self.keep.split(",")]
+
+    def subset_fractions(self, method: SelectMethod) -> list[float]:
+        """The fractions below 1 that `method` is swept at, largest first."""
+        spelled = self.keep if method is self.methods[0] or self.compare_keep is None else self.compare_keep
+        return sorted({KeepSpec.parse(k).fraction for k in spelled.split(",")} - {1.0}, reverse=True)
 
     @property
     def needs_calibration(self) -> bool:
@@ -121,7 +132,6 @@ def run_sweep(
             configs[name], checkpoint, vocab_size=store.vocab_size, seq_len=seq_len,
             tokenizer_hash=store.tokenizer_hash, any_tokenizer=cfg.any_tokenizer,
         )
-    fractions = sorted({*cfg.fractions, 1.0}, reverse=True)
     window_args = {"seq_len": seq_len, "batch_size": cfg.batch_size}
     calib = {
         d: store_calibration(store, [d], num_windows=cfg.num_calib_windows, **window_args)
@@ -142,8 +152,7 @@ def run_sweep(
         "loss": {m: {} for m in methods}, "kept_experts": {m: {} for m in methods}, "params": {}, "experts": {},
         "profiles": {}, "calibration": {d: c.info for d, c in calib.items()}, "auto_selection": {},
     }
-    subsets = [f for f in fractions if f < 1.0]
-    num_cells = len(checkpoints) * len(domains) * (1 + len(methods) * len(subsets))
+    num_cells = len(checkpoints) * len(domains) * (1 + sum(len(cfg.subset_fractions(m)) for m in cfg.methods))
     bar = tqdm(total=num_cells, desc="sweep", unit="subset", disable=not progress)
     for name, checkpoint in checkpoints.items():
         model, model_cfg = load_for_inference(checkpoint)
@@ -152,9 +161,10 @@ def run_sweep(
         num_routed = [layer.num_routed for layer in layers]
         results["experts"][name] = {"routed": num_routed, "shared": model_cfg.moe.router.num_shared_experts}
         params = results["params"][name] = {FULL: _params(model_cfg)}
-        for method in methods:
-            results["loss"][method][name] = {keep_label(f): {} for f in fractions}
-            results["kept_experts"][method][name] = {keep_label(f): {} for f in subsets}
+        for method in cfg.methods:
+            subsets = cfg.subset_fractions(method)
+            results["loss"][str(method)][name] = {keep_label(f): {} for f in [1.0, *subsets]}
+            results["kept_experts"][str(method)][name] = {keep_label(f): {} for f in subsets}
         profiles = results["profiles"][name] = {}
         for domain in domains:
             bar.set_postfix_str(f"{name} {domain} full")
@@ -168,7 +178,7 @@ def run_sweep(
             for method, selector in selectors.items():
                 loss = results["loss"][str(method)][name]
                 loss[FULL][domain] = full_loss
-                for fraction in subsets:
+                for fraction in cfg.subset_fractions(method):
                     label = keep_label(fraction)
                     bar.set_postfix_str(f"{name} {domain} {method} keep {label}")
                     num_keep = KeepSpec.of_fraction(fraction).resolve(num_routed)
