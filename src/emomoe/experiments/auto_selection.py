@@ -7,7 +7,7 @@ document's first n tokens choose the profile their router mass matches best
 measures it per model at several n (a document shorter than n tokens is matched on all of it);
 chance is one over the number of domains.
 
-Legend: E routed experts of a layer.
+Legend: B batch, E routed experts of a layer.
 """
 
 from __future__ import annotations
