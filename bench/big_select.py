@@ -202,9 +202,11 @@ def run(work: Path, args: argparse.Namespace) -> dict:
         f"{int(args.shard_bytes)}, {args.format!r})"
     )
     windows = ["--seq-len", "256", "--batch-size", "8"]
+    # Without the router profile, which costs layerwise one more pass over every expert: the step
+    # measures the selection itself, as it did before selections recorded one.
     select = run_step(_cli("select", "--checkpoint", str(full), "--data", str(store_dir), "--calib", CALIB_DOMAIN,
                            "--keep", args.keep, "--num-calib-windows", "8", *windows, "--out", str(sub),
-                           "--no-progress"))
+                           "--no-router-profile", "--no-progress"))
     evaluate = run_step(_cli("eval", "--checkpoint", str(sub), "--data", str(store_dir), "--domains", CALIB_DOMAIN,
                              "--num-eval-windows", "8", *windows, "--out", str(work / "eval.json"), "--no-progress"))
     # The subset's weights stay bf16 (float32 ones would not fit in half the memory at full size)

@@ -35,7 +35,7 @@ def torch_process_settings():
 
 @pytest.fixture
 def sweep_results():
-    """A synthetic sweep result: two models, three domains, four keep fractions."""
+    """A synthetic sweep result: one selection method, two models, three domains, four keep fractions."""
     rng = random.Random(0)
     domains = ["code", "legal", "math"]
     keeps = ["1", "0.5", "0.25", "0.125"]
@@ -46,7 +46,7 @@ def sweep_results():
     params = {
         model: {keep: {"total": int(1000 + 9000 * float(keep)), "active": 700} for keep in keeps} for model in loss
     }
-    return {"loss": loss, "params": params, "settings": {"method": "layerwise", "num_calib_windows": 4}}
+    return {"loss": {"layerwise": loss}, "params": params, "settings": {"methods": ["layerwise"], "num_calib_windows": 4}}
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +67,19 @@ def checkpoint_dir(tmp_path_factory, store_dir):
     path = tmp_path_factory.mktemp("ckpt") / "full"
     save_model(path, model, cfg)
     return path
+
+
+@pytest.fixture(scope="session")
+def domain_subsets(tmp_path_factory, store_dir, checkpoint_dir):
+    """Domain -> a subset of `checkpoint_dir` keeping half the routed experts, selected (layerwise,
+    with its router profile) on that domain's training documents of `store_dir`."""
+    from emomoe.select.subset import select_subset
+
+    root = tmp_path_factory.mktemp("subsets")
+    for domain in TokenStore.open(store_dir).domains:
+        select_subset(checkpoint_dir, root / domain, calibration=domain, store=store_dir, keep="0.5",
+                      num_calib_windows=16, seq_len=64)
+    return {domain: root / domain for domain in TokenStore.open(store_dir).domains}
 
 
 @pytest.fixture

@@ -174,7 +174,7 @@ def test_the_checks_catch_a_wrong_letter():
     # The helpers themselves: a deliberately wrong suffix and wrong legends fail.
     assert split_suffix("BSD") == ["B", "S", "D"] and split_suffix("BRPDh") == ["B", "R", "P", "Dh"]
     assert split_suffix("B1SS") == ["B", "1", "S", "S"]
-    assert split_suffix("BOD") is None
+    assert split_suffix("BOD") is None  # O is no symbol: it reads like the digit 0
     assert not SHAPE_NAME.match("CONFIG_FILE") and not SHAPE_NAME.match("HAS_GROUPED_MM")
     doc = "Title.\n\nLegend: B batch, S new tokens, G domains (of a, b), L cache capacity, T = B*S tokens. Prose.\n"
     entries = legend_entries(doc)

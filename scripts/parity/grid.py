@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from emomoe.analyze.sweep_results import mean_increase
+from emomoe.analyze.sweep_results import for_method, mean_increase, methods_of
 from emomoe.checkpoint import load_model
 from emomoe.data.loader import eval_batches
 from emomoe.data.store import Split, TokenStore
@@ -190,7 +190,9 @@ def sweep_one(spec: str, store: str, out: Path) -> dict:
     record = run_one(spec, store, out)
     if "sweep" not in record:
         cfg = run_config(spec, store)
-        sweep_cfg = SweepConfig(keep=[KEEP], seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size)
+        sweep_cfg = SweepConfig(
+            keep=[KEEP], seq_len=cfg.data.seq_len, batch_size=cfg.train.eval_batch_size, auto_eval_tokens=[]
+        )
         record["sweep"] = run_sweep({spec: run_dir_of(spec, out) / "final"}, store, sweep_cfg, progress=False)
         atomic_write_text(run_dir_of(spec, out) / RESULT_FILE, json.dumps(record, indent=2) + "\n")
     return record
@@ -228,7 +230,10 @@ def mean_over_domains(losses: dict[str, float]) -> float:
 
 
 def keep_increase(record: dict) -> float | None:
-    return mean_increase(record["sweep"], record["name"], f"{KEEP:g}") if "sweep" in record else None
+    if "sweep" not in record:
+        return None
+    sweep = record["sweep"]
+    return mean_increase(for_method(sweep, methods_of(sweep)[0]), record["name"], f"{KEEP:g}")
 
 
 def reference_of(record: dict, records: dict[str, dict]) -> dict | None:

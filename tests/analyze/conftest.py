@@ -35,7 +35,8 @@ def sweep_dir(tmp_path_factory):
     """A sweep directory whose results.json kept 3 of the 7 routed experts of "emo" per domain."""
     path = tmp_path_factory.mktemp("sweep")
     kept = {"code": [[0, 1, 2], [3, 4, 5]], "legal": [[0, 1, 6], [3, 4, 5]], "math": [[4, 5, 6], [0, 1, 2]]}
-    (path / "results.json").write_text(json.dumps({"kept_experts": {"emo": {"0.5": kept}}}))
+    results = {"loss": {"layerwise": {}}, "kept_experts": {"layerwise": {"emo": {"0.5": kept}}}}
+    (path / "results.json").write_text(json.dumps(results))
     return path
 
 

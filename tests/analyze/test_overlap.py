@@ -16,14 +16,16 @@ def _selection(path, source, keep, domains, kept):
 
 def test_kept_sets_come_from_results_and_selections(tmp_path):
     kept = {"emo": {"0.5": {"code": [[0, 1], [2, 3]], "math": [[1, 2], [2, 3]]}}}
-    (tmp_path / "results.json").write_text(json.dumps({"loss": {}, "kept_experts": kept}))
+    other = {"emo": {"0.5": {"code": [[3], [0]]}}}
+    results = {"loss": {"global": {}, "random": {}}, "kept_experts": {"global": kept, "random": other}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
     source = tmp_path / "runs" / "std" / "final"
     source.mkdir(parents=True)
     _selection(tmp_path / "subsets" / "a", source, "2", ["code"], [[0, 1], [0, 1]])
     _selection(tmp_path / "subsets" / "b", source, "2", ["legal", "math"], [[2, 3], [0, 3]])
     _selection(tmp_path / "subsets" / "c", tmp_path / "elsewhere", "2", ["code"], [[0], [1]])
     got = read_kept_sets(tmp_path, {"emo": tmp_path / "x", "std": source})
-    assert got["emo"] == kept["emo"]
+    assert got["emo"] == kept["emo"]  # the sweep's first method's
     assert got["std"] == {"2": {"code": [[0, 1], [0, 1]], "legal,math": [[2, 3], [0, 3]]}}
     assert got["elsewhere"] == {"2": {"code": [[0], [1]]}}
 

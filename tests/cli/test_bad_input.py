@@ -185,6 +185,22 @@ ERRORS = {
         lambda e, t: ["eval", "--checkpoint", s(e["model"]), "--data", s(STORE), "--seq-len", "4096"],
         r"seq_len: 4096 exceeds .*final's max_seq_len 128$",
     ),
+    "eval-two-selections-without-auto": (
+        lambda e, t: ["eval", "--checkpoint", s(e["model"]), "--data", s(STORE), "--selection", s(e["subset"]),
+                      s(e["random"])],
+        r"selection: 2 files; give one, or 'auto' first to choose among them per prompt$",
+    ),
+    "eval-selection-of-another-model": (
+        lambda e, t: ["eval", "--checkpoint", s(e["subset"]), "--data", s(STORE), "--selection", s(e["subset"])],
+        r"subset/selection\.json: was made for another model \(source fingerprint [0-9a-f]{12}\.\.\., from "
+        r".*final\), not .*subset \([0-9a-f]{12}\.\.\.\)$",
+    ),
+    "generate-auto-without-profile": (
+        lambda e, t: ["generate", "--checkpoint", s(e["model"]), "--prompt", "def", "--selection", "auto",
+                      s(e["subset"]), s(e["random"])],
+        r"random/selection\.json: has no router_profile \(random selections and those made with "
+        r"--no-router-profile have none\), which --selection auto compares prompts with; select it again",
+    ),
     "select-vocab-larger-than-model": (
         lambda e, t: ["select", "--checkpoint", s(e["small"]), "--data", s(STORE), "--calib", "code", "--keep", "2",
                       "--out", s(t / "sub")],
@@ -276,7 +292,10 @@ def inputs(env):
     data = zstandard.ZstdCompressor().compress(corpus.read_bytes())
     cut = root / "cut.jsonl.zst"
     cut.write_bytes(data[: len(data) // 2])
-    return {**env, "corpus": corpus, "six_tokens": six, "truncated_zst": cut}
+    random = root / "random"
+    assert main(["select", "--checkpoint", str(env["model"]), "--method", "random", "--keep", "0.5", "--out",
+                 str(random)]) == 0
+    return {**env, "corpus": corpus, "six_tokens": six, "truncated_zst": cut, "random": random}
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import pytest
 
 from emomoe.cli import main
 from emomoe.data.store import TokenStore
+from emomoe.data.tokenizer import load_tokenizer
 from emomoe.train.provenance import load_with_tokenizer
 from emomoe.generate import GenerationConfig, generate_text
 from tests.fixtures import build_store, save_tiny_checkpoint, word_documents
@@ -64,3 +65,48 @@ def test_an_hf_export_generates_what_its_source_checkpoint_does(checkpoint, tmp_
         assert main(args) == 0
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] and outputs[0].strip()
+
+
+
+def _completions(capsys, *args):
+    """The JSON lines `generate --prompts` prints."""
+    capsys.readouterr()
+    assert main(["generate", *args]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def _held_out_prompts(store, path, num_tokens=24):
+    """One line per domain: the start of a held-out document."""
+    tok = load_tokenizer(store.tokenizer_path)
+    docs = [next(iter(store.documents("val", [d])))[1][:num_tokens].tolist() for d in store.domains]
+    path.write_text("".join(tok.decode(ids).replace("\n", " ") + "\n" for ids in docs))
+    return path
+
+
+def test_a_selection_generates_what_the_sliced_subset_does(store_dir, checkpoint_dir, domain_subsets, tmp_path, capsys):
+    store = TokenStore.open(store_dir)
+    prompts = _held_out_prompts(store, tmp_path / "prompts.txt")
+    common = ["--prompts", str(prompts), "--greedy", "--max-new-tokens", "8", "--tokenizer", str(store.tokenizer_path)]
+    subset = str(domain_subsets["math"])
+    sliced = _completions(capsys, "--checkpoint", subset, *common)
+    masked = _completions(capsys, "--checkpoint", str(checkpoint_dir), "--selection", subset, *common)
+    full = _completions(capsys, "--checkpoint", str(checkpoint_dir), *common)
+    assert [r["completion"] for r in masked] == [r["completion"] for r in sliced]
+    assert [r["completion"] for r in full] != [r["completion"] for r in sliced]
+    assert all(r["selection"] == "math" for r in masked) and "selection" not in full[0]
+
+
+def test_auto_generates_each_prompt_with_the_subset_it_chooses(
+    store_dir, checkpoint_dir, domain_subsets, tmp_path, capsys
+):
+    store = TokenStore.open(store_dir)
+    prompts = _held_out_prompts(store, tmp_path / "prompts.txt")
+    common = ["--greedy", "--max-new-tokens", "6", "--tokenizer", str(store.tokenizer_path)]
+    spec = ["--selection", "auto", *(str(p) for p in domain_subsets.values()), "--auto-tokens", "12"]
+    records = _completions(capsys, "--checkpoint", str(checkpoint_dir), "--prompts", str(prompts), *spec, *common)
+    assert len({r["selection"] for r in records}) > 1  # the prompts of different domains choose differently
+    for record in records:
+        capsys.readouterr()
+        subset = str(domain_subsets[record["selection"]])
+        assert main(["generate", "--checkpoint", subset, "--prompt", record["prompt"], *common]) == 0
+        assert capsys.readouterr().out == record["completion"] + "\n"

@@ -7,6 +7,7 @@ import enum
 import pytest
 
 from emomoe.analyze.analysis import AnalysisConfig
+from emomoe.checkpoint.selection import AUTO_TOKENS, SelectionConfig
 from emomoe.cli import build_parser, main
 from emomoe.cli._options import add_config_options, config_from_args
 from emomoe.config import Config
@@ -219,6 +220,9 @@ def test_one_default_per_concept_across_verbs():
     assert windows == {NUM_EVAL_WINDOWS} == {TrainConfig().num_eval_windows}
     assert {cls().seq_len for cls in configs if hasattr(cls(), "seq_len")} == {None}  # the model's max_seq_len
     assert all(issubclass(cls, ReadConfig) for cls in (TokenizeConfig, TokenizerTrainConfig))
+    selecting = {cls.__name__ for cls in configs if issubclass(cls, SelectionConfig)}
+    assert selecting == {"EvalConfig", "GenerateConfig", "LmEvalConfig"}
+    assert {cls().auto_tokens for cls in configs if issubclass(cls, SelectionConfig)} == {AUTO_TOKENS}
 
 
 def test_every_setting_has_a_help_text():

@@ -118,9 +118,14 @@ def test_demo_trains_both_models_compares_and_reuses(tmp_path, monkeypatch, caps
     assert emo_cfg["model"]["moe"]["router"]["pool"] != "off" and std_cfg["model"]["moe"]["router"]["pool"] == "off"
     assert emo_cfg["data"] == std_cfg["data"] and emo_cfg["train"] == std_cfg["train"]
     sweep = json.loads((out / "results.json").read_text())
-    assert set(sweep["loss"]) == {"emo", "std"}
-    assert set(sweep["loss"]["emo"]) == {"1", "0.5", "0.25", "0.125"}
-    assert set(sweep["loss"]["std"]["0.25"]) == set(TOPICS)
+    assert list(sweep["loss"]) == ["layerwise", "global", "easy-ep", "reap", "random"]
+    assert set(sweep["loss"]["layerwise"]) == {"emo", "std"}
+    assert set(sweep["loss"]["layerwise"]["emo"]) == {"1", "0.5", "0.25", "0.125"}
+    assert set(sweep["loss"]["reap"]["emo"]) == {"1", "0.25"}  # the other methods at the lm-eval subset's size
+    assert set(sweep["loss"]["layerwise"]["std"]["0.25"]) == set(TOPICS)
+    assert list(sweep["auto_selection"]["std"]) == ["16", "32", "64"]
+    assert "(method, keep) cells" in table and "prompt tokens" in table
+    assert (out / "selections" / "emo" / "reap" / "0.25").is_dir()
     assert "mean increase" in table and (out / "report.md").is_file() and (out / "loss_vs_keep.png").is_file()
     analysis = json.loads((out / "analysis" / "analysis.json").read_text())
     assert list(analysis["models"]) == ["emo", "std"] and set(analysis["subset_overlap"]) == {"emo", "std"}

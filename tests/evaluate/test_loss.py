@@ -4,6 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from emomoe.checkpoint import load_for_inference
+from emomoe.checkpoint.selection import read_selection
+from emomoe.data.loader import eval_batches
+from emomoe.data.store import TokenStore
+from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.model import ModelConfig, build_model
 from emomoe.train.validation import DomainLoss, loss_by_domain
 
@@ -58,3 +63,55 @@ def test_training_mode_is_restored(model):
     loss_by_domain(model, [_batch(0, 1)], ["a"])
     assert model.training
     model.eval()
+
+
+def test_a_selection_on_the_full_model_gives_the_sliced_subsets_loss(store_dir, checkpoint_dir, domain_subsets):
+    subset = domain_subsets["code"]
+    sliced = evaluate_checkpoint(subset, store_dir, seq_len=64, num_eval_windows=4)
+    masked = evaluate_checkpoint(checkpoint_dir, store_dir, seq_len=64, num_eval_windows=4, selection=[str(subset)])
+    full = evaluate_checkpoint(checkpoint_dir, store_dir, seq_len=64, num_eval_windows=4)
+    assert masked["selection"] == [str(subset)] and "chosen" not in masked
+    for domain, expected in sliced["domains"].items():
+        assert masked["domains"][domain]["num_tokens"] == expected["num_tokens"]
+        assert masked["domains"][domain]["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+        # Untrained, the restriction moves the loss little, but far more than rounding does.
+        assert abs(full["domains"][domain]["loss"] - expected["loss"]) > 1e-6
+
+
+def _choose_by_hand(model, ids_S, profiles, num_tokens):
+    """Reference: the domain whose profile gives the prompt's mean router probabilities the
+    highest sum of m log q, one layer at a time."""
+    with torch.no_grad():
+        routing = model(ids_S[None, :num_tokens], return_routing=True).routing
+    scores = {}
+    for domain, profile in profiles.items():
+        scores[domain] = sum(
+            float((r.router_logits_TE.softmax(-1).mean(0).double() * torch.tensor(q).clamp(min=1e-12).log()).sum())
+            for r, q in zip(routing, profile)
+        )
+    return max(scores, key=scores.get)
+
+
+def test_auto_runs_every_window_with_the_subset_its_first_tokens_choose(store_dir, checkpoint_dir, domain_subsets):
+    store = TokenStore.open(store_dir)
+    spec = ["auto", *(str(p) for p in domain_subsets.values())]
+    got = evaluate_checkpoint(checkpoint_dir, store_dir, seq_len=64, num_eval_windows=4, selection=spec, auto_tokens=16)
+    full, _ = load_for_inference(checkpoint_dir)
+    profiles = {d: read_selection(p)["router_profile"] for d, p in domain_subsets.items()}
+    subsets = {d: load_for_inference(p)[0] for d, p in domain_subsets.items()}
+    sums, chosen = {}, {}
+    for batch in eval_batches(store, "val", seq_len=64, batch_size=8, max_windows_per_domain=4):
+        for row in range(batch["input_ids_BS"].shape[0]):
+            window = {key: value[row : row + 1] for key, value in batch.items()}
+            picked = _choose_by_hand(full, window["input_ids_BS"][0], profiles, 16)
+            domain = store.domains[int(window["domain_ids_BS"][0, 0])]
+            chosen.setdefault(domain, {}).setdefault(picked, 0)
+            chosen[domain][picked] += 1
+            loss = loss_by_domain(subsets[picked], [window], store.domains)[domain]
+            total = sums.setdefault(domain, [0.0, 0])
+            total[0], total[1] = total[0] + loss.sum_nats, total[1] + loss.num_tokens
+    assert got["chosen"] == chosen
+    assert len({picked for per_domain in chosen.values() for picked in per_domain}) > 1  # a real choice
+    for domain, (nats, tokens) in sums.items():
+        assert got["domains"][domain]["num_tokens"] == tokens
+        assert got["domains"][domain]["loss"] == pytest.approx(nats / tokens, rel=1e-6)

@@ -30,5 +30,5 @@ def test_anneal_starts_from_the_standard_model_and_joins_the_comparison(tmp_path
     table = (out / "val_loss.md").read_text()
     assert "EMO-anneal - std" in table and "mean over domains" in table
     sweep = json.loads((out / "results.json").read_text())
-    assert list(sweep["loss"]) == ["emo", "anneal", "std"]
+    assert list(sweep["loss"]["layerwise"]) == ["emo", "anneal", "std"]
     assert "anneal / std" in summary_table(sweep) and "anneal" in (out / "report.md").read_text()

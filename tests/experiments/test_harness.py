@@ -3,7 +3,8 @@ import torch
 from lm_eval.api.instance import Instance
 
 from emomoe import ModelConfig, build_model
-from emomoe.data.tokenizer import train_tokenizer
+from emomoe.data.store import TokenStore
+from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
 from emomoe.experiments.harness import EmoLM
 from emomoe.generate import GenerationConfig, generate, generate_text
 
@@ -74,3 +75,39 @@ def test_generate_until_stops_before_the_first_until_string(lm):
         assert out == text[: text.index(stop)]
     [short] = lm.generate_until([_instance("generate_until", (contexts[0], {"until": [], "max_gen_toks": 2}))])
     assert short == lm.tok.decode(lm.tok.encode(free[0])[:2]) or free[0].startswith(short)
+
+
+def _domain_texts(store_dir, tok):
+    """The first 40 tokens of one held-out document per domain, as text."""
+    store = TokenStore.open(store_dir)
+    return {d: tok.decode(next(iter(store.documents("val", [d])))[1][:40].tolist()) for d in store.domains}
+
+
+def test_a_selection_scores_and_generates_as_the_sliced_subset(store_dir, checkpoint_dir, domain_subsets):
+    tok = load_tokenizer(TokenStore.open(store_dir).tokenizer_path)
+    texts = _domain_texts(store_dir, tok)
+    requests = [_instance("loglikelihood", (text[:-12], text[-12:]), i) for i, text in enumerate(texts.values())]
+    until = [_instance("generate_until", (text[:30], {"until": ["never"], "max_gen_toks": 6}), i)
+             for i, text in enumerate(texts.values())]
+    subset = domain_subsets["legal"]
+    sliced = EmoLM(checkpoint=str(subset), tokenizer=tok, batch_size=2)
+    masked = EmoLM(checkpoint=str(checkpoint_dir), tokenizer=tok, batch_size=2, selection=str(subset))
+    full = EmoLM(checkpoint=str(checkpoint_dir), tokenizer=tok, batch_size=2)
+    expected = [logprob for logprob, _ in sliced.loglikelihood(requests)]
+    assert [logprob for logprob, _ in masked.loglikelihood(requests)] == pytest.approx(expected, abs=1e-5)
+    assert [logprob for logprob, _ in full.loglikelihood(requests)] != pytest.approx(expected, abs=1e-5)
+    assert masked.generate_until(until) == sliced.generate_until(until)
+
+
+def test_auto_scores_each_request_with_the_subset_its_context_chooses(store_dir, checkpoint_dir, domain_subsets):
+    tok = load_tokenizer(TokenStore.open(store_dir).tokenizer_path)
+    texts = _domain_texts(store_dir, tok)
+    requests = [_instance("loglikelihood", (text[:-12], text[-12:]), i) for i, text in enumerate(texts.values())]
+    spec = ["auto", *(str(p) for p in domain_subsets.values())]
+    auto = EmoLM(checkpoint=str(checkpoint_dir), tokenizer=tok, batch_size=3, selection=spec, auto_tokens=8)
+    answers = [logprob for logprob, _ in auto.loglikelihood(requests)]
+    chosen = auto.selections.choose([tok.encode(text[:-12]) for text in texts.values()])
+    assert len(set(chosen)) > 1  # requests of different domains, routed with different subsets
+    for answer, request, name in zip(answers, requests, chosen):
+        [(expected, _)] = EmoLM(checkpoint=str(domain_subsets[name]), tokenizer=tok).loglikelihood([request])
+        assert answer == pytest.approx(expected, abs=1e-5)

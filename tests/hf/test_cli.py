@@ -62,6 +62,6 @@ def test_every_checkpoint_verb_reads_an_olmoe_directory_as_it_is(tmp_path, capsy
     assert main(["select", "--checkpoint", str(olmoe), "--calib", "math", "--keep", "3", "--num-calib-windows", "4",
                  "--out", str(tmp_path / "sub"), *common]) == 0
     assert main(["finetune", "--checkpoint", str(tmp_path / "sub"), "--max-steps", "1", "--out", str(tmp_path / "ft"), *common]) == 0
-    assert main(["sweep", "--checkpoints", str(olmoe), "--keep", "1.0,0.5", "--method", "random", "--domains", "math",
+    assert main(["sweep", "--checkpoints", str(olmoe), "--keep", "1.0,0.5", "--methods", "random", "--domains", "math",
                  "--num-eval-windows", "2", "--out", str(tmp_path / "sweep"), *common]) == 0
-    assert set(json.loads((tmp_path / "sweep" / "results.json").read_text())["loss"]["olmoe"]) == {"1", "0.5"}
+    assert set(json.loads((tmp_path / "sweep" / "results.json").read_text())["loss"]["random"]["olmoe"]) == {"1", "0.5"}

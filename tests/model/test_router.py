@@ -259,3 +259,52 @@ def test_pool_path_compiles_to_one_graph():
     with pytest.raises(torch._dynamo.exc.Unsupported):  # the check bites: a seeded CPU generator breaks graphs
         torch.compile(lambda t: t + torch.randn(6, generator=torch.Generator().manual_seed(1)), fullgraph=True,
                       backend="eager")(x_TD)
+
+
+def _sliced_router(router, kept):
+    """Reference: a router of the kept experts only (their gate rows, then the shared ones), as a
+    sliced subset holds it."""
+    num_shared = router.gate.weight.shape[0] - router.num_routed
+    cfg = RouterConfig(num_shared_experts=num_shared, renormalize=router.renormalize,
+                       bias_update_rate=router.bias_update_rate)
+    sliced = Router(6, len(kept) + num_shared, router.top_k, cfg).double()
+    rows = [*kept, *range(router.num_routed, router.num_routed + num_shared)]
+    with torch.no_grad():
+        sliced.gate.weight.copy_(router.gate.weight[rows])
+        if router.bias_update_rate > 0:
+            sliced.score_bias_E.copy_(router.score_bias_E[kept])
+    return sliced.eval()
+
+
+@pytest.mark.parametrize("kept", [[1, 4, 6], [2], [0, 1, 2, 3, 4, 5, 6]])
+@pytest.mark.parametrize("options", [{}, {"renormalize": True}, {"bias_update_rate": 0.5}, {"eval_pool": "4"}])
+def test_a_restricted_router_routes_as_the_router_of_the_kept_experts(kept, options):
+    router = _make_router(7, 1, 3, 0, **options).eval()
+    if "bias_update_rate" in options:
+        with torch.no_grad():
+            router.score_bias_E.copy_(torch.linspace(-0.3, 0.3, 7))
+    x_TD = torch.randn(12, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    segments = Segments.from_doc_ids(torch.zeros(1, 12, dtype=torch.long))
+    unrestricted = router(x_TD, segments)
+    reference = _sliced_router(router, kept)(x_TD)
+    router.restrict(kept)
+    assert router.pool is None  # as a sliced subset, whatever the eval pool
+    got = router(x_TD, segments)
+    assert got.experts_TK.shape[1] == min(3, len(kept))
+    assert torch.equal(got.experts_TK, torch.tensor(kept)[reference.experts_TK])
+    assert torch.equal(got.weights_TK, reference.weights_TK)
+    assert torch.equal(got.lb_loss, reference.lb_loss) and torch.equal(got.z_loss, reference.z_loss)
+    assert torch.equal(got.logits_TE, x_TD @ router.gate.weight[:7].T)  # every routed expert's logits
+    router.restrict(None)
+    assert torch.equal(router(x_TD, segments).experts_TK, unrestricted.experts_TK)
+
+
+def test_a_restriction_is_for_inference_and_names_existing_experts():
+    router = _make_router(7, 1, 3, 0)
+    for bad in ([], [3, 1], [2, 2], [7], [-1]):
+        with pytest.raises(ValueError, match="ascending distinct ids in \\[0, 7\\)"):
+            router.restrict(bad)
+    router.restrict([1, 2])
+    assert "kept_E" not in router.state_dict()  # never saved with the weights
+    with pytest.raises(ValueError, match="inference only"):
+        router.train()(torch.randn(3, 6, dtype=torch.float64))

@@ -73,18 +73,21 @@ def test_eval_prints_json_per_domain(tmp_path, checkpoint_dir, store_dir, capsys
 def test_sweep_writes_results_report_and_plot(tmp_path, checkpoint_dir, store_dir, capsys):
     out = tmp_path / "sweep"
     args = ["sweep", "--checkpoints", str(checkpoint_dir), "--names", "tiny", "--data", str(store_dir),
-            "--method", "random", "--domains", "code", "math", "--num-eval-windows", "2",
+            "--methods", "random", "--domains", "code", "math", "--num-eval-windows", "2",
             "--seq-len", "32", "--out", str(out), "--no-progress"]
     assert main([*args, "--keep", "1,0.5"]) == 2  # "1" is one expert in select: never all of them here
     assert "a bare integer is a number of experts" in capsys.readouterr().err
     assert main([*args, "--keep", "1.0,0.5"]) == 0
-    assert "tiny: mean held-out loss increase 0.5:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tiny (random): mean held-out loss increase 0.5:" in printed
+    assert "tiny: --selection auto picks the document's domain at 16 tokens" in printed
     assert main([*args, "--keep", "1.0,0.5"]) == 2  # results are never overwritten without --force
     assert "results.json: already exists (results of an earlier sweep)" in capsys.readouterr().err
     assert main([*args, "--keep", "1.0,0.5", "--force"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["loss"]["tiny"]["0.5"]) == {"code", "math"}
-    assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "loss_vs_keep.png"}
+    assert set(results["loss"]["random"]["tiny"]["0.5"]) == {"code", "math"}
+    assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "loss_vs_keep.png", "selections"}
+    assert {p.name for p in (out / "selections" / "tiny" / "random" / "0.5").iterdir()} == {"code.json", "math.json"}
     assert main(["sweep", "--checkpoints", str(checkpoint_dir), str(checkpoint_dir), "--data", str(store_dir),
                  "--out", str(out)]) == 2
     assert "model names must differ" in capsys.readouterr().err

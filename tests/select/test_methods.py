@@ -82,10 +82,11 @@ def test_layerwise_reads_one_block_at_a_time_and_only_the_kept_experts(tiny, bat
     assert embed_rows == [sorted(set(torch.cat([b["input_ids_BS"].flatten() for b in batches]).tolist()))]
 
 
-def _easy_ep_reference(model, cfg, batches):
-    """Loop over tokens and their chosen experts, computing each expert's SwiGLU output by hand."""
+def _routed_slots(model, cfg, batches):
+    """Per MoE layer, every (expert, gate weight, |expert output|, 1 - cos(h, h + moe(h))) of every
+    token's chosen experts, each expert's SwiGLU output computed by hand, one token at a time."""
     layers = moe_layers(cfg)
-    scores = [torch.zeros(layer.num_routed, dtype=torch.float64) for layer in layers]
+    slots = [[] for _ in layers]
     seen = {}
 
     def hook_for(i):
@@ -108,22 +109,68 @@ def _easy_ep_reference(model, cfg, batches):
                     s = max(0.0, 1.0 - float(F.cosine_similarity(h, h + m_TD[t], dim=0)))
                     for e, g in zip(r.experts_TK[t].tolist(), r.weights_TK[t].tolist()):
                         out = experts.w2[e] @ (F.silu(experts.w1[e] @ h) * (experts.w3[e] @ h))
-                        scores[i][e] += g * float(out.norm()) * s
+                        slots[i].append((e, g, float(out.norm()), s))
     for h in handles:
         h.remove()
-    return scores
+    return slots
 
 
 def test_easy_ep_scores_match_a_per_token_reference(tiny, batches):
     model, cfg = tiny
     selector = _selector(tiny, batches, SelectMethod.EASY_EP)
     got = selector.scores()
-    expected = _easy_ep_reference(model, cfg, batches)
+    expected = [torch.zeros(layer.num_routed, dtype=torch.float64) for layer in moe_layers(cfg)]
+    for i, layer_slots in enumerate(_routed_slots(model, cfg, batches)):
+        for e, g, norm, s in layer_slots:
+            expected[i][e] += g * norm * s
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-7)
     assert all(float(g.sum()) > 0 for g in got)
     chosen = selector.choose([2, 3])
     assert chosen == [_top(expected[0], 2), _top(expected[1], 3)]
+
+
+def test_reap_is_the_mean_over_routed_tokens_of_gate_weight_times_output_norm(tiny, batches):
+    model, cfg = tiny
+    selector = _selector(tiny, batches, SelectMethod.REAP)
+    got = selector.scores()
+    for i, layer_slots in enumerate(_routed_slots(model, cfg, batches)):
+        per_expert = {}
+        for e, g, norm, _ in layer_slots:
+            per_expert.setdefault(e, []).append(g * norm)
+        expected = torch.tensor(
+            [sum(v) / len(v) if (v := per_expert.get(e)) else 0.0 for e in range(got[i].shape[0])], dtype=torch.float64
+        )
+        torch.testing.assert_close(got[i], expected, rtol=1e-4, atol=1e-7)
+    assert selector.choose([3, 3]) == [_top(s, 3) for s in got]
+
+
+def test_reap_scores_an_expert_no_token_chose_zero(tiny):
+    model, cfg = tiny
+    one_token = [{"input_ids_BS": torch.full((1, 8), 5)}]
+    scores = _selector(tiny, one_token, SelectMethod.REAP).scores()
+    with torch.no_grad():
+        routing = model(one_token[0]["input_ids_BS"], return_routing=True).routing
+    for layer, scores_E in zip(moe_layers(cfg), scores):
+        chosen = set(routing[layer.index].experts_TK.flatten().tolist())
+        assert 0 < len(chosen) < layer.num_routed  # 8 identical tokens leave some experts unused
+        assert {e for e in range(layer.num_routed) if scores_E[e] > 0} == chosen
+
+
+@pytest.mark.parametrize("method", [m for m in SelectMethod if m is not SelectMethod.RANDOM])
+def test_the_profile_is_the_unpruned_router_mass_and_free_after_an_unpruned_pass(tiny, batches, method):
+    model, cfg = tiny
+    source = RecordingWeights(model, cfg)
+    selector = ExpertSelector(source, batches, method)
+    selector.choose([2, 2])
+    profile = selector.profile()
+    for layer, mass_E in zip(moe_layers(cfg), profile):
+        expected_E = _mean_router_probs(model, batches, layer.index).double()
+        torch.testing.assert_close(mass_E, expected_E, rtol=1e-5, atol=1e-7)
+    passes = [name for name, _ in source.reads].count("embed.weight")  # read once by every pass
+    # Layerwise runs its own pass, then one unpruned pass for the profile; the others reuse theirs.
+    assert passes == (2 if method is SelectMethod.LAYERWISE else 1)
+    assert selector.profile() is profile
 
 
 def test_random_is_seeded_nested_and_ignores_data(tiny):

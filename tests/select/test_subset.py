@@ -15,6 +15,7 @@ from emomoe.io import CHECKSUMS_FILE
 from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.merge import merge_subset
+from emomoe.select.methods import ExpertSelector
 from emomoe.select.routing import moe_layers
 from emomoe.select.subset import select_subset, subset_bytes
 
@@ -24,7 +25,7 @@ def calib(store_dir):
     return store_calibration(store_dir, ["code"], num_windows=4, seq_len=32, batch_size=2)
 
 
-@pytest.mark.parametrize("method", ["layerwise", "global", "easy-ep", "random"])
+@pytest.mark.parametrize("method", ["layerwise", "global", "easy-ep", "reap", "random"])
 def test_select_writes_a_smaller_self_contained_subset(tmp_path, checkpoint_dir, calib, method):
     out = tmp_path / "sub"
     record = select_subset(checkpoint_dir, out, keep=KeepSpec.parse("0.5"), method=method, calibration=calib)
@@ -42,6 +43,20 @@ def test_select_writes_a_smaller_self_contained_subset(tmp_path, checkpoint_dir,
     assert sub_cfg.moe.num_experts_per_layer == [5, 5] and saved["num_params"]["total"] == sub_cfg.num_params()[0]
     kept_w2 = full.layers[1].moe.experts.w2[saved["kept_experts"][1]]
     torch.testing.assert_close(sub.layers[1].moe.experts.w2[:4], kept_w2)
+
+
+def test_the_router_profile_is_the_global_score_and_optional(tmp_path, checkpoint_dir, calib):
+    record = select_subset(checkpoint_dir, tmp_path / "lw", keep="0.5", method="layerwise", calibration=calib)
+    global_scores = select_subset(checkpoint_dir, tmp_path / "gl", keep="1.0", method="global", calibration=calib)
+    assert record["router_profile"] == global_scores["router_profile"]
+    with CheckpointReader(checkpoint_dir) as reader:
+        expected = ExpertSelector(reader, calib.batches, "global").scores()
+    assert record["router_profile"] == [scores_E.tolist() for scores_E in expected]
+    assert all(sum(p) == pytest.approx(1.0) for p in record["router_profile"])
+    without = select_subset(checkpoint_dir, tmp_path / "no", keep="0.5", calibration=calib, router_profile=False)
+    assert "router_profile" not in without and without["kept_experts"] == record["kept_experts"]
+    again = select_subset(checkpoint_dir, tmp_path / "again", selection=tmp_path / "lw")
+    assert again["router_profile"] == record["router_profile"]
 
 
 @pytest.mark.parametrize(

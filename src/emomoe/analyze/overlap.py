@@ -1,8 +1,9 @@
 """Subset overlap: how much the kept-expert sets of different domains' subsets share (Jaccard).
 
-The sets come from a sweep directory: its `results.json` (`kept_experts`: model -> keep -> domain
--> kept routed experts per MoE layer, see `emomoe.experiments.sweep`) and any `selection.json` of a
-subset saved below it (`emomoe select`), whose domain is its calibration domains. Modular models
+The sets come from a sweep directory: its `results.json` (`kept_experts` of its first selection
+method: model -> keep -> domain -> kept routed experts per MoE layer, see
+`emomoe.analyze.sweep_results`) and any `selection.json` of a subset saved below it (`emomoe
+select`), whose domain is its calibration domains. Modular models
 keep different experts for different domains: their overlap stays near what two random subsets
 of the same size would share.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from emomoe.analyze.metrics import expected_random_jaccard, jaccard_matrix, mean_off_diagonal
-from emomoe.analyze.sweep_results import RESULTS_FILE
+from emomoe.analyze.sweep_results import RESULTS_FILE, for_method, methods_of
 from emomoe.checkpoint.selection import SELECTION_FILE, read_selection
 from emomoe.errors import DataError
 
@@ -32,9 +33,10 @@ def read_kept_sets(sweep_dir: str | Path, checkpoints: dict[str, str | Path]) ->
     results = sweep_dir / RESULTS_FILE
     if results.is_file():
         try:
-            recorded = json.loads(results.read_text()).get("kept_experts", {})
+            sweep = json.loads(results.read_text())
         except json.JSONDecodeError as e:
             raise DataError(f"{results}: not valid JSON ({e})") from None
+        recorded = for_method(sweep, methods_of(sweep)[0])["kept_experts"]
         for model, per_keep in recorded.items():
             for keep, per_domain in per_keep.items():
                 kept.setdefault(model, {}).setdefault(keep, {}).update(per_domain)

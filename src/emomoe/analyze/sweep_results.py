@@ -2,14 +2,21 @@
 
 A sweep result is the dict `emomoe.experiments.sweep.run_sweep` returns and writes as RESULTS_FILE:
 
-    {"loss":   {model: {keep: {domain: loss}}},
+    {"loss":   {method: {model: {keep: {domain: loss}}}},
+     "kept_experts": {method: {model: {keep: {domain: [[routed ids kept] per MoE layer]}}}},
      "params": {model: {keep: {"total": int, "active": int}}},
-     "kept_experts": {model: {keep: {domain: [[routed ids kept] per MoE layer]}}},
      "experts": {model: {"routed": [routed experts per MoE layer], "shared": int}},
+     "profiles": {model: {domain: [[router mass of every routed expert] per MoE layer]}},
+     "calibration": {domain: {what the calibration windows were}},
+     "auto_selection": {model: {prompt tokens: {"accuracy": float, "per_domain": {domain: float},
+                                                "confusion": {domain: {chosen domain: count}}}}},
      "settings": {...}}
 
-`keep` is a fraction of each layer's routed experts spelled with `:g` ("1", "0.5", "0.25"); "1" is
-the full model, the baseline every increase is measured against.
+`method` is a selection method (layerwise, global, easy-ep, reap, random); `keep` is a fraction of
+each layer's routed experts spelled with `:g` ("1", "0.5", "0.25"); "1" is the full model, the
+baseline every increase is measured against (the same under every method). The functions below
+read one method's results, in the layout `for_method` gives (`loss` and `kept_experts` without the
+method level).
 """
 
 from __future__ import annotations
@@ -19,6 +26,15 @@ from typing import Any
 
 RESULTS_FILE = "results.json"
 FULL = "1"
+
+
+def methods_of(results: dict[str, Any]) -> list[str]:
+    return list(results["loss"])
+
+
+def for_method(results: dict[str, Any], method: str) -> dict[str, Any]:
+    """The results of one selection method: `loss` and `kept_experts` are model -> keep -> domain."""
+    return {**results, "loss": results["loss"][method], "kept_experts": results.get("kept_experts", {}).get(method, {})}
 
 
 def keeps_descending(results: dict[str, Any]) -> list[str]:

@@ -6,7 +6,8 @@ import argparse
 
 from emomoe.cli._options import add_override_arg
 from emomoe.experiments.demo import run_demo
-from emomoe.experiments.sweep_tables import summary_table
+from emomoe.experiments.auto_selection import auto_selection_table
+from emomoe.experiments.sweep_tables import advantage_line, summary_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="The main job: build an 8k tokenizer and a token store from the embedded corpus, "
         "train configs/demo-emo.yaml and configs/demo-std.yaml (same data, seed and budget), print "
         "both models' validation loss per domain, then sweep expert subsets (select per domain at keep "
-        "fractions 1, 1/2, 1/4, 1/8, slice, evaluate on held-out documents), score both models, full and "
+        "fractions 1, 1/2, 1/4, 1/8, slice, evaluate on held-out documents; global, easy-ep, reap and random "
+        "selection beside layerwise at 1/4; how often --selection auto picks a document's domain), score both "
+        "models, full and "
         "their 1/4 subsets, on the shipped lm-eval continuation task, analyze which experts serve which "
         "domains (OUT/analysis), and write OUT/report.md. Every step is cached in OUT: running it again "
         "reuses finished work and resumes an interrupted training run.",
@@ -43,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     print("Validation loss per domain (nats per token):\n" + result.table)
     print("\nMean held-out loss increase when keeping a fraction of the routed experts:")
     print(summary_table(result.sweep))
+    print(advantage_line(result.sweep))
+    if result.sweep["auto_selection"]:
+        print("\nHow often --selection auto picks a held-out document's domain from its first tokens:")
+        print(auto_selection_table(result.sweep["auto_selection"]))
     print("\nAccuracy on the lm-eval continuation task (4 choices, chance 0.25):\n" + result.benchmark)
     print("\nModularity (domain similarity: lower is more modular; NMI: higher):\n" + result.modularity)
     print(f"\nReport: {result.report}")

@@ -14,6 +14,8 @@ from emomoe.train.runtime import setup_runtime
 EXAMPLES = """examples:
   emomoe eval --checkpoint runs/demo/emo/final --data runs/demo/store --domains code legal --out eval.json
   emomoe eval --checkpoint subsets/emo-code --data runs/demo/store --num-eval-windows 0   # every held-out window
+  emomoe eval --checkpoint runs/demo/emo/final --data runs/demo/store --domains code --selection subsets/emo-code
+  emomoe eval --checkpoint runs/demo/emo/final --data runs/demo/store --selection auto sel/code.json sel/legal.json
 """
 
 
@@ -22,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="held-out loss and perplexity of a checkpoint, per domain",
         description="Token-weighted next-token loss (nats/token) and perplexity on the validation documents "
-        "of a token store, per domain and over all of them. Routing uses no document pool.",
+        "of a token store, per domain and over all of them. Routing uses no document pool. With --selection, "
+        "routing is restricted to a selection's experts (the sliced subset's loss, without slicing); with "
+        "--selection auto, each window runs with the selection its first tokens choose, and 'chosen' counts "
+        "the windows of each domain per selection.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -16,6 +16,7 @@ EXAMPLES = f"""examples:
   emomoe lm-eval --checkpoint runs/demo/emo/final --tasks {GROUP}
   emomoe lm-eval --checkpoint subsets/emo-code --tasks {GROUP}_code --data runs/demo/store --out code.json
   emomoe lm-eval --checkpoint runs/emo/final --tasks my_task --include-path my_tasks/ --limit 100
+  emomoe lm-eval --checkpoint runs/demo/emo/final --tasks {GROUP}_code --selection subsets/emo-code
 """
 
 
@@ -26,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=f"Evaluate a checkpoint with lm-evaluation-harness through emomoe's adapter (loglikelihood, "
         f"loglikelihood_rolling, generate_until with a KV cache; no document pool). The shipped offline task "
         f"{GROUP} (one task per domain, {GROUP}_<domain>: pick the true continuation of a held-out passage "
-        "among 4) is built from the held-out documents of a token store. Offline unless --online.",
+        "among 4) is built from the held-out documents of a token store. With --selection, routing is restricted "
+        "to a selection's experts (the sliced subset's scores, without slicing); with --selection auto, each "
+        "request runs with the selection the first tokens of its context choose. Offline unless --online.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

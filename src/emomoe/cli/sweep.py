@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emomoe.analyze.sweep_results import RESULTS_FILE, keeps_descending, mean_increase
+from emomoe.analyze.sweep_results import RESULTS_FILE, for_method, keeps_descending, mean_increase, methods_of
 from emomoe.cli._models import model_names
 from emomoe.cli._options import add_config_options, config_from_args
 from emomoe.experiments.sweep import SweepConfig, run_sweep, write_sweep
@@ -14,7 +14,9 @@ from emomoe.train.runtime import setup_runtime
 
 EXAMPLES = """examples:
   emomoe sweep --checkpoints runs/emo/final runs/std/final --names emo std --data runs/store --out runs/sweep
-  emomoe sweep --checkpoints runs/emo/final --data runs/store --keep 1.0,0.25 --method easy-ep --domains code math --out s
+  emomoe sweep --checkpoints runs/emo/final --data runs/store --keep 1.0,0.25 --methods easy-ep reap \\
+      --domains code math --out s
+  emomoe sweep --checkpoints runs/demo/emo/final runs/demo/std/final --data runs/demo/store --keep 1.0 --out runs/auto
 """
 
 
@@ -22,9 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sweep",
         help="select and evaluate every domain at several keep fractions, for several models",
-        description="For every model, domain and keep fraction: select experts on the domain's training "
-        "documents, slice, and evaluate on its held-out documents. Writes results.json "
-        "({loss: {model: {keep: {domain: loss}}}, params: ...}), report.md (tables) and loss_vs_keep.png.",
+        description="For every model, domain, selection method and keep fraction: select experts on the domain's "
+        "training documents, slice, and evaluate on its held-out documents; and score --selection auto: how often "
+        "the first --auto-eval-tokens tokens of a held-out document choose its own domain's calibration profile. "
+        "Writes "
+        "results.json ({loss: {method: {model: {keep: {domain: loss}}}}, params: ...}), every subset as "
+        "selections/MODEL/METHOD/KEEP/DOMAIN.json (for --selection), report.md (tables) and loss_vs_keep.png. "
+        "--keep 1.0 alone evaluates the full models and the auto choice only.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,10 +52,15 @@ def run(args: argparse.Namespace) -> int:
     setup_runtime()
     results = run_sweep(checkpoints, args.data, cfg, progress=not args.no_progress)
     report = write_sweep(args.out, results, force=args.force)
-    for name in results["loss"]:
-        means = ", ".join(
-            f"{k}: {mean_increase(results, name, k):+.3f}" for k in keeps_descending(results) if float(k) < 1
-        )
-        print(f"{name}: mean held-out loss increase {means}")
+    for method in methods_of(results):
+        view = for_method(results, method)
+        for name in view["loss"]:
+            keeps = [k for k in keeps_descending(view) if float(k) < 1]
+            means = ", ".join(f"{k}: {mean_increase(view, name, k):+.3f}" for k in keeps)
+            if means:
+                print(f"{name} ({method}): mean held-out loss increase {means}")
+    for name, per_tokens in results["auto_selection"].items():
+        accuracy = ", ".join(f"{tokens} tokens {cell['accuracy']:.3f}" for tokens, cell in per_tokens.items())
+        print(f"{name}: --selection auto picks the document's domain at {accuracy}")
     print(f"wrote {report} and results.json in {args.out}")
     return 0

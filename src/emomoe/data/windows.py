@@ -26,6 +26,7 @@ class WindowConfig(Config):
     meaningless unless the text is the same)."""
 
     def validate(self) -> None:
+        super().validate()
         for name in ("seq_len", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")

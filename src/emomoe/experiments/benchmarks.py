@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from emomoe.config import Config
+from emomoe.checkpoint.selection import SelectionConfig
 from emomoe.data.windows import BATCH_SIZE
 from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.continuation import (
@@ -90,7 +90,7 @@ def task_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 @dataclasses.dataclass
-class LmEvalConfig(Config):
+class LmEvalConfig(SelectionConfig):
     tasks: list[str] = dataclasses.field(default_factory=lambda: [GROUP])
     """lm-eval task or group names; the default is the shipped offline continuation task."""
     include_path: list[str] = dataclasses.field(default_factory=list)
@@ -113,6 +113,7 @@ class LmEvalConfig(Config):
     """Let lm-eval download task data; offline otherwise."""
 
     def validate(self) -> None:
+        super().validate()
         for name in ("batch_size", "num_items", "context_tokens", "continuation_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
@@ -156,7 +157,10 @@ def evaluate_checkpoint_tasks(
                 continuation_tokens=cfg.continuation_tokens, seed=cfg.seed,
             )
             include.append(Path(tmp) / "tasks")
-        lm = EmoLM(checkpoint=str(checkpoint), tokenizer=tokenizer, batch_size=cfg.batch_size)
+        lm = EmoLM(
+            checkpoint=str(checkpoint), tokenizer=tokenizer, batch_size=cfg.batch_size,
+            selection=cfg.selection or None, auto_tokens=cfg.auto_tokens,
+        )
         return run_tasks(
             lm, cfg.tasks, include_path=include, limit=cfg.item_limit, num_fewshot=cfg.num_fewshot, seed=cfg.seed
         )

@@ -7,8 +7,10 @@ Steps, each cached in the output directory so that a second run reuses what is d
 3. eval:  per-domain validation loss of both final models over the whole validation split,
           written to OUT/val_loss.md (+ .json);
 4. sweep: for every domain and keep fraction (1, 1/2, 1/4, 1/8 of the routed experts), select
-          a subset on the domain's training documents, slice it, and evaluate it on the domain's
-          held-out documents, for both models;
+          a subset on the domain's training documents (layerwise), slice it, and evaluate it on the
+          domain's held-out documents, for both models; the other selection methods (global,
+          easy-ep, reap, random) at 1/4 beside it; and how often `--selection auto` picks a
+          held-out document's domain from its first 16, 32 and 64 tokens;
 5. lm-eval: the shipped continuation task (pick the true continuation of a held-out passage
           among 4) through lm-evaluation-harness, per domain, for both models, full and with the
           sweep's 1/4 subset of that domain; OUT/lm_eval.md (+ .json);
@@ -33,6 +35,7 @@ from typing import Any
 
 from emomoe.analyze.analysis import AnalysisConfig, run_analysis, write_analysis
 from emomoe.analyze.modularity_report import headline_table, summary_section
+from emomoe.analyze.sweep_results import for_method, methods_of
 from emomoe.checkpoint import load_for_inference
 from emomoe.data.corpus import embedded_corpus
 from emomoe.data.store import METADATA_FILE, TokenStore
@@ -50,6 +53,7 @@ from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.experiments.benchmarks import go_offline, run_tasks, task_scores
 from emomoe.experiments.sweep import SweepConfig, keep_label, run_sweep, write_sweep
 from emomoe.io import atomic_write_text
+from emomoe.select.methods import SelectMethod
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
 from emomoe.tables import markdown_table
@@ -63,7 +67,12 @@ DEMO_MODELS = {"emo": "demo-emo.yaml", "std": "demo-std.yaml"}
 ANNEAL, ANNEAL_CONFIG = "anneal", "demo-anneal.yaml"
 TOKENIZER_VOCAB = 8192
 BENCHMARK_KEEP = 0.25
-"""The subset (fraction of routed experts kept) scored on the lm-eval task beside the full model."""
+"""The subset (fraction of routed experts kept) scored on the lm-eval task beside the full model,
+and the one every selection method is compared at."""
+SWEEP_METHODS = [
+    SelectMethod.LAYERWISE, SelectMethod.GLOBAL, SelectMethod.EASY_EP, SelectMethod.REAP, SelectMethod.RANDOM
+]
+"""The sweep's selection methods: layerwise (the paper's) at every fraction, the others at BENCHMARK_KEEP."""
 BENCHMARK_TASK = {"num_items": NUM_ITEMS, "context_tokens": CONTEXT_TOKENS, "continuation_tokens": CONTINUATION_TOKENS}
 """Items per domain of the continuation task and their lengths: 7 x 32 x 4 choices of 80 tokens per model."""
 
@@ -119,7 +128,10 @@ def run_demo(
     atomic_write_text(out / "val_loss.json", json.dumps(val_loss, indent=2) + "\n")
     say("[4/6] sweep: select, slice and evaluate expert subsets per domain and keep fraction")
     trained = RunConfig.from_yaml(out / "emo" / CONFIG_FILE)
-    sweep_cfg = SweepConfig(seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size)
+    sweep_cfg = SweepConfig(
+        seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size, methods=SWEEP_METHODS,
+        compare_keep=[BENCHMARK_KEEP],
+    )
     sweep = run_sweep(final_dirs, store, sweep_cfg, progress=progress)
     say(f"[5/6] lm-eval: the continuation task, full models and {BENCHMARK_KEEP:g} subsets")
     # The lm-eval and analysis steps stay with the two models the demo is about; the anneal is swept.
@@ -256,8 +268,9 @@ def benchmark_accuracy(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Step 5: model -> "full" or the keep label -> domain -> accuracy on the continuation task.
 
-    The subset of each domain is the one the sweep selected on that domain's training documents;
-    the task's items come from the domain's held-out documents (OUT/lm_eval_tasks).
+    The subset of each domain is the one the sweep selected on that domain's training documents
+    (with its first method); the task's items come from the domain's held-out documents
+    (OUT/lm_eval_tasks).
     """
     go_offline()
     from emomoe.experiments.harness import EmoLM  # imports lm-eval: only now, and offline
@@ -266,6 +279,7 @@ def benchmark_accuracy(
     write_continuation_tasks(store, task_dir, **BENCHMARK_TASK)
     tokenizer = load_tokenizer(store.tokenizer_path)
     keep = keep_label(BENCHMARK_KEEP)
+    kept_experts = for_method(sweep, methods_of(sweep)[0])["kept_experts"]
     accuracy: dict[str, dict[str, dict[str, float]]] = {}
     for name, final in final_dirs.items():
         model, cfg = load_for_inference(final)
@@ -273,7 +287,7 @@ def benchmark_accuracy(
         per_model = accuracy[name] = {"full": {}, keep: {}}
         for domain in store.domains:
             task = continuation_task(domain)
-            subset, _ = slice_model(model, cfg, layers, sweep["kept_experts"][name][keep][domain])
+            subset, _ = slice_model(model, cfg, layers, kept_experts[name][keep][domain])
             for label, variant in (("full", model), (keep, subset)):
                 lm = EmoLM(model=variant, tokenizer=tokenizer)
                 scores = task_scores(run_tasks(lm, [task], include_path=[task_dir]))

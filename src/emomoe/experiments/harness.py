@@ -14,6 +14,10 @@ plugin mechanism to find models outside its package). Routing uses no document p
 - `generate_until`: `emomoe.generate` with the KV cache, stopping at EOS, `max_gen_toks` or the
   first `until` string (which is cut off).
 
+With `selection` (a selection.json of the checkpoint, or `Selections` of a loaded model), routing
+is restricted to a selection's experts; with several (auto), each request runs with the one the
+first tokens of its context choose.
+
 Legend: B batch rows, S sequence, V vocab.
 """
 
@@ -30,11 +34,13 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 from emomoe.checkpoint import load_for_inference
+from emomoe.checkpoint.selection import AUTO_TOKENS, SelectionConfig, load_selections
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
 from emomoe.data.windows import BATCH_SIZE
 from emomoe.errors import ConfigError
 from emomoe.train.provenance import checkpoint_tokenizer
 from emomoe.generate import GenerationConfig, generate_text
+from emomoe.model.selection import Selections
 
 MODEL_NAME = "emomoe"
 DEFAULT_MAX_GEN_TOKS = 256
@@ -45,7 +51,9 @@ Request = tuple[tuple[str, str], list[int], list[int]]
 @register_model(MODEL_NAME)
 class EmoLM(TemplateLM):
     """An emomoe model for lm-eval. Give `checkpoint` (and optionally `tokenizer`), or a loaded
-    `model` with its `tokenizer` (a `TextTokenizer` or a path)."""
+    `model` with its `tokenizer` (a `TextTokenizer` or a path). `selection`: a selection file of the
+    checkpoint, a `--selection` list (`auto` first to choose per request), or `Selections` of the
+    loaded model."""
 
     def __init__(
         self,
@@ -56,6 +64,8 @@ class EmoLM(TemplateLM):
         max_gen_toks: int | str = DEFAULT_MAX_GEN_TOKS,
         device: str | None = None,
         max_batch_size: int | None = None,  # noqa: ARG002  (lm-eval passes it; batches here are fixed)
+        selection: str | Sequence[str] | Selections | None = None,
+        auto_tokens: int | str = AUTO_TOKENS,
     ):
         super().__init__()
         if (checkpoint is None) == (model is None):
@@ -69,12 +79,26 @@ class EmoLM(TemplateLM):
                 raise ConfigError("emomoe lm-eval model: a loaded model needs its tokenizer")
             tokenizer = load_tokenizer(tokenizer)
         self.model = (model.to(device) if device else model).eval()
+        self.selections = self._selections(selection, checkpoint, int(auto_tokens))
         self.tok = tokenizer
         self.batch_size = BATCH_SIZE if str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
         if self.batch_size < 1 or self.max_gen_toks < 1:
             raise ConfigError(f"batch_size {batch_size}, max_gen_toks {max_gen_toks}: expected positive integers")
         self._device = self.model.embed.weight.device
+
+    def _selections(
+        self, selection: str | Sequence[str] | Selections | None, checkpoint: str | None, auto_tokens: int
+    ) -> Selections | None:
+        if selection is None or isinstance(selection, Selections):
+            return selection
+        if checkpoint is None:
+            raise ConfigError(
+                "emomoe lm-eval model: selection files need checkpoint=DIR (a loaded model takes Selections)"
+            )
+        spec = [selection] if isinstance(selection, str) else list(selection)
+        cfg = SelectionConfig.from_dict({"selection": spec, "auto_tokens": auto_tokens})
+        return load_selections(checkpoint, self.model, cfg)
 
     @property
     def eot_token_id(self) -> int:
@@ -116,7 +140,19 @@ class EmoLM(TemplateLM):
 
     def _score(self, rows: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(sum of log p(target | preceding), whether every target token is the argmax) per row;
-        each row's targets are the last tokens after its inputs."""
+        each row's targets are the last tokens after its inputs. With several selections, the rows
+        of each selection run as a batch of their own."""
+        if self.selections is None or not self.selections.auto:
+            return self._score_batch(rows)
+        answers: list[tuple[float, bool] | None] = [None] * len(rows)
+        for name, group in self.selections.groups([inputs for inputs, _ in rows]).items():
+            with self.selections.using(name):
+                for i, answer in zip(group, self._score_batch([rows[i] for i in group])):
+                    answers[i] = answer
+        return answers
+
+    def _score_batch(self, rows: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """`_score`, with the model as it routes now."""
         longest = max(len(inputs) for inputs, _ in rows)
         ids_BS = torch.full((len(rows), longest), self.eot_token_id, dtype=torch.long, device=self._device)
         for b, (inputs, _) in enumerate(rows):
@@ -161,7 +197,10 @@ class EmoLM(TemplateLM):
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start : start + self.batch_size]
                 prompts = [(self.tok_encode(requests[i].args[0]) or [self.eot_token_id])[-keep:] for i in batch]
-                for i, done in zip(batch, generate_text(self.model, self.tok, prompts, cfg, stop_strings=until)):
+                completions = generate_text(
+                    self.model, self.tok, prompts, cfg, stop_strings=until, selections=self.selections
+                )
+                for i, done in zip(batch, completions):
                     results[i] = done.text
                     self.cache_hook.add_partial("generate_until", requests[i].args, done.text)
                 bar.update(len(batch))

@@ -1,37 +1,51 @@
-"""The keep-fraction sweep: for every model, domain and fraction, select on the domain's training
-documents, slice, and evaluate on its held-out documents.
+"""The keep-fraction sweep: for every model, domain, selection method and fraction, select on the
+domain's training documents, slice, and evaluate on its held-out documents; and how often
+`--selection auto` picks a held-out document's own domain from its first tokens.
 
 Work is shared where the method allows: calibration and held-out windows are read once per domain
-for all models, and scores that do not depend on the number kept (global, easy-ep, random) are
-computed once per (model, domain) for all fractions. Fraction 1 is always included: it is the full
-model, the baseline of every loss increase.
+for all models, the full model is evaluated once per (model, domain) for all methods, and scores
+that do not depend on the number kept (global, easy-ep, reap, random) are computed once per
+(model, domain) for all fractions. Fraction 1 is always included: it is the full model, the
+baseline of every loss increase. Every domain's calibration profile (the full model's router mass
+on its calibration windows) is computed once per model, from whichever method's pass gives it for
+free, and written with the subsets' selection files (`selections/MODEL/METHOD/KEEP/DOMAIN.json`),
+which `--selection` and `--selection auto` read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from emomoe.analyze.collect import held_out_documents
 from emomoe.analyze.sweep_results import FULL, RESULTS_FILE
-from emomoe.checkpoint import check_fits, load_config, load_for_inference
-from emomoe.data.loader import eval_batches
+from emomoe.checkpoint import CheckpointReader, check_fits, load_config, load_for_inference
+from emomoe.data.loader import Batch, eval_batches
 from emomoe.data.store import Split, TokenStore
 from emomoe.data.windows import HeldOutConfig
 from emomoe.errors import ConfigError
+from emomoe.experiments.auto_selection import auto_selection_accuracy
 from emomoe.experiments.sweep_report import write_report
-from emomoe.io import atomic_write_text, refuse_existing
+from emomoe.io import atomic_path, atomic_write_text, refuse_existing
+from emomoe.model import ModelConfig
 from emomoe.select.calibration import NUM_CALIB_WINDOWS, store_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import subset_config, subset_model
-from emomoe.select.weight_source import ModelWeights
+from emomoe.select.subset import selection_record
+from emomoe.select.weight_source import ModelWeights, WeightSource
 from emomoe.train.validation import loss_by_domain
+
+SELECTIONS_DIR = "selections"
+AUTO_EVAL_DOCS = 64
+"""Held-out documents per domain that the auto choice is scored on (all of the demo corpus's)."""
 
 
 @dataclasses.dataclass
@@ -39,33 +53,63 @@ class SweepConfig(HeldOutConfig):
     keep: str = "1.0,0.5,0.25,0.125"
     """Fractions of each layer's routed experts to keep (shared experts always stay), comma-separated
     and spelled as in select, with a decimal point: 1.0 is all of them, a bare 1 one expert."""
-    method: SelectMethod = SelectMethod.LAYERWISE
-    """How experts are ranked on the calibration windows."""
+    methods: list[SelectMethod] = dataclasses.field(default_factory=lambda: [SelectMethod.LAYERWISE])
+    """How experts are ranked on the calibration windows; several run side by side (layerwise,
+    global, easy-ep, reap, random)."""
+    compare_keep: str | None = None
+    """Keep fractions at which the methods after the first are swept (spelled as keep); None: all
+    of keep. The first method is swept at every fraction."""
     num_calib_windows: int = NUM_CALIB_WINDOWS
     """Training windows per domain that the selection is computed on."""
     seed: int = 0
     """Seed of the random method (the others are deterministic)."""
     domains: list[str] | None = None
     """Domains to sweep; None means every domain of the store."""
+    auto_eval_tokens: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 64])
+    """The prompt lengths (`--auto-tokens` of generate, eval, lm-eval) at which `--selection auto` is
+    scored: how often the first tokens of a held-out document choose its own domain's calibration
+    profile (with two domains or more); empty skips it."""
+    auto_eval_docs: int = AUTO_EVAL_DOCS
+    """Held-out documents per domain that the auto choice is scored on."""
 
     def __post_init__(self) -> None:
-        self.method = SelectMethod(self.method)
+        self.methods = [SelectMethod(m) for m in self.methods]
         if isinstance(self.keep, (list, tuple)):  # from Python: a list of fractions
             self.keep = ",".join(str(float(k)) for k in self.keep)
+        if isinstance(self.compare_keep, (list, tuple)):
+            self.compare_keep = ",".join(str(float(k)) for k in self.compare_keep)
 
     def validate(self) -> None:
         super().validate()
         if self.num_calib_windows < 1:
             raise ConfigError(f"num_calib_windows: expected a positive integer, got {self.num_calib_windows}")
-        if any(KeepSpec.parse(k).fraction is None for k in self.keep.split(",")):
+        for name, spelled in (("keep", self.keep), ("compare-keep", self.compare_keep)):
+            if spelled is not None and any(KeepSpec.parse(k).fraction is None for k in spelled.split(",")):
+                raise ConfigError(
+                    f"--{name} {spelled}: sweep keeps fractions of the routed experts, spelled with a decimal "
+                    "point (1.0 for all of them, 0.25); a bare integer is a number of experts, as in select"
+                )
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods: expected distinct selection methods, got {[str(m) for m in self.methods]}")
+        if any(n < 1 for n in self.auto_eval_tokens) or self.auto_eval_docs < 1:
             raise ConfigError(
-                f"--keep {self.keep}: sweep keeps fractions of the routed experts, spelled with a decimal point "
-                "(1.0 for all of them, 0.25); a bare integer is a number of experts, as in select"
+                f"auto_eval_tokens, auto_eval_docs: expected positive integers, got {self.auto_eval_tokens} "
+                f"and {self.auto_eval_docs}"
             )
 
     @property
     def fractions(self) -> list[float]:
         return [KeepSpec.parse(k).fraction for k in self.keep.split(",")]
+
+    def subset_fractions(self, method: SelectMethod) -> list[float]:
+        """The fractions below 1 that `method` is swept at, largest first."""
+        spelled = self.keep if method is self.methods[0] or self.compare_keep is None else self.compare_keep
+        return sorted({KeepSpec.parse(k).fraction for k in spelled.split(",")} - {1.0}, reverse=True)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Some method ranks on calibration windows, or the auto choice needs the profiles."""
+        return bool(self.auto_eval_tokens) or any(m.needs_calibration for m in self.methods)
 
 
 def keep_label(fraction: float) -> str:
@@ -75,8 +119,8 @@ def keep_label(fraction: float) -> str:
 def run_sweep(
     checkpoints: dict[str, str | Path], store: str | Path | TokenStore, cfg: SweepConfig, progress: bool = True
 ) -> dict[str, Any]:
-    """Losses of every (model, keep fraction, domain) and the sizes of the subsets (see
-    `emomoe.analyze.sweep_results` for the layout)."""
+    """Losses of every (method, model, keep fraction, domain), the sizes of the subsets, the
+    calibration profiles and the auto choice's accuracy (see `emomoe.analyze.sweep_results`)."""
     cfg.validate()
     store = store if isinstance(store, TokenStore) else TokenStore.open(store)
     domains = cfg.domains or store.domains
@@ -88,11 +132,10 @@ def run_sweep(
             configs[name], checkpoint, vocab_size=store.vocab_size, seq_len=seq_len,
             tokenizer_hash=store.tokenizer_hash, any_tokenizer=cfg.any_tokenizer,
         )
-    fractions = sorted({*cfg.fractions, 1.0}, reverse=True)
     window_args = {"seq_len": seq_len, "batch_size": cfg.batch_size}
     calib = {
         d: store_calibration(store, [d], num_windows=cfg.num_calib_windows, **window_args)
-        for d in (domains if cfg.method.needs_calibration else [])
+        for d in (domains if cfg.needs_calibration else [])
     }
     for calibration in calib.values():
         calibration.check_size()
@@ -100,8 +143,16 @@ def run_sweep(
         d: list(eval_batches(store, Split.VAL, domains=[d], max_windows_per_domain=cfg.max_eval_windows, **window_args))
         for d in domains
     }
-    results: dict[str, Any] = {"loss": {}, "params": {}, "kept_experts": {}, "experts": {}}
-    num_cells = len(checkpoints) * len(domains) * len(fractions)
+    docs = None
+    if cfg.auto_eval_tokens and len(domains) > 1:
+        longest = max(cfg.auto_eval_tokens)
+        docs = held_out_documents(store, domains, num_docs=cfg.auto_eval_docs, tokens_per_doc=longest)
+    methods = [str(m) for m in cfg.methods]
+    results: dict[str, Any] = {
+        "loss": {m: {} for m in methods}, "kept_experts": {m: {} for m in methods}, "params": {}, "experts": {},
+        "profiles": {}, "calibration": {d: c.info for d, c in calib.items()}, "auto_selection": {},
+    }
+    num_cells = len(checkpoints) * len(domains) * (1 + sum(len(cfg.subset_fractions(m)) for m in cfg.methods))
     bar = tqdm(total=num_cells, desc="sweep", unit="subset", disable=not progress)
     for name, checkpoint in checkpoints.items():
         model, model_cfg = load_for_inference(checkpoint)
@@ -109,28 +160,44 @@ def run_sweep(
         layers = moe_layers(model_cfg, where=str(checkpoint))
         num_routed = [layer.num_routed for layer in layers]
         results["experts"][name] = {"routed": num_routed, "shared": model_cfg.moe.router.num_shared_experts}
-        loss = results["loss"][name] = {keep_label(f): {} for f in fractions}
-        params = results["params"][name] = {}
-        kept_experts = results["kept_experts"][name] = {keep_label(f): {} for f in fractions if f < 1.0}
+        params = results["params"][name] = {FULL: _params(model_cfg)}
+        for method in cfg.methods:
+            subsets = cfg.subset_fractions(method)
+            results["loss"][str(method)][name] = {keep_label(f): {} for f in [1.0, *subsets]}
+            results["kept_experts"][str(method)][name] = {keep_label(f): {} for f in subsets}
+        profiles = results["profiles"][name] = {}
         for domain in domains:
-            selector = ExpertSelector(
-                source, calib[domain].batches if domain in calib else [], cfg.method, seed=cfg.seed, where=str(checkpoint)
-            )
-            for fraction in fractions:
-                label = keep_label(fraction)
-                bar.set_postfix_str(f"{name} {domain} keep {label}")
-                if label == FULL:
-                    subset, subset_cfg = model, model_cfg
-                else:
+            bar.set_postfix_str(f"{name} {domain} full")
+            full_loss = loss_by_domain(model, held_out[domain], store.domains)[domain].loss
+            bar.update()
+            batches = calib[domain].batches if domain in calib else []
+            selectors = {
+                m: ExpertSelector(source, batches if m.needs_calibration else [], m, seed=cfg.seed, where=name)
+                for m in cfg.methods
+            }
+            for method, selector in selectors.items():
+                loss = results["loss"][str(method)][name]
+                loss[FULL][domain] = full_loss
+                for fraction in cfg.subset_fractions(method):
+                    label = keep_label(fraction)
+                    bar.set_postfix_str(f"{name} {domain} {method} keep {label}")
                     num_keep = KeepSpec.of_fraction(fraction).resolve(num_routed)
                     state: dict[str, torch.Tensor] = {}
-                    kept_experts[label][domain] = selector.write_subset(num_keep, state.__setitem__)
+                    kept = selector.write_subset(num_keep, state.__setitem__)
+                    results["kept_experts"][str(method)][name][label][domain] = kept
                     subset_cfg = subset_config(model_cfg, layers, num_keep)
                     subset = subset_model(state, subset_cfg)
-                loss[label][domain] = loss_by_domain(subset.eval(), held_out[domain], store.domains)[domain].loss
-                total, active = subset_cfg.num_params()
-                params[label] = {"total": total, "active": active}
-                bar.update()
+                    loss[label][domain] = loss_by_domain(subset, held_out[domain], store.domains)[domain].loss
+                    params[label] = _params(subset_cfg)
+                    bar.update()
+            if batches:
+                profiles[domain] = [mass_E.tolist() for mass_E in _profiler(selectors, source, batches).profile()]
+        if docs is not None:
+            bar.set_postfix_str(f"{name} auto selection")
+            as_tensors = {d: [torch.tensor(p) for p in profile] for d, profile in profiles.items()}
+            results["auto_selection"][name] = auto_selection_accuracy(
+                model, as_tensors, docs, cfg.auto_eval_tokens, cfg.batch_size
+            )
     bar.close()
     results["settings"] = {
         **cfg.to_dict(), "keep": cfg.fractions, "seq_len": seq_len, "domains": domains, "store": str(store.path),
@@ -139,11 +206,58 @@ def run_sweep(
     return results
 
 
+def _params(cfg: ModelConfig) -> dict[str, int]:
+    total, active = cfg.num_params()
+    return {"total": total, "active": active}
+
+
+def _profiler(
+    selectors: dict[SelectMethod, ExpertSelector], source: WeightSource, batches: list[Batch]
+) -> ExpertSelector:
+    """A selector whose calibration profile costs nothing more (global, easy-ep or reap, whose pass
+    measured it), else layerwise (one more pass), else a global one of its own (random only)."""
+    for method in (SelectMethod.GLOBAL, SelectMethod.REAP, SelectMethod.EASY_EP, SelectMethod.LAYERWISE):
+        if method in selectors:
+            return selectors[method]
+    return ExpertSelector(source, batches, SelectMethod.GLOBAL)
+
+
 def write_sweep(out_dir: str | Path, results: dict[str, Any], *, force: bool = False, **report_args: Any) -> Path:
-    """results.json, report.md (tables) and the plot in `out_dir` (replacing earlier results only with
-    `force`); returns the report's path."""
+    """results.json, the subsets' selection files, report.md (tables) and the plot in `out_dir`
+    (replacing earlier results only with `force`); returns the report's path."""
     out_dir = Path(out_dir)
     refuse_existing(out_dir / RESULTS_FILE, force, " (results of an earlier sweep)")
     atomic_write_text(out_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+    write_selections(out_dir / SELECTIONS_DIR, results)
     return write_report(out_dir, results, **report_args)
+
+
+def write_selections(directory: Path, results: dict[str, Any]) -> None:
+    """Every subset of the sweep as a selection of its checkpoint, with its domain's calibration
+    profile, in `directory`/MODEL/METHOD/KEEP/DOMAIN.json (replaced as a whole): what `--selection`
+    and `--selection auto` read, without slicing anything."""
+    settings = results["settings"]
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        for model, checkpoint in settings["checkpoints"].items():
+            with CheckpointReader(checkpoint) as reader:
+                layers = moe_layers(reader.config, where=checkpoint)
+                for method, keep, domain, kept in _subsets(results, model):
+                    how = {
+                        "method": method, "keep": keep, "seed": settings["seed"],
+                        "calibration": results["calibration"].get(domain),
+                        "router_profile": results["profiles"][model].get(domain),
+                    }
+                    sub_cfg = subset_config(reader.config, layers, [len(k) for k in kept])
+                    path = tmp / model / method / keep / f"{domain}.json"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(selection_record(reader, sub_cfg, layers, kept, **how), indent=2) + "\n")
+
+
+def _subsets(results: dict[str, Any], model: str) -> Iterator[tuple[str, str, str, list[list[int]]]]:
+    """(method, keep, domain, kept experts) of every subset of `model` in the results."""
+    for method, per_model in results["kept_experts"].items():
+        for keep, per_domain in per_model[model].items():
+            for domain, kept in per_domain.items():
+                yield method, keep, domain, kept
 

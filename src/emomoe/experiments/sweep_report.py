@@ -7,7 +7,8 @@ from typing import Any
 
 from emomoe.errors import MissingDependency, warn
 from emomoe.experiments.sweep_plot import plot_loss_increase
-from emomoe.experiments.sweep_tables import params_table, subset_loss_table, summary_table
+from emomoe.experiments.auto_selection import auto_selection_table
+from emomoe.experiments.sweep_tables import advantage_line, params_table, subset_loss_table, summary_table
 from emomoe.io import atomic_write_text
 from emomoe.tables import markdown_table
 
@@ -42,19 +43,35 @@ def write_report(
     settings = results.get("settings")
     if settings:
         sections.append("Sweep settings:\n\n" + "\n".join(f"- {k}: {_plain(v)}" for k, v in settings.items()))
+    advantage = advantage_line(results)
     sections += [
         "## Mean held-out loss increase over the full model\n\n"
         "Averaged over domains, in nats per token; each domain uses its own subset, chosen on its "
-        "training documents and evaluated on its held-out documents.\n\n" + summary_table(results),
+        "training documents by each selection method and evaluated on its held-out documents.\n\n"
+        + summary_table(results) + (f"\n\n{advantage}" if advantage else ""),
         *figure,
         "## Per-domain held-out loss (increase over the full model)\n\n" + subset_loss_table(results),
         "## Parameters of the subsets\n\n" + params_table(results),
     ]
+    if results.get("auto_selection"):
+        sections.append(_auto_selection_section(results))
     if training:
         sections.append("## Training runs\n\n" + _training_table(training))
     path = out_dir / REPORT_FILE
     atomic_write_text(path, "\n\n".join(sections) + "\n")
     return path
+
+
+def _auto_selection_section(results: dict[str, Any]) -> str:
+    domains = results["settings"]["domains"]
+    return (
+        "## Choosing the subset from the prompt (`--selection auto`)\n\n"
+        "How often the router mass of a held-out document's first tokens matches its own domain's "
+        "calibration profile best, among the profiles of all domains (chance: "
+        f"{1 / len(domains):.3f}); a document shorter than the prompt is matched on all of it. The "
+        "selection files of every subset, with these profiles, are in `selections/`.\n\n"
+        + auto_selection_table(results["auto_selection"])
+    )
 
 
 def _plain(value: Any) -> str:

@@ -1,11 +1,21 @@
-"""Markdown tables of a sweep: per-domain losses, mean increases, and subset sizes."""
+"""Markdown tables of a sweep: per-domain losses, mean increases per selection method, whether the
+first model's advantage holds under every method, and subset sizes."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from emomoe.analyze.sweep_results import FULL, domains_of, experts_kept, increase, keeps_descending, mean_increase
+from emomoe.analyze.sweep_results import (
+    FULL,
+    domains_of,
+    experts_kept,
+    for_method,
+    increase,
+    keeps_descending,
+    mean_increase,
+    methods_of,
+)
 from emomoe.tables import markdown_table
 
 
@@ -14,41 +24,51 @@ def _signed(x: float) -> str:
 
 
 def subset_loss_table(results: dict[str, Any]) -> str:
-    """One row per (model, keep): the loss on every domain with its increase over the full model."""
-    domains = domains_of(results)
+    """One row per (method, model, keep): the loss on every domain with its increase over the full model."""
+    domains = domains_of(for_method(results, methods_of(results)[0]))
     rows = []
-    for model, per_keep in results["loss"].items():
-        for keep in keeps_descending(results):
-            if keep not in per_keep:
-                continue
-            cells = [model, keep]
-            for domain in domains:
-                loss = per_keep[keep].get(domain, math.nan)
-                delta = "" if keep == FULL else f" ({_signed(increase(results, model, keep, domain))})"
-                cells.append(f"{loss:.3f}{delta}")
-            cells.append("0" if keep == FULL else _signed(mean_increase(results, model, keep)))
-            rows.append(cells)
-    return markdown_table(["model", "keep", *domains, "mean increase"], rows)
+    for method in methods_of(results):
+        view = for_method(results, method)
+        for model, per_keep in view["loss"].items():
+            for keep in keeps_descending(view):
+                if keep not in per_keep:
+                    continue
+                cells = [method, model, keep]
+                for domain in domains:
+                    loss = per_keep[keep].get(domain, math.nan)
+                    delta = "" if keep == FULL else f" ({_signed(increase(view, model, keep, domain))})"
+                    cells.append(f"{loss:.3f}{delta}")
+                cells.append("0" if keep == FULL else _signed(mean_increase(view, model, keep)))
+                rows.append(cells)
+    return markdown_table(["method", "model", "keep", *domains, "mean increase"], rows)
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """Mean loss increase per keep fraction, one column per model, and the ratio of every other
-    model's increase to the last model's (the standard MoE, when it comes last).
+    """Mean loss increase per (method, keep fraction), one column per model, and the ratio of every
+    other model's increase to the last model's (the standard MoE, when it comes last).
 
     When the results record the subsets' sizes, each fraction is also spelled as routed experts
     kept per layer and as the paper's N, which counts the shared experts (N of 128 there).
     """
-    models = list(results["loss"])
-    keeps = [k for k in keeps_descending(results) if k != FULL]
-    sized = all(experts_kept(results, m, k) for m in models for k in keeps)
-    header = ["keep", *(["routed kept", "N (shared incl.)"] if sized else [])]
+    methods = methods_of(results)
+    models = list(results["loss"][methods[0]])
+    views = {method: for_method(results, method) for method in methods}
+    cells_of = {
+        (method, keep): [mean_increase(view, m, keep) for m in models]
+        for method, view in views.items()
+        for keep in keeps_descending(view)
+        if keep != FULL
+    }
+    sized = all(experts_kept(views[method], m, keep) for method, keep in cells_of for m in models)
+    header = ["method", "keep", *(["routed kept", "N (shared incl.)"] if sized else [])]
     header += [f"{m} mean increase" for m in models] + [f"{m} / {models[-1]}" for m in models[:-1]]
     rows = []
-    for keep in keeps:
-        means = [mean_increase(results, m, keep) for m in models]
-        cells = [keep]
+    for (method, keep), means in cells_of.items():
+        cells = [method, keep]
         if sized:
-            cells += [" / ".join(dict.fromkeys(experts_kept(results, m, keep)[i] for m in models)) for i in (0, 1)]
+            cells += [
+                " / ".join(dict.fromkeys(experts_kept(views[method], m, keep)[i] for m in models)) for i in (0, 1)
+            ]
         cells += [_signed(v) for v in means]
         for mean in means[:-1]:
             # A denominator that prints as 0.000 makes the ratio noise ("2.75" for -0.000 / -0.000).
@@ -56,6 +76,31 @@ def summary_table(results: dict[str, Any]) -> str:
             cells.append("n/a" if math.isnan(ratio) else f"{ratio:.2f}")
         rows.append(cells)
     return markdown_table(header, rows)
+
+
+def advantage_line(results: dict[str, Any]) -> str:
+    """Whether the first model loses less than the last (EMO against the standard MoE) under every
+    selection method, in one sentence naming the (method, keep) cells where it does not; empty
+    with one model."""
+    methods = methods_of(results)
+    models = list(results["loss"][methods[0]])
+    if len(models) < 2:
+        return ""
+    first, last = models[0], models[-1]
+    num_cells, losing = 0, []
+    for method in methods:
+        view = for_method(results, method)
+        for keep in keeps_descending(view):
+            if keep == FULL:
+                continue
+            num_cells += 1
+            if not mean_increase(view, first, keep) < mean_increase(view, last, keep):
+                losing.append(f"{method} at {keep}")
+    verdict = "under every method and keep fraction" if not losing else f"not with {', '.join(losing)}"
+    return (
+        f"{first}'s mean loss increase is below {last}'s in {num_cells - len(losing)} of {num_cells} "
+        f"(method, keep) cells: {verdict}."
+    )
 
 
 def params_table(results: dict[str, Any]) -> str:

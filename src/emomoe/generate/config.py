@@ -1,10 +1,12 @@
 """What to generate: how many tokens at most, and how each next token is chosen; and for the
-`emomoe generate` verb, where a completion stops and how many prompts run together."""
+`emomoe generate` verb, where a completion stops, how many prompts run together and which experts
+they may use."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from emomoe.checkpoint.selection import SelectionConfig
 from emomoe.config import Config
 from emomoe.data.windows import BATCH_SIZE
 from emomoe.errors import ConfigError
@@ -28,6 +30,7 @@ class GenerationConfig(Config):
         return self.greedy or self.temperature == 0
 
     def validate(self) -> None:
+        super().validate()
         if self.max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens: {self.max_new_tokens} must be >= 0")
         if self.temperature < 0:
@@ -37,8 +40,9 @@ class GenerationConfig(Config):
 
 
 @dataclasses.dataclass
-class GenerateConfig(GenerationConfig):
-    """The settings of `emomoe generate`: decoding, plus text-level stops and batching."""
+class GenerateConfig(GenerationConfig, SelectionConfig):
+    """The settings of `emomoe generate`: decoding, plus text-level stops, batching and the
+    selection of experts to route to."""
 
     stop: list[str] = dataclasses.field(default_factory=list)
     """End a completion before any of these strings (they are not part of it)."""

@@ -2,7 +2,7 @@
 //
 // Legend (docs/architecture.md): T tokens, E experts, G documents,
 // K experts per token, N rows, D model dim (a linear map's inputs), F ffn hidden (its outputs),
-// V vocab, Q quantization groups, X any leading dims.
+// V vocab, X any leading dims.
 //
 // Built once per machine by emomoe/kernels/__init__.py with the host's vector ISA. Every kernel
 // here has a pure-PyTorch twin in the model code; tests compare the two, and the twin runs
@@ -681,11 +681,11 @@ inline void int_rows_task(const uint8_t* q, const float* scale, const float* x, 
 }
 
 // As bf16_grouped_linear, for integer weights `qdata` [E, F, D bytes at 8 bits, D / 2 at 4] with
-// float scales_EFQ (Q groups per row): each weight is read once, as stored, and widened in registers.
-at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& qdata, const at::Tensor& scales_EFQ,
+// float `scales` [E, F, groups per row]: each weight is read once, as stored, and widened in registers.
+at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& qdata, const at::Tensor& scales,
                               const at::Tensor& counts_E, int64_t bits) {
   check_float_cpu(x_ND, "int_grouped_linear's input");
-  check_float_cpu(scales_EFQ, "int_grouped_linear's scales");
+  check_float_cpu(scales, "int_grouped_linear's scales");
   TORCH_CHECK(bits == 8 || bits == 4, "emomoe::int_grouped_linear: bits must be 8 or 4");
   const auto qtype = bits == 8 ? at::kChar : at::kByte;
   TORCH_CHECK(qdata.device().is_cpu() && qdata.scalar_type() == qtype && qdata.dim() == 3 && qdata.is_contiguous(),
@@ -693,9 +693,9 @@ at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& qdata, c
               " CPU tensor [E, F, bytes per row]");
   const int64_t N = x_ND.size(0), D = x_ND.size(1), E = qdata.size(0), F = qdata.size(1);
   TORCH_CHECK(x_ND.dim() == 2 && qdata.size(2) * 8 / bits == D, "emomoe::int_grouped_linear: x must be [N, D]");
-  TORCH_CHECK(scales_EFQ.dim() == 3 && scales_EFQ.size(0) == E && scales_EFQ.size(1) == F && scales_EFQ.is_contiguous(),
+  TORCH_CHECK(scales.dim() == 3 && scales.size(0) == E && scales.size(1) == F && scales.is_contiguous(),
               "emomoe::int_grouped_linear: scales must be contiguous [E, F, G]");
-  const int64_t groups = scales_EFQ.size(2), G = groups ? D / groups : 0;
+  const int64_t groups = scales.size(2), G = groups ? D / groups : 0;
   // Whole nibble blocks, and whole vectors on every ISA (the file format does not depend on the CPU).
   static_assert(kNibbleBlock % (2 * kVec) == 0, "a nibble block is whole vectors");
   TORCH_CHECK(groups > 0 && G * groups == D && G % kNibbleBlock == 0,
@@ -706,7 +706,7 @@ at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& qdata, c
   const auto& tasks = plan.tasks;
   at::Tensor y_NF = at::empty({N, F}, x.options());
   const float* xp = x.data_ptr<float>();
-  const float* sp = scales_EFQ.data_ptr<float>();
+  const float* sp = scales.data_ptr<float>();
   const uint8_t* qp = static_cast<const uint8_t*>(qdata.data_ptr());
   float* yp = y_NF.data_ptr<float>();
   const int64_t row_bytes = qdata.size(2);
@@ -752,7 +752,7 @@ TORCH_LIBRARY(emomoe, m) {
   m.def("swiglu_backward(Tensor dh_NF, Tensor g_NF, Tensor u_NF) -> (Tensor, Tensor)");
   m.def("cross_entropy_rows(Tensor(a!) logits_NV, Tensor targets_N, Tensor scale_N, float z_weight, bool grad) -> (Tensor, Tensor)");
   m.def("bf16_grouped_linear(Tensor x_ND, Tensor w_EFD, Tensor counts_E) -> Tensor");
-  m.def("int_grouped_linear(Tensor x_ND, Tensor qdata, Tensor scales_EFQ, Tensor counts_E, int bits) -> Tensor");
+  m.def("int_grouped_linear(Tensor x_ND, Tensor qdata, Tensor scales, Tensor counts_E, int bits) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(emomoe, CPU, m) {

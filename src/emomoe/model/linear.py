@@ -105,7 +105,7 @@ def _widen(stored_FD: torch.Tensor | QuantizedTensor, out_FD: torch.Tensor) -> t
     """`stored_FD` in `out_FD`'s dtype, written into it."""
     if not isinstance(stored_FD, QuantizedTensor):
         return out_FD.copy_(stored_FD)
-    groups = stored_FD.integers().view(*stored_FD.scales.shape, -1)  # [F, Q, group size]
+    groups = stored_FD.integers().view(*stored_FD.scales.shape, -1)  # [F, groups, group size]
     torch.mul(groups, stored_FD.scales[..., None], out=out_FD.view_as(groups))
     return out_FD
 

@@ -16,8 +16,8 @@ LM head. Not the token embeddings (a lookup reads one row per token), the norms,
 gates: a gate's error would change which experts run, and it is tiny. The LM head keeps 8 bits
 when the rest takes 4, as llama.cpp keeps its output matrix at 6 bits in its 4-bit types.
 
-Legend: F ffn hidden (a weight's outputs), D model dim (its inputs), Q quantization groups (of a
-row), E experts, X leading dims.
+Legend: F ffn hidden (a weight's outputs), D model dim (its inputs), E experts, X leading dims.
+(Tensors with a dimension of groups have no suffix; the comments give their shapes.)
 """
 
 from __future__ import annotations
@@ -130,21 +130,21 @@ def quantize(w: torch.Tensor, bits: int, group_size: int) -> QuantizedTensor:
     if bits not in (8, 4):
         raise ValueError(f"bits: {bits} is not 8 or 4")
     check_group_size(group_size, w.shape[-1])
-    groups = w.float().reshape(*w.shape[:-1], -1, group_size)  # [..., Q, group_size]
+    groups = w.float().reshape(*w.shape[:-1], -1, group_size)  # [..., groups, group_size]
     if bits == 8:
-        scale_XQ = groups.abs().amax(-1) / 127
-        ints = _divide(groups, scale_XQ).round().clamp(-127, 127)
-        return QuantizedTensor(ints.to(torch.int8).reshape(w.shape), scale_XQ.contiguous(), 8)
-    extreme_XQ = groups.gather(-1, groups.abs().argmax(-1, keepdim=True)).squeeze(-1)
-    scale_XQ = extreme_XQ / -8
-    ints = _divide(groups, scale_XQ).round().clamp(-8, 7) + 8
-    return QuantizedTensor(_pack_nibbles(ints.to(torch.uint8).reshape(w.shape)), scale_XQ.contiguous(), 4)
+        scales = groups.abs().amax(-1) / 127  # [..., groups]
+        ints = _divide(groups, scales).round().clamp(-127, 127)
+        return QuantizedTensor(ints.to(torch.int8).reshape(w.shape), scales.contiguous(), 8)
+    extremes = groups.gather(-1, groups.abs().argmax(-1, keepdim=True)).squeeze(-1)
+    scales = extremes / -8
+    ints = _divide(groups, scales).round().clamp(-8, 7) + 8
+    return QuantizedTensor(_pack_nibbles(ints.to(torch.uint8).reshape(w.shape)), scales.contiguous(), 4)
 
 
-def _divide(groups: torch.Tensor, scale_XQ: torch.Tensor) -> torch.Tensor:
+def _divide(groups: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """w / scale per group; an all-zero group (scale 0) quantizes to zeros, not NaN."""
-    safe_XQ = torch.where(scale_XQ == 0, torch.ones_like(scale_XQ), scale_XQ)
-    return groups / safe_XQ[..., None]
+    safe = torch.where(scales == 0, torch.ones_like(scales), scales)
+    return groups / safe[..., None]
 
 
 def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:

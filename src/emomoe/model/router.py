@@ -5,10 +5,15 @@ W window (past steps of the load-balancing window).
 
 The gate has a row for every expert of the layer (shared ones last, as in the HF layout) but
 only the routed rows are used: shared experts always run with weight 1.0.
+
+A router can be restricted to some of its routed experts (`restrict`, a buffer of kept ids): it
+then routes exactly as the sliced subset keeping those experts does (softmax over their logits
+only, top-k clamped to how many there are, no pool), for inference without a sliced copy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +39,9 @@ def top_experts(scores_TE: torch.Tensor, k: int) -> torch.Tensor:
 @dataclass
 class RouterOutput:
     logits_TE: torch.Tensor
-    """Routed logits before any pool mask."""
+    """Routed logits of every routed expert, before any pool mask or restriction."""
     experts_TK: torch.Tensor
+    """The chosen routed experts, in the layer's numbering (restricted or not)."""
     weights_TK: torch.Tensor
     lb_loss: torch.Tensor | None
     """None when the forward was asked to skip the auxiliary losses."""
@@ -57,6 +63,8 @@ class Router(nn.Module):
         `TrainConfig.pool_start`)."""
         self.bias_update_rate = cfg.bias_update_rate
         self.gate = Linear(d_model, num_experts)
+        # Not stored with the weights: a restriction is a choice made at inference (see `restrict`).
+        self.register_buffer("kept_E", None, persistent=False)
         if self.bias_update_rate > 0:
             # Moves top-k selection only; the weights still come from the unbiased probabilities.
             self.register_buffer("score_bias_E", torch.zeros(self.num_routed))
@@ -77,9 +85,22 @@ class Router(nn.Module):
 
     @property
     def pool(self) -> tuple[int, int] | None:
+        if self.kept_E is not None:  # a sliced subset routes without a pool
+            return None
         if not self.training:
             return self.eval_pool
         return self.train_pool if self.train_pool_active else None
+
+    def restrict(self, kept: Sequence[int] | None) -> None:
+        """Route only to the routed experts `kept` (ascending distinct ids), as the subset sliced to
+        them does; None routes to all of them again. The weights are not touched."""
+        if kept is None:
+            self.kept_E = None
+            return
+        kept = list(kept)
+        if not kept or kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= self.num_routed:
+            raise ValueError(f"restrict: expected ascending distinct ids in [0, {self.num_routed}), got {kept}")
+        self.kept_E = torch.tensor(kept, dtype=torch.long, device=self.gate.weight.device)
 
     def forward(
         self,
@@ -94,24 +115,34 @@ class Router(nn.Module):
 
         No op reads a value back to the host: on an accelerator this runs without a sync (given
         `Segments` sized without one), and under torch.compile it is one graph.
+
+        Restricted (`restrict`), everything below runs on the kept experts' columns alone, as in the
+        sliced subset (its losses too); only the chosen ids are mapped back to the layer's numbering.
+        Training is refused then: the balancing state counts every routed expert.
         """
+        kept_E = self.kept_E
+        if kept_E is not None and self.training:
+            raise ValueError("a router restricted to some experts routes for inference only; train a sliced subset")
         logits_TE = self.gate(x_TD)[:, : self.num_routed]
-        probs_TE, keep_GE = self._probs(logits_TE, segments, pool_seed)
+        scores_TE = logits_TE if kept_E is None else logits_TE.index_select(1, kept_E)
+        probs_TE, keep_GE = self._probs(scores_TE, segments, pool_seed)
         select_TE = probs_TE
         if self.bias_update_rate > 0:
-            select_TE = probs_TE + self.score_bias_E
+            select_TE = probs_TE + (self.score_bias_E if kept_E is None else self.score_bias_E.index_select(0, kept_E))
             if keep_GE is not None:
                 select_TE = select_TE.masked_fill(~keep_GE.index_select(0, segments.seg_T), float("-inf"))
-        experts_TK = top_experts(select_TE, self.top_k)
+        experts_TK = top_experts(select_TE, min(self.top_k, probs_TE.shape[1]))
         weights_TK = probs_TE.gather(1, experts_TK)
         out = RouterOutput(logits_TE, experts_TK, weights_TK, lb_loss=None, z_loss=None)
         if aux_losses:
             out.lb_loss = self._lb_loss(probs_TE, experts_TK)
-            out.z_loss = router_z_loss(self._masked_logsumexp(logits_TE, probs_TE, experts_TK, weights_TK))
+            out.z_loss = router_z_loss(self._masked_logsumexp(scores_TE, probs_TE, experts_TK, weights_TK))
         elif self.bias_update_rate > 0 and self.training:
-            self._count_experts(experts_TK)
+            self._count_experts(experts_TK, self.num_routed)
         if self.renormalize:
             out.weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
+        if kept_E is not None:
+            out.experts_TK = kept_E[experts_TK]
         return out
 
     def _masked_logsumexp(
@@ -142,11 +173,12 @@ class Router(nn.Module):
         return pooled_softmax(logits_TE, segments.seg_T, segments.num_segments, sizes_G)
 
     @torch.no_grad()
-    def _count_experts(self, experts_TK: torch.Tensor) -> torch.Tensor:
-        """Routed slots per expert [E]; a training forward adds them to the pending bias counts."""
+    def _count_experts(self, experts_TK: torch.Tensor, num_experts: int) -> torch.Tensor:
+        """Routed slots per expert [E] of `num_experts`; a training forward adds them to the pending
+        bias counts."""
         slots = experts_TK.flatten()
         # scatter_add_: sync-free like bincount is not on GPU, and ~10x faster than index_add_ on CPU.
-        counts_E = torch.zeros(self.num_routed, device=slots.device).scatter_add_(
+        counts_E = torch.zeros(num_experts, device=slots.device).scatter_add_(
             0, slots, torch.ones_like(slots, dtype=torch.float32)
         )
         if self.bias_update_rate > 0 and self.training:
@@ -154,7 +186,7 @@ class Router(nn.Module):
         return counts_E
 
     def _lb_loss(self, probs_TE: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:
-        counts_E = self._count_experts(experts_TK)
+        counts_E = self._count_experts(experts_TK, probs_TE.shape[1])
         with torch.no_grad():
             # A fill, not a copy from the host: no sync on an accelerator.
             num_tokens = torch.full((1,), float(experts_TK.shape[0]), device=counts_E.device)
@@ -162,7 +194,7 @@ class Router(nn.Module):
             # Only training forwards are in lockstep across ranks; eval passes may differ in count.
             if self.training:
                 totals_E1 = self._training_totals(totals_E1)
-        return load_balancing_loss(probs_TE, totals_E1[:-1], totals_E1[-1], self.top_k)
+        return load_balancing_loss(probs_TE, totals_E1[:-1], totals_E1[-1], experts_TK.shape[1])
 
     def _training_totals(self, totals_E1: torch.Tensor) -> torch.Tensor:
         """This forward's expert and token counts summed over the data-parallel group (global

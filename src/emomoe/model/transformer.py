@@ -6,6 +6,7 @@ K routed experts per token, P cache positions, W window (past steps of the load-
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -229,6 +230,17 @@ class EmoTransformer(nn.Module):
         forwards keep `eval_pool`."""
         for router in self._routers():
             router.train_pool_active = active
+
+    def restrict_experts(self, kept: Sequence[Sequence[int]] | None) -> None:
+        """Route every MoE layer only to its kept routed experts (one ascending id list per MoE layer,
+        in order), exactly as the subset sliced to them does, with no copy of any weight; None
+        routes to every expert again. Switching costs nothing: several selections of one loaded
+        model can take turns (`emomoe.model.selection.Selections`)."""
+        routers = self._routers()
+        if kept is not None and len(kept) != len(routers):
+            raise ValueError(f"restrict_experts: {len(kept)} lists of kept experts for {len(routers)} MoE layers")
+        for i, router in enumerate(routers):
+            router.restrict(None if kept is None else kept[i])
 
     def update_router_biases(self) -> None:
         """Apply the pending bias-balancing updates (call after each optimizer step; no-op when off)."""

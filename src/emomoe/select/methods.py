@@ -7,10 +7,14 @@ sorted ascending (shared experts are kept separately, always). The methods diffe
   are already pruned (the paper's default);
 - global: mean router probability of the unpruned model, every layer from one pass;
 - easy-ep: sum over tokens of gate weight x expert output norm x (1 - cos(h, h + moe(h)));
+- reap: mean over the tokens routed to the expert of gate weight x expert output norm;
 - random: a seeded permutation, no calibration data.
 
-Scores that do not depend on `n` are computed once and reused for every `n` (a sweep over keep
-fractions costs one calibration pass); layerwise selection has to redo its pass for each `n`.
+(`emomoe.select.saliency` has the exact definitions.) Scores that do not depend on `n` are computed
+once and reused for every `n` (a sweep over keep fractions costs one calibration pass); layerwise
+selection has to redo its pass for each `n`. The unpruned model's router mass on the calibration
+tokens (`profile`, what `--selection auto` compares prompts with) comes free with the global,
+easy-ep and reap scores; layerwise selection pays one more pass for it.
 
 Every pass streams (`emomoe.select.stream`): one block at a time, reading only what the block
 needs. Layerwise selection reads only the experts it keeps, and `write_subset` hands each block's
@@ -28,8 +32,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from emomoe.select.easy_ep import easy_ep_layer_scores
 from emomoe.select.routing import moe_layers
+from emomoe.select.saliency import layer_scores
 from emomoe.select.slicing import AddTensor, block_subset, extract_subset, read_blocks, subset_config
 from emomoe.select.stream import LayerStream, relative
 from emomoe.select.weight_source import WeightSource
@@ -46,6 +50,9 @@ class SelectMethod(enum.StrEnum):
     EASY_EP = "easy-ep"
     """EASY-EP (Dong et al. 2025): gate weight x expert output norm x the token's
     1 - cos(h, h + moe(h)), summed over calibration tokens, on the unpruned model."""
+    REAP = "reap"
+    """REAP (Lasby et al. 2025): gate weight x expert output norm, averaged over the calibration
+    tokens routed to the expert, on the unpruned model."""
     RANDOM = "random"
     """A seeded random subset per layer; ignores the calibration data."""
 
@@ -77,6 +84,7 @@ class ExpertSelector:
         self.seed = seed
         self.progress = progress
         self._static_scores: list[torch.Tensor] | None = None
+        self._profile: list[torch.Tensor] | None = None
         self._greedy_mass: dict[tuple[tuple[int, ...], ...], torch.Tensor] = {}
 
     def choose(self, num_keep_per_layer: list[int]) -> list[list[int]]:
@@ -93,6 +101,19 @@ class ExpertSelector:
         if self._static_scores is None:
             self._static_scores = self._compute_static_scores()
         return self._static_scores
+
+    def profile(self) -> list[torch.Tensor]:
+        """Per MoE layer, the unpruned model's token-mean router probability of every routed expert
+        over the calibration tokens (float64 [E]): a selection's calibration profile. Computed once;
+        not for random, which has no calibration data."""
+        if self.method is SelectMethod.RANDOM:
+            raise ValueError("a random selection has no calibration tokens to profile")
+        if self._profile is None:
+            if self.method is SelectMethod.LAYERWISE:
+                _, self._profile = self._unpruned_pass(SelectMethod.GLOBAL)
+            else:
+                self.scores()
+        return self._profile
 
     def write_subset(self, num_keep_per_layer: list[int], add: AddTensor) -> list[list[int]]:
         """Choose, and hand every tensor of the subset to `add` (see `extract_subset`); returns the
@@ -123,21 +144,29 @@ class ExpertSelector:
                 scores_E[torch.randperm(layer.num_routed, generator=gen)] = -torch.arange(layer.num_routed).float()
                 scores.append(scores_E)
             return scores
-        # Global and EASY-EP: one pass through the unpruned model, scoring each layer on the way.
+        scores, self._profile = self._unpruned_pass(self.method)
+        return scores
+
+    def _unpruned_pass(self, method: SelectMethod) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One pass through the unpruned model, scoring each MoE layer on the way: the scores of
+        `method` (global, easy-ep or reap) and the router mass, per layer."""
         stream = LayerStream(self.source, self.batches)
         by_index = {layer.index: layer for layer in self.layers}
-        scores = []
-        for index in self._bar(range(self.layers[-1].index + 1), desc=str(self.method)):
+        scores, masses = [], []
+        for index in self._bar(range(self.layers[-1].index + 1), desc=str(method)):
             layer = by_index.get(index)
             if layer is None:
                 stream.advance(stream.unpruned_block(index))
-            elif self.method is SelectMethod.EASY_EP:
-                scores.append(easy_ep_layer_scores(stream, layer))
-            else:  # the last layer's experts change no score: stop at its gate
+            elif method is SelectMethod.GLOBAL:  # the last layer's experts change no score: stop at its gate
                 last = index == self.layers[-1].index
-                scores.append(stream.router_mass(layer, stream.unpruned_block(index), advance=not last))
+                masses.append(stream.router_mass(layer, stream.unpruned_block(index), advance=not last))
+                scores.append(masses[-1])
+            else:
+                saliency = layer_scores(stream, layer)
+                masses.append(saliency.mass_E)
+                scores.append(saliency.easy_ep_E if method is SelectMethod.EASY_EP else saliency.reap_E)
             self.source.close()
-        return scores
+        return scores, masses
 
     def _layerwise(self, num_keep_per_layer: list[int]) -> Iterator[tuple[list[int] | None, dict[str, torch.Tensor]]]:
         """Per block in order: the kept routed ids (None for a dense block) and its subset tensors."""

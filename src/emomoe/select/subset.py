@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter, check_fits, save_model
-from emomoe.checkpoint.selection import SELECTION_FILE, read_selection, selection_path
+from emomoe.checkpoint.selection import SELECTION_FILE, check_selection, read_selection, selection_path
 from emomoe.data.windows import WindowConfig
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path, check_output_dir, refuse_existing, write_checksums
@@ -54,11 +54,15 @@ class SelectConfig(WindowConfig):
     """Routed experts kept per MoE layer: a count (8), a fraction of the routed experts (0.25), or one
     count per MoE layer (8,8,4,4); needed unless an earlier selection is reused."""
     method: SelectMethod = SelectMethod.LAYERWISE
-    """How experts are ranked: layerwise (the paper's greedy), global, easy-ep or random."""
+    """How experts are ranked: layerwise (the paper's greedy), global, easy-ep, reap or random."""
     num_calib_windows: int = NUM_CALIB_WINDOWS
     """Calibration windows of seq_len tokens; at least 64 tokens in all (fewer than 512 get a warning)."""
     seed: int = 0
     """Seed of the random method (the others are deterministic)."""
+    router_profile: bool = True
+    """Record the full model's router mass on the calibration tokens in selection.json, which
+    `--selection auto` compares prompts with; free for global, easy-ep and reap, one more pass of
+    the unpruned model for layerwise."""
 
     def __post_init__(self) -> None:
         self.method = SelectMethod(self.method)
@@ -107,8 +111,9 @@ def select_subset(
         layers = moe_layers(reader.config, where=str(checkpoint))
         if selection is not None:
             given = read_selection(selection)
-            kept = check_selection(given, reader, layers, selection_path(selection))
-            how = {key: given.get(key) for key in _HOW} | {"reused_from": str(selection_path(selection).resolve())}
+            path = selection_path(selection)
+            kept = check_selection(given, reader.config, reader.fingerprint(), reader.directory, path)
+            how = {key: given.get(key) for key in _HOW} | {"reused_from": str(path.resolve())}
 
             def extract(add: AddTensor) -> list[list[int]]:
                 extract_subset(reader, read_blocks(reader, layers, kept), add)
@@ -142,14 +147,16 @@ def select_subset(
         )
         how = {"method": str(method), "keep": keep.label(), "seed": cfg.seed,
                "calibration": calibration.info if calibration else None}
+        if calibration and cfg.router_profile:
+            how["router_profile"] = [mass_E.tolist() for mass_E in selector.profile()]
         return _write_subset(
             out_dir, reader, layers, num_keep, how, max_shard_bytes,
             lambda add: selector.write_subset(num_keep, add),
         )
 
 
-_HOW = ("method", "keep", "seed", "calibration")
-"""The fields of a selection record that say how its experts were chosen."""
+_HOW = ("method", "keep", "seed", "calibration", "router_profile")
+"""The fields of a selection record that say how its experts were chosen, and on what."""
 
 
 def _write_subset(
@@ -228,33 +235,6 @@ def selection_record(
         "num_params": {"total": total, "active": active},
         "source_num_params": {"total": source_total, "active": source_active},
     }
-
-
-def check_selection(
-    record: dict[str, Any], reader: CheckpointReader, layers: list[MoELayer], path: Path
-) -> list[list[int]]:
-    """The kept experts of a selection record, checked to belong to `reader`'s checkpoint."""
-    fingerprint = reader.fingerprint()
-    if record["source_sha256"] != fingerprint:
-        raise DataError(
-            f"{path}: was made for another model (source fingerprint {str(record['source_sha256'])[:12]}..., "
-            f"from {record.get('source_checkpoint', 'an unnamed checkpoint')}), not {reader.directory} "
-            f"({fingerprint[:12]}...)"
-        )
-    indices = [layer.index for layer in layers]
-    if record["moe_layers"] != indices:
-        raise DataError(f"{path}: MoE layers {record['moe_layers']}, {reader.directory} has {indices}")
-    kept = record["kept_experts"]
-    if not isinstance(kept, list) or len(kept) != len(layers):
-        raise DataError(f"{path}: 'kept_experts' must hold one list per MoE layer ({len(layers)})")
-    for layer, ids in zip(layers, kept):
-        valid = isinstance(ids, list) and ids and all(isinstance(i, int) for i in ids)
-        if not (valid and ids == sorted(set(ids)) and 0 <= ids[0] and ids[-1] < layer.num_routed):
-            raise DataError(
-                f"{path}: kept_experts of layer {layer.index} must be ascending distinct routed expert ids "
-                f"in [0, {layer.num_routed}), got {ids}"
-            )
-    return kept
 
 
 def save_subset(out_dir: str | Path, model: nn.Module, cfg: ModelConfig, record: dict[str, Any]) -> Path:
