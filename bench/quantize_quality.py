@@ -43,12 +43,16 @@ TARGETS = {"int8_loss_change": 0.005, "ratio_change": 0.02}
 VARIANTS = ("float", "int8", "int4")
 
 
+GROUP_SIZES: dict[str, set[int]] = {"int8": set(), "int4": set()}
+"""The group sizes `emomoe quantize` chose (its defaults, as wide as the matrices allow), for the report."""
+
+
 def quantized(checkpoint: Path, work: Path, tag: str) -> dict[str, Path]:
     """The checkpoint as it is and quantized to each bit width (into `work`, named after `tag`)."""
     out = {"float": checkpoint}
     for bits in (8, 4):
         out[f"int{bits}"] = work / f"{tag}-int{bits}"
-        quantize_checkpoint(checkpoint, out[f"int{bits}"], bits=bits)
+        GROUP_SIZES[f"int{bits}"].add(quantize_checkpoint(checkpoint, out[f"int{bits}"], bits=bits).group_size)
     return out
 
 
@@ -142,6 +146,7 @@ def main() -> None:
     print(json.dumps({
         "models": "tiny random (--quick)" if args.quick else str(args.demo),
         "keep": KEEP,
+        "group_sizes": {variant: sorted(sizes) for variant, sizes in GROUP_SIZES.items()},
         "losses": result,
         **summary,
         "targets_met": {
