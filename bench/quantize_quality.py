@@ -7,7 +7,7 @@ quantized to int8 and int4 (the default group sizes). Every model is scored with
 code on the sweep's held-out windows: the full models on every domain, a subset on its own
 domain. Losses are means over the domains, in nats per token.
 
-`int8_loss_change` is what the issue bounds (within 0.005 nats); `subset_emo_over_std_increase`
+`int8_loss_change` is what the issue bounds (within 0.005 nats); `emo_subset_increase_vs_std`
 is EMO's headline, the loss increase of EMO's 1/4 subsets over the full float model divided by
 the standard MoE's, for float, int8 and int4 subsets: quantizing must not change it by more than
 0.02.
@@ -104,7 +104,7 @@ def headline(result: dict, emo: str, std: str) -> dict:
         return result[name][f"subset_{KEEP}"][variant] - result[name]["full"]["float"]
 
     ratios = {v: round(increase(emo, v) / increase(std, v), 4) for v in VARIANTS}
-    return {"subset_emo_over_std_increase": ratios,
+    return {"emo_subset_increase_vs_std": ratios,
             "ratio_change": {v: round(ratios[v] - ratios["float"], 4) for v in ("int8", "int4")}}
 
 
