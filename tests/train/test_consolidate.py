@@ -38,6 +38,13 @@ def test_the_model_comes_out_with_its_exact_weights_step_and_checksums(sharded, 
     assert len(list(out.glob("model-*.safetensors"))) > 1  # sharded at 20 KB
 
 
+def test_reading_the_sharded_step_as_a_model_points_to_consolidate(sharded):
+    checkpoint, _ = sharded
+    with pytest.raises(DataError, match=rf"^{checkpoint}: a sharded training checkpoint, not a model; make one with: "
+                       rf"emomoe checkpoint consolidate {checkpoint} --out DIR$"):
+        CheckpointReader(checkpoint)
+
+
 def test_bad_input_is_one_error_and_writes_nothing(sharded, tmp_path):
     checkpoint, _ = sharded
     with pytest.raises(DataError, match="not a sharded training checkpoint"):

@@ -23,6 +23,9 @@ from emomoe.errors import ConfigError, DataError
 from emomoe.model.config import ModelConfig
 
 CONFIG_FILE = "model.yaml"
+TRAINING_SHARDS_FILE = "shards.json"
+"""The index of a sharded training checkpoint (`emomoe.train.shard_files` writes it): a step of an
+FSDP run, which `emomoe checkpoint consolidate` turns into a model checkpoint."""
 
 TensorInfo = tuple[tuple[int, ...], torch.dtype]
 """Shape and dtype of a tensor in the files, known without reading its data."""

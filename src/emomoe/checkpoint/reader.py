@@ -19,7 +19,7 @@ from types import TracebackType
 import torch
 from safetensors import SafetensorError, safe_open
 
-from emomoe.checkpoint.formats import TensorInfo, TensorSource, detect_format
+from emomoe.checkpoint.formats import TRAINING_SHARDS_FILE, TensorInfo, TensorSource, detect_format
 from emomoe.checkpoint.quantization import read_quantization
 from emomoe.checkpoint.writer import INDEX_FILE, SINGLE_FILE
 from emomoe.errors import DataError
@@ -52,6 +52,11 @@ def weight_files(directory: Path) -> dict[str, Path]:
         return files
     single = directory / SINGLE_FILE
     if not single.is_file():
+        if (directory / TRAINING_SHARDS_FILE).is_file():
+            raise DataError(
+                f"{directory}: a sharded training checkpoint, not a model; make one with: "
+                f"emomoe checkpoint consolidate {directory} --out DIR"
+            )
         raise DataError(f"{directory}: no weights ({SINGLE_FILE} or {INDEX_FILE})")
     return {key: single for key in _open(single).keys()}
 

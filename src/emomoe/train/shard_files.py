@@ -40,10 +40,11 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, SavePlan
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
+from emomoe.checkpoint.formats import TRAINING_SHARDS_FILE
 from emomoe.checkpoint.reader import SAFETENSORS_DTYPES
 from emomoe.errors import DataError
 
-INDEX_FILE = "shards.json"
+INDEX_FILE = TRAINING_SHARDS_FILE
 FORMAT = "emomoe-sharded-state-v1"
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
