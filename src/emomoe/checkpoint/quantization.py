@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from emomoe.errors import DataError
-from emomoe.model.quantized import GROUP_MULTIPLE
+from emomoe.model.quantized import GROUP_MULTIPLE, is_group_size
 
 QUANTIZATION_FILE = "quantization.json"
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -54,7 +54,7 @@ def read_quantization(directory: Path) -> Quantization | None:
     bits, group_size, dtype = record.get("bits"), record.get("group_size"), record.get("dtype")
     if bits not in (8, 4):
         raise DataError(f"{path}: 'bits' is {bits!r}, expected 8 or 4")
-    if not isinstance(group_size, int) or group_size < GROUP_MULTIPLE or group_size % GROUP_MULTIPLE:
+    if not is_group_size(group_size):
         raise DataError(f"{path}: 'group_size' is {group_size!r}, expected a multiple of {GROUP_MULTIPLE}")
     if dtype not in FLOAT_DTYPES:
         raise DataError(f"{path}: 'dtype' is {dtype!r}, expected one of {', '.join(FLOAT_DTYPES)}")

@@ -208,7 +208,7 @@ class CheckpointReader:
         if not source.quantized:
             raise KeyError(f"{self.directory}: tensor '{name}' is not stored as integers")
         qdata, scales = (self._read_rows(key, rows) for key in source.keys)
-        return QuantizedTensor(qdata, scales, self._bits(name))
+        return QuantizedTensor(qdata, scales)  # their dtypes were checked against quantization.json
 
     def _bits(self, name: str) -> int:
         """The bits of integer weight `name` (the LM head may keep more than the rest)."""

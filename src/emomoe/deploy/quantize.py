@@ -26,7 +26,7 @@ from emomoe.checkpoint.writer import ShardSizeConfig
 from emomoe.data.tokenizer import TOKENIZER_FILE
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path, check_output_dir, refuse_existing, write_checksums
-from emomoe.model.quantized import GROUP_MULTIPLE, quantize, quantized_bits
+from emomoe.model.quantized import GROUP_MULTIPLE, is_group_size, quantize, quantized_bits
 from emomoe.train.provenance import find_tokenizer
 
 DEFAULT_GROUP_SIZE = {8: 128, 4: 32}
@@ -40,7 +40,7 @@ class Bits(enum.StrEnum):
     def _missing_(cls, value: object) -> Bits | None:
         """YAML and the keyword API give the number itself."""
         is_int = isinstance(value, int) and not isinstance(value, bool)
-        return cls.__members__.get({8: "EIGHT", 4: "FOUR"}.get(value)) if is_int else None
+        return cls._value2member_map_.get(str(value)) if is_int else None
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ class QuantizeConfig(ShardSizeConfig):
             Bits(self.bits)
         except ValueError:
             raise ConfigError(f"bits: '{self.bits}' is not one of 8, 4") from None
-        if self.group_size is not None and (self.group_size < GROUP_MULTIPLE or self.group_size % GROUP_MULTIPLE):
+        if self.group_size is not None and not is_group_size(self.group_size):
             raise ConfigError(f"group_size: {self.group_size} is not a positive multiple of {GROUP_MULTIPLE}")
 
     def group_for(self, inputs: list[int], where: str) -> int:
@@ -85,7 +85,8 @@ def quantize_checkpoint(
     with CheckpointReader(checkpoint) as reader:
         if reader.quantization is not None:
             raise DataError(f"{checkpoint}: is already quantized ({reader.quantization.bits} bits)")
-        names = [name for name in reader.names() if quantized_bits(name, bits)]
+        bits_of = {name: quantized_bits(name, bits) for name in reader.names()}
+        names = [name for name, b in bits_of.items() if b]
         dtype = _source_dtype(reader, names, checkpoint)
         group = cfg.group_for([reader.shape(name)[-1] for name in names], str(checkpoint))
         record = Quantization(
@@ -96,8 +97,8 @@ def quantize_checkpoint(
         with atomic_path(out_dir) as tmp:
             tmp.mkdir()
             with ShardedWriter(tmp, cfg.max_shard_bytes) as writer:
-                for name in reader.names():
-                    _write(writer, name, reader.get(name), quantized_bits(name, bits), group)
+                for name, name_bits in bits_of.items():
+                    _write(writer, name, reader.get(name), name_bits, group)
                     reader.close()  # drop the mapped pages of what was read
             reader.config.to_yaml(tmp / CONFIG_FILE)
             (tmp / QUANTIZATION_FILE).write_text(json.dumps(record.to_dict(), indent=2) + "\n")

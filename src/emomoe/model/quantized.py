@@ -51,10 +51,13 @@ class QuantizedTensor:
     """
 
     qdata: torch.Tensor
-    """int8 [..., F, D] (8 bits) or uint8 [..., F, D / 2] (4 bits)."""
+    """int8 [..., F, D] (8 bits) or uint8 [..., F, D / 2] (4 bits): the dtype says which."""
     scales: torch.Tensor
     """float32 [..., F, D / group_size]."""
-    bits: int
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.qdata.dtype == torch.int8 else 4
 
     @property
     def shape(self) -> torch.Size:
@@ -82,13 +85,13 @@ class QuantizedTensor:
         index = index if isinstance(index, tuple) else (index,)
         if len(index) >= self.dim() or Ellipsis in index:
             raise IndexError("a QuantizedTensor is indexed on its leading dims only, never its inputs")
-        return QuantizedTensor(self.qdata[index], self.scales[index], self.bits)
+        return QuantizedTensor(self.qdata[index], self.scales[index])
 
     def transpose(self, dim0: int, dim1: int) -> QuantizedTensor:
         last = self.dim() - 1
         if last in (dim0 % self.dim(), dim1 % self.dim()):
             raise ValueError("a QuantizedTensor's input dim (the last) cannot be transposed")
-        return QuantizedTensor(self.qdata.transpose(dim0, dim1), self.scales.transpose(dim0, dim1), self.bits)
+        return QuantizedTensor(self.qdata.transpose(dim0, dim1), self.scales.transpose(dim0, dim1))
 
     def reshape(self, *shape: int) -> QuantizedTensor:
         """Reshape to `shape`, whose last dim is the inputs, or whole rows of them side by side (the
@@ -101,7 +104,7 @@ class QuantizedTensor:
         per_row = last // self.shape[-1]
         qdata = self.qdata.reshape(*lead, per_row * self.qdata.shape[-1])
         scales = self.scales.reshape(*lead, per_row * self.scales.shape[-1])
-        return QuantizedTensor(qdata, scales, self.bits)
+        return QuantizedTensor(qdata, scales)
 
     def integers(self) -> torch.Tensor:
         """The integers, one int8 per weight, [..., F, D] (4 bits: unpacked, in [-8, 7])."""
@@ -117,10 +120,15 @@ class QuantizedTensor:
         return {f"{name}.qdata": self.qdata, f"{name}.scales": self.scales}
 
 
-def check_group_size(group_size: int, inputs: int, name: str = "group_size") -> None:
-    if group_size < GROUP_MULTIPLE or group_size % GROUP_MULTIPLE or inputs % group_size:
+def is_group_size(group_size: object) -> bool:
+    """Whether `group_size` is one the format allows: a positive multiple of `GROUP_MULTIPLE`."""
+    return isinstance(group_size, int) and group_size > 0 and group_size % GROUP_MULTIPLE == 0
+
+
+def check_group_size(group_size: int, inputs: int) -> None:
+    if not is_group_size(group_size) or inputs % group_size:
         raise ValueError(
-            f"{name}: {group_size} must be a multiple of {GROUP_MULTIPLE} that divides the {inputs} inputs of the weight"
+            f"group_size: {group_size} must be a multiple of {GROUP_MULTIPLE} that divides the {inputs} inputs of the weight"
         )
 
 
@@ -134,11 +142,11 @@ def quantize(w: torch.Tensor, bits: int, group_size: int) -> QuantizedTensor:
     if bits == 8:
         scales = groups.abs().amax(-1) / 127  # [..., groups]
         ints = _divide(groups, scales).round().clamp(-127, 127)
-        return QuantizedTensor(ints.to(torch.int8).reshape(w.shape), scales.contiguous(), 8)
+        return QuantizedTensor(ints.to(torch.int8).reshape(w.shape), scales.contiguous())
     extremes = groups.gather(-1, groups.abs().argmax(-1, keepdim=True)).squeeze(-1)
     scales = extremes / -8
     ints = _divide(groups, scales).round().clamp(-8, 7) + 8
-    return QuantizedTensor(_pack_nibbles(ints.to(torch.uint8).reshape(w.shape)), scales.contiguous(), 4)
+    return QuantizedTensor(_pack_nibbles(ints.to(torch.uint8).reshape(w.shape)), scales.contiguous())
 
 
 def _divide(groups: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -167,12 +175,11 @@ class QuantizedWeight(nn.Module):
 
     def __init__(self, quantized: QuantizedTensor):
         super().__init__()
-        self.bits = quantized.bits
         self.register_buffer("qdata", quantized.qdata)
         self.register_buffer("scales", quantized.scales)
 
     def tensor(self) -> QuantizedTensor:
-        return QuantizedTensor(self.qdata, self.scales, self.bits)
+        return QuantizedTensor(self.qdata, self.scales)
 
     @property
     def shape(self) -> torch.Size:
@@ -182,7 +189,8 @@ class QuantizedWeight(nn.Module):
         return self.tensor()[index]
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, shape={list(self.shape)}, group_size={self.tensor().group_size}"
+        quantized = self.tensor()
+        return f"bits={quantized.bits}, shape={list(quantized.shape)}, group_size={quantized.group_size}"
 
 
 def install_quantized(model: nn.Module, name: str, quantized: QuantizedTensor) -> None:
