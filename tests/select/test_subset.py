@@ -7,17 +7,20 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from emomoe.checkpoint import CheckpointReader, checkpoint_hash, load_model, save_model
+from emomoe.data.store import TokenStore
 from emomoe.checkpoint import writer as writer_module
 from emomoe.checkpoint.selection import SELECTION_FILE
 from emomoe.errors import ConfigError, DataError
 from emomoe.experiments.finetune import finetune_subset
 from emomoe.io import CHECKSUMS_FILE
+from emomoe.model import build_model
 from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.merge import merge_subset
 from emomoe.select.methods import ExpertSelector
 from emomoe.select.routing import moe_layers
 from emomoe.select.subset import select_subset, subset_bytes
+from tests.fixtures import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +172,72 @@ def test_planned_subset_bytes_are_the_tensor_bytes_written(tmp_path, checkpoint_
     select_subset(checkpoint_dir, tmp_path / "sub", keep=KeepSpec.parse("0.5"), calibration=calib)
     written = sum(t.numel() * t.element_size() for t in _tensors(tmp_path / "sub").values())
     assert subset_bytes_of(checkpoint_dir, [4, 4]) == written
+
+
+EXPERT_BYTES = 4 * (3 * 32 * 32 + 32)
+"""One routed expert of the tiny model in float32: its w1, w3 and w2 (d_model 32, hidden 32) and its gate row."""
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory, store_dir):
+    """A tiny three-layer checkpoint whose routing is peaked in layer 0 and nearly flat in layer 1."""
+    torch.manual_seed(2)
+    cfg = tiny_config(num_layers=3).with_overrides([f"vocab_size={TokenStore.open(store_dir).vocab_size}"])
+    model = build_model(cfg)
+    with torch.no_grad():
+        for block, scale in zip(model.layers, (60.0, 0.5, 10.0)):
+            block.moe.router.gate.weight.mul_(scale)
+    return save_model(tmp_path_factory.mktemp("uneven") / "full", model, cfg)
+
+
+@pytest.mark.parametrize("method", ["global", "layerwise"])
+def test_a_byte_budget_fills_up_along_one_ranking_of_every_layers_experts(tmp_path, uneven, calib, method):
+    budget = subset_bytes_of(uneven, [4, 4, 4]) + EXPERT_BYTES // 2
+    record = select_subset(uneven, tmp_path / "sub", budget_gb=budget / 1e9, method=method, calibration=calib)
+    written = sum(t.numel() * t.element_size() for t in _tensors(tmp_path / "sub").values())
+    # The subset fits, and the next expert of any layer would not.
+    assert written <= budget < written + EXPERT_BYTES
+    assert record["budget"] == {"unit": "bytes", "limit": budget, "used": written}
+    counts = [len(kept) for kept in record["kept_experts"]]
+    assert record["keep"] == ",".join(map(str, counts)) and sum(counts) == 12 and len(set(counts)) > 1
+    assert min(counts) >= 2  # every layer keeps its top-k
+    # One ranking: every expert kept beyond its layer's top-k holds at least the share of its layer's
+    # router mass that any expert left out holds of its own.
+    shares = [sorted(mass_E, reverse=True) for mass_E in record["router_profile"]]
+    kept_last = [s[n - 1] for s, n in zip(shares, counts) if n > 2]
+    left_first = [s[n] for s, n in zip(shares, counts) if n < 7]
+    assert min(kept_last) >= max(left_first)
+    if method == "global":
+        top = [sorted(sorted(range(7), key=lambda e: -mass_E[e])[:n]) for mass_E, n in zip(record["router_profile"], counts)]
+        assert record["kept_experts"] == top
+    again = select_subset(uneven, tmp_path / "again", selection=tmp_path / "sub")
+    assert again["budget"] == record["budget"] and again["kept_experts"] == record["kept_experts"]
+
+
+def test_a_parameter_budget_counts_the_subsets_parameters(tmp_path, uneven, calib):
+    uniform = select_subset(uneven, tmp_path / "uniform", keep="3", method="random")["num_params"]["total"]
+    record = select_subset(uneven, tmp_path / "sub", keep_params=uniform + 100, method="easy-ep", calibration=calib)
+    total = record["num_params"]["total"]
+    sub, _ = load_model(tmp_path / "sub")
+    assert total == sum(p.numel() for p in sub.parameters()) == record["budget"]["used"]
+    assert total <= uniform + 100 < total + EXPERT_BYTES // 4
+    assert sum(len(kept) for kept in record["kept_experts"]) == 9
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"budget_gb": 1e-6}, r"^budget_gb 1e-06: the smallest subset \(the top-k routed experts in every layer, "
+                              r"the shared experts and everything outside the experts\) takes 0\.2 MB \(\d{3},\d{3} bytes\)$"),
+        ({"keep_params": 1000}, r"^keep_params 1,000: the smallest subset .* takes \d{2},\d{3} parameters$"),
+        ({"keep": "2", "budget_gb": 1.0}, r"^keep and budget_gb: give one of them$"),
+        ({"keep_params": -5}, r"^keep_params: expected a positive number, got -5$"),
+    ],
+)
+def test_a_budget_that_cannot_be_met_writes_nothing(tmp_path, uneven, calib, fields, match):
+    with pytest.raises(ConfigError, match=match):
+        select_subset(uneven, tmp_path / "sub", calibration=calib, **fields)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_full_disk_mid_write_leaves_the_previous_output_intact(tmp_path, checkpoint_dir, calib, monkeypatch):

@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   emomoe select --checkpoint runs/emo/final --data runs/store --calib code,legal --keep 8 --out subsets/emo-cl
   emomoe select --checkpoint runs/emo/final --calib prompts.jsonl --tokenizer runs/store/tokenizer \\
       --keep 8,8,4,4 --method easy-ep --out subsets/emo-prompts
+  emomoe select --checkpoint runs/emo/final --data runs/store --calib math --budget-gb 0.02 --out subsets/emo-math-20mb
   emomoe select --checkpoint runs/emo/final --selection subsets/emo-math/selection.json --out subsets/again
 """
 
@@ -23,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="choose a per-domain subset of experts and save it as a smaller model",
         description="Rank each MoE layer's routed experts on calibration data, keep the top ones (shared "
         "experts always stay), physically slice the rest away, and save the subset (safetensors in the stored "
-        "dtype, model.yaml, selection.json). The subset loads on its own and routes by softmax over the kept "
+        "dtype, model.yaml, selection.json). --keep gives every layer its count; --budget-gb or --keep-params "
+        "give the subset's size instead, and the layers get their counts from one ranking of all their "
+        "experts. The subset loads on its own and routes by softmax over the kept "
         "experts. The checkpoint (ours or a Hugging Face directory, sharded or not) is streamed one layer at a "
         "time, so it may be larger than memory. With --selection, the experts kept by an earlier selection of "
         "the same checkpoint are extracted again, without calibration.",
@@ -58,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     )
     kept = ", ".join(str(len(k)) for k in record["kept_experts"])
     total, source_total = record["num_params"]["total"], record["source_num_params"]["total"]
+    budget = record.get("budget")
+    fits = f"; {budget['used']:,} of the budget's {budget['limit']:,} {budget['unit']}" if budget else ""
     print(f"wrote {args.out}: routed experts kept per MoE layer {kept} (+ shared); "
-          f"{total:,} of {source_total:,} parameters ({total / source_total:.1%})")
+          f"{total:,} of {source_total:,} parameters ({total / source_total:.1%}){fits}")
     return 0

@@ -115,6 +115,18 @@ class ExpertSelector:
                 self.scores()
         return self._profile
 
+    def budget_shares(self) -> list[torch.Tensor]:
+        """Per MoE layer, every routed expert's share of its layer's total score: what a size budget
+        ranks the experts of all layers by (`emomoe.select.budget`). Layerwise ranks by the unpruned
+        model's router mass, its profile: its own scores depend on the counts being chosen."""
+        scores = self.profile() if self.method is SelectMethod.LAYERWISE else self.scores()
+        return [scores_E / scores_E.sum().clamp(min=torch.finfo(scores_E.dtype).tiny) for scores_E in scores]
+
+    def use_profile(self, profile: list[torch.Tensor]) -> None:
+        """Take the calibration profile another selector of the same source measured on the same
+        batches, instead of a pass of its own."""
+        self._profile = profile
+
     def write_subset(self, num_keep_per_layer: list[int], add: AddTensor) -> list[list[int]]:
         """Choose, and hand every tensor of the subset to `add` (see `extract_subset`); returns the
         kept ids. Layerwise hands each block on as soon as it is chosen: the kept experts it read
@@ -137,11 +149,13 @@ class ExpertSelector:
     def _compute_static_scores(self) -> list[torch.Tensor]:
         if self.method is SelectMethod.RANDOM:
             gen = torch.Generator().manual_seed(self.seed)
-            # Descending scores along a random permutation: top-n is its first n entries.
+            # Descending positive scores along a random permutation: top-n is its first n entries, and
+            # as shares of their layer's total they rank the layers' experts alike, rank by rank.
             scores = []
             for layer in self.layers:
-                scores_E = torch.empty(layer.num_routed)
-                scores_E[torch.randperm(layer.num_routed, generator=gen)] = -torch.arange(layer.num_routed).float()
+                scores_E = torch.empty(layer.num_routed, dtype=torch.float64)
+                ranks_E = torch.arange(layer.num_routed, 0, -1, dtype=torch.float64)
+                scores_E[torch.randperm(layer.num_routed, generator=gen)] = ranks_E
                 scores.append(scores_E)
             return scores
         scores, self._profile = self._unpruned_pass(self.method)

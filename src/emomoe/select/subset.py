@@ -35,11 +35,13 @@ from emomoe.data.windows import WindowConfig
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path, check_output_dir, refuse_existing, write_checksums
 from emomoe.model import ModelConfig
+from emomoe.select.budget import BudgetUnit, SubsetSize, budget_of, check_budget, fit_counts, show_bytes
 from emomoe.select.calibration import NUM_CALIB_WINDOWS, Calibration, load_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
 from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import AddTensor, extract_subset, kept_rows, read_blocks, subset_config
+from emomoe.select.weight_source import WeightSource
 
 SUBSET_SHARD_BYTES = 2**29
 """Shard size of a written subset: the writer holds one shard in memory, so this bounds what
@@ -52,7 +54,14 @@ _SPACE_MARGIN_BYTES = 16 * 2**20
 class SelectConfig(WindowConfig):
     keep: str | None = None
     """Routed experts kept per MoE layer: a count (8), a fraction of the routed experts (0.25), or one
-    count per MoE layer (8,8,4,4); needed unless an earlier selection is reused."""
+    count per MoE layer (8,8,4,4); one of keep, budget_gb and keep_params is needed unless an earlier
+    selection is reused."""
+    budget_gb: float | None = None
+    """Instead of keep: the most the subset's weights may take, in GB (1e9 bytes, in their stored dtype,
+    as written). Every layer keeps its top-k routed experts, then the rest of all layers enter in one
+    ranking (each expert's share of its layer's score) until the next would not fit."""
+    keep_params: int | None = None
+    """Instead of keep: the most parameters the subset may have, counts per layer as for budget_gb."""
     method: SelectMethod = SelectMethod.LAYERWISE
     """How experts are ranked: layerwise (the paper's greedy), global, easy-ep, reap or random."""
     num_calib_windows: int = NUM_CALIB_WINDOWS
@@ -75,6 +84,13 @@ class SelectConfig(WindowConfig):
             raise ConfigError(f"num_calib_windows: expected a positive integer, got {self.num_calib_windows}")
         if self.keep is not None:
             KeepSpec.parse(self.keep)
+        given = [name for name in ("keep", "budget_gb", "keep_params") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"{' and '.join(given)}: give one of them")
+        for name in ("budget_gb", "keep_params"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name}: expected a positive number, got {value}")
 
 
 def select_subset(
@@ -104,8 +120,12 @@ def select_subset(
     cfg = (cfg or SelectConfig()).replace(**fields)
     method = cfg.method
     refuse_existing(out_dir, force)
-    if (cfg.keep is None) == (selection is None):
-        raise ConfigError("give either --keep (and calibration) or --selection (an earlier selection to reuse)")
+    budget = budget_of(cfg.budget_gb, cfg.keep_params)
+    if (cfg.keep is None and budget is None) == (selection is None):
+        raise ConfigError(
+            "give either --keep, --budget-gb or --keep-params (and calibration), or --selection (an earlier "
+            "selection to reuse)"
+        )
     check_output_dir(out_dir)
     with CheckpointReader(checkpoint) as reader:
         layers = moe_layers(reader.config, where=str(checkpoint))
@@ -120,8 +140,13 @@ def select_subset(
                 return kept
 
             return _write_subset(out_dir, reader, layers, [len(k) for k in kept], how, max_shard_bytes, extract)
-        keep = KeepSpec.parse(cfg.keep)
-        num_keep = keep.resolve([layer.num_routed for layer in layers])
+        if budget is None:
+            keep = KeepSpec.parse(cfg.keep)
+            num_keep = keep.resolve([layer.num_routed for layer in layers])
+        else:
+            size = subset_size(reader, layers, budget.unit)
+            floor = [reader.config.moe.top_k_in_layer(layer.index) for layer in layers]
+            check_budget(floor, size, budget)  # before the calibration pass, not after it
         if not method.needs_calibration:
             calibration = None
         else:
@@ -145,8 +170,13 @@ def select_subset(
             reader, calibration.batches if calibration else [], method, seed=cfg.seed, progress=progress,
             where=str(checkpoint),
         )
+        if budget is not None:
+            num_keep = fit_counts(selector.budget_shares(), floor, size, budget)
+            keep = KeepSpec(per_layer=tuple(num_keep))
         how = {"method": str(method), "keep": keep.label(), "seed": cfg.seed,
                "calibration": calibration.info if calibration else None}
+        if budget is not None:
+            how["budget"] = {"unit": str(budget.unit), "limit": budget.limit, "used": size(num_keep)}
         if calibration and cfg.router_profile:
             how["router_profile"] = [mass_E.tolist() for mass_E in selector.profile()]
         return _write_subset(
@@ -155,7 +185,7 @@ def select_subset(
         )
 
 
-_HOW = ("method", "keep", "seed", "calibration", "router_profile")
+_HOW = ("method", "keep", "budget", "seed", "calibration", "router_profile")
 """The fields of a selection record that say how its experts were chosen, and on what."""
 
 
@@ -184,17 +214,24 @@ def _write_subset(
     return record
 
 
-def subset_bytes(reader: CheckpointReader, layers: list[MoELayer], num_keep: list[int]) -> int:
+def subset_bytes(source: WeightSource, layers: list[MoELayer], num_keep: list[int]) -> int:
     """Bytes of the tensors of a subset keeping `num_keep` routed experts per MoE layer."""
     # How many rows a tensor keeps depends on how many experts are kept, not on which.
     some_kept = [(layer, list(range(n))) for layer, n in zip(layers, num_keep)]
     total = 0
-    for name in reader.names():
-        shape = reader.shape(name)
+    for name in source.names():
+        shape = source.shape(name)
         layer, kept = next(((l, k) for l, k in some_kept if name.startswith(l.prefix)), (None, None))
         num_rows = shape[0] if layer is None else len(kept_rows(layer, kept, name, shape))
-        total += num_rows * torch.Size(shape[1:]).numel() * reader.dtype(name).itemsize
+        total += num_rows * torch.Size(shape[1:]).numel() * source.dtype(name).itemsize
     return total
+
+
+def subset_size(source: WeightSource, layers: list[MoELayer], unit: BudgetUnit) -> SubsetSize:
+    """The size in `unit` of a subset of `source`, given its routed experts per MoE layer."""
+    if unit is BudgetUnit.BYTES:
+        return lambda num_keep: subset_bytes(source, layers, num_keep)
+    return lambda num_keep: subset_config(source.config, layers, num_keep).num_params()[0]
 
 
 def check_free_space(out_dir: str | Path, needed: int) -> None:
@@ -204,13 +241,9 @@ def check_free_space(out_dir: str | Path, needed: int) -> None:
     free = shutil.disk_usage(existing).free
     if free < needed + _SPACE_MARGIN_BYTES:
         raise DataError(
-            f"{out_dir}: the subset needs {_size(needed + _SPACE_MARGIN_BYTES)} of free disk, "
-            f"only {_size(free)} is free there"
+            f"{out_dir}: the subset needs {show_bytes(needed + _SPACE_MARGIN_BYTES)} of free disk, "
+            f"only {show_bytes(free)} is free there"
         )
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def selection_record(
