@@ -241,6 +241,17 @@ ERRORS = {
                       "--out", s(t / "sub")],
         r"keep 'lots': expected a count \(8\), a fraction \(0\.25\) or per-layer counts \(8,8,4,4\)$",
     ),
+    "select-budget-below-the-smallest-subset": (
+        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--data", s(STORE), "--calib", "code", "--budget-gb",
+                      "0.00001", "--out", s(t / "sub")],
+        r"budget_gb 1e-05: the smallest subset \(the top-k routed experts in every layer, the shared experts and "
+        r"everything outside the experts\) takes 0\.2 MB \(238,976 bytes\)$",
+    ),
+    "select-keep-and-budget": (
+        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--data", s(STORE), "--calib", "code", "--keep", "2",
+                      "--budget-gb", "1", "--out", s(t / "sub")],
+        r"keep and budget_gb: give one of them$",
+    ),
     "finetune-negative-lr": (
         lambda e, t: ["finetune", "--checkpoint", s(e["subset"]), "--data", s(STORE), "--lr", "-1", "--out", s(t / "ft")],
         r"lr > 0, num_epochs > 0, max_steps >= 0 and warmup_fraction in \[0, 1\) expected, got -1\.0, ",

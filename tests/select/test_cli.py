@@ -40,6 +40,17 @@ def test_select_from_a_text_file(tmp_path, checkpoint_dir, store_dir):
     assert [len(k) for k in record["kept_experts"]] == [3, 1] and record["calibration"]["source"] == "files"
 
 
+def test_select_to_a_byte_budget(tmp_path, checkpoint_dir, store_dir, capsys):
+    out = tmp_path / "sub"
+    assert main(["select", "--checkpoint", str(checkpoint_dir), "--data", str(store_dir), "--calib", "code",
+                 "--budget-gb", "0.0002", "--method", "global", "--seq-len", "32", "--out", str(out),
+                 "--no-progress"]) == 0
+    record = json.loads((out / SELECTION_FILE).read_text())
+    used = record["budget"]["used"]
+    assert record["budget"]["limit"] == 200_000 and used <= 200_000
+    assert f"{used:,} of the budget's 200,000 bytes" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -48,6 +59,8 @@ def test_select_from_a_text_file(tmp_path, checkpoint_dir, store_dir):
         (["--calib", "code", "--keep", "zero"], "expected a count"),
         (["--calib", "poetry", "--keep", "2"], "no domain 'poetry'"),
         (["--keep", "2"], "needs --calib"),
+        (["--calib", "code", "--keep", "2", "--keep-params", "9000"], "keep and keep_params: give one of them"),
+        (["--calib", "code", "--budget-gb", "0.00001"], "budget_gb 1e-05: the smallest subset"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, checkpoint_dir, store_dir, capsys, extra, message):

@@ -206,3 +206,32 @@ def test_layerwise_measures_layer_zero_once_for_several_counts(tiny, batches):
         "layers.1.moe.router.gate.weight"
     ]
     assert again == first
+
+
+@pytest.mark.parametrize("method", [m for m in SelectMethod if m is not SelectMethod.RANDOM])
+def test_budget_shares_are_the_scores_as_shares_of_their_layer(tiny, batches, method):
+    model, cfg = tiny
+    selector = _selector(tiny, batches, method)
+    shares = selector.budget_shares()
+    for layer, shares_E in zip(moe_layers(cfg), shares):
+        if method in (SelectMethod.LAYERWISE, SelectMethod.GLOBAL):  # the unpruned router mass, a share already
+            expected_E = _mean_router_probs(model, batches, layer.index).double()
+        else:
+            scores_E = selector.scores()[moe_layers(cfg).index(layer)]
+            expected_E = scores_E / sum(scores_E.tolist())
+        torch.testing.assert_close(shares_E, expected_E, rtol=1e-5, atol=1e-7)
+
+
+def test_random_budget_shares_rank_every_layer_alike(tiny):
+    shares = _selector(tiny, [], SelectMethod.RANDOM).budget_shares()
+    by_rank = [sorted(shares_E.tolist(), reverse=True) for shares_E in shares]
+    assert by_rank[0] == by_rank[1] == [(7 - r) / 28 for r in range(7)]
+
+
+def test_a_profile_measured_elsewhere_is_used_as_it_is(tiny, batches):
+    model, cfg = tiny
+    source = RecordingWeights(model, cfg)
+    profile = _selector(tiny, batches, SelectMethod.GLOBAL).profile()
+    selector = ExpertSelector(source, batches, SelectMethod.LAYERWISE)
+    selector.use_profile(profile)
+    assert selector.profile() is profile and source.reads == []
