@@ -86,7 +86,8 @@ def architecture(cfg: ModelConfig) -> Architecture:
     refusals = [
         ("moe.router.bias_update_rate", router.bias_update_rate > 0, "llama.cpp has no expert selection bias"),
         ("moe.num_experts_per_layer", len({moe.experts_in_layer(i) for i in range(cfg.num_layers)}) > 1,
-         "llama.cpp has one expert count for every layer (select with one --keep for every layer)"),
+         "llama.cpp has one expert count for every layer (select with one --keep count or fraction, not "
+         "per-layer counts, --budget-gb or --keep-params)"),
         ("moe.num_experts", moe.routed_in_layer(0) == 0, "llama.cpp's MoE architectures need routed experts"),
     ]
     for field, refused, why in refusals:
