@@ -4,7 +4,7 @@ import math
 import pytest
 
 from emomoe.analyze.sweep_results import RESULTS_FILE
-from emomoe.checkpoint import load_for_inference
+from emomoe.checkpoint import CheckpointReader, load_for_inference
 from emomoe.checkpoint.selection import read_selection
 from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.loss import evaluate_checkpoint
@@ -23,7 +23,9 @@ SETTINGS = dict(
 
 @pytest.fixture(scope="module")
 def sweep(checkpoint_dir, store_dir):
-    cfg = SweepConfig(keep=[0.5, 0.25], methods=["layerwise", "reap"], compare_keep=[0.25], **SETTINGS)
+    cfg = SweepConfig(
+        keep=[0.5, 0.25], methods=["layerwise", "reap"], compare_keep=[0.25], equal_bytes=[0.5], **SETTINGS
+    )
     return run_sweep({"a": checkpoint_dir}, store_dir, cfg, progress=False)
 
 
@@ -62,6 +64,25 @@ def test_subset_loss_matches_the_standalone_pipeline(sweep, checkpoint_dir, stor
     )
     loss = evaluated["domains"]["legal"]["loss"]
     assert math.isclose(sweep["loss"][method]["a"]["0.25"]["legal"], loss, rel_tol=1e-5)
+
+
+def test_equal_bytes_subsets_are_selects_budget_subsets_at_the_uniform_subsets_bytes(
+    sweep, checkpoint_dir, store_dir, tmp_path
+):
+    calib = store_calibration(store_dir, ["legal"], num_windows=3, seq_len=32, batch_size=4)
+    select_subset(checkpoint_dir, tmp_path / "uniform", keep=KeepSpec.of_fraction(0.5), calibration=calib)
+    with CheckpointReader(tmp_path / "uniform") as reader:
+        uniform_bytes = sum(reader.get(n).numel() * reader.dtype(n).itemsize for n in reader.names())
+    cell = sweep["equal_bytes"]["layerwise"]["a"]["0.5"]
+    assert list(sweep["equal_bytes"]) == ["layerwise"] and cell["bytes"] == uniform_bytes
+    record = select_subset(checkpoint_dir, tmp_path / "ranked", budget_gb=cell["bytes"] / 1e9, calibration=calib)
+    assert record["kept_experts"] == cell["kept_experts"]["legal"]
+    assert sum(len(k) for k in record["kept_experts"]) == 8 and record["budget"]["used"] == uniform_bytes
+    evaluated = evaluate_checkpoint(
+        tmp_path / "ranked", store_dir, domains=["legal"], seq_len=32, batch_size=4, num_eval_windows=3
+    )
+    assert math.isclose(cell["loss"]["legal"], evaluated["domains"]["legal"]["loss"], rel_tol=1e-5)
+    assert set(cell["loss"]) == set(cell["kept_experts"]) == {"code", "legal", "math"}
 
 
 def test_auto_selection_is_scored_per_model_and_prompt_length(sweep):
@@ -117,6 +138,10 @@ def test_bad_settings_are_refused(checkpoint_dir, store_dir):
         SweepConfig.from_dict({"methods": ["reap", "reap"]})
     with pytest.raises(ConfigError, match="auto_eval_tokens, auto_eval_docs: expected positive integers, got \\[0\\]"):
         SweepConfig.from_dict({"auto_eval_tokens": [0]})
+    with pytest.raises(ConfigError, match=r"--equal-bytes 0.75: 0.75 not among --keep, the uniform subsets"):
+        SweepConfig.from_dict({"keep": "1.0,0.5", "equal_bytes": "0.75"})
+    with pytest.raises(ConfigError, match=r"equal_bytes 0.125: the smallest subset \(the top-k routed experts"):
+        run_sweep({"a": checkpoint_dir}, store_dir, SweepConfig(keep=[0.125], equal_bytes=[0.125], **SETTINGS))
     with pytest.raises(DataError, match="'poetry'"):
         run_sweep({"a": checkpoint_dir}, store_dir, SweepConfig(domains=["poetry"], **SETTINGS), progress=False)
     with pytest.raises(ConfigError, match="max_seq_len"):

@@ -1,5 +1,5 @@
 from emomoe.experiments.sweep_report import PLOT_FILE, write_report
-from emomoe.experiments.sweep_tables import params_table, summary_table
+from emomoe.experiments.sweep_tables import equal_bytes_line, equal_bytes_table, params_table, summary_table
 
 
 def test_report_contains_tables_plot_and_training_facts(tmp_path, sweep_results):
@@ -11,3 +11,14 @@ def test_report_contains_tables_plot_and_training_facts(tmp_path, sweep_results)
     assert f"]({PLOT_FILE})" in text and (tmp_path / PLOT_FILE).is_file()
     assert "emomoe demo --out x" in text
     assert "| emo | 10 | 1.5 |" in text
+
+
+def test_the_equal_bytes_comparison_has_a_section_when_the_sweep_made_it(tmp_path, sweep_results):
+    assert "## Equal bytes" not in write_report(tmp_path, sweep_results).read_text()
+    sweep_results["equal_bytes"] = {"layerwise": {"emo": {"0.5": {
+        "bytes": 1000, "loss": sweep_results["loss"]["layerwise"]["emo"]["0.5"],
+        "kept_experts": {d: [[0, 1]] for d in ("code", "legal", "math")},
+    }}}}
+    text = write_report(tmp_path, sweep_results).read_text()
+    assert "## Equal bytes" in text and equal_bytes_table(sweep_results) in text
+    assert equal_bytes_line(sweep_results) in text

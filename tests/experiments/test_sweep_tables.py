@@ -1,7 +1,14 @@
 import copy
 
 from emomoe.analyze.sweep_results import for_method, mean_increase
-from emomoe.experiments.sweep_tables import advantage_line, params_table, subset_loss_table, summary_table
+from emomoe.experiments.sweep_tables import (
+    advantage_line,
+    equal_bytes_line,
+    equal_bytes_table,
+    params_table,
+    subset_loss_table,
+    summary_table,
+)
 
 
 def _rows(table):
@@ -109,3 +116,32 @@ def test_no_ratio_when_the_denominator_prints_as_zero(sweep_results):
         per_keep["0.5"] = {d: per_keep["1"][d] + shift for d in per_keep["1"]}
     rows = _rows(summary_table(sweep_results))
     assert rows[0][2:] == ["-0.000", "-0.000", "n/a"]
+
+
+def _with_equal_bytes(results):
+    """`results` with per-layer-count subsets at 0.25: 0.1 better than the uniform ones on every domain
+    for emo, 0.2 worse for std; emo's keep 3 and 5 routed experts in its two layers, std's 4 and 4."""
+    results["equal_bytes"] = {"layerwise": {
+        model: {"0.25": {
+            "bytes": 2_500_000,
+            "loss": {d: v + delta for d, v in results["loss"]["layerwise"][model]["0.25"].items()},
+            "kept_experts": {d: [list(range(a)), list(range(b))] for d in ("code", "legal", "math")},
+        }}
+        for model, delta, (a, b) in (("emo", -0.1, (3, 5)), ("std", 0.2, (4, 4)))
+    }}
+    return results
+
+
+def test_equal_bytes_table_puts_the_two_subsets_of_the_same_bytes_side_by_side(sweep_results):
+    results = _with_equal_bytes(sweep_results)
+    rows = _rows(equal_bytes_table(results))
+    view = _layerwise(results)
+    emo, std = (mean_increase(view, m, "0.25") for m in ("emo", "std"))
+    assert rows == [
+        ["layerwise", "0.25", "emo", "2.50", f"{emo:+.3f}", f"{emo - 0.1:+.3f}", "-0.100", "3.0 / 5.0"],
+        ["layerwise", "0.25", "std", "2.50", f"{std:+.3f}", f"{std + 0.2:+.3f}", "+0.200", "4.0 / 4.0"],
+    ]
+    assert equal_bytes_line(results) == (
+        "Per-layer counts lose less than the same count in every layer in 1 of 2 (model, keep) cells: "
+        "not with std at 0.25."
+    )

@@ -49,7 +49,7 @@ def test_equal_shares_go_to_the_higher_rank_then_the_earlier_layer():
 
 
 def test_a_budget_below_the_smallest_subset_names_its_size():
-    with pytest.raises(ConfigError, match=r"^budget 129: the smallest subset \(the top-k routed experts in every layer"):
+    with pytest.raises(ConfigError, match=r"^budget 129: the smallest subset \(the top-k routed experts in every"):
         fit_counts(SHARES, [1, 1], size, budget(129))
 
 

@@ -96,8 +96,10 @@ def test_sweep_writes_results_report_and_plot(tmp_path, checkpoint_dir, store_di
     assert "tiny: --selection auto picks the document's domain at 16 tokens" in printed
     assert main([*args, "--keep", "1.0,0.5"]) == 2  # results are never overwritten without --force
     assert "results.json: already exists (results of an earlier sweep)" in capsys.readouterr().err
-    assert main([*args, "--keep", "1.0,0.5", "--force"]) == 0
+    assert main([*args, "--keep", "1.0,0.5", "--force", "--equal-bytes", "0.5"]) == 0
+    assert "Per-layer counts lose less than the same count in every layer in" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
+    assert set(results["equal_bytes"]["random"]["tiny"]["0.5"]["loss"]) == {"code", "math"}
     assert set(results["loss"]["random"]["tiny"]["0.5"]) == {"code", "math"}
     assert {p.name for p in out.iterdir()} == {"results.json", "report.md", "loss_vs_keep.png", "selections"}
     assert {p.name for p in (out / "selections" / "tiny" / "random" / "0.5").iterdir()} == {"code.json", "math.json"}

@@ -7,9 +7,9 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from emomoe.checkpoint import CheckpointReader, checkpoint_hash, load_model, save_model
-from emomoe.data.store import TokenStore
 from emomoe.checkpoint import writer as writer_module
 from emomoe.checkpoint.selection import SELECTION_FILE
+from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, DataError
 from emomoe.experiments.finetune import finetune_subset
 from emomoe.io import CHECKSUMS_FILE
@@ -208,7 +208,8 @@ def test_a_byte_budget_fills_up_along_one_ranking_of_every_layers_experts(tmp_pa
     left_first = [s[n] for s, n in zip(shares, counts) if n < 7]
     assert min(kept_last) >= max(left_first)
     if method == "global":
-        top = [sorted(sorted(range(7), key=lambda e: -mass_E[e])[:n]) for mass_E, n in zip(record["router_profile"], counts)]
+        profile = record["router_profile"]
+        top = [sorted(sorted(range(7), key=lambda e: -mass_E[e])[:n]) for mass_E, n in zip(profile, counts)]
         assert record["kept_experts"] == top
     again = select_subset(uneven, tmp_path / "again", selection=tmp_path / "sub")
     assert again["budget"] == record["budget"] and again["kept_experts"] == record["kept_experts"]
@@ -228,7 +229,8 @@ def test_a_parameter_budget_counts_the_subsets_parameters(tmp_path, uneven, cali
     "fields, match",
     [
         ({"budget_gb": 1e-6}, r"^budget_gb 1e-06: the smallest subset \(the top-k routed experts in every layer, "
-                              r"the shared experts and everything outside the experts\) takes 0\.2 MB \(\d{3},\d{3} bytes\)$"),
+                              r"the shared experts and everything outside the experts\) takes 0\.2 MB "
+                              r"\(\d{3},\d{3} bytes\)$"),
         ({"keep_params": 1000}, r"^keep_params 1,000: the smallest subset .* takes \d{2},\d{3} parameters$"),
         ({"keep": "2", "budget_gb": 1.0}, r"^keep and budget_gb: give one of them$"),
         ({"keep_params": -5}, r"^keep_params: expected a positive number, got -5$"),

@@ -10,13 +10,17 @@ A sweep result is the dict `emomoe.experiments.sweep.run_sweep` returns and writ
      "calibration": {domain: {what the calibration windows were}},
      "auto_selection": {model: {prompt tokens: {"accuracy": float, "per_domain": {domain: float},
                                                 "confusion": {domain: {chosen domain: count}}}}},
+     "equal_bytes": {method: {model: {keep: {"bytes": int, "loss": {domain: loss},
+                                             "kept_experts": {domain: [[routed ids kept] per MoE layer]}}}}},
      "settings": {...}}
 
 `method` is a selection method (layerwise, global, easy-ep, reap, random); `keep` is a fraction of
 each layer's routed experts spelled with `:g` ("1", "0.5", "0.25"); "1" is the full model, the
 baseline every increase is measured against (the same under every method). The functions below
 read one method's results, in the layout `for_method` gives (`loss` and `kept_experts` without the
-method level).
+method level). `equal_bytes` (only with `sweep --equal-bytes`) holds subsets of the first method
+whose per-layer counts come from one ranking of every layer's experts, each as many bytes (`bytes`,
+as written) as the subset keeping the fraction `keep` in every layer, whose loss is in `loss`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from emomoe.analyze.sweep_results import RESULTS_FILE, for_method, keeps_descend
 from emomoe.cli._models import model_names
 from emomoe.cli._options import add_config_options, config_from_args
 from emomoe.experiments.sweep import SweepConfig, run_sweep, write_sweep
+from emomoe.experiments.sweep_tables import equal_bytes_line
 from emomoe.io import check_output_dir, refuse_existing
 from emomoe.train.runtime import setup_runtime
 
@@ -17,6 +18,8 @@ EXAMPLES = """examples:
   emomoe sweep --checkpoints runs/emo/final --data runs/store --keep 1.0,0.25 --methods easy-ep reap \\
       --domains code math --out s
   emomoe sweep --checkpoints runs/demo/emo/final runs/demo/std/final --data runs/demo/store --keep 1.0 --out runs/auto
+  emomoe sweep --checkpoints runs/emo/final runs/std/final --data runs/store --keep 1.0,0.25 --equal-bytes 0.25 \\
+      --out runs/bytes
 """
 
 
@@ -30,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Writes "
         "results.json ({loss: {method: {model: {keep: {domain: loss}}}}, params: ...}), every subset as "
         "selections/MODEL/METHOD/KEEP/DOMAIN.json (for --selection), report.md (tables) and loss_vs_keep.png. "
-        "--keep 1.0 alone evaluates the full models and the auto choice only.",
+        "--keep 1.0 alone evaluates the full models and the auto choice only. --equal-bytes adds, at those "
+        "fractions, a subset of the same bytes whose per-layer counts come from one ranking of every layer's "
+        "experts (as select --budget-gb makes it).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -59,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
             means = ", ".join(f"{k}: {mean_increase(view, name, k):+.3f}" for k in keeps)
             if means:
                 print(f"{name} ({method}): mean held-out loss increase {means}")
+    if results["equal_bytes"]:
+        print(equal_bytes_line(results))
     for name, per_tokens in results["auto_selection"].items():
         accuracy = ", ".join(f"{tokens} tokens {cell['accuracy']:.3f}" for tokens, cell in per_tokens.items())
         print(f"{name}: --selection auto picks the document's domain at {accuracy}")

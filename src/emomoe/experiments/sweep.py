@@ -1,6 +1,8 @@
 """The keep-fraction sweep: for every model, domain, selection method and fraction, select on the
 domain's training documents, slice, and evaluate on its held-out documents; and how often
-`--selection auto` picks a held-out document's own domain from its first tokens.
+`--selection auto` picks a held-out document's own domain from its first tokens; and, at the fractions
+asked for, whether the bytes of a subset serve better spread evenly (the same count in every layer) or
+as one ranking of every layer's experts spreads them (`select --budget-gb`).
 
 Work is shared where the method allows: calibration and held-out windows are read once per domain
 for all models, the full model is evaluated once per (model, domain) for all methods, and scores
@@ -34,12 +36,13 @@ from emomoe.experiments.auto_selection import auto_selection_accuracy
 from emomoe.experiments.sweep_report import write_report
 from emomoe.io import atomic_path, atomic_write_text, refuse_existing
 from emomoe.model import ModelConfig
+from emomoe.select.budget import Budget, BudgetUnit, SubsetSize, check_budget, fit_counts
 from emomoe.select.calibration import NUM_CALIB_WINDOWS, store_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import ExpertSelector, SelectMethod
-from emomoe.select.routing import moe_layers
+from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import subset_config, subset_model
-from emomoe.select.subset import selection_record
+from emomoe.select.subset import selection_record, subset_size
 from emomoe.select.weight_source import ModelWeights, WeightSource
 from emomoe.train.validation import loss_by_domain
 
@@ -59,6 +62,10 @@ class SweepConfig(HeldOutConfig):
     compare_keep: str | None = None
     """Keep fractions at which the methods after the first are swept (spelled as keep); None: all
     of keep. The first method is swept at every fraction."""
+    equal_bytes: str | None = None
+    """Keep fractions (spelled as keep) at which the first method's subset, the same count in every layer,
+    is compared with one of the same bytes whose per-layer counts come from one ranking of every layer's
+    experts, as `select --budget-gb` makes them; None: no comparison."""
     num_calib_windows: int = NUM_CALIB_WINDOWS
     """Training windows per domain that the selection is computed on."""
     seed: int = 0
@@ -78,17 +85,26 @@ class SweepConfig(HeldOutConfig):
             self.keep = ",".join(str(float(k)) for k in self.keep)
         if isinstance(self.compare_keep, (list, tuple)):
             self.compare_keep = ",".join(str(float(k)) for k in self.compare_keep)
+        if isinstance(self.equal_bytes, (list, tuple)):
+            self.equal_bytes = ",".join(str(float(k)) for k in self.equal_bytes)
 
     def validate(self) -> None:
         super().validate()
         if self.num_calib_windows < 1:
             raise ConfigError(f"num_calib_windows: expected a positive integer, got {self.num_calib_windows}")
-        for name, spelled in (("keep", self.keep), ("compare-keep", self.compare_keep)):
+        spellings = (("keep", self.keep), ("compare-keep", self.compare_keep), ("equal-bytes", self.equal_bytes))
+        for name, spelled in spellings:
             if spelled is not None and any(KeepSpec.parse(k).fraction is None for k in spelled.split(",")):
                 raise ConfigError(
                     f"--{name} {spelled}: sweep keeps fractions of the routed experts, spelled with a decimal "
                     "point (1.0 for all of them, 0.25); a bare integer is a number of experts, as in select"
                 )
+        missing = set(self.equal_bytes_fractions) - set(self.subset_fractions(self.methods[0]) if self.methods else [])
+        if missing:
+            raise ConfigError(
+                f"--equal-bytes {self.equal_bytes}: {', '.join(f'{f:g}' for f in sorted(missing))} not among --keep, "
+                "the uniform subsets the per-layer counts are compared with"
+            )
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods: expected distinct selection methods, got {[str(m) for m in self.methods]}")
         if any(n < 1 for n in self.auto_eval_tokens) or self.auto_eval_docs < 1:
@@ -105,6 +121,12 @@ class SweepConfig(HeldOutConfig):
         """The fractions below 1 that `method` is swept at, largest first."""
         spelled = self.keep if method is self.methods[0] or self.compare_keep is None else self.compare_keep
         return sorted({KeepSpec.parse(k).fraction for k in spelled.split(",")} - {1.0}, reverse=True)
+
+    @property
+    def equal_bytes_fractions(self) -> list[float]:
+        """The fractions below 1 at which per-layer counts meet the same count in every layer, largest first."""
+        spelled = self.equal_bytes or ""
+        return sorted({KeepSpec.parse(k).fraction for k in spelled.split(",") if k} - {1.0}, reverse=True)
 
     @property
     def needs_calibration(self) -> bool:
@@ -132,6 +154,7 @@ def run_sweep(
             configs[name], checkpoint, vocab_size=store.vocab_size, seq_len=seq_len,
             tokenizer_hash=store.tokenizer_hash, any_tokenizer=cfg.any_tokenizer,
         )
+    equal_bytes_of = {name: _equal_bytes(path, cfg.equal_bytes_fractions) for name, path in checkpoints.items()}
     window_args = {"seq_len": seq_len, "batch_size": cfg.batch_size}
     calib = {
         d: store_calibration(store, [d], num_windows=cfg.num_calib_windows, **window_args)
@@ -151,8 +174,10 @@ def run_sweep(
     results: dict[str, Any] = {
         "loss": {m: {} for m in methods}, "kept_experts": {m: {} for m in methods}, "params": {}, "experts": {},
         "profiles": {}, "calibration": {d: c.info for d, c in calib.items()}, "auto_selection": {},
+        "equal_bytes": {methods[0]: {}} if cfg.equal_bytes_fractions else {},
     }
-    num_cells = len(checkpoints) * len(domains) * (1 + sum(len(cfg.subset_fractions(m)) for m in cfg.methods))
+    num_subsets = sum(len(cfg.subset_fractions(m)) for m in cfg.methods) + len(cfg.equal_bytes_fractions)
+    num_cells = len(checkpoints) * len(domains) * (1 + num_subsets)
     bar = tqdm(total=num_cells, desc="sweep", unit="subset", disable=not progress)
     for name, checkpoint in checkpoints.items():
         model, model_cfg = load_for_inference(checkpoint)
@@ -166,6 +191,12 @@ def run_sweep(
             results["loss"][str(method)][name] = {keep_label(f): {} for f in [1.0, *subsets]}
             results["kept_experts"][str(method)][name] = {keep_label(f): {} for f in subsets}
         profiles = results["profiles"][name] = {}
+        equal_bytes = equal_bytes_of[name]
+        if equal_bytes:
+            results["equal_bytes"][methods[0]][name] = {
+                keep_label(f): {"bytes": budget.budget.limit, "loss": {}, "kept_experts": {}}
+                for f, budget in equal_bytes.items()
+            }
         for domain in domains:
             bar.set_postfix_str(f"{name} {domain} full")
             full_loss = loss_by_domain(model, held_out[domain], store.domains)[domain].loss
@@ -175,6 +206,12 @@ def run_sweep(
                 m: ExpertSelector(source, batches if m.needs_calibration else [], m, seed=cfg.seed, where=name)
                 for m in cfg.methods
             }
+            if batches:
+                profile = _profiler(selectors, source, batches).profile()
+                profiles[domain] = [mass_E.tolist() for mass_E in profile]
+                for selector in selectors.values():
+                    if selector.method is SelectMethod.LAYERWISE:  # its budget ranking needs the profile
+                        selector.use_profile(profile)
             for method, selector in selectors.items():
                 loss = results["loss"][str(method)][name]
                 loss[FULL][domain] = full_loss
@@ -182,16 +219,20 @@ def run_sweep(
                     label = keep_label(fraction)
                     bar.set_postfix_str(f"{name} {domain} {method} keep {label}")
                     num_keep = KeepSpec.of_fraction(fraction).resolve(num_routed)
-                    state: dict[str, torch.Tensor] = {}
-                    kept = selector.write_subset(num_keep, state.__setitem__)
+                    windows = held_out[domain]
+                    kept, loss[label][domain] = _subset_loss(selector, layers, num_keep, windows, store, domain)
                     results["kept_experts"][str(method)][name][label][domain] = kept
-                    subset_cfg = subset_config(model_cfg, layers, num_keep)
-                    subset = subset_model(state, subset_cfg)
-                    loss[label][domain] = loss_by_domain(subset, held_out[domain], store.domains)[domain].loss
-                    params[label] = _params(subset_cfg)
+                    params[label] = _params(subset_config(model_cfg, layers, num_keep))
                     bar.update()
-            if batches:
-                profiles[domain] = [mass_E.tolist() for mass_E in _profiler(selectors, source, batches).profile()]
+            first = selectors[cfg.methods[0]]
+            for fraction, budget in equal_bytes.items():
+                label = keep_label(fraction)
+                bar.set_postfix_str(f"{name} {domain} {first.method} per-layer counts at the bytes of keep {label}")
+                num_keep = budget.counts(first.budget_shares())
+                cell = results["equal_bytes"][methods[0]][name][label]
+                kept, cell["loss"][domain] = _subset_loss(first, layers, num_keep, held_out[domain], store, domain)
+                cell["kept_experts"][domain] = kept
+                bar.update()
         if docs is not None:
             bar.set_postfix_str(f"{name} auto selection")
             as_tensors = {d: [torch.tensor(p) for p in profile] for d, profile in profiles.items()}
@@ -204,6 +245,46 @@ def run_sweep(
         "checkpoints": {name: str(path) for name, path in checkpoints.items()},
     }
     return results
+
+
+def _subset_loss(
+    selector: ExpertSelector, layers: list[MoELayer], num_keep: list[int], held_out: list[Batch], store: TokenStore,
+    domain: str,
+) -> tuple[list[list[int]], float]:
+    """The experts `selector` keeps at `num_keep` per layer, and the held-out loss of that subset on `domain`."""
+    state: dict[str, torch.Tensor] = {}
+    kept = selector.write_subset(num_keep, state.__setitem__)
+    subset = subset_model(state, subset_config(selector.source.config, layers, num_keep))
+    return kept, loss_by_domain(subset, held_out, store.domains)[domain].loss
+
+
+@dataclasses.dataclass
+class _EqualBytes:
+    """Per-layer counts at the bytes of a checkpoint's subset keeping the same fraction in every layer."""
+
+    budget: Budget
+    floor: list[int]
+    size: SubsetSize
+
+    def counts(self, shares: list[torch.Tensor]) -> list[int]:
+        return fit_counts(shares, self.floor, self.size, self.budget)
+
+
+def _equal_bytes(checkpoint: str | Path, fractions: list[float]) -> dict[float, _EqualBytes]:
+    """The budgets of the equal-bytes comparison at `fractions`, each checked to hold every layer's top-k."""
+    if not fractions:
+        return {}
+    with CheckpointReader(checkpoint) as reader:  # the sizes need the names, shapes and dtypes only
+        layers = moe_layers(reader.config, where=str(checkpoint))
+        floor = [reader.config.moe.top_k_in_layer(layer.index) for layer in layers]
+        size = subset_size(reader, layers, BudgetUnit.BYTES)
+        num_routed = [layer.num_routed for layer in layers]
+    budgets = {}
+    for fraction in fractions:
+        limit = size(KeepSpec.of_fraction(fraction).resolve(num_routed))
+        budgets[fraction] = _EqualBytes(Budget(limit, BudgetUnit.BYTES, f"equal_bytes {fraction:g}"), floor, size)
+        check_budget(floor, size, budgets[fraction].budget)
+    return budgets
 
 
 def _params(cfg: ModelConfig) -> dict[str, int]:

@@ -6,9 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from emomoe.errors import MissingDependency, warn
-from emomoe.experiments.sweep_plot import plot_loss_increase
 from emomoe.experiments.auto_selection import auto_selection_table
-from emomoe.experiments.sweep_tables import advantage_line, params_table, subset_loss_table, summary_table
+from emomoe.experiments.sweep_plot import plot_loss_increase
+from emomoe.experiments.sweep_tables import (
+    advantage_line,
+    equal_bytes_line,
+    equal_bytes_table,
+    params_table,
+    subset_loss_table,
+    summary_table,
+)
 from emomoe.io import atomic_write_text
 from emomoe.tables import markdown_table
 
@@ -53,6 +60,8 @@ def write_report(
         "## Per-domain held-out loss (increase over the full model)\n\n" + subset_loss_table(results),
         "## Parameters of the subsets\n\n" + params_table(results),
     ]
+    if results.get("equal_bytes"):
+        sections.append(_equal_bytes_section(results))
     if results.get("auto_selection"):
         sections.append(_auto_selection_section(results))
     if training:
@@ -60,6 +69,17 @@ def write_report(
     path = out_dir / REPORT_FILE
     atomic_write_text(path, "\n\n".join(sections) + "\n")
     return path
+
+
+def _equal_bytes_section(results: dict[str, Any]) -> str:
+    return (
+        "## Equal bytes: the same count in every layer, or per-layer counts from one ranking\n\n"
+        "Mean held-out loss increase over the full model of two subsets of the same bytes, per domain "
+        "chosen on its training documents: one keeps the fraction `keep` of every layer's routed experts, "
+        "the other keeps every layer's top-k and then the experts of all layers in the order of their "
+        "share of their layer's score, until the bytes are spent (`emomoe select --budget-gb`).\n\n"
+        + equal_bytes_table(results) + "\n\n" + equal_bytes_line(results)
+    )
 
 
 def _auto_selection_section(results: dict[str, Any]) -> str:

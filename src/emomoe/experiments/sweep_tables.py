@@ -1,9 +1,11 @@
 """Markdown tables of a sweep: per-domain losses, mean increases per selection method, whether the
-first model's advantage holds under every method, and subset sizes."""
+first model's advantage holds under every method, subset sizes, and the same bytes spent evenly or by
+one ranking of every layer's experts."""
 
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from emomoe.analyze.sweep_results import (
@@ -113,3 +115,46 @@ def params_table(results: dict[str, Any]) -> str:
             share = f"{counts['total'] / full_total:.1%}" if full_total else "n/a"
             rows.append([model, keep, f"{counts['total']:,}", f"{counts['active']:,}", share])
     return markdown_table(["model", "keep", "total params", "active params", "of full"], rows)
+
+
+def equal_bytes_table(results: dict[str, Any]) -> str:
+    """Per (method, keep, model): the mean loss increase of the subset keeping the same count in every
+    layer and of the one of the same bytes with per-layer counts from one ranking, and those counts."""
+    rows = []
+    for method, per_model in results["equal_bytes"].items():
+        for model, per_keep in per_model.items():
+            for keep, cell in per_keep.items():
+                uniform, ranked = _equal_bytes_increases(results, method, model, keep)
+                counts = [statistics.fmean(len(k[i]) for k in cell["kept_experts"].values())
+                          for i in range(len(next(iter(cell["kept_experts"].values()))))]
+                rows.append([
+                    method, keep, model, f"{cell['bytes'] / 1e6:.2f}", _signed(uniform), _signed(ranked),
+                    _signed(ranked - uniform), " / ".join(f"{n:.1f}" for n in counts),
+                ])
+    header = ["method", "keep", "model", "MB", "same count per layer", "per-layer counts", "difference",
+              "routed kept per layer (mean over domains)"]
+    return markdown_table(header, rows)
+
+
+def equal_bytes_line(results: dict[str, Any]) -> str:
+    """In how many (model, keep) cells per-layer counts lose less than the same count in every layer."""
+    cells = [
+        (model, keep, *_equal_bytes_increases(results, method, model, keep))
+        for method, per_model in results["equal_bytes"].items()
+        for model, per_keep in per_model.items()
+        for keep in per_keep
+    ]
+    worse = [f"{model} at {keep}" for model, keep, uniform, ranked in cells if not ranked < uniform]
+    verdict = "in every cell" if not worse else f"not with {', '.join(worse)}"
+    return (
+        f"Per-layer counts lose less than the same count in every layer in {len(cells) - len(worse)} of "
+        f"{len(cells)} (model, keep) cells: {verdict}."
+    )
+
+
+def _equal_bytes_increases(results: dict[str, Any], method: str, model: str, keep: str) -> tuple[float, float]:
+    """Mean loss increase over the full model of the uniform subset at `keep` and of its equal-bytes twin."""
+    view = for_method(results, method)
+    ranked = results["equal_bytes"][method][model][keep]["loss"]
+    ranked_view = {"loss": {model: {FULL: view["loss"][model][FULL], keep: ranked}}}
+    return mean_increase(view, model, keep), mean_increase(ranked_view, model, keep)
