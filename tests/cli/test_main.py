@@ -1,6 +1,6 @@
 import argparse
-import importlib.metadata
 import re
+import importlib.metadata
 import subprocess
 import sys
 

@@ -11,12 +11,7 @@ from hypothesis import strategies as st
 from emomoe.model.config import LBScope, LossConfig, RouterConfig
 from emomoe.model.docs import Segments
 from emomoe.model.losses import (
-    IGNORE_INDEX,
-    compute_loss,
-    cross_entropy_and_logit_z,
-    lm_head_loss,
-    load_balancing_loss,
-    router_z_loss,
+    IGNORE_INDEX, compute_loss, cross_entropy_and_logit_z, lm_head_loss, load_balancing_loss, router_z_loss,
 )
 from emomoe.model.router import Router
 from emomoe.model.transformer import ModelOutput

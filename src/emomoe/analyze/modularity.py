@@ -26,7 +26,6 @@ from emomoe.analyze.clusters import (
 from emomoe.analyze.collect import Documents, RoutedLayer
 from emomoe.analyze.pieces import Decoder, document_pieces, token_label
 
-
 def layer_summary(routed: RoutedLayer, docs: Documents) -> dict[str, Any]:
     """The per-layer numbers: domain maps, similarities, coverage and top-1 expert information.
 

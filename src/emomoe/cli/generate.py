@@ -12,9 +12,9 @@ from emomoe.checkpoint.selection import load_selections
 from emomoe.cli._options import add_config_options, config_from_args
 from emomoe.data.prompts import read_prompts
 from emomoe.errors import ConfigError
+from emomoe.train.provenance import load_with_tokenizer
 from emomoe.generate import GenerateConfig, generate_text
 from emomoe.io import atomic_write_text
-from emomoe.train.provenance import load_with_tokenizer
 from emomoe.train.runtime import setup_runtime
 
 EXAMPLES = """examples:

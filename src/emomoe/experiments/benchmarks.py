@@ -23,8 +23,8 @@ from emomoe.evaluate.continuation import (
     NUM_ITEMS,
     write_continuation_tasks,
 )
-from emomoe.tables import markdown_table
 from emomoe.train.provenance import run_store
+from emomoe.tables import markdown_table
 
 OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 _STDERR_SUFFIX = "_stderr"

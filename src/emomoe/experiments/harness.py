@@ -38,9 +38,9 @@ from emomoe.checkpoint.selection import AUTO_TOKENS, SelectionConfig, load_selec
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
 from emomoe.data.windows import BATCH_SIZE
 from emomoe.errors import ConfigError
+from emomoe.train.provenance import checkpoint_tokenizer
 from emomoe.generate import GenerationConfig, generate_text
 from emomoe.model.selection import Selections
-from emomoe.train.provenance import checkpoint_tokenizer
 
 MODEL_NAME = "emomoe"
 DEFAULT_MAX_GEN_TOKS = 256
