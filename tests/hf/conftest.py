@@ -94,6 +94,38 @@ def write_emo_dir(directory: Path, tokenizer_dir: Path | None, *, seed: int = 0,
     return directory
 
 
+def dense_config(**fields) -> dict:
+    """config.json of a tiny model of the EMO release's dense baseline (`Olmo2NoQKNormPrenormConfig`, an
+    `Olmo2Config` with its own model_type), with the fields that class writes."""
+    config = {
+        "architectures": ["Olmo2NoQKNormPrenormForCausalLM"], "model_type": "olmo2_noqknorm_prenorm",
+        "auto_map": {"AutoConfig": "configuration_olmo2_noqknorm_prenorm.Olmo2NoQKNormPrenormConfig",
+                     "AutoModelForCausalLM": "modeling_olmo2_noqknorm_prenorm.Olmo2NoQKNormPrenormForCausalLM"},
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "hidden_act": "silu", "max_position_embeddings": 4096,
+        "initializer_range": 0.02, "rms_norm_eps": 1e-6, "use_cache": True, "pad_token_id": EOS, "bos_token_id": None,
+        "eos_token_id": EOS, "tie_word_embeddings": False, "rope_theta": 500000.0, "rope_scaling": None,
+        "attention_bias": False, "attention_dropout": 0.0, "torch_dtype": "float32",
+    }
+    config.update(fields)
+    return config
+
+
+def write_dense_dir(directory: Path, tokenizer_dir: Path | None, *, seed: int = 0, **fields) -> Path:
+    """A HF directory of the dense baseline: config.json, model.safetensors, tokenizer files; returns it.
+    Its tensors are EMO's dense-layer names: `emo_state` of an EMO config whose every layer is dense."""
+    config = dense_config(**fields)
+    as_emo = {**config, "num_experts_per_layer": [0] * config["num_hidden_layers"],
+              "dense_intermediate_size": config["intermediate_size"]}
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(emo_state(as_emo, seed), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer_dir is not None:
+        for f in tokenizer_dir.iterdir():
+            (directory / f.name).write_bytes(f.read_bytes())
+    return directory
+
+
 def save_transformers_model(directory: Path, model_type: str, seed: int = 0, **fields):
     """A random OlmoeForCausalLM / MixtralForCausalLM saved with save_pretrained; returns the model."""
     import transformers

@@ -1,5 +1,7 @@
 """A slow, literal forward pass of the HF layouts, written from the official modeling files'
-semantics (not from emomoe's code): float64, one position at a time, one expert at a time.
+semantics (not from emomoe's code): float64, one position at a time, one expert at a time. The EMO
+release's dense baseline (`modeling_olmo2_noqknorm_prenorm.py`) is OLMo-2 with its QK-norm removed
+and its norms moved before attention and the MLP: EMO's dense layer in every block.
 
 It is the independent reference the EMO tests compare against (transformers' own classes are the
 reference for OLMoE and Mixtral, and `test_reference_matches_transformers` checks this one against
@@ -13,6 +15,7 @@ import torch
 NAMES = {
     # model_type: (attention norm, feed-forward norm, MoE module, expert projections gate/up/down)
     "emo": ("pre_attention_layernorm", "pre_feedforward_layernorm", "mlp", ("gate_proj", "up_proj", "down_proj")),
+    "olmo2_noqknorm_prenorm": ("pre_attention_layernorm", "pre_feedforward_layernorm", "mlp", ()),
     "olmoe": ("input_layernorm", "post_attention_layernorm", "mlp", ("gate_proj", "up_proj", "down_proj")),
     "mixtral": ("input_layernorm", "post_attention_layernorm", "block_sparse_moe", ("w1", "w3", "w2")),
 }
@@ -50,6 +53,8 @@ def reference_logits(state: dict[str, torch.Tensor], config: dict, ids: list[int
     shared = config.get("num_shared_experts", 0)
     num_experts = config.get("num_experts", config.get("num_local_experts"))
     per_layer = config.get("num_experts_per_layer") or [num_experts] * config["num_hidden_layers"]
+    if model_type == "olmo2_noqknorm_prenorm":  # the dense baseline: one SwiGLU MLP in every layer
+        per_layer = [0] * config["num_hidden_layers"]
     renormalize = config.get("norm_topk_prob", model_type == "mixtral")
     xs = [w["model.embed_tokens.weight"][i] for i in ids]
     for layer in range(config["num_hidden_layers"]):
@@ -73,7 +78,7 @@ def reference_logits(state: dict[str, torch.Tensor], config: dict, ids: list[int
         xs = []
         for x in outs:
             h = rms_norm(x, w[f"{p}.{ffn_norm}.weight"], eps)
-            if per_layer[layer] == 0:  # EMO's dense layer
+            if per_layer[layer] == 0:  # EMO's dense layer, or the dense baseline's MLP
                 y = swiglu(h, *(w[f"{p}.mlp.{n}.weight"] for n in ("gate_proj", "up_proj", "down_proj")))
             else:
                 expert = lambda j: swiglu(h, *(w[f"{p}.{moe_module}.experts.{j}.{n}.weight"] for n in projections))  # noqa: E731

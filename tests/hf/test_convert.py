@@ -11,7 +11,7 @@ from emomoe.hf.convert import export_hf, import_hf
 from emomoe.model import ModelConfig, build_model
 from emomoe.select.keep import KeepSpec
 from emomoe.select.subset import select_subset
-from tests.hf.conftest import input_ids, save_transformers_model, write_emo_dir
+from tests.hf.conftest import input_ids, save_transformers_model, write_dense_dir, write_emo_dir
 from tests.hf.reference import reference_logits
 
 
@@ -70,6 +70,31 @@ def test_an_imported_emo_model_gives_the_reference_logits(tmp_path, tokenizer_di
         state = {k: f.get_tensor(k) for k in f.keys()}
     expected = reference_logits(state, json.loads((source / "config.json").read_text()), ids_BS[0].tolist())
     torch.testing.assert_close(_logits(tmp_path / "ours", ids_BS)[0].double(), expected, rtol=0, atol=1e-5)
+
+
+def test_the_dense_baseline_imports_with_the_reference_logits_and_exports_as_dense_emo(tmp_path, tokenizer_dir):
+    source = write_dense_dir(tmp_path / "hf", tokenizer_dir)
+    import_hf(source, tmp_path / "ours")
+    cfg = load_config(tmp_path / "ours")
+    assert (cfg.moe.num_experts, cfg.moe.top_k, cfg.moe.expert_hidden_size, cfg.qk_norm) == (1, 0, 48, False)
+    ids_BS = input_ids(batch=1, seq=8)
+    with safe_open(str(source / "model.safetensors"), "pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    expected = reference_logits(state, json.loads((source / "config.json").read_text()), ids_BS[0].tolist())
+    torch.testing.assert_close(_logits(tmp_path / "ours", ids_BS)[0].double(), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_logits(source, ids_BS)[0].double(), expected, rtol=0, atol=1e-5)  # read as it is
+    export_hf(tmp_path / "ours", tmp_path / "emo")
+    config = json.loads((tmp_path / "emo" / "config.json").read_text())
+    assert config["num_experts_per_layer"] == [0, 0, 0] and config["dense_intermediate_size"] == 48
+    exported = _tensors(tmp_path / "emo")
+    assert sorted(exported) == sorted(state) and all(torch.equal(exported[k], state[k]) for k in state)
+    torch.testing.assert_close(_transformers_logits(tmp_path / "emo", ids_BS)[0].double(), expected, rtol=0, atol=1e-5)
+
+
+def test_a_field_the_dense_baseline_leaves_out_takes_its_classs_default(tmp_path):
+    source = write_dense_dir(tmp_path / "hf", None, rms_norm_eps=None, rope_theta=None)
+    cfg = load_config(source)
+    assert (cfg.norm_eps, cfg.rope_theta) == (1e-5, 10000.0)  # Olmo2Config's defaults
 
 
 def test_an_imported_olmoe_model_gives_transformers_logits_and_selects(tmp_path):

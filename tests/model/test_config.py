@@ -1,12 +1,13 @@
 import re
 
 import pytest
+import torch
 
 from emomoe import ModelConfig, build_model
 from emomoe.errors import ConfigError
 from emomoe.model.config import parse_pool
 
-PRESETS = ["tiny", "small", "emo-1b14b", "std-1b14b", "dense-1b"]
+PRESETS = ["tiny", "small", "emo-1b14b", "std-1b14b", "std-1b4b", "dense-1b"]
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -26,6 +27,21 @@ def test_paper_architecture_matches_the_spec():
     # Spec section 2.1: ~13.57B total, ~1.08B active without embeddings.
     assert 13.5e9 < total < 13.65e9
     assert 1.05e9 < emo.num_params(embeddings=False)[1] < 1.1e9 < active
+
+
+def test_reg_moe_at_32_builds_on_the_meta_device_with_its_3_9b_parameters():
+    cfg = ModelConfig.preset("std-1b4b")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    # Spec sections 2.1 and 2.2, counted by hand: 16 layers of 32 SwiGLU experts (2048 -> 1024 -> 2048),
+    # attention (4 projections of 2048 x 2048), a router of 32 rows and two norms; the final norm; the
+    # untied embedding and LM head over 100,352 tokens.
+    layer = 32 * 3 * 2048 * 1024 + 4 * 2048 * 2048 + 32 * 2048 + 2 * 2048
+    expected = 16 * layer + 2048 + 2 * 100_352 * 2048
+    assert expected == 3_901_818_880
+    assert sum(p.numel() for p in model.parameters()) == expected == cfg.num_params()[0]
+    assert (cfg.moe.num_experts, cfg.moe.router.num_shared_experts, cfg.moe.top_k, cfg.moe.router.pool) == (32, 1, 7, "off")
+    assert cfg.with_overrides(["moe.num_experts=128"]) == ModelConfig.preset("std-1b14b")
 
 
 @pytest.mark.parametrize("overrides", [[], ["qk_norm=true", "num_kv_heads=2"], ["moe.num_experts_per_layer=[3, 8]"]])

@@ -5,7 +5,7 @@ from emomoe.errors import ConfigError
 from emomoe.model import ModelConfig
 from emomoe.train.config import RunConfig, TrainConfig
 
-CONFIGS = ["demo-emo.yaml", "demo-std.yaml", "emo-1b14b.yaml", "std-1b14b.yaml"]
+CONFIGS = ["demo-emo.yaml", "demo-std.yaml", "emo-1b14b.yaml", "std-1b14b.yaml", "std-1b4b.yaml"]
 
 
 def test_preset_with_nested_overrides():
@@ -78,6 +78,16 @@ def test_paper_recipe_matches_the_spec(request):
     assert (emo.model.moe.router.pool, emo.model.moe.router.eval_pool) == ("8..128", "32")
     assert std.model.moe.router.pool == "off"
     assert std.train == emo.train and std.data == emo.data
+
+
+def test_reg_moe_at_32_is_the_standard_recipe_with_32_experts_for_130b_tokens(request):
+    configs = request.config.rootpath / "configs"
+    std = RunConfig.from_yaml(configs / "std-1b14b.yaml")
+    small = RunConfig.from_yaml(configs / "std-1b4b.yaml")
+    assert small.model.moe.num_experts == 32 and small.train.max_steps == 30995
+    assert small.with_overrides(["model.moe.num_experts=128", "train.max_steps=238419"]) == std
+    tokens = small.train.max_steps * small.data.batch_size * small.train.num_micro_batches * 128 * small.data.seq_len
+    assert 129e9 < tokens < 131e9
 
 
 def test_train_config_rejects_nonsense():

@@ -21,16 +21,18 @@ then, in Python (transformers only):
 def register(subparsers: argparse._SubParsersAction) -> None:
     hf = subparsers.add_parser(
         "hf",
-        help="import a Hugging Face checkpoint (EMO, OLMoE, Mixtral) or export ours in the EMO layout",
+        help="import a Hugging Face checkpoint (EMO and its dense baseline, OLMoE, Mixtral) or export ours in "
+        "the EMO layout",
         description="Convert between Hugging Face checkpoint directories and emomoe checkpoints. Every verb "
-        "that takes --checkpoint also reads a HF EMO, OLMoE or Mixtral directory as it is.",
+        "that takes --checkpoint also reads a HF EMO, OLMoE or Mixtral directory, or the EMO release's dense baseline "
+        "(olmo2_noqknorm_prenorm), as it is.",
         epilog=IMPORT_EXAMPLE + EXPORT_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = hf.add_subparsers(dest="action", required=True, metavar="ACTION")
     imp = actions.add_parser(
         "import",
-        help="write a HF EMO / OLMoE / Mixtral directory as an emomoe checkpoint",
+        help="write a HF EMO / dense EMO baseline / OLMoE / Mixtral directory as an emomoe checkpoint",
         description="Read a HF checkpoint directory (config.json, safetensors, tokenizer files) and write an "
         "emomoe checkpoint in the stored dtype. The model routes without a document pool and attends "
         "causally over the whole input, as in transformers; the tokenizer files and config.json come along "

@@ -1,5 +1,6 @@
-"""Hugging Face interop: read HF checkpoints (EMO, OLMoE, Mixtral) as they are, import them, and
-export our models and subsets in the official EMO layout with our own transformers model files.
+"""Hugging Face interop: read HF checkpoints (EMO and its dense baseline, OLMoE, Mixtral) as they
+are, import them, and export our models and subsets in the official EMO layout with our own
+transformers model files.
 
 - `layouts`: where each of our tensors lives in each HF layout;
 - `config_json`: `config.json` <-> our `ModelConfig`;

@@ -7,7 +7,10 @@ What an imported model becomes:
   transformers;
 - EMO's `num_experts` and `num_experts_per_tok` count the shared experts (the last ones of every
   layer), so our `top_k` (routed experts per token) is `num_experts_per_tok - num_shared_experts`;
-- a dense EMO layer (`num_experts_per_layer[i] == 0`) is one shared expert without a gate.
+- a dense EMO layer (`num_experts_per_layer[i] == 0`) is one shared expert without a gate, and so
+  is every layer of the EMO release's dense baseline (`olmo2_noqknorm_prenorm`);
+- a field left out takes the default of the layout's config class (`rms_norm_eps` is 1e-6 for EMO,
+  1e-5 for the others).
 
 Writing produces the EMO `config.json` with the same fields and meanings, plus `auto_map` to our
 own model files and, only when on, emomoe's `qk_norm`.
@@ -25,7 +28,9 @@ from emomoe.model.config import ModelConfig, MoEConfig, RouterConfig
 
 CONFIG_JSON = "config.json"
 AUTO_MAP = {"AutoConfig": "configuration_emo.EmoConfig", "AutoModelForCausalLM": "modeling_emo.EmoForCausalLM"}
-DEFAULT_ROPE_THETA = {"emo": 500000.0, "olmoe": 10000.0, "mixtral": 1000000.0}
+DEFAULT_ROPE_THETA = {"emo": 500000.0, "olmo2_noqknorm_prenorm": 10000.0, "olmoe": 10000.0, "mixtral": 1000000.0}
+DEFAULT_RMS_NORM_EPS = {"emo": 1e-6, "olmo2_noqknorm_prenorm": 1e-5, "olmoe": 1e-5, "mixtral": 1e-5}
+"""What each config class uses when its config.json leaves a field out."""
 DEFAULT_MAX_POSITIONS = 4096
 """The EMO converter writes `max_position_embeddings: -1`; 4096 is the class default and the context trained on."""
 _REQUIRED = object()
@@ -93,7 +98,7 @@ def model_config(data: dict[str, Any], path: Path) -> ModelConfig:
     cfg = ModelConfig(
         vocab_size=vocab, d_model=hidden, num_layers=layers, num_heads=heads,
         num_kv_heads=kv_heads if kv_heads != heads else None, qk_norm=qk_norm, rope_theta=float(theta),
-        norm_eps=float(f.get("rms_norm_eps", (int, float), 1e-6)),
+        norm_eps=float(f.get("rms_norm_eps", (int, float), DEFAULT_RMS_NORM_EPS[model_type])),
         max_seq_len=max_positions if max_positions > 0 else DEFAULT_MAX_POSITIONS,
         doc_attention_mask=False, eos_id=eos if isinstance(eos, int) else None,
         init_std=float(f.get("initializer_range", (int, float), 0.02)), moe=moe,
@@ -156,6 +161,12 @@ def _emo_layers(f: _Fields, layers: int, num_experts: int, shared: int) -> tuple
     return (None if all(n == num_experts for n in ours) else ours), hidden
 
 
+def _dense_moe(f: _Fields, layers: int) -> tuple[MoEConfig, bool]:
+    # Every block's MLP is one SwiGLU: for us one always-on expert without a router, as in `dense-1b`.
+    moe = MoEConfig(num_experts=1, top_k=0, expert_hidden_size=f.get("intermediate_size", int))
+    return moe, False
+
+
 def _olmoe_moe(f: _Fields, layers: int) -> tuple[MoEConfig, bool]:
     f.refuse("clip_qkv", f.get("clip_qkv", (int, float), None) is not None, "emomoe does not clip q, k and v")
     router = RouterConfig(num_shared_experts=0, renormalize=f.get("norm_topk_prob", bool, False))
@@ -177,7 +188,7 @@ def _mixtral_moe(f: _Fields, layers: int) -> tuple[MoEConfig, bool]:
     return moe, False
 
 
-_MOE_READERS = {"emo": _emo_moe, "olmoe": _olmoe_moe, "mixtral": _mixtral_moe}
+_MOE_READERS = {"emo": _emo_moe, "olmo2_noqknorm_prenorm": _dense_moe, "olmoe": _olmoe_moe, "mixtral": _mixtral_moe}
 
 
 def check_exportable(cfg: ModelConfig) -> None:

@@ -75,7 +75,8 @@ def _check_out(out: Path, force: bool, source: Path) -> None:
 def import_hf(
     hf_dir: str | Path, out: str | Path, cfg: ImportConfig | None = None, *, force: bool = False, **fields: Any
 ) -> Path:
-    """Convert a Hugging Face checkpoint directory (EMO, OLMoE or Mixtral) into one of ours at `out`.
+    """Convert a Hugging Face checkpoint directory (EMO, the EMO release's dense baseline,
+    OLMoE or Mixtral) into one of ours at `out`.
     `fields` set fields of `cfg` (default: `ImportConfig()`)."""
     cfg = (cfg or ImportConfig()).replace(**fields)
     hf_dir, out = Path(hf_dir), Path(out)

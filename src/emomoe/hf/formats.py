@@ -1,8 +1,9 @@
 """Hugging Face checkpoint directories as checkpoint formats: every verb that reads a checkpoint
 (`eval`, `select`, `sweep`, `finetune`, `generate`, `analyze`, `hf export`) reads them directly.
 
-One format per layout ("hf-emo", "hf-olmoe", "hf-mixtral"), recognised by `model_type` in
-`config.json`; a directory with a `config.json` of any other model_type gets an error naming it.
+One format per layout ("hf-emo", "hf-olmo2_noqknorm_prenorm", "hf-olmoe", "hf-mixtral"), recognised
+by `model_type` in `config.json`; a directory with a `config.json` of any other model_type gets an
+error naming it.
 `register_hf_formats` is the `emomoe.checkpoint_formats` entry point (pyproject.toml): the checkpoint
 reader calls it before it detects its first directory. This module imports no transformers.
 """

@@ -1,4 +1,4 @@
-"""The Hugging Face checkpoint layouts emomoe reads (EMO, OLMoE, Mixtral) and writes (EMO).
+"""The Hugging Face checkpoint layouts emomoe reads (EMO, its dense baseline, OLMoE, Mixtral) and writes (EMO).
 
 A `Layout` holds what differs between these decoder-only MoE families in their safetensors
 names; `tensor_keys` spells out, for one of our configs, where each of our tensors lives:
@@ -18,8 +18,10 @@ names; `tensor_keys` spells out, for one of our configs, where each of our tenso
 
 Our experts are stacked ([E, out, in]); HF stores one [out, in] matrix per expert, so each stacked
 tensor is a list of keys, one per row. A layer whose only expert is a shared one (no gate, as in
-`dense-1b`) is EMO's dense layer: `model.layers.{i}.mlp.{gate,up,down}_proj.weight`. With tied
-embeddings (no `lm_head.weight` in the files) our LM head reads the embedding.
+`dense-1b`) is EMO's dense layer: `model.layers.{i}.mlp.{gate,up,down}_proj.weight`. The EMO
+release's dense baseline (`olmo2_noqknorm_prenorm`, `Olmo2NoQKNormPrenormForCausalLM`) has EMO's
+names with a dense layer in every block. With tied embeddings (no `lm_head.weight` in the files)
+our LM head reads the embedding.
 """
 
 from __future__ import annotations
@@ -46,12 +48,17 @@ class Layout:
 
 
 EMO = Layout("emo", "EmoForCausalLM", "pre_attention_layernorm", "pre_feedforward_layernorm", "mlp", DENSE_PROJECTIONS)
+DENSE = Layout(
+    "olmo2_noqknorm_prenorm", "Olmo2NoQKNormPrenormForCausalLM", "pre_attention_layernorm",
+    "pre_feedforward_layernorm", "mlp", DENSE_PROJECTIONS,
+)
+"""The EMO release's dense baseline (OLMo-2 without QK-norm, pre-norm): EMO's dense layer in every block."""
 OLMOE = Layout("olmoe", "OlmoeForCausalLM", "input_layernorm", "post_attention_layernorm", "mlp", DENSE_PROJECTIONS)
 MIXTRAL = Layout(
     "mixtral", "MixtralForCausalLM", "input_layernorm", "post_attention_layernorm", "block_sparse_moe",
     ("w1", "w3", "w2"),
 )
-LAYOUTS = {layout.model_type: layout for layout in (EMO, OLMOE, MIXTRAL)}
+LAYOUTS = {layout.model_type: layout for layout in (EMO, DENSE, OLMOE, MIXTRAL)}
 
 
 def is_dense_layer(cfg: ModelConfig, layer: int) -> bool:

@@ -1,8 +1,8 @@
 """Model configuration: the transformer, its MoE layers, the router and the loss weights.
 
-`ModelConfig.preset(name)` gives the paper's architectures (`emo-1b14b`, `std-1b14b`, `dense-1b`)
-and the CPU-sized ones (`tiny` for tests, `small` for the demo). EMO and the standard MoE differ
-only in `moe.router.pool`.
+`ModelConfig.preset(name)` gives the paper's architectures (`emo-1b14b`, `std-1b14b`, its
+memory-matched baselines `std-1b4b` and `dense-1b`) and the CPU-sized ones (`tiny` for tests,
+`small` for the demo). EMO and the standard MoE differ only in `moe.router.pool`.
 """
 
 from __future__ import annotations
@@ -246,6 +246,12 @@ def _std_1b14b() -> ModelConfig:
     return ModelConfig()
 
 
+def _std_1b4b() -> ModelConfig:
+    # "Reg. MoE @ 32" (allenai/StdMoE_1b4b_130B): the std-1b14b backbone with 32 experts (31 routed + 1
+    # shared) per layer, as many as an EMO subset keeping 32: about 3.9B parameters in all.
+    return ModelConfig(moe=MoEConfig(num_experts=32))
+
+
 def _dense_1b() -> ModelConfig:
     # One always-on expert of hidden 8192 and no routed experts is the dense SwiGLU baseline.
     return ModelConfig(moe=MoEConfig(num_experts=1, top_k=0, expert_hidden_size=8192))
@@ -273,6 +279,7 @@ _PRESETS = {
     "small": _small,
     "emo-1b14b": _emo_1b14b,
     "std-1b14b": _std_1b14b,
+    "std-1b4b": _std_1b4b,
     "dense-1b": _dense_1b,
 }
 
