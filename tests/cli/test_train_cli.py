@@ -124,6 +124,10 @@ def test_demo_trains_both_models_compares_and_reuses(tmp_path, monkeypatch, caps
     assert set(sweep["loss"]["reap"]["emo"]) == {"1", "0.25"}  # the other methods at the lm-eval subset's size
     assert set(sweep["loss"]["layerwise"]["std"]["0.25"]) == set(TOPICS)
     assert list(sweep["auto_selection"]["std"]) == ["16", "32", "64"]
+    equal_bytes = sweep["equal_bytes"]["layerwise"]
+    assert set(equal_bytes) == {"emo", "std"} and set(equal_bytes["emo"]["0.25"]["loss"]) == set(TOPICS)
+    assert "Per-layer counts lose less than the same count in every layer" in table
+    assert "## Equal bytes" in (out / "report.md").read_text()
     assert "(method, keep) cells" in table and "prompt tokens" in table
     assert (out / "selections" / "emo" / "reap" / "0.25").is_dir()
     assert "mean increase" in table and (out / "report.md").is_file() and (out / "loss_vs_keep.png").is_file()

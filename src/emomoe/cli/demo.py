@@ -7,7 +7,7 @@ import argparse
 from emomoe.cli._options import add_override_arg
 from emomoe.experiments.demo import run_demo
 from emomoe.experiments.auto_selection import auto_selection_table
-from emomoe.experiments.sweep_tables import advantage_line, summary_table
+from emomoe.experiments.sweep_tables import advantage_line, equal_bytes_line, summary_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train configs/demo-emo.yaml and configs/demo-std.yaml (same data, seed and budget), print "
         "both models' validation loss per domain, then sweep expert subsets (select per domain at keep "
         "fractions 1, 1/2, 1/4, 1/8, slice, evaluate on held-out documents; global, easy-ep, reap and random "
-        "selection beside layerwise at 1/4; how often --selection auto picks a document's domain), score both "
+        "selection beside layerwise at 1/4, and at its bytes per-layer counts from one ranking of every layer's "
+        "experts; how often --selection auto picks a document's domain), score both "
         "models, full and "
         "their 1/4 subsets, on the shipped lm-eval continuation task, analyze which experts serve which "
         "domains (OUT/analysis), and write OUT/report.md. Every step is cached in OUT: running it again "
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     print("\nMean held-out loss increase when keeping a fraction of the routed experts:")
     print(summary_table(result.sweep))
     print(advantage_line(result.sweep))
+    print(equal_bytes_line(result.sweep))
     if result.sweep["auto_selection"]:
         print("\nHow often --selection auto picks a held-out document's domain from its first tokens:")
         print(auto_selection_table(result.sweep["auto_selection"]))

@@ -9,8 +9,10 @@ Steps, each cached in the output directory so that a second run reuses what is d
 4. sweep: for every domain and keep fraction (1, 1/2, 1/4, 1/8 of the routed experts), select
           a subset on the domain's training documents (layerwise), slice it, and evaluate it on the
           domain's held-out documents, for both models; the other selection methods (global,
-          easy-ep, reap, random) at 1/4 beside it; and how often `--selection auto` picks a
-          held-out document's domain from its first 16, 32 and 64 tokens;
+          easy-ep, reap, random) at 1/4 beside it; at 1/4 also a layerwise subset of the same bytes
+          whose per-layer counts come from one ranking of every layer's experts (`select
+          --budget-gb`); and how often `--selection auto` picks a held-out document's domain from
+          its first 16, 32 and 64 tokens;
 5. lm-eval: the shipped continuation task (pick the true continuation of a held-out passage
           among 4) through lm-evaluation-harness, per domain, for both models, full and with the
           sweep's 1/4 subset of that domain; OUT/lm_eval.md (+ .json);
@@ -68,7 +70,8 @@ ANNEAL, ANNEAL_CONFIG = "anneal", "demo-anneal.yaml"
 TOKENIZER_VOCAB = 8192
 BENCHMARK_KEEP = 0.25
 """The subset (fraction of routed experts kept) scored on the lm-eval task beside the full model,
-and the one every selection method is compared at."""
+the one every selection method is compared at, and the bytes at which per-layer counts meet the same
+count in every layer."""
 SWEEP_METHODS = [
     SelectMethod.LAYERWISE, SelectMethod.GLOBAL, SelectMethod.EASY_EP, SelectMethod.REAP, SelectMethod.RANDOM
 ]
@@ -130,7 +133,7 @@ def run_demo(
     trained = RunConfig.from_yaml(out / "emo" / CONFIG_FILE)
     sweep_cfg = SweepConfig(
         seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size, methods=SWEEP_METHODS,
-        compare_keep=[BENCHMARK_KEEP],
+        compare_keep=[BENCHMARK_KEEP], equal_bytes=[BENCHMARK_KEEP],
     )
     sweep = run_sweep(final_dirs, store, sweep_cfg, progress=progress)
     say(f"[5/6] lm-eval: the continuation task, full models and {BENCHMARK_KEEP:g} subsets")
