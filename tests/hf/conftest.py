@@ -85,9 +85,13 @@ def emo_state(config: dict, seed: int = 0, dtype=torch.float32) -> dict[str, tor
 def write_emo_dir(directory: Path, tokenizer_dir: Path | None, *, seed: int = 0, dtype=torch.float32, **fields) -> Path:
     """A HF EMO directory: config.json, model.safetensors, tokenizer files; returns it."""
     config = emo_config(**fields)
+    return _write_hf_dir(directory, config, emo_state(config, seed, dtype), tokenizer_dir)
+
+
+def _write_hf_dir(directory: Path, config: dict, state: dict[str, torch.Tensor], tokenizer_dir: Path | None) -> Path:
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps(config, indent=2))
-    save_file(emo_state(config, seed, dtype), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer_dir is not None:
         for f in tokenizer_dir.iterdir():
             (directory / f.name).write_bytes(f.read_bytes())
@@ -117,13 +121,7 @@ def write_dense_dir(directory: Path, tokenizer_dir: Path | None, *, seed: int = 
     config = dense_config(**fields)
     as_emo = {**config, "num_experts_per_layer": [0] * config["num_hidden_layers"],
               "dense_intermediate_size": config["intermediate_size"]}
-    directory.mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
-    save_file(emo_state(as_emo, seed), str(directory / "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer_dir is not None:
-        for f in tokenizer_dir.iterdir():
-            (directory / f.name).write_bytes(f.read_bytes())
-    return directory
+    return _write_hf_dir(directory, config, emo_state(as_emo, seed), tokenizer_dir)
 
 
 def save_transformers_model(directory: Path, model_type: str, seed: int = 0, **fields):
