@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from emomoe.cli._options import add_override_arg
-from emomoe.experiments.demo import run_demo
 from emomoe.experiments.auto_selection import auto_selection_table
+from emomoe.experiments.demo import run_demo
 from emomoe.experiments.sweep_tables import advantage_line, equal_bytes_line, summary_table
 
 
