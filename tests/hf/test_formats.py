@@ -6,7 +6,9 @@ from safetensors.torch import load_file, save_file
 
 from emomoe.checkpoint import CheckpointReader, load_config, load_for_inference, load_model
 from emomoe.errors import DataError
-from tests.hf.conftest import emo_state, input_ids, save_transformers_model, write_emo_dir
+from emomoe.hf.config_json import model_config
+from emomoe.model import ModelConfig
+from tests.hf.conftest import emo_config, emo_state, input_ids, save_transformers_model, write_emo_dir
 from tests.hf.reference import reference_logits
 
 
@@ -57,6 +59,19 @@ def test_emo_config_fields_keep_their_meaning(tmp_path, tokenizer_dir):
         expert_3 = stored["model.layers.2.mlp.experts.3.down_proj.weight"]
         assert torch.equal(reader.get("layers.2.moe.experts.w2", rows=[3, 1])[0], expert_3)
         assert torch.equal(reader.get("layers.0.moe.experts.w3")[0], stored["model.layers.0.mlp.up_proj.weight"])
+
+
+@pytest.mark.parametrize("preset, num_experts", [("std-1b14b", 128), ("std-1b4b", 32)])
+def test_the_released_standard_moes_are_our_presets(tmp_path, preset, num_experts):
+    # The config.json of allenai/StdMoE_1b14b_1T and allenai/StdMoE_1b4b_130B (spec section 7).
+    config = emo_config(
+        vocab_size=100352, hidden_size=2048, intermediate_size=1024, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, num_experts=num_experts, num_experts_per_tok=8, eos_token_id=100257,
+        pad_token_id=100277, max_position_embeddings=-1,
+    )
+    cfg = model_config(config, tmp_path / "config.json")
+    # Imported models attend over the whole input, as transformers does.
+    assert cfg == ModelConfig.preset(preset).with_overrides(["doc_attention_mask=false"])
 
 
 @pytest.mark.parametrize("model_type", ["olmoe", "mixtral"])
