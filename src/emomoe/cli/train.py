@@ -12,8 +12,7 @@ from emomoe.train.config import RunConfig, config_path
 from emomoe.train.rundir import CONFIG_FILE
 from emomoe.train.trainer import train
 
-EXAMPLES = """examples (configs that ship with emomoe can be named without a path: demo-emo, demo-std, demo-anneal,
-emo-1b14b, std-1b14b, std-1b4b):
+EXAMPLES = """examples (shipped configs load by name: demo-emo, demo-std, demo-anneal, emo-1b14b, std-1b14b, std-1b4b):
   emomoe train --config demo-emo --set data.store=runs/demo/store --out runs/emo
   emomoe train --config demo-emo --set data.store=runs/demo/store --dry-run     # print the resolved config
   emomoe train --config demo-emo --set data.store=runs/demo/store --out runs/emo --set train.max_steps=200 \\
