@@ -134,3 +134,13 @@ def test_quantized_weight_keeps_its_integers_and_scales_as_buffers():
     module = QuantizedWeight(quantize(torch.randn(70, 64), 8, 32))
     assert set(module.state_dict()) == {"qdata", "scales"} and not list(module.parameters())
     assert isinstance(module[:2], QuantizedTensor) and module.shape == (70, 64)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_non_finite_activation_gives_non_finite_outputs_in_its_row_only(bits):
+    g = torch.Generator().manual_seed(0)
+    x_ND = torch.randn(3, 256, generator=g)
+    x_ND[1, 7] = float("inf")
+    y_NF = linear(x_ND, QuantizedWeight(quantize(torch.randn(40, 256, generator=g), bits, 64)))
+    assert not y_NF[1].isfinite().any()
+    assert y_NF[[0, 2]].isfinite().all()

@@ -672,16 +672,18 @@ struct IntActivations {
 
 IntActivations int16_activations(const float* x, int64_t N, int64_t D, int64_t G) {
   IntActivations out{std::vector<int16_t>(N * D), std::vector<float>(N * D / G)};
-  for (int64_t i = 0; i < N * D / G; ++i) {
-    const float* xg = x + i * G;
-    float amax = 0.f;
-    for (int64_t d = 0; d < G; ++d) amax = std::max(amax, std::abs(xg[d]));
-    const bool finite = std::isfinite(amax);
-    out.scale[i] = finite ? amax / kInt16Max : std::numeric_limits<float>::quiet_NaN();
-    const float inverse = finite && amax > 0.f ? kInt16Max / amax : 0.f;
-    for (int64_t d = 0; d < G; ++d)
-      out.q[i * G + d] = finite ? static_cast<int16_t>(std::nearbyint(xg[d] * inverse)) : int16_t{0};
-  }
+  at::parallel_for(0, N * D / G, 64, [&](int64_t i0, int64_t i1) {  // a prompt's rows are many
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* xg = x + i * G;
+      float amax = 0.f;
+      for (int64_t d = 0; d < G; ++d) amax = std::max(amax, std::abs(xg[d]));
+      const bool finite = std::isfinite(amax);
+      out.scale[i] = finite ? amax / kInt16Max : std::numeric_limits<float>::quiet_NaN();
+      const float inverse = finite && amax > 0.f ? kInt16Max / amax : 0.f;
+      for (int64_t d = 0; d < G; ++d)
+        out.q[i * G + d] = finite ? static_cast<int16_t>(std::nearbyint(xg[d] * inverse)) : int16_t{0};
+    }
+  });
   return out;
 }
 
