@@ -159,6 +159,9 @@ def measure_llama_cpp(path: str, prompt: list[int], new_tokens: int, reps: int, 
     )
     ttft, rate = float("inf"), 0.0
     for rep in range(reps + 1):
+        # Forget the previous generation: llama-cpp-python otherwise keeps the KV cache of the
+        # prompt's longest common prefix, and the prompt would not be computed again.
+        llm.reset()
         start = time.perf_counter()
         stamps = []
         for _ in llm.generate(prompt, top_k=1, temp=0.0, reset=True):

@@ -16,8 +16,14 @@ cache when it is read again:
 Each variant's weight bytes per second says how close it comes to the memory bandwidth; ratios
 are times per product measured in one run, interleaved (below 1: the first is faster).
 
+With `--crossover`, where decoding's kernel stops paying: 8 experts of 1024 x 2048 with 1, 2, 4,
+8 and 16 rows each (a prompt's tokens spread over the chosen experts), the kernel against the
+tile-and-GEMM path (`kernels_off`), in int8 and bf16: `kernel_over_gemm_seconds` below 1 means the
+kernel is faster (`emomoe.model.linear.DECODE_ROWS` is set from this).
+
     python bench/int_kernels.py --quick
     python bench/int_kernels.py
+    python bench/int_kernels.py --crossover
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from emomoe.model.linear import grouped_linear
 from emomoe.model.quantized import quantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import SECONDS, interleaved_best, ratio  # noqa: E402
+from timing import SECONDS, interleaved_best, kernels_off, ratio  # noqa: E402
 
 F, D = 1024, 2048
 
@@ -83,13 +89,38 @@ def variants(num_matrices: int) -> tuple[dict, dict]:
     return calls, nbytes
 
 
+CROSSOVER_EXPERTS = 8
+CROSSOVER_ROWS = (1, 2, 4, 8, 16)
+
+
+def crossover(reps: int) -> dict:
+    """Seconds of the kernel over those of the tile-and-GEMM path, per width and rows per expert."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(CROSSOVER_EXPERTS, F, D, generator=gen) * 0.02
+    weights = {"int8": quantize(w, 8, 128), "bf16": w.bfloat16()}
+    out = {}
+    for width, w_EFD in weights.items():
+        for rows in CROSSOVER_ROWS:
+            x_ND = torch.randn(rows * CROSSOVER_EXPERTS, D, generator=gen)
+            counts_E = torch.full((CROSSOVER_EXPERTS,), rows)
+            call = lambda: grouped_linear(x_ND, w_EFD, counts_E)  # noqa: E731
+            seconds = interleaved_best({"kernel": call, "gemm": kernels_off(call)}, reps)
+            out[f"{width}_rows_{rows}"] = ratio(seconds, "kernel", "gemm", SECONDS)["kernel_over_gemm_seconds"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few matrices, few repetitions")
+    parser.add_argument("--crossover", action="store_true", help="kernel against GEMM by rows per expert")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    if args.crossover:
+        print(json.dumps({"cpu": kernels.cpu_summary(), "threads": args.threads, "shape": [F, D],
+                          "experts": CROSSOVER_EXPERTS, "kernel_over_gemm_seconds": crossover(5)}))
+        return
     # 8 matrices (17 MB of bf16) in --quick; 96 (400 MB) otherwise, far beyond any cache.
     num_matrices, reps, calls_per_rep = (8, 3, 16) if args.quick else (96, 7, 192)
     calls, nbytes = variants(num_matrices)

@@ -14,7 +14,7 @@ from emomoe.model.kernel_twins import TWINS
 # that cancels to near zero keeps its terms' error) they differed by at most 6 eps (the pool's
 # softmax gradient), with AVX-512 and with AVX2 vectors. 16 eps leaves room for other CPUs and
 # BLAS builds; a wrong formula or index is off by orders of magnitude more. Integer and boolean
-# outputs (experts, pools) must be equal.
+# outputs (experts, pools) must be equal. A kernel that rounds its inputs states its own bound.
 TOLERANCE = 16 * torch.finfo(torch.float32).eps
 NOT_KERNELS = {"vector_isa"}  # reports how the library was compiled
 
@@ -42,7 +42,8 @@ def test_every_kernel_equals_its_pytorch_twin_in_float32(twin, kernel_ops):
     assert not called
     assert fused.keys() == plain.keys()
     differences = {name: _max_relative_difference(fused[name], plain[name]) for name in plain}
-    assert all(difference <= TOLERANCE for difference in differences.values()), differences
+    limit = TOLERANCE if twin.tolerance is None else twin.tolerance
+    assert all(difference <= limit for difference in differences.values()), differences
 
 
 def test_every_kernel_has_a_twin():

@@ -588,19 +588,6 @@ at::Tensor bf16_grouped_linear(const at::Tensor& x_ND, const at::Tensor& w_EFD, 
 // weights and unpacking needs no shuffle (llama.cpp's q4_0 lays its nibbles out the same way).
 constexpr int64_t kNibbleBlock = 32;
 
-// n consecutive int8 / uint8 values (n = kVec) widened to floats in registers.
-inline Vec int8_to_float(const int8_t* p) {
-#if defined(CPU_CAPABILITY_AVX512)
-  return Vec(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
-#elif defined(CPU_CAPABILITY_AVX2)
-  return Vec(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))));
-#else
-  float f[kVec];
-  for (int64_t i = 0; i < kVec; ++i) f[i] = p[i];
-  return Vec::loadu(f);
-#endif
-}
-
 // The low and the high nibbles of kVec bytes, each widened to floats (0..15: the stored q + 8;
 // the 8 comes off once per group, through the group's sum of x).
 inline std::pair<Vec, Vec> nibbles_to_float(const uint8_t* p) {
@@ -622,6 +609,84 @@ inline std::pair<Vec, Vec> nibbles_to_float(const uint8_t* p) {
 #endif
 }
 
+// 8-bit weights multiply 16-bit integer activations: each group of a row of x is rounded to
+// integers whose largest magnitude is 32767, with one float scale (`IntActivations`), so a product
+// of 32 weights is one widening (int8 -> int16) and one integer multiply-add of pairs into int32
+// lanes (VNNI's vpdpwssd where the CPU has it), against a widening, a conversion and a float FMA
+// per 16 weights on floats: at 2 threads the float form was bound by arithmetic, not by memory.
+// The rounding moves each activation by at most half its group's step (amax / 65534), 128 times
+// finer than bf16 activations; tests/model/test_quantized.py checks outputs against that bound.
+constexpr float kInt16Max = 32767.f;
+// Integer sums are flushed into floats every kIntRun inputs: 2048 products of at most
+// 127 * 32767 per pair of lanes stay below 2^31 whatever the vector width.
+constexpr int64_t kIntRun = 2048;
+
+#if defined(CPU_CAPABILITY_AVX512)
+using IVec = __m512i;
+inline IVec ivec_zero() { return _mm512_setzero_si512(); }
+inline IVec load_int16(const int16_t* p) { return _mm512_loadu_si512(p); }
+inline IVec widen_int8(const int8_t* p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline IVec dot_pairs(IVec acc, IVec a, IVec b) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpwssd_epi32(acc, a, b);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+inline Vec int32_to_float(IVec v) { return Vec(_mm512_cvtepi32_ps(v)); }
+#elif defined(CPU_CAPABILITY_AVX2)
+using IVec = __m256i;
+inline IVec ivec_zero() { return _mm256_setzero_si256(); }
+inline IVec load_int16(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline IVec widen_int8(const int8_t* p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline IVec dot_pairs(IVec acc, IVec a, IVec b) {
+#if defined(__AVXVNNI__)
+  return _mm256_dpwssd_avx_epi32(acc, a, b);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+inline Vec int32_to_float(IVec v) { return Vec(_mm256_cvtepi32_ps(v)); }
+#else
+// Without vectors, one "vector" is one int32 sum, which lands in lane 0 of a float vector.
+using IVec = int32_t;
+inline IVec ivec_zero() { return 0; }
+inline IVec load_int16(const int16_t* p) { return *p; }
+inline IVec widen_int8(const int8_t* p) { return *p; }
+inline IVec dot_pairs(IVec acc, IVec a, IVec b) { return acc + a * b; }
+inline Vec int32_to_float(IVec v) {
+  const float f = static_cast<float>(v);
+  return Vec::loadu(&f, 1);
+}
+#endif
+// int16 lanes per IVec (1 without vectors).
+constexpr int64_t kInt16s = sizeof(IVec) == sizeof(int32_t) ? 1 : sizeof(IVec) / sizeof(int16_t);
+
+// Each row of x as int16 (`q`, [N, D]) and one scale per group of G inputs (`scale`, [N, D / G]):
+// x ~= scale * q. A group that holds a NaN or an infinity gets a NaN scale, so its outputs are NaN
+// as with float activations, never an undefined cast.
+struct IntActivations {
+  std::vector<int16_t> q;
+  std::vector<float> scale;
+};
+
+IntActivations int16_activations(const float* x, int64_t N, int64_t D, int64_t G) {
+  IntActivations out{std::vector<int16_t>(N * D), std::vector<float>(N * D / G)};
+  at::parallel_for(0, N * D / G, 64, [&](int64_t i0, int64_t i1) {  // a prompt's rows are many
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* xg = x + i * G;
+      float amax = 0.f;
+      for (int64_t d = 0; d < G; ++d) amax = std::max(amax, std::abs(xg[d]));
+      const bool finite = std::isfinite(amax);
+      out.scale[i] = finite ? amax / kInt16Max : std::numeric_limits<float>::quiet_NaN();
+      const float inverse = finite && amax > 0.f ? kInt16Max / amax : 0.f;
+      for (int64_t d = 0; d < G; ++d)
+        out.q[i * G + d] = finite ? static_cast<int16_t>(std::nearbyint(xg[d] * inverse)) : int16_t{0};
+    }
+  });
+  return out;
+}
+
 // Ask for the same cache line of the next R rows, which the next call reads: rows are short (2 KB
 // at 8 bits, d_model 2048), so the hardware prefetcher, which follows each stream only within a
 // 4 KB page, ramps up too late, and a core's loads alone do not keep enough misses in flight.
@@ -630,53 +695,75 @@ inline void prefetch_rows(const uint8_t* p, int64_t row_bytes) {
   for (int r = 0; r < R; ++r) __builtin_prefetch(p + (r + R) * row_bytes);
 }
 
-// acc[r] += scale[r] * (q row r . x) over one group [d0, d0 + G) of R consecutive weight rows, the
-// products summed in a vector per row before the scale multiplies them once.
-template <int Bits, int R>
-inline void int_group_dot(const uint8_t* q, int64_t row_bytes, const float* x, int64_t d0, int64_t G,
-                          const float* scale, int64_t groups, int64_t g, Vec* acc) {
+// acc[r] += scale[r] * (q row r . x) over one group [d0, d0 + G) of R consecutive 4-bit weight
+// rows, the products summed in a vector per row before the scale multiplies them once.
+template <int R>
+inline void nibble_group_dot(const uint8_t* q, int64_t row_bytes, const float* x, int64_t d0, int64_t G,
+                             const float* scale, int64_t groups, int64_t g, Vec* acc) {
   Vec part[R];
   for (int r = 0; r < R; ++r) part[r] = Vec(0.f);
-  if constexpr (Bits == 8) {
-    for (int64_t d = d0; d < d0 + G; d += kVec) {
-      if (d % 64 == 0) prefetch_rows<R>(q + R * row_bytes + d, row_bytes);
-      const Vec xv = Vec::loadu(x + d);
-      for (int r = 0; r < R; ++r)
-        part[r] = at::vec::fmadd(int8_to_float(reinterpret_cast<const int8_t*>(q + r * row_bytes) + d), xv, part[r]);
-    }
-  } else {
-    for (int64_t b = d0; b < d0 + G; b += kNibbleBlock) {
-      if (b % 128 == 0) prefetch_rows<R>(q + R * row_bytes + b / 2, row_bytes);
-      for (int64_t j = 0; j < kNibbleBlock / 2; j += kVec) {
-        const Vec xlo = Vec::loadu(x + b + j), xhi = Vec::loadu(x + b + kNibbleBlock / 2 + j);
-        for (int r = 0; r < R; ++r) {
-          const auto [wlo, whi] = nibbles_to_float(q + r * row_bytes + b / 2 + j);
-          part[r] = at::vec::fmadd(whi, xhi, at::vec::fmadd(wlo, xlo, part[r]));
-        }
+  for (int64_t b = d0; b < d0 + G; b += kNibbleBlock) {
+    if (b % 128 == 0) prefetch_rows<R>(q + R * row_bytes + b / 2, row_bytes);
+    for (int64_t j = 0; j < kNibbleBlock / 2; j += kVec) {
+      const Vec xlo = Vec::loadu(x + b + j), xhi = Vec::loadu(x + b + kNibbleBlock / 2 + j);
+      for (int r = 0; r < R; ++r) {
+        const auto [wlo, whi] = nibbles_to_float(q + r * row_bytes + b / 2 + j);
+        part[r] = at::vec::fmadd(whi, xhi, at::vec::fmadd(wlo, xlo, part[r]));
       }
     }
   }
   for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(part[r], Vec(scale[r * groups + g]), acc[r]);
 }
 
+// acc[r] += scale[r] * xscale * (q row r . xq) over one group [d0, d0 + G) of R consecutive 8-bit
+// weight rows and the row's int16 activations, summed exactly in int32 for up to kIntRun inputs.
+template <int R>
+inline void int8_group_dot(const int8_t* q, int64_t D, const int16_t* xq, float xscale, int64_t d0, int64_t G,
+                           const float* scale, int64_t groups, int64_t g, Vec* acc) {
+  for (int64_t c0 = d0; c0 < d0 + G; c0 += kIntRun) {
+    IVec part[R];
+    for (int r = 0; r < R; ++r) part[r] = ivec_zero();
+    for (int64_t d = c0; d < std::min(c0 + kIntRun, d0 + G); d += kInt16s) {
+      if (d % 64 == 0) prefetch_rows<R>(reinterpret_cast<const uint8_t*>(q) + R * D + d, D);
+      const IVec xv = load_int16(xq + d);
+      for (int r = 0; r < R; ++r) part[r] = dot_pairs(part[r], widen_int8(q + r * D + d), xv);
+    }
+    for (int r = 0; r < R; ++r)
+      acc[r] = at::vec::fmadd(int32_to_float(part[r]), Vec(scale[r * groups + g] * xscale), acc[r]);
+  }
+}
+
 // y[n, f..f+R) for every row n of x in [n0, n1): R weight rows at a time stay in L1 while the
 // rows of x pass them. At 4 bits the products are of q + 8, and 8 * scale * (the group's sum of
 // x, `xsum`) comes off per group: two subtractions fewer per 32 weights, where 4 bits is bound
 // by arithmetic rather than by memory.
-template <int Bits, int R>
-inline void int_rows_task(const uint8_t* q, const float* scale, const float* x, const float* xsum, int64_t n0,
-                          int64_t n1, int64_t D, int64_t G, float* y, int64_t F, int64_t f) {
-  const int64_t row_bytes = D * Bits / 8, groups = D / G;
+template <int R>
+inline void nibble_rows_task(const uint8_t* q, const float* scale, const float* x, const float* xsum, int64_t n0,
+                             int64_t n1, int64_t D, int64_t G, float* y, int64_t F, int64_t f) {
+  const int64_t row_bytes = D / 2, groups = D / G;
   for (int64_t n = n0; n < n1; ++n) {
     Vec acc[R];
     float offset[R] = {};
     for (int r = 0; r < R; ++r) acc[r] = Vec(0.f);
     for (int64_t g = 0; g < groups; ++g) {
-      int_group_dot<Bits, R>(q + f * row_bytes, row_bytes, x + n * D, g * G, G, scale + f * groups, groups, g, acc);
-      if constexpr (Bits == 4)
-        for (int r = 0; r < R; ++r) offset[r] += scale[(f + r) * groups + g] * xsum[n * groups + g];
+      nibble_group_dot<R>(q + f * row_bytes, row_bytes, x + n * D, g * G, G, scale + f * groups, groups, g, acc);
+      for (int r = 0; r < R; ++r) offset[r] += scale[(f + r) * groups + g] * xsum[n * groups + g];
     }
     for (int r = 0; r < R; ++r) y[n * F + f + r] = reduce_sum(acc[r]) - 8.f * offset[r];
+  }
+}
+
+template <int R>
+inline void int8_rows_task(const int8_t* q, const float* scale, const IntActivations& x, int64_t n0, int64_t n1,
+                           int64_t D, int64_t G, float* y, int64_t F, int64_t f) {
+  const int64_t groups = D / G;
+  for (int64_t n = n0; n < n1; ++n) {
+    Vec acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = Vec(0.f);
+    for (int64_t g = 0; g < groups; ++g)
+      int8_group_dot<R>(q + f * D, D, x.q.data() + n * D, x.scale[n * groups + g], g * G, G, scale + f * groups,
+                        groups, g, acc);
+    for (int r = 0; r < R; ++r) y[n * F + f + r] = reduce_sum(acc[r]);
   }
 }
 
@@ -697,7 +784,7 @@ at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& qdata, c
               "emomoe::int_grouped_linear: scales must be contiguous [E, F, G]");
   const int64_t groups = scales.size(2), G = groups ? D / groups : 0;
   // Whole nibble blocks, and whole vectors on every ISA (the file format does not depend on the CPU).
-  static_assert(kNibbleBlock % (2 * kVec) == 0, "a nibble block is whole vectors");
+  static_assert(kNibbleBlock % (2 * kVec) == 0 && kNibbleBlock % kInt16s == 0, "a nibble block is whole vectors");
   TORCH_CHECK(groups > 0 && G * groups == D && G % kNibbleBlock == 0,
               "emomoe::int_grouped_linear: the group size must divide D and be a multiple of ", kNibbleBlock);
   const at::Tensor x = x_ND.contiguous();
@@ -710,6 +797,7 @@ at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& qdata, c
   const uint8_t* qp = static_cast<const uint8_t*>(qdata.data_ptr());
   float* yp = y_NF.data_ptr<float>();
   const int64_t row_bytes = qdata.size(2);
+  const IntActivations xq = bits == 8 ? int16_activations(xp, N, D, G) : IntActivations{};
   std::vector<float> xsum(bits == 4 ? N * groups : 0);
   for (int64_t i = 0; i < static_cast<int64_t>(xsum.size()); ++i)
     xsum[i] = std::accumulate(xp + i * G, xp + (i + 1) * G, 0.f);
@@ -722,11 +810,12 @@ at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& qdata, c
       const int64_t n0 = first[e], n1 = first[e + 1];
       int64_t f = f0;
       if (bits == 8) {
-        for (; f + 4 <= f1; f += 4) int_rows_task<8, 4>(qe, se, xp, nullptr, n0, n1, D, G, yp, F, f);
-        for (; f < f1; ++f) int_rows_task<8, 1>(qe, se, xp, nullptr, n0, n1, D, G, yp, F, f);
+        const int8_t* q8 = reinterpret_cast<const int8_t*>(qe);
+        for (; f + 4 <= f1; f += 4) int8_rows_task<4>(q8, se, xq, n0, n1, D, G, yp, F, f);
+        for (; f < f1; ++f) int8_rows_task<1>(q8, se, xq, n0, n1, D, G, yp, F, f);
       } else {
-        for (; f + 4 <= f1; f += 4) int_rows_task<4, 4>(qe, se, xp, xsum.data(), n0, n1, D, G, yp, F, f);
-        for (; f < f1; ++f) int_rows_task<4, 1>(qe, se, xp, xsum.data(), n0, n1, D, G, yp, F, f);
+        for (; f + 4 <= f1; f += 4) nibble_rows_task<4>(qe, se, xp, xsum.data(), n0, n1, D, G, yp, F, f);
+        for (; f < f1; ++f) nibble_rows_task<1>(qe, se, xp, xsum.data(), n0, n1, D, G, yp, F, f);
       }
     }
   });

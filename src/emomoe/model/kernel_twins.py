@@ -32,6 +32,9 @@ class Twin:
     """The kernels (`torch.ops.emomoe` names) it calls where they apply."""
     run: Callable[[], dict[str, torch.Tensor]]
     """Outputs and input gradients on example inputs, the same on every call."""
+    tolerance: float | None = None
+    """Largest difference from the twin, relative to each output's largest magnitude, for a kernel
+    that rounds more than float32 arithmetic does; None: float32 rounding only."""
 
 
 def _generator() -> torch.Generator:
@@ -113,6 +116,9 @@ TWINS = (
     Twin("emomoe.model.experts.swiglu", ("swiglu_forward", "swiglu_backward"), _swiglu),
     Twin("emomoe.model.losses.lm_head_loss", ("cross_entropy_rows",), _lm_head_loss),
     Twin("emomoe.model.linear.grouped_linear", ("bf16_grouped_linear",), _grouped_linear),
-    Twin("emomoe.model.linear.grouped_linear", ("int_grouped_linear",), _int_grouped_linear),
+    # 8-bit weights multiply activations rounded to int16 per group (at most half a step of
+    # amax / 32767 each; tests/model/test_quantized.py checks each output against that bound). On
+    # these inputs the bound is below 1.5e-4 of the largest output.
+    Twin("emomoe.model.linear.grouped_linear", ("int_grouped_linear",), _int_grouped_linear, tolerance=2**-12),
 )
 
