@@ -35,7 +35,7 @@ from emomoe.train.sharded import load_shards, save_shards
 from emomoe.train.trainer import train
 from tests.fixtures import damage
 from tests.train.conftest import tiny_run_config
-from tests.train.multiprocess import assert_same_losses, free_port, join_group, train_processes
+from tests.train.multiprocess import assert_same_losses, continue_from, free_port, join_group, train_processes
 
 RESHARD_REL = 1e-5
 STEP_2, STEP_4 = "step-00000002", "step-00000004"
@@ -46,15 +46,6 @@ def fsdp_config(store: Path, world_size: int) -> RunConfig:
         store, "model.moe.router.pool=4", "train.max_steps=4", "train.checkpoint_every=2",
         "train.parallelism=fsdp", f"data.batch_size={4 // world_size}",
     )
-
-
-def continue_from(run: Path, step_dir: str, out: Path) -> Path:
-    """A run directory holding `run`'s config, metrics and only its checkpoint `step_dir`."""
-    (out / "checkpoints").mkdir(parents=True)
-    for name in ("config.yaml", "metrics.jsonl"):
-        shutil.copy(run / name, out / name)
-    shutil.copytree(run / "checkpoints" / step_dir, out / "checkpoints" / step_dir)
-    return out
 
 
 @pytest.fixture(scope="module")
