@@ -24,10 +24,12 @@ from tests.train.multiprocess import assert_same_losses, continue_from, free_por
 
 STORE = Path(__file__).resolve().parent / "assets" / "store"
 EOS = 0
-BATCH_PER_RANK, SEQ_LEN, NUM_BATCHES = 2, 32, 3
+BATCH_PER_RANK = 2
+WINDOW, NUM_BATCHES = 256, 3
+"""The data check reads 3 batches of 256-token windows: 2 of them hold an EOS."""
 RUN = {
     "model": {"preset": "tiny", "moe": {"router": {"pool": "off"}}},  # random pools are drawn per rank
-    "data": {"store": str(STORE), "seq_len": SEQ_LEN, "batch_size": BATCH_PER_RANK},
+    "data": {"store": str(STORE), "seq_len": 32, "batch_size": BATCH_PER_RANK},
     "train": {
         "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 2, "parallelism": "fsdp", "num_threads": 1,
         "eval_every": 2, "num_eval_windows": 2, "tensorboard": False,
@@ -41,7 +43,7 @@ from emomoe import distributed
 from emomoe.data.loader import DataConfig, TrainLoader
 distributed.init_from_env()
 rank, world = distributed.get_rank(), distributed.get_world_size()
-loader = TrainLoader(sys.argv[1], DataConfig(store=sys.argv[1], seq_len={SEQ_LEN}, batch_size={BATCH_PER_RANK}),
+loader = TrainLoader(sys.argv[1], DataConfig(store=sys.argv[1], seq_len={WINDOW}, batch_size={BATCH_PER_RANK}),
                      rank=rank, world_size=world)
 batches = [next(loader) for _ in range({NUM_BATCHES})]
 np.savez(os.path.join(sys.argv[2], f"rank-{{rank}}.npz"), world=world,
@@ -92,7 +94,7 @@ def test_two_nodes_split_each_global_batch_into_whole_windows_keeping_documents(
     assert [int(r["world"]) for r in ranks] == [2, 2]
     assert [int(r["local_rank"]) for r in ranks] == [0, 0]  # one process on each node
     assert sorted(int(r["node"]) for r in ranks) == [0, 1]
-    one = TrainLoader(STORE, DataConfig(store=str(STORE), seq_len=SEQ_LEN, batch_size=2 * BATCH_PER_RANK))
+    one = TrainLoader(STORE, DataConfig(store=str(STORE), seq_len=WINDOW, batch_size=2 * BATCH_PER_RANK))
     for i in range(NUM_BATCHES):
         whole = next(one)
         assert np.array_equal(np.concatenate([r["input_ids"][i] for r in ranks]), whole["input_ids_BS"].numpy())
