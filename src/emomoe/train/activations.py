@@ -22,6 +22,7 @@ the backward, one recomputed part at a time.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 
@@ -221,6 +222,8 @@ class Activations:
     transient: int
     """The largest memory on top of `saved` at any moment (LM head logits; with checkpointing, the
     recomputed part of one block during its backward)."""
+    largest: tuple[tuple[str, int], ...] = ()
+    """The three saved terms that take the most, each summed over the layers: (name, bytes)."""
 
     @property
     def peak(self) -> int:
@@ -230,17 +233,21 @@ class Activations:
 def activation_memory(cfg: ModelConfig, mb: MicroBatch, checkpointing: bool = False) -> Activations:
     """Activation memory of one micro-batch, with or without activation checkpointing."""
     layers = [layer_terms(cfg, i, mb) for i in range(cfg.num_layers)]
-    fixed = sum(t.nbytes(mb.precision) for t in model_terms(cfg, mb))
-    lm_head = lm_head_transient_bytes(cfg, mb)
-    if not checkpointing:
-        saved = fixed + sum(t.nbytes(mb.precision) for terms in layers for t in terms)
-        return Activations(saved, lm_head)
-    inputs = sum(t.nbytes(mb.precision) for i in range(cfg.num_layers) for t in checkpoint_input_terms(cfg, i, mb))
-    kept = sum(t.nbytes(mb.precision) for terms in layers for t in terms if t.region is Region.KEPT)
-    # One boolean document mask, shared by every layer, is an input of every recomputed attention.
-    mask = mb.batch_size * mb.seq_len**2 * BOOL if cfg.doc_attention_mask else 0
-    recomputed = max(
-        sum(t.nbytes(mb.precision) for t in terms if t.region is region)
-        for terms in layers for region in (Region.ATTENTION, Region.EXPERTS)
-    )
-    return Activations(fixed + kept + inputs + mask, max(lm_head, recomputed))
+    transient = lm_head_transient_bytes(cfg, mb)
+    if checkpointing:
+        kept = [t for terms in layers for t in terms if t.region is Region.KEPT]
+        kept += [t for i in range(cfg.num_layers) for t in checkpoint_input_terms(cfg, i, mb)]
+        if cfg.doc_attention_mask:  # one boolean mask, an input of every recomputed attention
+            kept.append(Saved("boolean document mask", mb.batch_size * mb.seq_len**2, BOOL, BOOL))
+        recomputed = max(
+            sum(t.nbytes(mb.precision) for t in terms if t.region is region)
+            for terms in layers for region in (Region.ATTENTION, Region.EXPERTS)
+        )
+        transient = max(transient, recomputed)
+    else:
+        kept = [t for terms in layers for t in terms]
+    kept += model_terms(cfg, mb)
+    by_name: collections.Counter[str] = collections.Counter()
+    for t in kept:
+        by_name[t.name] += t.nbytes(mb.precision)
+    return Activations(sum(by_name.values()), transient, tuple(by_name.most_common(3)))

@@ -164,8 +164,11 @@ class Plan:
             f"{mb.precision.value}, micro-batch {mb.batch_size} x {mb.seq_len} tokens",
             "",
             "per GPU:",
-            *(f"  {name:<{width}}  {_gb(value):>9}" for name, value in rows if value or "activations" in name),
+            *(f"  {name:<{width}}  {_gb(value):>9}" for name, value in rows[:-2] if value),
         ]
+        for (name, value), activations in zip(rows[-2:], (self.activations, self.checkpointed)):
+            largest = ", ".join(f"{term} {_gb(size)}" for term, size in activations.largest)
+            lines += [f"  {name:<{width}}  {_gb(value):>9}", f"    largest: {largest}"]
         for checkpointing in (False, True):
             chosen = " (the config's)" if checkpointing == self.activation_checkpointing else ""
             label = "with" if checkpointing else "without"
