@@ -44,6 +44,7 @@ from emomoe.train import parallel
 from emomoe.train.checkpointing import CheckpointManager
 from emomoe.train.config import Parallelism, TrainConfig
 from emomoe.train.optim import build_optimizer
+from emomoe.train.runtime import reset_peak_resident, resident_bytes
 
 GB = 10**9
 TARGET_SLACK_BYTES = GB // 2
@@ -53,19 +54,6 @@ QUICK_SIZE = ["num_layers=2", "d_model=128", "num_heads=4", "moe.expert_hidden_s
 
 def model_config(quick: bool) -> ModelConfig:
     return ModelConfig.preset("emo-1b14b").with_overrides(QUICK_SIZE if quick else FULL_SIZE)
-
-
-def rss_bytes(field: str) -> int:
-    """VmRSS (now) or VmHWM (the peak since the last reset) of this process."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def reset_peak_rss() -> None:
-    """Start VmHWM over from the current RSS (Linux >= 4.0)."""
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def trained_state(cfg: ModelConfig, wrap: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -105,15 +93,15 @@ def rank_main(rank: int, world_size: int, port: int, way: str, quick: bool, dire
     checkpoints = CheckpointManager(Path(directory) / "run", 1)
     state = {"step": 1, "tokens_seen": 0, "world_size": world_size, "scheduler": {}, "ranks": []}
     dist.barrier()
-    before = rss_bytes("VmRSS")
-    reset_peak_rss()
+    before = resident_bytes()
+    reset_peak_resident()
     start = time.perf_counter()
     if way == "sharded":
         checkpoints.save_sharded(1, model, optimizer, cfg, state)
     else:
         save_full(checkpoints, model, optimizer, cfg, state)
     wall = time.perf_counter() - start
-    record = {"rss_before": before, "peak_rss": rss_bytes("VmHWM"), "wall_s": wall}
+    record = {"rss_before": before, "peak_rss": resident_bytes(peak=True), "wall_s": wall}
     (Path(directory) / f"rank-{rank}.json").write_text(json.dumps(record))
     dist.barrier()
     dist.destroy_process_group()

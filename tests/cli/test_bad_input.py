@@ -282,6 +282,20 @@ ERRORS = {
                       "--out", s(t / "out")],
         r"m/state-00000-of-00001\.safetensors: checksum mismatch, the file is damaged",
     ),
+    "plan-does-not-fit": (
+        lambda e, t: ["plan", "--config", "emo-1b14b", "--gpus", "128", "--set", "train.activation_checkpointing=false"],
+        r"^emomoe plan: error: \d+\.\d\d GB per GPU exceeds the 80\.00 GB of a GPU: the activations of a micro-batch "
+        r"of 4 x 4096 tokens \(\d+\.\d\d GB\) do not fit in the \d+\.\d\d GB left after the model state; ",
+    ),
+    "plan-state-does-not-fit": (
+        lambda e, t: ["plan", "--config", "emo-1b14b", "--gpus", "8", "--set", "train.parallelism=ddp"],
+        r"the model state alone takes \d+\.\d\d GB per GPU \(ddp on 8 GPUs: parameters .*\); use fsdp "
+        r"\(train\.parallelism\) to shard it$",
+    ),
+    "plan-bad-gpu-memory": (
+        lambda e, t: ["plan", "--config", "emo-1b14b", "--gpu-memory", "lots"],
+        r"^emomoe plan: error: gpu_memory: 'lots': expected a size like 5GB, 500MB or 2GiB$",
+    ),
     "merge-other-source": (
         lambda e, t: ["merge", "--full", s(e["small"]), "--subset", s(e["subset"]), "--out", s(t / "merged")],
         r"subset: was selected from a different checkpoint than .*small-vocab \(weights sha256 differ; pass "

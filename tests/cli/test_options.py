@@ -130,8 +130,9 @@ VERBS = {
     "tokenize": (TokenizeConfig, ["--input", "i", "--tokenizer", "t", "--out", "o"]),
     "tokenizer train": (TokenizerTrainConfig, ["--input", "i", "--out", "o"]),
 }
-RUN_CONFIG_VERBS = {"train", "demo"}
-"""They take --set for the whole run config (model, data, train), with no flag per field."""
+RUN_CONFIG_VERBS = {"train", "demo", "plan"}
+"""They take --set for the whole run config (model, data, train), with no flag per field of it
+(`plan` has flags for the fields of its own PlanConfig: tests/cli/test_plan_cli.py)."""
 OPTIONLESS_VERBS = {"kernels build", "kernels info"}
 """They take no option at all, so they have no config (checked below: an option would need one)."""
 

@@ -1,9 +1,10 @@
 """Training with N gloo processes on this CPU, launched the way torchrun does (environment
-variables), and comparing the losses of runs."""
+variables), continuing a run from one of its checkpoints, and comparing the losses of runs."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch.multiprocessing as mp
 
 from emomoe import distributed
 from emomoe.train.config import RunConfig
-from emomoe.train.metrics import read_metrics
+from emomoe.train.metrics import TIMING_KEYS, read_metrics
 from emomoe.train.trainer import train
 
 COMPARED = ("ce", "lb", "router_z", "logit_z", "total", "grad_norm", "tokens", "val/all")
@@ -54,3 +55,17 @@ def assert_same_losses(reference: Path, run: Path, steps: list[int], rel: float)
             assert (key in got[step]) == (key in ref[step]), (step, key)
             if key in ref[step]:
                 assert got[step][key] == pytest.approx(ref[step][key], rel=rel, abs=1e-6), (step, key)
+
+
+def continue_from(run: Path, step_dir: str, out: Path) -> Path:
+    """A run directory holding `run`'s config, metrics and only its checkpoint `step_dir`."""
+    (out / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(run / name, out / name)
+    shutil.copytree(run / "checkpoints" / step_dir, out / "checkpoints" / step_dir)
+    return out
+
+
+def untimed_metrics(run: Path) -> list[dict]:
+    """A run's metrics without the wall-clock fields, which differ between any two runs."""
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run / "metrics.jsonl")]

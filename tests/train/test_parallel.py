@@ -1,15 +1,19 @@
-"""Data-parallel training with 2 gloo processes against one process on the same global batch."""
+"""Data-parallel training with 2 gloo processes against one process on the same global batch, and
+activation checkpointing under DDP and FSDP."""
 
-import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from emomoe import distributed
 from emomoe.checkpoint import WEIGHTS_FILE
-from emomoe.train.metrics import TIMING_KEYS, read_metrics
+from emomoe.train.config import RunConfig
+from emomoe.train.metrics import read_metrics
 from emomoe.train.trainer import train
-from tests.train.multiprocess import COMPARED, train_processes
+from tests.train.multiprocess import COMPARED, continue_from, free_port, join_group, train_processes, untimed_metrics
 
 
 @pytest.mark.slow
@@ -47,14 +51,42 @@ def test_two_process_resume_is_bitwise(run_config, tmp_path):
         "train.parallelism=fsdp", "data.batch_size=2",
     )
     train_processes(cfg, tmp_path / "straight", 2)
-    resumed = tmp_path / "resumed"
-    (resumed / "checkpoints").mkdir(parents=True)
-    for name in ("config.yaml", "metrics.jsonl"):
-        shutil.copy(tmp_path / "straight" / name, resumed / name)
-    shutil.copytree(tmp_path / "straight" / "checkpoints" / "step-00000002", resumed / "checkpoints" / "step-00000002")
+    resumed = continue_from(tmp_path / "straight", "step-00000002", tmp_path / "resumed")
     train_processes(cfg, resumed, 2, resume=True)
+    assert untimed_metrics(resumed) == untimed_metrics(tmp_path / "straight")
 
-    def strip(run):
-        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run / "metrics.jsonl")]
 
-    assert strip(resumed) == strip(tmp_path / "straight")
+def _counting_worker(rank: int, world_size: int, port: int, cfg_dict: dict, run_dir: str, routed: int) -> None:
+    """Train, counting the all-reduces of the routers' load-balancing counts (routed experts + the
+    token count: the only all-reduce of that size)."""
+    join_group(rank, world_size, port)
+    reduce, calls = distributed.all_reduce_sum_, []
+
+    def counting(tensor):
+        calls.append(tensor.numel() == routed + 1)
+        return reduce(tensor)
+
+    distributed.all_reduce_sum_ = counting
+    try:
+        train(RunConfig.from_dict(cfg_dict), run_dir, progress=False)
+    finally:
+        distributed.shutdown()
+    (Path(run_dir) / f"router-all-reduces-{rank}").write_text(str(sum(calls)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_activation_checkpointing_changes_no_number_and_all_reduces_the_lb_counts_once(run_config, tmp_path, strategy):
+    # The EMO pitfall: recomputing the router in the backward would all-reduce its global LB
+    # counts a second time. 11 routed experts make the routers' all-reduce the only one of 12 values.
+    steps, micro_batches, layers = 3, 2, 2
+    common = [
+        "model.moe.num_experts=12", "model.moe.router.lb_scope=global", f"train.parallelism={strategy}",
+        f"train.max_steps={steps}", f"train.num_micro_batches={micro_batches}", "data.batch_size=1",
+    ]
+    for name, checkpointing in (("kept", "false"), ("recomputed", "true")):
+        cfg = run_config(*common, f"train.activation_checkpointing={checkpointing}")
+        mp.spawn(_counting_worker, args=(2, free_port(), cfg.to_dict(), str(tmp_path / name), 11), nprocs=2)
+        for rank in range(2):
+            assert int((tmp_path / name / f"router-all-reduces-{rank}").read_text()) == steps * micro_batches * layers
+    assert untimed_metrics(tmp_path / "recomputed") == untimed_metrics(tmp_path / "kept")

@@ -1,8 +1,8 @@
 """Sharded FSDP checkpoints, with 4, 2 and 1 gloo processes on this CPU.
 
-A checkpoint saved by 4 processes resumes on 2 and on 1, one saved by a single process resumes on
-4, one left by a kill -9 of 2 processes mid-save resumes on 1, and the continued losses equal those
-of the run that went on at its original size. Every
+A checkpoint saved by 4 processes resumes on 2 (under FSDP and under DDP) and on 1, one saved by a
+single process resumes on 4, one left by a kill -9 of 2 processes mid-save resumes on 1, and the
+continued losses equal those of the run that went on at its original size. Every
 resharded run keeps the global batch (processes x data.batch_size = 4) and routes with a fixed
 pool: a random pool size is drawn per rank, so it would differ with the world size by design.
 
@@ -35,7 +35,7 @@ from emomoe.train.sharded import load_shards, save_shards
 from emomoe.train.trainer import train
 from tests.fixtures import damage
 from tests.train.conftest import tiny_run_config
-from tests.train.multiprocess import assert_same_losses, free_port, join_group, train_processes
+from tests.train.multiprocess import assert_same_losses, continue_from, free_port, join_group, train_processes
 
 RESHARD_REL = 1e-5
 STEP_2, STEP_4 = "step-00000002", "step-00000004"
@@ -46,15 +46,6 @@ def fsdp_config(store: Path, world_size: int) -> RunConfig:
         store, "model.moe.router.pool=4", "train.max_steps=4", "train.checkpoint_every=2",
         "train.parallelism=fsdp", f"data.batch_size={4 // world_size}",
     )
-
-
-def continue_from(run: Path, step_dir: str, out: Path) -> Path:
-    """A run directory holding `run`'s config, metrics and only its checkpoint `step_dir`."""
-    (out / "checkpoints").mkdir(parents=True)
-    for name in ("config.yaml", "metrics.jsonl"):
-        shutil.copy(run / name, out / name)
-    shutil.copytree(run / "checkpoints" / step_dir, out / "checkpoints" / step_dir)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +114,14 @@ def test_saved_at_4_resumes_in_one_process(run_at_4, tiny_store, tmp_path):
     train(fsdp_config(tiny_store, 1), run, resume=True, progress=False)
     assert_same_losses(run_at_4, run, [3, 4], RESHARD_REL)
     assert (run / "checkpoints" / STEP_4 / WEIGHTS_FILE).is_file()  # one process writes the model format
+
+
+@pytest.mark.slow
+def test_saved_at_4_resumes_under_ddp_at_2(run_at_4, tiny_store, tmp_path):
+    run = continue_from(run_at_4, STEP_2, tmp_path / "run")
+    train_processes(fsdp_config(tiny_store, 2).with_overrides(["train.parallelism=ddp"]), run, 2, resume=True)
+    assert_same_losses(run_at_4, run, [3, 4], RESHARD_REL)
+    assert (run / "checkpoints" / STEP_4 / WEIGHTS_FILE).is_file()  # DDP writes the model format
 
 
 @pytest.mark.slow

@@ -30,11 +30,12 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
-def parse_size(text: str) -> int:
-    """Bytes in "5GB", "500MB", "2GiB" or "1000000" (the notation of transformers' max_shard_size)."""
+def parse_size(text: str, name: str = "max_shard_size") -> int:
+    """Bytes in "5GB", "500MB", "2GiB" or "1000000" (the notation of transformers' max_shard_size);
+    a ConfigError names the field `name`."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", text, flags=re.IGNORECASE)
     if not match or int(float(match[1]) * _UNITS[(match[2] or "").upper()]) < 1:
-        raise ConfigError(f"max_shard_size: '{text}': expected a size like 5GB, 500MB or 2GiB")
+        raise ConfigError(f"{name}: '{text}': expected a size like 5GB, 500MB or 2GiB")
     return int(float(match[1]) * _UNITS[(match[2] or "").upper()])
 
 

@@ -76,16 +76,25 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[Config]) -> No
     group.add_argument("--config", metavar="FILE", help="a YAML file of these settings")
     example = next(leaf for leaf in fields if _shown(leaf.default) and not isinstance(leaf.default, list))
     add_override_arg(group, f"{example.path}={_shown(example.default).replace(' ', ',')}")
-    for leaf in fields:
+    add_field_flags(group, cls)
+
+
+def add_field_flags(group: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type[Config]) -> None:
+    """One flag per field of `cls` (a verb whose --config and --set mean something else: `plan`)."""
+    for leaf in leaves(cls):
         group.add_argument(leaf.flag, dest=_DEST + leaf.path, default=argparse.SUPPRESS, help=_help(leaf),
                            **_kind(leaf))
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
     """The config of `cls` from its defaults, `--config`, the flags given and `--set`, checked."""
+    return cls.from_sources(args.config, values=field_values(cls, args), overrides=args.overrides)
+
+
+def field_values(cls: type[Config], args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of `cls` given as flags (`add_field_flags`), by dotted path."""
     given = {name.removeprefix(_DEST): value for name, value in vars(args).items() if name.startswith(_DEST)}
-    values = {leaf.path: _value(given[leaf.path], leaf.type) for leaf in leaves(cls) if leaf.path in given}
-    return cls.from_sources(args.config, values=values, overrides=args.overrides)
+    return {leaf.path: _value(given[leaf.path], leaf.type) for leaf in leaves(cls) if leaf.path in given}
 
 
 def _parts(tp: Any) -> tuple[list[Any], bool]:

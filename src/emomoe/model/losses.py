@@ -94,6 +94,11 @@ _CHUNK_BYTES = 8 * 2**20
 _MIN_CHUNK = 64
 
 
+def lm_head_chunk_rows(vocab_size: int, element_size: int) -> int:
+    """Rows of the block of logits the fused LM head makes at a time."""
+    return max(_MIN_CHUNK, _CHUNK_BYTES // (vocab_size * element_size))
+
+
 def _cross_entropy_rows(logits_NV, targets_N1, scale_N, z_weight, nll_N, lse_N, grad: bool) -> torch.Tensor:
     """Writes the CE terms of a block of logits into `nll_N` and `lse_N`; with `grad`, turns the
     block into the gradient of scale * (nll + w_z * lse^2): scale * ((1 + 2 w_z lse) softmax - onehot).
@@ -133,7 +138,7 @@ class _FusedLMHeadLoss(torch.autograd.Function):
         # Written by the first chunk's matmul (zeros only when there is none).
         grad_weight_VD = (torch.empty_like if num_tokens else torch.zeros_like)(weight_VD) if want_grad else None
         fused = kernels.usable(hidden_TD, weight_VD)
-        chunk = max(_MIN_CHUNK, _CHUNK_BYTES // (vocab * weight_VD.element_size()))
+        chunk = lm_head_chunk_rows(vocab, weight_VD.element_size())
         # One block for every chunk: a fresh [N, V] tensor per chunk costs page faults on the CPU.
         block_NV = hidden_TD.new_empty(min(chunk, num_tokens), vocab)
         for start in range(0, num_tokens, chunk):

@@ -84,6 +84,10 @@ class TrainConfig(Config):
     precision: Precision = Precision.FP32
     compile: bool = False
     """torch.compile every transformer block (worth it on GPUs; compiling takes a while)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's attention and experts in the backward pass instead of keeping their
+    activations (`emomoe plan` shows what it saves). The router and the norms keep theirs, so the
+    router runs once per micro-batch: its global load-balancing counts are all-reduced once."""
     parallelism: Parallelism = Parallelism.DDP
     """How to split work when launched with torchrun on several processes."""
     init_from: str | None = None

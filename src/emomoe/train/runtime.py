@@ -1,4 +1,5 @@
-"""Process setup before training: distributed group, device, CPU threads, denormal flushing, allocator."""
+"""Process setup before training: distributed group, device, CPU threads, denormal flushing, allocator;
+and the process's resident memory, for the benches that measure it."""
 
 from __future__ import annotations
 
@@ -104,6 +105,21 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+
+
+def resident_bytes(peak: bool = False) -> int:
+    """This process's resident memory (VmRSS), or with `peak` its high-water mark since the last
+    `reset_peak_resident` (VmHWM). Linux only."""
+    field = "VmHWM" if peak else "VmRSS"
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_resident() -> None:
+    """Start the high-water mark over from the current resident memory (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def thread_governor(num_threads: int) -> AdaptiveThreads | None:

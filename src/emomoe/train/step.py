@@ -6,7 +6,8 @@ Legend: B batch, S sequence.
 autocast with `Precision.BF16`) with the labels, so that the model's fused LM head computes the CE
 without materialising the logits, and backpropagates the loss weighted by the micro-batch's share
 of the step's label tokens: the step's CE is the mean over all its label tokens, not a mean of
-micro-batch means. Gradients are synchronised across ranks on the last micro-batch only. Then it
+micro-batch means. Under DDP gradients are all-reduced on the last micro-batch only; FSDP
+reduce-scatters each one, so that no rank holds them unsharded (`parallel.gradient_sync`). Then it
 clips the global gradient norm, averages the loss values over ranks, refuses a non-finite loss or
 norm before the weights change (`TrainingDiverged`), and steps the optimizer and the schedule,
 clears the gradients and applies the routers' bias-balancing updates.

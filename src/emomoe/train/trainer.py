@@ -151,6 +151,8 @@ class Trainer:
         elif resume_from.weights is not None:  # a sharded checkpoint loads once the model is wrapped
             model.load_state_dict(resume_from.weights)
         self.plain_model = model.to(device)
+        if tc.activation_checkpointing:
+            parallel.checkpoint_activations(self.plain_model)
         if tc.compile:
             parallel.compile_blocks(self.plain_model)
         self.model = parallel.wrap_model(self.plain_model, tc.parallelism, device)
