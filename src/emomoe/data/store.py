@@ -133,6 +133,8 @@ class TokenStore:
 
     @classmethod
     def open(cls, path: str | Path) -> TokenStore:
+        if not str(path):  # Path("") would be the current folder
+            raise DataError("no token store given (set data.store, or pass --data STORE)")
         path = Path(path)
         if path.is_file() and path.name.endswith(MIX_SUFFIXES):
             return _open_mix(path)
