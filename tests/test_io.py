@@ -243,7 +243,7 @@ def test_create_text_claims_a_name_once(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (b"\xff\xfe\x00binary", r"p\.json: not a JSON file: byte 0 is not UTF-8 text \(a binary file\?\)$"),
-    (b'{"a": 1,\n "b": }', r"p\.json: not valid JSON \(line 2, column 7: Expecting value\)$"),
+    (b'{"a": 1,\n "b": }', r"p\.json: not valid JSON \(Expecting value at line 2, column 7\)$"),
     (b"[" * 100_000, r"p\.json: not valid JSON \(RecursionError: "),
     (b"9" * 5000, r"p\.json: not valid JSON \(ValueError: "),
 ])

@@ -25,7 +25,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,11 +241,11 @@ def _create_exclusive(path: Path, text: str) -> bool:
 
 
 def refuse_existing(path: str | Path, force: bool, what: str = "") -> None:
-    """DataError, before any work, unless an output may be written at `path`: nothing is there,
-    or `force` is set and it is a file or a folder emomoe wrote."""
+    """DataError, before any work, unless an output may be written at `path`: nothing is there (or
+    an empty folder), or `force` is set and it is a file or a folder emomoe wrote."""
     path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        return
+    if not path.exists() and not path.is_symlink() or path.is_dir() and not any(path.iterdir()):
+        return  # nothing there to lose
     if not force:
         raise DataError(f"{path}: already exists{what} (pass --force, or force=True, to replace it)")
     if path.is_dir():
@@ -309,13 +309,21 @@ def read_text(path: str | Path, what: str = "file") -> str:
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
     """The JSON value in a file the user gave (see `read_text`); DataError naming the file and the
     line of a syntax error."""
-    text = read_text(path, what)
+    return parse_json(read_text(path, what), str(path))
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """The JSON value of `text` (a file, or one line of a jsonl file at `where`); DataError naming
+    `where`, the line and column of a syntax error."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        line = f"line {e.lineno}, " if e.doc.count("\n") > e.doc.endswith("\n") else ""  # a jsonl line's `where` has its own
+        raise DataError(f"{where}: not valid JSON ({e.msg} at {line}column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not UTF-8 text (byte {e.start})") from None
     except (ValueError, RecursionError) as e:  # integers of more than 4300 digits; nesting deeper than the stack
-        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
+        raise DataError(f"{where}: not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
 
 
 @contextlib.contextmanager
@@ -346,7 +354,9 @@ def write_checksums(directory: str | Path, known: Mapping[str, str] | None = Non
     """
     directory = Path(directory)
     known = known or {}
-    names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    names = sorted(
+        p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != OUTPUT_MARKER
+    )
     digests = {name: known.get(name) or file_sha256(directory / name) for name in names if name != CHECKSUMS_FILE}
     lines = [f"{digest}  {name}\n" for name, digest in digests.items()]
     manifest = directory / CHECKSUMS_FILE
@@ -398,14 +408,16 @@ def read_checksums(directory: str | Path) -> dict[str, str]:
     return expected
 
 
-def verify_checksums(directory: str | Path, names: list[str] | None = None) -> None:
+def verify_checksums(directory: str | Path, names: list[str] | None = None, *, required: Sequence[str] = ()) -> None:
     """Raise DataError naming the first file of `directory` whose bytes differ from checksums.sha256.
 
     `names` limits the check to those files (relative paths); by default every listed file is checked.
+    `required` files are checked too, and a missing line for one is an error: deleting a line must
+    not turn the check off.
     """
     directory = Path(directory)
     expected = read_checksums(directory)
-    for name in names if names is not None else expected:
+    for name in dict.fromkeys([*(names if names is not None else expected), *required]):
         path = directory / name
         if name not in expected:
             raise DataError(f"{directory / CHECKSUMS_FILE}: has no checksum for {name}")

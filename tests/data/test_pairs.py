@@ -61,6 +61,13 @@ def test_bad_records_name_their_line(tmp_path, tokenizer, line, message):
         read_pairs(path, tokenizer)
 
 
+def test_a_binary_file_is_one_error_naming_it(tmp_path, tokenizer):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b'{"prompt": "a", "answer": "b"}\n\x89PNG\r\n\x1a\n\x00\xff\xfe\n')
+    with pytest.raises(DataError, match=r"model\.bin:2: not UTF-8 text \(byte 0 of the line\)$"):
+        read_pairs(path, tokenizer)
+
+
 def test_missing_or_empty_files_are_refused(tmp_path, tokenizer):
     with pytest.raises(DataError, match="no such prompt/answer file"):
         read_pairs(tmp_path / "none.jsonl", tokenizer)

@@ -17,7 +17,7 @@ def test_text_files_hold_one_prompt_per_line_and_jsonl_a_prompt_field(tmp_path):
     "name,content,message",
     [
         ("bad.jsonl", '{"prompt": 1}\n', r"bad.jsonl:1: expected a JSON string or an object"),
-        ("bad.jsonl", '"ok"\n{oops\n', r"bad.jsonl:2: not JSON"),
+        ("bad.jsonl", '"ok"\n{oops\n', r"bad.jsonl:2: not valid JSON \(Expecting property name enclosed in double quotes at column 2\)$"),
         ("empty.txt", "\n \n", r"empty.txt: holds no prompt"),
     ],
 )
@@ -27,3 +27,11 @@ def test_bad_prompt_files_name_the_file_and_line(tmp_path, name, content, messag
         read_prompts(tmp_path / name)
     with pytest.raises(DataError, match="not found"):
         read_prompts(tmp_path / "missing.txt")
+
+
+def test_a_folder_or_binary_file_of_prompts_is_named_as_input(tmp_path):
+    with pytest.raises(DataError, match=r": is a folder; expected a prompt file$"):
+        read_prompts(tmp_path)
+    (tmp_path / "p.txt").write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
+    with pytest.raises(DataError, match=r"p\.txt: not a prompt file: byte 0 is not UTF-8 text"):
+        read_prompts(tmp_path / "p.txt")

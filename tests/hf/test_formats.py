@@ -174,3 +174,19 @@ def test_tied_embeddings_without_an_lm_head_read_the_embedding(tmp_path, tokeniz
         assert torch.equal(reader.get("lm_head.weight"), state["model.embed_tokens.weight"])
     ids_BS = input_ids(batch=1, seq=5)
     torch.testing.assert_close(_emomoe_logits(directory, ids_BS).double(), _reference(directory, ids_BS), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("tie", [False, None])
+def test_no_lm_head_without_tied_embeddings_is_refused_not_tied(tmp_path, tokenizer_dir, tie):
+    fields = {} if tie is None else {"tie_word_embeddings": tie}
+    directory = write_emo_dir(tmp_path / "emo", tokenizer_dir, **fields)
+    config = json.loads((directory / "config.json").read_text())
+    if tie is None:
+        config.pop("tie_word_embeddings")
+        (directory / "config.json").write_text(json.dumps(config))
+    state = emo_state(config)
+    del state["lm_head.weight"]
+    _rewrite(directory, state=state)
+    with pytest.raises(DataError, match=r"emo: the weights have no 'lm_head\.weight', and config\.json does not tie it "
+                                        r"to the embedding \(tie_word_embeddings: false\); transformers would leave"):
+        CheckpointReader(directory)

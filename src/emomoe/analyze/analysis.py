@@ -25,10 +25,9 @@ from emomoe.analyze.modularity import model_summary
 from emomoe.analyze.modularity_report import HTML_FILE, REPORT_FILE, analysis_report
 from emomoe.analyze.overlap import overlap_summary, read_kept_sets
 from emomoe.checkpoint import check_fits, load_config, load_for_inference
-from emomoe.config import Config
 from emomoe.data.store import TokenStore
 from emomoe.data.tokenizer import load_tokenizer
-from emomoe.data.windows import BATCH_SIZE
+from emomoe.data.windows import BATCH_SIZE, TokenizerCheckConfig
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path
 
@@ -36,7 +35,7 @@ ANALYSIS_FILE = "analysis.json"
 
 
 @dataclasses.dataclass
-class AnalysisConfig(Config):
+class AnalysisConfig(TokenizerCheckConfig):
     domains: list[str] | None = None
     """Domains to analyse (None: every domain of the store)."""
     num_docs: int = 64
@@ -77,7 +76,10 @@ def run_analysis(
             raise ConfigError(
                 f"tokens_per_doc: {cfg.tokens_per_doc} exceeds {checkpoint}'s max_seq_len {model_cfg.max_seq_len}"
             )
-        check_fits(model_cfg, checkpoint, vocab_size=store.vocab_size, seq_len=cfg.tokens_per_doc)
+        check_fits(
+            model_cfg, checkpoint, vocab_size=store.vocab_size, seq_len=cfg.tokens_per_doc,
+            tokenizer_hash=store.tokenizer_hash, any_tokenizer=cfg.any_tokenizer,
+        )
     kept = read_kept_sets(sweep_dir, checkpoints) if sweep_dir is not None else None
     decoder = load_tokenizer(store.tokenizer_path) if store.tokenizer_path is not None else None
     models: dict[str, Any] = {}

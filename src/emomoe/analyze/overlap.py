@@ -10,7 +10,6 @@ of the same size would share.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from emomoe.analyze.metrics import expected_random_jaccard, jaccard_matrix, mean
 from emomoe.analyze.sweep_results import RESULTS_FILE, for_method, methods_of
 from emomoe.checkpoint.selection import SELECTION_FILE, read_selection
 from emomoe.errors import DataError
+from emomoe.io import read_json
 
 KeptSets = dict[str, dict[str, dict[str, list[list[int]]]]]
 """model -> keep label -> domain -> kept routed experts of every MoE layer."""
@@ -32,10 +32,7 @@ def read_kept_sets(sweep_dir: str | Path, checkpoints: dict[str, str | Path]) ->
     kept: KeptSets = {}
     results = sweep_dir / RESULTS_FILE
     if results.is_file():
-        try:
-            sweep = json.loads(results.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{results}: not valid JSON ({e})") from None
+        sweep = read_json(results)
         recorded = for_method(sweep, methods_of(sweep)[0])["kept_experts"]
         for model, per_keep in recorded.items():
             for keep, per_domain in per_keep.items():

@@ -225,9 +225,11 @@ def load_tokenizer(path: str | Path, eos_token: str | int | None = None) -> Text
     return _wrap(tokenizer, eos_token, str(file))
 
 
-def load_model_tokenizer(file: Path, cfg: ModelConfig) -> TextTokenizer:
-    """Load the tokenizer and raise DataError unless the model can run its ids."""
+def load_model_tokenizer(file: Path, cfg: ModelConfig, *, any_tokenizer: bool = False) -> TextTokenizer:
+    """Load the tokenizer and raise DataError unless the model can run its ids and it is the one the
+    model was trained with (see `ModelConfig.check_tokenizer`)."""
     tok = load_tokenizer(file)
+    cfg.check_tokenizer(tok.hash, file, given="the tokenizer given is", any_tokenizer=any_tokenizer)
     if tok.vocab_size > cfg.vocab_size:
         raise DataError(
             f"{file}: the tokenizer's vocabulary ({tok.vocab_size}) is larger than the model's ({cfg.vocab_size})"

@@ -67,7 +67,7 @@ def export_gguf(
     with CheckpointReader(checkpoint) as reader:
         model_cfg = reader.config
         arch = architecture(model_cfg)
-        tok = checkpoint_tokenizer(checkpoint, model_cfg, tokenizer)
+        tok = checkpoint_tokenizer(checkpoint, model_cfg, tokenizer, any_tokenizer=export.any_tokenizer)
         pre_tokenizer_name(tok)  # refuse before any writing
         if export.type == GGUFType.Q4_K:
             llama_cpp()

@@ -58,6 +58,8 @@ class TrainResult:
     step: int
     val_loss: dict[str, float]
     """The last validation pass: domain name (and "all") -> mean CE in nats per token."""
+    first_step: int = 0
+    """The step the run started from (a resumed run's checkpoint; 0 for a new one)."""
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True) -> TrainResult:
@@ -80,7 +82,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
         check_global_batch(restored.state["ranks"][0]["loader"], cfg.data, distributed.get_world_size())
     distributed.barrier()
     if distributed.is_main_process():
-        claim_run_dir(run_dir, cfg, force=force)
+        claim_run_dir(run_dir, cfg, force=force, resume=resuming)
     distributed.barrier()
     if distributed.is_main_process():
         checkpoints.remove_temporaries()
@@ -179,6 +181,7 @@ class Trainer:
 
     def run(self, progress: bool = True) -> TrainResult:
         tc = self.cfg.train
+        first_step = self.step
         bar = tqdm(
             total=tc.max_steps, initial=self.step, desc=self.run_dir.name, unit="step",
             disable=not (progress and self.is_main), dynamic_ncols=True,
@@ -209,7 +212,8 @@ class Trainer:
         if exported is not None:
             save_model(final_dir, exported, self.cfg.model, meta={"step": self.step, "tokens": self.tokens_seen})
         distributed.barrier()
-        return TrainResult(self.run_dir, final_dir, self.step, {k.removeprefix("val/"): v for k, v in self.val_loss.items()})
+        val_loss = {k.removeprefix("val/"): v for k, v in self.val_loss.items()}
+        return TrainResult(self.run_dir, final_dir, self.step, val_loss, first_step)
 
     def _train_step(self) -> dict[str, Any]:
         tc = self.cfg.train
