@@ -80,7 +80,7 @@ def run_analysis(
             model_cfg, checkpoint, vocab_size=store.vocab_size, seq_len=cfg.tokens_per_doc,
             tokenizer_hash=store.tokenizer_hash, any_tokenizer=cfg.any_tokenizer,
         )
-    kept = read_kept_sets(sweep_dir, checkpoints) if sweep_dir is not None else None
+    kept = read_kept_sets(sweep_dir, checkpoints, store.path) if sweep_dir is not None else None
     decoder = load_tokenizer(store.tokenizer_path) if store.tokenizer_path is not None else None
     models: dict[str, Any] = {}
     for name, checkpoint in checkpoints.items():

@@ -42,7 +42,7 @@ from emomoe.train.rundir import FINAL_DIR, check_run_dir, claim_run_dir, holds_r
 from emomoe.train.runtime import setup_runtime, thread_governor
 from emomoe.train.schedule import build_scheduler
 from emomoe.train.sharded import load_shards
-from emomoe.train.step import TrainingDiverged, train_step
+from emomoe.train.step import TrainingDiverged, check_finite_weights, train_step
 from emomoe.train.stop_request import StopRequest
 from emomoe.train.validation import Validator
 
@@ -208,6 +208,7 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.close()
         final_dir = self.run_dir / FINAL_DIR
+        self._check_weights()
         exported = parallel.export_model(self.model, self.cfg.model)
         if exported is not None:
             save_model(final_dir, exported, self.cfg.model, meta={"step": self.step, "tokens": self.tokens_seen})
@@ -288,6 +289,14 @@ class Trainer:
         flag = torch.tensor([float(stop.requested)])
         return bool(distributed.all_reduce_max_(flag).item())
 
+    def _check_weights(self) -> None:
+        """Before any save: weights the last update made non-finite end the run like a non-finite loss."""
+        try:
+            check_finite_weights(self.model)
+        except TrainingDiverged as e:
+            self.step -= 1  # the update of this step is the one that diverged
+            self._diverged(e)
+
     def _diverged(self, error: TrainingDiverged) -> NoReturn:
         if self.metrics is not None:
             self.metrics.write({"step": self.step + 1, **error.values, "grad_norm": error.grad_norm})
@@ -302,6 +311,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint of the current step (a collective: every rank must call it)."""
+        self._check_weights()
         rank_states = distributed.gather_objects(
             {
                 "loader": self.loader.state_dict(),
