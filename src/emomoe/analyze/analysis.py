@@ -28,7 +28,7 @@ from emomoe.checkpoint import check_fits, load_config, load_for_inference
 from emomoe.data.store import TokenStore
 from emomoe.data.tokenizer import load_tokenizer
 from emomoe.data.windows import BATCH_SIZE, TokenizerCheckConfig
-from emomoe.errors import ConfigError, DataError
+from emomoe.errors import ConfigError, DataError, require
 from emomoe.io import atomic_path
 
 ANALYSIS_FILE = "analysis.json"
@@ -65,6 +65,7 @@ def run_analysis(
 ) -> dict[str, Any]:
     """Every number of the analysis (what `analysis.json` holds; see `write_analysis`)."""
     cfg.validate()
+    require("the analysis (k-means, PCA and figures)", "analysis", "sklearn", "matplotlib")
     if not checkpoints:
         raise ConfigError("checkpoints: give at least one model to analyse")
     store = store if isinstance(store, TokenStore) else TokenStore.open(store)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from emomoe.cli._options import add_config_options, config_from_args
+from emomoe.errors import require
 from emomoe.evaluate.continuation import GROUP
 from emomoe.experiments.benchmarks import LmEvalConfig, evaluate_checkpoint_tasks, scores_table, task_scores
 from emomoe.io import atomic_write_text, check_output_file
@@ -44,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(LmEvalConfig, args)
+    require("emomoe lm-eval", "eval", "lm_eval")
     if args.out:
         check_output_file(args.out, args.force)
     setup_runtime()

@@ -58,6 +58,11 @@ class TokenizeConfig(ReadConfig):
     eos_token: str | None = None
     """The EOS token, if the tokenizer does not declare one."""
 
+    def validate(self) -> None:
+        super().validate()
+        if self.chunk_mb <= 0:
+            raise ConfigError(f"chunk_mb: expected a size in MB > 0, got {self.chunk_mb}")
+
     @property
     def chunk_bytes(self) -> int:
         return max(1, int(self.chunk_mb * _MB))

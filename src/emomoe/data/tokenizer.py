@@ -50,8 +50,11 @@ class TokenizerTrainConfig(ReadConfig):
     """Train on about this many MB of text, a deterministic sample spread over the input; 0 means all."""
 
     def validate(self) -> None:
+        super().validate()
         if self.sample_mb < 0:
             raise ConfigError(f"sample_mb: expected >= 0 (0: all), got {self.sample_mb}")
+        if self.min_frequency < 0:
+            raise ConfigError(f"min_frequency: expected a count >= 0, got {self.min_frequency}")
 
     @property
     def sample_bytes(self) -> int | None:

@@ -17,7 +17,7 @@ from emomoe.checkpoint import load_config
 from emomoe.checkpoint.selection import SelectionConfig
 from emomoe.data.store import TokenStore
 from emomoe.data.windows import BATCH_SIZE, TokenizerCheckConfig
-from emomoe.errors import ConfigError, DataError
+from emomoe.errors import ConfigError, DataError, require
 from emomoe.evaluate.continuation import (
     CONTEXT_TOKENS,
     CONTINUATION_TOKENS,
@@ -141,6 +141,7 @@ def evaluate_checkpoint_tasks(
     (`emomoe_continuation[_<domain>]`) are built first from the held-out documents of `data`
     (default: the token store of the checkpoint's run), `cfg.num_items` per domain (see
     `write_continuation_tasks`). Offline unless `cfg.online`."""
+    require("lm-eval tasks", "eval", "lm_eval")
     from emomoe.experiments.harness import EmoLM
 
     if not cfg.online:
