@@ -373,6 +373,19 @@ ERRORS = {
                       "--out", s(t / "sub")],
         r"keep fraction 1\.5: expected a value in \(0, 1\]$",
     ),
+    "lm-eval-limit-zero": (
+        lambda e, t: ["lm-eval", "--checkpoint", s(e["model"]), "--limit", "0"],
+        r"limit: expected a number of items > 0, got 0\.0$",
+    ),
+    "lm-eval-limit-negative": (
+        lambda e, t: ["lm-eval", "--checkpoint", s(e["model"]), "--limit", "-1"],
+        r"limit: expected a number of items > 0, got -1\.0$",
+    ),
+    "finetune-batch-size-zero": (
+        lambda e, t: ["finetune", "--checkpoint", s(e["subset"]), "--data", s(STORE), "--batch-size", "0",
+                      "--out", s(t / "ft")],
+        r"batch_size: expected a positive integer, got 0$",
+    ),
     "merge-other-source": (
         lambda e, t: ["merge", "--full", s(e["small"]), "--subset", s(e["subset"]), "--out", s(t / "merged")],
         r"subset: was selected from a different checkpoint than .*small-vocab \(weights sha256 differ; pass "
