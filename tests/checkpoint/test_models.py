@@ -3,12 +3,13 @@ import re
 
 import pytest
 import torch
+from hypothesis import given
 
 from emomoe.checkpoint import WEIGHTS_FILE, CheckpointReader, load_config, load_for_inference, load_model, save_model
 from emomoe.errors import DataError
-from emomoe.io import CHECKSUMS_FILE, OUTPUT_MARKER
+from emomoe.io import CHECKSUMS_FILE, OUTPUT_MARKER, write_checksums
 from emomoe.model import ModelConfig, build_model
-from tests.fixtures import damage
+from tests.fixtures import damage, damaged, fuzz_settings, only_our_errors
 
 
 def test_inference_routing_uses_no_document_pool(tmp_path):
@@ -107,3 +108,17 @@ def test_available_memory_is_below_the_machine_total():
 
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert 0 < available_memory() <= total
+
+
+def test_fuzz_a_damaged_model_yaml_raises_only_our_errors(tmp_path):
+    directory = saved_tiny(tmp_path)
+    valid = (directory / "model.yaml").read_bytes()
+
+    @fuzz_settings()
+    @given(damaged(valid))
+    def read(data):
+        (directory / "model.yaml").write_bytes(data)
+        write_checksums(directory)  # as written: the file itself is what is wrong
+        only_our_errors(load_model, directory)
+
+    read()

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
 from safetensors.torch import load_file
 
 from emomoe.checkpoint import CheckpointReader, TensorSource, load_model, register_format, save_model
@@ -11,6 +12,7 @@ from emomoe.checkpoint.writer import INDEX_FILE, SINGLE_FILE
 from emomoe.errors import DataError
 from emomoe.io import CHECKSUMS_FILE, write_checksums
 from emomoe.model import ModelConfig, build_model
+from tests.fixtures import damaged, fuzz_settings, only_our_errors
 
 
 def tiny(seed=0):
@@ -185,3 +187,23 @@ def test_a_registered_format_maps_per_expert_files_onto_stacked_tensors(tmp_path
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
     finally:
         _FORMATS[:] = [f for f in _FORMATS if f.name != "per-expert"]
+
+
+@pytest.mark.parametrize("part", ["header", "index"])
+def test_fuzz_a_damaged_safetensors_header_or_index_raises_only_our_errors(tmp_path, part):
+    directory = save_model(tmp_path / "c", *tiny(), max_shard_bytes=20_000 if part == "index" else 10**9)
+    path = directory / (INDEX_FILE if part == "index" else SINGLE_FILE)
+    whole = path.read_bytes()
+    # A header: its 8-byte length and the JSON after it; the tensor data is left as it is.
+    end = len(whole) if part == "index" else 8 + int.from_bytes(whole[:8], "little")
+
+    @fuzz_settings()
+    @given(damaged(whole[:end]))
+    def read(data):
+        path.write_bytes(data + whole[end:])
+        write_checksums(directory)
+        reader = only_our_errors(CheckpointReader, directory)
+        if reader is not None:
+            only_our_errors(lambda: [reader.get(name) for name in reader.names()])
+
+    read()

@@ -3,9 +3,11 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
 
 from emomoe.data.pairs import Example, PairLoader, pair_batch, read_pairs
 from emomoe.errors import DataError
+from tests.fixtures import damaged, fuzz_settings, only_our_errors
 
 IGNORE = -100
 EOS = 0
@@ -100,3 +102,18 @@ def test_loader_state_resumes_the_order_and_refuses_other_data():
     other = PairLoader(examples[:-1], EOS, seq_len=4, batch_size=3, answer_only=True, seed=2)
     with pytest.raises(DataError, match="num_examples"):
         other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_fuzz_a_damaged_pair_file_raises_only_our_errors(tmp_path, tokenizer, suffix):
+    plain = "".join(json.dumps({"prompt": f"q{i} é", "answer": f"a{i}"}) + "\n" for i in range(4)).encode()
+    valid = gzip.compress(plain) if suffix == ".jsonl.gz" else plain
+    path = tmp_path / f"qa{suffix}"
+
+    @fuzz_settings()
+    @given(damaged(valid))
+    def read(data):
+        path.write_bytes(data)
+        only_our_errors(read_pairs, path, tokenizer)
+
+    read()

@@ -1,7 +1,9 @@
 import pytest
+from hypothesis import given
 
 from emomoe.data.prompts import read_prompts
 from emomoe.errors import DataError
+from tests.fixtures import damaged, fuzz_settings, only_our_errors
 
 
 def test_text_files_hold_one_prompt_per_line_and_jsonl_a_prompt_field(tmp_path):
@@ -35,3 +37,16 @@ def test_a_folder_or_binary_file_of_prompts_is_named_as_input(tmp_path):
     (tmp_path / "p.txt").write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
     with pytest.raises(DataError, match=r"p\.txt: not a prompt file: byte 0 is not UTF-8 text"):
         read_prompts(tmp_path / "p.txt")
+
+
+@pytest.mark.parametrize("name", ["p.jsonl", "p.txt"])
+def test_fuzz_a_damaged_prompt_file_raises_only_our_errors(tmp_path, name):
+    valid = '{"prompt": "def f(x):"}\n"plain"\n{"text": "über", "id": 3}\n'.encode()
+
+    @fuzz_settings()
+    @given(damaged(valid))
+    def read(data):
+        (tmp_path / name).write_bytes(data)
+        only_our_errors(read_prompts, tmp_path / name)
+
+    read()

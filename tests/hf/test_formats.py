@@ -2,10 +2,12 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
 from safetensors.torch import load_file, save_file
 
 from emomoe.checkpoint import CheckpointReader, load_config, load_for_inference, load_model
 from emomoe.errors import DataError
+from tests.fixtures import damaged, fuzz_settings, only_our_errors
 from tests.hf.conftest import emo_state, input_ids, save_transformers_model, write_emo_dir
 from tests.hf.reference import reference_logits
 
@@ -190,3 +192,34 @@ def test_no_lm_head_without_tied_embeddings_is_refused_not_tied(tmp_path, tokeni
     with pytest.raises(DataError, match=r"emo: the weights have no 'lm_head\.weight', and config\.json does not tie it "
                                         r"to the embedding \(tie_word_embeddings: false\); transformers would leave"):
         CheckpointReader(directory)
+
+
+def _sharded(directory):
+    """The HF directory's weights in two shards with an index."""
+    state = load_file(str(directory / "model.safetensors"))
+    (directory / "model.safetensors").unlink()
+    names = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    for file, keys in halves.items():
+        save_file({k: state[k] for k in keys}, str(directory / file), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: file for file, keys in halves.items() for k in keys}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    return directory
+
+
+@pytest.mark.parametrize("file", ["config.json", "model.safetensors.index.json"])
+def test_fuzz_a_damaged_config_json_or_index_raises_only_our_errors(tmp_path, tokenizer_dir, file):
+    directory = _sharded(write_emo_dir(tmp_path / "emo", tokenizer_dir))
+    valid = (directory / file).read_bytes()
+
+    @fuzz_settings()
+    @given(damaged(valid))
+    def read(data):
+        (directory / file).write_bytes(data)
+        only_our_errors(load_config, directory)
+        reader = only_our_errors(CheckpointReader, directory)
+        if reader is not None:
+            only_our_errors(lambda: [reader.get(name) for name in reader.names()])
+
+    read()

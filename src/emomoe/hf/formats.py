@@ -84,6 +84,7 @@ class UnsupportedHFFormat:
     Its `read_config` always raises, so a reader never asks it for sources."""
 
     name = "hf"
+    config_file = CONFIG_JSON
 
     def detect(self, directory: Path) -> bool:
         return _model_type(directory) is not None
