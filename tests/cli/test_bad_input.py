@@ -76,6 +76,12 @@ def s(path: Path) -> str:
     return str(path)
 
 
+def select_argv(checkpoint: str, keep: str, tmp_path: Path) -> list[str]:
+    """`select` on the shipped store's code domain into a fresh folder."""
+    return ["select", "--checkpoint", checkpoint, "--data", s(STORE), "--calib", "code", "--keep", keep,
+            "--out", s(tmp_path / "sub")]
+
+
 # Each case: (argv builder, regex the one-line message must match). Builders get (env, tmp_path).
 ERRORS = {
     "train-missing-config": (
@@ -203,8 +209,7 @@ ERRORS = {
         r"--no-router-profile have none\), which --selection auto compares prompts with; select it again",
     ),
     "select-vocab-larger-than-model": (
-        lambda e, t: ["select", "--checkpoint", s(e["small"]), "--data", s(STORE), "--calib", "code", "--keep", "2",
-                      "--out", s(t / "sub")],
+        lambda e, t: select_argv(s(e["small"]), "2", t),
         r"small-vocab: the data's vocabulary \(512\) is larger than the model's \(300\)$",
     ),
     "select-other-tokenizer": (
@@ -238,8 +243,7 @@ ERRORS = {
         r"m/model\.safetensors: checksum mismatch",
     ),
     "select-bad-keep": (
-        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--data", s(STORE), "--calib", "code", "--keep", "lots",
-                      "--out", s(t / "sub")],
+        lambda e, t: select_argv(s(e["model"]), "lots", t),
         r"keep 'lots': expected a count \(8\), a fraction \(0\.25\) or per-layer counts \(8,8,4,4\)$",
     ),
     "finetune-negative-lr": (
@@ -369,8 +373,7 @@ ERRORS = {
         r"chunk_mb: expected a size in MB > 0, got -5\.0$",
     ),
     "select-keep-above-1": (
-        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--data", s(STORE), "--calib", "code", "--keep", "1.5",
-                      "--out", s(t / "sub")],
+        lambda e, t: select_argv(s(e["model"]), "1.5", t),
         r"keep fraction 1\.5: expected a value in \(0, 1\]$",
     ),
     "lm-eval-limit-zero": (
