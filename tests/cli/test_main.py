@@ -76,4 +76,4 @@ def test_the_light_parser_lists_every_verb_by_its_module_docstring():
     assert sorted(action.choices) == _verbs()
     help_text = light.format_help()
     assert "held-out loss and perplexity of a checkpoint, per domain." in help_text  # eval.py's docstring
-    assert "`emomoe" not in help_text
+    assert "`emomoe eval`" not in help_text and "`emomoe hf import`" not in help_text
