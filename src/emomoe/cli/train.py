@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"nothing to train: the run is at step {result.first_step} and train.max_steps is "
                   f"{cfg.train.max_steps} (raise train.max_steps to train on); final model: {result.final_dir}")
         elif result.first_step:
-            print(f"trained steps {result.first_step + 1}-{result.step} (resumed at step {result.first_step}); "
-                  f"final model: {result.final_dir}")
+            steps = f"step {result.step}" if result.step == result.first_step + 1 else \
+                f"steps {result.first_step + 1}-{result.step}"
+            print(f"trained {steps} (resumed at step {result.first_step}); final model: {result.final_dir}")
         else:
             print(f"trained {result.step} steps; final model: {result.final_dir}")
         if losses:

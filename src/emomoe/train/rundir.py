@@ -51,13 +51,21 @@ def check_run_dir(run_dir: str | Path, cfg: RunConfig, *, resume: bool, force: b
             f"{run_dir} already holds a run ({CONFIG_FILE}); pass --resume to continue it "
             "or --force to delete it and start over"
         )
-    stored = RunConfig.from_yaml(run_dir / CONFIG_FILE)
-    difference = first_difference(stored.to_dict(), cfg.to_dict(), skip=RESUMABLE)
+    stored, given = (_store_resolved(c) for c in (RunConfig.from_yaml(run_dir / CONFIG_FILE), cfg))
+    difference = first_difference(stored, given, skip=RESUMABLE)
     if difference:
         raise ConfigError(
             f"{run_dir}: cannot resume, the config differs from the stored run at '{difference}' "
             "(only train.* and data.batch_size may change; use --force to start over)"
         )
+
+
+def _store_resolved(cfg: RunConfig) -> dict[str, Any]:
+    """The config as a dict, its token store as a resolved path: the store is the same wherever it is
+    named from (and runs of older versions stored it as typed)."""
+    data = cfg.to_dict()
+    data["data"]["store"] = str(Path(cfg.data.store).resolve())
+    return data
 
 
 def claim_run_dir(run_dir: str | Path, cfg: RunConfig, *, force: bool, resume: bool = False) -> None:

@@ -108,8 +108,9 @@ def warn_if_pool_is_inert(cfg: ModelConfig) -> None:
 
 
 def fit_to_store(cfg: RunConfig, store: TokenStore) -> RunConfig:
-    """Take the EOS id and the tokenizer hash from the token store when the model leaves them open;
-    refuse a vocabulary too small, or an EOS or tokenizer that differs from the store's."""
+    """Take the EOS id and the tokenizer hash from the token store when the model leaves them open,
+    and its resolved path (a run is resumed, and its store found, from any folder); refuse a
+    vocabulary too small, or an EOS or tokenizer that differs from the store's."""
     if cfg.model.vocab_size < store.vocab_size:
         raise ConfigError(
             f"model.vocab_size: {cfg.model.vocab_size} is smaller than the token store's vocabulary "
@@ -132,7 +133,8 @@ def fit_to_store(cfg: RunConfig, store: TokenStore) -> RunConfig:
         eos_id=store.eos_id if cfg.model.eos_id is None else cfg.model.eos_id,
         tokenizer_hash=cfg.model.tokenizer_hash or store.tokenizer_hash or None,
     )
-    return dataclasses.replace(cfg, model=model)
+    data = dataclasses.replace(cfg.data, store=str(store.path.resolve()))
+    return dataclasses.replace(cfg, model=model, data=data)
 
 
 class Trainer:
