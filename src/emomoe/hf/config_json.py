@@ -215,7 +215,6 @@ def emo_config_json(
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_scaling": None,
         "attention_bias": False,
         "initializer_range": cfg.init_std,
         "tie_word_embeddings": False,
