@@ -104,6 +104,15 @@ def test_checksums_name_the_damaged_file(tmp_path):
         verify_checksums(tmp_path, names=["a.bin"])
 
 
+def test_a_changed_digest_does_not_blame_the_file_alone(tmp_path):
+    (tmp_path / "meta.json").write_text("{}")
+    manifest = write_checksums(tmp_path)
+    manifest.write_text(manifest.read_text().replace(manifest.read_text()[:4], "0000", 1))
+    with pytest.raises(DataError, match=r"meta\.json: checksum mismatch: the file was truncated or altered since it "
+                                        r"was written, or its line in checksums\.sha256 was$"):
+        verify_checksums(tmp_path)
+
+
 def test_checksums_computed_elsewhere_are_taken_as_given(tmp_path):
     (tmp_path / "mine.bin").write_bytes(b"abc")
     (tmp_path / "theirs.bin").write_bytes(b"def")
@@ -116,9 +125,11 @@ def test_checksums_computed_elsewhere_are_taken_as_given(tmp_path):
 
 def test_refuse_existing(tmp_path):
     refuse_existing(tmp_path / "new", force=False)
-    refuse_existing(tmp_path, force=True)
+    refuse_existing(tmp_path, force=False)  # an empty folder: nothing to lose
+    (tmp_path / "out.json").write_text("{}")
+    refuse_existing(tmp_path / "out.json", force=True)
     with pytest.raises(DataError, match="already exists.*force"):
-        refuse_existing(tmp_path, force=False)
+        refuse_existing(tmp_path / "out.json", force=False)
 
 
 def test_checksums_hash_a_file_once_until_it_changes(tmp_path, monkeypatch):

@@ -424,4 +424,5 @@ def verify_checksums(directory: str | Path, names: list[str] | None = None, *, r
         if not path.is_file():
             raise DataError(f"{path}: missing (listed in {CHECKSUMS_FILE})")
         if not _verified(path, expected[name]):
-            raise DataError(f"{path}: checksum mismatch, the file is damaged (truncated or altered since it was written)")
+            raise DataError(f"{path}: checksum mismatch: the file was truncated or altered since it was written, or its "
+                            f"line in {CHECKSUMS_FILE} was")

@@ -182,7 +182,8 @@ ERRORS = {
     "eval-truncated-weights": (
         lambda e, t: ["eval", "--checkpoint", s(damaged_copy(e["model"], t / "m", "model.safetensors", "truncate")),
                       "--data", s(STORE)],
-        r"m/model\.safetensors: checksum mismatch, the file is damaged \(truncated or altered since it was written\)$",
+        r"m/model\.safetensors: checksum mismatch: the file was truncated or altered since it was written, or its "
+        r"line in checksums\.sha256 was$",
     ),
     "eval-flipped-byte-in-config": (
         lambda e, t: ["eval", "--checkpoint", s(damaged_copy(e["model"], t / "m", "model.yaml", "flip")), "--data", s(STORE)],
@@ -274,7 +275,7 @@ ERRORS = {
     "consolidate-flipped-byte-in-a-shard": (
         lambda e, t: ["checkpoint", "consolidate", s(damaged_copy(e["sharded"], t / "m", shard_file(0, 1), "flip")),
                       "--out", s(t / "out")],
-        r"m/state-00000-of-00001\.safetensors: checksum mismatch, the file is damaged",
+        r"m/state-00000-of-00001\.safetensors: checksum mismatch: the file was truncated",
     ),
     "generate-other-tokenizer": (
         lambda e, t: ["generate", "--checkpoint", s(e["model"]), "--prompt", "def", "--tokenizer", s(e["other"] / "tokenizer")],
@@ -388,6 +389,11 @@ ERRORS = {
         lambda e, t: ["finetune", "--checkpoint", s(e["subset"]), "--data", s(STORE), "--batch-size", "0",
                       "--out", s(t / "ft")],
         r"batch_size: expected a positive integer, got 0$",
+    ),
+    "merge-damaged-full": (
+        lambda e, t: ["merge", "--full", s(damaged_copy(e["model"], t / "m", "model.safetensors", "flip")),
+                      "--subset", s(e["subset"]), "--out", s(t / "merged")],
+        r"m/model\.safetensors: checksum mismatch: the file was truncated or altered",
     ),
     "merge-other-source": (
         lambda e, t: ["merge", "--full", s(e["small"]), "--subset", s(e["subset"]), "--out", s(t / "merged")],
