@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from emomoe.cli import main
+from emomoe.experiments.demo import check_demo
+from emomoe.io import OUTPUT_MARKER
 from emomoe.experiments.sweep_tables import summary_table
 from tests.cli.test_train_cli import SMALL_DEMO, TOPICS, small_demo_inputs
 
@@ -54,3 +56,11 @@ def test_the_demo_stops_before_any_work_in_one_line(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(message, err), err
     assert sorted(p.name for p in out.rglob("*")) in ([], ["analysis", "notes.md"])  # no tokenizer, no store
+
+
+def test_the_outputs_of_an_earlier_demo_are_adopted_not_refused(tmp_path):
+    out = tmp_path / "demo"
+    (out / "analysis").mkdir(parents=True)
+    (out / "analysis" / "analysis.json").write_text("{}")  # written before folders carried a marker
+    check_demo(out, [], anneal=False)
+    assert (out / "analysis" / OUTPUT_MARKER).read_text().splitlines()[1:] == ["analysis.json"]

@@ -33,9 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emomoe.analyze.analysis import AnalysisConfig, run_analysis, write_analysis
+from emomoe.analyze.analysis import ANALYSIS_FILE, AnalysisConfig, run_analysis, write_analysis
 from emomoe.analyze.modularity_report import headline_table, summary_section
-from emomoe.analyze.sweep_results import for_method, methods_of
+from emomoe.analyze.sweep_results import RESULTS_FILE, for_method, methods_of
 from emomoe.checkpoint import load_for_inference
 from emomoe.data.corpus import embedded_corpus
 from emomoe.data.store import METADATA_FILE, TokenStore
@@ -45,6 +45,7 @@ from emomoe.errors import ConfigError, require
 from emomoe.evaluate.continuation import (
     CONTEXT_TOKENS,
     CONTINUATION_TOKENS,
+    GROUP,
     NUM_ITEMS,
     write_continuation_tasks,
 )
@@ -52,7 +53,7 @@ from emomoe.evaluate.continuation import task_name as continuation_task
 from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.experiments.benchmarks import go_offline, run_tasks, task_scores
 from emomoe.experiments.sweep import SELECTIONS_DIR, SweepConfig, keep_label, run_sweep, write_sweep
-from emomoe.io import atomic_write_text, check_output_dir, refuse_existing
+from emomoe.io import OUTPUT_MARKER, atomic_write_text, check_output_dir, mark_output, refuse_existing
 from emomoe.select.methods import SelectMethod
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
@@ -158,7 +159,11 @@ def check_demo(out: Path, overrides: list[str], *, anneal: bool) -> None:
     check_output_dir(out)
     for name in [*DEMO_MODELS, *([ANNEAL] if anneal else [])]:
         RunConfig.from_yaml(SHIPPED_CONFIGS / {**DEMO_MODELS, ANNEAL: ANNEAL_CONFIG}[name], overrides)
-    for folder in (TASKS_DIR, ANALYSIS_DIR, SELECTIONS_DIR):
+    # What a demo of an earlier version wrote, before folders carried a marker: the file it writes there.
+    signatures = {TASKS_DIR: f"{GROUP}.yaml", ANALYSIS_DIR: ANALYSIS_FILE, SELECTIONS_DIR: f"../{RESULTS_FILE}"}
+    for folder, signature in signatures.items():
+        if (out / folder / signature).is_file() and not (out / folder / OUTPUT_MARKER).exists():
+            mark_output(out / folder)
         refuse_existing(out / folder, force=True)
 
 
