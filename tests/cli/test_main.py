@@ -1,6 +1,6 @@
 import argparse
-import re
 import importlib.metadata
+import re
 import subprocess
 import sys
 

@@ -8,7 +8,11 @@ from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
 from emomoe.errors import DataError
 from emomoe.evaluate.continuation import (
-    GROUP, clean_cut, continuation_items, task_name, write_continuation_tasks,
+    GROUP,
+    clean_cut,
+    continuation_items,
+    task_name,
+    write_continuation_tasks,
 )
 from tests.fixtures import build_store, word_documents
 

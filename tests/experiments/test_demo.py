@@ -9,8 +9,8 @@ import yaml
 
 from emomoe.cli import main
 from emomoe.experiments.demo import check_demo
-from emomoe.io import OUTPUT_MARKER
 from emomoe.experiments.sweep_tables import summary_table
+from emomoe.io import OUTPUT_MARKER
 from tests.cli.test_train_cli import SMALL_DEMO, TOPICS, small_demo_inputs
 
 

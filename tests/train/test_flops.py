@@ -9,7 +9,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from emomoe.model import ModelConfig, build_model
 from emomoe.model.losses import compute_loss
-from emomoe.train.flops import gemm_flops, matmul_flops_per_s, measure_peak_flops, mfu, model_gemm_shapes, train_flops_per_token
+from emomoe.train.flops import (
+    gemm_flops,
+    matmul_flops_per_s,
+    measure_peak_flops,
+    mfu,
+    model_gemm_shapes,
+    train_flops_per_token,
+)
 
 
 def _counted_train_flops_per_token(cfg: ModelConfig, batch: int, seq_len: int) -> float:
