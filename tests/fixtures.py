@@ -133,3 +133,49 @@ def damage(path: Path, how: str) -> Path:
 def tiny_config(num_layers: int = 2, pool: str = "2..8") -> ModelConfig:
     cfg = ModelConfig.preset("tiny").with_overrides([f"num_layers={num_layers}", f"moe.router.pool={pool}"])
     return cfg
+
+
+FUZZ_EXAMPLES = 40
+"""Examples per fuzzed reader: enough to hit truncations, flips and garbage in every part of a small
+file, few enough that the whole pass takes seconds in `make test`."""
+
+
+def fuzz_settings(examples: int = FUZZ_EXAMPLES):
+    """Hypothesis settings of the reader fuzz tests: bounded, no deadline (file IO), and a
+    function-scoped tmp_path reused by every example (each example rewrites the files it reads)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=examples, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def damaged(valid: bytes):
+    """A hypothesis strategy of damaged versions of the valid file `valid`: truncated, with bits
+    flipped, with random bytes spliced in, or random bytes altogether."""
+    from hypothesis import strategies as st
+
+    n = len(valid)
+
+    def flip(flips: list[tuple[int, int]]) -> bytes:
+        data = bytearray(valid)
+        for position, bit in flips:
+            data[position] ^= 1 << bit
+        return bytes(data)
+
+    return st.one_of(
+        st.integers(0, max(n - 1, 0)).map(lambda k: valid[:k]),
+        st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, 7)), min_size=1, max_size=4).map(flip),
+        st.tuples(st.integers(0, n), st.binary(min_size=1, max_size=64)).map(lambda a: valid[: a[0]] + a[1] + valid[a[0]:]),
+        st.binary(max_size=256),
+    )
+
+
+def only_our_errors(read, *args, **kwargs):
+    """Run a reader on damaged input: it may succeed or raise one of emomoe's errors, nothing else
+    (a traceback of KeyError, UnicodeDecodeError, a safetensors or numpy error is a bug)."""
+    from emomoe.errors import EmomoeError
+
+    try:
+        return read(*args, **kwargs)
+    except EmomoeError:
+        return None

@@ -97,6 +97,26 @@ def test_invalid_yaml_file_names_file(tmp_path):
         Outer.from_yaml(tmp_path / "absent.yaml")
 
 
+def test_a_key_given_twice_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("inner:\n  size: 2\nname: a\ninner:\n  size: 5\n")  # YAML alone keeps size 5, silently
+    with pytest.raises(ConfigError, match=r"twice\.yaml: line 4: key 'inner' given twice \(first on line 1\); "
+                                          "give each key once$"):
+        Outer.from_yaml(path)
+    path.write_text("inner: {size: 2, size: 3}\n")
+    with pytest.raises(ConfigError, match="line 1: key 'size' given twice"):
+        Outer.from_yaml(path)
+
+
+def test_a_binary_or_empty_config_file_is_one_error(tmp_path):
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match=r"bin\.yaml: not a config file: byte 128 is not UTF-8 text"):
+        Outer.from_yaml(path)
+    path.write_text("")
+    assert Outer.from_yaml(path) == Outer()
+
+
 def test_yaml_reads_on_off_yes_no_as_strings(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("name: off\nflag: true\ninner: {pool: off}\n")

@@ -22,14 +22,36 @@ from typing import Any, TypeVar
 
 import yaml
 
-from emomoe.errors import ConfigError
-from emomoe.io import atomic_write_text
+from emomoe.errors import ConfigError, DataError
+from emomoe.io import atomic_write_text, read_text
 
 C = TypeVar("C", bound="Config")
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping gives one key twice: YAML keeps the last and drops the first without a word."""
+
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"line {line}: key '{key}' given twice (first on line {first_line}); give each key once")
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. YAML 1.1 would read `pool: off` as false."""
+    """YAML 1.2 booleans: only true/false. YAML 1.1 would read `pool: off` as false. A key given
+    twice in one mapping (two `train:` sections) is an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise DuplicateKey(key, key_node.start_mark.line + 1, seen[key] + 1)
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -188,11 +210,11 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     ConfigError naming it."""
     path = Path(path)
     try:
-        data = load_yaml(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config file") from None
+        data = load_yaml(read_text(path, "config file")) or {}
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    except DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):

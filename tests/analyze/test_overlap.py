@@ -14,7 +14,7 @@ def _selection(path, source, keep, domains, kept):
     (path / "selection.json").write_text(json.dumps(record))
 
 
-def test_kept_sets_come_from_results_and_selections(tmp_path):
+def test_kept_sets_come_from_results_and_selections(tmp_path, capsys):
     kept = {"emo": {"0.5": {"code": [[0, 1], [2, 3]], "math": [[1, 2], [2, 3]]}}}
     other = {"emo": {"0.5": {"code": [[3], [0]]}}}
     results = {"loss": {"global": {}, "random": {}}, "kept_experts": {"global": kept, "random": other}}
@@ -27,7 +27,23 @@ def test_kept_sets_come_from_results_and_selections(tmp_path):
     got = read_kept_sets(tmp_path, {"emo": tmp_path / "x", "std": source})
     assert got["emo"] == kept["emo"]  # the sweep's first method's
     assert got["std"] == {"2": {"code": [[0, 1], [0, 1]], "legal,math": [[2, 3], [0, 3]]}}
-    assert got["elsewhere"] == {"2": {"code": [[0], [1]]}}
+    assert sorted(got) == ["emo", "std"]  # subset c is of another model: left out, and said
+    assert "left out of the overlap, as of models not analysed here: " in capsys.readouterr().err
+
+
+def test_a_sweep_of_other_models_or_data_is_not_mixed_in(tmp_path, capsys):
+    ours, theirs, store = tmp_path / "runs" / "emo" / "final", tmp_path / "theirs" / "final", tmp_path / "store"
+    kept = {"emo": {"0.5": {"code": [[0, 1], [2, 3]]}}, "std": {"0.5": {"code": [[3], [0]]}}}
+    results = {"loss": {"layerwise": {}}, "kept_experts": {"layerwise": kept},
+               "settings": {"store": str(store), "checkpoints": {"emo": str(theirs), "std": str(ours)}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    # The sweep's "std" is the model analysed here as "emo"; its "emo" is another model.
+    assert read_kept_sets(tmp_path, {"emo": ours}, store) == {"emo": kept["std"]}
+    assert f"emo ({theirs})" in capsys.readouterr().err
+    with pytest.raises(DataError, match=rf"results\.json: the sweep ran on {store}, not on .*other; its subsets were"):
+        read_kept_sets(tmp_path, {"emo": ours}, tmp_path / "other")
+    with pytest.raises(DataError, match="no kept experts of the analysed models found"):
+        read_kept_sets(tmp_path, {"emo": tmp_path / "a third model"}, store)
 
 
 def test_a_directory_without_kept_experts_is_refused(tmp_path):

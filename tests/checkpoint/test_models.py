@@ -3,12 +3,13 @@ import re
 
 import pytest
 import torch
+from hypothesis import given
 
-from emomoe.checkpoint import WEIGHTS_FILE, load_for_inference, load_model, save_model
+from emomoe.checkpoint import WEIGHTS_FILE, CheckpointReader, load_config, load_for_inference, load_model, save_model
 from emomoe.errors import DataError
-from emomoe.io import CHECKSUMS_FILE
+from emomoe.io import CHECKSUMS_FILE, OUTPUT_MARKER, write_checksums
 from emomoe.model import ModelConfig, build_model
-from tests.fixtures import damage
+from tests.fixtures import damage, damaged, fuzz_settings, only_our_errors
 
 
 def test_inference_routing_uses_no_document_pool(tmp_path):
@@ -47,19 +48,35 @@ def test_a_damaged_file_is_named_on_load(tmp_path, file, how):
         load_model(directory)
 
 
-def test_without_checksums_a_truncated_file_is_still_a_data_error(tmp_path):
+def test_unverified_a_truncated_file_is_still_a_data_error(tmp_path):
     directory = saved_tiny(tmp_path)
-    (directory / CHECKSUMS_FILE).unlink()  # e.g. a checkpoint written by another tool
     weights = directory / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(DataError, match=re.escape(str(weights))):
+        CheckpointReader(directory, verify=False)
+
+
+def test_a_deleted_checksum_file_or_line_is_an_error_not_a_skip(tmp_path):
+    directory = saved_tiny(tmp_path)
+    manifest = directory / CHECKSUMS_FILE
+    lines = manifest.read_text().splitlines(keepends=True)
+    damage(directory / WEIGHTS_FILE, "flip")
+    manifest.write_text("".join(line for line in lines if not line.endswith(f"  {WEIGHTS_FILE}\n")))
+    with pytest.raises(DataError, match=rf"checksums\.sha256: has no checksum for {WEIGHTS_FILE}$"):
+        load_model(directory)
+    manifest.write_text("".join(line for line in lines if not line.endswith("  model.yaml\n")))
+    with pytest.raises(DataError, match=r"checksums\.sha256: has no checksum for model\.yaml$"):
+        load_config(directory)
+    manifest.unlink()
+    with pytest.raises(DataError, match=rf"^{re.escape(str(directory))}: has no checksums\.sha256, which every emomoe "
+                                        "checkpoint carries"):
         load_model(directory)
 
 
 def test_every_file_of_a_saved_model_is_listed(tmp_path):
     directory = saved_tiny(tmp_path)
     listed = sorted(line.split("  ")[1] for line in (directory / CHECKSUMS_FILE).read_text().splitlines())
-    assert listed == sorted(p.name for p in directory.iterdir() if p.name != CHECKSUMS_FILE)
+    assert listed == sorted(p.name for p in directory.iterdir() if p.name not in (CHECKSUMS_FILE, OUTPUT_MARKER))
 
 
 @pytest.mark.parametrize("memory, stays_bf16", [(10**12, False), (10**5, True)])
@@ -91,3 +108,17 @@ def test_available_memory_is_below_the_machine_total():
 
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert 0 < available_memory() <= total
+
+
+def test_fuzz_a_damaged_model_yaml_raises_only_our_errors(tmp_path):
+    directory = saved_tiny(tmp_path)
+    valid = (directory / "model.yaml").read_bytes()
+
+    @fuzz_settings()
+    @given(damaged(valid))
+    def read(data):
+        (directory / "model.yaml").write_bytes(data)
+        write_checksums(directory)  # as written: the file itself is what is wrong
+        only_our_errors(load_model, directory)
+
+    read()

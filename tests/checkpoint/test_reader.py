@@ -3,14 +3,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
 from safetensors.torch import load_file
 
 from emomoe.checkpoint import CheckpointReader, TensorSource, load_model, register_format, save_model
 from emomoe.checkpoint.formats import _FORMATS, CONFIG_FILE, EmomoeFormat
 from emomoe.checkpoint.writer import INDEX_FILE, SINGLE_FILE
 from emomoe.errors import DataError
-from emomoe.io import CHECKSUMS_FILE
+from emomoe.io import CHECKSUMS_FILE, write_checksums
 from emomoe.model import ModelConfig, build_model
+from tests.fixtures import damaged, fuzz_settings, only_our_errors
 
 
 def tiny(seed=0):
@@ -86,11 +88,32 @@ def test_fingerprint_of_large_files_samples_the_data(tmp_path, monkeypatch):
 
 def test_missing_shard_is_named(tmp_path):
     save_model(tmp_path / "c", *tiny(), max_shard_bytes=20_000)
-    (tmp_path / "c" / CHECKSUMS_FILE).unlink()  # as another tool writes them; with checksums, see test_models
     index = json.loads((tmp_path / "c" / INDEX_FILE).read_text())
     victim = sorted(set(index["weight_map"].values()))[1]
     (tmp_path / "c" / victim).unlink()
-    with pytest.raises(DataError, match=f"names shard {victim}, which does not exist"):
+    with pytest.raises(DataError, match=f"{victim}: missing \\(listed in checksums.sha256\\)"):
+        CheckpointReader(tmp_path / "c")
+    with pytest.raises(DataError, match=f"names shard {victim}, which does not exist"):  # unverified: the index says it
+        CheckpointReader(tmp_path / "c", verify=False)
+
+
+@pytest.mark.parametrize("damage, message", [
+    pytest.param(lambda index: index.update(weight_map=5),
+                 r"not a safetensors index \(expected a 'weight_map' of tensor names", id="weight-map-5"),
+    pytest.param(lambda index: index["weight_map"].update({"embed.weight": "../../elsewhere.safetensors"}),
+                 r"not a safetensors index", id="shard-outside-the-folder"),
+    pytest.param(lambda index: index["weight_map"].pop(sorted(index["weight_map"])[3]),
+                 r"does not list tensor 'layers\.0\.attn\.q_proj\.weight', which model-\d+-of-\d+\.safetensors holds",
+                 id="entry-missing"),
+])
+def test_a_damaged_index_is_one_error_naming_it(tmp_path, damage, message):
+    save_model(tmp_path / "c", *tiny(), max_shard_bytes=20_000)
+    index_file = tmp_path / "c" / INDEX_FILE
+    index = json.loads(index_file.read_text())
+    damage(index)
+    index_file.write_text(json.dumps(index))
+    write_checksums(tmp_path / "c")  # damaged as the writer left it: the index itself is wrong
+    with pytest.raises(DataError, match=rf"{INDEX_FILE}: {message}"):
         CheckpointReader(tmp_path / "c")
 
 
@@ -104,11 +127,10 @@ def test_truncated_weights_are_named(tmp_path):
 
 def test_wrong_shape_names_the_file_and_the_tensor(tmp_path):
     save_model(tmp_path / "c", *tiny())
-    (tmp_path / "c" / CHECKSUMS_FILE).unlink()  # as another tool writes them; with checksums, see test_models
     cfg_path = tmp_path / "c" / CONFIG_FILE
     cfg_path.write_text(cfg_path.read_text().replace("d_model: 32", "d_model: 64"))
     with pytest.raises(DataError, match=r"model.safetensors: tensor '.*' has shape \[.*\], the config implies"):
-        CheckpointReader(tmp_path / "c")
+        CheckpointReader(tmp_path / "c", verify=False)
 
 
 def test_not_a_checkpoint(tmp_path):
@@ -165,3 +187,23 @@ def test_a_registered_format_maps_per_expert_files_onto_stacked_tensors(tmp_path
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
     finally:
         _FORMATS[:] = [f for f in _FORMATS if f.name != "per-expert"]
+
+
+@pytest.mark.parametrize("part", ["header", "index"])
+def test_fuzz_a_damaged_safetensors_header_or_index_raises_only_our_errors(tmp_path, part):
+    directory = save_model(tmp_path / "c", *tiny(), max_shard_bytes=20_000 if part == "index" else 10**9)
+    path = directory / (INDEX_FILE if part == "index" else SINGLE_FILE)
+    whole = path.read_bytes()
+    # A header: its 8-byte length and the JSON after it; the tensor data is left as it is.
+    end = len(whole) if part == "index" else 8 + int.from_bytes(whole[:8], "little")
+
+    @fuzz_settings()
+    @given(damaged(whole[:end]))
+    def read(data):
+        path.write_bytes(data + whole[end:])
+        write_checksums(directory)
+        reader = only_our_errors(CheckpointReader, directory)
+        if reader is not None:
+            only_our_errors(lambda: [reader.get(name) for name in reader.names()])
+
+    read()

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
 
 from emomoe.checkpoint import checkpoint_hash, load_for_inference, save_model
 from emomoe.checkpoint.selection import (
@@ -15,7 +16,7 @@ from emomoe.checkpoint.selection import (
 )
 from emomoe.errors import ConfigError, DataError
 from emomoe.model import build_model
-from tests.fixtures import tiny_config
+from tests.fixtures import damaged, fuzz_settings, only_our_errors, tiny_config
 
 RECORD = {"moe_layers": [0], "kept_experts": [[1, 2]], "source_sha256": "ab"}
 
@@ -130,3 +131,21 @@ def test_a_selection_of_another_model_or_a_bad_one_is_one_error_naming_the_file(
     with pytest.raises(DataError, match=message):
         load_selections(root / "full", model, SelectionConfig(selection=["auto", str(bad), str(good)]))
     assert all(r.kept_E is None for r in model._routers())
+
+
+@pytest.mark.parametrize("spec", ["fixed", "auto"])
+def test_fuzz_a_damaged_selection_raises_only_our_errors(full, tmp_path, spec):
+    root, _, record = full
+    valid = json.dumps(record, indent=2).encode()
+    good = _write(tmp_path, "good.json", record)
+
+    @fuzz_settings()
+    @given(damaged(valid))
+    def read(data):
+        (tmp_path / "x.json").write_bytes(data)
+        files = [str(tmp_path / "x.json")] if spec == "fixed" else ["auto", str(tmp_path / "x.json"), str(good)]
+        model, _ = load_for_inference(root / "full")  # a fresh one: a selection restricts the model it loads into
+        only_our_errors(load_selections, root / "full", model, SelectionConfig(selection=files))
+        only_our_errors(read_selection, tmp_path / "x.json")
+
+    read()

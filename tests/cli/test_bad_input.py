@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,12 @@ def damaged_copy(source: Path, dest: Path, files: str | list[str], how: str) -> 
 
 def s(path: Path) -> str:
     return str(path)
+
+
+def select_argv(checkpoint: str, keep: str, tmp_path: Path) -> list[str]:
+    """`select` on the shipped store's code domain into a fresh folder."""
+    return ["select", "--checkpoint", checkpoint, "--data", s(STORE), "--calib", "code", "--keep", keep,
+            "--out", s(tmp_path / "sub")]
 
 
 # Each case: (argv builder, regex the one-line message must match). Builders get (env, tmp_path).
@@ -153,7 +160,7 @@ ERRORS = {
     ),
     "tokenize-existing-output": (
         lambda e, t: ["tokenize", "--input", s(e["corpus"]), "--tokenizer", s(STORE / "tokenizer"), "--out", s(e["other"])],
-        r"other: already exists \(pass --force to replace it\)$",
+        r"other: already exists \(pass --force, or force=True, to replace it\)$",
     ),
     "tokenize-truncated-zst": (
         lambda e, t: ["tokenize", "--input", s(e["truncated_zst"]), "--tokenizer", s(STORE / "tokenizer"), "--out", s(t / "st")],
@@ -175,7 +182,8 @@ ERRORS = {
     "eval-truncated-weights": (
         lambda e, t: ["eval", "--checkpoint", s(damaged_copy(e["model"], t / "m", "model.safetensors", "truncate")),
                       "--data", s(STORE)],
-        r"m/model\.safetensors: checksum mismatch, the file is damaged \(truncated or altered since it was written\)$",
+        r"m/model\.safetensors: checksum mismatch: the file was truncated or altered since it was written, or its "
+        r"line in checksums\.sha256 was$",
     ),
     "eval-flipped-byte-in-config": (
         lambda e, t: ["eval", "--checkpoint", s(damaged_copy(e["model"], t / "m", "model.yaml", "flip")), "--data", s(STORE)],
@@ -202,8 +210,7 @@ ERRORS = {
         r"--no-router-profile have none\), which --selection auto compares prompts with; select it again",
     ),
     "select-vocab-larger-than-model": (
-        lambda e, t: ["select", "--checkpoint", s(e["small"]), "--data", s(STORE), "--calib", "code", "--keep", "2",
-                      "--out", s(t / "sub")],
+        lambda e, t: select_argv(s(e["small"]), "2", t),
         r"small-vocab: the data's vocabulary \(512\) is larger than the model's \(300\)$",
     ),
     "select-other-tokenizer": (
@@ -237,8 +244,7 @@ ERRORS = {
         r"m/model\.safetensors: checksum mismatch",
     ),
     "select-bad-keep": (
-        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--data", s(STORE), "--calib", "code", "--keep", "lots",
-                      "--out", s(t / "sub")],
+        lambda e, t: select_argv(s(e["model"]), "lots", t),
         r"keep 'lots': expected a count \(8\), a fraction \(0\.25\) or per-layer counts \(8,8,4,4\)$",
     ),
     "select-budget-below-the-smallest-subset": (
@@ -280,7 +286,125 @@ ERRORS = {
     "consolidate-flipped-byte-in-a-shard": (
         lambda e, t: ["checkpoint", "consolidate", s(damaged_copy(e["sharded"], t / "m", shard_file(0, 1), "flip")),
                       "--out", s(t / "out")],
-        r"m/state-00000-of-00001\.safetensors: checksum mismatch, the file is damaged",
+        r"m/state-00000-of-00001\.safetensors: checksum mismatch: the file was truncated",
+    ),
+    "generate-other-tokenizer": (
+        lambda e, t: ["generate", "--checkpoint", s(e["model"]), "--prompt", "def", "--tokenizer", s(e["other"] / "tokenizer")],
+        r"other/tokenizer: the model was trained with tokenizer [0-9a-f]{12}, the tokenizer given is [0-9a-f]{12}; "
+        r"results would be meaningless \(pass --any-tokenizer / any_tokenizer=True to go ahead\)$",
+    ),
+    "hf-export-other-tokenizer": (
+        lambda e, t: ["hf", "export", "--checkpoint", s(e["model"]), "--tokenizer", s(e["other"]), "--out", s(t / "hf")],
+        r"other/tokenizer/tokenizer\.json: the model was trained with tokenizer [0-9a-f]{12}, the tokenizer given is",
+    ),
+    "lm-eval-other-tokenizer": (
+        lambda e, t: ["lm-eval", "--checkpoint", s(e["model"]), "--tokenizer", s(e["other"] / "tokenizer"), "--limit", "1"],
+        r"other/tokenizer: the model was trained with tokenizer [0-9a-f]{12}, the tokenizer given is",
+    ),
+    "lm-eval-data-of-other-tokenizer": (
+        lambda e, t: ["lm-eval", "--checkpoint", s(e["model"]), "--data", s(e["other"]), "--limit", "1"],
+        r"final: the model was trained with tokenizer [0-9a-f]{12}, the data was made with [0-9a-f]{12}; ",
+    ),
+    "analyze-other-tokenizer": (
+        lambda e, t: ["analyze", "--checkpoints", s(e["model"]), "--data", s(e["other"]), "--out", s(t / "a")],
+        r"final: the model was trained with tokenizer [0-9a-f]{12}, the data was made with [0-9a-f]{12}; ",
+    ),
+    "generate-prompts-is-a-folder": (
+        lambda e, t: ["generate", "--checkpoint", s(e["model"]), "--prompts", s(e["results"])],
+        r"results: is a folder; expected a prompt file$",
+    ),
+    "generate-out-is-a-folder": (
+        lambda e, t: ["generate", "--checkpoint", s(e["model"]), "--prompts", s(e["prompts"]), "--out", s(e["results"])],
+        r"results: is a folder; expected a file name \(a folder is never replaced by a file\)$",
+    ),
+    "generate-existing-out": (
+        lambda e, t: ["generate", "--checkpoint", s(e["model"]), "--prompts", s(e["prompts"]), "--out", s(e["config"])],
+        r"run\.yaml: already exists \(pass --force, or force=True, to replace it\)$",
+    ),
+    "lm-eval-existing-out": (
+        lambda e, t: ["lm-eval", "--checkpoint", s(e["model"]), "--out", s(e["config"])],
+        r"run\.yaml: already exists \(pass --force, or force=True, to replace it\)$",
+    ),
+    "lm-eval-out-is-a-folder": (
+        lambda e, t: ["lm-eval", "--checkpoint", s(e["model"]), "--out", s(e["results"]), "--force"],
+        r"results: is a folder; expected a file name",
+    ),
+    "eval-out-is-a-folder-even-with-force": (
+        lambda e, t: ["eval", "--checkpoint", s(e["model"]), "--data", s(STORE), "--out", s(e["results"]), "--force"],
+        r"results: is a folder; expected a file name \(a folder is never replaced by a file\)$",
+    ),
+    "analyze-force-into-a-users-folder": (
+        lambda e, t: ["analyze", "--checkpoints", s(e["model"]), "--data", s(STORE), "--out", s(e["results"]), "--force"],
+        r"results: is a folder emomoe did not write \(no \.emomoe-output inside\), so it is never replaced; "
+        r"choose another output, or move it away yourself$",
+    ),
+    "tokenizer-force-into-a-users-folder": (
+        lambda e, t: ["tokenizer", "train", "--input", s(e["corpus"]), "--out", s(e["results"]), "--force"],
+        r"results: is a folder emomoe did not write",
+    ),
+    "train-out-with-its-own-final": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", s(e["own_final"])],
+        r"own-final: holds final but no run \(config\.yaml\), and a run would replace it; choose another --out",
+    ),
+    "train-out-in-proc": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--out", "/proc/emomoe-run"],
+        r"^emomoe train: error: /proc/emomoe-run: cannot be written, nothing can be created in /proc",
+    ),
+    "train-empty-config": (
+        lambda e, t: ["train", "--config", s(e["empty_yaml"]), "--out", s(t / "r")],
+        r"no token store given \(set data\.store, or pass --data STORE\)$",
+    ),
+    "train-empty-store-override": (
+        lambda e, t: ["train", "--config", s(e["config"]), "--set", "data.store=", "--out", s(t / "r")],
+        r"no token store given \(set data\.store, or pass --data STORE\)$",
+    ),
+    "train-key-given-twice": (
+        lambda e, t: ["train", "--config", s(e["twice_yaml"]), "--out", s(t / "r")],
+        r"twice\.yaml: line 3: key 'train' given twice \(first on line 2\); give each key once$",
+    ),
+    "train-binary-config": (
+        lambda e, t: ["train", "--config", s(e["binary"]), "--out", s(t / "r")],
+        r"blob\.bin: not a config file: byte 0 is not UTF-8 text \(a binary file\?\)$",
+    ),
+    "select-binary-selection": (
+        lambda e, t: ["select", "--checkpoint", s(e["model"]), "--selection", s(e["binary"]), "--out", s(t / "sub")],
+        r"blob\.bin: not a selection file: byte 0 is not UTF-8 text",
+    ),
+    "finetune-binary-pairs": (
+        lambda e, t: ["finetune", "--checkpoint", s(e["subset"]), "--data", s(STORE), "--pairs", s(e["binary"]),
+                      "--out", s(t / "ft")],
+        r"blob\.bin:1: not UTF-8 text \(byte 0 of the line\)$",
+    ),
+    "tokenizer-negative-min-frequency": (
+        lambda e, t: ["tokenizer", "train", "--input", s(e["corpus"]), "--min-frequency", "-3", "--out", s(t / "tok")],
+        r"min_frequency: expected a count >= 0, got -3$",
+    ),
+    "tokenize-negative-chunk-mb": (
+        lambda e, t: ["tokenize", "--input", s(e["corpus"]), "--tokenizer", s(STORE / "tokenizer"), "--chunk-mb", "-5",
+                      "--out", s(t / "st")],
+        r"chunk_mb: expected a size in MB > 0, got -5\.0$",
+    ),
+    "select-keep-above-1": (
+        lambda e, t: select_argv(s(e["model"]), "1.5", t),
+        r"keep fraction 1\.5: expected a value in \(0, 1\]$",
+    ),
+    "lm-eval-limit-zero": (
+        lambda e, t: ["lm-eval", "--checkpoint", s(e["model"]), "--limit", "0"],
+        r"limit: expected a number of items > 0, got 0\.0$",
+    ),
+    "lm-eval-limit-negative": (
+        lambda e, t: ["lm-eval", "--checkpoint", s(e["model"]), "--limit", "-1"],
+        r"limit: expected a number of items > 0, got -1\.0$",
+    ),
+    "finetune-batch-size-zero": (
+        lambda e, t: ["finetune", "--checkpoint", s(e["subset"]), "--data", s(STORE), "--batch-size", "0",
+                      "--out", s(t / "ft")],
+        r"batch_size: expected a positive integer, got 0$",
+    ),
+    "merge-damaged-full": (
+        lambda e, t: ["merge", "--full", s(damaged_copy(e["model"], t / "m", "model.safetensors", "flip")),
+                      "--subset", s(e["subset"]), "--out", s(t / "merged")],
+        r"m/model\.safetensors: checksum mismatch: the file was truncated or altered",
     ),
     "plan-does-not-fit": (
         lambda e, t: ["plan", "--config", "emo-1b14b", "--gpus", "128", "--set", "train.activation_checkpointing=false"],
@@ -320,7 +444,24 @@ def inputs(env):
     random = root / "random"
     assert main(["select", "--checkpoint", str(env["model"]), "--method", "random", "--keep", "0.5", "--out",
                  str(random)]) == 0
-    return {**env, "corpus": corpus, "six_tokens": six, "truncated_zst": cut, "random": random}
+    results = root / "results"  # a user's folder: no verb may delete it
+    results.mkdir()
+    for i in range(11):
+        (results / f"{i}.json").write_text("{}")
+    own_final = root / "own-final"
+    (own_final / "final").mkdir(parents=True)
+    (own_final / "final" / "weights.bin").write_text("mine")
+    prompts = root / "prompts.txt"
+    prompts.write_text("def\nclass\n")
+    empty_yaml = root / "empty.yaml"
+    empty_yaml.write_text("")
+    twice_yaml = root / "twice.yaml"
+    twice_yaml.write_text(f"data: {{store: {STORE}}}\ntrain: {{max_steps: 1}}\ntrain: {{max_steps: 2}}\n")
+    binary = root / "blob.bin"
+    binary.write_bytes(bytes(range(255, -1, -1)) * 4)
+    return {**env, "corpus": corpus, "six_tokens": six, "truncated_zst": cut, "random": random, "results": results,
+            "own_final": own_final, "prompts": prompts, "empty_yaml": empty_yaml, "twice_yaml": twice_yaml,
+            "binary": binary}
 
 
 @pytest.mark.slow
@@ -336,6 +477,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, inputs, tmp_path, capsys
     added = sorted(set(p.name for p in tmp_path.iterdir()) - set(before))
     assert added in ([], ["run"], ["m"]), added  # only the damaged copies this test made itself
     assert not list(tmp_path.rglob("*.tmp"))
+    assert len(list(inputs["results"].iterdir())) == 11 and (inputs["own_final"] / "final" / "weights.bin").is_file()
 
 
 @pytest.mark.slow
@@ -401,3 +543,37 @@ def test_a_full_disk_is_one_line(verb, inputs, tmp_path, capsys):
         assert re.search(rf"^emomoe {verb}: error: {re.escape(str(disk))}/[^ ]*: {full}", err), err
         assert ".tmp" not in err  # the message names the output, not a temporary
         assert not list(disk.rglob("*.tmp")) and not (disk / "eval.json").exists() and not (disk / "sub").exists()
+
+
+@pytest.mark.slow
+def test_resuming_a_run_already_past_max_steps_says_nothing_was_trained(inputs, tmp_path, capsys):
+    run = shutil.copytree(inputs["run"], tmp_path / "run")
+    assert main(["train", "--out", str(run), "--resume", "--set", "train.max_steps=1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("nothing to train: the run is at step 2 and train.max_steps is 1 (raise train.max_steps "
+                          "to train on)"), out
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_at_a_checkpoint_is_one_line_like_a_full_disk(inputs, tmp_path, capsys):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, hard))  # config.yaml fits, the weights do not
+    try:
+        code = main(["train", "--config", str(inputs["config"]), "--out", str(tmp_path / "r"), "--no-progress"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert re.search(r"step-00000001: cannot write: the file is larger than the file-size limit \(ulimit -f\); "
+                     r"the previous version, if any, is unchanged$", err), err
+    assert not list((tmp_path / "r").rglob("*.tmp")) and not (tmp_path / "r" / "checkpoints" / "step-00000001").exists()
+
+
+def test_lm_eval_without_its_package_says_so_before_any_work(inputs, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as after `pip install .` without extras
+    assert main(["lm-eval", "--checkpoint", str(inputs["model"])]) == 2
+    assert capsys.readouterr().err == (
+        "emomoe lm-eval: error: emomoe lm-eval needs the 'lm_eval' package: pip install 'emomoe[eval]'\n"
+    )

@@ -1,6 +1,6 @@
 import argparse
-import re
 import importlib.metadata
+import re
 import subprocess
 import sys
 
@@ -58,3 +58,22 @@ def test_version(capsys):
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out == f"emomoe {emomoe.__version__}\n"
     assert emomoe.__version__ == importlib.metadata.version("emomoe")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["no-such-verb"]])
+def test_help_and_version_import_no_torch(argv):
+    """Importing torch takes seconds; `emomoe --help` and `--version` took 4-7 s before they stopped
+    importing every verb module."""
+    code = (f"import sys\nfrom emomoe.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, file=sys.stderr)")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stderr
+    assert err.splitlines()[-1] == "False", err
+
+
+def test_the_light_parser_lists_every_verb_by_its_module_docstring():
+    light = build_parser(only="")
+    action = next(a for a in light._actions if a.dest == "verb")
+    assert sorted(action.choices) == _verbs()
+    help_text = light.format_help()
+    assert "held-out loss and perplexity of a checkpoint, per domain." in help_text  # eval.py's docstring
+    assert "`emomoe eval`" not in help_text and "`emomoe hf import`" not in help_text

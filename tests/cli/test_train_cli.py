@@ -9,6 +9,7 @@ import yaml
 from emomoe.cli import main
 from emomoe.experiments import demo
 from emomoe.train.metrics import read_metrics
+from emomoe.train.provenance import run_store
 
 TOPICS = {"weather": "rain sun cloud wind storm cold warm", "kitchen": "pot pan salt bread knife oven soup"}
 
@@ -62,6 +63,25 @@ def test_train_resume_and_refusals(config_file, tmp_path, capsys):
 
     assert main([*base, "--force", "--set", "train.max_steps=1"]) == 0
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1]
+
+
+def test_a_run_records_its_store_resolved_and_resumes_from_any_folder(store, config_file, tmp_path, monkeypatch, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(store.parent)
+    config = yaml.safe_load(config_file.read_text())
+    config["data"]["store"] = store.name  # as typed, relative to the folder the run starts in
+    config_file.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config_file), "--out", str(run), "--no-progress"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["store"] == str(store.resolve())
+    monkeypatch.chdir(tmp_path / "b")
+    assert main(["train", "--out", str(run), "--resume", "--set", "train.max_steps=3", "--no-progress"]) == 0
+    # Naming the same store another way is no change of config.
+    assert main(["train", "--out", str(run), "--resume", "--set", "train.max_steps=4", "--set",
+                 f"data.store={store.resolve()}", "--no-progress"]) == 0
+    assert "trained step 4 (resumed at step 3)" in capsys.readouterr().out
+    assert run_store(run / "final") == store.resolve()
 
 
 @pytest.mark.parametrize(

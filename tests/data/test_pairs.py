@@ -3,9 +3,11 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
 
 from emomoe.data.pairs import Example, PairLoader, pair_batch, read_pairs
 from emomoe.errors import DataError
+from tests.fixtures import damaged, fuzz_settings, only_our_errors
 
 IGNORE = -100
 EOS = 0
@@ -61,6 +63,13 @@ def test_bad_records_name_their_line(tmp_path, tokenizer, line, message):
         read_pairs(path, tokenizer)
 
 
+def test_a_binary_file_is_one_error_naming_it(tmp_path, tokenizer):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b'{"prompt": "a", "answer": "b"}\n\x89PNG\r\n\x1a\n\x00\xff\xfe\n')
+    with pytest.raises(DataError, match=r"model\.bin:2: not UTF-8 text \(byte 0 of the line\)$"):
+        read_pairs(path, tokenizer)
+
+
 def test_missing_or_empty_files_are_refused(tmp_path, tokenizer):
     with pytest.raises(DataError, match="no such prompt/answer file"):
         read_pairs(tmp_path / "none.jsonl", tokenizer)
@@ -93,3 +102,18 @@ def test_loader_state_resumes_the_order_and_refuses_other_data():
     other = PairLoader(examples[:-1], EOS, seq_len=4, batch_size=3, answer_only=True, seed=2)
     with pytest.raises(DataError, match="num_examples"):
         other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_fuzz_a_damaged_pair_file_raises_only_our_errors(tmp_path, tokenizer, suffix):
+    plain = "".join(json.dumps({"prompt": f"q{i} é", "answer": f"a{i}"}) + "\n" for i in range(4)).encode()
+    valid = gzip.compress(plain) if suffix == ".jsonl.gz" else plain
+    path = tmp_path / f"qa{suffix}"
+
+    @fuzz_settings()
+    @given(damaged(valid))
+    def read(data):
+        path.write_bytes(data)
+        only_our_errors(read_pairs, path, tokenizer)
+
+    read()

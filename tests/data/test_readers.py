@@ -9,9 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from hypothesis import given
 
 from emomoe.data.readers import DocumentSource, InvalidText, reiterable
 from emomoe.errors import DataError
+from tests.fixtures import damaged, fuzz_settings, only_our_errors
 
 
 def _pairs(docs) -> list[tuple[str, str]]:
@@ -200,3 +202,35 @@ def test_reiterable_accepts_collections_and_functions_but_not_one_shot_iterators
     assert list(twice) == list(twice) == docs
     with pytest.raises(TypeError, match="documents are read twice"):
         reiterable(iter(docs))
+
+
+def _fuzz_seed(suffix: str) -> bytes:
+    """A valid small corpus file of each input format."""
+    docs = [{"text": f"document {i}: héllo wörld " * 3, "domain": ["code", "law"][i % 2]} for i in range(6)]
+    plain = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode()
+    if suffix == ".jsonl.gz":
+        return gzip.compress(plain)
+    if suffix == ".jsonl.zst":
+        return zstandard.ZstdCompressor().compress(plain)
+    if suffix == ".txt":
+        return docs[0]["text"].encode()
+    if suffix == ".parquet":
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table({"text": [d["text"] for d in docs], "domain": [d["domain"] for d in docs]}), sink)
+        return sink.getvalue().to_pybytes()
+    return plain
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst", ".txt", ".parquet"])
+def test_fuzz_damaged_input_files_raise_only_our_errors(tmp_path, suffix):
+    path = tmp_path / "code" / f"corpus{suffix}"
+    path.parent.mkdir()
+
+    @fuzz_settings()
+    @given(damaged(_fuzz_seed(suffix)))
+    def read(data):
+        path.write_bytes(data)
+        only_our_errors(lambda: list(DocumentSource([tmp_path])))
+        only_our_errors(lambda: list(DocumentSource([path], invalid_text=InvalidText.ERROR)))
+
+    read()

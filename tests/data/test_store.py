@@ -8,10 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given
 
 from emomoe.data.store import METADATA_FILE, TokenStore
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
 from emomoe.errors import DataError
+from tests.fixtures import damaged, fuzz_settings, only_our_errors
+
+ASSETS_STORE = Path(__file__).resolve().parents[1] / "assets" / "store"
 
 
 def test_store_matches_its_metadata(store: TokenStore) -> None:
@@ -183,3 +187,19 @@ def test_the_shipped_mix_example_reads_like_its_store():
 def test_a_missing_mix_file_points_at_the_format(tmp_path):
     with pytest.raises(DataError, match="mix file not found .*docs/data.md"):
         TokenStore.open(tmp_path / "olmoe-mix.yaml")
+
+
+@pytest.mark.parametrize("file", [METADATA_FILE, "val/c00000-d001.npy", "val/c00000-d001.index.npy"])
+def test_fuzz_a_damaged_store_raises_only_our_errors(tmp_path, file):
+    store = shutil.copytree(ASSETS_STORE, tmp_path / "store")
+    valid = (store / file).read_bytes()
+
+    @fuzz_settings()
+    @given(damaged(valid))
+    def read(data):
+        (store / file).write_bytes(data)
+        opened = only_our_errors(TokenStore.open, store)
+        if opened is not None:
+            only_our_errors(lambda: [len(t) for split in ("train", "val") for _, t in opened.documents(split)])
+
+    read()

@@ -92,9 +92,15 @@ def test_existing_output_is_replaced_only_when_asked(store_path, tokenizer, corp
     (out / "keep.txt").write_text("mine")
     with pytest.raises(DataError, match="store: already exists"):
         tokenize_corpus(corpus_docs, tokenizer, out, **OPTIONS)
-    assert (out / "keep.txt").exists()
+    with pytest.raises(DataError, match="store: is a folder emomoe did not write"):  # a user's folder, never replaced
+        tokenize_corpus(corpus_docs, tokenizer, out, overwrite=True, **OPTIONS)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    tokenize_corpus(corpus_docs, tokenizer, out, **OPTIONS)  # an empty folder holds nothing to lose
+    (out / "keep.txt").write_text("added later")
     tokenize_corpus(corpus_docs, tokenizer, out, overwrite=True, **OPTIONS)
-    assert _files(out) == _files(store_path)
+    assert (out / "keep.txt").read_text() == "added later"  # kept: not one of the store's files
+    assert {k: v for k, v in _files(out).items() if k != "keep.txt"} == _files(store_path)
 
 
 def test_empty_corpus_writes_nothing(tokenizer, tmp_path: Path) -> None:

@@ -8,7 +8,11 @@ from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
 from emomoe.errors import DataError
 from emomoe.evaluate.continuation import (
-    GROUP, clean_cut, continuation_items, task_name, write_continuation_tasks,
+    GROUP,
+    clean_cut,
+    continuation_items,
+    task_name,
+    write_continuation_tasks,
 )
 from tests.fixtures import build_store, word_documents
 
@@ -78,3 +82,21 @@ def test_a_domain_without_enough_long_held_out_documents_is_an_error(store, tmp_
     with pytest.raises(DataError, match="domain 'en' has too few held-out documents of at least 1000 tokens"):
         write_continuation_tasks(store, tmp_path / "t", domains=["en"], context_tokens=900, continuation_tokens=100)
     assert not (tmp_path / "t").exists()
+
+
+def test_every_domain_gets_a_task_of_its_own():
+    names = ["code", "数学", "代码", "Code", "us-law", "us_law"]
+    tasks = [task_name(d) for d in names]
+    assert len(set(tasks)) == len(names)
+    assert tasks[0] == f"{GROUP}_code" and tasks[5] == f"{GROUP}_us_law"  # clean names are kept as they are
+    assert tasks[3].startswith(f"{GROUP}_code_") and tasks[1] != tasks[2]
+
+
+def test_a_short_domain_is_left_out_with_a_warning_and_the_others_run(tmp_path, capsys):
+    words = {"long": "alpha beta gamma delta epsilon".split(), "short": "x y".split()}
+    docs = word_documents(words, 12, num_words=(60, 90)) + word_documents({"tiny": ["z"]}, 6, num_words=(2, 3))
+    store = build_store(docs, tmp_path / "store", vocab_size=280, val_fraction=0.3)
+    counts = write_continuation_tasks(store, tmp_path / "t", num_items=3, context_tokens=16, continuation_tokens=4)
+    assert set(counts) == {task_name("long"), task_name("short")}
+    assert "domain 'tiny' has too few held-out documents of at least 20 tokens for the continuation task (need 2); " \
+           "its task is left out" in capsys.readouterr().err

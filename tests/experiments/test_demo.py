@@ -1,12 +1,16 @@
 """The demo's EMO-anneal step (the rest of the demo is tested end to end in tests/cli)."""
 
 import json
+import re
+import sys
 
 import pytest
 import yaml
 
 from emomoe.cli import main
+from emomoe.experiments.demo import check_demo
 from emomoe.experiments.sweep_tables import summary_table
+from emomoe.io import OUTPUT_MARKER
 from tests.cli.test_train_cli import SMALL_DEMO, TOPICS, small_demo_inputs
 
 
@@ -32,3 +36,31 @@ def test_anneal_starts_from_the_standard_model_and_joins_the_comparison(tmp_path
     sweep = json.loads((out / "results.json").read_text())
     assert list(sweep["loss"]["layerwise"]) == ["emo", "anneal", "std"]
     assert "anneal / std" in summary_table(sweep) and "anneal" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing-package", r"^emomoe demo: error: emomoe demo needs the 'lm_eval' package: pip install 'emomoe\[all\]'$"),
+    ("bad-set", r"^emomoe demo: error: .*demo-emo\.yaml: train\.max_steps: expected a positive integer, got -3$"),
+    ("users-analysis-folder", r"^emomoe demo: error: .*demo/analysis: is a folder emomoe did not write"),
+])
+def test_the_demo_stops_before_any_work_in_one_line(tmp_path, monkeypatch, capsys, problem, message):
+    out, argv = tmp_path / "demo", []
+    if problem == "missing-package":
+        monkeypatch.setitem(sys.modules, "lm_eval", None)  # as after `pip install .` without extras
+    elif problem == "bad-set":
+        argv = ["--set", "train.max_steps=-3"]
+    else:
+        (out / "analysis").mkdir(parents=True)
+        (out / "analysis" / "notes.md").write_text("mine")
+    assert main(["demo", "--out", str(out), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+    assert sorted(p.name for p in out.rglob("*")) in ([], ["analysis", "notes.md"])  # no tokenizer, no store
+
+
+def test_the_outputs_of_an_earlier_demo_are_adopted_not_refused(tmp_path):
+    out = tmp_path / "demo"
+    (out / "analysis").mkdir(parents=True)
+    (out / "analysis" / "analysis.json").write_text("{}")  # written before folders carried a marker
+    check_demo(out, [], anneal=False)
+    assert (out / "analysis" / OUTPUT_MARKER).read_text().splitlines()[1:] == ["analysis.json"]

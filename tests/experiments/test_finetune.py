@@ -118,6 +118,15 @@ def test_a_non_finite_step_stops_the_finetuning_without_saving_a_model(tmp_path,
     assert read_metrics(tmp_path / ".ft.finetune" / METRICS_FILE)[-1]["total"] == "nan"
 
 
+def test_a_last_update_that_breaks_the_model_saves_nothing(tmp_path, legal_subset, store_dir):
+    # Every step's loss and gradient are finite: only the weights after the last update are broken.
+    with pytest.raises(TrainingDiverged, match=r"^step 1: the held-out loss is not finite \(\{'legal': nan\}\); "
+                                               r".*ft was not written"):
+        finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=1e9, max_steps=1, warmup_fraction=0.0,
+                        seq_len=32, batch_size=4)
+    assert not (tmp_path / "ft").exists()
+
+
 def test_a_full_emo_checkpoint_is_fine_tuned_without_its_pool(tmp_path, checkpoint_dir, store_dir):
     model, cfg = load_model(checkpoint_dir)
     assert cfg.moe.router.pool == "2..8"

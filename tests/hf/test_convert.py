@@ -4,13 +4,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from emomoe.checkpoint import CheckpointReader, load_config, load_for_inference, save_model
+from emomoe.checkpoint import CheckpointReader, check_fits, load_config, load_for_inference, save_model
 from emomoe.checkpoint.writer import INDEX_FILE
+from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.hf.convert import export_hf, import_hf
 from emomoe.model import ModelConfig, build_model
 from emomoe.select.keep import KeepSpec
 from emomoe.select.subset import select_subset
+from tests.fixtures import damage
 from tests.hf.conftest import input_ids, save_transformers_model, write_dense_dir, write_emo_dir
 from tests.hf.reference import reference_logits
 
@@ -121,6 +123,19 @@ def test_an_imported_olmoe_model_exports_with_olmoes_logits(tmp_path, tokenizer_
     torch.testing.assert_close(_logits(tmp_path / "hf", ids_BS), expected, rtol=0, atol=1e-5)  # and back in emomoe
 
 
+def test_an_import_records_its_tokenizer_and_checksums_like_every_checkpoint(tmp_path, tokenizer_dir):
+    source = write_emo_dir(tmp_path / "hf", tokenizer_dir)
+    import_hf(source, tmp_path / "ours")
+    assert load_config(tmp_path / "ours").tokenizer_hash == load_tokenizer(tokenizer_dir).hash
+    other = train_tokenizer(["some other text entirely, with other merges"] * 50, 280)
+    with pytest.raises(DataError, match=r"ours: the model was trained with tokenizer [0-9a-f]{12}, the data was made with"):
+        check_fits(load_config(tmp_path / "ours"), tmp_path / "ours", vocab_size=280, seq_len=8, tokenizer_hash=other.hash)
+    weights = tmp_path / "ours" / "model.safetensors"
+    damage(weights, "flip")
+    with pytest.raises(DataError, match=rf"{weights}: checksum mismatch"):
+        load_for_inference(tmp_path / "ours")
+
+
 def test_a_tokenizer_larger_than_the_vocabulary_stops_an_import(tmp_path, tokenizer_dir):
     source = write_emo_dir(tmp_path / "hf", tokenizer_dir, vocab_size=270)
     with pytest.raises(DataError, match=r"hf/tokenizer.json: the tokenizer's vocabulary \(280\) is larger than the model's \(270\)"):
@@ -203,13 +218,18 @@ def test_a_non_empty_output_needs_force(tmp_path, tokenizer_dir):
     source = write_emo_dir(tmp_path / "hf", tokenizer_dir)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("keep me")
-    with pytest.raises(DataError, match=r"out: already exists and is not empty \(pass --force"):
+    with pytest.raises(DataError, match=r"out: already exists \(pass --force"):
         export_hf(source, tmp_path / "out")
-    with pytest.raises(DataError, match=r"already exists and is not empty"):
+    with pytest.raises(DataError, match=r"out: already exists"):
         import_hf(source, tmp_path / "out")
+    # --force replaces an output of ours, never a user's folder.
+    with pytest.raises(DataError, match=r"out: is a folder emomoe did not write"):
+        export_hf(source, tmp_path / "out", force=True)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+    (tmp_path / "out" / "notes.txt").unlink()
+    export_hf(source, tmp_path / "out")  # an empty folder holds nothing to lose
     export_hf(source, tmp_path / "out", force=True)
-    assert (tmp_path / "out" / "config.json").is_file() and not (tmp_path / "out" / "notes.txt").exists()
+    assert (tmp_path / "out" / "config.json").is_file()
 
 
 def test_models_the_emo_layout_cannot_express_are_refused(tmp_path, tokenizer_dir):

@@ -2,12 +2,14 @@ import json
 
 import pytest
 import torch
+from hypothesis import given
 from safetensors.torch import load_file, save_file
 
 from emomoe.checkpoint import CheckpointReader, load_config, load_for_inference, load_model
 from emomoe.errors import DataError
 from emomoe.hf.config_json import model_config
 from emomoe.model import ModelConfig
+from tests.fixtures import damaged, fuzz_settings, only_our_errors
 from tests.hf.conftest import emo_config, emo_state, input_ids, save_transformers_model, write_emo_dir
 from tests.hf.reference import reference_logits
 
@@ -189,3 +191,50 @@ def test_tied_embeddings_without_an_lm_head_read_the_embedding(tmp_path, tokeniz
         assert torch.equal(reader.get("lm_head.weight"), state["model.embed_tokens.weight"])
     ids_BS = input_ids(batch=1, seq=5)
     torch.testing.assert_close(_emomoe_logits(directory, ids_BS).double(), _reference(directory, ids_BS), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("tie", [False, None])
+def test_no_lm_head_without_tied_embeddings_is_refused_not_tied(tmp_path, tokenizer_dir, tie):
+    fields = {} if tie is None else {"tie_word_embeddings": tie}
+    directory = write_emo_dir(tmp_path / "emo", tokenizer_dir, **fields)
+    config = json.loads((directory / "config.json").read_text())
+    if tie is None:
+        config.pop("tie_word_embeddings")
+        (directory / "config.json").write_text(json.dumps(config))
+    state = emo_state(config)
+    del state["lm_head.weight"]
+    _rewrite(directory, state=state)
+    with pytest.raises(DataError, match=r"emo: the weights have no 'lm_head\.weight', and config\.json does not tie it "
+                                        r"to the embedding \(tie_word_embeddings: false\); transformers would leave"):
+        CheckpointReader(directory)
+
+
+def _sharded(directory):
+    """The HF directory's weights in two shards with an index."""
+    state = load_file(str(directory / "model.safetensors"))
+    (directory / "model.safetensors").unlink()
+    names = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    for file, keys in halves.items():
+        save_file({k: state[k] for k in keys}, str(directory / file), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: file for file, keys in halves.items() for k in keys}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    return directory
+
+
+@pytest.mark.parametrize("file", ["config.json", "model.safetensors.index.json"])
+def test_fuzz_a_damaged_config_json_or_index_raises_only_our_errors(tmp_path, tokenizer_dir, file):
+    directory = _sharded(write_emo_dir(tmp_path / "emo", tokenizer_dir))
+    valid = (directory / file).read_bytes()
+
+    @fuzz_settings()
+    @given(damaged(valid))
+    def read(data):
+        (directory / file).write_bytes(data)
+        only_our_errors(load_config, directory)
+        reader = only_our_errors(CheckpointReader, directory)
+        if reader is not None:
+            only_our_errors(lambda: [reader.get(name) for name in reader.names()])
+
+    read()

@@ -6,6 +6,7 @@ import torch
 from emomoe.checkpoint import load_model, save_model
 from emomoe.checkpoint.selection import SELECTION_FILE
 from emomoe.errors import DataError
+from emomoe.io import write_checksums
 from emomoe.select.keep import KeepSpec
 from emomoe.select.merge import merge_subset
 from emomoe.select.subset import select_subset
@@ -22,6 +23,7 @@ def changed_subset(tmp_path, checkpoint_dir):
     record = json.loads((tmp_path / "sub" / SELECTION_FILE).read_text())
     save_model(tmp_path / "changed", sub, cfg)
     (tmp_path / "changed" / SELECTION_FILE).write_text(json.dumps(record))
+    write_checksums(tmp_path / "changed")
     return tmp_path / "changed", record["kept_experts"]
 
 

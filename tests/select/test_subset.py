@@ -12,7 +12,7 @@ from emomoe.checkpoint.selection import SELECTION_FILE
 from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, DataError
 from emomoe.experiments.finetune import finetune_subset
-from emomoe.io import CHECKSUMS_FILE
+from emomoe.io import write_checksums
 from emomoe.model import build_model
 from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
@@ -270,14 +270,14 @@ def test_a_damaged_shard_is_named_and_nothing_is_written(tmp_path, checkpoint_di
     model, cfg = load_model(checkpoint_dir)
     save_model(tmp_path / "sharded", model, cfg, max_shard_bytes=20_000)
     shard = sorted((tmp_path / "sharded").glob("model-*.safetensors"))[1]
-    # Without checksums (a Hugging Face release has none) the damage is found reading the shard.
-    (tmp_path / "sharded" / CHECKSUMS_FILE).unlink()
     with open(shard, "r+b") as f:
         if damage == "truncate":
             f.truncate(shard.stat().st_size - 100)
         else:
             f.seek(8)
             f.write(b"not json")
+    # Checksums of the damaged files, as a broken writer would leave them: the damage is found reading the shard.
+    write_checksums(tmp_path / "sharded")
     with pytest.raises(DataError, match=f"{shard}: not a readable safetensors file"):
         select_subset(tmp_path / "sharded", tmp_path / "sub", keep=KeepSpec.parse("2"), calibration=calib)
     assert not (tmp_path / "sub").exists()
@@ -289,9 +289,15 @@ def test_the_api_never_overwrites_without_force(tmp_path, checkpoint_dir, calib,
     (out / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match=r"sub: already exists \(pass --force, or force=True, to replace it\)"):
         select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), calibration=calib)
+    # --force replaces a subset emomoe wrote, never a folder of the user's.
+    with pytest.raises(DataError, match=r"sub: is a folder emomoe did not write \(no \.emomoe-output inside\)"):
+        select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), calibration=calib, force=True)
     assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), calibration=calib)
+    (out / "notes.txt").write_text("added later")
     select_subset(checkpoint_dir, out, keep=KeepSpec.parse("2"), calibration=calib, force=True)
-    assert (out / SELECTION_FILE).is_file() and not (out / "notes.txt").exists()
+    assert (out / SELECTION_FILE).is_file() and (out / "notes.txt").read_text() == "added later"
     for call in (lambda: finetune_subset(out, store_dir, out, max_steps=1),
                  lambda: merge_subset(checkpoint_dir, out, out)):
         with pytest.raises(DataError, match="already exists"):

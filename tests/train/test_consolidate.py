@@ -56,6 +56,7 @@ def test_bad_input_is_one_error_and_writes_nothing(sharded, tmp_path):
         consolidate(checkpoint, checkpoint, force=True)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.md").write_text("mine")
     with pytest.raises(DataError, match="already exists"):
         consolidate(checkpoint, tmp_path / "out")
 

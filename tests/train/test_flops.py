@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -5,7 +9,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from emomoe.model import ModelConfig, build_model
 from emomoe.model.losses import compute_loss
-from emomoe.train.flops import gemm_flops, matmul_flops_per_s, measure_peak_flops, mfu, model_gemm_shapes, train_flops_per_token
+from emomoe.train.flops import (
+    gemm_flops,
+    matmul_flops_per_s,
+    measure_peak_flops,
+    mfu,
+    model_gemm_shapes,
+    train_flops_per_token,
+)
 
 
 def _counted_train_flops_per_token(cfg: ModelConfig, batch: int, seq_len: int) -> float:
@@ -72,6 +83,21 @@ def test_measured_peak_is_the_best_matmul_rate_and_plausible():
     assert 1e9 < peak < 1e13
     # A matmul far too small to reach the BLAS peak is slower per FLOP than the peak.
     assert matmul_flops_per_s(8, 8, 8, seconds=0.05) < peak
+
+
+def test_a_bf16_peak_without_bf16_units_is_quick_and_never_below_float32():
+    """oneDNN limited to AVX2 runs bf16 matmuls as a CPU without bf16 units does: emulated, about
+    100x slower than float32 (measuring them as before took minutes, and MFU read above 1)."""
+    code = (
+        "import time, torch; from emomoe.train.flops import measure_peak_flops; torch.set_num_threads(1); "
+        "t = time.perf_counter(); bf16 = measure_peak_flops(dtype=torch.bfloat16); s = time.perf_counter() - t; "
+        "print(bf16, measure_peak_flops(), s)"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    bf16, fp32, seconds = map(float, out.split())
+    assert seconds < 3
+    assert bf16 > 0.5 * fp32  # at least the float32 peak, up to timing noise
 
 
 def test_model_gemm_shapes_of_the_small_preset():

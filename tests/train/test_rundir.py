@@ -47,6 +47,26 @@ def test_force_removes_only_run_files(tmp_path):
     assert RunConfig.from_yaml(tmp_path / CONFIG_FILE).train.max_steps == 3
 
 
+def test_two_runs_started_at_once_into_one_directory_cannot_both_claim_it(tmp_path):
+    run = tmp_path / "run"
+    # Both check before either claims, as two processes started at the same moment do.
+    check_run_dir(run, config(max_steps=3), resume=False, force=False)
+    check_run_dir(run, config(max_steps=5), resume=False, force=False)
+    claim_run_dir(run, config(max_steps=3), force=False)
+    with pytest.raises(ConfigError, match=r"run: another run claimed this directory at the same moment; nothing was written$"):
+        claim_run_dir(run, config(max_steps=5), force=False)
+    assert RunConfig.from_yaml(run / CONFIG_FILE).train.max_steps == 3
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_folder_with_its_own_final_but_no_run_is_refused(tmp_path, force):
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "weights.bin").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds final but no run \(config\.yaml\), and a run would replace it"):
+        check_run_dir(tmp_path, config(), resume=False, force=force)
+    assert (tmp_path / "final" / "weights.bin").read_text() == "mine"
+
+
 def test_resume_and_force_conflict(tmp_path):
     with pytest.raises(ConfigError, match="contradict"):
         check_run_dir(tmp_path, config(), resume=True, force=True)

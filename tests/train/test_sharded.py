@@ -25,6 +25,7 @@ import torch
 import torch.multiprocessing as mp
 
 from emomoe.checkpoint import WEIGHTS_FILE
+from emomoe.io import OUTPUT_MARKER
 from emomoe.model import ModelConfig, build_model
 from emomoe.train import shard_files
 from emomoe.train.checkpointing import CheckpointManager, read_checkpoint
@@ -83,7 +84,8 @@ def test_each_of_4_ranks_writes_its_own_shards_and_nothing_twice(run_at_4):
     step = run_at_4 / "checkpoints" / STEP_2
     shards = [shard_file(rank, 4) for rank in range(4)]
     assert sorted(p.name for p in step.iterdir()) == sorted(
-        ["checksums.sha256", "model.yaml", INDEX_FILE, *shards, "trainer_state.json", "trainer_state.safetensors"]
+        [OUTPUT_MARKER, "checksums.sha256", "model.yaml", INDEX_FILE, *shards, "trainer_state.json",
+         "trainer_state.safetensors"]
     )
     index = read_index(step)
     assert sorted(c.file for c in index["model.embed.weight"].chunks) == shards

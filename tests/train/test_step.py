@@ -14,7 +14,7 @@ from emomoe.model.losses import IGNORE_INDEX, compute_loss
 from emomoe.train.config import Precision, TrainConfig
 from emomoe.train.optim import build_optimizer
 from emomoe.train.schedule import build_scheduler
-from emomoe.train.step import TrainingDiverged, train_step
+from emomoe.train.step import TrainingDiverged, check_finite_weights, train_step
 
 SEQ_LEN = 16
 
@@ -185,3 +185,12 @@ def test_bf16_autocast_computes_the_cross_entropy_of_its_logits_in_float32():
     bound = 2 * logit_error_T.mean().item()
     assert abs(ce[Precision.BF16] - ce[Precision.FP32]) <= bound + 1e-5
     assert ce[Precision.BF16] != ce[Precision.FP32]  # autocast did run in bf16
+
+
+def test_weights_made_non_finite_by_the_last_update_are_caught():
+    model = build_model(tiny())
+    check_finite_weights(model)
+    with torch.no_grad():
+        model.layers[1].attn.q_proj.weight[3, 4] = math.inf
+    with pytest.raises(TrainingDiverged, match=r"^the weights are not finite after the update \('layers\.1\.attn\.q_proj\.weight'\)$"):
+        check_finite_weights(model)

@@ -25,18 +25,17 @@ from emomoe.analyze.modularity import model_summary
 from emomoe.analyze.modularity_report import HTML_FILE, REPORT_FILE, analysis_report
 from emomoe.analyze.overlap import overlap_summary, read_kept_sets
 from emomoe.checkpoint import check_fits, load_config, load_for_inference
-from emomoe.config import Config
 from emomoe.data.store import TokenStore
 from emomoe.data.tokenizer import load_tokenizer
-from emomoe.data.windows import BATCH_SIZE
-from emomoe.errors import ConfigError, DataError
+from emomoe.data.windows import BATCH_SIZE, TokenizerCheckConfig
+from emomoe.errors import ConfigError, DataError, require
 from emomoe.io import atomic_path
 
 ANALYSIS_FILE = "analysis.json"
 
 
 @dataclasses.dataclass
-class AnalysisConfig(Config):
+class AnalysisConfig(TokenizerCheckConfig):
     domains: list[str] | None = None
     """Domains to analyse (None: every domain of the store)."""
     num_docs: int = 64
@@ -66,6 +65,7 @@ def run_analysis(
 ) -> dict[str, Any]:
     """Every number of the analysis (what `analysis.json` holds; see `write_analysis`)."""
     cfg.validate()
+    require("the analysis (k-means, PCA and figures)", "analysis", "sklearn", "matplotlib")
     if not checkpoints:
         raise ConfigError("checkpoints: give at least one model to analyse")
     store = store if isinstance(store, TokenStore) else TokenStore.open(store)
@@ -77,8 +77,11 @@ def run_analysis(
             raise ConfigError(
                 f"tokens_per_doc: {cfg.tokens_per_doc} exceeds {checkpoint}'s max_seq_len {model_cfg.max_seq_len}"
             )
-        check_fits(model_cfg, checkpoint, vocab_size=store.vocab_size, seq_len=cfg.tokens_per_doc)
-    kept = read_kept_sets(sweep_dir, checkpoints) if sweep_dir is not None else None
+        check_fits(
+            model_cfg, checkpoint, vocab_size=store.vocab_size, seq_len=cfg.tokens_per_doc,
+            tokenizer_hash=store.tokenizer_hash, any_tokenizer=cfg.any_tokenizer,
+        )
+    kept = read_kept_sets(sweep_dir, checkpoints, store.path) if sweep_dir is not None else None
     decoder = load_tokenizer(store.tokenizer_path) if store.tokenizer_path is not None else None
     models: dict[str, Any] = {}
     for name, checkpoint in checkpoints.items():

@@ -10,49 +10,73 @@ of the same size would share.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from emomoe.analyze.metrics import expected_random_jaccard, jaccard_matrix, mean_off_diagonal
 from emomoe.analyze.sweep_results import RESULTS_FILE, for_method, methods_of
 from emomoe.checkpoint.selection import SELECTION_FILE, read_selection
-from emomoe.errors import DataError
+from emomoe.errors import DataError, warn
+from emomoe.io import parse_errors, read_json
 
 KeptSets = dict[str, dict[str, dict[str, list[list[int]]]]]
 """model -> keep label -> domain -> kept routed experts of every MoE layer."""
 
 
-def read_kept_sets(sweep_dir: str | Path, checkpoints: dict[str, str | Path]) -> KeptSets:
-    """Every kept-expert set recorded under `sweep_dir`; a subset's model is the analysed model
-    whose checkpoint it was selected from, else the name of its source directory."""
+def read_kept_sets(
+    sweep_dir: str | Path, checkpoints: dict[str, str | Path], store: str | Path | None = None
+) -> KeptSets:
+    """Every kept-expert set recorded under `sweep_dir` for the analysed `checkpoints` (name ->
+    directory): a sweep's, when it swept these checkpoints (on `store`, if given: the sweep of
+    other data is refused), and those of subsets selected from them (by their source's path).
+    What belongs to other models is left out, with a warning: one table never mixes models."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise DataError(f"{sweep_dir}: sweep directory not found")
+    by_path = {_resolved(c): name for name, c in checkpoints.items()}
     kept: KeptSets = {}
+    others: set[str] = set()
     results = sweep_dir / RESULTS_FILE
     if results.is_file():
-        try:
-            sweep = json.loads(results.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{results}: not valid JSON ({e})") from None
-        recorded = for_method(sweep, methods_of(sweep)[0])["kept_experts"]
-        for model, per_keep in recorded.items():
-            for keep, per_domain in per_keep.items():
-                kept.setdefault(model, {}).setdefault(keep, {}).update(per_domain)
-    by_path = {str(Path(c).resolve()): name for name, c in checkpoints.items()}
+        sweep = read_json(results)
+        with parse_errors(results, "sweep result"):
+            settings = sweep.get("settings") or {}
+            swept_store = settings.get("store")
+            if store is not None and swept_store and _resolved(swept_store) != _resolved(store):
+                raise DataError(f"{results}: the sweep ran on {swept_store}, not on {store}; its subsets were selected "
+                                "on other data")
+            swept = settings.get("checkpoints") or {}
+            recorded = for_method(sweep, methods_of(sweep)[0])["kept_experts"]
+            for model, per_keep in recorded.items():
+                # A sweep that records its checkpoints is matched by them; an older one by the model's name.
+                name = by_path.get(_resolved(swept[model])) if model in swept else model
+                if name is None:
+                    others.add(f"{model} ({swept[model]})")
+                    continue
+                for keep, per_domain in per_keep.items():
+                    kept.setdefault(name, {}).setdefault(keep, {}).update(per_domain)
     for path in sorted(sweep_dir.rglob(SELECTION_FILE)):
         record = read_selection(path.parent)
-        source = record.get("source_checkpoint", "")
-        model = by_path.get(source, Path(source).name or "source")
+        source = str(record.get("source_checkpoint", ""))
+        model = by_path.get(_resolved(source)) if source else None
+        if model is None:
+            others.add(f"{path.parent} (selected from {source or 'an unnamed checkpoint'})")
+            continue
         calibration = record.get("calibration") or {}
         domain = ",".join(calibration.get("domains") or [path.parent.name])
         kept.setdefault(model, {}).setdefault(str(record.get("keep", "?")), {})[domain] = record["kept_experts"]
+    if others:
+        warn(f"{sweep_dir}: left out of the overlap, as of models not analysed here: {', '.join(sorted(others))}")
     if not kept:
         raise DataError(
-            f"{sweep_dir}: no kept experts found (expected a sweep's {RESULTS_FILE} or subsets' {SELECTION_FILE})"
+            f"{sweep_dir}: no kept experts of the analysed models found (expected a sweep's {RESULTS_FILE} or "
+            f"subsets' {SELECTION_FILE})"
         )
     return kept
+
+
+def _resolved(path: str | Path) -> str:
+    return str(Path(path).resolve())
 
 
 def overlap_summary(kept: KeptSets, num_experts: dict[str, list[int]]) -> dict[str, Any]:

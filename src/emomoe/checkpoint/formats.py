@@ -23,6 +23,9 @@ from emomoe.errors import ConfigError, DataError
 from emomoe.model.config import ModelConfig
 
 CONFIG_FILE = "model.yaml"
+META_FILE = "meta.json"
+SELECTION_FILE = "selection.json"
+"""Beside a subset's weights: which experts of which checkpoint it keeps (`checkpoint.selection`)."""
 TRAINING_SHARDS_FILE = "shards.json"
 """The index of a sharded training checkpoint (`emomoe.train.shard_files` writes it): a step of an
 FSDP run, which `emomoe checkpoint consolidate` turns into a model checkpoint."""

@@ -17,17 +17,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from emomoe.checkpoint.formats import CONFIG_FILE, detect_format
-from emomoe.checkpoint.reader import CheckpointReader, file_fingerprint, weight_files
+from emomoe.checkpoint.formats import CONFIG_FILE, META_FILE, detect_format
+from emomoe.checkpoint.reader import CheckpointReader, file_fingerprint, verify_checkpoint, weight_files
 from emomoe.checkpoint.writer import DEFAULT_MAX_SHARD_BYTES, SINGLE_FILE, ShardedWriter
 from emomoe.errors import ConfigError, DataError
-from emomoe.io import atomic_path, has_checksums, verify_checksums, write_checksums
+from emomoe.io import atomic_path, write_checksums
 from emomoe.model.config import ModelConfig
 from emomoe.model.from_weights import model_from_weights
 from emomoe.model.quantized import QuantizedTensor, QuantizedWeight
 
 WEIGHTS_FILE = SINGLE_FILE
-META_FILE = "meta.json"
 INFERENCE_OVERRIDES = ["moe.router.eval_pool=off"]
 """Config changes for inference: no document pool (see `load_for_inference`)."""
 
@@ -71,8 +70,7 @@ def load_config(directory: str | Path) -> ModelConfig:
     """The config of a checkpoint of any readable format, without opening its weights."""
     directory = Path(directory)
     fmt = detect_format(directory)
-    if has_checksums(directory):
-        verify_checksums(directory, [fmt.config_file])
+    verify_checkpoint(directory, fmt, [fmt.config_file])
     return fmt.read_config(directory)
 
 
@@ -149,17 +147,10 @@ def check_fits(
     any_tokenizer: bool = False,
 ) -> None:
     """Raise unless windows of `seq_len` tokens from a `vocab_size` vocabulary fit the model, and
-    the data's tokenizer (`tokenizer_hash`, when known) is the one the model was trained with.
-
-    A different tokenizer of the same size runs without an error and gives meaningless losses and
-    selections; `any_tokenizer` allows it on purpose (e.g. a retokenized copy of the same text).
+    the data's tokenizer (`tokenizer_hash`, when known) is the one the model was trained with
+    (`ModelConfig.check_tokenizer`).
     """
-    known = tokenizer_hash and cfg.tokenizer_hash
-    if known and tokenizer_hash != cfg.tokenizer_hash and not any_tokenizer:
-        raise DataError(
-            f"{checkpoint}: the model was trained with tokenizer {cfg.tokenizer_hash[:12]}, the data was made with "
-            f"{tokenizer_hash[:12]}; results would be meaningless (pass --any-tokenizer / any_tokenizer=True to go ahead)"
-        )
+    cfg.check_tokenizer(tokenizer_hash, checkpoint, any_tokenizer=any_tokenizer)
     if vocab_size > cfg.vocab_size:
         raise DataError(
             f"{checkpoint}: the data's vocabulary ({vocab_size}) is larger than the model's ({cfg.vocab_size})"

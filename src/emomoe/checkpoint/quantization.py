@@ -10,13 +10,13 @@ dequantizes (`CheckpointReader.get`) hands out an ordinary model's tensors.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from emomoe.errors import DataError
+from emomoe.io import read_json
 from emomoe.model.quantized import GROUP_MULTIPLE, is_group_size
 
 QUANTIZATION_FILE = "quantization.json"
@@ -45,10 +45,7 @@ def read_quantization(directory: Path) -> Quantization | None:
     path = directory / QUANTIZATION_FILE
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    record = read_json(path)
     if not isinstance(record, dict):
         raise DataError(f"{path}: expected a JSON object")
     bits, group_size, dtype = record.get("bits"), record.get("group_size"), record.get("dtype")

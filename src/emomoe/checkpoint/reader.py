@@ -11,7 +11,6 @@ a forward pass.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -19,11 +18,20 @@ from types import TracebackType
 import torch
 from safetensors import SafetensorError, safe_open
 
-from emomoe.checkpoint.formats import TRAINING_SHARDS_FILE, TensorInfo, TensorSource, detect_format
-from emomoe.checkpoint.quantization import read_quantization
+from emomoe.checkpoint.formats import (
+    META_FILE,
+    SELECTION_FILE,
+    TRAINING_SHARDS_FILE,
+    EmomoeFormat,
+    Format,
+    TensorInfo,
+    TensorSource,
+    detect_format,
+)
+from emomoe.checkpoint.quantization import QUANTIZATION_FILE, read_quantization
 from emomoe.checkpoint.writer import INDEX_FILE, SINGLE_FILE
 from emomoe.errors import DataError
-from emomoe.io import has_checksums, verify_checksums
+from emomoe.io import CHECKSUMS_FILE, has_checksums, read_json, verify_checksums
 from emomoe.model import build_model
 from emomoe.model.quantized import QuantizedTensor, quantized_bits
 
@@ -41,14 +49,19 @@ def weight_files(directory: Path) -> dict[str, Path]:
     """File key -> the safetensors file holding it, from the index when there is one."""
     index = directory / INDEX_FILE
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from None
+        data = read_json(index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(name, str) and Path(name).name == name for name in weight_map.values()
+        ):
+            raise DataError(f"{index}: not a safetensors index (expected a 'weight_map' of tensor names to file names)")
         files = {key: directory / name for key, name in weight_map.items()}
         for path in sorted(set(files.values())):
             if not path.is_file():
                 raise DataError(f"{index}: names shard {path.name}, which does not exist")
+            unlisted = sorted(set(_open(path).keys()) - set(files))
+            if unlisted:
+                raise DataError(f"{index}: does not list tensor '{unlisted[0]}', which {path.name} holds (a damaged index)")
         return files
     single = directory / SINGLE_FILE
     if not single.is_file():
@@ -59,6 +72,25 @@ def weight_files(directory: Path) -> dict[str, Path]:
             )
         raise DataError(f"{directory}: no weights ({SINGLE_FILE} or {INDEX_FILE})")
     return {key: single for key in _open(single).keys()}
+
+
+def verify_checkpoint(directory: Path, fmt: Format, names: list[str] | None = None) -> None:
+    """Check a checkpoint's files (`names`, else all) against its checksums.sha256, which every
+    checkpoint of ours carries: a missing file, or a missing line for a file it must have (config,
+    weights, index, selection, quantization, meta), is an error, not a skip. Other formats (HF
+    directories) are checked when they carry one."""
+    if not has_checksums(directory):
+        if fmt.name != EmomoeFormat.name:
+            return
+        raise DataError(
+            f"{directory}: has no {CHECKSUMS_FILE}, which every emomoe checkpoint carries, so its files cannot be "
+            f"verified (if you made it by hand, write one: cd {directory} && sha256sum {fmt.config_file} "
+            f"*.safetensors > {CHECKSUMS_FILE})"
+        )
+    optional = (INDEX_FILE, QUANTIZATION_FILE, SELECTION_FILE, META_FILE)
+    required = [fmt.config_file, *sorted(p.name for p in directory.glob("*.safetensors"))]
+    required += [name for name in optional if (directory / name).is_file()]
+    verify_checksums(directory, names, required=[fmt.config_file] if names is not None else required)
 
 
 def _open(path: Path):
@@ -100,8 +132,8 @@ class CheckpointReader:
         checkpoint emomoe writes does), so that a damaged file is named before it is used."""
         self.directory = Path(directory)
         self._format = detect_format(self.directory)
-        if verify and has_checksums(self.directory):
-            verify_checksums(self.directory)
+        if verify:
+            verify_checkpoint(self.directory, self._format)
         self.format: str = self._format.name
         self.config = self._format.read_config(self.directory)
         self._files = weight_files(self.directory)

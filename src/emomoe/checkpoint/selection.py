@@ -13,21 +13,21 @@ and so do the verbs that run the full model restricted to a selection (`Selectio
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from emomoe.checkpoint.formats import SELECTION_FILE
 from emomoe.checkpoint.models import checkpoint_hash
 from emomoe.checkpoint.quantization import read_quantization
 from emomoe.config import Config
 from emomoe.errors import ConfigError, DataError
+from emomoe.io import read_json
 from emomoe.model import ModelConfig
 from emomoe.model.selection import Selection, Selections
 
-SELECTION_FILE = "selection.json"
 MAX_LINEAGE = 8
 """Subsets of subsets followed back at most this far."""
 AUTO = "auto"
@@ -75,12 +75,9 @@ def selection_path(selection: str | Path) -> Path:
 def read_selection(selection: str | Path) -> dict[str, Any]:
     """The record of a selection.json (or of a subset directory's)."""
     path = selection_path(selection)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{selection}: not a subset or selection file (no {path.name})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not path.exists():
+        raise DataError(f"{selection}: not a subset or selection file (no {path.name})")
+    record = read_json(path, "selection file")
     if not isinstance(record, dict):
         raise DataError(f"{path}: expected a JSON object")
     for key in ("moe_layers", "kept_experts", "source_sha256"):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from emomoe.analyze.analysis import AnalysisConfig, run_analysis, write_analysis
 from emomoe.analyze.modularity_report import headline_table
 from emomoe.cli._models import model_names
 from emomoe.cli._options import add_config_options, config_from_args
-from emomoe.errors import DataError
+from emomoe.io import check_output_dir, refuse_existing
 from emomoe.train.runtime import setup_runtime
 
 EXAMPLES = """examples:
@@ -50,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(AnalysisConfig, args)
-    if Path(args.out).exists() and not args.force:
-        raise DataError(f"{args.out}: already exists (pass --force to replace it)")
+    check_output_dir(args.out)
+    refuse_existing(args.out, args.force)
     checkpoints = model_names(args.checkpoints, args.names)
     setup_runtime()
     analysis = run_analysis(checkpoints, args.data, cfg, sweep_dir=args.sweep, progress=not args.no_progress)

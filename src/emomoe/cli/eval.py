@@ -8,7 +8,7 @@ from pathlib import Path
 
 from emomoe.cli._options import add_config_options, config_from_args
 from emomoe.evaluate.loss import EvalConfig, evaluate_checkpoint
-from emomoe.io import atomic_write_text, check_output_dir, refuse_existing
+from emomoe.io import atomic_write_text, check_output_file
 from emomoe.train.runtime import setup_runtime
 
 EXAMPLES = """examples:
@@ -43,8 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(EvalConfig, args)
     if args.out:
-        refuse_existing(args.out, args.force)
-        check_output_dir(Path(args.out).parent)
+        check_output_file(args.out, args.force)
     setup_runtime()
     result = evaluate_checkpoint(args.checkpoint, args.data, cfg, progress=not args.no_progress)
     text = json.dumps(result, indent=2) + "\n"

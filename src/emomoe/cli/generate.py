@@ -12,9 +12,9 @@ from emomoe.checkpoint.selection import load_selections
 from emomoe.cli._options import add_config_options, config_from_args
 from emomoe.data.prompts import read_prompts
 from emomoe.errors import ConfigError
-from emomoe.train.provenance import load_with_tokenizer
 from emomoe.generate import GenerateConfig, generate_text
-from emomoe.io import atomic_write_text
+from emomoe.io import atomic_write_text, check_output_file
+from emomoe.train.provenance import load_with_tokenizer
 from emomoe.train.runtime import setup_runtime
 
 EXAMPLES = """examples:
@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", metavar="DIR",
                    help="tokenizer.json or its folder (default: found from the checkpoint)")
     p.add_argument("--out", metavar="FILE", help="with --prompts: write the JSON lines here instead of stdout")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     add_config_options(p, GenerateConfig)
     p.set_defaults(func=run)
 
@@ -54,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(GenerateConfig, args)
     if args.out and args.prompts is None:
         raise ConfigError("--out: only with --prompts (a single --prompt streams to stdout)")
+    if args.out:
+        check_output_file(args.out, args.force)
     prompts = read_prompts(args.prompts) if args.prompts is not None else None
     setup_runtime()
-    model, _, tokenizer = load_with_tokenizer(args.checkpoint, args.tokenizer)
+    model, _, tokenizer = load_with_tokenizer(args.checkpoint, args.tokenizer, any_tokenizer=cfg.any_tokenizer)
     selections = load_selections(args.checkpoint, model, cfg)
     if prompts is None:
         started = time.perf_counter()

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 from emomoe.cli._options import add_config_options, config_from_args
+from emomoe.errors import require
 from emomoe.evaluate.continuation import GROUP
 from emomoe.experiments.benchmarks import LmEvalConfig, evaluate_checkpoint_tasks, scores_table, task_scores
-from emomoe.io import atomic_write_text
+from emomoe.io import atomic_write_text, check_output_file
 from emomoe.train.runtime import setup_runtime
 
 EXAMPLES = f"""examples:
@@ -37,12 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", metavar="DIR", help="default: found from the checkpoint")
     p.add_argument("--data", metavar="STORE", help=f"token store for {GROUP} (default: the checkpoint's run's)")
     p.add_argument("--out", metavar="FILE", help="write lm-eval's results as JSON here")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     add_config_options(p, LmEvalConfig)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(LmEvalConfig, args)
+    require("emomoe lm-eval", "eval", "lm_eval")
+    if args.out:
+        check_output_file(args.out, args.force)
     setup_runtime()
     results = evaluate_checkpoint_tasks(args.checkpoint, cfg, tokenizer=args.tokenizer, data=args.data)
     print(scores_table(task_scores(results)))

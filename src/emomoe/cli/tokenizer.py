@@ -8,7 +8,7 @@ from pathlib import Path
 from emomoe.cli._corpus import EXPORT_CORPUS, add_input_arg, document_source
 from emomoe.cli._options import add_config_options, config_from_args
 from emomoe.data.tokenizer import TokenizerTrainConfig, sample_texts, train_tokenizer
-from emomoe.errors import DataError
+from emomoe.io import refuse_existing
 
 EXAMPLES = "examples:\n" + EXPORT_CORPUS + "  emomoe tokenizer train --input corpus.jsonl --vocab-size 8192 --out tok\n"
 
@@ -37,8 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(TokenizerTrainConfig, args)
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise DataError(f"{out}: already exists (pass --force to replace it)")
+    refuse_existing(out, args.force)
     source = document_source(args.input, cfg)
     tok = train_tokenizer(
         sample_texts(source, cfg.sample_bytes), cfg.vocab_size, min_frequency=cfg.min_frequency, show_progress=True

@@ -63,7 +63,15 @@ def run(args: argparse.Namespace) -> int:
         distributed.shutdown()
     if is_main:
         losses = ", ".join(f"{name} {loss:.3f}" for name, loss in result.val_loss.items())
-        print(f"trained {result.step} steps; final model: {result.final_dir}")
+        if result.first_step >= cfg.train.max_steps:
+            print(f"nothing to train: the run is at step {result.first_step} and train.max_steps is "
+                  f"{cfg.train.max_steps} (raise train.max_steps to train on); final model: {result.final_dir}")
+        elif result.first_step:
+            steps = f"step {result.step}" if result.step == result.first_step + 1 else \
+                f"steps {result.first_step + 1}-{result.step}"
+            print(f"trained {steps} (resumed at step {result.first_step}); final model: {result.final_dir}")
+        else:
+            print(f"trained {result.step} steps; final model: {result.final_dir}")
         if losses:
             print(f"validation loss (nats/token): {losses}")
     return 0

@@ -43,7 +43,7 @@ def open_tokens(path: Path, bin_dtype: np.dtype | None = None) -> np.ndarray:
         return np.memmap(path, dtype=bin_dtype, mode="r") if size else np.empty(0, bin_dtype)
     try:
         tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except Exception as e:  # np.load raises ValueError, EOFError, SyntaxError, tokenize.TokenError... on a bad header
         raise DataError(f"{path}: not a readable .npy token array ({e}); the file is truncated or corrupt") from None
     if tokens.ndim != 1 or tokens.dtype.kind not in "ui":
         raise DataError(f"{path}: expected a 1-D integer token array, got shape {tokens.shape} of {tokens.dtype}")
@@ -67,7 +67,7 @@ def read_index(tokens_path: Path, tokens: np.ndarray, eos_id: int) -> np.ndarray
         raise DataError(f"{path}: document index not found")
     try:
         index = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except Exception as e:  # np.load raises ValueError, EOFError, SyntaxError, tokenize.TokenError... on a bad header
         raise DataError(f"{path}: not a readable document index ({e}); the file is truncated or corrupt") from None
     if index.dtype != INDEX_DTYPE or index.ndim != 1:
         raise DataError(f"{path}: expected records {INDEX_DTYPE.descr}, got {index.dtype} of shape {index.shape}")

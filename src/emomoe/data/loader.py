@@ -126,11 +126,7 @@ def _batch(tokens_BS1: np.ndarray, domains_BS1: np.ndarray, eos_id: int, num_lab
 
 
 def _open(store: TokenStore | str | Path) -> TokenStore:
-    if isinstance(store, TokenStore):
-        return store
-    if not str(store):
-        raise DataError("no token store given (set data.store)")
-    return TokenStore.open(store)
+    return store if isinstance(store, TokenStore) else TokenStore.open(store)
 
 
 class TrainLoader:

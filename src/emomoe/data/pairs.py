@@ -12,14 +12,13 @@ Prompt and answer are tokenized separately, so the boundary between them is exac
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from emomoe.data.readers import _lines
+from emomoe.data.readers import jsonl_records
 from emomoe.data.tokenizer import TextTokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.model.docs import doc_ids_from_eos
@@ -42,16 +41,7 @@ def read_pairs(
     if not path.is_file():
         raise DataError(f"{path}: no such prompt/answer file")
     examples = []
-    for lineno, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object per line, got {type(record).__name__}")
+    for where, record in jsonl_records(path, strict=True):
         for field in (prompt_field, answer_field):
             if not isinstance(record.get(field), str):
                 raise DataError(f"{where}: expected a string field '{field}'")

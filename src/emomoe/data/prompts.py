@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from emomoe.errors import DataError
+from emomoe.io import parse_json, read_text
 
 PROMPT_FIELDS = ("prompt", "text")
 
@@ -17,12 +17,7 @@ def read_prompts(path: str | Path) -> list[str]:
     JSON string. Anything else: every non-empty line is one prompt, as written.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: prompts file not found") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
+    lines = read_text(path, "prompt file").splitlines()
     jsonl = path.suffix == ".jsonl"
     prompts = [_parse(line, path, i) if jsonl else line for i, line in enumerate(lines, start=1) if line.strip()]
     if not prompts:
@@ -31,10 +26,7 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def _parse(line: str, path: Path, line_no: int) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{line_no}: not JSON ({e.msg})") from None
+    record = parse_json(line, f"{path}:{line_no}")
     if isinstance(record, str):
         return record
     if isinstance(record, dict):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import gzip
-import json
 import logging
 import re
 import zlib
@@ -35,6 +34,7 @@ import zstandard
 
 from emomoe.config import Config
 from emomoe.errors import DataError, optional_import
+from emomoe.io import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -284,23 +284,31 @@ def _lines(path: Path) -> Iterator[bytes]:
         yield from f
 
 
-def _jsonl_rows(path: Path, text_field: str, domain_field: str, domain: str | None) -> Iterator[tuple[str | None, str, str]]:
+def jsonl_records(path: Path, *, strict: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, record) for every non-blank line of a jsonl file (plain, .gz or .zst), `where` being
+    "file:line"; DataError naming it for a line that is not a JSON object, a truncated archive or an
+    unreadable file. Bytes that are not UTF-8 are an error if `strict`, else kept as surrogates
+    (for the `invalid_text` policy)."""
     try:
         for lineno, line in enumerate(_lines(path), 1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line.decode("utf-8", "surrogateescape"))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            record = parse_json(line.decode("utf-8", "strict" if strict else "surrogateescape"), where)
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected a JSON object per line, got {type(record).__name__}")
-            yield _text(record, text_field, where), _label(record, domain_field, domain, where), where
+            yield where, record
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from None
     except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as e:
         raise DataError(f"{path}: cannot decompress ({e}); the file is truncated or corrupt") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _jsonl_rows(path: Path, text_field: str, domain_field: str, domain: str | None) -> Iterator[tuple[str | None, str, str]]:
+    for where, record in jsonl_records(path):
+        yield _text(record, text_field, where), _label(record, domain_field, domain, where), where
 
 
 def _columns(available: list[str], text_field: str, domain_field: str, domain: str | None, where: Path) -> list[str]:

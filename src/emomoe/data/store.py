@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import glob
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from emomoe.config import Config
 from emomoe.data.arrays import index_from_eos, open_tokens, read_index, token_dtype
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
 from emomoe.errors import ConfigError, DataError
+from emomoe.io import parse_errors, read_json
 
 METADATA_FILE = "metadata.json"
 TOKENIZER_DIR = "tokenizer"
@@ -133,6 +133,8 @@ class TokenStore:
 
     @classmethod
     def open(cls, path: str | Path) -> TokenStore:
+        if not str(path):  # Path("") would be the current folder
+            raise DataError("no token store given (set data.store, or pass --data STORE)")
         path = Path(path)
         if path.is_file() and path.name.endswith(MIX_SUFFIXES):
             return _open_mix(path)
@@ -204,10 +206,12 @@ def _require(meta: dict[str, Any], key: str, kind: type, file: Path) -> Any:
 
 def _open_store(path: Path) -> TokenStore:
     file = path / METADATA_FILE
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{file}: not valid JSON ({e})") from None
+    meta = read_json(file)
+    with parse_errors(file, "token store metadata"):
+        return _store_from_metadata(path, file, meta)
+
+
+def _store_from_metadata(path: Path, file: Path, meta: Any) -> TokenStore:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{file}: not an emomoe token store (format should be {FORMAT!r})")
     if meta.get("format_version") != FORMAT_VERSION:

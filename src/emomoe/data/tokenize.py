@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -32,7 +31,7 @@ from emomoe.data.readers import Document, DocumentSource, ReadConfig, reiterable
 from emomoe.data.store import FORMAT, FORMAT_VERSION, METADATA_FILE, TOKENIZER_DIR, Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer
 from emomoe.errors import ConfigError, DataError, warn
-from emomoe.io import WRITE_ERRNOS, atomic_write_text
+from emomoe.io import WRITE_ERRNOS, atomic_write_text, move_into_place, refuse_existing
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,11 @@ class TokenizeConfig(ReadConfig):
     """Text per resumable chunk, in MB."""
     eos_token: str | None = None
     """The EOS token, if the tokenizer does not declare one."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.chunk_mb <= 0:
+            raise ConfigError(f"chunk_mb: expected a size in MB > 0, got {self.chunk_mb}")
 
     @property
     def chunk_bytes(self) -> int:
@@ -136,8 +140,7 @@ def tokenize_corpus(
         raise ConfigError(f"val_fraction: expected a number in [0, 1), got {val_fraction}")
     if min_val_docs < 0 or chunk_bytes < 1:
         raise ConfigError(f"min_val_docs / chunk_bytes: expected >= 0 / >= 1, got {min_val_docs} / {chunk_bytes}")
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists (pass --force to replace it)")
+    refuse_existing(out, overwrite)
     scan = CorpusScan.of(documents, min_val_docs)
     if not scan.domains:
         raise DataError(f"no documents to tokenize into {out}")
@@ -328,9 +331,4 @@ def _finish(
     (partial / METADATA_FILE).write_text(json.dumps(metadata, indent=1, ensure_ascii=False) + "\n")
     shutil.rmtree(partial / _CHUNKS_DIR)
     (partial / _PLAN_FILE).unlink()
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(partial, out)
-    shutil.rmtree(old, ignore_errors=True)
+    move_into_place(partial, out)

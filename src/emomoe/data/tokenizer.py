@@ -50,8 +50,11 @@ class TokenizerTrainConfig(ReadConfig):
     """Train on about this many MB of text, a deterministic sample spread over the input; 0 means all."""
 
     def validate(self) -> None:
+        super().validate()
         if self.sample_mb < 0:
             raise ConfigError(f"sample_mb: expected >= 0 (0: all), got {self.sample_mb}")
+        if self.min_frequency < 0:
+            raise ConfigError(f"min_frequency: expected a count >= 0, got {self.min_frequency}")
 
     @property
     def sample_bytes(self) -> int | None:
@@ -225,9 +228,11 @@ def load_tokenizer(path: str | Path, eos_token: str | int | None = None) -> Text
     return _wrap(tokenizer, eos_token, str(file))
 
 
-def load_model_tokenizer(file: Path, cfg: ModelConfig) -> TextTokenizer:
-    """Load the tokenizer and raise DataError unless the model can run its ids."""
+def load_model_tokenizer(file: Path, cfg: ModelConfig, *, any_tokenizer: bool = False) -> TextTokenizer:
+    """Load the tokenizer and raise DataError unless the model can run its ids and it is the one the
+    model was trained with (see `ModelConfig.check_tokenizer`)."""
     tok = load_tokenizer(file)
+    cfg.check_tokenizer(tok.hash, file, given="the tokenizer given is", any_tokenizer=any_tokenizer)
     if tok.vocab_size > cfg.vocab_size:
         raise DataError(
             f"{file}: the tokenizer's vocabulary ({tok.vocab_size}) is larger than the model's ({cfg.vocab_size})"

@@ -1,5 +1,6 @@
 """What every verb that reads windows of a token store is configured with: one name, one default
-and one meaning for each (the sequence length, the batch size, the held-out windows)."""
+and one meaning for each (the sequence length, the batch size, the held-out windows, and whether
+data of another tokenizer than the model's is allowed)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,20 @@ NUM_EVAL_WINDOWS = 64
 (eval, sweep, finetune, training's validation); 0 measures the whole validation split."""
 
 @dataclasses.dataclass
-class WindowConfig(Config):
+class TokenizerCheckConfig(Config):
+    """The setting of every verb that runs a model on data, or with a tokenizer given separately."""
+
+    any_tokenizer: bool = False
+    """Go ahead even if the data or tokenizer was made with another tokenizer than the model's
+    (results are then meaningless unless the text is the same)."""
+
+
+@dataclasses.dataclass
+class WindowConfig(TokenizerCheckConfig):
     seq_len: int | None = None
     """Tokens per window; None means the model's max_seq_len (with several models, the smallest)."""
     batch_size: int = BATCH_SIZE
     """Windows per forward pass."""
-    any_tokenizer: bool = False
-    """Go ahead even if the data was made with another tokenizer than the model's (results are then
-    meaningless unless the text is the same)."""
 
     def validate(self) -> None:
         super().validate()

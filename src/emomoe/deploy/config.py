@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from emomoe.config import Config
+from emomoe.data.windows import TokenizerCheckConfig
 
 
 class GGUFType(enum.StrEnum):
@@ -22,6 +22,6 @@ class GGUFType(enum.StrEnum):
 
 
 @dataclasses.dataclass
-class GGUFExportConfig(Config):
+class GGUFExportConfig(TokenizerCheckConfig):
     type: GGUFType = GGUFType.F16
     """Type of the weight matrices in the file."""

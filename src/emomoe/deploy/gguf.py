@@ -30,7 +30,7 @@ from emomoe.deploy.config import GGUFExportConfig, GGUFType
 from emomoe.deploy.layout import Architecture, GGUFTensor, add_hparams, architecture, gguf_tensors
 from emomoe.deploy.llama_quantizer import llama_cpp, quantize_file
 from emomoe.deploy.vocab import add_vocab, pre_tokenizer_name
-from emomoe.io import atomic_path, refuse_existing
+from emomoe.io import atomic_path, check_output_file
 from emomoe.train.provenance import checkpoint_tokenizer
 
 # What each type writes: the type of the weight matrices, and the file type it declares.
@@ -63,11 +63,11 @@ def export_gguf(
     """
     export = (cfg or GGUFExportConfig()).replace(**fields)
     checkpoint, out = Path(checkpoint), Path(out)
-    refuse_existing(out, force)
+    check_output_file(out, force)
     with CheckpointReader(checkpoint) as reader:
         model_cfg = reader.config
         arch = architecture(model_cfg)
-        tok = checkpoint_tokenizer(checkpoint, model_cfg, tokenizer)
+        tok = checkpoint_tokenizer(checkpoint, model_cfg, tokenizer, any_tokenizer=export.any_tokenizer)
         pre_tokenizer_name(tok)  # refuse before any writing
         if export.type == GGUFType.Q4_K:
             llama_cpp()

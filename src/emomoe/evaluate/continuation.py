@@ -13,6 +13,7 @@ downloaded: the data files are local and absolute.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -24,7 +25,7 @@ import yaml
 
 from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
-from emomoe.errors import ConfigError, DataError
+from emomoe.errors import ConfigError, DataError, warn
 from emomoe.io import atomic_path
 
 GROUP = "emomoe_continuation"
@@ -33,12 +34,20 @@ NUM_ITEMS = 32
 CONTEXT_TOKENS = 64
 CONTINUATION_TOKENS = 16
 """Defaults: 32 items per domain of 64 + 16 tokens (about 230 + 60 characters of English)."""
+_NAME_HASH_CHARS = 8
 _CUT_PROBE = 6
 """Tokens decoded on either side of a cut to tell whether it is clean."""
 
 
 def task_name(domain: str) -> str:
-    return f"{GROUP}_{re.sub(r'[^0-9a-zA-Z]+', '_', domain).lower()}"
+    """`emomoe_continuation_<domain>`; a domain that is not already lower-case letters, digits and
+    underscores gets a readable part and a short hash of its name, so that no two domains share a
+    task (数学 and 代码, Code and code)."""
+    if re.fullmatch(r"[0-9a-z_]+", domain):
+        return f"{GROUP}_{domain}"
+    readable = re.sub(r"[^0-9a-z]+", "_", domain.lower()).strip("_")
+    digest = hashlib.sha256(domain.encode("utf-8")).hexdigest()[:_NAME_HASH_CHARS]
+    return f"{GROUP}_{readable}_{digest}" if readable else f"{GROUP}_{digest}"
 
 
 def clean_cut(tokenizer: TextTokenizer, tokens: Sequence[int], pos: int) -> int:
@@ -129,7 +138,8 @@ def write_continuation_tasks(
     continuation_tokens: int = CONTINUATION_TOKENS,
     seed: int = 0,
 ) -> dict[str, int]:
-    """Write the tasks for `domains` (default: all) of `store` into `out_dir` (atomically, replacing it).
+    """Write the tasks for `domains` (default: all, leaving out with a warning those with too few
+    long held-out documents) of `store` into `out_dir` (atomically, replacing it).
 
     Returns the number of items per task name. The store must keep its tokenizer (to write text).
     """
@@ -152,15 +162,21 @@ def write_continuation_tasks(
                 continuation_tokens=continuation_tokens, rng=random.Random(f"{seed}:{domain}"),
             )
             if not items:
-                raise DataError(
+                problem = (
                     f"{store.path}: domain {domain!r} has too few held-out documents of at least "
                     f"{context_tokens + continuation_tokens} tokens for the continuation task (need 2)"
                 )
+                if domains is not None:
+                    raise DataError(problem)
+                warn(f"{problem}; its task is left out")  # the other domains' tasks still run
+                continue
             name = task_name(domain)
             data_file = f"{name}.jsonl"
             (tmp / data_file).write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items))
             (tmp / f"{name}.yaml").write_text(yaml.safe_dump(_task_config(name, out_dir / data_file, domain, seed)))
             counts[name] = len(items)
+        if not counts:
+            raise DataError(f"{store.path}: no domain has enough long held-out documents for the continuation task")
         group = {
             "group": GROUP,
             "task": list(counts),

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from emomoe.checkpoint import load_config
 from emomoe.checkpoint.selection import SelectionConfig
-from emomoe.data.windows import BATCH_SIZE
-from emomoe.errors import ConfigError, DataError
+from emomoe.data.store import TokenStore
+from emomoe.data.windows import BATCH_SIZE, TokenizerCheckConfig
+from emomoe.errors import ConfigError, DataError, require
 from emomoe.evaluate.continuation import (
     CONTEXT_TOKENS,
     CONTINUATION_TOKENS,
@@ -23,8 +25,8 @@ from emomoe.evaluate.continuation import (
     NUM_ITEMS,
     write_continuation_tasks,
 )
-from emomoe.train.provenance import run_store
 from emomoe.tables import markdown_table
+from emomoe.train.provenance import run_store
 
 OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 _STDERR_SUFFIX = "_stderr"
@@ -90,7 +92,7 @@ def task_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 @dataclasses.dataclass
-class LmEvalConfig(SelectionConfig):
+class LmEvalConfig(SelectionConfig, TokenizerCheckConfig):
     tasks: list[str] = dataclasses.field(default_factory=lambda: [GROUP])
     """lm-eval task or group names; the default is the shipped offline continuation task."""
     include_path: list[str] = dataclasses.field(default_factory=list)
@@ -139,6 +141,7 @@ def evaluate_checkpoint_tasks(
     (`emomoe_continuation[_<domain>]`) are built first from the held-out documents of `data`
     (default: the token store of the checkpoint's run), `cfg.num_items` per domain (see
     `write_continuation_tasks`). Offline unless `cfg.online`."""
+    require("lm-eval tasks", "eval", "lm_eval")
     from emomoe.experiments.harness import EmoLM
 
     if not cfg.online:
@@ -152,6 +155,8 @@ def evaluate_checkpoint_tasks(
                     f"{checkpoint}: the continuation tasks need a token store: pass --data STORE "
                     "(none found from the checkpoint's run)"
                 )
+            store = TokenStore.open(store)
+            load_config(checkpoint).check_tokenizer(store.tokenizer_hash, checkpoint, any_tokenizer=cfg.any_tokenizer)
             write_continuation_tasks(
                 store, Path(tmp) / "tasks", num_items=cfg.num_items, context_tokens=cfg.context_tokens,
                 continuation_tokens=cfg.continuation_tokens, seed=cfg.seed,
@@ -159,7 +164,7 @@ def evaluate_checkpoint_tasks(
             include.append(Path(tmp) / "tasks")
         lm = EmoLM(
             checkpoint=str(checkpoint), tokenizer=tokenizer, batch_size=cfg.batch_size,
-            selection=cfg.selection or None, auto_tokens=cfg.auto_tokens,
+            selection=cfg.selection or None, auto_tokens=cfg.auto_tokens, any_tokenizer=cfg.any_tokenizer,
         )
         return run_tasks(
             lm, cfg.tasks, include_path=include, limit=cfg.item_limit, num_fewshot=cfg.num_fewshot, seed=cfg.seed

@@ -35,26 +35,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emomoe.analyze.analysis import AnalysisConfig, run_analysis, write_analysis
+from emomoe.analyze.analysis import ANALYSIS_FILE, AnalysisConfig, run_analysis, write_analysis
 from emomoe.analyze.modularity_report import headline_table, summary_section
-from emomoe.analyze.sweep_results import for_method, methods_of
+from emomoe.analyze.sweep_results import RESULTS_FILE, for_method, methods_of
 from emomoe.checkpoint import load_for_inference
 from emomoe.data.corpus import embedded_corpus
 from emomoe.data.store import METADATA_FILE, TokenStore
 from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
-from emomoe.errors import ConfigError
+from emomoe.errors import ConfigError, require
 from emomoe.evaluate.continuation import (
     CONTEXT_TOKENS,
     CONTINUATION_TOKENS,
+    GROUP,
     NUM_ITEMS,
     write_continuation_tasks,
 )
 from emomoe.evaluate.continuation import task_name as continuation_task
 from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.experiments.benchmarks import go_offline, run_tasks, task_scores
-from emomoe.experiments.sweep import SweepConfig, keep_label, run_sweep, write_sweep
-from emomoe.io import atomic_write_text
+from emomoe.experiments.sweep import SELECTIONS_DIR, SweepConfig, keep_label, run_sweep, write_sweep
+from emomoe.io import OUTPUT_MARKER, atomic_write_text, check_output_dir, mark_output, refuse_existing
 from emomoe.select.methods import SelectMethod
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
@@ -65,6 +66,7 @@ from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove
 from emomoe.train.trainer import fit_to_store, train
 
 ANALYSIS_DIR = "analysis"
+TASKS_DIR = "lm_eval_tasks"
 DEMO_MODELS = {"emo": "demo-emo.yaml", "std": "demo-std.yaml"}
 ANNEAL, ANNEAL_CONFIG = "anneal", "demo-anneal.yaml"
 TOKENIZER_VOCAB = 8192
@@ -108,6 +110,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the main job into `out`; `overrides` (dotted key=value) apply to every model config."""
     out = Path(out)
+    check_demo(out, overrides or [], anneal=anneal)
     say = print if progress else (lambda *_: None)
     say(f"[1/6] data: tokenizer and token store of the embedded corpus in {out}")
     store = prepare_demo_data(out, progress=progress)
@@ -149,6 +152,22 @@ def run_demo(
     modularity = analyze_demo_models(out, pair, store, report, progress=progress)
     say(f"[6/6] report: {report}")
     return DemoResult(out, final_dirs, val_loss, table, sweep, benchmark, report, modularity)
+
+
+def check_demo(out: Path, overrides: list[str], *, anneal: bool) -> None:
+    """Everything that can be checked before the first step (which takes minutes): the packages of
+    the later steps, the overrides on every model's config, and that the outputs can be written
+    (the folders the demo replaces as a whole must be its own)."""
+    require("emomoe demo", "all", "lm_eval", "sklearn", "matplotlib")
+    check_output_dir(out)
+    for name in [*DEMO_MODELS, *([ANNEAL] if anneal else [])]:
+        RunConfig.from_yaml(SHIPPED_CONFIGS / {**DEMO_MODELS, ANNEAL: ANNEAL_CONFIG}[name], overrides)
+    # What a demo of an earlier version wrote, before folders carried a marker: the file it writes there.
+    signatures = {TASKS_DIR: f"{GROUP}.yaml", ANALYSIS_DIR: ANALYSIS_FILE, SELECTIONS_DIR: f"../{RESULTS_FILE}"}
+    for folder, signature in signatures.items():
+        if (out / folder / signature).is_file() and not (out / folder / OUTPUT_MARKER).exists():
+            mark_output(out / folder)
+        refuse_existing(out / folder, force=True)
 
 
 def analyze_demo_models(
@@ -278,8 +297,8 @@ def benchmark_accuracy(
     go_offline()
     from emomoe.experiments.harness import EmoLM  # imports lm-eval: only now, and offline
 
-    task_dir = out / "lm_eval_tasks"
-    write_continuation_tasks(store, task_dir, **BENCHMARK_TASK)
+    task_dir = out / TASKS_DIR
+    tasks = write_continuation_tasks(store, task_dir, **BENCHMARK_TASK)
     tokenizer = load_tokenizer(store.tokenizer_path)
     keep = keep_label(BENCHMARK_KEEP)
     kept_experts = for_method(sweep, methods_of(sweep)[0])["kept_experts"]
@@ -290,6 +309,8 @@ def benchmark_accuracy(
         per_model = accuracy[name] = {"full": {}, keep: {}}
         for domain in store.domains:
             task = continuation_task(domain)
+            if task not in tasks:
+                continue  # too few long held-out documents: left out, and said
             subset, _ = slice_model(model, cfg, layers, kept_experts[name][keep][domain])
             for label, variant in (("full", model), (keep, subset)):
                 lm = EmoLM(model=variant, tokenizer=tokenizer)

@@ -50,7 +50,7 @@ from emomoe.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from emomoe.train.optim import build_optimizer
 from emomoe.train.rng import capture_rng_state, restore_rng_state
 from emomoe.train.schedule import build_scheduler
-from emomoe.train.step import TrainingDiverged, train_step
+from emomoe.train.step import TrainingDiverged, check_finite_weights, train_step
 from emomoe.train.stop_request import StopRequest
 from emomoe.train.trainer import TrainingInterrupted
 from emomoe.train.validation import loss_by_domain
@@ -235,7 +235,14 @@ def finetune_subset(
     metrics = MetricsWriter(work, tensorboard=False)
     metrics.truncate_after(step)
 
+    def diverged(error: TrainingDiverged, at_step: int) -> TrainingDiverged:
+        metrics.write({"step": at_step, **error.values, "grad_norm": error.grad_norm})
+        metrics.close()
+        return error.in_run(at_step, f"{out_dir} was not written; metrics in {work} (start over with --force, "
+                                     "e.g. with a lower --lr)")
+
     def save_checkpoint() -> Path:
+        check_finite_weights(model)
         state = {"step": step, "tokens_seen": step * batch_size * seq_len, "world_size": 1,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "ranks": [{"loader": loader.state_dict(), "rng": capture_rng_state()}], "val_before": val_before,
@@ -253,21 +260,28 @@ def finetune_subset(
                     model, optimizer, [next(loader)], loss_fn, scheduler=scheduler, grad_clip=recipe.grad_clip
                 ).losses
             except TrainingDiverged as e:
-                metrics.write({"step": step + 1, **e.values, "grad_norm": e.grad_norm})
-                metrics.close()
-                raise e.in_run(step + 1, f"{out_dir} was not written; metrics in {work} (start over with --force, "
-                                         "e.g. with a lower --lr)") from None
+                raise diverged(e, step + 1) from None
             step += 1
             metrics.write({"step": step, **{k: terms[k] for k in ("ce", "lb", "total")}, "lr": lr_now})
             bar.update()
             if (checkpoint_every and step % checkpoint_every == 0) or (stop.requested and step < num_steps):
-                path = save_checkpoint()
+                try:
+                    path = save_checkpoint()
+                except TrainingDiverged as e:
+                    raise diverged(e, step) from None
                 if stop.requested:
                     metrics.close()
                     message = f"stopped at step {step}; checkpoint {path}; continue with --resume"
                     tqdm.write(message, file=sys.stderr)
                     raise TrainingInterrupted(message)
-    val_after = held_out(model)
+    try:
+        check_finite_weights(model)
+        val_after = held_out(model)
+        if not all(map(math.isfinite, val_after.values())):
+            nan = float("nan")
+            raise TrainingDiverged({"total": nan}, nan, f"the held-out loss is not finite ({val_after})")
+    except TrainingDiverged as e:
+        raise diverged(e, step) from None
     metrics.write({"step": step, **{f"val/{d}": v for d, v in val_after.items()}})
     metrics.close()
     records = read_metrics(metrics.path)

@@ -38,9 +38,9 @@ from emomoe.checkpoint.selection import AUTO_TOKENS, SelectionConfig, load_selec
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
 from emomoe.data.windows import BATCH_SIZE
 from emomoe.errors import ConfigError
-from emomoe.train.provenance import checkpoint_tokenizer
 from emomoe.generate import GenerationConfig, generate_text
 from emomoe.model.selection import Selections
+from emomoe.train.provenance import checkpoint_tokenizer
 
 MODEL_NAME = "emomoe"
 DEFAULT_MAX_GEN_TOKS = 256
@@ -66,6 +66,7 @@ class EmoLM(TemplateLM):
         max_batch_size: int | None = None,  # noqa: ARG002  (lm-eval passes it; batches here are fixed)
         selection: str | Sequence[str] | Selections | None = None,
         auto_tokens: int | str = AUTO_TOKENS,
+        any_tokenizer: bool = False,
     ):
         super().__init__()
         if (checkpoint is None) == (model is None):
@@ -73,7 +74,7 @@ class EmoLM(TemplateLM):
         if model is None:
             model, cfg = load_for_inference(checkpoint, dtype="auto")
             if not isinstance(tokenizer, TextTokenizer):
-                tokenizer = checkpoint_tokenizer(checkpoint, cfg, tokenizer)
+                tokenizer = checkpoint_tokenizer(checkpoint, cfg, tokenizer, any_tokenizer=any_tokenizer)
         elif not isinstance(tokenizer, TextTokenizer):
             if tokenizer is None:
                 raise ConfigError("emomoe lm-eval model: a loaded model needs its tokenizer")

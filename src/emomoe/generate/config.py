@@ -8,7 +8,7 @@ import dataclasses
 
 from emomoe.checkpoint.selection import SelectionConfig
 from emomoe.config import Config
-from emomoe.data.windows import BATCH_SIZE
+from emomoe.data.windows import BATCH_SIZE, TokenizerCheckConfig
 from emomoe.errors import ConfigError
 
 
@@ -40,7 +40,7 @@ class GenerationConfig(Config):
 
 
 @dataclasses.dataclass
-class GenerateConfig(GenerationConfig, SelectionConfig):
+class GenerateConfig(GenerationConfig, SelectionConfig, TokenizerCheckConfig):
     """The settings of `emomoe generate`: decoding, plus text-level stops, batching and the
     selection of experts to route to."""
 

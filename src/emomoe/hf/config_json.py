@@ -18,12 +18,12 @@ own model files and, only when on, emomoe's `qk_norm`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from emomoe.errors import ConfigError, DataError
 from emomoe.hf.layouts import EMO, is_dense_layer
+from emomoe.io import read_json
 from emomoe.model.config import ModelConfig, MoEConfig, RouterConfig
 
 CONFIG_JSON = "config.json"
@@ -38,12 +38,9 @@ _REQUIRED = object()
 
 def read_config_json(path: Path) -> dict[str, Any]:
     """A config.json (or our copy of one) as a dict; DataError naming the file if it is not one."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path.parent}: no {path.name}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not path.exists():
+        raise DataError(f"{path.parent}: no {path.name}")
+    data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -229,7 +226,6 @@ def emo_config_json(
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_scaling": None,
         "attention_bias": False,
         "initializer_range": cfg.init_std,
         "tie_word_embeddings": False,

@@ -7,7 +7,8 @@ before writing and make the output directory appear atomically.
 An import keeps the HF `config.json` as `hf_config.json` beside our `model.yaml`, with the
 tokenizer and generation files: an export of the imported model writes the same tensors (bit for
 bit), the same tokenizer files and the same config fields, and keeps fields emomoe does not model
-(for example `router_aux_loss_coef`).
+(for example `router_aux_loss_coef`). Like every checkpoint of ours, an import records the hash of
+its tokenizer (when the HF directory ships one) in `model.yaml`, and carries `checksums.sha256`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter
 from emomoe.checkpoint.selection import lineage
 from emomoe.checkpoint.writer import ShardSizeConfig
 from emomoe.data.tokenizer import TOKENIZER_FILE, load_model_tokenizer
+from emomoe.data.windows import TokenizerCheckConfig
 from emomoe.errors import DataError
 from emomoe.hf.config_json import CONFIG_JSON, check_exportable, emo_config_json, read_config_json
 from emomoe.hf.layouts import EMO, tensor_keys
 from emomoe.hf.tokenizer_files import carry_files, find_export_tokenizer, write_tokenizer_files
-from emomoe.io import atomic_path
+from emomoe.io import atomic_path, refuse_existing, write_checksums
 
 HF_CONFIG_COPY = "hf_config.json"
 REMOTE_DIR = Path(__file__).parent / "remote"
@@ -57,7 +59,7 @@ class ImportConfig(ShardSizeConfig):
 
 
 @dataclasses.dataclass
-class ExportConfig(ImportConfig):
+class ExportConfig(ImportConfig, TokenizerCheckConfig):
     dtype: ExportDtype = ExportDtype.STORED
     """The weights' dtype in the export."""
 
@@ -68,8 +70,7 @@ class ExportConfig(ImportConfig):
 def _check_out(out: Path, force: bool, source: Path) -> None:
     if out.resolve() == source.resolve():
         raise DataError(f"{out}: is the checkpoint being converted; write somewhere else")
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out}: already exists and is not empty (pass --force to replace it)")
+    refuse_existing(out, force)
 
 
 def import_hf(
@@ -84,16 +85,20 @@ def import_hf(
     with CheckpointReader(hf_dir) as reader:
         if not reader.format.startswith("hf-"):
             raise DataError(f"{hf_dir}: an emomoe checkpoint, not a Hugging Face one ({CONFIG_JSON}); use it as it is")
+        model_cfg = reader.config
         if (hf_dir / TOKENIZER_FILE).is_file():
-            load_model_tokenizer(hf_dir / TOKENIZER_FILE, reader.config)
+            # Recorded like a token store's: every later verb checks data and tokenizers against it.
+            tok = load_model_tokenizer(hf_dir / TOKENIZER_FILE, model_cfg)
+            model_cfg = dataclasses.replace(model_cfg, tokenizer_hash=tok.hash)
         with atomic_path(out) as tmp:
             tmp.mkdir()
             with ShardedWriter(tmp, cfg.max_shard_bytes) as writer:
                 for name in reader.names():
                     writer.add(name, reader.get(name))
-            reader.config.to_yaml(tmp / CONFIG_FILE)
+            model_cfg.to_yaml(tmp / CONFIG_FILE)
             shutil.copyfile(hf_dir / CONFIG_JSON, tmp / HF_CONFIG_COPY)
             carry_files(hf_dir, tmp)
+            write_checksums(tmp)
     return out
 
 
@@ -131,7 +136,7 @@ def export_hf(
         check_exportable(cfg)
         dirs = lineage(checkpoint)
         tokenizer_file = find_export_tokenizer(tokenizer, dirs)
-        tok = load_model_tokenizer(tokenizer_file, cfg)
+        tok = load_model_tokenizer(tokenizer_file, cfg, any_tokenizer=export.any_tokenizer)
         target = DTYPES[export.dtype]
         stored_dtype = target or reader.dtype("embed.weight")
         with atomic_path(out) as tmp:

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from emomoe.checkpoint import CONFIG_FILE, TensorSource, register_format
 from emomoe.checkpoint.formats import TensorInfo
+from emomoe.checkpoint.reader import weight_files
 from emomoe.errors import DataError
 from emomoe.hf.config_json import CONFIG_JSON, model_config, read_config_json
 from emomoe.hf.layouts import LAYOUTS, Layout, tensor_keys
 from emomoe.model.config import ModelConfig
 
+LM_HEAD = "lm_head.weight"
 IGNORED_KEY_SUFFIXES = (".rotary_emb.inv_freq",)
 """Buffers some older checkpoints saved; we recompute them."""
 
@@ -47,10 +49,19 @@ class HFFormat:
         return _model_type(directory) == self.layout.model_type
 
     def read_config(self, directory: Path) -> ModelConfig:
-        return model_config(read_config_json(directory / CONFIG_JSON), directory / CONFIG_JSON)
+        data = read_config_json(directory / CONFIG_JSON)
+        cfg = model_config(data, directory / CONFIG_JSON)
+        # Every layout we read defaults to an LM head of its own: without one, transformers leaves it random.
+        if data.get("tie_word_embeddings") is not True and LM_HEAD not in weight_files(directory):
+            raise DataError(
+                f"{directory}: the weights have no '{LM_HEAD}', and {CONFIG_JSON} does not tie it to the embedding "
+                f"(tie_word_embeddings: {json.dumps(data.get('tie_word_embeddings', False))}); transformers would "
+                "leave the head random"
+            )
+        return cfg
 
     def sources(self, cfg: ModelConfig, keys: Mapping[str, TensorInfo]) -> dict[str, TensorSource]:
-        expected = tensor_keys(cfg, self.layout, tied="lm_head.weight" not in keys)
+        expected = tensor_keys(cfg, self.layout, tied=LM_HEAD not in keys)
         sources: dict[str, TensorSource] = {}
         for name, where in expected.items():
             rows = (where,) if isinstance(where, str) else where
@@ -74,6 +85,7 @@ class UnsupportedHFFormat:
     Its `read_config` always raises, so a reader never asks it for sources."""
 
     name = "hf"
+    config_file = CONFIG_JSON
 
     def detect(self, directory: Path) -> bool:
         return _model_type(directory) is not None

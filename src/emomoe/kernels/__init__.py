@@ -10,8 +10,9 @@ directory shared by different machines keeps one build per kind of CPU.
 `emomoe kernels build` (run by `make setup`) builds it ahead of time; otherwise the first use
 does. The build holds a file lock beside the library, so concurrent processes (test workers,
 torchrun ranks) build it once and load the same file. A failed build leaves `<key>.failed` with
-its reason: later processes run the twins after one warning line instead of compiling again,
-until `emomoe kernels build` retries.
+its reason, said in one line by the process that failed (a missing compiler is found before
+compiling): later processes run the twins without a word instead of compiling again, until
+`emomoe kernels build` retries (`emomoe kernels info` shows the reason).
 
 EMOMOE_KERNELS=0 turns the kernels off (the twins run everywhere).
 
@@ -35,6 +36,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -55,6 +57,11 @@ log = logging.getLogger(__name__)
 
 class BuildFailed(EmomoeError):
     """The library could not be built here (no compiler or ninja, or a compiler error)."""
+
+    def __init__(self, reason: str, *, remembered: bool = False):
+        super().__init__(reason)
+        self.remembered = remembered
+        """An earlier process's failure, read from its marker: said once, by that process."""
 
 
 def enabled() -> bool:
@@ -162,19 +169,26 @@ def build(force: bool = False) -> tuple[Path, bool]:
             return target, False
         if marker.is_file() and not force:
             raise BuildFailed(f"{marker.read_text().strip()} (remembered from an earlier build; "
-                              "`emomoe kernels build` tries again)")
+                              "`emomoe kernels build` tries again)", remembered=True)
+        compiler = os.environ.get("CXX", "c++")
+        if shutil.which(compiler) is None:  # before torch's builder, which warns at length first
+            _remember(marker, f"no C++ compiler: {compiler} not found (set CXX, or install g++)")
         log.warning(COMPILING)
         try:
             with _ninja_on_path():
                 _compile(target)
         except Exception as e:
-            reason = _reason(e)
-            # Not remembering is the lesser harm: the next process tries, and warns, again.
-            with contextlib.suppress(OSError, EmomoeError):
-                atomic_write_text(marker, reason + "\n")
-            raise BuildFailed(reason) from e
+            _remember(marker, _reason(e), e)
         marker.unlink(missing_ok=True)
     return target, True
+
+
+def _remember(marker: Path, reason: str, error: Exception | None = None) -> NoReturn:
+    """Raise BuildFailed(reason), remembered in `marker` for later processes."""
+    # Not remembering is the lesser harm: the next process tries, and warns, again.
+    with contextlib.suppress(OSError, EmomoeError):
+        atomic_write_text(marker, reason + "\n")
+    raise BuildFailed(reason) from error
 
 
 _loaded: Path | None = None
@@ -201,7 +215,9 @@ def _available() -> bool:
         load()
     except Exception as e:  # any build or load failure leaves the pure-PyTorch path, which is correct
         reason = str(e) if isinstance(e, BuildFailed) else _reason(e)
-        log.warning("emomoe: fused CPU kernels unavailable, using PyTorch ops (%s)", reason)
+        # Said once per machine: by the process that failed, not by every later one (`emomoe kernels info`).
+        level = logging.DEBUG if getattr(e, "remembered", False) else logging.WARNING
+        log.log(level, "emomoe: fused CPU kernels unavailable, using PyTorch ops (%s)", reason)
         return False
     return True
 

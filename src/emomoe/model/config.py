@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, field
 
 from emomoe.config import Config
-from emomoe.errors import ConfigError
+from emomoe.errors import ConfigError, DataError
 
 
 class LBScope(enum.StrEnum):
@@ -188,6 +188,21 @@ class ModelConfig(Config):
         if per_layer is not None and len(per_layer) != self.num_layers:
             raise ConfigError(
                 f"moe.num_experts_per_layer: has {len(per_layer)} entries, expected num_layers = {self.num_layers}"
+            )
+
+    def check_tokenizer(
+        self, tokenizer_hash: str | None, where: object, *, given: str = "the data was made with",
+        any_tokenizer: bool = False,
+    ) -> None:
+        """The provenance check of every verb that takes data or a tokenizer: DataError unless
+        `tokenizer_hash` (of the data or tokenizer `given`) is the tokenizer this model was trained
+        with, when both are known. Another tokenizer of the same size runs without an error and gives
+        meaningless numbers; `any_tokenizer` allows it on purpose (a retokenized copy of the same text)."""
+        if tokenizer_hash and self.tokenizer_hash and tokenizer_hash != self.tokenizer_hash and not any_tokenizer:
+            raise DataError(
+                f"{where}: the model was trained with tokenizer {self.tokenizer_hash[:12]}, {given} "
+                f"{tokenizer_hash[:12]}; results would be meaningless (pass --any-tokenizer / any_tokenizer=True "
+                "to go ahead)"
             )
 
     def num_params(self, embeddings: bool = True) -> tuple[int, int]:

@@ -36,6 +36,8 @@ class KeepSpec:
             if "." in text or "e" in text.lower():
                 return cls.of_fraction(float(text))
             return cls(count=int(text))
+        except ConfigError:
+            raise  # a ValueError too, but one that says what is wrong
         except ValueError:
             raise ConfigError(
                 f"keep '{text}': expected a count (8), a fraction (0.25) or per-layer counts (8,8,4,4)"

@@ -54,12 +54,12 @@ def merge_subset(
     cfg = (cfg or MergeConfig()).replace(**fields)
     refuse_existing(out_dir, force)
     record = read_selection(subset_dir)
+    full, model_cfg = load_model(full_dir)  # verified first: a damaged file is named as damaged, not as another model
     if not cfg.any_source and record["source_sha256"] != checkpoint_hash(full_dir):
         raise DataError(
             f"{subset_dir}: was selected from a different checkpoint than {full_dir} "
             f"(weights sha256 differ; pass --any-source to merge anyway)"
         )
-    full, model_cfg = load_model(full_dir)
     sub, _ = load_model(subset_dir)
     layers = moe_layers(model_cfg, where=str(full_dir))
     if [layer.index for layer in layers] != record["moe_layers"]:

@@ -276,4 +276,5 @@ def save_subset(out_dir: str | Path, model: nn.Module, cfg: ModelConfig, record:
     with atomic_path(out_dir) as tmp:
         save_model(tmp, model, cfg)
         (tmp / SELECTION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_checksums(tmp)
     return out_dir

@@ -55,7 +55,7 @@ from emomoe.model.config import ModelConfig
 from emomoe.train.shard_files import INDEX_FILE as SHARD_INDEX_FILE
 from emomoe.train.shard_files import read_index, shard_file
 from emomoe.train.sharded import save_shards
-from emomoe.train.statefile import load_state, save_state
+from emomoe.train.statefile import load_state, save_state, state_files
 
 TRAINER_STATE = "trainer_state"
 STATE_KEYS = ("step", "tokens_seen", "world_size", "optimizer", "scheduler", "ranks")
@@ -199,7 +199,8 @@ def read_checkpoint(path: str | Path) -> Restored:
     """
     path = Path(path)
     if SHARD_INDEX_FILE not in read_checksums(path):
-        verify_checksums(path)
+        state_names = [file.name for file in state_files(path, TRAINER_STATE)]
+        verify_checksums(path, required=[CONFIG_FILE, WEIGHTS_FILE, *state_names])
         return Restored(path, load_file(str(path / WEIGHTS_FILE)), load_trainer_state(path))
     _verify_together(path)
     read_index(path)

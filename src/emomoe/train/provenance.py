@@ -53,22 +53,23 @@ def find_tokenizer(checkpoint: str | Path) -> Path | None:
 
 
 def checkpoint_tokenizer(
-    checkpoint: str | Path, cfg: ModelConfig, tokenizer: str | Path | None = None
+    checkpoint: str | Path, cfg: ModelConfig, tokenizer: str | Path | None = None, *, any_tokenizer: bool = False
 ) -> TextTokenizer:
-    """Load `tokenizer` (or the one found for `checkpoint`) and check that the model can run its ids."""
+    """Load `tokenizer` (or the one found for `checkpoint`) and check that the model can run its ids
+    and was trained with it (`load_model_tokenizer`)."""
     path = tokenizer if tokenizer is not None else find_tokenizer(checkpoint)
     if path is None:
         raise DataError(
             f"{checkpoint}: no tokenizer found (none in the checkpoint, its source, or its run's token store); "
             "pass --tokenizer DIR"
         )
-    return load_model_tokenizer(Path(path), cfg)
+    return load_model_tokenizer(Path(path), cfg, any_tokenizer=any_tokenizer)
 
 
 def load_with_tokenizer(
-    checkpoint: str | Path, tokenizer: str | Path | None = None
+    checkpoint: str | Path, tokenizer: str | Path | None = None, *, any_tokenizer: bool = False
 ) -> tuple[nn.Module, ModelConfig, TextTokenizer]:
     """The model ready for inference (eval mode, pool-free routing; float32 compute, with the
     weights kept in their stored dtype when float32 ones would not fit), its config and its tokenizer."""
     model, cfg = load_for_inference(checkpoint, dtype="auto")
-    return model, cfg, checkpoint_tokenizer(checkpoint, cfg, tokenizer)
+    return model, cfg, checkpoint_tokenizer(checkpoint, cfg, tokenizer, any_tokenizer=any_tokenizer)

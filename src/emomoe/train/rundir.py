@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from emomoe.errors import ConfigError
-from emomoe.io import check_output_dir
+from emomoe.io import check_output_dir, create_text
 from emomoe.train.config import RunConfig
 
 CONFIG_FILE = "config.yaml"
@@ -36,15 +36,23 @@ def check_run_dir(run_dir: str | Path, cfg: RunConfig, *, resume: bool, force: b
     if resume and force:
         raise ConfigError("--resume and --force contradict each other: continue the run or start it over")
     check_output_dir(run_dir)
-    if not holds_run(run_dir) or force:
+    if not holds_run(run_dir):
+        stray = [name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
+        if stray:
+            raise ConfigError(
+                f"{run_dir}: holds {stray[0]} but no run ({CONFIG_FILE}), and a run would replace it; "
+                "choose another --out, or move it away"
+            )
+        return
+    if force:
         return
     if not resume:
         raise ConfigError(
             f"{run_dir} already holds a run ({CONFIG_FILE}); pass --resume to continue it "
             "or --force to delete it and start over"
         )
-    stored = RunConfig.from_yaml(run_dir / CONFIG_FILE)
-    difference = first_difference(stored.to_dict(), cfg.to_dict(), skip=RESUMABLE)
+    stored, given = (_store_resolved(c) for c in (RunConfig.from_yaml(run_dir / CONFIG_FILE), cfg))
+    difference = first_difference(stored, given, skip=RESUMABLE)
     if difference:
         raise ConfigError(
             f"{run_dir}: cannot resume, the config differs from the stored run at '{difference}' "
@@ -52,13 +60,26 @@ def check_run_dir(run_dir: str | Path, cfg: RunConfig, *, resume: bool, force: b
         )
 
 
-def claim_run_dir(run_dir: str | Path, cfg: RunConfig, *, force: bool) -> None:
-    """After `check_run_dir`: clear a forced-over run and record `cfg` as RUN_DIR/config.yaml (main process only)."""
+def _store_resolved(cfg: RunConfig) -> dict[str, Any]:
+    """The config as a dict, its token store as a resolved path: the store is the same wherever it is
+    named from (and runs of older versions stored it as typed)."""
+    data = cfg.to_dict()
+    data["data"]["store"] = str(Path(cfg.data.store).resolve())
+    return data
+
+
+def claim_run_dir(run_dir: str | Path, cfg: RunConfig, *, force: bool, resume: bool = False) -> None:
+    """After `check_run_dir`: clear a forced-over run and record `cfg` as RUN_DIR/config.yaml (main
+    process only). A new run creates config.yaml exclusively: of two runs started into one
+    directory at the same moment, one trains and the other stops here."""
     run_dir = Path(run_dir)
     if force:
         remove_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(run_dir / CONFIG_FILE)
+    if resume:
+        cfg.to_yaml(run_dir / CONFIG_FILE)
+    elif not create_text(run_dir / CONFIG_FILE, cfg.to_yaml()):
+        raise ConfigError(f"{run_dir}: another run claimed this directory at the same moment; nothing was written")
 
 
 def remove_run(run_dir: Path) -> None:

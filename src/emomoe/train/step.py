@@ -111,6 +111,22 @@ def train_step(
     return StepResult(values, grad_norm, routing)
 
 
+def check_finite_weights(model: nn.Module) -> None:
+    """TrainingDiverged unless every weight is finite (a collective: every rank calls it). A step
+    checks its loss and gradients before it updates, but no later step checks the last update:
+    whatever saves weights calls this first, so that a run that diverged saves nothing."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(_local(p.detach())).all()]
+    if distributed.all_reduce_max_(torch.tensor([float(bool(bad))])).item():
+        nan = float("nan")
+        where = f" ('{bad[0]}')" if bad else ""
+        raise TrainingDiverged({"total": nan}, nan, f"the weights are not finite after the update{where}")
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def _clip_gradients(model: nn.Module, grad_clip: float) -> float:
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP

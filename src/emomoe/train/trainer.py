@@ -42,7 +42,7 @@ from emomoe.train.rundir import FINAL_DIR, check_run_dir, claim_run_dir, holds_r
 from emomoe.train.runtime import setup_runtime, thread_governor
 from emomoe.train.schedule import build_scheduler
 from emomoe.train.sharded import load_shards
-from emomoe.train.step import TrainingDiverged, train_step
+from emomoe.train.step import TrainingDiverged, check_finite_weights, train_step
 from emomoe.train.stop_request import StopRequest
 from emomoe.train.validation import Validator
 
@@ -58,6 +58,8 @@ class TrainResult:
     step: int
     val_loss: dict[str, float]
     """The last validation pass: domain name (and "all") -> mean CE in nats per token."""
+    first_step: int = 0
+    """The step the run started from (a resumed run's checkpoint; 0 for a new one)."""
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False, progress: bool = True) -> TrainResult:
@@ -80,7 +82,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
         check_global_batch(restored.state["ranks"][0]["loader"], cfg.data, distributed.get_world_size())
     distributed.barrier()
     if distributed.is_main_process():
-        claim_run_dir(run_dir, cfg, force=force)
+        claim_run_dir(run_dir, cfg, force=force, resume=resuming)
     distributed.barrier()
     if distributed.is_main_process():
         checkpoints.remove_temporaries()
@@ -106,8 +108,9 @@ def warn_if_pool_is_inert(cfg: ModelConfig) -> None:
 
 
 def fit_to_store(cfg: RunConfig, store: TokenStore) -> RunConfig:
-    """Take the EOS id and the tokenizer hash from the token store when the model leaves them open;
-    refuse a vocabulary too small, or an EOS or tokenizer that differs from the store's."""
+    """Take the EOS id and the tokenizer hash from the token store when the model leaves them open,
+    and its resolved path (a run is resumed, and its store found, from any folder); refuse a
+    vocabulary too small, or an EOS or tokenizer that differs from the store's."""
     if cfg.model.vocab_size < store.vocab_size:
         raise ConfigError(
             f"model.vocab_size: {cfg.model.vocab_size} is smaller than the token store's vocabulary "
@@ -130,7 +133,8 @@ def fit_to_store(cfg: RunConfig, store: TokenStore) -> RunConfig:
         eos_id=store.eos_id if cfg.model.eos_id is None else cfg.model.eos_id,
         tokenizer_hash=cfg.model.tokenizer_hash or store.tokenizer_hash or None,
     )
-    return dataclasses.replace(cfg, model=model)
+    data = dataclasses.replace(cfg.data, store=str(store.path.resolve()))
+    return dataclasses.replace(cfg, model=model, data=data)
 
 
 class Trainer:
@@ -181,6 +185,7 @@ class Trainer:
 
     def run(self, progress: bool = True) -> TrainResult:
         tc = self.cfg.train
+        first_step = self.step
         bar = tqdm(
             total=tc.max_steps, initial=self.step, desc=self.run_dir.name, unit="step",
             disable=not (progress and self.is_main), dynamic_ncols=True,
@@ -207,11 +212,13 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.close()
         final_dir = self.run_dir / FINAL_DIR
+        self._check_weights()
         exported = parallel.export_model(self.model, self.cfg.model)
         if exported is not None:
             save_model(final_dir, exported, self.cfg.model, meta={"step": self.step, "tokens": self.tokens_seen})
         distributed.barrier()
-        return TrainResult(self.run_dir, final_dir, self.step, {k.removeprefix("val/"): v for k, v in self.val_loss.items()})
+        val_loss = {k.removeprefix("val/"): v for k, v in self.val_loss.items()}
+        return TrainResult(self.run_dir, final_dir, self.step, val_loss, first_step)
 
     def _train_step(self) -> dict[str, Any]:
         tc = self.cfg.train
@@ -286,6 +293,14 @@ class Trainer:
         flag = torch.tensor([float(stop.requested)])
         return bool(distributed.all_reduce_max_(flag).item())
 
+    def _check_weights(self) -> None:
+        """Before any save: weights the last update made non-finite end the run like a non-finite loss."""
+        try:
+            check_finite_weights(self.model)
+        except TrainingDiverged as e:
+            self.step -= 1  # the update of this step is the one that diverged
+            self._diverged(e)
+
     def _diverged(self, error: TrainingDiverged) -> NoReturn:
         if self.metrics is not None:
             self.metrics.write({"step": self.step + 1, **error.values, "grad_norm": error.grad_norm})
@@ -300,6 +315,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint of the current step (a collective: every rank must call it)."""
+        self._check_weights()
         rank_states = distributed.gather_objects(
             {
                 "loader": self.loader.state_dict(),

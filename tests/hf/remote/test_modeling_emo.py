@@ -85,16 +85,18 @@ def test_left_padding_in_a_batch_does_not_change_a_prompts_continuation(exported
 @pytest.mark.slow
 def test_the_export_runs_in_transformers_without_emomoe(exported):
     _, theirs, directory = exported
-    script = (
+    script = (  # as the README shows it: no prompt (stdin is closed), no FutureWarning
         "import sys, torch; sys.modules['emomoe'] = None\n"  # any import of emomoe would fail
-        "from transformers import AutoModelForCausalLM\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         f"m = AutoModelForCausalLM.from_pretrained({str(directory)!r}, trust_remote_code=True, dtype=torch.float32)\n"
+        f"tok = AutoTokenizer.from_pretrained({str(directory)!r}, trust_remote_code=True)\n"
         "ids = torch.arange(1, 11)[None]\n"
         "out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4, do_sample=False)\n"
         "print(out[0, -4:].tolist())\n"
     )
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(directory.parent / "hf_home")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", script], capture_output=True, text=True,
+                         env=env, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr[-2000:]
     ids = torch.arange(1, 11)[None]
     expected = theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4, do_sample=False)
