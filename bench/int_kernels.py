@@ -18,7 +18,7 @@ are times per product measured in one run, interleaved (below 1: the first is fa
 
 With `--crossover`, where decoding's kernel stops paying: 8 experts of 1024 x 2048 with 1, 2, 4,
 8 and 16 rows each (a prompt's tokens spread over the chosen experts), the kernel against the
-tile-and-GEMM path (`kernels_off`), in int8 and bf16: `kernel_over_gemm_seconds` below 1 means the
+tile-and-GEMM path (`kernels_off`), in int8 and bf16: a time ratio below 1 means the
 kernel is faster (`emomoe.model.linear.DECODE_ROWS` is set from this).
 
     python bench/int_kernels.py --quick
@@ -105,7 +105,7 @@ def crossover(reps: int) -> dict:
             counts_E = torch.full((CROSSOVER_EXPERTS,), rows)
             call = lambda: grouped_linear(x_ND, w_EFD, counts_E)  # noqa: E731
             seconds = interleaved_best({"kernel": call, "gemm": kernels_off(call)}, reps)
-            out[f"{width}_rows_{rows}"] = ratio(seconds, "kernel", "gemm", SECONDS)["kernel_over_gemm_seconds"]
+            out[f"{width}_rows_{rows}"] = ratio(seconds, "kernel", "gemm", SECONDS)
     return out
 
 
@@ -119,7 +119,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     if args.crossover:
         print(json.dumps({"cpu": kernels.cpu_summary(), "threads": args.threads, "shape": [F, D],
-                          "experts": CROSSOVER_EXPERTS, "kernel_over_gemm_seconds": crossover(5)}))
+                          "experts": CROSSOVER_EXPERTS, "crossover": crossover(5)}))
         return
     # 8 matrices (17 MB of bf16) in --quick; 96 (400 MB) otherwise, far beyond any cache.
     num_matrices, reps, calls_per_rep = (8, 3, 16) if args.quick else (96, 7, 192)
