@@ -111,10 +111,14 @@ class PairLoader:
         self.position = int(state["position"])
 
     def __next__(self) -> Batch:
+        return self.take(self.batch_size)
+
+    def take(self, num_examples: int) -> Batch:
+        """The next `num_examples` examples as one batch (fewer than `batch_size` end an epoch exactly)."""
         picked = []
-        for position in range(self.position, self.position + self.batch_size):
+        for position in range(self.position, self.position + num_examples):
             epoch, i = divmod(position, self.num_examples)
             order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
             picked.append(self.examples[int(order[i])])
-        self.position += self.batch_size
+        self.position += num_examples
         return pair_batch(picked, self.eos_id, seq_len=self.seq_len, answer_only=self.answer_only)
