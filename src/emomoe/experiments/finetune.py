@@ -173,6 +173,11 @@ class FinetuneConfig(FinetuneRecipe, HeldOutConfig):
             raise ConfigError(f"checkpoint_every: expected >= 0, got {self.checkpoint_every}")
 
 
+def recipe_config(recipe: FinetuneRecipe, **fields: Any) -> FinetuneConfig:
+    """A `FinetuneConfig` that trains with `recipe`, its other fields set by `fields`."""
+    return FinetuneConfig(**{f.name: getattr(recipe, f.name) for f in dataclasses.fields(FinetuneRecipe)}, **fields)
+
+
 def finetune_subset(
     subset_dir: str | Path,
     store: str | Path | TokenStore | None,
