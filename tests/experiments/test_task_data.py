@@ -113,12 +113,14 @@ def test_a_validation_split_the_task_does_not_name_is_still_its_pool(tmp_path):
 
 
 @pytest.mark.parametrize(("splits", "config", "message"), [
-    ({"train": [_item(1), _item(2)], "test": [_item(2), _item(3)]}, {"training_split": "train"},
-     "task colors: 1 of the 2 documents of its train split 'train' are also in 'test', the split it is evaluated on"),
-    ({"test": [_item(1), _item(2)]}, {"training_split": "test"},
-     "task colors: its train split 'test' is the split it is evaluated on"),
-    ({"test": [_item(1), _item(2)]}, {},
-     "task colors: no train or validation documents to draw calibration examples from (--splits merged)"),
+    pytest.param({"train": [_item(1), _item(2)], "test": [_item(2), _item(3)]}, {"training_split": "train"},
+                 "task colors: 1 of the 2 documents of its train split 'train' are also in 'test', the split it is "
+                 "evaluated on", id="shared-document"),
+    pytest.param({"test": [_item(1), _item(2)]}, {"training_split": "test"},
+                 "task colors: its train split 'test' is the split it is evaluated on", id="train-split-is-test-split"),
+    pytest.param({"test": [_item(1), _item(2)]}, {},
+                 "task colors: no train or validation documents to draw calibration examples from (--splits merged)",
+                 id="no-pool"),
 ])
 def test_a_task_whose_pool_is_not_apart_from_its_test_split_is_refused(tmp_path, splits, config, message):
     loaded = load_tasks(["colors"], include_path=[_write_task(tmp_path, "colors", splits, **config)])

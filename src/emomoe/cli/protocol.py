@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate the subset on the task's held-out split with lm-eval and, with --finetune, fine-tune it for an "
         "epoch on the task's training examples with the paper's recipe and evaluate it again. The whole models and "
         "the --references (memory-matched models evaluated as they are) are evaluated too. Writes results.json, "
-        "report.md and every subset's selection file (selections/TASK/MODEL/METHOD/KEEP/nN.json); a second run "
+        "report.md and every subset's selection file (selections/TASK/MODEL/METHOD/KEEP/n5.json, all.json or random.json); a second run "
         "into the same --out reuses the finished cells. Offline unless --online.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

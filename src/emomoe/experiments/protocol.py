@@ -8,7 +8,7 @@ task's training examples with the paper's recipe and evaluate it again.
   (`emomoe.experiments.task_data`); a smaller draw is the start of a larger one.
 - Before fine-tuning, a subset is evaluated as a routing mask on the full model (the sliced
   subset's logits, `model.selection`), so nothing is written but its selection file
-  (`selections/TASK/MODEL/METHOD/KEEP/nN.json`). Fine-tuning slices it out, trains it
+  (`selections/TASK/MODEL/METHOD/KEEP/n5.json`; `all.json`, `random.json`). Fine-tuning slices it out, trains it
   (`experiments.finetune`, on every fine-tuning example of the task) and evaluates it; the trained
   copy is then deleted.
 - The whole models: every `checkpoints` model unselected, and the `references`, models evaluated
@@ -65,8 +65,9 @@ TASKS_DIR = "tasks"
 WORK_DIR = ".work"
 CELL_AXES = ("task", "model", "method", "keep", "num_calib")
 """What tells cells apart."""
-AXES = ("tasks", "keep", "methods", "num_calib", "finetune")
-"""Settings a resumed run may change: they add cells, never change a finished one."""
+AXES = ("tasks", "keep", "methods", "num_calib", "finetune", "online")
+"""Settings a resumed run may change: they add cells (or only say where the data comes from), never
+change a finished one."""
 
 
 @dataclasses.dataclass
@@ -333,6 +334,8 @@ def _evaluator(loaded: dict, task: str, tokenizer: TextTokenizer, cfg: ProtocolC
         row = evaluate_tasks(lm, loaded, limit=item_limit(cfg.limit), seed=cfg.seed)["results"][task]
         scores = {key.removesuffix(",none"): float(v) for key, v in row.items()
                   if "," in key and "_stderr," not in key and isinstance(v, (int, float))}
+        if not scores:
+            raise ConfigError(f"task {task}: lm-eval reports no metric for it (a group needs an aggregate_metric_list)")
         return scores | ({"n": row["sample_len"]} if isinstance(row.get("sample_len"), int) else {})
 
     return evaluate

@@ -94,9 +94,10 @@ def _task_section(results: dict[str, Any], task: str) -> str:
         f"fine-tuning from {'+'.join(s['finetune'])}, {s['num_fewshot']}-shot"
         for name, s in info["sources"].items()
     )
+    items = f" on {int(whole[0]['before']['n'])} held-out items" if "n" in whole[0]["before"] else ""
     lines = [
         f"## {task}",
-        f"{metric} (lm-eval) on {int(whole[0]['before'].get('n', 0))} held-out items; {info['num_calibration']} "
+        f"{metric} (lm-eval){items}; {info['num_calibration']} "
         f"calibration and {info['num_finetune']} fine-tuning examples ({info['splits']} splits: {splits}). "
         "A cell shows the score before → after fine-tuning where the model was fine-tuned.",
         "### Whole models\n\n" + _whole_models(results, whole, metric),
