@@ -21,6 +21,7 @@ from emomoe.errors import ConfigError
 from emomoe.evaluate.loss import EvalConfig
 from emomoe.experiments.benchmarks import LmEvalConfig
 from emomoe.experiments.finetune import FinetuneConfig
+from emomoe.experiments.protocol import ProtocolConfig
 from emomoe.experiments.sweep import SweepConfig
 from emomoe.generate import GenerateConfig
 from emomoe.hf.convert import ExportConfig, ImportConfig
@@ -124,6 +125,7 @@ VERBS = {
     "hf import": (ImportConfig, ["--hf", "h", "--out", "o"]),
     "lm-eval": (LmEvalConfig, ["--checkpoint", "c"]),
     "merge": (MergeConfig, ["--full", "f", "--subset", "s", "--out", "o"]),
+    "protocol": (ProtocolConfig, ["--checkpoints", "c", "--out", "o"]),
     "quantize": (QuantizeConfig, ["--checkpoint", "c", "--out", "o"]),
     "select": (SelectConfig, ["--checkpoint", "c", "--out", "o"]),
     "sweep": (SweepConfig, ["--checkpoints", "c", "--data", "d", "--out", "o"]),

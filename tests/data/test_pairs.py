@@ -24,10 +24,15 @@ def test_labels_cover_the_answer_and_eos_only_when_asked():
     assert batch["doc_ids_BS"][0].tolist() == [0] * 5 and batch["doc_ids_BS"][1].tolist()[:2] == [0, 0]
 
 
-def test_long_examples_are_cut_to_the_window():
+def test_long_examples_are_cut_to_the_window_keeping_the_answer_when_only_it_is_learned():
     batch = pair_batch([Example([1, 2, 3, 4], [5, 6, 7])], EOS, seq_len=5, answer_only=True)
-    assert batch["input_ids_BS"].tolist() == [[1, 2, 3, 4, 5]]
-    assert batch["labels_BS"].tolist() == [[IGNORE, IGNORE, IGNORE, 5, 6]]
+    assert batch["input_ids_BS"].tolist() == [[3, 4, 5, 6, 7]]  # the prompt loses its beginning
+    assert batch["labels_BS"].tolist() == [[IGNORE, 5, 6, 7, EOS]]
+    batch = pair_batch([Example([1, 2, 3, 4, 5, 6], [7])], EOS, seq_len=2, answer_only=True)
+    assert batch["input_ids_BS"].tolist() == [[6, 7]] and batch["labels_BS"].tolist() == [[7, EOS]]
+    whole = pair_batch([Example([1, 2, 3, 4], [5, 6, 7])], EOS, seq_len=5, answer_only=False)
+    assert whole["input_ids_BS"].tolist() == [[1, 2, 3, 4, 5]]
+    assert whole["labels_BS"].tolist() == [[2, 3, 4, 5, 6]]
 
 
 def test_an_empty_prompt_makes_every_token_a_label():

@@ -100,3 +100,20 @@ def test_a_short_domain_is_left_out_with_a_warning_and_the_others_run(tmp_path, 
     assert set(counts) == {task_name("long"), task_name("short")}
     assert "domain 'tiny' has too few held-out documents of at least 20 tokens for the continuation task (need 2); " \
            "its task is left out" in capsys.readouterr().err
+
+
+def test_the_train_split_comes_from_training_documents_and_the_test_split_is_as_before(store, tmp_path):
+    args = {"num_items": 3, "context_tokens": 24, "continuation_tokens": 6}
+    write_continuation_tasks(store, tmp_path / "tasks", seed=2, **args)
+    opened = TokenStore.open(store)
+    tok = load_tokenizer(opened.tokenizer_path)
+    config = yaml.safe_load((tmp_path / "tasks" / f"{task_name('en')}.yaml").read_text())
+    assert config["training_split"] == "train" == config["fewshot_split"]
+    files = config["dataset_kwargs"]["data_files"]
+    train = [json.loads(line) for line in open(files["train"])]
+    training_docs = [tok.decode(t) for _, t in opened.documents(Split.TRAIN, ["en"])]
+    assert len(train) == 3 and all(any(i["context"] + i["choices"][i["label"]] in d for d in training_docs) for i in train)
+    # The test items are those of the task before it had a train split: the held-out documents, the same draw.
+    held_out = [t[:-1].tolist() for _, t in opened.documents(Split.VAL, ["en"])]
+    before = continuation_items(held_out, tok, rng=random.Random("2:en"), **args)
+    assert [json.loads(line) for line in open(files["test"])] == before

@@ -68,4 +68,4 @@ def test_without_a_token_store_the_shipped_task_is_a_one_line_error(run, tmp_pat
     lonely = save_tiny_checkpoint(tmp_path / "lonely", run[1])
     assert main(["lm-eval", "--checkpoint", str(lonely), "--tasks", GROUP, "--tokenizer", str(run[1])]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "the continuation tasks need a token store: pass --data" in err
+    assert len(err.strip().splitlines()) == 1 and "the shipped tasks (emomoe_continuation) need a token store: pass --data" in err

@@ -7,19 +7,20 @@ import torch.nn.functional as F
 
 from emomoe.checkpoint import load_model, save_model
 from emomoe.checkpoint.selection import SELECTION_FILE
-from emomoe.data.pairs import PairLoader, read_pairs
+from emomoe.data.pairs import Example, PairLoader, read_pairs
 from emomoe.data.store import TokenStore
 from emomoe.data.tokenizer import load_tokenizer
 from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.experiments import finetune as finetune_module
-from emomoe.experiments.finetune import FinetuneLoss, finetune_loss, finetune_subset
+from emomoe.experiments.finetune import FinetuneConfig, FinetuneLoss, finetune_loss, finetune_subset
 from emomoe.select.calibration import store_calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.subset import select_subset
 from emomoe.train.metrics import METRICS_FILE, read_metrics
 from emomoe.train.step import TrainingDiverged
 from emomoe.train.trainer import TrainingInterrupted
+from tests.fixtures import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def legal_subset(tmp_path_factory, checkpoint_dir, store_dir):
 
 
 def test_finetune_trains_the_subset_on_its_own_domain(tmp_path, legal_subset, store_dir):
-    done = finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=1e-3, max_steps=3, seq_len=32, batch_size=4)
+    done = finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=1e-3, max_steps=3, seq_len=32, batch_size=4,
+                           global_batch_size=4)
     assert done["domains"] == ["legal"] and done["num_steps"] == 3
     before, cfg = load_model(legal_subset)
     after, after_cfg = load_model(tmp_path / "ft")
@@ -43,11 +45,13 @@ def test_finetune_trains_the_subset_on_its_own_domain(tmp_path, legal_subset, st
     assert record["finetune"][-1]["num_steps"] == 3 and record["finetune"][-1]["domains"] == ["legal"]
 
 
-def test_one_epoch_is_the_default_length(tmp_path, legal_subset, store_dir):
+def test_one_epoch_of_steps_of_32_windows_is_the_default_length(tmp_path, legal_subset, store_dir):
     store = TokenStore.open(store_dir)
     windows = (store.num_tokens("train", ["legal"]) - 1) // 32
-    done = finetune_subset(legal_subset, store, tmp_path / "ft", seq_len=32, batch_size=8)
-    assert done["num_steps"] == math.ceil(windows / 8)
+    done = finetune_subset(legal_subset, store, tmp_path / "ft", seq_len=32, batch_size=8, max_steps=1)
+    assert done["num_steps"] == 1 and done["global_batch_size"] == 32
+    assert finetune_subset(legal_subset, store, tmp_path / "ft2", seq_len=32, batch_size=16, global_batch_size=16,
+                           num_epochs=0.5)["num_steps"] == math.ceil(windows / 2 / 16)
 
 
 def test_domains_are_needed_when_the_selection_did_not_use_the_store(tmp_path, checkpoint_dir, store_dir):
@@ -58,7 +62,8 @@ def test_domains_are_needed_when_the_selection_did_not_use_the_store(tmp_path, c
 
 
 def test_finetuning_lowers_held_out_loss_on_its_domain(tmp_path, legal_subset, store_dir):
-    finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=3e-3, max_steps=20, seq_len=32, batch_size=4)
+    finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=3e-3, max_steps=20, seq_len=32, batch_size=4,
+                    global_batch_size=4)
     held_out = {"domains": ["legal"], "seq_len": 32, "batch_size": 8}
     before = evaluate_checkpoint(legal_subset, store_dir, **held_out)["domains"]["legal"]["loss"]
     after = evaluate_checkpoint(tmp_path / "ft", store_dir, **held_out)["domains"]["legal"]["loss"]
@@ -66,7 +71,7 @@ def test_finetuning_lowers_held_out_loss_on_its_domain(tmp_path, legal_subset, s
 
 
 def test_finetuning_reports_held_out_loss_writes_metrics_and_resumes_exactly(tmp_path, legal_subset, store_dir, monkeypatch):
-    args = {"lr": 3e-3, "max_steps": 6, "seq_len": 32, "batch_size": 4, "checkpoint_every": 2}
+    args = {"lr": 3e-3, "max_steps": 6, "seq_len": 32, "batch_size": 4, "global_batch_size": 4, "checkpoint_every": 2}
     straight = finetune_subset(legal_subset, store_dir, tmp_path / "a", **args)
     assert set(straight["val_after"]) == {"legal"} and straight["val_after"]["legal"] < straight["val_before"]["legal"]
     records = read_metrics(tmp_path / "a" / METRICS_FILE)
@@ -112,7 +117,8 @@ def test_a_non_finite_step_stops_the_finetuning_without_saving_a_model(tmp_path,
 
     monkeypatch.setattr(finetune_module, "finetune_loss", poisoned)
     with pytest.raises(TrainingDiverged, match=r"^step 2: loss nan, grad norm .* is not finite; .*ft was not written") as caught:
-        finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=1e-3, max_steps=3, seq_len=32, batch_size=4)
+        finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=1e-3, max_steps=3, seq_len=32, batch_size=4,
+                        global_batch_size=4)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "ft").exists()
     assert read_metrics(tmp_path / ".ft.finetune" / METRICS_FILE)[-1]["total"] == "nan"
@@ -131,7 +137,7 @@ def test_a_full_emo_checkpoint_is_fine_tuned_without_its_pool(tmp_path, checkpoi
     model, cfg = load_model(checkpoint_dir)
     assert cfg.moe.router.pool == "2..8"
     save_model(tmp_path / "no-pool", model, cfg.with_overrides(["moe.router.pool=off"]))
-    args = dict(domains=["legal"], lr=1e-3, max_steps=2, seq_len=32, batch_size=4)
+    args = dict(domains=["legal"], lr=1e-3, max_steps=2, seq_len=32, batch_size=4, global_batch_size=4)
     finetune_subset(checkpoint_dir, store_dir, tmp_path / "a", **args)
     finetune_subset(tmp_path / "no-pool", store_dir, tmp_path / "b", **args)
     a, a_cfg = load_model(tmp_path / "a")
@@ -177,7 +183,7 @@ def test_prompt_answer_pairs_train_on_the_answers(tmp_path, legal_subset, store_
         for i in range(16):
             f.write(json.dumps({"prompt": " ".join(words[i % 6 :] + words[: i % 6]), "answer": " hereby"}) + "\n")
     done = finetune_subset(legal_subset, store_dir, tmp_path / "ft", pairs=pairs, lr=1e-3, max_steps=4,
-                           seq_len=32, batch_size=4)
+                           seq_len=32, batch_size=4, global_batch_size=4)
     assert done["pairs"] == str(pairs) and done["answer_only"] and done["num_steps"] == 4
 
     # The first step's CE is the CE of the answer tokens (and EOS) of its batch, nothing else.
@@ -191,3 +197,54 @@ def test_prompt_answer_pairs_train_on_the_answers(tmp_path, legal_subset, store_
     assert int(answer.sum()) == 4 * (len(load_tokenizer(store.tokenizer_path).encode(" hereby")) + 1)
     expected = F.cross_entropy(logits[answer], batch["labels_BS"][answer])
     assert done["first_ce"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_the_recipe_is_hf_trainers_optimizer_and_schedule_with_the_official_scripts_settings():
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    hf = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
+    config = FinetuneConfig()
+    recipe = config.train_config(num_steps=40)
+    assert (recipe.beta1, recipe.beta2, recipe.eps) == (hf["adam_beta1"], hf["adam_beta2"], hf["adam_epsilon"])
+    assert (recipe.weight_decay, recipe.grad_clip, config.lr) == (hf["weight_decay"], hf["max_grad_norm"], hf["learning_rate"])
+    assert hf["lr_scheduler_type"] == "linear" and recipe.schedule == "linear" and recipe.final_lr_ratio == 0.0
+    assert recipe.warmup_from_zero and recipe.warmup_steps == 4  # the scripts' warmup_ratio 0.1, rounded up as HF does
+    # launch_selective_hf.sh: batch_size=32 (micro-batch 8, accumulated), num_epochs=1, lr=5e-5.
+    assert (config.global_batch_size, config.batch_size, config.num_epochs, config.lr) == (32, 8, 1.0, 5e-5)
+
+
+def _word_examples(num, tokenizer):
+    words = "licensee shall grant warranty permission notice".split()
+    return [Example(tokenizer.encode(" ".join(words[i % 6 :] + words[: i % 6 + i % 3])), tokenizer.encode(" hereby"))
+            for i in range(num)]
+
+
+@pytest.fixture(scope="module")
+def model_with_eos(tmp_path_factory, store_dir):
+    """A tiny model whose config names the store's EOS, which ends tokenized examples."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("eos") / "model", store_dir)
+
+
+def test_accumulated_forwards_make_the_step_of_one_whole_batch(tmp_path, model_with_eos, store_dir):
+    examples = _word_examples(12, load_tokenizer(TokenStore.open(store_dir).tokenizer_path))
+    common = dict(pairs=examples, max_steps=1, lr=1e-3, warmup_fraction=0.0, seq_len=32, global_batch_size=12,
+                  loss=FinetuneLoss(lb_weight=0.0))  # the LB loss is per forward by design
+    whole = finetune_subset(model_with_eos, None, tmp_path / "whole", batch_size=12, **common)
+    parts = finetune_subset(model_with_eos, None, tmp_path / "parts", batch_size=4, **common)
+    assert parts["first_ce"] == pytest.approx(whole["first_ce"], rel=1e-5)
+    # AdamW moves each weight by about lr, with the sign of its gradient: another batch would flip
+    # many signs (a difference of 2 lr), rounding differences move a weight by a hair of it.
+    a, b = load_model(tmp_path / "whole")[0].state_dict(), load_model(tmp_path / "parts")[0].state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 0.01 * 1e-3
+
+
+def test_an_epoch_of_examples_ends_with_a_short_step(tmp_path, model_with_eos, store_dir, monkeypatch):
+    examples = _word_examples(10, load_tokenizer(TokenStore.open(store_dir).tokenizer_path))
+    sizes, take = [], PairLoader.take
+    monkeypatch.setattr(PairLoader, "take", lambda self, n: sizes.append(n) or take(self, n))
+    done = finetune_subset(model_with_eos, None, tmp_path / "ft", pairs=examples, seq_len=32, batch_size=3,
+                           global_batch_size=4)
+    assert done["num_steps"] == 3 and sizes == [3, 1, 3, 1, 2]  # 10 = 4 + 4 + 2, in forwards of at most 3
+    assert done["pairs"]["num_examples"] == 10 and done["store"] is None

@@ -58,3 +58,32 @@ def test_text_files_need_a_tokenizer(tmp_path):
     path.write_text(json.dumps({"text": "hello"}) + "\n")
     with pytest.raises(DataError, match="--tokenizer"):
         load_calibration(str(path), store=None, tokenizer=None, num_windows=1, seq_len=8, batch_size=1)
+
+
+def test_examples_are_padded_rows_whose_padding_changes_no_statistic(tiny):
+    from emomoe.data.pairs import Example
+    from emomoe.select.calibration import example_calibration
+    from emomoe.select.methods import ExpertSelector
+    from emomoe.select.weight_source import ModelWeights
+
+    model, cfg = tiny
+    gen = torch.Generator().manual_seed(3)
+    examples = [Example(torch.randint(1, cfg.vocab_size, (n,), generator=gen).tolist(), [5, 6]) for n in (3, 11, 7, 20)]
+    calib = example_calibration(examples, 0, seq_len=16, batch_size=3, info={"source": "task", "task": "t",
+                                                                              "num_examples": 4})
+    lengths = sorted((min(len(e.prompt_ids) + 2, 16) for e in examples), reverse=True)  # cut to 16, longest first
+    assert [valid_tokens(b).view(b["input_ids_BS"].shape).sum(1).tolist() for b in calib.batches] == [lengths[:3],
+                                                                                                      lengths[3:]]
+    assert calib.batches[0]["input_ids_BS"].shape == (3, 16) and calib.info["num_tokens"] == sum(lengths)
+    # The reference: each example alone, no padding, through the whole model; the token-mean router probability.
+    sums = None
+    with torch.no_grad():
+        for e in examples:
+            ids = torch.tensor([(e.prompt_ids + e.answer_ids)[:16]])
+            routing = model(ids, return_routing=True).routing
+            probs = [r.router_logits_TE.float().softmax(-1).sum(0).double() for r in routing]
+            sums = probs if sums is None else [s + p for s, p in zip(sums, probs)]
+    expected = [s / sum(lengths) for s in sums]
+    got = ExpertSelector(ModelWeights(model, cfg), calib.batches, "global").scores()
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)

@@ -71,3 +71,20 @@ def test_linear_without_warmup_to_zero_is_the_anneal():
     # The paper's anneal: from the start LR straight down to 0 at the end of the run.
     cfg = TrainConfig.from_dict({"lr": 4e-4, "max_steps": 4, "warmup_steps": 0, "schedule": "linear", "final_lr_ratio": 0})
     assert [lr_multiplier(s, cfg) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+
+
+@pytest.mark.parametrize(("warmup", "total"), [(1, 5), (3, 30), (10, 11)])
+def test_warmup_from_zero_is_hf_trainers_linear_schedule(warmup, total):
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = TrainConfig(lr=1.0, warmup_steps=warmup, max_steps=total, schedule="linear", final_lr_ratio=0.0,
+                      warmup_from_zero=True)
+    param = torch.nn.Parameter(torch.zeros(1))
+    hf = get_linear_schedule_with_warmup(torch.optim.SGD([param], lr=1.0), warmup, total)
+    expected = []
+    for _ in range(total + 2):
+        expected.append(hf.get_last_lr()[0])
+        hf.optimizer.step()
+        hf.step()
+    assert [lr_multiplier(s, cfg) for s in range(total + 2)] == pytest.approx(expected, abs=1e-12)
+    assert expected[0] == 0.0

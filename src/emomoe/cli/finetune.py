@@ -17,9 +17,11 @@ EXAMPLES = """examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune a subset on its domain (AdamW, small LR, one epoch)",
-        description="Train every parameter of a subset (or any model) with the paper's recipe: AdamW, lr 5e-5, "
-        "10%% warmup then linear decay to 0, clipping at 1.0, one epoch; routing without the document pool; "
+        help="fine-tune a subset on its domain (the paper's recipe: AdamW, lr 5e-5, batch 32, one epoch)",
+        description="Train every parameter of a subset (or any model) with the paper's recipe: HF Trainer's AdamW "
+        "(betas 0.9, 0.999) at lr 5e-5, a linear warmup from 0 over 10%% of the steps then linear decay to 0, "
+        "clipping at 1.0, a global batch of 32 (forwards of --batch-size rows, accumulated), one epoch; routing "
+        "without the document pool; "
         "CE plus load balancing at 0.01 (averaged over layers), no z-losses unless asked for. Data: the "
         "training documents of the subset's domain(s), or a jsonl file of prompt/answer pairs (loss on the "
         "answers only, unless --no-answer-only).",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from emomoe.cli._options import add_config_options, config_from_args
+from emomoe.errors import ConfigError
+from emomoe.experiments.task_data import select_on_task
 from emomoe.select.subset import SelectConfig, select_subset
 from emomoe.train.runtime import setup_runtime
 
@@ -15,6 +17,9 @@ EXAMPLES = """examples:
       --keep 8,8,4,4 --method easy-ep --out subsets/emo-prompts
   emomoe select --checkpoint runs/emo/final --data runs/store --calib math --budget-gb 0.02 --out subsets/emo-math-20mb
   emomoe select --checkpoint runs/emo/final --selection subsets/emo-math/selection.json --out subsets/again
+  emomoe select --checkpoint runs/demo/emo/final --task emomoe_domain --num-calib 10 --num-fewshot 3 \\
+      --keep 0.25 --out subsets/emo-domain
+  emomoe select --checkpoint runs/emo/final --task mmlu_stem --num-calib 5 --online --keep 0.25 --out subsets/emo-stem
 """
 
 
@@ -29,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "experts. The subset loads on its own and routes by softmax over the kept "
         "experts. The checkpoint (ours or a Hugging Face directory, sharded or not) is streamed one layer at a "
         "time, so it may be larger than memory. With --selection, the experts kept by an earlier selection of "
-        "the same checkpoint are extracted again, without calibration.",
+        "the same checkpoint are extracted again, without calibration. With --task, the calibration data are "
+        "examples of an lm-eval task (ours or the harness's), formatted as the task prompts them with their gold "
+        "answers, each its own padded row.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -39,7 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="calibration data: domain(s) of the --data store, comma-separated for one subset serving their "
         "union, or text files (jsonl/parquet/.txt folder); not needed for --method random",
     )
-    p.add_argument("--data", metavar="STORE", help="token store whose training documents --calib domains name")
+    p.add_argument(
+        "--task", metavar="NAME",
+        help="calibrate on --num-calib examples of this lm-eval task or group instead of --calib (see --splits)",
+    )
+    p.add_argument(
+        "--data", metavar="STORE",
+        help="token store whose training documents --calib domains name (and that the shipped tasks are built from)",
+    )
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer for text-file calibration (default: the store's)")
     p.add_argument(
         "--selection", metavar="FILE",
@@ -55,10 +69,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(SelectConfig, args)
     setup_runtime()
-    record = select_subset(
-        args.checkpoint, args.out, cfg, calibration=args.calib, store=args.data, tokenizer=args.tokenizer,
-        selection=args.selection, force=args.force, progress=not args.no_progress,
-    )
+    if args.task is not None:
+        if args.calib is not None or args.selection is not None:
+            raise ConfigError("--task: calibrates instead of --calib, and --selection needs no calibration; give one")
+        record = select_on_task(
+            args.checkpoint, args.out, cfg, task=args.task, data=args.data, tokenizer=args.tokenizer,
+            force=args.force, progress=not args.no_progress,
+        )
+    else:
+        record = select_subset(
+            args.checkpoint, args.out, cfg, calibration=args.calib, store=args.data, tokenizer=args.tokenizer,
+            selection=args.selection, force=args.force, progress=not args.no_progress,
+        )
     kept = ", ".join(str(len(k)) for k in record["kept_experts"])
     total, source_total = record["num_params"]["total"], record["source_num_params"]["total"]
     budget = record.get("budget")

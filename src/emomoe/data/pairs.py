@@ -5,7 +5,9 @@ Legend: B batch (examples), S sequence.
 Every example is one row: its prompt tokens, its answer tokens and EOS, cut to `seq_len + 1`
 tokens. Rows are padded with EOS to the longest row of the batch, and padded labels are ignored.
 With `answer_only` (the paper's fine-tuning recipe), a label is also ignored while the token it
-asks for still belongs to the prompt, so the loss covers the answer and its closing EOS.
+asks for still belongs to the prompt, so the loss covers the answer and its closing EOS; a row too
+long for the window then keeps its end (the prompt loses its beginning), so that it still has an
+answer to learn. Otherwise a row keeps its beginning.
 Prompt and answer are tokenized separately, so the boundary between them is exact.
 """
 
@@ -55,7 +57,8 @@ def read_pairs(
 
 def pair_batch(examples: list[Example], eos_id: int, *, seq_len: int, answer_only: bool) -> Batch:
     """One padded batch of examples (see the module docstring for the labels)."""
-    rows = [(e.prompt_ids + e.answer_ids + [eos_id])[: seq_len + 1] for e in examples]
+    whole = [e.prompt_ids + e.answer_ids + [eos_id] for e in examples]
+    rows = [w[-(seq_len + 1) :] if answer_only else w[: seq_len + 1] for w in whole]
     width = max(len(r) for r in rows) - 1
     input_ids_BS = np.full((len(rows), width), eos_id, dtype=np.int64)
     labels_BS = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
@@ -63,8 +66,9 @@ def pair_batch(examples: list[Example], eos_id: int, *, seq_len: int, answer_onl
         input_ids_BS[b, : len(row) - 1] = row[:-1]
         labels_BS[b, : len(row) - 1] = row[1:]
         if answer_only:
-            # Label s asks for token s + 1, which is a prompt token while s + 1 < len(prompt).
-            labels_BS[b, : max(len(example.prompt_ids) - 1, 0)] = IGNORE_INDEX
+            # Label s asks for token s + 1, which is a prompt token while s + 1 < the prompt tokens left.
+            prompt_left = len(example.prompt_ids) - (len(whole[b]) - len(row))
+            labels_BS[b, : max(prompt_left - 1, 0)] = IGNORE_INDEX
     input_ids = torch.from_numpy(input_ids_BS)
     return {
         "input_ids_BS": input_ids,
@@ -101,10 +105,14 @@ class PairLoader:
         self.position = int(state["position"])
 
     def __next__(self) -> Batch:
+        return self.take(self.batch_size)
+
+    def take(self, num_examples: int) -> Batch:
+        """The next `num_examples` examples as one batch (fewer than `batch_size` end an epoch exactly)."""
         picked = []
-        for position in range(self.position, self.position + self.batch_size):
+        for position in range(self.position, self.position + num_examples):
             epoch, i = divmod(position, self.num_examples)
             order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
             picked.append(self.examples[int(order[i])])
-        self.position += self.batch_size
+        self.position += num_examples
         return pair_batch(picked, self.eos_id, seq_len=self.seq_len, answer_only=self.answer_only)

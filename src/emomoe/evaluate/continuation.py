@@ -1,9 +1,10 @@
-"""An offline lm-eval task built from a token store's held-out documents: pick the true continuation.
+"""An offline lm-eval task built from a token store's documents: pick the true continuation.
 
-Each item is a passage of `context_tokens` tokens from a held-out document of one domain and four
-choices of about `continuation_tokens` tokens: what really follows the passage, and the same
-part of three other passages of the same domain, from other documents (seeded). Every choice is
-real text of the domain, so only a model that follows the passage beats chance (25%).
+Each item is a passage of `context_tokens` tokens from a document of one domain and four choices
+of about `continuation_tokens` tokens: what really follows the passage, and the same part of three
+other passages of the same domain, from other documents (seeded). Every choice is real text of the
+domain, so only a model that follows the passage beats chance (25%). Test items come from the
+held-out documents, train items from the training documents (`emomoe.evaluate.task_files`).
 
 `write_continuation_tasks` writes one lm-eval task per domain (`emomoe_continuation_<domain>`),
 their group (`emomoe_continuation`, accuracy weighted by item count), and the items as JSON
@@ -26,6 +27,7 @@ import yaml
 from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
 from emomoe.errors import ConfigError, DataError, warn
+from emomoe.evaluate.task_files import SPLITS, split_documents, spread_windows, task_config
 from emomoe.io import atomic_path
 
 GROUP = "emomoe_continuation"
@@ -89,16 +91,9 @@ def continuation_items(
     Passages are non-overlapping windows of `context_tokens + continuation_tokens` tokens, taken
     round-robin over the documents so that long documents do not dominate.
     """
-    span = context_tokens + continuation_tokens
-    windows_by_doc = [[(d, start) for start in range(0, len(doc) - span + 1, span)] for d, doc in enumerate(documents)]
-    windows_by_doc = [w for w in windows_by_doc if w]
-    if len(windows_by_doc) < 2:
+    windows = spread_windows(documents, context_tokens + continuation_tokens, rng)
+    if len({d for d, _ in windows}) < 2:
         return []
-    for windows in windows_by_doc:
-        rng.shuffle(windows)
-    rng.shuffle(windows_by_doc)
-    longest = max(len(w) for w in windows_by_doc)
-    windows = [w[i] for i in range(longest) for w in windows_by_doc if i < len(w)]
 
     decode = tokenizer.decode
 
@@ -139,9 +134,11 @@ def write_continuation_tasks(
     seed: int = 0,
 ) -> dict[str, int]:
     """Write the tasks for `domains` (default: all, leaving out with a warning those with too few
-    long held-out documents) of `store` into `out_dir` (atomically, replacing it).
+    long held-out documents) of `store` into `out_dir` (atomically, replacing it): `num_items` test
+    items per domain from its held-out documents and, where its training documents allow, as many
+    train items from those.
 
-    Returns the number of items per task name. The store must keep its tokenizer (to write text).
+    Returns the number of test items per task name. The store must keep its tokenizer (to write text).
     """
     if num_items < 1 or context_tokens < 1 or continuation_tokens < 1:
         raise ConfigError("num_items, context_tokens, continuation_tokens: expected positive integers")
@@ -156,12 +153,25 @@ def write_continuation_tasks(
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for domain in names:
-            documents = [tokens[:-1].tolist() for _, tokens in store.documents(Split.VAL, [domain])]
-            items = continuation_items(
-                documents, tokenizer, num_items=num_items, context_tokens=context_tokens,
-                continuation_tokens=continuation_tokens, rng=random.Random(f"{seed}:{domain}"),
-            )
-            if not items:
+            name, data_files = task_name(domain), {}
+            for split in (Split.VAL, Split.TRAIN):  # the test items first: without them, no task
+                task_split = SPLITS[split]
+                # The test items draw exactly as they did before there was a train split.
+                rng = random.Random(f"{seed}:{domain}" + ("" if split is Split.VAL else f":{task_split}"))
+                items = continuation_items(
+                    split_documents(store, split, domain, num_items), tokenizer, num_items=num_items,
+                    context_tokens=context_tokens, continuation_tokens=continuation_tokens, rng=rng,
+                )
+                if split is Split.VAL and not items:
+                    break
+                if split is Split.VAL:
+                    counts[name] = len(items)
+                if items:
+                    data_files[task_split] = out_dir / (f"{name}.jsonl" if split is Split.VAL else f"{name}.train.jsonl")
+                    (tmp / data_files[task_split].name).write_text(
+                        "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items)
+                    )
+            if name not in counts:
                 problem = (
                     f"{store.path}: domain {domain!r} has too few held-out documents of at least "
                     f"{context_tokens + continuation_tokens} tokens for the continuation task (need 2)"
@@ -170,11 +180,12 @@ def write_continuation_tasks(
                     raise DataError(problem)
                 warn(f"{problem}; its task is left out")  # the other domains' tasks still run
                 continue
-            name = task_name(domain)
-            data_file = f"{name}.jsonl"
-            (tmp / data_file).write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items))
-            (tmp / f"{name}.yaml").write_text(yaml.safe_dump(_task_config(name, out_dir / data_file, domain, seed)))
-            counts[name] = len(items)
+            config = task_config(
+                name, data_files, doc_to_text="context", doc_to_choice="choices",
+                # The choices carry their own leading whitespace, exactly as it followed the passage.
+                target_delimiter="", metadata={"domain": domain, "seed": seed},
+            )
+            (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
         if not counts:
             raise DataError(f"{store.path}: no domain has enough long held-out documents for the continuation task")
         group = {
@@ -187,21 +198,3 @@ def write_continuation_tasks(
         }
         (tmp / f"{GROUP}.yaml").write_text(yaml.safe_dump(group, sort_keys=False))
     return counts
-
-
-def _task_config(name: str, data_file: Path, domain: str, seed: int) -> dict[str, Any]:
-    return {
-        "task": name,
-        "dataset_path": "json",
-        # The datasets cache stays beside the data, not in the user's home.
-        "dataset_kwargs": {"data_files": {"test": str(data_file)}, "cache_dir": str(data_file.parent / ".cache")},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "context",
-        "doc_to_choice": "choices",
-        "doc_to_target": "label",
-        # The choices carry their own leading whitespace, exactly as it followed the passage.
-        "target_delimiter": "",
-        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")],
-        "metadata": {"version": 1.0, "domain": domain, "seed": seed},
-    }

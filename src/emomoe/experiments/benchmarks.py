@@ -16,15 +16,11 @@ from typing import Any
 from emomoe.checkpoint import load_config
 from emomoe.checkpoint.selection import SelectionConfig
 from emomoe.data.store import TokenStore
+from emomoe.data.tasks import TaskConfig
 from emomoe.data.windows import BATCH_SIZE, TokenizerCheckConfig
 from emomoe.errors import ConfigError, DataError, require
-from emomoe.evaluate.continuation import (
-    CONTEXT_TOKENS,
-    CONTINUATION_TOKENS,
-    GROUP,
-    NUM_ITEMS,
-    write_continuation_tasks,
-)
+from emomoe.evaluate.continuation import GROUP
+from emomoe.evaluate.shipped_tasks import ShippedTaskConfig, shipped, write_shipped_tasks
 from emomoe.tables import markdown_table
 from emomoe.train.provenance import run_store
 
@@ -38,22 +34,15 @@ def go_offline() -> None:
         os.environ.setdefault(name, "1")
 
 
-def run_tasks(
-    lm: Any,
-    tasks: Sequence[str],
-    *,
-    include_path: Sequence[str | Path] = (),
-    limit: int | float | None = None,
-    num_fewshot: int | None = None,
-    seed: int = 0,
+def load_tasks(
+    tasks: Sequence[str], *, include_path: Sequence[str | Path] = (), num_fewshot: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
-    """Evaluate `lm` (an `EmoLM`) on lm-eval `tasks`; returns lm-eval's results (no per-sample logs).
+    """lm-eval's loaded `tasks` (`TaskManager.load`: the tasks, with those of a group, and the groups),
+    each set to `num_fewshot` examples per prompt (None: its own setting, 0 if it has none).
 
     lm-eval's own task library (14,000 YAML files: seconds to index) is read only if some task is
-    not found in `include_path`. This calls lm-eval's `evaluate` the way `simple_evaluate` does,
-    without the environment report that `simple_evaluate` adds (about 7 s per call here).
+    not found in `include_path`.
     """
-    from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 
     paths = [str(p) for p in include_path] or None
@@ -70,9 +59,38 @@ def run_tasks(
         elif task.get_config("num_fewshot") is None:
             task.set_config(key="num_fewshot", value=0)
         task.set_fewshot_seed(seed=seed)
+    return loaded
+
+
+def evaluate_tasks(lm: Any, loaded: dict[str, Any], *, limit: int | float | None = None, seed: int = 0) -> dict[str, Any]:
+    """Evaluate `lm` (an `EmoLM`) on tasks `load_tasks` loaded; returns lm-eval's results (no
+    per-sample logs). The few-shot sampling starts from `seed` every time, so every model sees the
+    same prompts.
+
+    This calls lm-eval's `evaluate` the way `simple_evaluate` does, without the environment report
+    that `simple_evaluate` adds (about 7 s per call here).
+    """
+    from lm_eval.evaluator import evaluate
+
+    for task in loaded["tasks"].values():
+        task.set_fewshot_seed(seed=seed)
     results = evaluate(lm=lm, task_dict=loaded, limit=limit, log_samples=False)
     keep = ("results", "groups", "group_subtasks", "versions", "n-shot", "n-samples")
     return {key: results[key] for key in keep if key in results}
+
+
+def run_tasks(
+    lm: Any,
+    tasks: Sequence[str],
+    *,
+    include_path: Sequence[str | Path] = (),
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate `lm` (an `EmoLM`) on lm-eval `tasks`: `load_tasks`, then `evaluate_tasks`."""
+    loaded = load_tasks(tasks, include_path=include_path, num_fewshot=num_fewshot, seed=seed)
+    return evaluate_tasks(lm, loaded, limit=limit, seed=seed)
 
 
 def task_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -92,42 +110,58 @@ def task_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 @dataclasses.dataclass
-class LmEvalConfig(SelectionConfig, TokenizerCheckConfig):
+class LmEvalConfig(SelectionConfig, TaskConfig, ShippedTaskConfig, TokenizerCheckConfig):
     tasks: list[str] = dataclasses.field(default_factory=lambda: [GROUP])
     """lm-eval task or group names; the default is the shipped offline continuation task."""
-    include_path: list[str] = dataclasses.field(default_factory=list)
-    """Folders of your own task YAMLs."""
     limit: float | None = None
     """At most this many items per task (a fraction of them if below 1); None means all."""
-    num_fewshot: int | None = None
-    """Examples in each prompt; None means each task's own setting (0 if it has none)."""
     batch_size: int = BATCH_SIZE
     """Requests per forward pass."""
     seed: int = 0
-    """Seed of lm-eval's few-shot sampling and of the continuation task's distractors."""
-    num_items: int = NUM_ITEMS
-    """Continuation-task items per domain."""
-    context_tokens: int = CONTEXT_TOKENS
-    """Continuation-task passage length, in tokens."""
-    continuation_tokens: int = CONTINUATION_TOKENS
-    """Continuation-task choice length, in tokens."""
-    online: bool = False
-    """Let lm-eval download task data; offline otherwise."""
+    """Seed of lm-eval's few-shot sampling and of the shipped tasks' items."""
 
     def validate(self) -> None:
         super().validate()
-        for name in ("batch_size", "num_items", "context_tokens", "continuation_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size}")
         if not self.tasks:
             raise ConfigError("tasks: expected at least one task")
-        if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"limit: expected a number of items > 0, got {self.limit}")
+        check_limit(self.limit)
 
     @property
     def item_limit(self) -> int | float | None:
-        """`limit` as lm-eval reads it: a count, or a fraction below 1."""
-        return self.limit if self.limit is None or self.limit < 1 else int(self.limit)
+        return item_limit(self.limit)
+
+
+def check_limit(limit: float | None) -> None:
+    if limit is not None and limit <= 0:
+        raise ConfigError(f"limit: expected a number of items > 0, got {limit}")
+
+
+def item_limit(limit: float | None) -> int | float | None:
+    """`limit` as lm-eval reads it: a count, or a fraction below 1."""
+    return limit if limit is None or limit < 1 else int(limit)
+
+
+def shipped_task_paths(
+    tasks: Sequence[str], out_dir: Path, cfg: ShippedTaskConfig, seed: int, *, data: str | Path | None,
+    checkpoint: str | Path, any_tokenizer: bool = False,
+) -> list[Path]:
+    """Build the shipped tasks that `tasks` name in `out_dir` from the token store `data` (default:
+    that of the checkpoint's run), whose tokenizer must be the checkpoint's (unless `any_tokenizer`);
+    returns the include paths to add (none if no shipped task is named)."""
+    if not shipped(tasks):
+        return []
+    store = data if data is not None else run_store(checkpoint)
+    if store is None:
+        raise DataError(
+            f"{checkpoint}: the shipped tasks ({', '.join(shipped(tasks))}) need a token store: pass --data STORE "
+            "(none found from the checkpoint's run)"
+        )
+    store = TokenStore.open(store)
+    load_config(checkpoint).check_tokenizer(store.tokenizer_hash, checkpoint, any_tokenizer=any_tokenizer)
+    write_shipped_tasks(store, out_dir, tasks, cfg, seed)
+    return [out_dir]
 
 
 def evaluate_checkpoint_tasks(
@@ -137,37 +171,27 @@ def evaluate_checkpoint_tasks(
     tokenizer: str | Path | None = None,
     data: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run lm-eval tasks on a checkpoint or subset. The shipped continuation tasks
-    (`emomoe_continuation[_<domain>]`) are built first from the held-out documents of `data`
-    (default: the token store of the checkpoint's run), `cfg.num_items` per domain (see
-    `write_continuation_tasks`). Offline unless `cfg.online`."""
+    """Run lm-eval tasks on a checkpoint or subset. The shipped tasks named
+    (`emomoe_continuation[_<domain>]`, `emomoe_domain`) are built first from the documents of
+    `data` (default: the token store of the checkpoint's run), `cfg.num_items` per domain and
+    split (`emomoe.evaluate.shipped_tasks`). Offline unless `cfg.online`."""
     require("lm-eval tasks", "eval", "lm_eval")
     from emomoe.experiments.harness import EmoLM
 
     if not cfg.online:
         go_offline()
-    include = list(cfg.include_path)
     with tempfile.TemporaryDirectory(prefix="emomoe-tasks-") as tmp:
-        if any(task.startswith(GROUP) for task in cfg.tasks):
-            store = data if data is not None else run_store(checkpoint)
-            if store is None:
-                raise DataError(
-                    f"{checkpoint}: the continuation tasks need a token store: pass --data STORE "
-                    "(none found from the checkpoint's run)"
-                )
-            store = TokenStore.open(store)
-            load_config(checkpoint).check_tokenizer(store.tokenizer_hash, checkpoint, any_tokenizer=cfg.any_tokenizer)
-            write_continuation_tasks(
-                store, Path(tmp) / "tasks", num_items=cfg.num_items, context_tokens=cfg.context_tokens,
-                continuation_tokens=cfg.continuation_tokens, seed=cfg.seed,
-            )
-            include.append(Path(tmp) / "tasks")
+        shipped_paths = shipped_task_paths(
+            cfg.tasks, Path(tmp) / "tasks", cfg, cfg.seed, data=data, checkpoint=checkpoint,
+            any_tokenizer=cfg.any_tokenizer,
+        )
         lm = EmoLM(
             checkpoint=str(checkpoint), tokenizer=tokenizer, batch_size=cfg.batch_size,
             selection=cfg.selection or None, auto_tokens=cfg.auto_tokens, any_tokenizer=cfg.any_tokenizer,
         )
         return run_tasks(
-            lm, cfg.tasks, include_path=include, limit=cfg.item_limit, num_fewshot=cfg.num_fewshot, seed=cfg.seed
+            lm, cfg.tasks, include_path=[*cfg.include_path, *shipped_paths], limit=cfg.item_limit,
+            num_fewshot=cfg.num_fewshot, seed=cfg.seed,
         )
 
 

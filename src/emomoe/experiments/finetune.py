@@ -1,7 +1,10 @@
 """Fine-tuning a subset (or any model) on its domain, with the paper's recipe (spec section 8.4).
 
-The recipe: AdamW, lr 5e-5, no weight decay, 10% warmup then linear decay to 0, clipping at 1.0,
-one epoch, all parameters trained. Routing is the HF model's: no document pool, even for a full
+The recipe is the official scripts' (`scripts/selective_hf`, `src/hf_training/finetune.py`): HF
+Trainer's AdamW (betas 0.9 and 0.999, eps 1e-8) at lr 5e-5 with no weight decay, a linear warmup
+from 0 over 10% of the steps then linear decay to 0, clipping at 1.0, a global batch of 32 (as
+accumulated forwards of `batch_size` rows where memory is short), one epoch, all parameters trained.
+Routing is the HF model's: no document pool, even for a full
 EMO checkpoint. The loss is that of HF fine-tuning: CE plus only the Switch load-balancing loss
 at 0.01, local to the batch and averaged over layers (the HF `router_aux_loss_coef`); router and
 output-logit z-losses stay off unless asked for. Each step is the trainer's (`train.step`): the
@@ -22,9 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +41,7 @@ from emomoe.checkpoint import check_fits, load_config, load_model, save_model
 from emomoe.checkpoint.selection import SELECTION_FILE, read_selection
 from emomoe.config import Config
 from emomoe.data.loader import DataConfig, TrainLoader, eval_batches
-from emomoe.data.pairs import PairLoader, read_pairs
+from emomoe.data.pairs import Batch, Example, PairLoader, read_pairs
 from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import load_tokenizer
 from emomoe.data.windows import HeldOutConfig
@@ -106,27 +112,32 @@ def finetune_domains(subset_dir: str | Path, domains: list[str] | None) -> list[
     raise ConfigError(f"{subset_dir}: was not selected on token-store domains; name the domains to fine-tune on")
 
 
+GLOBAL_BATCH_SIZE = 32
+"""Examples per optimizer step in the paper's fine-tuning (8 per device x 4 accumulated)."""
+
+
 @dataclasses.dataclass
-class FinetuneConfig(HeldOutConfig):
-    domains: list[str] | None = None
-    """Domains of the store to train on; None means those the subset was selected on. With
-    prompt/answer pairs, the domains whose held-out loss is measured before and after."""
-    answer_only: bool = True
-    """With prompt/answer pairs: the loss counts the answer tokens only, as in the paper."""
+class FinetuneRecipe(Config):
+    """How a model is fine-tuned: the paper's recipe by default (module docstring)."""
+
     lr: float = 5e-5
-    """Peak learning rate of AdamW (no weight decay), after a warmup, decaying linearly to 0."""
+    """Peak learning rate of AdamW (HF Trainer's: betas 0.9 and 0.999, eps 1e-8, no weight decay),
+    reached after a linear warmup from 0 and decaying linearly to 0."""
     num_epochs: float = 1.0
     """Passes over the training data."""
     max_steps: int = 0
     """Stop after this many optimizer steps; 0 means no limit."""
     warmup_fraction: float = 0.1
     """Share of the steps the learning rate warms up over."""
+    global_batch_size: int = GLOBAL_BATCH_SIZE
+    """Examples per optimizer step: forwards of at most batch_size rows whose gradients accumulate
+    (windows of a token store: rounded up to whole forwards of batch_size)."""
+    answer_only: bool = True
+    """With prompt/answer pairs: the loss counts the answer tokens only, as in the paper."""
     loss: FinetuneLoss = dataclasses.field(default_factory=FinetuneLoss)
     """The terms of the loss besides the cross-entropy, and their weights."""
     seed: int = 0
     """Seed of the order the training windows (or pairs) are visited in."""
-    checkpoint_every: int = 0
-    """Steps between checkpoints that a resumed run continues from; 0 means only on Ctrl-C / SIGTERM."""
 
     def validate(self) -> None:
         super().validate()
@@ -136,27 +147,58 @@ class FinetuneConfig(HeldOutConfig):
                 f"lr > 0, num_epochs > 0, max_steps >= 0 and warmup_fraction in [0, 1) expected, "
                 f"got {self.lr}, {self.num_epochs}, {self.max_steps}, {self.warmup_fraction}"
             )
+        if self.global_batch_size < 1:
+            raise ConfigError(f"global_batch_size: expected a positive integer, got {self.global_batch_size}")
+
+    def train_config(self, num_steps: int) -> TrainConfig:
+        """The optimizer and schedule of a run of `num_steps` steps, as HF Trainer sets them up."""
+        return TrainConfig(
+            max_steps=num_steps, lr=self.lr, warmup_steps=math.ceil(self.warmup_fraction * num_steps),
+            warmup_from_zero=True, schedule=LRSchedule.LINEAR, final_lr_ratio=0.0, beta1=0.9, beta2=0.999,
+            eps=1e-8, weight_decay=0.0, grad_clip=1.0,
+        )
+
+
+@dataclasses.dataclass
+class FinetuneConfig(FinetuneRecipe, HeldOutConfig):
+    domains: list[str] | None = None
+    """Domains of the store to train on; None means those the subset was selected on. With
+    prompt/answer pairs, the domains whose held-out loss is measured before and after."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints that a resumed run continues from; 0 means only on Ctrl-C / SIGTERM."""
+
+    def validate(self) -> None:
+        super().validate()
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every: expected >= 0, got {self.checkpoint_every}")
 
 
+def recipe_config(recipe: FinetuneRecipe, **fields: Any) -> FinetuneConfig:
+    """A `FinetuneConfig` that trains with `recipe`, its other fields set by `fields`."""
+    return FinetuneConfig(**{f.name: getattr(recipe, f.name) for f in dataclasses.fields(FinetuneRecipe)}, **fields)
+
+
 def finetune_subset(
     subset_dir: str | Path,
-    store: str | Path | TokenStore,
+    store: str | Path | TokenStore | None,
     out_dir: str | Path,
     config: FinetuneConfig | None = None,
     *,
-    pairs: str | Path | None = None,
+    pairs: str | Path | Sequence[Example] | None = None,
     resume: bool = False,
     force: bool = False,
     progress: bool = False,
     **fields: Any,
 ) -> dict[str, Any]:
-    """Train `subset_dir` on `domains` of `store`, or on the prompt/answer jsonl `pairs` (tokenized
-    with the store's tokenizer), and save it to `out_dir` (an existing one only with `force`);
-    returns what was done, with the held-out loss per domain before and after (with `pairs`: of
-    the `domains` named, if any). `fields` set fields of `config` (default: `FinetuneConfig()`),
-    e.g. `lr=1e-3, max_steps=100`.
+    """Train `subset_dir` on `domains` of `store`, or on prompt/answer `pairs`: a jsonl file
+    (tokenized with the store's tokenizer) or examples tokenized already (then `store` may be None),
+    and save it to `out_dir` (an existing one only with `force`); returns what was done, with the
+    held-out loss per domain before and after (with `pairs`: of the `domains` named, if any).
+    `fields` set fields of `config` (default: `FinetuneConfig()`), e.g. `lr=1e-3, max_steps=100`.
+
+    Each optimizer step sees `global_batch_size` windows or examples, in forwards of `batch_size`
+    rows whose gradients accumulate. Examples are visited in a seeded order, epoch by epoch; the
+    last step of the last epoch takes only what is left of it, as HF Trainer's does.
 
     Until it finishes, the run lives in a work directory beside `out_dir` (`.<name>.finetune`):
     per-step metrics.jsonl and, every `checkpoint_every` steps and on Ctrl-C / SIGTERM, a
@@ -165,7 +207,7 @@ def finetune_subset(
     """
     config = (config or FinetuneConfig()).replace(**fields)
     # The training below reads these as plain names.
-    lr, batch_size, warmup_fraction, loss = config.lr, config.batch_size, config.warmup_fraction, config.loss
+    batch_size, global_batch_size, loss = config.batch_size, config.global_batch_size, config.loss
     num_eval_windows, checkpoint_every = config.num_eval_windows, config.checkpoint_every
     out_dir = Path(out_dir)
     refuse_existing(out_dir, force)
@@ -175,20 +217,24 @@ def finetune_subset(
             raise DataError(f"{work}: an interrupted fine-tuning into {out_dir} is there; pass --resume to continue "
                             "it or --force to start over")
         shutil.rmtree(work)
-    store = store if isinstance(store, TokenStore) else TokenStore.open(store)
+    tokenized = pairs is not None and not isinstance(pairs, (str, Path))
+    if store is None and not tokenized:
+        raise ConfigError("fine-tuning on windows or on a pairs file needs a token store")
+    store = store if store is None or isinstance(store, TokenStore) else TokenStore.open(store)
     domains = (config.domains or []) if pairs is not None else finetune_domains(subset_dir, config.domains)
     # Saved and checkpointed under its own config; trained with the HF routing (no pool).
     cfg = load_config(subset_dir)
     seq_len = config.seq_len or cfg.max_seq_len
-    check_fits(
-        cfg, subset_dir, vocab_size=store.vocab_size, seq_len=seq_len, tokenizer_hash=store.tokenizer_hash,
-        any_tokenizer=config.any_tokenizer,
-    )
+    if store is not None:
+        check_fits(
+            cfg, subset_dir, vocab_size=store.vocab_size, seq_len=seq_len, tokenizer_hash=store.tokenizer_hash,
+            any_tokenizer=config.any_tokenizer,
+        )
     # The model's fused LM head computes the logit z term with the model config's weight.
     model, _ = load_model(subset_dir, overrides=[*HF_ROUTING, f"loss.logit_z_weight={loss.logit_z_weight}"])
     torch.manual_seed(config.seed)
-    run = {"source": str(Path(subset_dir).resolve()), "domains": domains, "lr": lr, "batch_size": batch_size,
-           "seq_len": seq_len, "seed": config.seed, "loss": loss.to_dict()}
+    run = {"source": str(Path(subset_dir).resolve()), "domains": domains, "lr": config.lr, "batch_size": batch_size,
+           "global_batch_size": global_batch_size, "seq_len": seq_len, "seed": config.seed, "loss": loss.to_dict()}
     if pairs is None:
         data_cfg = DataConfig(
             store=str(store.path), seq_len=seq_len, batch_size=batch_size, seed=config.seed, domains=domains
@@ -196,23 +242,37 @@ def finetune_subset(
         loader = TrainLoader(store, data_cfg)
         num_examples = loader.num_windows
     else:
-        if store.tokenizer_path is None:
+        if tokenized:
+            if store is None and cfg.eos_id is None:
+                raise ConfigError(f"{subset_dir}: the model config has no eos_id to end the examples with")
+            examples = list(pairs)
+            run["pairs"] = {"num_examples": len(examples), "sha256": _examples_digest(examples)}
+        elif store.tokenizer_path is None:
             raise DataError(f"{store.path}: has no tokenizer to encode {pairs} with")
-        examples = read_pairs(pairs, load_tokenizer(store.tokenizer_path))
+        else:
+            examples = read_pairs(pairs, load_tokenizer(store.tokenizer_path))
+            run["pairs"] = str(pairs)
         loader = PairLoader(
-            examples, store.eos_id, seq_len=seq_len, batch_size=batch_size, answer_only=config.answer_only,
-            seed=config.seed,
+            examples, cfg.eos_id if store is None else store.eos_id, seq_len=seq_len, batch_size=batch_size,
+            answer_only=config.answer_only, seed=config.seed,
         )
         num_examples = loader.num_examples
-        run.update(pairs=str(pairs), answer_only=config.answer_only)
-    num_steps = math.ceil(config.num_epochs * num_examples / batch_size)
+        run["answer_only"] = config.answer_only
+    # Windows are a stream read in whole batches; examples are counted exactly.
+    per_step = global_batch_size if pairs is not None else math.ceil(global_batch_size / batch_size) * batch_size
+    num_visits = math.ceil(config.num_epochs * num_examples)
+    num_steps = math.ceil(num_visits / per_step)
     if config.max_steps:
         num_steps = min(num_steps, config.max_steps)
     run["num_steps"] = num_steps
-    recipe = TrainConfig(
-        max_steps=num_steps, lr=lr, warmup_steps=math.ceil(warmup_fraction * num_steps),
-        schedule=LRSchedule.LINEAR, final_lr_ratio=0.0, weight_decay=0.0, grad_clip=1.0,
-    )
+
+    def micro_batches(step: int) -> list[Batch]:
+        if pairs is None:
+            return [next(loader) for _ in range(per_step // batch_size)]
+        size = min(per_step, num_visits - step * per_step)
+        return [loader.take(min(batch_size, size - start)) for start in range(0, size, batch_size)]
+
+    recipe = config.train_config(num_steps)
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe)
     held_out = _held_out_loss(store, domains, seq_len, batch_size, num_eval_windows)
@@ -243,7 +303,7 @@ def finetune_subset(
 
     def save_checkpoint() -> Path:
         check_finite_weights(model)
-        state = {"step": step, "tokens_seen": step * batch_size * seq_len, "world_size": 1,
+        state = {"step": step, "tokens_seen": step * per_step * seq_len, "world_size": 1,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "ranks": [{"loader": loader.state_dict(), "rng": capture_rng_state()}], "val_before": val_before,
                  "run": run}
@@ -257,7 +317,7 @@ def finetune_subset(
             lr_now = scheduler.get_last_lr()[0]
             try:
                 terms = train_step(
-                    model, optimizer, [next(loader)], loss_fn, scheduler=scheduler, grad_clip=recipe.grad_clip
+                    model, optimizer, micro_batches(step), loss_fn, scheduler=scheduler, grad_clip=recipe.grad_clip
                 ).losses
             except TrainingDiverged as e:
                 raise diverged(e, step + 1) from None
@@ -286,7 +346,7 @@ def finetune_subset(
     metrics.close()
     records = read_metrics(metrics.path)
     done = {
-        **run, "store": str(store.path), "first_ce": records[0]["ce"], "last_ce": records[-2]["ce"],
+        **run, "store": None if store is None else str(store.path), "first_ce": records[0]["ce"], "last_ce": records[-2]["ce"],
         "val_before": val_before, "val_after": val_after,
     }
     model.eval()
@@ -300,9 +360,15 @@ def finetune_subset(
     return done
 
 
-def _held_out_loss(store: TokenStore, domains: list[str], seq_len: int, batch_size: int, num_windows: int):
+def _examples_digest(examples: Sequence[Example]) -> str:
+    """A short fingerprint of tokenized examples, which a resumed run must be given again."""
+    ids = [[e.prompt_ids, e.answer_ids] for e in examples]
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+def _held_out_loss(store: TokenStore | None, domains: list[str], seq_len: int, batch_size: int, num_windows: int):
     """model -> mean held-out CE per domain (of the domains with validation data)."""
-    with_val = [d for d in domains if store.num_tokens(Split.VAL, [d]) > 1]
+    with_val = [d for d in domains if store is not None and store.num_tokens(Split.VAL, [d]) > 1]
 
     def measure(model: torch.nn.Module) -> dict[str, float]:
         if not with_val:

@@ -1,8 +1,11 @@
-"""Calibration data for expert selection: windows of a token store's training documents, or of text files.
+"""Calibration data for expert selection: windows of a token store's training documents, of text
+files, or examples of a task.
 
 A source is either one or more domains of a token store (comma-separated: one subset then serves
 their union, with the windows split evenly between them) or text files (jsonl, parquet, .txt
-folders; anything `emomoe tokenize` reads), tokenized with the model's tokenizer.
+folders; anything `emomoe tokenize` reads), tokenized with the model's tokenizer, packed into
+windows. Examples (a task's prompts with their gold answers, `emomoe.experiments.task_data`) are
+not packed: each is a row of its own, padded, and the padding is no calibration token.
 
 Legend: B batch, S sequence.
 """
@@ -11,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from emomoe.data.loader import eval_batches
+from emomoe.data.pairs import Example, pair_batch
 from emomoe.data.readers import DocumentSource
 from emomoe.data.store import Split, TokenStore
 from emomoe.data.tokenizer import TextTokenizer, load_tokenizer
@@ -55,6 +60,8 @@ def _describe(info: dict[str, Any]) -> str:
         return ", ".join(info["paths"])
     if "store" in info:
         return f"{info['store']} ({', '.join(info['domains'])})"
+    if info["source"] == "task":
+        return f"task {info['task']} ({info['num_examples']} examples)"
     return str(info["source"])  # windows built by the caller
 
 
@@ -90,6 +97,21 @@ def store_calibration(
         "source": "store", "store": str(store.path), "split": "train", "domains": domains, "seq_len": seq_len,
         "vocab_size": store.vocab_size, "tokenizer_hash": store.tokenizer_hash,
     }
+    return Calibration(batches, {**info, **_summary(batches)})
+
+
+def example_calibration(
+    examples: Sequence[Example], eos_id: int, *, seq_len: int, batch_size: int, info: dict[str, Any]
+) -> Calibration:
+    """Every example a row of its own (its prompt then its answer, cut to `seq_len` tokens), padded
+    at the end to the longest row of its batch. Causal attention keeps the padding out of the real
+    tokens, and `valid_tokens` leaves it out of every statistic. Rows are batched longest first,
+    which pads little; `info` says what the examples are."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].prompt_ids) - len(examples[i].answer_ids))
+    batches = [
+        pair_batch([examples[i] for i in order[start : start + batch_size]], eos_id, seq_len=seq_len, answer_only=False)
+        for start in range(0, len(order), batch_size)
+    ]
     return Calibration(batches, {**info, **_summary(batches)})
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter, check_fits, save_model
 from emomoe.checkpoint.selection import SELECTION_FILE, check_selection, read_selection, selection_path
+from emomoe.data.tasks import TaskDataConfig
 from emomoe.data.windows import WindowConfig
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_path, check_output_dir, refuse_existing, write_checksums
@@ -51,7 +52,7 @@ _SPACE_MARGIN_BYTES = 16 * 2**20
 
 
 @dataclasses.dataclass
-class SelectConfig(WindowConfig):
+class SelectConfig(WindowConfig, TaskDataConfig):
     keep: str | None = None
     """Routed experts kept per MoE layer: a count (8), a fraction of the routed experts (0.25), or one
     count per MoE layer (8,8,4,4); one of keep, budget_gb and keep_params is needed unless an earlier
@@ -66,8 +67,10 @@ class SelectConfig(WindowConfig):
     """How experts are ranked: layerwise (the paper's greedy), global, easy-ep, reap or random."""
     num_calib_windows: int = NUM_CALIB_WINDOWS
     """Calibration windows of seq_len tokens; at least 64 tokens in all (fewer than 512 get a warning)."""
+    num_calib: int = 0
+    """With --task: calibration examples drawn from its pool (see splits), each a row of its own; 0 means all."""
     seed: int = 0
-    """Seed of the random method (the others are deterministic)."""
+    """Seed of the random method, and with --task of the examples drawn and their few-shot demonstrations."""
     router_profile: bool = True
     """Record the full model's router mass on the calibration tokens in selection.json, which
     `--selection auto` compares prompts with; free for global, easy-ep and reap, one more pass of
@@ -82,6 +85,8 @@ class SelectConfig(WindowConfig):
         super().validate()
         if self.num_calib_windows < 1:
             raise ConfigError(f"num_calib_windows: expected a positive integer, got {self.num_calib_windows}")
+        if self.num_calib < 0:
+            raise ConfigError(f"num_calib: expected an integer >= 0 (0: all), got {self.num_calib}")
         if self.keep is not None:
             KeepSpec.parse(self.keep)
         given = [name for name in ("keep", "budget_gb", "keep_params") if getattr(self, name) is not None]

@@ -67,6 +67,9 @@ class TrainConfig(Config):
     """Optimizer steps in the run."""
     lr: float = 4e-3
     warmup_steps: int = 100
+    warmup_from_zero: bool = False
+    """Make the first update of the warmup at lr 0, as Hugging Face Trainer's schedules do (the
+    paper's fine-tuning recipe); otherwise it is at lr / warmup_steps, so that no step is wasted."""
     schedule: LRSchedule = LRSchedule.COSINE
     decay_steps: int | None = None
     """Step at which the decay reaches its floor; None means `max_steps` (the paper's t_max)."""

@@ -12,10 +12,11 @@ from emomoe.train.config import LRSchedule, TrainConfig
 def lr_multiplier(step: int, cfg: TrainConfig) -> float:
     """Fraction of the peak LR used for the update that produces step `step + 1`.
 
-    Step 0 of a run with warmup therefore trains at lr/warmup rather than 0, so no step is wasted.
+    Step 0 of a run with warmup therefore trains at lr/warmup rather than 0, so no step is wasted,
+    unless `warmup_from_zero` asks for HF Trainer's schedule, whose first update is at 0.
     """
     if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+        return (step + (0 if cfg.warmup_from_zero else 1)) / cfg.warmup_steps
     if cfg.schedule is LRSchedule.CONSTANT:
         return 1.0
     span = cfg.total_decay_steps - cfg.warmup_steps
