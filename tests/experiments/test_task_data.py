@@ -158,14 +158,16 @@ def test_a_task_without_a_test_split_holds_its_validation_split_out(tmp_path):
         task_examples("colors", loaded, TaskSplits.MERGED)
 
 
-def test_a_group_pools_the_examples_of_its_tasks(store_dir, tmp_path):
+def test_a_group_pools_the_examples_of_its_tasks(store_dir, checkpoint_dir):
     from emomoe.data.tasks import TaskDataConfig
     from emomoe.evaluate.continuation import GROUP, task_name
     from emomoe.evaluate.shipped_tasks import ShippedTaskConfig
     from emomoe.experiments.task_data import load_task_examples
 
     shipped = ShippedTaskConfig(num_items=2, context_tokens=12, continuation_tokens=4)
-    examples = load_task_examples(GROUP, TaskDataConfig(), seed=0, data=store_dir, checkpoint=tmp_path, shipped=shipped)
+    examples = load_task_examples(
+        GROUP, TaskDataConfig(), seed=0, data=store_dir, checkpoint=checkpoint_dir, shipped=shipped
+    )
     assert set(examples.info["sources"]) == {task_name(d) for d in ("code", "legal", "math")}
     assert len(examples.calibration) == 6 == len(examples.finetune)
     assert all(t.answer.startswith(" ") and t.prompt.strip() for t in examples.calibration)
