@@ -144,3 +144,12 @@ def test_a_non_finite_activation_gives_non_finite_outputs_in_its_row_only(bits):
     y_NF = linear(x_ND, QuantizedWeight(quantize(torch.randn(40, 256, generator=g), bits, 64)))
     assert not y_NF[1].isfinite().any()
     assert y_NF[[0, 2]].isfinite().all()
+
+
+def test_long_groups_of_extreme_integers_do_not_overflow_the_integer_sums():
+    # 2048 inputs in one group, every weight at +127 and every activation at its group's maximum:
+    # one int32 sum of all 2048 products (127 * 32767 each) would overflow.
+    w_FD = torch.ones(4, 2048)
+    x_ND = torch.ones(1, 2048)
+    y_NF = linear(x_ND, QuantizedWeight(quantize(w_FD, 8, 2048)))
+    torch.testing.assert_close(y_NF, torch.full((1, 4), 2048.0), rtol=1e-5, atol=0)

@@ -617,10 +617,6 @@ inline std::pair<Vec, Vec> nibbles_to_float(const uint8_t* p) {
 // The rounding moves each activation by at most half its group's step (amax / 65534), 128 times
 // finer than bf16 activations; tests/model/test_quantized.py checks outputs against that bound.
 constexpr float kInt16Max = 32767.f;
-// Integer sums are flushed into floats every kIntRun inputs: 2048 products of at most
-// 127 * 32767 per pair of lanes stay below 2^31 whatever the vector width.
-constexpr int64_t kIntRun = 2048;
-
 #if defined(CPU_CAPABILITY_AVX512)
 using IVec = __m512i;
 inline IVec ivec_zero() { return _mm512_setzero_si512(); }
@@ -661,6 +657,10 @@ inline Vec int32_to_float(IVec v) {
 #endif
 // int16 lanes per IVec (1 without vectors).
 constexpr int64_t kInt16s = sizeof(IVec) == sizeof(int32_t) ? 1 : sizeof(IVec) / sizeof(int16_t);
+// Integer sums are flushed into floats every kIntRun inputs: each int32 lane then holds at most
+// 512 products of at most 127 * 32767, below 2^31 (the inputs spread over the lanes, so a wider
+// vector runs longer; without vectors one lane takes them all).
+constexpr int64_t kIntRun = 512 * static_cast<int64_t>(sizeof(IVec) / sizeof(int32_t));
 
 // Each row of x as int16 (`q`, [N, D]) and one scale per group of G inputs (`scale`, [N, D / G]):
 // x ~= scale * q. A group that holds a NaN or an infinity gets a NaN scale, so its outputs are NaN
