@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emomoe.model.experts import HAS_GROUPED_MM, Experts, expert_matmul, grouped_matmul, looped_matmul, swiglu
+from emomoe.model.quantized import install_quantized, quantize
 
 
 def _make_experts(num_routed, num_shared, dtype=torch.float64, hidden=4):
@@ -47,6 +48,37 @@ def test_shared_experts_alone_apply_to_every_token_with_weight_one():
     x_TD = torch.randn(4, 8, dtype=torch.float64)
     empty = torch.zeros(4, 0, dtype=torch.long)
     assert torch.allclose(experts(x_TD), _naive(experts, x_TD, empty, empty.double()))
+
+
+# Weights kept narrow take the path where the shared experts join the routed ones' grouped calls:
+# a decoded token (kernel) and a prompt (widened tiles) both equal the loop on the stored values.
+@pytest.mark.parametrize("num_tokens", [1, 3, 40])
+@pytest.mark.parametrize("stored", ["bf16", "int8"])
+@pytest.mark.parametrize("num_shared", [1, 2])
+def test_weights_kept_narrow_equal_the_loop_on_their_stored_values(num_shared, stored, num_tokens):
+    torch.manual_seed(0)
+    experts = Experts(4 + num_shared, num_shared, d_model=64, hidden=32)
+    experts.reset_parameters(std=1.0)
+    reference = Experts(4 + num_shared, num_shared, d_model=64, hidden=32).double()
+    for name in ("w1", "w2", "w3"):
+        if stored == "bf16":
+            getattr(experts, name).data = getattr(experts, name).data.bfloat16()
+            stored_values = getattr(experts, name).data.double()
+        else:
+            quantized = quantize(getattr(experts, name).data, 8, 32)
+            install_quantized(experts, name, quantized)
+            stored_values = quantized.dequantize(torch.float64)
+        getattr(reference, name).data = stored_values
+    x_TD = torch.randn(num_tokens, 64)
+    experts_TK = torch.stack([torch.randperm(4)[:2] for _ in range(num_tokens)])
+    weights_TK = torch.rand(num_tokens, 2)
+    expected = _naive(reference, x_TD.double(), experts_TK, weights_TK.double())
+    with torch.no_grad():
+        got = experts(x_TD, experts_TK, weights_TK)
+    # fp32 sums; int8 also rounds a decoded token's activations to int16 (a step of 2^-15 of a
+    # group's largest), which SwiGLU's product carries into the down projection.
+    tolerance = (2**-12 if stored == "int8" and num_tokens <= 3 else 2**-18) * expected.abs().max()
+    assert (got.double() - expected).abs().max() <= tolerance
 
 
 @pytest.mark.skipif(not HAS_GROUPED_MM, reason="torch._grouped_mm is not available")

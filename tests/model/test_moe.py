@@ -9,7 +9,7 @@ def test_shared_experts_always_apply_on_top_of_the_routed_ones():
     moe = MoE(d_model=8, hidden=6, num_experts=5, top_k=2, router_cfg=RouterConfig(num_shared_experts=1))
     x_TD = torch.randn(7, 8)
     y_TD, routed = moe(x_TD)
-    routed_only = moe.experts._routed(x_TD, routed.experts_TK, routed.weights_TK)
+    routed_only = moe.experts._routed(x_TD, routed.experts_TK, routed.weights_TK, moe.experts.num_routed)
     with torch.no_grad():
         moe.experts.w2[4].zero_()
     y_without_shared, _ = moe(x_TD)

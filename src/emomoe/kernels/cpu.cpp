@@ -485,6 +485,16 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_rows(
   return {nll_N, lse_N};
 }
 
+// Ask for the same cache line of the next R rows, which the next call reads: rows are short (2 KB
+// at 8 bits, d_model 2048), so the hardware prefetcher, which follows each stream only within a
+// 4 KB page, ramps up too late, and a core's loads alone do not keep enough misses in flight.
+// Into L2 (locality 2, prefetcht1), not L1: the L1's few fill buffers then stay free for the loads
+// (6% more bytes per second of thread time than prefetcht0 at 8 bits, 2 threads, same run).
+template <int R>
+inline void prefetch_rows(const uint8_t* p, int64_t row_bytes) {
+  for (int r = 0; r < R; ++r) __builtin_prefetch(p + (r + R) * row_bytes, 0, 2);
+}
+
 // The dot products of R consecutive bf16 weight rows (length D) with C consecutive float rows of x,
 // into y (row stride F). A bf16 is the top half of a float, so each weight vector widens in
 // registers (a shift) and serves all C rows of x: no float copy of the weights is ever written.
@@ -496,6 +506,7 @@ inline void bf16_dot_block(const at::BFloat16* w, const float* x, int64_t D, flo
     for (int c = 0; c < C; ++c) acc[r][c] = Vec(0.f);
   int64_t d = 0;
   for (; d + kVec <= D; d += kVec) {
+    if (d % 32 == 0) prefetch_rows<R>(reinterpret_cast<const uint8_t*>(w + R * D + d), 2 * D);
     Vec wv[R];
     for (int r = 0; r < R; ++r) at::vec::load_to_float(w + r * D + d, wv[r]);
     for (int c = 0; c < C; ++c) {
@@ -519,17 +530,24 @@ constexpr int64_t kTaskRows = 64;
 // Where each expert's rows of x start (`first`, E + 1 offsets: the rows are sorted by expert,
 // counts_E of each), and the tasks of a grouped linear map: (expert, first output row) for every
 // kTaskRows output rows of each expert that has rows. Experts without rows get no task: their
-// weights are never read.
+// weights are never read. Without counts there is one expert, and every row is its: a plain linear
+// map, called ~160 times per decoded token, spared a count tensor built for it each time.
 struct ExpertTasks {
   std::vector<int64_t> first;
   std::vector<std::pair<int64_t, int64_t>> tasks;
 };
 
-ExpertTasks expert_tasks(const at::Tensor& counts_E, int64_t E, int64_t N, int64_t F, const char* op) {
-  TORCH_CHECK(counts_E.device().is_cpu() && counts_E.scalar_type() == at::kLong && counts_E.numel() == E,
-              "emomoe::", op, ": one int64 CPU count per expert");
-  const at::Tensor counts = counts_E.contiguous();
-  const int64_t* count = counts.data_ptr<int64_t>();
+ExpertTasks expert_tasks(const std::optional<at::Tensor>& counts_E, int64_t E, int64_t N, int64_t F,
+                         const char* op) {
+  std::vector<int64_t> count(1, N);
+  if (counts_E.has_value()) {
+    TORCH_CHECK(counts_E->device().is_cpu() && counts_E->scalar_type() == at::kLong && counts_E->numel() == E,
+                "emomoe::", op, ": one int64 CPU count per expert");
+    const at::Tensor counts = counts_E->contiguous();
+    count.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + E);
+  } else {
+    TORCH_CHECK(E == 1, "emomoe::", op, ": counts are needed for more than one expert");
+  }
   ExpertTasks out{std::vector<int64_t>(E + 1, 0), {}};
   for (int64_t e = 0; e < E; ++e) {
     TORCH_CHECK(count[e] >= 0, "emomoe::", op, ": negative count");
@@ -551,17 +569,20 @@ inline void bf16_rows_task(const at::BFloat16* w, const float* x, int64_t n0, in
 
 // y_NF: the rows of x_ND, sorted by expert with counts_E[e] rows each, times their expert's
 // w_EFD[e]^T, the weights read in bf16 once (few rows: decoding). Only experts with rows are read.
+// Without counts, w is one expert's [F, D] (or [1, F, D]) and every row of x multiplies it.
 // Tasks are blocks of one expert's output rows; within one, a few weight rows stay in L1 while
 // every row of x passes them.
-at::Tensor bf16_grouped_linear(const at::Tensor& x_ND, const at::Tensor& w_EFD, const at::Tensor& counts_E) {
+at::Tensor bf16_grouped_linear(const at::Tensor& x_ND, const at::Tensor& w_EFD,
+                               const std::optional<at::Tensor>& counts_E) {
   check_float_cpu(x_ND, "bf16_grouped_linear's input");
-  TORCH_CHECK(w_EFD.device().is_cpu() && w_EFD.scalar_type() == at::kBFloat16 && w_EFD.dim() == 3 &&
-                  w_EFD.is_contiguous(),
-              "emomoe::bf16_grouped_linear: weights must be a contiguous bf16 CPU tensor [E, F, D]");
-  TORCH_CHECK(x_ND.dim() == 2 && x_ND.size(1) == w_EFD.size(2), "emomoe::bf16_grouped_linear: x must be [N, D]");
+  TORCH_CHECK(w_EFD.device().is_cpu() && w_EFD.scalar_type() == at::kBFloat16 &&
+                  (w_EFD.dim() == 3 || (w_EFD.dim() == 2 && !counts_E.has_value())) && w_EFD.is_contiguous(),
+              "emomoe::bf16_grouped_linear: weights must be a contiguous bf16 CPU tensor [E, F, D], or [F, D] "
+              "without counts");
+  TORCH_CHECK(x_ND.dim() == 2 && x_ND.size(1) == w_EFD.size(-1), "emomoe::bf16_grouped_linear: x must be [N, D]");
   const at::Tensor x = x_ND.contiguous();
-  const int64_t N = x.size(0), D = x.size(1), F = w_EFD.size(1);
-  const ExpertTasks plan = expert_tasks(counts_E, w_EFD.size(0), N, F, "bf16_grouped_linear");
+  const int64_t N = x.size(0), D = x.size(1), F = w_EFD.size(-2);
+  const ExpertTasks plan = expert_tasks(counts_E, w_EFD.dim() == 3 ? w_EFD.size(0) : 1, N, F, "bf16_grouped_linear");
   const auto& first = plan.first;
   const auto& tasks = plan.tasks;
   at::Tensor y_NF = at::empty({N, F}, x.options());
@@ -687,13 +708,6 @@ IntActivations int16_activations(const float* x, int64_t N, int64_t D, int64_t G
   return out;
 }
 
-// Ask for the same cache line of the next R rows, which the next call reads: rows are short (2 KB
-// at 8 bits, d_model 2048), so the hardware prefetcher, which follows each stream only within a
-// 4 KB page, ramps up too late, and a core's loads alone do not keep enough misses in flight.
-template <int R>
-inline void prefetch_rows(const uint8_t* p, int64_t row_bytes) {
-  for (int r = 0; r < R; ++r) __builtin_prefetch(p + (r + R) * row_bytes);
-}
 
 // acc[r] += scale[r] * (q row r . x) over one group [d0, d0 + G) of R consecutive 4-bit weight
 // rows, the products summed in a vector per row before the scale multiplies them once.
@@ -768,21 +782,25 @@ inline void int8_rows_task(const int8_t* q, const float* scale, const IntActivat
 }
 
 // As bf16_grouped_linear, for integer weights `qdata` [E, F, D bytes at 8 bits, D / 2 at 4] with
-// float `scales` [E, F, groups per row]: each weight is read once, as stored, and widened in registers.
+// float `scales` [E, F, groups per row] (or [F, ...] both, without counts): each weight is read once,
+// as stored, and widened in registers.
 at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& qdata, const at::Tensor& scales,
-                              const at::Tensor& counts_E, int64_t bits) {
+                              const std::optional<at::Tensor>& counts_E, int64_t bits) {
   check_float_cpu(x_ND, "int_grouped_linear's input");
   check_float_cpu(scales, "int_grouped_linear's scales");
   TORCH_CHECK(bits == 8 || bits == 4, "emomoe::int_grouped_linear: bits must be 8 or 4");
   const auto qtype = bits == 8 ? at::kChar : at::kByte;
-  TORCH_CHECK(qdata.device().is_cpu() && qdata.scalar_type() == qtype && qdata.dim() == 3 && qdata.is_contiguous(),
+  const int64_t dims = qdata.dim();
+  TORCH_CHECK(qdata.device().is_cpu() && qdata.scalar_type() == qtype && qdata.is_contiguous() &&
+                  (dims == 3 || (dims == 2 && !counts_E.has_value())),
               "emomoe::int_grouped_linear: weights must be a contiguous ", bits == 8 ? "int8" : "uint8",
-              " CPU tensor [E, F, bytes per row]");
-  const int64_t N = x_ND.size(0), D = x_ND.size(1), E = qdata.size(0), F = qdata.size(1);
-  TORCH_CHECK(x_ND.dim() == 2 && qdata.size(2) * 8 / bits == D, "emomoe::int_grouped_linear: x must be [N, D]");
-  TORCH_CHECK(scales.dim() == 3 && scales.size(0) == E && scales.size(1) == F && scales.is_contiguous(),
-              "emomoe::int_grouped_linear: scales must be contiguous [E, F, G]");
-  const int64_t groups = scales.size(2), G = groups ? D / groups : 0;
+              " CPU tensor [E, F, bytes per row], or [F, bytes per row] without counts");
+  const int64_t N = x_ND.size(0), D = x_ND.size(1), E = dims == 3 ? qdata.size(0) : 1, F = qdata.size(-2);
+  TORCH_CHECK(x_ND.dim() == 2 && qdata.size(-1) * 8 / bits == D, "emomoe::int_grouped_linear: x must be [N, D]");
+  TORCH_CHECK(scales.dim() == dims && (dims == 2 || scales.size(0) == E) && scales.size(-2) == F &&
+                  scales.is_contiguous(),
+              "emomoe::int_grouped_linear: scales must be contiguous [E, F, G] (or [F, G]) like the weights");
+  const int64_t groups = scales.size(-1), G = groups ? D / groups : 0;
   // Whole nibble blocks, and whole vectors on every ISA (the file format does not depend on the CPU).
   static_assert(kNibbleBlock % (2 * kVec) == 0 && kNibbleBlock % kInt16s == 0, "a nibble block is whole vectors");
   TORCH_CHECK(groups > 0 && G * groups == D && G % kNibbleBlock == 0,
@@ -796,7 +814,7 @@ at::Tensor int_grouped_linear(const at::Tensor& x_ND, const at::Tensor& qdata, c
   const float* sp = scales.data_ptr<float>();
   const uint8_t* qp = static_cast<const uint8_t*>(qdata.data_ptr());
   float* yp = y_NF.data_ptr<float>();
-  const int64_t row_bytes = qdata.size(2);
+  const int64_t row_bytes = qdata.size(-1);
   const IntActivations xq = bits == 8 ? int16_activations(xp, N, D, G) : IntActivations{};
   std::vector<float> xsum(bits == 4 ? N * groups : 0);
   for (int64_t i = 0; i < static_cast<int64_t>(xsum.size()); ++i)
@@ -840,8 +858,8 @@ TORCH_LIBRARY(emomoe, m) {
   m.def("swiglu_forward(Tensor g_NF, Tensor u_NF) -> Tensor");
   m.def("swiglu_backward(Tensor dh_NF, Tensor g_NF, Tensor u_NF) -> (Tensor, Tensor)");
   m.def("cross_entropy_rows(Tensor(a!) logits_NV, Tensor targets_N, Tensor scale_N, float z_weight, bool grad) -> (Tensor, Tensor)");
-  m.def("bf16_grouped_linear(Tensor x_ND, Tensor w_EFD, Tensor counts_E) -> Tensor");
-  m.def("int_grouped_linear(Tensor x_ND, Tensor qdata, Tensor scales, Tensor counts_E, int bits) -> Tensor");
+  m.def("bf16_grouped_linear(Tensor x_ND, Tensor w_EFD, Tensor? counts_E) -> Tensor");
+  m.def("int_grouped_linear(Tensor x_ND, Tensor qdata, Tensor scales, Tensor? counts_E, int bits) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(emomoe, CPU, m) {

@@ -7,8 +7,8 @@ Routed slots are sorted by expert so every expert sees one contiguous block of i
 grouped matmul (or one matmul per non-empty expert where `torch._grouped_mm` is missing or does
 not support the dtype or shapes) runs them, and the weighted outputs are scattered back. Shared
 experts (the last indices) run densely on every token with weight 1.0. Weights stored narrower
-than the activations (a bf16 subset computing in fp32) go through `emomoe.model.linear`, which
-reads only the experts that have tokens.
+than the activations (a bf16 or integer subset computing in fp32) go through `emomoe.model.linear`,
+which reads only the experts that have tokens; the shared experts then join the routed ones' calls.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 
 from emomoe import kernels
 from emomoe.model.init import DEFAULT_STD, init_weight_
-from emomoe.model.linear import grouped_linear, is_stored_narrower, linear
+from emomoe.model.linear import DECODE_ROWS, grouped_linear, is_stored_narrower, linear
 
 HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
@@ -95,9 +95,20 @@ class Experts(nn.Module):
     def forward(
         self, x_TD: torch.Tensor, experts_TK: torch.Tensor | None = None, weights_TK: torch.Tensor | None = None
     ) -> torch.Tensor:
+        num_experts = self.w1.shape[0]
+        decoding = x_TD.shape[0] <= DECODE_ROWS
+        if experts_TK is not None and self.num_routed < num_experts and decoding and is_stored_narrower(x_TD, self.w1):
+            # Decoding with weights kept narrow (a deployed subset): the shared experts are experts
+            # every token picks with weight 1, so one kernel call per projection runs them with the
+            # routed ones (a decoded token pays per call, ~20 us). A prompt keeps the dense path
+            # below, a GEMM over widened tiles, and full-width weights train faster on it.
+            shared_TS = torch.arange(self.num_routed, num_experts, device=x_TD.device).expand(x_TD.shape[0], -1)
+            experts_TK = torch.cat([experts_TK, shared_TS], dim=1)
+            weights_TK = torch.cat([weights_TK, weights_TK.new_ones(shared_TS.shape)], dim=1)
+            return self._routed(x_TD, experts_TK, weights_TK, num_experts)
         out_TD = self._shared(x_TD)
         if experts_TK is not None:
-            out_TD = out_TD + self._routed(x_TD, experts_TK, weights_TK)
+            out_TD = out_TD + self._routed(x_TD, experts_TK, weights_TK, self.num_routed)
         return out_TD
 
     def _shared(self, x_TD: torch.Tensor) -> torch.Tensor:
@@ -112,8 +123,9 @@ class Experts(nn.Module):
         w2_DF = self.w2[r:].transpose(0, 1).reshape(d_model, -1)
         return linear(swiglu(linear(x_TD, w1_FD), linear(x_TD, w3_FD)), w2_DF)
 
-    def _routed(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, weights_TK: torch.Tensor) -> torch.Tensor:
-        r, top_k = self.num_routed, experts_TK.shape[1]
+    def _routed(self, x_TD: torch.Tensor, experts_TK: torch.Tensor, weights_TK: torch.Tensor, r: int) -> torch.Tensor:
+        """Each token through its experts among the first `r`, weighted and summed."""
+        top_k = experts_TK.shape[1]
         slots_N = experts_TK.flatten()
         order_N = slots_N.argsort(stable=True)
         token_N = order_N // top_k
@@ -121,11 +133,12 @@ class Experts(nn.Module):
         counts_E.scatter_add_(0, slots_N, torch.ones_like(slots_N))
         x_ND = x_TD.index_select(0, token_N)  # its backward is index_add_, ~2x faster than indexing's
         weights_N1 = weights_TK.flatten().index_select(0, order_N)[:, None]
-        h_NF = swiglu(expert_matmul(x_ND, self.w1[:r], counts_E), expert_matmul(x_ND, self.w3[:r], counts_E))
+        w1, w2, w3 = (w if r == self.w1.shape[0] else w[:r] for w in (self.w1, self.w2, self.w3))
+        h_NF = swiglu(expert_matmul(x_ND, w1, counts_E), expert_matmul(x_ND, w3, counts_E))
         # The down projection is linear, so the routing weight can scale its input or its output:
         # whichever is narrower (fine-grained experts: F < D, 4% of a training step).
         if h_NF.shape[1] < x_TD.shape[1]:
-            y_ND = expert_matmul(h_NF * weights_N1, self.w2[:r], counts_E)
+            y_ND = expert_matmul(h_NF * weights_N1, w2, counts_E)
         else:
-            y_ND = expert_matmul(h_NF, self.w2[:r], counts_E) * weights_N1
+            y_ND = expert_matmul(h_NF, w2, counts_E) * weights_N1
         return torch.zeros_like(x_TD).index_add_(0, token_N, y_ND)

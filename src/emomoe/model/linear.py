@@ -59,29 +59,38 @@ def linear(x_XD: torch.Tensor, w_FD: Weight) -> torch.Tensor:
     if not is_stored_narrower(x_XD, w_FD):
         return F.linear(x_XD, w_FD)
     x_ND = x_XD.reshape(-1, x_XD.shape[-1])
-    counts_E = torch.tensor([x_ND.shape[0]])
-    return grouped_linear(x_ND, w_FD[None], counts_E).view(*x_XD.shape[:-1], -1)
+    if _kernel_applies(x_ND, w_FD, experts=1):
+        y_NF = _kernel(x_ND, w_FD, None)
+    else:
+        y_NF = _tiled_grouped_linear(x_ND, w_FD[None], torch.tensor([x_ND.shape[0]]))
+    return y_NF.view(*x_XD.shape[:-1], -1)
 
 
 def grouped_linear(x_ND: torch.Tensor, w_EFD: Weight, counts_E: torch.Tensor) -> torch.Tensor:
     """Rows of `x_ND` sorted by expert, `counts_E` rows each (on the host): row n -> x_n @ w[e(n)].T,
     [N, F] in x's dtype, `w_EFD` read as stored and only for experts that have rows."""
     w_EFD = _tensor(w_EFD)
-    if _kernel_applies(x_ND, w_EFD):
-        if isinstance(w_EFD, QuantizedTensor):
-            return kernels.ops().int_grouped_linear(x_ND, w_EFD.qdata, w_EFD.scales, counts_E, w_EFD.bits)
-        return kernels.ops().bf16_grouped_linear(x_ND, w_EFD, counts_E)
+    if _kernel_applies(x_ND, w_EFD, experts=w_EFD.shape[0]):
+        return _kernel(x_ND, w_EFD, counts_E)
     return _tiled_grouped_linear(x_ND, w_EFD, counts_E)
 
 
-def _kernel_applies(x_ND: torch.Tensor, w_EFD: torch.Tensor | QuantizedTensor) -> bool:
+def _kernel_applies(x_ND: torch.Tensor, w: torch.Tensor | QuantizedTensor, experts: int) -> bool:
     return (
-        (isinstance(w_EFD, QuantizedTensor) or w_EFD.dtype == torch.bfloat16)
-        and w_EFD.is_contiguous()
-        and x_ND.shape[0] <= DECODE_ROWS * w_EFD.shape[0]
+        (isinstance(w, QuantizedTensor) or w.dtype == torch.bfloat16)
+        and w.is_contiguous()
+        and x_ND.shape[0] <= DECODE_ROWS * experts
         and kernels.usable(x_ND)
-        and w_EFD.device.type == "cpu"
+        and w.device.type == "cpu"
     )
+
+
+def _kernel(x_ND: torch.Tensor, w: torch.Tensor | QuantizedTensor, counts_E: torch.Tensor | None) -> torch.Tensor:
+    """The fused kernel for `w` [E, F, D] and its counts, or for one matrix `w` [F, D] and no counts
+    (a plain linear map: no count tensor and no 3-D view made per call, ~160 calls a token)."""
+    if isinstance(w, QuantizedTensor):
+        return kernels.ops().int_grouped_linear(x_ND, w.qdata, w.scales, counts_E, w.bits)
+    return kernels.ops().bf16_grouped_linear(x_ND, w, counts_E)
 
 
 def _tiled_grouped_linear(x_ND: torch.Tensor, w_EFD: torch.Tensor | QuantizedTensor, counts_E: torch.Tensor) -> torch.Tensor:
