@@ -110,3 +110,110 @@ def test_the_export_tokenizer_loads_in_transformers(exported):
     tok = AutoTokenizer.from_pretrained(directory)
     assert tok.eos_token_id == theirs.config.eos_token_id == 0 and tok.pad_token_id == 0
     assert tok.decode(tok("the cat sat")["input_ids"]) == "the cat sat"
+
+
+def _labelled_batches(num: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """Rows of different lengths, right-padded: padding has label -100 and attention mask 0, and a
+    prompt-like start of the first row has label -100 too, so the counted tokens are not all tokens."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(num):
+        length = 9 + int(torch.randint(0, 6, (), generator=g))
+        ids = torch.randint(1, 300, (14,), generator=g)
+        labels = ids.clone()
+        labels[length:] = -100
+        if i % 3 == 0:
+            labels[:3] = -100
+        rows.append({"input_ids": ids, "labels": labels, "attention_mask": (torch.arange(14) < length).long()})
+    return rows
+
+
+def _official_loss(model, micro_batches, coef: float) -> torch.Tensor:
+    """The loss the official class trains on for one optimizer step, written out from its formula:
+    the cross-entropy summed over the label tokens of every micro-batch / N, plus `coef` times the
+    Switch LB loss of each micro-batch: the mean over MoE layers of E / (N k) * sum_e count_e * mean_prob_e
+    over the tokens whose label is not -100 (routed experts only), N = the label tokens of the step."""
+    config = model.config
+    num_items = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in micro_batches)
+    gates = [layer.mlp.gate for layer in model.model.layers if hasattr(layer.mlp, "gate")]
+    total = torch.zeros(())
+    for batch in micro_batches:
+        seen = []
+        hooks = [gate.register_forward_hook(lambda m, i, out: seen.append(out)) for gate in gates]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                       output_router_logits=False).logits
+        for hook in hooks:
+            hook.remove()
+        labels = batch["labels"]
+        ce = torch.zeros(())
+        for b in range(labels.shape[0]):
+            for s in range(labels.shape[1] - 1):
+                if labels[b, s + 1] != -100:
+                    ce = ce - torch.log_softmax(logits[b, s], dim=-1)[labels[b, s + 1]]
+        counted = [t for t, label in enumerate(labels.flatten().tolist()) if label != -100]
+        layer_losses = []
+        for gate, logits_TE in zip(gates, seen):
+            routed = gate.out_features - 1  # the shared expert is the last one
+            k = config.num_experts_per_tok - 1
+            counts = [0] * routed
+            prob_sum = torch.zeros(routed)
+            for t in counted:
+                probs = torch.softmax(logits_TE[t, :routed], dim=-1)
+                for e in sorted(range(routed), key=lambda e: -float(probs[e].detach()))[:k]:
+                    counts[e] += 1
+                prob_sum = prob_sum + probs
+            mean_prob = prob_sum / len(counted)
+            layer_losses.append(routed / (num_items * k) * sum(c * p for c, p in zip(counts, mean_prob)))
+        total = total + ce / num_items + coef * sum(layer_losses) / len(layer_losses)
+    return total
+
+
+@pytest.mark.slow
+def test_trainer_with_checkpointing_and_accumulation_trains_on_the_official_loss(exported, tmp_path):
+    """transformers.Trainer, 2 steps of 2 accumulated micro-batches with gradient checkpointing: the
+    loss of every step and the gradients before every optimizer step are those of the official formula."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    _, _, directory = exported
+    model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True, dtype=torch.float32)
+    model.config.router_aux_loss_coef = 0.5  # large, so a missing or mis-scaled LB term shows
+    reference = copy.deepcopy(model)
+    fed, micro_losses, steps = [], [], []
+
+    def collate(rows):
+        batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+        fed.append(batch)
+        return batch
+
+    class Capture(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            steps.append((
+                {n: p.detach().clone() for n, p in model.named_parameters()},
+                {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+            ))
+
+    model.register_forward_hook(lambda m, args, out: micro_losses.append(out.loss.detach()))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "trainer"), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+        max_steps=2, activation_checkpointing=True, learning_rate=1e-2, max_grad_norm=0.0, report_to="none",
+        save_strategy="no", use_cpu=True, remove_unused_columns=False, dataloader_num_workers=0, seed=0,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=_labelled_batches(8, seed=1), data_collator=collate,
+                      callbacks=[Capture()])
+    trainer.train()
+
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    assert len(steps) == 2 and len(fed) >= 4 and len(micro_losses) == 4
+    for step, (params, grads) in enumerate(steps):
+        reference.load_state_dict(params)
+        reference.zero_grad()
+        loss = _official_loss(reference, fed[2 * step : 2 * step + 2], coef=0.5)
+        loss.backward()
+        torch.testing.assert_close(sum(micro_losses[2 * step : 2 * step + 2]), loss.detach(), rtol=1e-5, atol=1e-6)
+        expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+        assert grads.keys() == expected.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
