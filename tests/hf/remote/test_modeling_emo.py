@@ -1,15 +1,18 @@
 """Our transformers model (the file every export ships) against emomoe's own forward pass."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from emomoe.checkpoint import load_for_inference, save_model
 from emomoe.hf.convert import export_hf
 from emomoe.model import ModelConfig, build_model
-from tests.hf.conftest import input_ids
+from tests.hf.conftest import input_ids, write_emo_dir
+from tests.hf.reference import reference_logits
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +36,37 @@ def exported(tmp_path_factory, tokenizer_dir):
     theirs = AutoModelForCausalLM.from_pretrained(tmp / "hf", trust_remote_code=True, dtype=torch.float32).eval()
     ours, _ = load_for_inference(tmp / "ours")
     return ours, theirs, tmp / "hf"
+
+
+def test_rope_is_transformers_float32_rope_to_the_bit():
+    """cos and sin as transformers' own rotary embedding computes them (float32 angles), at positions around 4000."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from emomoe.hf.remote.modeling_emo import rope  # after transformers: see auto.py
+
+    config = LlamaConfig(hidden_size=64, num_attention_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    positions_BS = torch.arange(3990, 4010)[None]
+    cos, sin = LlamaRotaryEmbedding(config)(torch.zeros(1, 20, 64), positions_BS)
+    ours_cos, ours_sin = rope(positions_BS, 32, 500000.0)
+    assert torch.equal(ours_cos[:, 0], cos) and torch.equal(ours_sin[:, 0], sin)
+
+
+def test_logits_at_position_4000_are_the_official_ones(tmp_path):
+    """The reference rounds RoPE angles to float32 like the official class; with exact angles these
+    logits (head dim 32) move by ~2e-5."""
+    import transformers  # noqa: F401  (before our model file: see auto.py)
+
+    from emomoe.hf.remote.modeling_emo import EmoForCausalLM
+
+    directory = write_emo_dir(tmp_path / "emo", None, hidden_size=64, num_attention_heads=2, num_key_value_heads=2)
+    config = json.loads((directory / "config.json").read_text())
+    model = EmoForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    ids = input_ids(batch=1, seq=8, seed=7)
+    with torch.no_grad():
+        logits = model(ids, position_ids=torch.arange(4000, 4008)[None], use_cache=False).logits[0]
+    expected = reference_logits(load_file(directory / "model.safetensors"), config, ids[0].tolist(), first_position=4000)
+    torch.testing.assert_close(logits.double(), expected, rtol=0, atol=5e-6)
 
 
 def _greedy_by_full_forward(model, ids_BS, steps):
