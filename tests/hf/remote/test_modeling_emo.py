@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from emomoe.checkpoint import load_for_inference, save_model
 from emomoe.hf.convert import export_hf
 from emomoe.model import ModelConfig, build_model
-from tests.hf.conftest import input_ids, write_emo_dir
+from tests.hf.conftest import _write_hf_dir, emo_config, emo_state, input_ids, write_emo_dir
 from tests.hf.reference import reference_logits
 
 
@@ -251,3 +251,19 @@ def test_trainer_with_checkpointing_and_accumulation_trains_on_the_official_loss
         assert grads.keys() == expected.keys()
         for name, grad in grads.items():
             torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_checkpoint_without_an_lm_head_whose_config_ties_it_uses_the_embedding(tmp_path):
+    import transformers  # noqa: F401  (before our model file: see auto.py)
+
+    from emomoe.hf.remote.modeling_emo import EmoForCausalLM
+
+    config = emo_config(tie_word_embeddings=True)
+    state = emo_state(config)
+    del state["lm_head.weight"]
+    directory = _write_hf_dir(tmp_path / "tied", config, state, None)
+    model = EmoForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    ids = input_ids(batch=1, seq=6, seed=8)
+    with torch.no_grad():
+        logits = model(ids, use_cache=False).logits[0]
+    torch.testing.assert_close(logits.double(), reference_logits(state, config, ids[0].tolist()), rtol=1e-6, atol=1e-5)
