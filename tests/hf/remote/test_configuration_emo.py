@@ -25,7 +25,8 @@ def test_a_field_config_json_leaves_out_takes_the_official_default(EmoConfig):
 
 
 def test_a_layer_with_fewer_routed_experts_than_each_token_takes_is_refused(EmoConfig):
-    fields = dict(num_hidden_layers=3, num_experts=6, num_experts_per_tok=3, num_shared_experts=1, dense_intermediate_size=16)
+    fields = {"num_hidden_layers": 3, "num_experts": 6, "num_experts_per_tok": 3, "num_shared_experts": 1,
+              "dense_intermediate_size": 16}
     EmoConfig(num_experts_per_layer=[6, 3, 0], **fields)  # 2 routed experts for 2 per token, and a dense layer
     with pytest.raises(ValueError, match=r"^EmoConfig: layer 1 has 1 routed experts, fewer than the 2 each token takes "
                                          r"\(num_experts_per_tok 3 - 1 shared\)$"):

@@ -173,7 +173,7 @@ def _official_loss(model, micro_batches, coef: float) -> torch.Tensor:
     total = torch.zeros(())
     for batch in micro_batches:
         seen = []
-        hooks = [gate.register_forward_hook(lambda m, i, out: seen.append(out)) for gate in gates]
+        hooks = [gate.register_forward_hook(lambda m, i, out, seen=seen: seen.append(out)) for gate in gates]
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
                        output_router_logits=False).logits
         for hook in hooks:
