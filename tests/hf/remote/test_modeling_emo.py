@@ -267,3 +267,15 @@ def test_a_checkpoint_without_an_lm_head_whose_config_ties_it_uses_the_embedding
     with torch.no_grad():
         logits = model(ids, use_cache=False).logits[0]
     torch.testing.assert_close(logits.double(), reference_logits(state, config, ids[0].tolist()), rtol=1e-6, atol=1e-5)
+
+
+def test_a_checkpoint_without_an_lm_head_whose_config_does_not_tie_it_is_refused(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    config = emo_config()
+    state = emo_state(config)
+    del state["lm_head.weight"]
+    directory = _write_hf_dir(tmp_path / "untied", config, state, None)
+    with pytest.raises(ValueError, match=r"^EmoForCausalLM: the weights have no 'lm_head.weight', and config.json does not "
+                                         r"tie it to the embedding \(tie_word_embeddings: false\); the head would be random$"):
+        AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True, dtype=torch.float32)

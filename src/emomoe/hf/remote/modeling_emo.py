@@ -285,6 +285,18 @@ class EmoForCausalLM(EmoPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, *args, output_loading_info=False, **kwargs):
+        """transformers' loading, refusing weights without `lm_head.weight` that config.json does not tie
+        to the embedding (transformers would only warn and leave the head random)."""
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if "lm_head.weight" in info["missing_keys"]:
+            raise ValueError(
+                "EmoForCausalLM: the weights have no 'lm_head.weight', and config.json does not tie it to the embedding "
+                f"(tie_word_embeddings: {str(model.config.tie_word_embeddings).lower()}); the head would be random"
+            )
+        return (model, info) if output_loading_info else model
+
     def forward(
         self,
         input_ids=None,
