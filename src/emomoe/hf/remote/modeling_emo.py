@@ -318,10 +318,9 @@ class EmoForCausalLM(EmoPreTrainedModel, GenerationMixin):
         `num_items_in_batch` when the Trainer gives it, else the mean. With `output_router_logits`
         (default: the config's), also the router logits of every MoE layer and `aux_loss`, the
         load-balancing loss over the tokens whose label is not -100 (else the new tokens of
-        `attention_mask`);
-        with labels, `router_aux_loss_coef` times it is added to the loss. `cache`
-        (`past_key_values` in older transformers) is a transformers `Cache`; one is created when
-        `use_cache` is on."""
+        `attention_mask`); with labels, `router_aux_loss_coef` times it is added to the loss.
+        `cache` (`past_key_values` in older transformers) is a transformers `Cache`; one is created
+        when `use_cache` is on."""
         cache = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if output_router_logits is None:
