@@ -1,5 +1,7 @@
 """A slow, literal forward pass of the HF layouts, written from the official modeling files'
-semantics (not from emomoe's code): float64, one position at a time, one expert at a time. The EMO
+semantics (not from emomoe's code): float64, one position at a time, one expert at a time. The RoPE
+angles alone are float32, as every official class computes them (transformers' default RoPE: float32
+inverse frequencies times a float32 position); at position 4000 exact angles differ by ~1e-4. The EMO
 release's dense baseline (`modeling_olmo2_noqknorm_prenorm.py`) is OLMo-2 with its QK-norm removed
 and its norms moved before attention and the MLP: EMO's dense layer in every block.
 
@@ -9,6 +11,8 @@ them too).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -30,19 +34,31 @@ def swiglu(x, gate, up, down):
     return down @ (a * torch.sigmoid(a) * (up @ x))
 
 
+@functools.cache
+def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """The float32 inverse frequencies of transformers' default RoPE, which the official classes use."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = LlamaConfig(hidden_size=head_dim, num_attention_heads=1,
+                         rope_parameters={"rope_type": "default", "rope_theta": theta})
+    return LlamaRotaryEmbedding.compute_default_rope_parameters(config)[0]
+
+
 def rope(x_Dh, position, theta):
     half = x_Dh.shape[0] // 2
+    inv_freq = inverse_frequencies(x_Dh.shape[0], float(theta))
     out = torch.empty_like(x_Dh)
     for i in range(half):
-        angle = position * theta ** (-2 * i / x_Dh.shape[0])
-        c, s = torch.cos(torch.tensor(angle, dtype=torch.float64)), torch.sin(torch.tensor(angle, dtype=torch.float64))
+        angle = (torch.tensor(position, dtype=torch.float32) * inv_freq[i]).double()  # one float32 product
+        c, s = torch.cos(angle), torch.sin(angle)
         out[i] = x_Dh[i] * c - x_Dh[i + half] * s
         out[i + half] = x_Dh[i + half] * c + x_Dh[i] * s
     return out
 
 
-def reference_logits(state: dict[str, torch.Tensor], config: dict, ids: list[int]) -> torch.Tensor:
-    """Logits [S, V] of one sequence, float64."""
+def reference_logits(state: dict[str, torch.Tensor], config: dict, ids: list[int], first_position: int = 0) -> torch.Tensor:
+    """Logits [S, V] of one sequence whose first token is at `first_position`, float64."""
     w = {k: v.double() for k, v in state.items()}
     model_type = config["model_type"]
     attn_norm, ffn_norm, moe_module, projections = NAMES[model_type]
@@ -66,11 +82,11 @@ def reference_logits(state: dict[str, torch.Tensor], config: dict, ids: list[int
             if model_type == "olmoe":
                 q = rms_norm(q, w[f"{p}.self_attn.q_norm.weight"], eps)
                 k = rms_norm(k, w[f"{p}.self_attn.k_norm.weight"], eps)
-            keys.append([rope(k[r * hd : (r + 1) * hd], t, theta) for r in range(R)])
+            keys.append([rope(k[r * hd : (r + 1) * hd], first_position + t, theta) for r in range(R)])
             values.append([v[r * hd : (r + 1) * hd] for r in range(R)])
             heads = []
             for head in range(H):
-                qh = rope(q[head * hd : (head + 1) * hd], t, theta)
+                qh = rope(q[head * hd : (head + 1) * hd], first_position + t, theta)
                 r = head // (H // R)
                 scores = torch.stack([qh @ keys[s][r] for s in range(t + 1)]) / hd**0.5
                 heads.append(sum(a * values[s][r] for s, a in enumerate(torch.softmax(scores, 0))))

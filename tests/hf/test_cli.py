@@ -64,3 +64,22 @@ def test_every_checkpoint_verb_reads_an_olmoe_directory_as_it_is(tmp_path, capsy
     assert main(["sweep", "--checkpoints", str(olmoe), "--keep", "1.0,0.5", "--methods", "random", "--domains", "math",
                  "--num-eval-windows", "2", "--out", str(tmp_path / "sweep"), *common]) == 0
     assert set(json.loads((tmp_path / "sweep" / "results.json").read_text())["loss"]["random"]["olmoe"]) == {"1", "0.5"}
+
+
+def test_a_layer_with_fewer_routed_experts_than_top_k_is_not_exported(tmp_path, tokenizer_dir, capsys):
+    from emomoe.checkpoint import save_model
+    from emomoe.model import ModelConfig, build_model
+
+    # top_k 2 with 1 shared expert: layer 1 keeps 2 experts, so 1 routed one. The official class would
+    # route every token of that layer to 2 of them and fail; emomoe clamps, so it has to refuse.
+    cfg = ModelConfig.preset("tiny").with_overrides(["vocab_size=300", "moe.num_experts_per_layer=[8, 2]"])
+    save_model(tmp_path / "ours", build_model(cfg), cfg)
+    args = ["hf", "export", "--checkpoint", str(tmp_path / "ours"), "--out", str(tmp_path / "out"),
+            "--tokenizer", str(tokenizer_dir)]
+    assert main(args) == 2
+    assert _error_line(capsys) == (
+        "emomoe hf: error: moe.num_experts_per_layer[1]: 2 experts leave 1 routed, fewer than top_k 2; the HF EMO "
+        "class routes every layer to top_k experts (num_experts_per_tok), so keep at least top_k routed experts in "
+        "each layer, or none (a dense layer)"
+    )
+    assert not (tmp_path / "out").exists()

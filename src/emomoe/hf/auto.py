@@ -9,10 +9,13 @@ package finishes loading (a safe point: no transformers module is half-initialis
 Programs that never import transformers pay nothing; those that do pay the import of
 transformers' model base classes, which they are about to need anyway.
 
-transformers prefers registered classes over a checkpoint's own `modeling_*.py`, even with
-`trust_remote_code=True`: in such a program every "emo" checkpoint, the released ones included,
-runs on our `EmoForCausalLM`. It reads the official layout with the official semantics and
-refuses (ValueError) the official options it does not implement.
+transformers prefers registered classes (its "explicit local code") over a checkpoint's own
+`configuration_*.py` / `modeling_*.py`, even with `trust_remote_code=True`: in such a program every
+"emo" checkpoint, the released ones included, runs on our `EmoConfig` / `EmoForCausalLM`
+(tests/hf/test_auto.py checks both ways). They read the official layout with the official
+semantics, train on the official loss, and refuse (ValueError) the official options they do not
+implement (`always_active_experts`, `ghost_extend_eval`, more than one shared expert): such a
+checkpoint loads with its own class only in a program that does not import emomoe.
 """
 
 from __future__ import annotations

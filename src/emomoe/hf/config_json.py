@@ -200,6 +200,14 @@ def check_exportable(cfg: ModelConfig) -> None:
             f"moe.router.num_shared_experts: {router.num_shared_experts}; the HF EMO class weights several shared "
             "experts by a softmax where emomoe uses 1.0, so at most 1 can be exported"
         )
+    for layer in range(cfg.num_layers):
+        routed = cfg.moe.routed_in_layer(layer)
+        if 0 < routed < cfg.moe.top_k:
+            raise ConfigError(
+                f"moe.num_experts_per_layer[{layer}]: {cfg.moe.experts_in_layer(layer)} experts leave {routed} routed, "
+                f"fewer than top_k {cfg.moe.top_k}; the HF EMO class routes every layer to top_k experts "
+                "(num_experts_per_tok), so keep at least top_k routed experts in each layer, or none (a dense layer)"
+            )
 
 
 def emo_config_json(

@@ -5,7 +5,12 @@ Written for emomoe exports; it reads the released EMO checkpoints' fields with t
   last `num_shared_experts` of every layer and always run with weight 1.0;
 - `num_experts_per_layer` (optional) gives each layer its own expert count (sliced subsets);
   0 marks a dense layer, a SwiGLU of width `dense_intermediate_size`;
-- `norm_topk_prob` rescales the chosen routed weights to sum to 1.
+- `norm_topk_prob` rescales the chosen routed weights to sum to 1;
+- every layer routes each token to `num_experts_per_tok` minus its shared experts, so a layer with
+  routed experts needs at least that many (the official class fails on fewer; this one refuses).
+
+A field that config.json leaves out takes the official class's default (7 experts, 5 per token,
+no shared expert, hidden size 4096, ...).
 
 Beyond the official class: `qk_norm` (off unless written) is an RMSNorm over the whole query and
 key projections, as in OLMoE, for models that have it; and `norm_topk_prob` also works beside a
@@ -24,10 +29,10 @@ class EmoConfig(PretrainedConfig):
     def __init__(
         self,
         vocab_size=100352,
-        hidden_size=2048,
-        intermediate_size=1024,
-        num_hidden_layers=16,
-        num_attention_heads=16,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
         num_key_value_heads=None,
         hidden_act="silu",
         max_position_embeddings=4096,
@@ -42,9 +47,9 @@ class EmoConfig(PretrainedConfig):
         rope_scaling=None,
         attention_bias=False,
         attention_dropout=0.0,
-        num_experts=128,
-        num_experts_per_tok=8,
-        num_shared_experts=1,
+        num_experts=7,
+        num_experts_per_tok=5,
+        num_shared_experts=0,
         num_experts_per_layer=None,
         num_shared_experts_per_layer=None,
         dense_intermediate_size=None,
@@ -116,3 +121,9 @@ class EmoConfig(PretrainedConfig):
                 raise ValueError(f"EmoConfig: layer {layer} has {shared} shared experts; at most 1 is supported")
             if total == 0 and self.dense_intermediate_size is None:
                 raise ValueError(f"EmoConfig: layer {layer} is dense but dense_intermediate_size is not set")
+            per_token = self.num_experts_per_tok - shared
+            if total > 0 and total - shared < per_token:
+                raise ValueError(
+                    f"EmoConfig: layer {layer} has {total - shared} routed experts, fewer than the {per_token} each "
+                    f"token takes (num_experts_per_tok {self.num_experts_per_tok} - {shared} shared)"
+                )

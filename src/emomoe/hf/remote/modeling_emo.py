@@ -6,13 +6,21 @@ The tensor names are those of the official checkpoints, so one file loads in eit
 `.mlp.{gate,up,down}_proj` for a dense layer.
 
 Routing is the inference routing of the paper: no document pool, a softmax over the routed
-experts' logits, their top k (`num_experts_per_tok` minus the shared expert, and never more than
-the layer has), plus the shared expert with weight 1.0. Attention is causal over the whole input;
-with a KV cache (`generate()`), the new tokens attend to the cached ones.
+experts' logits, their top k (`num_experts_per_tok` minus the shared expert, in every layer), plus
+the shared expert with weight 1.0. Attention is causal over the whole input; with a KV cache
+(`generate()`), the new tokens attend to the cached ones. RoPE angles are float32 products, as in
+transformers and OLMo-core.
+
+It fine-tunes in `transformers.Trainer` like the official class: with `output_router_logits` the
+loss is the cross-entropy plus `router_aux_loss_coef` times the Switch load-balancing loss of
+`load_balancing_loss`; the Trainer's `num_items_in_batch` (the label tokens of all accumulated
+micro-batches) divides both, so gradient accumulation sums to the loss of the whole batch; and
+every decoder layer can be recomputed in the backward pass (gradient checkpointing).
 
 Legend: B batch, S sequence (the new tokens), P cache positions (cached and new), D model dim
 (`hidden_size`), H query heads, R key/value heads, Dh head dim, A rotary frequencies (Dh/2), F ffn
-hidden (of one expert), E experts of a layer, K routed experts per token, T = B*S tokens, V vocab.
+hidden (of one expert), E experts of a layer, K routed experts per token, T = B*S tokens, V vocab,
+L MoE layers.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 
 from .configuration_emo import EmoConfig
@@ -54,18 +63,25 @@ class EmoMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def rope(position_ids_BS: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos and sin [B, 1, S, Dh] of the rotate-half RoPE; angles in float64 so long positions stay exact."""
-    dims = torch.arange(0, head_dim, 2, dtype=torch.float64, device=position_ids_BS.device)
-    inv_freq = 1.0 / theta ** (dims / head_dim)
-    angles_BSA = position_ids_BS.double()[..., None] * inv_freq
+def rope(position_ids_BS: torch.Tensor, head_dim: int, theta: float):
+    """float32 cos and sin [B, 1, S, Dh] of the rotate-half RoPE.
+
+    The angles are float32 products of float32 inverse frequencies, the official computation (and
+    transformers' and OLMo-core's): its rounding, about 1e-4 radians at position 4000, is part of
+    what the released checkpoints compute, so exact angles would move their logits by ~1e-4.
+    """
+    exponents_A = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids_BS.device).float() / head_dim
+    inv_freq_A = 1.0 / theta**exponents_A
+    angles_BSA = position_ids_BS.float()[..., None] * inv_freq_A
     angles_BSDh = torch.cat([angles_BSA, angles_BSA], dim=-1)[:, None]
-    return angles_BSDh.cos().float().to(dtype), angles_BSDh.sin().float().to(dtype)
+    return angles_BSDh.cos(), angles_BSDh.sin()
 
 
 def rotate(x_BHSDh: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # In float32 (cos and sin are), rounded once to x's dtype, as the official class does.
     half = x_BHSDh.shape[-1] // 2
-    return x_BHSDh * cos + torch.cat([-x_BHSDh[..., half:], x_BHSDh[..., :half]], dim=-1) * sin
+    rotated = x_BHSDh * cos + torch.cat([-x_BHSDh[..., half:], x_BHSDh[..., :half]], dim=-1) * sin
+    return rotated.to(x_BHSDh.dtype)
 
 
 class EmoAttention(nn.Module):
@@ -111,12 +127,13 @@ class EmoSparseMoeBlock(nn.Module):
     def __init__(self, config: EmoConfig, num_experts: int, num_shared: int):
         super().__init__()
         self.num_routed = num_experts - num_shared
-        self.top_k = min(config.num_experts_per_tok - num_shared, self.num_routed)
+        self.top_k = config.num_experts_per_tok - num_shared
         self.norm_topk_prob = config.norm_topk_prob
         self.gate = nn.Linear(config.hidden_size, num_experts, bias=False)
         self.experts = nn.ModuleList(EmoMLP(config.hidden_size, config.intermediate_size) for _ in range(num_experts))
 
-    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output [B, S, D] and the router logits [T, E] (shared expert last)."""
         x_TD = x_BSD.reshape(-1, x_BSD.shape[-1])
         logits_TE = self.gate(x_TD)
         out_TD = torch.zeros_like(x_TD)
@@ -136,10 +153,10 @@ class EmoSparseMoeBlock(nn.Module):
                     tokens_N = slots_N // self.top_k
                     y_ND = self.experts[e](x_TD[tokens_N]) * weights_TK.flatten()[slots_N, None]
                     out_TD = out_TD.index_add(0, tokens_N, y_ND)
-        return out_TD.view_as(x_BSD)
+        return out_TD.view_as(x_BSD), logits_TE
 
 
-class EmoDecoderLayer(nn.Module):
+class EmoDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: EmoConfig, layer_idx: int):
         super().__init__()
         num_experts, num_shared = config.experts_in_layer(layer_idx)
@@ -151,9 +168,15 @@ class EmoDecoderLayer(nn.Module):
         else:
             self.mlp = EmoSparseMoeBlock(config, num_experts, num_shared)
 
-    def forward(self, x_BSD, cos, sin, mask_BSP, cache):
+    def forward(self, x_BSD, cos, sin, mask_BSP, cache=None):
+        """The layer's output and its router logits [T, E] (None for a dense layer). The cache is a
+        keyword argument: under gradient checkpointing, `GradientCheckpointingLayer` drops it, since
+        the recomputation in the backward pass would write it a second time."""
         x_BSD = x_BSD + self.self_attn(self.pre_attention_layernorm(x_BSD), cos, sin, mask_BSP, cache)
-        return x_BSD + self.mlp(self.pre_feedforward_layernorm(x_BSD))
+        if isinstance(self.mlp, EmoMLP):
+            return x_BSD + self.mlp(self.pre_feedforward_layernorm(x_BSD)), None
+        y_BSD, logits_TE = self.mlp(self.pre_feedforward_layernorm(x_BSD))
+        return x_BSD + y_BSD, logits_TE
 
 
 class EmoPreTrainedModel(PreTrainedModel):
@@ -161,6 +184,7 @@ class EmoPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["EmoDecoderLayer"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -207,18 +231,71 @@ class EmoModel(EmoPreTrainedModel):
             position_ids = torch.arange(num_cached, num_cached + S, device=x_BSD.device).expand(B, S)
         mask_BSP = attention_mask_BSP(attention_mask, position_ids, num_cached)
         head_dim = self.config.hidden_size // self.config.num_attention_heads
-        cos, sin = rope(position_ids, head_dim, self.config.rope_theta, x_BSD.dtype)
+        cos, sin = rope(position_ids, head_dim, self.config.rope_theta)
+        router_logits = []
         for layer in self.layers:
-            x_BSD = layer(x_BSD, cos, sin, mask_BSP, cache)
-        return MoeModelOutputWithPast(last_hidden_state=self.norm(x_BSD), **{CACHE_FIELD: cache})
+            x_BSD, logits_TE = layer(x_BSD, cos, sin, mask_BSP, cache=cache)
+            if logits_TE is not None:
+                router_logits.append(logits_TE)
+        return MoeModelOutputWithPast(
+            last_hidden_state=self.norm(x_BSD), router_logits=tuple(router_logits), **{CACHE_FIELD: cache}
+        )
+
+
+def load_balancing_loss(
+    router_logits: tuple[torch.Tensor, ...],
+    config: EmoConfig,
+    token_mask_T: torch.Tensor | None,
+    num_items_in_batch: torch.Tensor | int | None,
+) -> torch.Tensor:
+    """The official class's Switch load-balancing loss, averaged over the MoE layers.
+
+    For a layer with E routed experts, each token taking k (`num_experts_per_tok` minus the layer's
+    shared experts): E / (N k) * sum_e count_e * mean_prob_e, where count_e is how many of the
+    counted tokens chose expert e, mean_prob_e is the mean routed softmax probability of e over the
+    counted tokens of this forward, and N is `num_items_in_batch` (the label tokens of the whole
+    accumulated batch; this forward's counted tokens without it). The counted tokens are those of
+    `token_mask_T` (all when None); the shared experts are left out.
+    """
+    moe_layers = [i for i in range(config.num_hidden_layers) if config.experts_in_layer(i)[0] > 0]
+    mask_T1 = None if token_mask_T is None else token_mask_T.reshape(-1, 1).float()
+    if num_items_in_batch is None:
+        num_items_in_batch = router_logits[0].shape[0] if mask_T1 is None else mask_T1.sum()
+    losses = []
+    for layer, logits_TE in zip(moe_layers, router_logits):
+        num_experts, num_shared = config.experts_in_layer(layer)
+        num_routed, top_k = num_experts - num_shared, config.num_experts_per_tok - num_shared
+        probs_TE = logits_TE[:, :num_routed].float().softmax(dim=-1)
+        chosen_TE = torch.zeros_like(probs_TE).scatter_(1, probs_TE.topk(top_k, dim=-1).indices, 1.0)
+        if mask_T1 is not None:
+            probs_TE, chosen_TE = probs_TE * mask_T1, chosen_TE * mask_T1
+        num_counted = probs_TE.shape[0] if mask_T1 is None else mask_T1.sum()
+        mean_prob_E = probs_TE.sum(dim=0) / num_counted
+        losses.append(num_routed * (chosen_TE.sum(dim=0) * mean_prob_E).sum() / (num_items_in_batch * top_k))
+    return torch.stack(losses).mean()
 
 
 class EmoForCausalLM(EmoPreTrainedModel, GenerationMixin):
+    # Used only when config.json says `tie_word_embeddings: true` (transformers checks it).
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
     def __init__(self, config: EmoConfig):
         super().__init__(config)
         self.model = EmoModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, output_loading_info=False, **kwargs):
+        """transformers' loading, refusing weights without `lm_head.weight` that config.json does not tie
+        to the embedding (transformers would only warn and leave the head random)."""
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if "lm_head.weight" in info["missing_keys"]:
+            raise ValueError(
+                "EmoForCausalLM: the weights have no 'lm_head.weight', and config.json does not tie it to the embedding "
+                f"(tie_word_embeddings: {str(model.config.tie_word_embeddings).lower()}); the head would be random"
+            )
+        return (model, info) if output_loading_info else model
 
     def forward(
         self,
@@ -231,25 +308,45 @@ class EmoForCausalLM(EmoPreTrainedModel, GenerationMixin):
         labels=None,
         use_cache=None,
         logits_to_keep=0,
+        output_router_logits=None,
+        num_items_in_batch=None,
         **kwargs,
     ):
-        """Logits [B, S, V] (only the last `logits_to_keep` positions if > 0); with `labels`, the mean
-        next-token cross-entropy over labels != -100. `cache` (`past_key_values` in older
-        transformers) is a transformers `Cache`; one is created when `use_cache` is on."""
+        """Logits [B, S, V] (only the last `logits_to_keep` positions if > 0).
+
+        With `labels` (-100 = not a target), the next-token cross-entropy: summed and divided by
+        `num_items_in_batch` when the Trainer gives it, else the mean. With `output_router_logits`
+        (default: the config's), also the router logits of every MoE layer and `aux_loss`, the
+        load-balancing loss over the tokens whose label is not -100 (else the new tokens of
+        `attention_mask`); with labels, `router_aux_loss_coef` times it is added to the loss.
+        `cache` (`past_key_values` in older transformers) is a transformers `Cache`; one is created
+        when `use_cache` is on."""
         cache = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         cache = cache if use_cache else None
-        hidden_BSD = self.model(input_ids, attention_mask, position_ids, cache, inputs_embeds).last_hidden_state
+        out = self.model(input_ids, attention_mask, position_ids, cache, inputs_embeds)
+        hidden_BSD = out.last_hidden_state
         if logits_to_keep:
             hidden_BSD = hidden_BSD[:, -logits_to_keep:]
         logits_BSV = self.lm_head(hidden_BSD)
-        loss = None
+        loss = aux_loss = None
         if labels is not None:
-            targets = labels[:, 1:].flatten().to(logits_BSV.device)
-            loss = F.cross_entropy(logits_BSV[:, :-1].flatten(0, 1).float(), targets, ignore_index=-100)
-        return MoeCausalLMOutputWithPast(loss=loss, logits=logits_BSV, **{CACHE_FIELD: cache})
+            loss = self.loss_function(logits_BSV, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch)
+        if output_router_logits and out.router_logits:
+            # With a cache, attention_mask also covers the cached positions; the router saw only the new ones.
+            new_mask = None if attention_mask is None else attention_mask[:, -out.last_hidden_state.shape[1] :]
+            token_mask = labels != -100 if labels is not None else new_mask
+            aux_loss = load_balancing_loss(out.router_logits, self.config, token_mask, num_items_in_batch)
+            if loss is not None:
+                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+        return MoeCausalLMOutputWithPast(
+            loss=loss, aux_loss=aux_loss, logits=logits_BSV,
+            router_logits=out.router_logits if output_router_logits else None, **{CACHE_FIELD: cache},
+        )
 
 
 __all__ = ["EmoForCausalLM", "EmoModel", "EmoPreTrainedModel"]
