@@ -18,7 +18,8 @@ task's training examples with the paper's recipe and evaluate it again.
 Every finished cell is written to results.json at once, so a second run with the same out
 directory reuses what is done (cells of new tasks, keeps, methods or sizes are added, and
 `--finetune` adds the "after" of the cells that lack it); settings that would change a finished
-cell must then stay as they were.
+cell must then stay as they were. Ctrl-C and SIGTERM stop a run within the cell in progress,
+which is dropped; the finished ones stay in results.json and report.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ from emomoe.experiments.benchmarks import (
 from emomoe.experiments.finetune import FinetuneRecipe, finetune_subset, recipe_config
 from emomoe.experiments.protocol_report import FULL, calib_label, write_report
 from emomoe.experiments.task_data import TaskExamples, model_tokenizer, subsample, task_examples, tokenize
+from emomoe.interrupts import terminate_as_interrupt
 from emomoe.io import atomic_write_text, check_output_dir
 from emomoe.select.calibration import Calibration, example_calibration
 from emomoe.select.keep import KeepSpec
@@ -162,9 +165,19 @@ def run_protocol(
         for task in cfg.tasks for name, checkpoint in checkpoints.items()
     }
     run = _Run(out_dir, cfg, results, loaded, examples, calibrations, progress)
-    for name, (role, checkpoint) in models.items():
-        run.model(name, role, checkpoint, data)
-    run.bar.close()
+    try:
+        with terminate_as_interrupt():
+            for name, (role, checkpoint) in models.items():
+                run.model(name, role, checkpoint, data)
+    except KeyboardInterrupt:
+        # results.json holds every finished cell (each written when it finished); the one in
+        # progress is dropped, and the same command continues from the others.
+        write_report(out_dir, results)
+        tqdm.write(f"stopped: {len(results['cells'])} finished cells kept in {out_dir / RESULTS_FILE}; "
+                   "the same command continues from them", file=sys.stderr)
+        raise
+    finally:
+        run.bar.close()
     write_report(out_dir, results)
     return results
 
