@@ -8,7 +8,7 @@ import pytest
 
 from emomoe.cli import main
 from emomoe.data.store import TokenStore
-from emomoe.errors import DataError
+from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.domain_task import DOMAIN_TASK
 from emomoe.experiments import protocol as protocol_module
 from emomoe.experiments.benchmarks import go_offline, run_tasks, task_scores
@@ -126,3 +126,27 @@ def test_sigterm_stops_within_a_cell_and_keeps_the_finished_ones(tmp_path, model
     assert main(argv) == 0
     cells = json.loads((out / RESULTS_FILE).read_text())["cells"]
     assert len(cells) == 3 and cells[: len(finished)] == finished and len(calls) == 3 - len(finished)
+
+
+@pytest.mark.slow
+def test_calibration_prompts_can_have_their_own_shot_count(tmp_path, models, store_dir):
+    """--calib-num-fewshot 0 with --num-fewshot 1 (the official NUM_SHOTS_SELECTIVE and
+    NUM_SHOTS_EVAL): the subset is the one a 0-shot run selects, and the scores are a 1-shot run's."""
+    go_offline()
+
+    def cells(**shots):
+        settings = SMALL | {"keep": ["0.25"], "methods": ["layerwise"], **shots}
+        out = tmp_path / "-".join(f"{k}{v}" for k, v in shots.items())
+        results = run_protocol({"emo": models["emo"]}, out, ProtocolConfig(**settings), data=store_dir, progress=False)
+        by_method = {c["method"]: c for c in results["cells"]}
+        kept = json.loads((out / by_method["layerwise"]["selection"]).read_text())["kept_experts"]
+        return kept, {m: c["before"] for m, c in by_method.items()}
+
+    kept, scores = cells(num_fewshot=1, calib_num_fewshot=0)
+    kept_0shot, _ = cells(num_fewshot=0)
+    kept_1shot, scores_1shot = cells(num_fewshot=1)
+    assert kept == kept_0shot != kept_1shot
+    assert scores["full"] == scores_1shot["full"]
+    assert "1-shot, calibration 0-shot" in (tmp_path / "num_fewshot1-calib_num_fewshot0" / REPORT_FILE).read_text()
+    with pytest.raises(ConfigError, match="calib_num_fewshot: expected an integer >= 0, got -1"):
+        ProtocolConfig(calib_num_fewshot=-1).validate()

@@ -85,6 +85,10 @@ class ProtocolConfig(TaskDataConfig, ShippedTaskConfig):
     num_calib: list[int] = dataclasses.field(default_factory=lambda: [0])
     """Calibration sizes: examples of the task's pool to select on (0: all of them); random
     selection ignores them."""
+    calib_num_fewshot: int | None = None
+    """Examples in each calibration (selection) prompt, where num_fewshot sets those of the
+    evaluation and fine-tuning prompts (the official scripts' separate selection and evaluation
+    shot counts); None means num_fewshot's."""
     finetune: bool = False
     """Also fine-tune every subset and whole model for an epoch on the task's training examples
     (the recipe's settings) and evaluate it again."""
@@ -112,6 +116,8 @@ class ProtocolConfig(TaskDataConfig, ShippedTaskConfig):
                 raise ConfigError(f"{name}: expected distinct values, at least one, got {values}")
         for keep in self.keep:
             KeepSpec.parse(keep)
+        if self.calib_num_fewshot is not None and self.calib_num_fewshot < 0:
+            raise ConfigError(f"calib_num_fewshot: expected an integer >= 0, got {self.calib_num_fewshot}")
         if any(n < 0 for n in self.num_calib):
             raise ConfigError(f"num_calib: expected integers >= 0 (0: all), got {self.num_calib}")
         if self.batch_size < 1 or (self.seq_len is not None and self.seq_len < 1):
@@ -159,6 +165,13 @@ def run_protocol(
         loaded[task] = load_tasks([task], include_path=[*cfg.include_path, *shipped], num_fewshot=cfg.num_fewshot,
                                   seed=cfg.seed)
         examples[task] = task_examples(task, loaded[task], cfg.splits)
+        if cfg.calib_num_fewshot is not None and cfg.calib_num_fewshot != cfg.num_fewshot:
+            shots = load_tasks([task], include_path=[*cfg.include_path, *shipped], num_fewshot=cfg.calib_num_fewshot,
+                               seed=cfg.seed)
+            calibration = task_examples(task, shots, cfg.splits)
+            examples[task] = dataclasses.replace(examples[task], calibration=calibration.calibration, info={
+                **examples[task].info, "calibration_sources": calibration.info["sources"]
+            })
         results["tasks"][task] = examples[task].info
     calibrations = {  # made and checked before any work
         (task, name): _calibrations(examples[task], Path(checkpoint), cfg, data)
