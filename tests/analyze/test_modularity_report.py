@@ -36,6 +36,8 @@ def test_report_keeps_tables_intact_and_links_every_figure():
     text = analysis_report(_analysis(), command="emomoe analyze X")
     assert "`a\\|b`" in text and "`` `x` ``" in text
     assert "held-out documents of at least 1 tokens: 4 (a 2, b 2)" in text
+    passes = _analysis()["models"]["x"]["clusters"]["refine_passes"]
+    assert f"| spherical k-means passes after mini-batch k-means | {passes} (settled) | {passes} (settled) |" in text
     assert "whole documents (cut to 8 tokens, 9 tokens in all)" in text and "the first 3 tokens of each" in text
     for png in ("by_layer.png", "coverage.png", "clusters.png", "domain_expert_x.png", "similarity_topk_freq.png"):
         assert f"]({png})" in text

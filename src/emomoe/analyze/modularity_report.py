@@ -114,6 +114,9 @@ def _cluster_facts(analysis: dict[str, Any]) -> str:
         "first tokens in their most common cluster": lambda c: f"{c['first_token']['share_of_first_tokens']:.0%}",
         "first tokens' share of that cluster": lambda c: f"{c['first_token']['first_token_share_of_cluster']:.0%}",
         "PCA components (variance kept)": lambda c: f"{c['num_components']} ({c['variance_kept']:.1%})",
+        "spherical k-means passes after mini-batch k-means": lambda c: (
+            f"{c['refine_passes']} ({'settled' if c['refine_settled'] else 'stopped at the limit'})"
+        ),
     }
     rows = [[label, *[get(m["clusters"]) for m in models.values()]] for label, get in facts.items()]
     return markdown_table(["", *models], rows)
