@@ -6,7 +6,7 @@ embedded-corpus domain (1k-token BPE) and two random-weight `small` models. Time
 on a shared machine; compare within a run. Prints one JSON object.
 
     python bench/analyze.py                    # runs/demo if finished, else the stand-in
-    python bench/analyze.py --quick            # 8 documents of 64 tokens per domain, k = 8
+    python bench/analyze.py --quick            # 8 documents of up to 128 tokens per domain, k = 8
     python bench/analyze.py --demo /tmp/demo
 """
 
@@ -52,14 +52,14 @@ def stand_in(root: Path, docs_per_domain: int) -> tuple[dict[str, Path], TokenSt
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8 documents of 64 tokens per domain, k = 8")
+    parser.add_argument("--quick", action="store_true", help="8 documents of up to 128 tokens per domain, k = 8")
     parser.add_argument("--demo", default="runs/demo", help="a finished `emomoe demo` directory (default runs/demo)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     demo = Path(args.demo)
-    settings = {"num_docs": 8, "tokens_per_doc": 64, "clusters": {"num_clusters": 8}} if args.quick else {
-        "tokens_per_doc": 256
-    }
+    settings = {"num_docs": 8, "tokens_per_doc": 64, "max_doc_tokens": 128, "clusters": {"num_clusters": 8}} if (
+        args.quick
+    ) else {"tokens_per_doc": 256}
     cfg = AnalysisConfig.from_dict(settings)
     with tempfile.TemporaryDirectory() as tmp:
         if (demo / "emo" / "final").is_dir() and (demo / "std" / "final").is_dir():
@@ -74,10 +74,10 @@ def main() -> None:
         started = time.perf_counter()
         write_analysis(Path(tmp) / "analysis", analysis)
         write_s = time.perf_counter() - started
-    num_tokens = sum(d["num_tokens"] for d in analysis["documents"].values())
+    num_tokens = sum(d["num_tokens"] for d in analysis["documents"]["whole_documents"].values())
     print(json.dumps({
         "models": source,
-        "num_documents": sum(d["num_documents"] for d in analysis["documents"].values()),
+        "num_documents": sum(d["num_documents"] for d in analysis["documents"]["whole_documents"].values()),
         "num_tokens_per_model": num_tokens,
         "analysis_wall_s": round(analysis_s, 2),
         "tokens_per_s": round(num_tokens * len(checkpoints) / analysis_s, 1),

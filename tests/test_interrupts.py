@@ -3,7 +3,7 @@ import signal
 
 import pytest
 
-from emomoe.interrupts import held_interrupt
+from emomoe.interrupts import held_interrupt, terminate_as_interrupt
 
 
 @pytest.fixture
@@ -50,3 +50,13 @@ def test_an_ignored_ctrl_c_stays_ignored():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_sigterm_in_the_block_is_a_ctrl_c_and_the_handler_comes_back():
+    before = signal.getsignal(signal.SIGTERM)
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with terminate_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            finished.append("after the signal")
+    assert finished == [] and signal.getsignal(signal.SIGTERM) == before

@@ -1,4 +1,5 @@
-"""A Ctrl-C during the seconds torch takes to import: held until the imports end, then raised."""
+"""A Ctrl-C during the seconds torch takes to import: held until the imports end, then raised; and
+SIGTERM turned into a Ctrl-C where a run must stop cleanly."""
 
 from __future__ import annotations
 
@@ -30,3 +31,22 @@ def held_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if pending:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Raise KeyboardInterrupt in the block on SIGTERM (a scheduler, `docker stop`, `kill`), as on
+    Ctrl-C, so that the block's cleanup runs instead of the process dying where it stands. Outside
+    the main thread, where no handler can be installed, SIGTERM is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

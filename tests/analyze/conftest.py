@@ -40,6 +40,20 @@ def sweep_dir(tmp_path_factory):
     return path
 
 
+def routed_layer(layer: int, probs_TE: np.ndarray, experts_TK: np.ndarray, docs: Documents) -> RoutedLayer:
+    """A layer's routing of `docs` as the collection pass keeps it, when every document is its own
+    prefix: the per-document numbers summed token by token."""
+    _, doc_T, _, _ = docs.token_arrays()
+    num_docs, num_experts = len(docs.tokens), probs_TE.shape[1]
+    probs_GE, picks_GE, top1_GE = (np.zeros((num_docs, num_experts)) for _ in range(3))
+    for t, g in enumerate(doc_T):
+        probs_GE[g] += probs_TE[t]
+        picks_GE[g, experts_TK[t]] += 1
+        top1_GE[g, probs_TE[t].argmax()] += 1
+    lengths_G1 = np.array([len(tokens) for tokens in docs.tokens])[:, None]
+    return RoutedLayer(layer, probs_GE / lengths_G1, picks_GE / lengths_G1, top1_GE, probs_TE, experts_TK)
+
+
 def separable_routing():
     """Two domains whose tokens route to opposite experts: clusters should be the domains."""
     docs = Documents(
@@ -51,5 +65,6 @@ def separable_routing():
     layers = []
     for i in range(2):
         probs_TE = pattern[domain_T] + rng.uniform(0, 0.01, (len(domain_T), 3))
-        layers.append(RoutedLayer(i, probs_TE / probs_TE.sum(1, keepdims=True), probs_TE.argmax(1)[:, None]))
+        probs_TE = probs_TE / probs_TE.sum(1, keepdims=True)
+        layers.append(routed_layer(i, probs_TE, probs_TE.argmax(1)[:, None], docs))
     return layers, docs

@@ -1,10 +1,9 @@
 import numpy as np
 
 from emomoe.analyze.clusters import ClusterConfig
-from emomoe.analyze.collect import RoutedLayer
 from emomoe.analyze.figures import draw_figures, figure_files, shown_layers
 from emomoe.analyze.modularity import model_summary
-from tests.analyze.conftest import separable_routing
+from tests.analyze.conftest import routed_layer, separable_routing
 
 
 def test_shown_layers_follow_the_paper():
@@ -14,14 +13,14 @@ def test_shown_layers_follow_the_paper():
 
 def test_models_of_different_depth_and_width_are_drawn(tmp_path):
     layers, docs = separable_routing()
-    deep = [RoutedLayer(i, layers[i % 2].probs_TE, layers[i % 2].experts_TK) for i in range(6)]
-    wide = [RoutedLayer(i, np.tile(r.probs_TE, 2) / 2, r.experts_TK) for i, r in enumerate(layers)]
+    deep = [routed_layer(i, layers[i % 2].prefix_probs_TE, layers[i % 2].prefix_experts_TK, docs) for i in range(6)]
+    wide = [routed_layer(i, np.tile(r.prefix_probs_TE, 2) / 2, r.prefix_experts_TK, docs) for i, r in enumerate(layers)]
     cfg = ClusterConfig(num_clusters=2)
     overlap = {"0.5": {"domains": ["a", "b"], "num_kept": [1], "jaccard": [[[1, 0], [0, 1]]],
                        "mean_off_diagonal": [0.0], "random_baseline": None}}
     analysis = {
         "domains": docs.domains,
-        "models": {name: model_summary(r, docs, cfg, None, 2) for name, r in (("deep", deep), ("wide/6", wide))},
+        "models": {name: model_summary(r, docs, docs, cfg, None, 2) for name, r in (("deep", deep), ("wide/6", wide))},
         "subset_overlap": {"deep": overlap, "wide/6": {"0.25": overlap["0.5"]}},
     }
     draw_figures(tmp_path, analysis)

@@ -1,10 +1,12 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
 from emomoe.analyze.clusters import ClusterConfig
-from emomoe.analyze.collect import Documents, RoutedLayer
+from emomoe.analyze.collect import Documents
 from emomoe.analyze.modularity import cluster_summary, headline, layer_summary, model_summary
-from tests.analyze.conftest import separable_routing
+from tests.analyze.conftest import routed_layer, separable_routing
 
 
 @pytest.fixture
@@ -13,12 +15,12 @@ def hand_layer():
     docs = Documents(["a", "b"], [np.array([10, 11]), np.array([12]), np.array([13])], np.array([0, 0, 1]))
     probs_TE = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]])
     experts_TK = np.array([[0], [2], [0], [2]])
-    return RoutedLayer(3, probs_TE, experts_TK), docs
+    return routed_layer(3, probs_TE, experts_TK, docs), docs
 
 
 def test_layer_summary_by_hand(hand_layer):
     routed, docs = hand_layer
-    got = layer_summary(routed, docs)
+    got = layer_summary(routed, docs, docs)
     assert (got["layer"], got["num_experts"], got["top_k"]) == (3, 3, 1)
     # document means: doc0 (.4, .25, .35), doc1 (.5, .4, .1), doc2 (.1, .1, .8); domain a = mean of doc0, doc1
     assert np.array(got["maps"]["mean_prob"]) == pytest.approx(np.array([[0.45, 0.325, 0.225], [0.1, 0.1, 0.8]]))
@@ -36,6 +38,22 @@ def test_layer_summary_by_hand(hand_layer):
     # top-1 x domain counts: expert 0 (2, 0), expert 2 (1, 1)
     assert got["top1_domain_mi_bits"] == pytest.approx(0.3112781, abs=1e-6)
     assert got["top1_domain_nmi"] == pytest.approx(0.3437110, abs=1e-6)
+    assert got["prefix_similarity"] == got["similarity"]  # these documents are their own prefixes
+
+
+def test_prefix_similarity_reads_only_the_prefix_tokens(hand_layer):
+    """Whole documents as in `hand_layer`; prefixes of one token: doc0 is its first token alone."""
+    routed, docs = hand_layer
+    first = [0, 2, 3]  # doc0's second token is not in its prefix
+    routed = dataclasses.replace(
+        routed, prefix_probs_TE=routed.prefix_probs_TE[first], prefix_experts_TK=routed.prefix_experts_TK[first]
+    )
+    got = layer_summary(routed, docs, docs.prefix(1))
+    assert got["similarity"]["topk_freq"][0][1] == pytest.approx(0.316228, abs=1e-6)  # whole documents, as above
+    # prefix tokens: doc0 token 0 (top-1: expert 0), doc1, doc2; domain a = (1, 0, 0), b = (0, 0, 1)
+    assert got["prefix_similarity"]["topk_freq"][0][1] == pytest.approx(0.0)
+    # mean probabilities: a = mean(.6 .3 .1, .5 .4 .1) = (.55, .35, .1); b = (.1, .1, .8); cos = .17 / (.659545 * .812404)
+    assert got["prefix_mean_off_diagonal"]["mean_prob"] == pytest.approx(0.17 / (0.6595453 * 0.8124038), abs=1e-6)
 
 
 def test_cluster_summary_on_separable_domains():
@@ -53,11 +71,12 @@ def test_cluster_summary_on_separable_domains():
 
 def test_headline_reads_the_last_layer():
     layers, docs = separable_routing()
-    summary = model_summary(layers, docs, ClusterConfig(num_clusters=2), None, num_top_tokens=2)
+    summary = model_summary(layers, docs, docs, ClusterConfig(num_clusters=2), None, num_top_tokens=2)
     last = summary["layers"][-1]
     assert headline(summary) == {
         "last_layer_similarity_topk_freq": last["mean_off_diagonal"]["topk_freq"],
         "last_layer_similarity_mean_prob": last["mean_off_diagonal"]["mean_prob"],
+        "last_layer_prefix_similarity_topk_freq": last["prefix_mean_off_diagonal"]["topk_freq"],
         "cluster_domain_nmi": summary["clusters"]["nmi"],
         "last_layer_top1_domain_nmi": last["top1_domain_nmi"],
     }

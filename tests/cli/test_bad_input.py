@@ -76,6 +76,13 @@ def s(path: Path) -> str:
     return str(path)
 
 
+def selections_in(out: Path) -> Path:
+    """`out` holding only a selections folder, as an earlier sweep of other models leaves it."""
+    (out / "selections" / "other").mkdir(parents=True)
+    (out / "selections" / "other" / "code.json").write_text("{}")
+    return out
+
+
 def select_argv(checkpoint: str, keep: str, tmp_path: Path) -> list[str]:
     """`select` on the shipped store's code domain into a fresh folder."""
     return ["select", "--checkpoint", checkpoint, "--data", s(STORE), "--calib", "code", "--keep", keep,
@@ -273,6 +280,11 @@ ERRORS = {
     "sweep-same-names": (
         lambda e, t: ["sweep", "--checkpoints", s(e["model"]), s(e["model"]), "--data", s(STORE), "--out", s(t / "sw")],
         r"--names: model names must differ, got run, run \(pass --names\)$",
+    ),
+    "sweep-out-holds-other-selections": (
+        lambda e, t: ["sweep", "--checkpoints", s(e["model"]), "--data", s(STORE), "--keep", "0.5",
+                      "--out", s(selections_in(t / "sw"))],
+        r"sw/selections: already exists \(selection files of an earlier sweep\) \(pass --force",
     ),
     "sweep-out-is-a-file": (
         lambda e, t: ["sweep", "--checkpoints", s(e["model"]), "--data", s(STORE), "--out", s(e["config"])],

@@ -1,10 +1,14 @@
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from emomoe.cli import main
 from emomoe.data.store import TokenStore
-from emomoe.errors import DataError
+from emomoe.errors import ConfigError, DataError
 from emomoe.evaluate.domain_task import DOMAIN_TASK
 from emomoe.experiments import protocol as protocol_module
 from emomoe.experiments.benchmarks import go_offline, run_tasks, task_scores
@@ -92,3 +96,57 @@ def test_calibration_too_small_for_any_cell_is_refused_before_any_work(tmp_path,
         run_protocol({"emo": models["emo"]}, tmp_path / "p", tasks=[DOMAIN_TASK], num_calib=[1], num_items=2,
                      context_tokens=12, seq_len=8, data=store_dir, progress=False)
     assert not (tmp_path / "p" / RESULTS_FILE).exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_within_a_cell_and_keeps_the_finished_ones(tmp_path, models, store_dir, monkeypatch):
+    """SIGTERM (a scheduler, `docker stop`) once the first cell is written, while the next is being
+    evaluated: the run stops with Ctrl-C's exit code, its finished cells and report written, and the
+    same command then evaluates only the cells it lacks."""
+    out = tmp_path / "p"
+    argv = ["protocol", "--checkpoints", str(models["emo"]), "--names", "emo", "--data", str(store_dir),
+            "--tasks", DOMAIN_TASK, "--keep", "0.5", "--methods", "layerwise", "random", "--num-calib", "2",
+            "--num-items", "4", "--context-tokens", "12", "--num-fewshot", "1", "--seq-len", "48", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "emomoe", *argv, "--no-progress"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / RESULTS_FILE).is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert lines[-1].endswith("emomoe protocol: interrupted")
+    finished = json.loads((out / RESULTS_FILE).read_text())["cells"]
+    assert 1 <= len(finished) < 3 and all("before" in cell for cell in finished)
+    assert any(f"stopped: {len(finished)} finished cells kept in {out / RESULTS_FILE}" in line for line in lines)
+    assert (out / REPORT_FILE).is_file() and not (out / ".work").exists()
+
+    calls, evaluate = [], protocol_module.evaluate_tasks
+    monkeypatch.setattr(protocol_module, "evaluate_tasks", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    assert main(argv) == 0
+    cells = json.loads((out / RESULTS_FILE).read_text())["cells"]
+    assert len(cells) == 3 and cells[: len(finished)] == finished and len(calls) == 3 - len(finished)
+
+
+@pytest.mark.slow
+def test_calibration_prompts_can_have_their_own_shot_count(tmp_path, models, store_dir):
+    """--calib-num-fewshot 0 with --num-fewshot 1 (the official NUM_SHOTS_SELECTIVE and
+    NUM_SHOTS_EVAL): the subset is the one a 0-shot run selects, and the scores are a 1-shot run's."""
+    go_offline()
+
+    def cells(**shots):
+        settings = SMALL | {"keep": ["0.25"], "methods": ["layerwise"], **shots}
+        out = tmp_path / "-".join(f"{k}{v}" for k, v in shots.items())
+        results = run_protocol({"emo": models["emo"]}, out, ProtocolConfig(**settings), data=store_dir, progress=False)
+        by_method = {c["method"]: c for c in results["cells"]}
+        kept = json.loads((out / by_method["layerwise"]["selection"]).read_text())["kept_experts"]
+        return kept, {m: c["before"] for m, c in by_method.items()}
+
+    kept, scores = cells(num_fewshot=1, calib_num_fewshot=0)
+    kept_0shot, _ = cells(num_fewshot=0)
+    kept_1shot, scores_1shot = cells(num_fewshot=1)
+    assert kept == kept_0shot != kept_1shot
+    assert scores["full"] == scores_1shot["full"]
+    assert "1-shot, calibration 0-shot" in (tmp_path / "num_fewshot1-calib_num_fewshot0" / REPORT_FILE).read_text()
+    with pytest.raises(ConfigError, match="calib_num_fewshot: expected an integer >= 0, got -1"):
+        ProtocolConfig(calib_num_fewshot=-1).validate()

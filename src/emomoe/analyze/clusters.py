@@ -2,9 +2,11 @@
 
 Features: every layer's routed softmax, concatenated across MoE layers. Preprocessing: mean-centre
 and PCA to 95% of the variance (scikit-learn's PCA centres the data itself), then L2-normalise the
-rows. Clustering: spherical k-means, here scikit-learn's k-means on the unit rows with the
-centroids re-normalised to unit length afterwards, and every token assigned to the centroid of
-highest cosine similarity.
+rows. Clustering: spherical k-means as the paper's `cluster.py` computes it: scikit-learn's
+mini-batch k-means on the unit rows (its settings), then passes of spherical k-means from those
+centroids: centroids normalised to unit length, every token assigned to the centroid of highest
+cosine similarity, each centroid replaced by its tokens' normalised mean, until the centroids move
+less than `REFINE_TOLERANCE` or after `refine_passes` passes.
 
 Legend: T tokens, M features (every MoE layer's routed softmax side by side), Z principal
 components, C clusters, Y domains, G documents.
@@ -29,9 +31,13 @@ class ClusterConfig(Config):
     variance: float = 0.95
     """Share of the feature variance the PCA keeps."""
     num_inits: int = 10
-    """k-means restarts; the best (lowest inertia) wins."""
+    """k-means initialisations tried; the best (lowest inertia) is run."""
     max_iter: int = 500
-    """Iterations of one k-means run at most."""
+    """Passes over the tokens of the mini-batch k-means at most."""
+    batch_size: int = 4096
+    """Tokens per mini-batch of k-means (the paper's 4096)."""
+    refine_passes: int = 20
+    """Spherical k-means passes after the mini-batch k-means at most (the paper's 20)."""
     seed: int = 42
     """Seed of the PCA and of the k-means initialisations."""
 
@@ -40,9 +46,11 @@ class ClusterConfig(Config):
             raise ConfigError(f"num_clusters: expected at least 2, got {self.num_clusters}")
         if not 0.0 < self.variance <= 1.0:
             raise ConfigError(f"variance: expected a share in (0, 1], got {self.variance}")
-        for name in ("num_inits", "max_iter"):
+        for name in ("num_inits", "max_iter", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.refine_passes < 0:
+            raise ConfigError(f"refine_passes: expected 0 or more, got {self.refine_passes}")
 
 
 def check_num_clusters(cfg: ClusterConfig, num_tokens: int) -> None:
@@ -54,9 +62,10 @@ def check_num_clusters(cfg: ClusterConfig, num_tokens: int) -> None:
 
 
 def cluster_tokens(features_TM: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """Cluster ids of every row and facts about the preprocessing (PCA components, variance kept)."""
+    """Cluster ids of every row and facts about the preprocessing (PCA components, variance kept)
+    and the spherical refinement (passes run, whether the centroids settled)."""
     try:
-        from sklearn.cluster import KMeans
+        from sklearn.cluster import MiniBatchKMeans
         from sklearn.decomposition import PCA
     except ImportError:
         raise EmomoeError("token clustering needs scikit-learn: pip install 'emomoe[analysis]'") from None
@@ -69,11 +78,37 @@ def cluster_tokens(features_TM: np.ndarray, cfg: ClusterConfig) -> tuple[np.ndar
     else:
         x_TZ, kept = features_TM - features_TM.mean(axis=0), 1.0
     unit_TZ = _unit_rows(x_TZ)
-    kmeans = KMeans(cfg.num_clusters, n_init=cfg.num_inits, max_iter=cfg.max_iter, random_state=cfg.seed)
+    kmeans = MiniBatchKMeans(
+        cfg.num_clusters, n_init=cfg.num_inits, max_iter=cfg.max_iter, batch_size=cfg.batch_size,
+        random_state=cfg.seed,
+    )
     kmeans.fit(unit_TZ)
-    centroids_CZ = _unit_rows(kmeans.cluster_centers_)
-    labels_T = (unit_TZ @ centroids_CZ.T).argmax(axis=1)
-    return labels_T, {"num_components": int(x_TZ.shape[1]), "variance_kept": kept}
+    labels_T, passes, settled = spherical_refine(unit_TZ, kmeans.cluster_centers_, cfg.refine_passes)
+    return labels_T, {
+        "num_components": int(x_TZ.shape[1]), "variance_kept": kept, "refine_passes": passes, "refine_settled": settled
+    }
+
+
+REFINE_TOLERANCE = 1e-6
+"""The refinement stops once no centroid coordinate moves more than this (the paper's value)."""
+
+
+def spherical_refine(unit_TZ: np.ndarray, centroids_CZ: np.ndarray, max_passes: int) -> tuple[np.ndarray, int, bool]:
+    """Spherical k-means from `centroids_CZ` on unit rows: the cluster of every row, the passes run
+    and whether the centroids settled. A cluster left without rows keeps its centroid."""
+    centroids_CZ = _unit_rows(np.asarray(centroids_CZ, dtype=unit_TZ.dtype))
+    for done in range(1, max_passes + 1):
+        labels_T = (unit_TZ @ centroids_CZ.T).argmax(axis=1)
+        sums_CZ = np.zeros_like(centroids_CZ)
+        np.add.at(sums_CZ, labels_T, unit_TZ)
+        # the normalised mean is the normalised sum
+        has_rows_C1 = np.bincount(labels_T, minlength=len(centroids_CZ))[:, None] > 0
+        moved_CZ = np.where(has_rows_C1, _unit_rows(sums_CZ), centroids_CZ)
+        shift = float(np.abs(moved_CZ - centroids_CZ).max())
+        centroids_CZ = moved_CZ
+        if shift < REFINE_TOLERANCE:
+            return (unit_TZ @ centroids_CZ.T).argmax(axis=1), done, True
+    return (unit_TZ @ centroids_CZ.T).argmax(axis=1), max_passes, False
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

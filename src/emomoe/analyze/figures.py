@@ -119,12 +119,13 @@ def plot_similarity(analysis: dict[str, Any], kind: str, path: Path) -> Path:
             mean = layer["mean_off_diagonal"][kind]
             ax.set_title(f"{name}, layer {layer['layer']}\nmean off-diagonal {mean:.2f}", fontsize=9)
     fig.colorbar(im, ax=axes.ravel().tolist(), label="cosine similarity", fraction=0.03, pad=0.02)
-    fig.suptitle(f"Domain similarity of routing ({KIND_LABEL[kind]} vectors)")
+    fig.suptitle(f"Domain similarity of routing ({KIND_LABEL[kind]} vectors of whole documents)")
     return _save(fig, path)
 
 
 def plot_layer_lines(analysis: dict[str, Any], path: Path) -> Path:
-    """Per MoE layer: mean off-diagonal domain similarity (both vectors) and NMI(top-1 expert; domain)."""
+    """Per MoE layer: mean off-diagonal domain similarity (both vectors of whole documents, top-k
+    frequency of the prefixes) and NMI(top-1 expert; domain)."""
     fig, axes = _grid(1, 2, 12, 4.3)
     left, right = axes[0]
     for i, (name, model) in enumerate(analysis["models"].items()):
@@ -132,6 +133,8 @@ def plot_layer_lines(analysis: dict[str, Any], path: Path) -> Path:
         for kind, style in (("topk_freq", "-"), ("mean_prob", "--")):
             ys = [layer["mean_off_diagonal"][kind] for layer in model["layers"]]
             left.plot(xs, ys, style, color=f"C{i}", marker="o", label=f"{name}, {KIND_LABEL[kind]}")
+        ys = [layer["prefix_mean_off_diagonal"]["topk_freq"] for layer in model["layers"]]
+        left.plot(xs, ys, ":", color=f"C{i}", marker=".", label=f"{name}, {KIND_LABEL['topk_freq']}, prefixes")
         right.plot(xs, [layer["top1_domain_nmi"] for layer in model["layers"]], color=f"C{i}", marker="o", label=name)
     paper = ((0.6, "paper: standard MoE pairs mostly above 0.6"), (0.4, "paper: EMO pairs mostly below 0.4"))
     for level, text in paper:

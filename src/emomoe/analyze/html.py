@@ -42,6 +42,7 @@ def clusters_html(analysis: dict[str, Any]) -> str:
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         ".doc{font-family:monospace;white-space:pre-wrap;line-height:1.6;border:1px solid #ccc;padding:.5em}"
         "</style></head><body><h1>Token clusters of router activations, one held-out document per domain</h1>",
+        f"<p>The first {analysis['settings']['tokens_per_doc']} tokens of each document: the clustering's input.</p>",
         "<p>Each token is coloured by its cluster (hover for the id); cluster ids are per model. "
         "k-means on each model's concatenated per-layer routed softmax.</p>",
     ]

@@ -99,25 +99,39 @@ def expected_random_jaccard(num_kept: int, num_experts: int) -> float:
     return expected
 
 
+def document_sums(
+    probs_TE: np.ndarray, experts_TK: np.ndarray, doc_T: np.ndarray, num_docs: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per document: the summed routed probability of every expert, and how many times each expert
+    was among a token's top-k."""
+    num_experts = probs_TE.shape[1]
+    probs_GE = np.zeros((num_docs, num_experts))
+    np.add.at(probs_GE, doc_T, probs_TE.astype(np.float64))
+    picks_GE = np.zeros((num_docs, num_experts))
+    np.add.at(picks_GE, (np.repeat(doc_T, experts_TK.shape[1]), experts_TK.reshape(-1)), 1.0)
+    return probs_GE, picks_GE
+
+
 def document_vectors(
     probs_TE: np.ndarray, experts_TK: np.ndarray, doc_T: np.ndarray, num_docs: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per document: the mean routed probability of every expert (rows sum to 1), and the number
     of top-k selections of every expert per token (rows sum to K), as in the paper's Fig. 6."""
-    num_experts = probs_TE.shape[1]
-    lengths_G = np.bincount(doc_T, minlength=num_docs).astype(np.float64)
-    probs_GE = np.zeros((num_docs, num_experts))
-    np.add.at(probs_GE, doc_T, probs_TE.astype(np.float64))
-    picks_GE = np.zeros((num_docs, num_experts))
-    np.add.at(picks_GE, (np.repeat(doc_T, experts_TK.shape[1]), experts_TK.reshape(-1)), 1.0)
-    lengths_G1 = np.maximum(lengths_G, 1.0)[:, None]
+    probs_GE, picks_GE = document_sums(probs_TE, experts_TK, doc_T, num_docs)
+    lengths_G1 = np.maximum(np.bincount(doc_T, minlength=num_docs), 1)[:, None].astype(np.float64)
     return probs_GE / lengths_G1, picks_GE / lengths_G1
+
+
+def group_sums(v_GE: np.ndarray, group_G: np.ndarray, num_groups: int) -> np.ndarray:
+    """Sum of the rows of every group ([num_groups, E])."""
+    sums_YE = np.zeros((num_groups, v_GE.shape[1]))
+    np.add.at(sums_YE, group_G, v_GE)
+    return sums_YE
 
 
 def group_means(v_GE: np.ndarray, group_G: np.ndarray, num_groups: int) -> np.ndarray:
     """Mean row of every group ([num_groups, E]); an empty group's row is all zeros."""
-    sums_YE = np.zeros((num_groups, v_GE.shape[1]))
-    np.add.at(sums_YE, group_G, v_GE)
+    sums_YE = group_sums(v_GE, group_G, num_groups)
     counts_Y1 = np.bincount(group_G, minlength=num_groups)[:, None]
     return sums_YE / np.maximum(counts_Y1, 1)
 

@@ -11,8 +11,9 @@ from emomoe.analyze.modularity import headline
 from emomoe.tables import markdown_table
 
 HEADLINE_ROWS = {
-    "last_layer_similarity_topk_freq": "domain similarity, last layer, top-k frequency (lower: more modular)",
-    "last_layer_similarity_mean_prob": "domain similarity, last layer, mean probability (lower: more modular)",
+    "last_layer_similarity_topk_freq": "domain similarity, last layer, top-k frequency, whole documents (lower: more modular)",
+    "last_layer_similarity_mean_prob": "domain similarity, last layer, mean probability, whole documents",
+    "last_layer_prefix_similarity_topk_freq": "domain similarity, last layer, top-k frequency, document prefixes",
     "cluster_domain_nmi": "NMI(token cluster; domain) (higher: clusters follow domains)",
     "last_layer_top1_domain_nmi": "NMI(top-1 expert; domain), last layer",
 }
@@ -30,13 +31,17 @@ def headline_table(analysis: dict[str, Any]) -> str:
 
 
 def _settings(analysis: dict[str, Any]) -> str:
-    s, docs = analysis["settings"], analysis["documents"]
-    num_docs = sum(d["num_documents"] for d in docs.values())
-    num_tokens = sum(d["num_tokens"] for d in docs.values())
-    per_domain = ", ".join(f"{name} {d['num_documents']}" for name, d in docs.items())
+    s, whole, prefixes = analysis["settings"], analysis["documents"]["whole_documents"], analysis["documents"]["prefixes"]
+    num_docs = sum(d["num_documents"] for d in whole.values())
+    per_domain = ", ".join(f"{name} {d['num_documents']}" for name, d in whole.items())
+    windows = ", ".join(f"{name} {m['window']}" for name, m in analysis["models"].items())
     return (
-        f"- data: {s['store']}, held-out documents: {num_docs} ({per_domain}), the first {s['tokens_per_doc']} "
-        f"tokens of each, {num_tokens:,} tokens in all\n"
+        f"- data: {s['store']}, held-out documents of at least {s['min_doc_tokens']} tokens: {num_docs} ({per_domain})\n"
+        f"- whole documents (cut to {s['max_doc_tokens']} tokens, {sum(d['num_tokens'] for d in whole.values()):,} "
+        "tokens in all): domain maps, domain similarity, coverage, NMI(top-1 expert; domain); a document longer than "
+        f"a model's context goes through in windows of it ({windows} tokens)\n"
+        f"- prefixes (the first {s['tokens_per_doc']} tokens of each, {sum(d['num_tokens'] for d in prefixes.values()):,} "
+        "tokens in all): token clusters, prefix domain similarity\n"
         + "".join(f"- {name}: {path}\n" for name, path in s["checkpoints"].items())
         + f"- routing without a document pool (inference behaviour); clustering: k = {s['clusters']['num_clusters']}, "
         f"PCA to {s['clusters']['variance']:.0%} variance, seed {s['clusters']['seed']}"
@@ -46,7 +51,7 @@ def _settings(analysis: dict[str, Any]) -> str:
 def _layer_table(analysis: dict[str, Any]) -> str:
     models = analysis["models"]
     header = ["layer"]
-    for label in ("similarity top-k", "similarity prob", "NMI(top-1; domain)"):
+    for label in ("similarity top-k", "similarity prob", "prefix similarity top-k", "NMI(top-1; domain)"):
         header += [f"{name} {label}" for name in models]
     depth = max(len(m["layers"]) for m in models.values())
     rows = []
@@ -57,6 +62,7 @@ def _layer_table(analysis: dict[str, Any]) -> str:
         for get in (
             lambda layer: layer["mean_off_diagonal"]["topk_freq"],
             lambda layer: layer["mean_off_diagonal"]["mean_prob"],
+            lambda layer: layer["prefix_mean_off_diagonal"]["topk_freq"],
             lambda layer: layer["top1_domain_nmi"],
         ):
             cells += [f"{get(layer):.3f}" if layer else "" for layer in layers.values()]
@@ -108,6 +114,9 @@ def _cluster_facts(analysis: dict[str, Any]) -> str:
         "first tokens in their most common cluster": lambda c: f"{c['first_token']['share_of_first_tokens']:.0%}",
         "first tokens' share of that cluster": lambda c: f"{c['first_token']['first_token_share_of_cluster']:.0%}",
         "PCA components (variance kept)": lambda c: f"{c['num_components']} ({c['variance_kept']:.1%})",
+        "spherical k-means passes after mini-batch k-means": lambda c: (
+            f"{c['refine_passes']} ({'settled' if c['refine_settled'] else 'stopped at the limit'})"
+        ),
     }
     rows = [[label, *[get(m["clusters"]) for m in models.values()]] for label, get in facts.items()]
     return markdown_table(["", *models], rows)
@@ -141,9 +150,10 @@ def analysis_report(analysis: dict[str, Any], *, command: str | None = None) -> 
         "## Headline\n\n" + headline_table(analysis) + "\n\nThe paper (1T-token models, 24 WebOrganizer "
         "topics) found most domain pairs above 0.6 for the standard MoE and below 0.4 for EMO in later "
         "layers, and EMO's token clusters following topics where the standard model's follow syntax.",
-        "## Domain similarity per layer\n\nCosine similarity between the domains' mean routing vectors, averaged "
-        "over pairs of different domains, and the normalised mutual information between a token's top-1 expert "
-        "and its domain.\n\n" + _layer_table(analysis)
+        "## Domain similarity per layer\n\nCosine similarity between the domains' mean routing vectors of whole "
+        "documents (the paper's Fig. 6), averaged over pairs of different domains; the same on the document prefixes "
+        "the clustering reads; and the normalised mutual information between a token's top-1 expert and its "
+        "domain.\n\n" + _layer_table(analysis)
         + f"\n\n![similarity and NMI by layer]({figures['layers']})\n\n"
         + "\n\n".join(f"![domain similarity, {KIND_LABEL[k]}]({figures[f'similarity:{k}']})" for k in KIND_LABEL),
         "## Which experts each domain uses\n\nMean routed probability and top-k frequency of every expert per "
@@ -152,8 +162,8 @@ def analysis_report(analysis: dict[str, Any], *, command: str | None = None) -> 
         "## Routing entropy and expert coverage (last layer)\n\nPer document, averaged over a domain's documents: "
         "entropy of the mean routed distribution, experts above uniform weight, experts picked at least once.\n\n"
         + _coverage_table(analysis) + f"\n\n![coverage by layer]({figures['coverage']})",
-        "## Token clusters of router activations\n\nEvery token's routed softmax of all MoE layers, concatenated, "
-        "clustered with spherical k-means. The paper found a dedicated cluster for the first token of every "
+        "## Token clusters of router activations\n\nEvery prefix token's routed softmax of all MoE layers, "
+        "concatenated, clustered with spherical k-means. The paper found a dedicated cluster for the first token of every "
         f"document in EMO. Example documents coloured by cluster: [{HTML_FILE}]({HTML_FILE}).\n\n"
         + _cluster_facts(analysis) + f"\n\n![clusters vs domains]({figures['clusters']})\n\n"
         + "\n\n".join(f"Largest clusters of {name}:\n\n{_cluster_table(analysis, name)}" for name in models),

@@ -8,7 +8,7 @@ from pathlib import Path
 from emomoe.analyze.sweep_results import RESULTS_FILE, for_method, keeps_descending, mean_increase, methods_of
 from emomoe.cli._models import model_names
 from emomoe.cli._options import add_config_options, config_from_args
-from emomoe.experiments.sweep import SweepConfig, run_sweep, write_sweep
+from emomoe.experiments.sweep import SELECTIONS_DIR, SweepConfig, run_sweep, write_sweep
 from emomoe.experiments.sweep_tables import equal_bytes_line
 from emomoe.io import check_output_dir, refuse_existing
 from emomoe.train.runtime import setup_runtime
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoints = model_names(args.checkpoints, args.names)
     check_output_dir(args.out)
     refuse_existing(Path(args.out) / RESULTS_FILE, args.force, " (results of an earlier sweep)")
+    refuse_existing(Path(args.out) / SELECTIONS_DIR, args.force, " (selection files of an earlier sweep)")
     setup_runtime()
     results = run_sweep(checkpoints, args.data, cfg, progress=not args.no_progress)
     report = write_sweep(args.out, results, force=args.force)

@@ -18,7 +18,8 @@ task's training examples with the paper's recipe and evaluate it again.
 Every finished cell is written to results.json at once, so a second run with the same out
 directory reuses what is done (cells of new tasks, keeps, methods or sizes are added, and
 `--finetune` adds the "after" of the cells that lack it); settings that would change a finished
-cell must then stay as they were.
+cell must then stay as they were. Ctrl-C and SIGTERM stop a run within the cell in progress,
+which is dropped; the finished ones stay in results.json and report.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ from emomoe.experiments.benchmarks import (
 from emomoe.experiments.finetune import FinetuneRecipe, finetune_subset, recipe_config
 from emomoe.experiments.protocol_report import FULL, calib_label, write_report
 from emomoe.experiments.task_data import TaskExamples, model_tokenizer, subsample, task_examples, tokenize
+from emomoe.interrupts import terminate_as_interrupt
 from emomoe.io import atomic_write_text, check_output_dir
 from emomoe.select.calibration import Calibration, example_calibration
 from emomoe.select.keep import KeepSpec
@@ -82,6 +85,10 @@ class ProtocolConfig(TaskDataConfig, ShippedTaskConfig):
     num_calib: list[int] = dataclasses.field(default_factory=lambda: [0])
     """Calibration sizes: examples of the task's pool to select on (0: all of them); random
     selection ignores them."""
+    calib_num_fewshot: int | None = None
+    """Examples in each calibration (selection) prompt, where num_fewshot sets those of the
+    evaluation and fine-tuning prompts (the official scripts' separate selection and evaluation
+    shot counts); None means num_fewshot's."""
     finetune: bool = False
     """Also fine-tune every subset and whole model for an epoch on the task's training examples
     (the recipe's settings) and evaluate it again."""
@@ -109,6 +116,8 @@ class ProtocolConfig(TaskDataConfig, ShippedTaskConfig):
                 raise ConfigError(f"{name}: expected distinct values, at least one, got {values}")
         for keep in self.keep:
             KeepSpec.parse(keep)
+        if self.calib_num_fewshot is not None and self.calib_num_fewshot < 0:
+            raise ConfigError(f"calib_num_fewshot: expected an integer >= 0, got {self.calib_num_fewshot}")
         if any(n < 0 for n in self.num_calib):
             raise ConfigError(f"num_calib: expected integers >= 0 (0: all), got {self.num_calib}")
         if self.batch_size < 1 or (self.seq_len is not None and self.seq_len < 1):
@@ -156,15 +165,32 @@ def run_protocol(
         loaded[task] = load_tasks([task], include_path=[*cfg.include_path, *shipped], num_fewshot=cfg.num_fewshot,
                                   seed=cfg.seed)
         examples[task] = task_examples(task, loaded[task], cfg.splits)
+        if cfg.calib_num_fewshot is not None and cfg.calib_num_fewshot != cfg.num_fewshot:
+            shots = load_tasks([task], include_path=[*cfg.include_path, *shipped], num_fewshot=cfg.calib_num_fewshot,
+                               seed=cfg.seed)
+            calibration = task_examples(task, shots, cfg.splits)
+            examples[task] = dataclasses.replace(examples[task], calibration=calibration.calibration, info={
+                **examples[task].info, "calibration_sources": calibration.info["sources"]
+            })
         results["tasks"][task] = examples[task].info
     calibrations = {  # made and checked before any work
         (task, name): _calibrations(examples[task], Path(checkpoint), cfg, data)
         for task in cfg.tasks for name, checkpoint in checkpoints.items()
     }
     run = _Run(out_dir, cfg, results, loaded, examples, calibrations, progress)
-    for name, (role, checkpoint) in models.items():
-        run.model(name, role, checkpoint, data)
-    run.bar.close()
+    try:
+        with terminate_as_interrupt():
+            for name, (role, checkpoint) in models.items():
+                run.model(name, role, checkpoint, data)
+    except KeyboardInterrupt:
+        # results.json holds every finished cell (each written when it finished); the one in
+        # progress is dropped, and the same command continues from the others.
+        write_report(out_dir, results)
+        tqdm.write(f"stopped: {len(results['cells'])} finished cells kept in {out_dir / RESULTS_FILE}; "
+                   "the same command continues from them", file=sys.stderr)
+        raise
+    finally:
+        run.bar.close()
     write_report(out_dir, results)
     return results
 

@@ -92,6 +92,7 @@ def _task_section(results: dict[str, Any], task: str) -> str:
     splits = "; ".join(
         f"{name}: held out {s['held_out']}, calibration from {'+'.join(s['calibration'])}, "
         f"fine-tuning from {'+'.join(s['finetune'])}, {s['num_fewshot']}-shot"
+        + (f", calibration {info['calibration_sources'][name]['num_fewshot']}-shot" if "calibration_sources" in info else "")
         for name, s in info["sources"].items()
     )
     items = f" on {int(whole[0]['before']['n'])} held-out items" if "n" in whole[0]["before"] else ""
