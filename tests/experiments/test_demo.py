@@ -40,7 +40,7 @@ def test_anneal_starts_from_the_standard_model_and_joins_the_comparison(tmp_path
 
 @pytest.mark.parametrize("problem, message", [
     ("missing-package", r"^emomoe demo: error: emomoe demo needs the 'lm_eval' package: pip install 'emomoe\[all\]'$"),
-    ("bad-set", r"^emomoe demo: error: .*demo-emo\.yaml: train\.max_steps: expected a positive integer, got -3$"),
+    ("bad-set", r"^emomoe demo: error: .*demo-emo\.yaml: train\.max_steps: expected an integer >= 1, got -3$"),
     ("users-analysis-folder", r"^emomoe demo: error: .*demo/analysis: is a folder emomoe did not write"),
 ])
 def test_the_demo_stops_before_any_work_in_one_line(tmp_path, monkeypatch, capsys, problem, message):

@@ -25,6 +25,7 @@ from emomoe.analyze.modularity import model_summary
 from emomoe.analyze.modularity_report import HTML_FILE, REPORT_FILE, analysis_report
 from emomoe.analyze.overlap import overlap_summary, read_kept_sets
 from emomoe.checkpoint import check_fits, load_config, load_for_inference
+from emomoe.config import ranged
 from emomoe.data.store import TokenStore
 from emomoe.data.tokenizer import load_tokenizer
 from emomoe.data.windows import BATCH_SIZE, TokenizerCheckConfig
@@ -38,21 +39,16 @@ ANALYSIS_FILE = "analysis.json"
 class AnalysisConfig(TokenizerCheckConfig):
     domains: list[str] | None = None
     """Domains to analyse (None: every domain of the store)."""
-    num_docs: int = 64
+    num_docs: int = ranged(64, ge=1)
     """Held-out documents per domain, evenly spaced over the validation split."""
-    tokens_per_doc: int = 100
+    tokens_per_doc: int = ranged(100, ge=1)
     """Only the first tokens of each document (the paper's clustering uses the first 100)."""
-    batch_size: int = BATCH_SIZE
+    batch_size: int = ranged(BATCH_SIZE, ge=1)
     """Documents per forward pass."""
     clusters: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     """How tokens are clustered by their routing."""
-    num_top_tokens: int = 10
+    num_top_tokens: int = ranged(10, ge=1)
     """Most frequent tokens listed per cluster."""
-
-    def validate(self) -> None:
-        for name in ("num_docs", "tokens_per_doc", "batch_size", "num_top_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
 
 def run_analysis(
@@ -64,7 +60,7 @@ def run_analysis(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Every number of the analysis (what `analysis.json` holds; see `write_analysis`)."""
-    cfg.validate()
+    cfg.check()
     require("the analysis (k-means, PCA and figures)", "analysis", "sklearn", "matplotlib")
     if not checkpoints:
         raise ConfigError("checkpoints: give at least one model to analyse")

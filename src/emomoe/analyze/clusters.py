@@ -18,31 +18,22 @@ from typing import Any
 import numpy as np
 
 from emomoe.analyze.metrics import contingency, normalized_mutual_information, purity
-from emomoe.config import Config
+from emomoe.config import Config, ranged
 from emomoe.errors import ConfigError, EmomoeError
 
 
 @dataclasses.dataclass
 class ClusterConfig(Config):
-    num_clusters: int = 32
+    num_clusters: int = ranged(32, ge=2)
     """k of k-means (the paper's 32)."""
-    variance: float = 0.95
+    variance: float = ranged(0.95, gt=0, le=1)
     """Share of the feature variance the PCA keeps."""
-    num_inits: int = 10
+    num_inits: int = ranged(10, ge=1)
     """k-means restarts; the best (lowest inertia) wins."""
-    max_iter: int = 500
+    max_iter: int = ranged(500, ge=1)
     """Iterations of one k-means run at most."""
     seed: int = 42
     """Seed of the PCA and of the k-means initialisations."""
-
-    def validate(self) -> None:
-        if self.num_clusters < 2:
-            raise ConfigError(f"num_clusters: expected at least 2, got {self.num_clusters}")
-        if not 0.0 < self.variance <= 1.0:
-            raise ConfigError(f"variance: expected a share in (0, 1], got {self.variance}")
-        for name in ("num_inits", "max_iter"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
 
 def check_num_clusters(cfg: ClusterConfig, num_tokens: int) -> None:

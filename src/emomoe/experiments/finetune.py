@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from emomoe.checkpoint import check_fits, load_config, load_model, save_model
 from emomoe.checkpoint.selection import SELECTION_FILE, read_selection
-from emomoe.config import Config
+from emomoe.config import Config, ranged
 from emomoe.data.loader import DataConfig, TrainLoader, eval_batches
 from emomoe.data.pairs import Batch, Example, PairLoader, read_pairs
 from emomoe.data.store import Split, TokenStore
@@ -67,17 +67,12 @@ HF_ROUTING = ["moe.router.pool=off", "moe.router.eval_pool=off", "moe.router.lb_
 
 @dataclasses.dataclass
 class FinetuneLoss(Config):
-    lb_weight: float = 0.01
+    lb_weight: float = ranged(0.01, ge=0)
     """Switch load balancing, averaged over MoE layers (HF `router_aux_loss_coef`)."""
-    router_z_weight: float = 0.0
+    router_z_weight: float = ranged(0.0, ge=0)
     """Router z-loss, averaged over MoE layers; off in the HF recipe."""
-    logit_z_weight: float = 0.0
+    logit_z_weight: float = ranged(0.0, ge=0)
     """Output-logit z-loss; off in the HF recipe."""
-
-    def validate(self) -> None:
-        for name, value in dataclasses.asdict(self).items():
-            if value < 0:
-                raise ConfigError(f"{name}: expected a weight >= 0, got {value}")
 
 
 def finetune_loss(out: ModelOutput, labels_BS: torch.Tensor, weights: FinetuneLoss) -> dict[str, torch.Tensor]:
@@ -120,16 +115,16 @@ GLOBAL_BATCH_SIZE = 32
 class FinetuneRecipe(Config):
     """How a model is fine-tuned: the paper's recipe by default (module docstring)."""
 
-    lr: float = 5e-5
+    lr: float = ranged(5e-5, gt=0)
     """Peak learning rate of AdamW (HF Trainer's: betas 0.9 and 0.999, eps 1e-8, no weight decay),
     reached after a linear warmup from 0 and decaying linearly to 0."""
-    num_epochs: float = 1.0
+    num_epochs: float = ranged(1.0, gt=0)
     """Passes over the training data."""
-    max_steps: int = 0
+    max_steps: int = ranged(0, ge=0)
     """Stop after this many optimizer steps; 0 means no limit."""
-    warmup_fraction: float = 0.1
+    warmup_fraction: float = ranged(0.1, ge=0, lt=1)
     """Share of the steps the learning rate warms up over."""
-    global_batch_size: int = GLOBAL_BATCH_SIZE
+    global_batch_size: int = ranged(GLOBAL_BATCH_SIZE, ge=1)
     """Examples per optimizer step: forwards of at most batch_size rows whose gradients accumulate
     (windows of a token store: rounded up to whole forwards of batch_size)."""
     answer_only: bool = True
@@ -138,17 +133,6 @@ class FinetuneRecipe(Config):
     """The terms of the loss besides the cross-entropy, and their weights."""
     seed: int = 0
     """Seed of the order the training windows (or pairs) are visited in."""
-
-    def validate(self) -> None:
-        super().validate()
-        if not (self.num_epochs > 0 and self.max_steps >= 0 and 0.0 <= self.warmup_fraction < 1.0
-                and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(
-                f"lr > 0, num_epochs > 0, max_steps >= 0 and warmup_fraction in [0, 1) expected, "
-                f"got {self.lr}, {self.num_epochs}, {self.max_steps}, {self.warmup_fraction}"
-            )
-        if self.global_batch_size < 1:
-            raise ConfigError(f"global_batch_size: expected a positive integer, got {self.global_batch_size}")
 
     def train_config(self, num_steps: int) -> TrainConfig:
         """The optimizer and schedule of a run of `num_steps` steps, as HF Trainer sets them up."""
@@ -164,13 +148,8 @@ class FinetuneConfig(FinetuneRecipe, HeldOutConfig):
     domains: list[str] | None = None
     """Domains of the store to train on; None means those the subset was selected on. With
     prompt/answer pairs, the domains whose held-out loss is measured before and after."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = ranged(0, ge=0)
     """Steps between checkpoints that a resumed run continues from; 0 means only on Ctrl-C / SIGTERM."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every: expected >= 0, got {self.checkpoint_every}")
 
 
 def recipe_config(recipe: FinetuneRecipe, **fields: Any) -> FinetuneConfig:
