@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from emomoe.cli import main
-from emomoe.experiments.demo import check_demo
+from emomoe.experiments.demo import REFERENCE_S, REFERENCE_TOKENS_PER_S, check_demo, demo_stages
 from emomoe.experiments.sweep_tables import summary_table
 from emomoe.io import OUTPUT_MARKER
 from tests.cli.test_train_cli import SMALL_DEMO, TOPICS, small_demo_inputs
@@ -64,3 +64,13 @@ def test_the_outputs_of_an_earlier_demo_are_adopted_not_refused(tmp_path):
     (out / "analysis" / "analysis.json").write_text("{}")  # written before folders carried a marker
     check_demo(out, [], anneal=False)
     assert (out / "analysis" / OUTPUT_MARKER).read_text().splitlines()[1:] == ["analysis.json"]
+
+
+def test_the_demo_eta_starts_from_each_stage_s_reference_time_scaled_by_the_training_budget():
+    stages = {s.name: s.reference_s for s in demo_stages(["train.max_steps=50"], anneal=True)}
+    assert list(stages) == ["data", "emo", "std", "anneal", "eval", "sweep", "lm-eval", "analysis"]
+    # 50 steps x 16 windows x 256 tokens at the reference's tokens per second; the anneal also has 50.
+    assert stages["emo"] == stages["std"] == stages["anneal"] == 50 * 16 * 256 / REFERENCE_TOKENS_PER_S
+    assert stages["sweep"] == 3 * REFERENCE_S["sweep"] and stages["lm-eval"] == 2 * REFERENCE_S["lm-eval"]
+    default = {s.name: s.reference_s for s in demo_stages([], anneal=False)}
+    assert default["emo"] == 500 * 16 * 256 / REFERENCE_TOKENS_PER_S and "anneal" not in default

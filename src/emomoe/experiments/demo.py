@@ -54,6 +54,7 @@ from emomoe.evaluate.continuation import (
 from emomoe.evaluate.continuation import task_name as continuation_task
 from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.experiments.benchmarks import go_offline, run_tasks, task_scores
+from emomoe.experiments.eta import Eta, Stage
 from emomoe.experiments.sweep import SELECTIONS_DIR, SweepConfig, keep_label, run_sweep, write_sweep
 from emomoe.io import OUTPUT_MARKER, atomic_write_text, check_output_dir, mark_output, refuse_existing
 from emomoe.select.methods import SelectMethod
@@ -63,7 +64,7 @@ from emomoe.tables import markdown_table
 from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
 from emomoe.train.metrics import METRICS_FILE, read_metrics
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
-from emomoe.train.trainer import fit_to_store, train
+from emomoe.train.trainer import TrainResult, fit_to_store, train
 
 ANALYSIS_DIR = "analysis"
 TASKS_DIR = "lm_eval_tasks"
@@ -111,35 +112,41 @@ def run_demo(
     """Run the main job into `out`; `overrides` (dotted key=value) apply to every model config."""
     out = Path(out)
     check_demo(out, overrides or [], anneal=anneal)
+    eta = Eta(demo_stages(overrides or [], anneal=anneal))
     say = print if progress else (lambda *_: None)
-    say(f"[1/6] data: tokenizer and token store of the embedded corpus in {out}")
+    say(f"[1/6] data: tokenizer and token store of the embedded corpus in {out} ({eta.start('data')})")
+    reused = (out / "store" / METADATA_FILE).is_file()
     store = prepare_demo_data(out, progress=progress)
+    eta.finish(done=0.0 if reused else 1.0)
     final_dirs, training = {}, {}
     for name in DEMO_MODELS:
-        say(f"[2/6] train: {DEMO_MODELS[name]} -> {out / name}")
+        say(f"[2/6] train: {DEMO_MODELS[name]} -> {out / name} ({eta.start(name)})")
         started = time.perf_counter()
-        final_dirs[name] = train_demo_model(name, store, out, overrides or [], force=force, progress=progress)
+        run = train_demo_model(name, store, out, overrides or [], force=force, progress=progress)
+        eta.finish(done=_trained_share(run))
+        final_dirs[name] = run.final_dir
         training[name] = training_facts(final_dirs[name], time.perf_counter() - started)
     if anneal:
-        say(f"[2/6] train: {ANNEAL_CONFIG} from {final_dirs['std']} -> {out / ANNEAL}")
+        say(f"[2/6] train: {ANNEAL_CONFIG} from {final_dirs['std']} -> {out / ANNEAL} ({eta.start(ANNEAL)})")
         started = time.perf_counter()
-        annealed = train_anneal_model(final_dirs["std"], store, out, overrides or [], force=force, progress=progress)
-        training[ANNEAL] = training_facts(annealed, time.perf_counter() - started)
+        run = train_anneal_model(final_dirs["std"], store, out, overrides or [], force=force, progress=progress)
+        eta.finish(done=_trained_share(run))
+        training[ANNEAL] = training_facts(run.final_dir, time.perf_counter() - started)
         # The standard MoE last: the sweep's tables compare every model with the last one.
-        final_dirs = {"emo": final_dirs["emo"], ANNEAL: annealed, "std": final_dirs["std"]}
-    say("[3/6] eval: per-domain validation loss of the full models")
+        final_dirs = {"emo": final_dirs["emo"], ANNEAL: run.final_dir, "std": final_dirs["std"]}
+    say(f"[3/6] eval: per-domain validation loss of the full models ({eta.start('eval')})")
     val_loss = {name: validation_losses(final, store, progress=progress) for name, final in final_dirs.items()}
     table = model_loss_table(val_loss)
     atomic_write_text(out / "val_loss.md", table + "\n")
     atomic_write_text(out / "val_loss.json", json.dumps(val_loss, indent=2) + "\n")
-    say("[4/6] sweep: select, slice and evaluate expert subsets per domain and keep fraction")
+    say(f"[4/6] sweep: select, slice and evaluate expert subsets per domain and keep fraction ({eta.start('sweep')})")
     trained = RunConfig.from_yaml(out / "emo" / CONFIG_FILE)
     sweep_cfg = SweepConfig(
         seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size, methods=SWEEP_METHODS,
         compare_keep=[BENCHMARK_KEEP], equal_bytes=[BENCHMARK_KEEP],
     )
     sweep = run_sweep(final_dirs, store, sweep_cfg, progress=progress)
-    say(f"[5/6] lm-eval: the continuation task, full models and {BENCHMARK_KEEP:g} subsets")
+    say(f"[5/6] lm-eval: the continuation task, full models and {BENCHMARK_KEEP:g} subsets ({eta.start('lm-eval')})")
     # The lm-eval and analysis steps stay with the two models the demo is about; the anneal is swept.
     pair = {name: final_dirs[name] for name in DEMO_MODELS}
     accuracy = benchmark_accuracy(pair, store, sweep, out)
@@ -149,9 +156,37 @@ def run_demo(
     command = f"emomoe demo --out {out}" + (" --anneal" if anneal else "")
     report = write_sweep(out, sweep, force=True, training=training, command=command)
     atomic_write_text(report, report.read_text() + "\n" + benchmark_section(benchmark))
+    say(f"[6/6] analysis: which experts serve which domains -> {out / ANALYSIS_DIR} ({eta.start('analysis')})")
     modularity = analyze_demo_models(out, pair, store, report, progress=progress)
-    say(f"[6/6] report: {report}")
+    say(f"done: {report}")
     return DemoResult(out, final_dirs, val_loss, table, sweep, benchmark, report, modularity)
+
+
+REFERENCE_TOKENS_PER_S = 7000.0
+"""Training speed of the demo's models on the reference machine (the 2-core Xeon the README's times
+were measured on, idle)."""
+REFERENCE_S = {"data": 40.0, "eval": 15.0, "sweep": 60.0, "lm-eval": 10.0, "analysis": 15.0}
+"""Seconds of each other stage on the reference machine: the tokenizer and store once; the others per model."""
+
+
+def demo_stages(overrides: list[str], *, anneal: bool) -> list[Stage]:
+    """The demo's stages in order, each with its time on the reference machine: what the ETA starts from."""
+    models = [*DEMO_MODELS, *([ANNEAL] if anneal else [])]
+    trainings = []
+    for name in models:
+        cfg = RunConfig.from_yaml(SHIPPED_CONFIGS / {**DEMO_MODELS, ANNEAL: ANNEAL_CONFIG}[name], overrides)
+        tokens = cfg.train.max_steps * cfg.train.num_micro_batches * cfg.data.batch_size * cfg.data.seq_len
+        trainings.append(Stage(name, tokens / REFERENCE_TOKENS_PER_S))
+    per_model = {"eval": len(models), "sweep": len(models), "lm-eval": len(DEMO_MODELS), "analysis": len(DEMO_MODELS)}
+    return [
+        Stage("data", REFERENCE_S["data"]), *trainings,
+        *(Stage(stage, REFERENCE_S[stage] * count) for stage, count in per_model.items()),
+    ]
+
+
+def _trained_share(run: TrainResult) -> float:
+    """The share of a run's steps this invocation trained (0 for a run finished earlier)."""
+    return (run.step - run.first_step) / max(run.step, 1)
 
 
 def check_demo(out: Path, overrides: list[str], *, anneal: bool) -> None:
@@ -226,7 +261,7 @@ def demo_config(name: str, store: TokenStore, overrides: list[str]) -> RunConfig
 
 def train_demo_model(
     name: str, store: TokenStore, out: Path, overrides: list[str], *, force: bool, progress: bool
-) -> Path:
+) -> TrainResult:
     """Step 2: train one model into OUT/<name>, resuming (or just reusing) an earlier run of the same config."""
     run_dir = out / name
     cfg = demo_config(name, store, overrides)
@@ -241,13 +276,12 @@ def train_demo_model(
                     f"{run_dir} holds a run with a different config (at '{difference}'); "
                     "pass --force to train it again"
                 )
-    result = train(cfg, run_dir, resume=holds_run(run_dir), progress=progress)
-    return result.final_dir
+    return train(cfg, run_dir, resume=holds_run(run_dir), progress=progress)
 
 
 def train_anneal_model(
     std_final: Path, store: TokenStore, out: Path, overrides: list[str], *, force: bool, progress: bool
-) -> Path:
+) -> TrainResult:
     """Step 2, optional: EMO-anneal the standard model into OUT/anneal (configs/demo-anneal.yaml
     starting from `std_final`)."""
     return train_demo_model(ANNEAL, store, out, [*overrides, f"train.init_from={std_final}"], force=force, progress=progress)
