@@ -30,6 +30,7 @@ import json
 import math
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ from emomoe.train.config import LRSchedule, TrainConfig
 from emomoe.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from emomoe.train.optim import build_optimizer
 from emomoe.train.rng import capture_rng_state, restore_rng_state
+from emomoe.train.runtime import setup_runtime, thread_governor
 from emomoe.train.schedule import build_scheduler
 from emomoe.train.step import TrainingDiverged, check_finite_weights, train_step
 from emomoe.train.stop_request import StopRequest
@@ -150,6 +152,10 @@ class FinetuneConfig(FinetuneRecipe, HeldOutConfig):
     prompt/answer pairs, the domains whose held-out loss is measured before and after."""
     checkpoint_every: int = ranged(0, ge=0)
     """Steps between checkpoints that a resumed run continues from; 0 means only on Ctrl-C / SIGTERM."""
+    num_threads: int = ranged(0, ge=0)
+    """CPU threads, as in training: 0 runs one per core that other processes leave free, re-decided
+    every second as their load changes; a number fixes them (results differ in their last bits
+    between thread counts)."""
 
 
 def recipe_config(recipe: FinetuneRecipe, **fields: Any) -> FinetuneConfig:
@@ -185,6 +191,7 @@ def finetune_subset(
     model, its selection.json (with this fine-tuning recorded) and metrics.jsonl.
     """
     config = (config or FinetuneConfig()).replace(**fields)
+    setup_runtime(config.num_threads, retain_memory=True)
     # The training below reads these as plain names.
     batch_size, global_batch_size, loss = config.batch_size, config.global_batch_size, config.loss
     num_eval_windows, checkpoint_every = config.num_eval_windows, config.checkpoint_every
@@ -289,19 +296,28 @@ def finetune_subset(
         return checkpoints.save(step, model, cfg, state)
 
     loss_fn = functools.partial(finetune_loss, weights=loss)
+    threads = thread_governor(config.num_threads)
     model.train()
     bar = tqdm(total=num_steps, initial=step, desc="finetune", unit="step", disable=not progress)
     with StopRequest() as stop, bar:
         while step < num_steps:
+            if threads is not None:
+                threads.update()
+            started = time.perf_counter()
             lr_now = scheduler.get_last_lr()[0]
+            batches = micro_batches(step)
             try:
                 terms = train_step(
-                    model, optimizer, micro_batches(step), loss_fn, scheduler=scheduler, grad_clip=recipe.grad_clip
+                    model, optimizer, batches, loss_fn, scheduler=scheduler, grad_clip=recipe.grad_clip
                 ).losses
             except TrainingDiverged as e:
                 raise diverged(e, step + 1) from None
             step += 1
-            metrics.write({"step": step, **{k: terms[k] for k in ("ce", "lb", "total")}, "lr": lr_now})
+            tokens_per_s = sum(b["input_ids_BS"].numel() for b in batches) / (time.perf_counter() - started)
+            metrics.write({
+                "step": step, **{k: terms[k] for k in ("ce", "lb", "total")}, "lr": lr_now, "tokens_per_s": tokens_per_s,
+                "threads": torch.get_num_threads(),
+            })
             bar.update()
             if (checkpoint_every and step % checkpoint_every == 0) or (stop.requested and step < num_steps):
                 try:
