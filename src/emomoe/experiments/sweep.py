@@ -7,7 +7,7 @@ as one ranking of every layer's experts spreads them (`select --budget-gb`).
 Work is shared where the method allows: calibration and held-out windows are read once per domain
 for all models, the full model is evaluated once per (model, domain) for all methods, and scores
 that do not depend on the number kept (global, easy-ep, reap, random) are computed once per
-(model, domain) for all fractions. Fraction 1 is always included: it is the full model, the
+(model, domain) for all fractions; global, easy-ep and reap from one pass of the unpruned model. Fraction 1 is always included: it is the full model, the
 baseline of every loss increase. Every domain's calibration profile (the full model's router mass
 on its calibration windows) is computed once per model, from whichever method's pass gives it for
 free, and written with the subsets' selection files (`selections/MODEL/METHOD/KEEP/DOMAIN.json`),
@@ -40,7 +40,7 @@ from emomoe.model import ModelConfig
 from emomoe.select.budget import Budget, BudgetUnit, SubsetSize, check_budget, fit_counts
 from emomoe.select.calibration import NUM_CALIB_WINDOWS, store_calibration
 from emomoe.select.keep import KeepSpec
-from emomoe.select.methods import ExpertSelector, SelectMethod
+from emomoe.select.methods import ExpertSelector, SelectMethod, score_together
 from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import subset_config, subset_model
 from emomoe.select.subset import selection_record, subset_size
@@ -201,6 +201,7 @@ def run_sweep(
                 for m in cfg.methods
             }
             if batches:
+                score_together(list(selectors.values()))
                 profile = _profiler(selectors, source, batches).profile()
                 profiles[domain] = [mass_E.tolist() for mass_E in profile]
                 for selector in selectors.values():
