@@ -8,7 +8,15 @@ import pytest
 import yaml
 
 from emomoe.cli import main
-from emomoe.experiments.demo import REFERENCE_S, REFERENCE_TOKENS_PER_S, check_demo, demo_stages
+from emomoe.experiments import demo as demo_module
+from emomoe.experiments.demo import (
+    REFERENCE_S,
+    REFERENCE_SIDE_BY_SIDE_TOKENS_PER_S,
+    REFERENCE_TOKENS_PER_S,
+    check_demo,
+    demo_stages,
+    trains_side_by_side,
+)
 from emomoe.experiments.sweep_tables import summary_table
 from emomoe.io import OUTPUT_MARKER
 from tests.cli.test_train_cli import SMALL_DEMO, TOPICS, small_demo_inputs
@@ -74,3 +82,15 @@ def test_the_demo_eta_starts_from_each_stage_s_reference_time_scaled_by_the_trai
     assert stages["sweep"] == 3 * REFERENCE_S["sweep"] and stages["lm-eval"] == 2 * REFERENCE_S["lm-eval"]
     default = {s.name: s.reference_s for s in demo_stages([], anneal=False)}
     assert default["emo"] == 500 * 16 * 256 / REFERENCE_TOKENS_PER_S and "anneal" not in default
+
+
+def test_both_models_train_at_once_where_each_process_gets_its_own_cores(monkeypatch):
+    for cores, overrides, expected in [
+        (1, [], False), (2, [], True), (2, ["train.num_threads=1"], True), (2, ["train.num_threads=2"], False),
+        (4, ["train.num_threads=2"], True),
+    ]:
+        monkeypatch.setattr(demo_module, "available_cores", lambda: cores)
+        assert trains_side_by_side(overrides) is expected, (cores, overrides)
+    stages = {s.name: s.reference_s for s in demo_stages([], anneal=True, side_by_side=True)}
+    assert list(stages)[:3] == ["data", "emo+std", "anneal"]
+    assert stages["emo+std"] == 2 * 500 * 16 * 256 / REFERENCE_SIDE_BY_SIDE_TOKENS_PER_S

@@ -28,8 +28,10 @@ EMO-anneal); steps 3 and 4 cover it beside the other two.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import statistics
 import time
 from pathlib import Path
@@ -43,7 +45,7 @@ from emomoe.data.corpus import embedded_corpus
 from emomoe.data.store import METADATA_FILE, TokenStore
 from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
-from emomoe.errors import ConfigError, require
+from emomoe.errors import ConfigError, EmomoeError, require
 from emomoe.evaluate.continuation import (
     CONTEXT_TOKENS,
     CONTINUATION_TOKENS,
@@ -64,6 +66,7 @@ from emomoe.tables import markdown_table
 from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
 from emomoe.train.metrics import METRICS_FILE, read_metrics
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
+from emomoe.train.runtime import available_cores
 from emomoe.train.trainer import TrainResult, fit_to_store, train
 
 ANALYSIS_DIR = "analysis"
@@ -112,20 +115,30 @@ def run_demo(
     """Run the main job into `out`; `overrides` (dotted key=value) apply to every model config."""
     out = Path(out)
     check_demo(out, overrides or [], anneal=anneal)
-    eta = Eta(demo_stages(overrides or [], anneal=anneal))
+    side_by_side = trains_side_by_side(overrides or [])
+    eta = Eta(demo_stages(overrides or [], anneal=anneal, side_by_side=side_by_side))
     say = print if progress else (lambda *_: None)
     say(f"[1/6] data: tokenizer and token store of the embedded corpus in {out} ({eta.start('data')})")
     reused = (out / "store" / METADATA_FILE).is_file()
     store = prepare_demo_data(out, progress=progress)
     eta.finish(done=0.0 if reused else 1.0)
     final_dirs, training = {}, {}
-    for name in DEMO_MODELS:
-        say(f"[2/6] train: {DEMO_MODELS[name]} -> {out / name} ({eta.start(name)})")
-        started = time.perf_counter()
-        run = train_demo_model(name, store, out, overrides or [], force=force, progress=progress)
-        eta.finish(done=_trained_share(run))
-        final_dirs[name] = run.final_dir
-        training[name] = training_facts(final_dirs[name], time.perf_counter() - started)
+    if side_by_side:
+        configs = " and ".join(f"{config} -> {out / name}" for name, config in DEMO_MODELS.items())
+        say(f"[2/6] train: {configs}, at once, a process each ({eta.start(SIDE_BY_SIDE)})")
+        runs = train_side_by_side(store, out, overrides or [], force=force)
+        eta.finish(done=_trained_share(*(run for run, _ in runs.values())))
+        for name, (run, wall_s) in runs.items():
+            final_dirs[name] = run.final_dir
+            training[name] = training_facts(run.final_dir, wall_s)
+    else:
+        for name in DEMO_MODELS:
+            say(f"[2/6] train: {DEMO_MODELS[name]} -> {out / name} ({eta.start(name)})")
+            started = time.perf_counter()
+            run = train_demo_model(name, store, out, overrides or [], force=force, progress=progress)
+            eta.finish(done=_trained_share(run))
+            final_dirs[name] = run.final_dir
+            training[name] = training_facts(final_dirs[name], time.perf_counter() - started)
     if anneal:
         say(f"[2/6] train: {ANNEAL_CONFIG} from {final_dirs['std']} -> {out / ANNEAL} ({eta.start(ANNEAL)})")
         started = time.perf_counter()
@@ -165,18 +178,25 @@ def run_demo(
 REFERENCE_TOKENS_PER_S = 7000.0
 """Training speed of the demo's models on the reference machine (the 2-core Xeon the README's times
 were measured on, idle)."""
+REFERENCE_SIDE_BY_SIDE_TOKENS_PER_S = 9000.0
+"""The same, both models at once, a process and a core each: the tokens of both per second."""
 REFERENCE_S = {"data": 40.0, "eval": 15.0, "sweep": 60.0, "lm-eval": 10.0, "analysis": 15.0}
 """Seconds of each other stage on the reference machine: the tokenizer and store once; the others per model."""
+SIDE_BY_SIDE = "emo+std"
+"""The training stage of both demo models at once."""
 
 
-def demo_stages(overrides: list[str], *, anneal: bool) -> list[Stage]:
+def demo_stages(overrides: list[str], *, anneal: bool, side_by_side: bool = False) -> list[Stage]:
     """The demo's stages in order, each with its time on the reference machine: what the ETA starts from."""
     models = [*DEMO_MODELS, *([ANNEAL] if anneal else [])]
-    trainings = []
+    tokens = {}
     for name in models:
         cfg = RunConfig.from_yaml(SHIPPED_CONFIGS / {**DEMO_MODELS, ANNEAL: ANNEAL_CONFIG}[name], overrides)
-        tokens = cfg.train.max_steps * cfg.train.num_micro_batches * cfg.data.batch_size * cfg.data.seq_len
-        trainings.append(Stage(name, tokens / REFERENCE_TOKENS_PER_S))
+        tokens[name] = cfg.train.max_steps * cfg.train.num_micro_batches * cfg.data.batch_size * cfg.data.seq_len
+    trainings = [Stage(name, tokens[name] / REFERENCE_TOKENS_PER_S) for name in models]
+    if side_by_side:
+        together = sum(tokens[name] for name in DEMO_MODELS) / REFERENCE_SIDE_BY_SIDE_TOKENS_PER_S
+        trainings = [Stage(SIDE_BY_SIDE, together), *trainings[len(DEMO_MODELS):]]
     per_model = {"eval": len(models), "sweep": len(models), "lm-eval": len(DEMO_MODELS), "analysis": len(DEMO_MODELS)}
     return [
         Stage("data", REFERENCE_S["data"]), *trainings,
@@ -184,9 +204,45 @@ def demo_stages(overrides: list[str], *, anneal: bool) -> list[Stage]:
     ]
 
 
-def _trained_share(run: TrainResult) -> float:
-    """The share of a run's steps this invocation trained (0 for a run finished earlier)."""
-    return (run.step - run.first_step) / max(run.step, 1)
+def _trained_share(*runs: TrainResult) -> float:
+    """The share of the runs' steps this invocation trained (0 for runs finished earlier)."""
+    return sum(run.step - run.first_step for run in runs) / max(sum(run.step for run in runs), 1)
+
+
+def trains_side_by_side(overrides: list[str]) -> bool:
+    """Whether the two demo models train at once, a process each: where the cores give each process
+    its own (with a fixed train.num_threads, that many each). Two processes of one thread run the
+    small demo models faster than one process of two threads after the other."""
+    threads = max(
+        RunConfig.from_yaml(SHIPPED_CONFIGS / config, overrides).train.num_threads for config in DEMO_MODELS.values()
+    )
+    return available_cores() >= len(DEMO_MODELS) * max(threads, 1)
+
+
+def train_side_by_side(
+    store: TokenStore, out: Path, overrides: list[str], *, force: bool
+) -> dict[str, tuple[TrainResult, float]]:
+    """Step 2 with the cores for it: both demo models at once, each in a process of its own (spawned:
+    a torch of its own), without progress bars (two would garble each other's lines). Model name ->
+    its run and the seconds it took."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(len(DEMO_MODELS), mp_context=context) as pool:
+        futures = {
+            name: pool.submit(_train_in_process, name, store.path, out, overrides, force) for name in DEMO_MODELS
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _train_in_process(
+    name: str, store_path: Path, out: Path, overrides: list[str], force: bool
+) -> tuple[TrainResult, float]:
+    started = time.perf_counter()
+    try:
+        run = train_demo_model(name, TokenStore.open(store_path), out, overrides, force=force, progress=False)
+    except EmomoeError as e:
+        # Back in the demo's process as the same one line (kinds with arguments of their own do not pickle).
+        raise EmomoeError(str(e)) from None
+    return run, time.perf_counter() - started
 
 
 def check_demo(out: Path, overrides: list[str], *, anneal: bool) -> None:
