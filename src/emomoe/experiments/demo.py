@@ -3,7 +3,8 @@
 Steps, each cached in the output directory so that a second run reuses what is done:
 1. data:  train an 8k byte-level BPE on the embedded corpus and write its token store;
 2. train: configs/demo-emo.yaml and configs/demo-std.yaml on that store (same data order, seed
-          and budget; they differ only in the router's pool); an interrupted run resumes;
+          and budget; they differ only in the router's pool), at once in a process each where the
+          cores allow (`trains_side_by_side`); an interrupted run resumes;
 3. eval:  per-domain validation loss of both final models over the whole validation split,
           written to OUT/val_loss.md (+ .json);
 4. sweep: for every domain and keep fraction (1, 1/2, 1/4, 1/8 of the routed experts), select
@@ -129,6 +130,7 @@ def run_demo(
         runs = train_side_by_side(store, out, overrides or [], force=force)
         eta.finish(done=_trained_share(*(run for run, _ in runs.values())))
         for name, (run, wall_s) in runs.items():
+            say(f"      {name}: step {run.step} in {wall_s:.0f} s")
             final_dirs[name] = run.final_dir
             training[name] = training_facts(run.final_dir, wall_s)
     else:
