@@ -15,6 +15,7 @@ from emomoe.experiments.demo import (
     REFERENCE_TOKENS_PER_S,
     check_demo,
     demo_stages,
+    demo_threads,
     trains_side_by_side,
 )
 from emomoe.experiments.sweep_tables import summary_table
@@ -90,7 +91,7 @@ def test_both_models_train_at_once_where_each_process_gets_its_own_cores(monkeyp
         (4, ["train.num_threads=2"], True),
     ]:
         monkeypatch.setattr(demo_module, "available_cores", lambda: cores)
-        assert trains_side_by_side(overrides) is expected, (cores, overrides)
+        assert trains_side_by_side(demo_threads(overrides)) is expected, (cores, overrides)
     stages = {s.name: s.reference_s for s in demo_stages([], anneal=True, side_by_side=True)}
     assert list(stages)[:3] == ["data", "emo+std", "anneal"]
     assert stages["emo+std"] == 2 * 500 * 16 * 256 / REFERENCE_SIDE_BY_SIDE_TOKENS_PER_S

@@ -67,7 +67,7 @@ from emomoe.tables import markdown_table
 from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
 from emomoe.train.metrics import METRICS_FILE, read_metrics
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
-from emomoe.train.runtime import available_cores
+from emomoe.train.runtime import available_cores, setup_runtime
 from emomoe.train.trainer import TrainResult, fit_to_store, train
 
 ANALYSIS_DIR = "analysis"
@@ -116,7 +116,11 @@ def run_demo(
     """Run the main job into `out`; `overrides` (dotted key=value) apply to every model config."""
     out = Path(out)
     check_demo(out, overrides or [], anneal=anneal)
-    side_by_side = trains_side_by_side(overrides or [])
+    # What a training run sets up for its process, for the steps after it (when the models train in
+    # processes of their own, this one trains nothing).
+    threads = demo_threads(overrides or [])
+    setup_runtime(threads, retain_memory=True)
+    side_by_side = trains_side_by_side(threads)
     eta = Eta(demo_stages(overrides or [], anneal=anneal, side_by_side=side_by_side))
     say = print if progress else (lambda *_: None)
     say(f"[1/6] data: tokenizer and token store of the embedded corpus in {out} ({eta.start('data')})")
@@ -211,13 +215,17 @@ def _trained_share(*runs: TrainResult) -> float:
     return sum(run.step - run.first_step for run in runs) / max(sum(run.step for run in runs), 1)
 
 
-def trains_side_by_side(overrides: list[str]) -> bool:
+def demo_threads(overrides: list[str]) -> int:
+    """The demo models' train.num_threads (the larger, should they differ; 0: the adaptive default)."""
+    return max(
+        RunConfig.from_yaml(SHIPPED_CONFIGS / config, overrides).train.num_threads for config in DEMO_MODELS.values()
+    )
+
+
+def trains_side_by_side(threads: int) -> bool:
     """Whether the two demo models train at once, a process each: where the cores give each process
     its own (with a fixed train.num_threads, that many each). Two processes of one thread run the
     small demo models faster than one process of two threads after the other."""
-    threads = max(
-        RunConfig.from_yaml(SHIPPED_CONFIGS / config, overrides).train.num_threads for config in DEMO_MODELS.values()
-    )
     return available_cores() >= len(DEMO_MODELS) * max(threads, 1)
 
 
