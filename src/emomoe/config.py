@@ -289,7 +289,7 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def range_problems(obj: Config) -> list[str]:
+def _range_problems(obj: Config) -> list[str]:
     """One line per field of `obj` (not its sections) whose value is outside its `ranged` range."""
     problems = []
     for f in dataclasses.fields(obj):
@@ -315,7 +315,7 @@ def _validate_tree(obj: Config, path: str) -> None:
     """The ranges of `obj`'s fields, then its own `validate()` (which may rely on them); errors get
     the section's `path`."""
     try:
-        problems = range_problems(obj)
+        problems = _range_problems(obj)
         if problems:
             raise ConfigError("; ".join(problems))
         obj.validate()
