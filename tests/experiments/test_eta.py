@@ -11,8 +11,8 @@ class FakeClock:
         return self.now
 
 
-def job(clock):
-    return Eta([Stage("data", 60), Stage("train", 360), Stage("eval", 180)], clock=clock)
+def job(clock, prior_s=0.0):
+    return Eta([Stage("data", 60), Stage("train", 360), Stage("eval", 180)], clock=clock, prior_s=prior_s)
 
 
 def test_before_any_work_the_reference_times_add_up():
@@ -58,3 +58,17 @@ def test_under_a_minute_and_misuse():
     assert eta.start("report") == "job: under a minute left, from the reference timings"
     with pytest.raises(ValueError, match="report: not a stage of this job, or started twice"):
         eta.start("report")
+
+
+def test_a_short_first_stage_moves_the_estimate_a_little_the_long_ones_decide_it():
+    clock = FakeClock()
+    eta = job(clock, prior_s=60.0)
+    eta.start("data")
+    clock.now += 30  # twice the reference's speed, on a stage of one minute
+    eta.start("train")
+    # (60 + 60) / (30 + 60) reference seconds per second, not 2: 540 s of work left in 405 s.
+    assert eta.seconds_left() == pytest.approx(540 * 90 / 120)
+    assert eta.describe() == "job: about 7 min left, at the speed so far"
+    clock.now += 720  # training at half the reference's speed
+    eta.start("eval")
+    assert eta.seconds_left() == pytest.approx(180 * (750 + 60) / (420 + 60))

@@ -2,11 +2,14 @@
 
 A job lists its stages with the seconds each takes on a reference machine (`Stage.reference_s`).
 Before any stage has run, the estimate is the sum of those times. Once a stage has done work, the
-job's speed is known: reference seconds done per second spent, over the stages finished so far.
-The rest of the job is then estimated at that speed, so a slower (or busier) machine, or a bigger
-model than the reference times were measured on, shows up from the first stage on. A stage that
-reused earlier results, wholly or in part, says how much of its work it did (`finish(done=...)`):
-work skipped is neither counted as fast work nor left in the estimate.
+job's speed is measured: reference seconds done per second spent, over the stages finished so far,
+and the rest of the job is estimated at that speed, so a slower (or busier) machine, or a bigger
+model than the reference times were measured on, shows up from the first stage on. One short stage
+says little about the next ones (a tokenizer's speed is not a training step's), so the reference
+counts as `prior_s` seconds of work done at its own speed: a short first stage moves the estimate a
+little, the long ones decide it. A stage that reused earlier results, wholly or in part, says how
+much of its work it did (`finish(done=...)`): work skipped is neither counted as fast work nor left
+in the estimate.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable
+
+PRIOR_S = 60.0
+"""How many seconds of work at the reference's speed the reference timings weigh as."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,10 +32,12 @@ class Stage:
 class Eta:
     """The time left of a job of `stages`, run in order: `start` each, `finish` the last one."""
 
-    def __init__(self, stages: Iterable[Stage], clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, stages: Iterable[Stage], clock: Callable[[], float] = time.monotonic, prior_s: float = PRIOR_S
+    ):
         self.left = {stage.name: stage.reference_s for stage in stages}
         """Reference seconds of the stages not finished yet, in order."""
-        self.clock = clock
+        self.clock, self.prior_s = clock, prior_s
         self.current: str | None = None
         self.started = 0.0
         self.spent_s = 0.0
@@ -58,10 +66,10 @@ class Eta:
 
     @property
     def speed(self) -> float | None:
-        """Reference seconds of work done per second spent, once some work has been timed."""
+        """Reference seconds of work done per second spent (the prior's included), once some work has been timed."""
         if self.reference_done_s <= 0 or self.spent_s <= 0:
             return None
-        return self.reference_done_s / self.spent_s
+        return (self.reference_done_s + self.prior_s) / (self.spent_s + self.prior_s)
 
     def seconds_left(self) -> float:
         """The stages not finished (the current one whole), at the measured speed, or at the reference's."""
