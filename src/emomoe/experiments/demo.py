@@ -187,7 +187,7 @@ were measured on; 9,704 and 9,765 tokens/s with 2 threads, load about 2)."""
 REFERENCE_SIDE_BY_SIDE_TOKENS_PER_S = 10400.0
 """The same, both models at once, a process and a core each: the tokens of both per second (11,265
 and 9,583 in the runs beside those)."""
-REFERENCE_S = {"data": 40.0, "eval": 15.0, "sweep": 60.0, "lm-eval": 10.0, "analysis": 15.0}
+REFERENCE_S = {"data": 30.0, "eval": 8.0, "sweep": 45.0, "lm-eval": 10.0, "analysis": 10.0}
 """Seconds of each other stage on the reference machine: the tokenizer and store once; the others per model."""
 SIDE_BY_SIDE = "emo+std"
 """The training stage of both demo models at once."""
