@@ -229,7 +229,7 @@ def trains_side_by_side(threads: int) -> bool:
     """Whether the two demo models train at once, a process each: where the cores give each process
     its own (with a fixed train.num_threads, that many each). Two processes of one thread made 1.16
     and 0.98 times the tokens per second of one two-threaded process after the other (two
-    measurements on 2 shared cores): no barrier waits between threads, no worse when a core is taken."""
+    measurements on 2 shared cores): no barrier waits between threads."""
     return available_cores() >= len(DEMO_MODELS) * max(threads, 1)
 
 
