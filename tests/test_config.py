@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emomoe.config import Config, field_docs
+from emomoe.config import Config, Range, field_docs, ranged
 from emomoe.errors import ConfigError
 
 
@@ -161,3 +161,57 @@ def test_field_docs_are_the_strings_below_the_fields_inherited_ones_too():
 
 def test_a_number_is_text_for_a_string_field():
     assert Inner.from_dict({"pool": 0.25}).pool == "0.25" and Inner.from_dict({"pool": 32}).pool == "32"
+
+
+@pytest.mark.parametrize(
+    "bounds, inside, outside, spelled",
+    [
+        (Range(low=0), [0, 3.5], [-1e-9], ">= 0"),
+        (Range(low=0, low_open=True), [1e-9], [0, -1], "> 0"),
+        (Range(high=1, high_open=True), [0.999, -5], [1, 2], "< 1"),
+        (Range(low=0, high=1, high_open=True), [0, 0.5], [1, -0.1], "in [0, 1)"),
+        (Range(low=0, high=1, low_open=True), [1, 1e-9], [0, 1.5], "in (0, 1]"),
+    ],
+)
+def test_a_range_holds_what_it_says(bounds, inside, outside, spelled):
+    assert all(v in bounds for v in inside) and not any(v in bounds for v in outside)
+    assert str(bounds) == spelled
+
+
+@dataclasses.dataclass
+class Bounded(Config):
+    steps: int = ranged(10, ge=1)
+    rate: float = ranged(0.5, gt=0, le=1)
+    limit: int | None = ranged(None, ge=0)
+    lengths: list[int] = ranged(default_factory=lambda: [16, 32], ge=1)
+
+
+@dataclasses.dataclass
+class Holder(Config):
+    bounded: Bounded = dataclasses.field(default_factory=Bounded)
+
+
+def test_declared_ranges_are_checked_on_load_naming_the_field_the_value_and_the_range():
+    assert Holder.from_dict({"bounded": {"steps": 1, "rate": 1, "limit": None, "lengths": [1]}}).bounded.rate == 1.0
+    with pytest.raises(ConfigError, match=r"^bounded\.steps: expected an integer >= 1, got 0$"):
+        Holder.from_dict({"bounded": {"steps": 0}})
+    with pytest.raises(ConfigError, match=r"^bounded\.lengths: expected integers >= 1, got \[16, 0\]$"):
+        Holder.from_dict({"bounded": {"lengths": [16, 0]}})
+    # Every problem at once, in the order of the fields.
+    with pytest.raises(
+        ConfigError, match=r"^bounded\.rate: expected a number in \(0, 1\], got 1\.5; bounded\.limit: expected an "
+        r"integer >= 0, got -1$",
+    ):
+        Holder().with_overrides(["bounded.limit=-1", "bounded.rate=1.5"])
+
+
+def test_configs_built_in_code_are_checked_by_replace_and_check():
+    with pytest.raises(ConfigError, match=r"^steps: expected an integer >= 1, got -4$"):
+        Bounded().replace(steps=-4)
+    with pytest.raises(ConfigError, match=r"^bounded\.rate: expected a number in \(0, 1\], got 0$"):
+        Holder(bounded=Bounded(rate=0)).check()
+
+
+def test_a_range_has_one_bound_each_side():
+    with pytest.raises(TypeError, match="one lower bound"):
+        ranged(1, ge=0, gt=0)

@@ -26,6 +26,51 @@ from emomoe.errors import ConfigError, DataError
 from emomoe.io import atomic_write_text, read_text
 
 C = TypeVar("C", bound="Config")
+RANGE = "emomoe.range"
+"""The key of a field's `Range` in its dataclass metadata (see `ranged`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a number field may take (every number, for a list of them); None is unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    """The bound itself is outside: > low rather than >= low."""
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+def ranged(
+    default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+    le: float | None = None, lt: float | None = None, default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A config field whose value (None aside) must lie in a range, e.g. `lr: float = ranged(4e-3, gt=0)`.
+
+    Every way a config is made checks it, with one message naming the field, the value and the
+    range: YAML files, `--set`, the flags generated from the field, `Config.replace`; `--help`
+    shows it beside the default.
+    """
+    if (ge is not None and gt is not None) or (le is not None and lt is not None):
+        raise TypeError("ranged: give one lower bound (ge or gt) and one upper bound (le or lt)")
+    bounds = Range(ge if gt is None else gt, le if lt is None else lt, gt is not None, lt is not None)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={RANGE: bounds})
+
+
+def field_range(f: dataclasses.Field) -> Range | None:
+    return f.metadata.get(RANGE)
 
 
 class DuplicateKey(yaml.YAMLError):
@@ -70,10 +115,12 @@ def load_yaml(text: str):
 
 @dataclasses.dataclass
 class Config:
-    """Base for every config dataclass. Subclasses may define `validate()` to check values."""
+    """Base for every config dataclass. A field's range is declared with it (`ranged`); what else
+    its values must satisfy (choices, fields that depend on each other) a subclass checks in `validate()`."""
 
     def validate(self) -> None:
-        """Check values; raise ConfigError naming the field. Called after every load."""
+        """Check values beyond their ranges; raise ConfigError naming the field. Called after every
+        load, once the ranges hold."""
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], path: str = "") -> C:
@@ -141,6 +188,11 @@ class Config:
         if path is not None:
             atomic_write_text(Path(path), text)
         return text
+
+    def check(self) -> None:
+        """Check this config and its sections as a load does (ranges, then `validate()`): for a
+        config built in code."""
+        _validate_all(self, "")
 
     def replace(self: C, **fields: Any) -> C:
         """A checked copy with `fields` set: the keyword form of a library call that takes this
@@ -237,8 +289,35 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+def _range_problems(obj: Config) -> list[str]:
+    """One line per field of `obj` (not its sections) whose value is outside its `ranged` range."""
+    problems = []
+    for f in dataclasses.fields(obj):
+        bounds, value = field_range(f), getattr(obj, f.name)
+        if bounds is None or value is None:
+            continue
+        is_list = isinstance(value, (list, tuple))
+        if not all(v in bounds for v in (value if is_list else [value])):
+            integers = int in _number_types(typing.get_type_hints(type(obj))[f.name])
+            kind = ("integers" if integers else "numbers") if is_list else ("an integer" if integers else "a number")
+            problems.append(f"{f.name}: expected {kind} {bounds}, got {value}")
+    return problems
+
+
+def _number_types(tp: Any) -> set[Any]:
+    """The types a field's numbers have: `int | None` and `list[int]` hold ints."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType, list, tuple):
+        return set().union(*(_number_types(arg) for arg in typing.get_args(tp)))
+    return {tp}
+
+
 def _validate_tree(obj: Config, path: str) -> None:
+    """The ranges of `obj`'s fields, then its own `validate()` (which may rely on them); errors get
+    the section's `path`."""
     try:
+        problems = _range_problems(obj)
+        if problems:
+            raise ConfigError("; ".join(problems))
         obj.validate()
     except ConfigError as e:
         # A validate() may report several problems, "; "-separated: each gets the section's path.

@@ -73,7 +73,7 @@ def test_a_selection_spec_is_one_file_or_auto_and_several(spec, message):
         SelectionConfig.from_dict({"selection": spec})
     assert SelectionConfig.from_dict({"selection": ["auto", "a.json", "b.json"]}).auto
     assert not SelectionConfig.from_dict({"selection": ["a.json"]}).auto
-    with pytest.raises(ConfigError, match="auto_tokens: expected a positive integer, got 0"):
+    with pytest.raises(ConfigError, match="auto_tokens: expected an integer >= 1, got 0"):
         SelectionConfig.from_dict({"auto_tokens": 0})
 
 

@@ -105,12 +105,12 @@ ERRORS = {
     ),
     "train-lb-window-zero": (
         lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "model.moe.router.lb_window=0"],
-        r"run\.yaml: model\.moe\.router\.lb_window: 0 must be >= 1$",
+        r"run\.yaml: model\.moe\.router\.lb_window: expected an integer >= 1, got 0$",
     ),
     "train-all-problems-at-once": (
         lambda e, t: ["train", "--config", s(e["config"]), "--out", s(t / "r"), "--set", "train.max_steps=-1",
                       "--set", "train.warmup_steps=-2", "--set", "data.batch_size=0"],
-        r"data\.batch_size: expected a positive integer, got 0; train\.max_steps: expected a positive integer, "
+        r"data\.batch_size: expected an integer >= 1, got 0; train\.max_steps: expected an integer >= 1, "
         r"got -1; train\.warmup_steps: expected an integer >= 0, got -2$",
     ),
     "train-out-is-a-file": (
@@ -267,7 +267,7 @@ ERRORS = {
     ),
     "finetune-negative-lr": (
         lambda e, t: ["finetune", "--checkpoint", s(e["subset"]), "--data", s(STORE), "--lr", "-1", "--out", s(t / "ft")],
-        r"lr > 0, num_epochs > 0, max_steps >= 0 and warmup_fraction in \[0, 1\) expected, got -1\.0, ",
+        r"error: lr: expected a number > 0, got -1\.0$",
     ),
     "finetune-other-tokenizer": (
         lambda e, t: ["finetune", "--checkpoint", s(e["subset"]), "--data", s(e["other"]), "--out", s(t / "ft")],
@@ -389,12 +389,12 @@ ERRORS = {
     ),
     "tokenizer-negative-min-frequency": (
         lambda e, t: ["tokenizer", "train", "--input", s(e["corpus"]), "--min-frequency", "-3", "--out", s(t / "tok")],
-        r"min_frequency: expected a count >= 0, got -3$",
+        r"min_frequency: expected an integer >= 0, got -3$",
     ),
     "tokenize-negative-chunk-mb": (
         lambda e, t: ["tokenize", "--input", s(e["corpus"]), "--tokenizer", s(STORE / "tokenizer"), "--chunk-mb", "-5",
                       "--out", s(t / "st")],
-        r"chunk_mb: expected a size in MB > 0, got -5\.0$",
+        r"chunk_mb: expected a number > 0, got -5\.0$",
     ),
     "select-keep-above-1": (
         lambda e, t: select_argv(s(e["model"]), "1.5", t),
@@ -411,7 +411,7 @@ ERRORS = {
     "finetune-batch-size-zero": (
         lambda e, t: ["finetune", "--checkpoint", s(e["subset"]), "--data", s(STORE), "--batch-size", "0",
                       "--out", s(t / "ft")],
-        r"batch_size: expected a positive integer, got 0$",
+        r"batch_size: expected an integer >= 1, got 0$",
     ),
     "merge-damaged-full": (
         lambda e, t: ["merge", "--full", s(damaged_copy(e["model"], t / "m", "model.safetensors", "flip")),

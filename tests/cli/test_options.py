@@ -10,7 +10,7 @@ from emomoe.analyze.analysis import AnalysisConfig
 from emomoe.checkpoint.selection import AUTO_TOKENS, SelectionConfig
 from emomoe.cli import build_parser, main
 from emomoe.cli._options import add_config_options, config_from_args
-from emomoe.config import Config
+from emomoe.config import Config, ranged
 from emomoe.data.readers import ReadConfig
 from emomoe.data.tokenize import TokenizeConfig
 from emomoe.data.tokenizer import TokenizerTrainConfig
@@ -46,7 +46,7 @@ class Inner(Config):
 
 @dataclasses.dataclass
 class Toy(Config):
-    rate: float = 0.5
+    rate: float = ranged(0.5, gt=0)
     """How fast, 10% of the way per step."""
     label: str | None = None
     """A name; None means none."""
@@ -57,10 +57,6 @@ class Toy(Config):
     words: list[str] = dataclasses.field(default_factory=lambda: ["a", "b"])
     """Words to say."""
     inner: Inner = dataclasses.field(default_factory=Inner)
-
-    def validate(self) -> None:
-        if self.rate <= 0:
-            raise ConfigError(f"rate: expected > 0, got {self.rate}")
 
 
 def _toy_parser() -> argparse.ArgumentParser:
@@ -75,7 +71,7 @@ def _toy(*argv: str) -> Toy:
 
 def test_every_field_is_a_flag_named_after_it_with_its_docstring_and_default():
     text = " ".join(_toy_parser().format_help().split())
-    assert "--rate X How fast, 10% of the way per step. (default: 0.5)" in text
+    assert "--rate X How fast, 10% of the way per step. (default: 0.5; > 0)" in text
     assert "--label LABEL A name; None means none." in text
     assert "--loud, --no-loud Shout. (default: off)" in text
     assert "--shade {light,dark} Which shade. (default: light)" in text
@@ -111,6 +107,15 @@ def test_a_file_then_the_flags_then_set(tmp_path):
 def test_a_bad_value_names_the_field(argv, field):
     with pytest.raises(ConfigError, match=rf"^{field}: "):
         _toy(*argv)
+
+
+@pytest.mark.parametrize("source", ["flag", "set", "file"])
+def test_a_value_out_of_its_declared_range_is_the_same_line_whichever_way_it_came(source, tmp_path):
+    (tmp_path / "toy.yaml").write_text("rate: -2\n")
+    argv = {"flag": ["--rate", "-2"], "set": ["--set", "rate=-2"], "file": ["--config", str(tmp_path / "toy.yaml")]}
+    message = r"^rate: expected a number > 0, got -2\.0$"
+    with pytest.raises(ConfigError, match=message if source != "file" else rf"^{tmp_path}/toy\.yaml: {message[1:]}"):
+        _toy(*argv[source])
 
 
 # Every verb with generated options: its config and the arguments it cannot run without.

@@ -26,11 +26,11 @@ def test_the_paper_recipe_on_128_gpus_with_activation_checkpointing(capsys):
 
 def test_flags_default_to_the_fields_of_plan_config():
     args = plan_parser().parse_args(["--config", "emo-1b14b"])
-    help_text = plan_parser().format_help()
+    help_text = " ".join(plan_parser().format_help().split())
     assert {k.removeprefix("config:"): v for k, v in vars(args).items() if k.startswith("config:")} == {}
     for flag in ("--gpus", "--gpu-memory", "--mfu", "--gpu-flops"):
         assert flag in help_text
-    assert "(default: 80GB)" in help_text and "(default: 0.4)" in help_text
+    assert "(default: 80GB)" in help_text and "(default: 0.4; in (0, 1])" in help_text
     assert PlanConfig() == PlanConfig(gpus=8, gpu_memory="80GB", mfu=0.4, gpu_flops=None)
 
 

@@ -160,6 +160,8 @@ def test_demo_trains_both_models_compares_and_reuses(tmp_path, monkeypatch, caps
     assert all(acc in (0, 0.25, 0.5, 0.75, 1) for m in accuracy.values() for d in m.values() for acc in d.values())
     assert "continuation task" in table and "## lm-eval" in (out / "report.md").read_text()
 
+    if demo.trains_side_by_side(1):  # two processes measuring the matmul peak at once would log a wrong MFU
+        assert all("mfu" not in r for r in read_metrics(out / "emo" / "metrics.jsonl"))
     # A second run reuses the store and both finished runs.
     store_stamp = (out / "store" / "metadata.json").stat().st_mtime_ns
     assert main(["demo", "--out", str(out), "--no-progress", *SMALL_DEMO]) == 0

@@ -8,7 +8,16 @@ import pytest
 import yaml
 
 from emomoe.cli import main
-from emomoe.experiments.demo import check_demo
+from emomoe.experiments import demo as demo_module
+from emomoe.experiments.demo import (
+    REFERENCE_S,
+    REFERENCE_SIDE_BY_SIDE_TOKENS_PER_S,
+    REFERENCE_TOKENS_PER_S,
+    check_demo,
+    demo_stages,
+    demo_threads,
+    trains_side_by_side,
+)
 from emomoe.experiments.sweep_tables import summary_table
 from emomoe.io import OUTPUT_MARKER
 from tests.cli.test_train_cli import SMALL_DEMO, TOPICS, small_demo_inputs
@@ -40,7 +49,7 @@ def test_anneal_starts_from_the_standard_model_and_joins_the_comparison(tmp_path
 
 @pytest.mark.parametrize("problem, message", [
     ("missing-package", r"^emomoe demo: error: emomoe demo needs the 'lm_eval' package: pip install 'emomoe\[all\]'$"),
-    ("bad-set", r"^emomoe demo: error: .*demo-emo\.yaml: train\.max_steps: expected a positive integer, got -3$"),
+    ("bad-set", r"^emomoe demo: error: .*demo-emo\.yaml: train\.max_steps: expected an integer >= 1, got -3$"),
     ("users-analysis-folder", r"^emomoe demo: error: .*demo/analysis: is a folder emomoe did not write"),
 ])
 def test_the_demo_stops_before_any_work_in_one_line(tmp_path, monkeypatch, capsys, problem, message):
@@ -64,3 +73,25 @@ def test_the_outputs_of_an_earlier_demo_are_adopted_not_refused(tmp_path):
     (out / "analysis" / "analysis.json").write_text("{}")  # written before folders carried a marker
     check_demo(out, [], anneal=False)
     assert (out / "analysis" / OUTPUT_MARKER).read_text().splitlines()[1:] == ["analysis.json"]
+
+
+def test_the_demo_eta_starts_from_each_stage_s_reference_time_scaled_by_the_training_budget():
+    stages = {s.name: s.reference_s for s in demo_stages(["train.max_steps=50"], anneal=True)}
+    assert list(stages) == ["data", "emo", "std", "anneal", "eval", "sweep", "lm-eval", "analysis"]
+    # 50 steps x 16 windows x 256 tokens at the reference's tokens per second; the anneal also has 50.
+    assert stages["emo"] == stages["std"] == stages["anneal"] == 50 * 16 * 256 / REFERENCE_TOKENS_PER_S
+    assert stages["sweep"] == 3 * REFERENCE_S["sweep"] and stages["lm-eval"] == 2 * REFERENCE_S["lm-eval"]
+    default = {s.name: s.reference_s for s in demo_stages([], anneal=False)}
+    assert default["emo"] == 500 * 16 * 256 / REFERENCE_TOKENS_PER_S and "anneal" not in default
+
+
+def test_both_models_train_at_once_where_each_process_gets_its_own_cores(monkeypatch):
+    for cores, overrides, expected in [
+        (1, [], False), (2, [], True), (2, ["train.num_threads=1"], True), (2, ["train.num_threads=2"], False),
+        (4, ["train.num_threads=2"], True),
+    ]:
+        monkeypatch.setattr(demo_module, "available_cores", lambda: cores)
+        assert trains_side_by_side(demo_threads(overrides)) is expected, (cores, overrides)
+    stages = {s.name: s.reference_s for s in demo_stages([], anneal=True, side_by_side=True)}
+    assert list(stages)[:3] == ["data", "emo+std", "anneal"]
+    assert stages["emo+std"] == 2 * 500 * 16 * 256 / REFERENCE_SIDE_BY_SIDE_TOKENS_PER_S

@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 from emomoe.model.config import LBScope, LossConfig, RouterConfig
 from emomoe.model.docs import Segments
 from emomoe.model.losses import (
-    IGNORE_INDEX, compute_loss, cross_entropy_and_logit_z, lm_head_loss, load_balancing_loss, router_z_loss,
+    IGNORE_INDEX,
+    compute_loss,
+    cross_entropy_and_logit_z,
+    lm_head_loss,
+    load_balancing_loss,
+    router_z_loss,
 )
 from emomoe.model.router import Router
 from emomoe.model.transformer import ModelOutput
@@ -216,3 +221,19 @@ def test_model_with_labels_gives_the_losses_of_its_logits():
         assert torch.allclose(a, p.grad, atol=1e-6)
     with pytest.raises(ValueError, match="logit_z_weight"):
         compute_loss(model(ids_BS[:, :-1], labels_BS=ids_BS[:, 1:]), ids_BS[:, 1:], LossConfig(logit_z_weight=0.5))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_fused_lm_head_loss_computes_gradients_only_with_autograd_on(grad, monkeypatch):
+    torch.manual_seed(0)
+    hidden_BSD, weight_VD = torch.randn(2, 40, 8), torch.nn.Parameter(torch.randn(50, 8))
+    labels_BS = torch.randint(0, 50, (2, 40))
+    products = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: products.append(1) or real_mm(*a, **k))
+    with torch.set_grad_enabled(grad):
+        loss = lm_head_loss(hidden_BSD, weight_VD, labels_BS, 0.0)
+    expected = F.cross_entropy((hidden_BSD @ weight_VD.T).reshape(-1, 50), labels_BS.reshape(-1))
+    torch.testing.assert_close(loss.ce, expected.detach())
+    # One chunk of 80 rows: the logits' product, and with autograd the two that make the gradients.
+    assert len(products) == (3 if grad else 1)

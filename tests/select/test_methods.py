@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emomoe.select.methods import ExpertSelector, SelectMethod
+from emomoe.select.methods import ExpertSelector, SelectMethod, score_together
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
 from emomoe.select.weight_source import ModelWeights
@@ -235,3 +235,27 @@ def test_a_profile_measured_elsewhere_is_used_as_it_is(tiny, batches):
     selector = ExpertSelector(source, batches, SelectMethod.LAYERWISE)
     selector.use_profile(profile)
     assert selector.profile() is profile and source.reads == []
+
+
+def test_global_easy_ep_and_reap_scored_together_take_one_pass_and_score_as_alone(tiny, batches):
+    model, cfg = tiny
+    source = RecordingWeights(model, cfg)
+    methods = [SelectMethod.GLOBAL, SelectMethod.EASY_EP, SelectMethod.REAP, SelectMethod.RANDOM]
+    together = {m: ExpertSelector(source, batches, m) for m in methods}
+    score_together(list(together.values()))
+    assert [name for name, _ in source.reads].count("embed.weight") == 1
+    for method in methods:
+        alone = _selector(tiny, batches, method)
+        # Bit for bit: a sweep that shares the pass selects exactly what separate passes select.
+        assert all(torch.equal(a, b) for a, b in zip(together[method].scores(), alone.scores()))
+        if method is not SelectMethod.RANDOM:
+            assert all(torch.equal(a, b) for a, b in zip(together[method].profile(), alone.profile()))
+    assert [name for name, _ in source.reads].count("embed.weight") == 1
+
+
+def test_global_alone_keeps_its_own_pass(tiny, batches):
+    model, cfg = tiny
+    source = RecordingWeights(model, cfg)
+    selector = ExpertSelector(source, batches, SelectMethod.GLOBAL)
+    score_together([selector, ExpertSelector(source, batches, SelectMethod.LAYERWISE)])
+    assert source.reads == []  # nothing run yet: global's own pass stops at the last gate

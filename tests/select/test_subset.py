@@ -233,7 +233,7 @@ def test_a_parameter_budget_counts_the_subsets_parameters(tmp_path, uneven, cali
                               r"\(\d{3},\d{3} bytes\)$"),
         ({"keep_params": 1000}, r"^keep_params 1,000: the smallest subset .* takes \d{2},\d{3} parameters$"),
         ({"keep": "2", "budget_gb": 1.0}, r"^keep and budget_gb: give one of them$"),
-        ({"keep_params": -5}, r"^keep_params: expected a positive number, got -5$"),
+        ({"keep_params": -5}, r"^keep_params: expected an integer > 0, got -5$"),
     ],
 )
 def test_a_budget_that_cannot_be_met_writes_nothing(tmp_path, uneven, calib, fields, match):

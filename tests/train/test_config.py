@@ -34,7 +34,7 @@ def test_resolved_config_round_trips_without_preset(tmp_path):
         ({"train": {"max_steps": "many"}}, "train.max_steps: expected an integer"),
         ({"train": {"schedule": "step"}}, "train.schedule: 'step' is not one of"),
         ({"train": {"warmup_steps": 10, "decay_steps": 5}}, "train.decay_steps"),
-        ({"train": {"peak_flops": -1.0}}, "train.peak_flops: expected >= 0"),
+        ({"train": {"peak_flops": -1.0}}, "train.peak_flops: expected a number >= 0, got -1.0"),
         ({"model": {"preset": "tiny"}, "data": {"seq_len": 4096}}, "data.seq_len: 4096 exceeds model.max_seq_len"),
     ],
 )

@@ -100,10 +100,10 @@ def test_what_does_not_fit_is_named_in_one_line():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("gpus", 0, "gpus: expected a positive integer, got 0"),
+    ("gpus", 0, "gpus: expected an integer >= 1, got 0"),
     ("gpu_memory", "lots", "gpu_memory: 'lots': expected a size like 5GB, 500MB or 2GiB"),
-    ("mfu", 1.5, "mfu: expected a fraction in (0, 1], got 1.5"),
-    ("gpu_flops", -1.0, "gpu_flops: expected a positive number of FLOP/s, got -1.0"),
+    ("mfu", 1.5, "mfu: expected a number in (0, 1], got 1.5"),
+    ("gpu_flops", -1.0, "gpu_flops: expected a number > 0, got -1.0"),
 ])
 def test_a_bad_setting_names_its_field(field, value, message):
     with pytest.raises(ConfigError, match=f"^{message.replace('(', '.').replace(')', '.')}$"):

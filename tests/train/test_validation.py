@@ -38,3 +38,32 @@ def test_window_limit_and_rank_share(model_and_store, monkeypatch):
     assert share[0] is validator.batches[1]
     if len(validator.batches) % 2:
         assert (share[-1]["labels_BS"] == -100).all()
+
+
+def test_one_domain_and_mixed_batches_give_the_losses_of_a_per_token_loop(model_and_store):
+    model, store = model_and_store
+    model.eval()
+    windows = list(eval_batches(store, "val", seq_len=32, batch_size=1))
+    by_domain = {}
+    for w in windows:
+        by_domain.setdefault(int(w["domain_ids_BS"][0, 0]), []).append(w)
+    first, second = list(by_domain.values())[:2]
+    join = lambda ws: {k: torch.cat([w[k] for w in ws]) for k in ws[0]}
+    batches = [join(first[:3]), join([first[3], second[0]]), join(second[1:3])]  # one domain, mixed, one domain
+    expected_sums, expected_counts = {}, {}
+    with torch.no_grad():
+        for b in batches:
+            logits_BSV = model(b["input_ids_BS"], doc_ids_BS=b.get("doc_ids_BS")).logits
+            for row in range(b["input_ids_BS"].shape[0]):
+                for pos in range(b["input_ids_BS"].shape[1]):
+                    label = int(b["labels_BS"][row, pos])
+                    if label == -100:
+                        continue
+                    domain = store.domains[int(b["domain_ids_BS"][row, pos])]
+                    nll = -float(logits_BSV[row, pos].double().log_softmax(-1)[label])
+                    expected_sums[domain] = expected_sums.get(domain, 0.0) + nll
+                    expected_counts[domain] = expected_counts.get(domain, 0) + 1
+    got = loss_by_domain(model, batches, store.domains)
+    assert {d: loss.num_tokens for d, loss in got.items()} == expected_counts
+    for domain, loss in got.items():
+        assert loss.sum_nats == pytest.approx(expected_sums[domain], rel=1e-5)

@@ -28,6 +28,7 @@ from emomoe.analyze.modularity import model_summary
 from emomoe.analyze.modularity_report import HTML_FILE, REPORT_FILE, analysis_report
 from emomoe.analyze.overlap import overlap_summary, read_kept_sets
 from emomoe.checkpoint import check_fits, load_config, load_for_inference
+from emomoe.config import ranged
 from emomoe.data.store import TokenStore
 from emomoe.data.tokenizer import load_tokenizer
 from emomoe.data.windows import BATCH_SIZE, TokenizerCheckConfig
@@ -48,28 +49,25 @@ COMPUTED_ON = {
 class AnalysisConfig(TokenizerCheckConfig):
     domains: list[str] | None = None
     """Domains to analyse (None: every domain of the store)."""
-    num_docs: int = 64
+    num_docs: int = ranged(64, ge=1)
     """Held-out documents per domain, evenly spaced over the validation split's documents of at
     least min_doc_tokens tokens."""
-    min_doc_tokens: int = 32
+    min_doc_tokens: int = ranged(32, ge=1)
     """Shorter documents are left out (the paper's Fig. 6 extraction: 32)."""
-    max_doc_tokens: int = 2048
+    max_doc_tokens: int = ranged(2048, ge=1)
     """Whole documents are cut to their first tokens (the paper's Fig. 6 extraction: 2048). They go
     through a model of shorter context in windows of its max_seq_len."""
-    tokens_per_doc: int = 100
+    tokens_per_doc: int = ranged(100, ge=1)
     """Prefix of each document the token clustering uses (the paper's first 100), also shown as
     the prefix domain similarity."""
-    batch_size: int = BATCH_SIZE
+    batch_size: int = ranged(BATCH_SIZE, ge=1)
     """Windows per forward pass."""
     clusters: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     """How tokens are clustered by their routing."""
-    num_top_tokens: int = 10
+    num_top_tokens: int = ranged(10, ge=1)
     """Most frequent tokens listed per cluster."""
 
     def validate(self) -> None:
-        for name in ("num_docs", "min_doc_tokens", "max_doc_tokens", "tokens_per_doc", "batch_size", "num_top_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.min_doc_tokens > self.max_doc_tokens:
             raise ConfigError(
                 f"min_doc_tokens: {self.min_doc_tokens} is more than max_doc_tokens {self.max_doc_tokens}"
@@ -89,7 +87,7 @@ def run_analysis(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Every number of the analysis (what `analysis.json` holds; see `write_analysis`)."""
-    cfg.validate()
+    cfg.check()
     require("the analysis (k-means, PCA and figures)", "analysis", "sklearn", "matplotlib")
     if not checkpoints:
         raise ConfigError("checkpoints: give at least one model to analyse")

@@ -20,37 +20,26 @@ from typing import Any
 import numpy as np
 
 from emomoe.analyze.metrics import contingency, normalized_mutual_information, purity
-from emomoe.config import Config
+from emomoe.config import Config, ranged
 from emomoe.errors import ConfigError, EmomoeError
 
 
 @dataclasses.dataclass
 class ClusterConfig(Config):
-    num_clusters: int = 32
+    num_clusters: int = ranged(32, ge=2)
     """k of k-means (the paper's 32)."""
-    variance: float = 0.95
+    variance: float = ranged(0.95, gt=0, le=1)
     """Share of the feature variance the PCA keeps."""
-    num_inits: int = 10
+    num_inits: int = ranged(10, ge=1)
     """k-means initialisations tried; the best (lowest inertia) is run."""
-    max_iter: int = 500
+    max_iter: int = ranged(500, ge=1)
     """Passes over the tokens of the mini-batch k-means at most."""
-    batch_size: int = 4096
+    batch_size: int = ranged(4096, ge=1)
     """Tokens per mini-batch of k-means (the paper's 4096)."""
-    refine_passes: int = 20
+    refine_passes: int = ranged(20, ge=0)
     """Spherical k-means passes after the mini-batch k-means at most (the paper's 20)."""
     seed: int = 42
     """Seed of the PCA and of the k-means initialisations."""
-
-    def validate(self) -> None:
-        if self.num_clusters < 2:
-            raise ConfigError(f"num_clusters: expected at least 2, got {self.num_clusters}")
-        if not 0.0 < self.variance <= 1.0:
-            raise ConfigError(f"variance: expected a share in (0, 1], got {self.variance}")
-        for name in ("num_inits", "max_iter", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.refine_passes < 0:
-            raise ConfigError(f"refine_passes: expected 0 or more, got {self.refine_passes}")
 
 
 def check_num_clusters(cfg: ClusterConfig, num_tokens: int) -> None:

@@ -22,7 +22,7 @@ import torch
 from emomoe.checkpoint.formats import SELECTION_FILE
 from emomoe.checkpoint.models import checkpoint_hash
 from emomoe.checkpoint.quantization import read_quantization
-from emomoe.config import Config
+from emomoe.config import Config, ranged
 from emomoe.errors import ConfigError, DataError
 from emomoe.io import read_json
 from emomoe.model import ModelConfig
@@ -44,13 +44,11 @@ class SelectionConfig(Config):
     """Route only to the experts of this selection.json (or subset directory) of the checkpoint: the
     logits are the sliced subset's, with no copy on disk. `auto FILE FILE...` chooses one per prompt
     (per window in eval) from the router mass of its first auto_tokens tokens."""
-    auto_tokens: int = AUTO_TOKENS
+    auto_tokens: int = ranged(AUTO_TOKENS, ge=1)
     """With `--selection auto`: the prompt tokens whose router mass chooses the selection."""
 
     def validate(self) -> None:
         super().validate()
-        if self.auto_tokens < 1:
-            raise ConfigError(f"auto_tokens: expected a positive integer, got {self.auto_tokens}")
         files = self.selection[1:] if self.auto else self.selection
         if AUTO in files:
             raise ConfigError(f"selection: '{AUTO}' comes first, before the files to choose among")

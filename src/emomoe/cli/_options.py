@@ -4,8 +4,9 @@ Every field becomes a flag named after it (`batch_size` -> `--batch-size`; a fie
 dotted: `--clusters.num-clusters`), documented by the field's docstring and the dataclass's
 default, so a name, a default or a help text is written once, in the config. `--set KEY=VALUE`
 sets any field by its dotted path and `--config FILE` reads them from YAML: flags win over the
-file, and `--set` over both. The config parses and checks every value, so a bad one is one error
-line naming the field, whichever way it came in.
+file, and `--set` over both. The config parses and checks every value (against the field's range, if
+it declares one, which --help shows), so a bad one is one error line naming the field, whichever way
+it came in.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import typing
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from emomoe.config import Config, field_docs, parse_value
+from emomoe.config import Config, Range, field_docs, field_range, parse_value
 
 C = TypeVar("C", bound=Config)
 _DEST = "config:"
@@ -33,6 +34,7 @@ class Leaf:
     type: Any
     default: Any
     doc: str
+    range: Range | None = None
 
     @property
     def flag(self) -> str:
@@ -51,7 +53,7 @@ def leaves(cls: type[Config], default: Config | None = None, prefix: str = "") -
         if isinstance(tp, type) and issubclass(tp, Config):
             yield from leaves(tp, value, f"{prefix}{f.name}.")
         else:
-            yield Leaf(prefix + f.name, tp, value, docs.get(f.name, ""))
+            yield Leaf(prefix + f.name, tp, value, docs.get(f.name, ""), field_range(f))
 
 
 def _depth(cls: type, name: str) -> int:
@@ -148,6 +150,7 @@ def _shown(value: Any) -> str:
 
 
 def _help(leaf: Leaf) -> str:
-    shown = _shown(leaf.default)
-    text = f"{leaf.doc} (default: {shown})" if shown else leaf.doc
+    notes = [f"default: {shown}"] if (shown := _shown(leaf.default)) else []
+    notes += [str(leaf.range)] if leaf.range is not None else []
+    text = f"{leaf.doc} ({'; '.join(notes)})" if notes else leaf.doc
     return text.replace("%", "%%")  # argparse formats help strings with %

@@ -6,7 +6,6 @@ import argparse
 
 from emomoe.cli._options import add_config_options, config_from_args
 from emomoe.experiments.finetune import FinetuneConfig, finetune_subset
-from emomoe.train.runtime import setup_runtime
 
 EXAMPLES = """examples:
   emomoe finetune --checkpoint subsets/emo-math --data runs/store --max-steps 100 --out subsets/emo-math-ft
@@ -41,7 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(FinetuneConfig, args)
-    setup_runtime()
     done = finetune_subset(
         args.checkpoint, args.data, args.out, cfg, pairs=args.pairs, resume=args.resume, force=args.force,
         progress=not args.no_progress,

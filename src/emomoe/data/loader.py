@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emomoe.config import Config
+from emomoe.config import Config, ranged
 from emomoe.data.store import Shard, Split, TokenStore
 from emomoe.errors import ConfigError, DataError
 from emomoe.model.docs import doc_ids_from_eos
@@ -46,10 +46,10 @@ Batch = dict[str, torch.Tensor]
 class DataConfig(Config):
     store: str = ""
     """Token store directory (or mix file) to train on."""
-    seq_len: int = 256
-    batch_size: int = 16
+    seq_len: int = ranged(256, ge=1)
+    batch_size: int = ranged(16, ge=1)
     """Sequences per rank per micro-batch."""
-    seed: int = 0
+    seed: int = ranged(0, ge=0)
     """Seeds the window order; the same seed gives the same batches."""
     domains: list[str] | None = None
     """Train only on these domains (None: all)."""
@@ -58,11 +58,6 @@ class DataConfig(Config):
     row, as the paper's runs did (spec section 4.1)."""
 
     def validate(self) -> None:
-        for name in ("seq_len", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ConfigError(f"seed: expected a non-negative integer, got {self.seed}")
         if self.domains is not None and (not self.domains or len(set(self.domains)) != len(self.domains)):
             raise ConfigError(f"domains: expected a non-empty list of distinct names or null, got {self.domains}")
 

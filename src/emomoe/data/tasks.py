@@ -7,8 +7,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from emomoe.config import Config
-from emomoe.errors import ConfigError
+from emomoe.config import Config, ranged
 
 
 class TaskSplits(enum.StrEnum):
@@ -25,15 +24,10 @@ class TaskSplits(enum.StrEnum):
 class TaskConfig(Config):
     include_path: list[str] = dataclasses.field(default_factory=list)
     """Folders of your own task YAMLs."""
-    num_fewshot: int | None = None
+    num_fewshot: int | None = ranged(None, ge=0)
     """Examples in each prompt; None means each task's own setting (0 if it has none)."""
     online: bool = False
     """Let lm-eval download task data; offline otherwise."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise ConfigError(f"num_fewshot: expected an integer >= 0, got {self.num_fewshot}")
 
 
 @dataclasses.dataclass

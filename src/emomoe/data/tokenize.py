@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from emomoe.config import ranged
 from emomoe.data.arrays import token_dtype, write_shard
 from emomoe.data.holdout import CorpusScan, Fingerprint, text_hash
 from emomoe.data.readers import Document, DocumentSource, ReadConfig, reiterable
@@ -53,15 +54,10 @@ class TokenizeConfig(ReadConfig):
     """Fraction of each domain's documents held out for validation."""
     min_val_docs: int = MIN_VAL_DOCS
     """Hold out at least this many documents per domain, but never more than half."""
-    chunk_mb: float = CHUNK_BYTES / _MB
+    chunk_mb: float = ranged(CHUNK_BYTES / _MB, gt=0)
     """Text per resumable chunk, in MB."""
     eos_token: str | None = None
     """The EOS token, if the tokenizer does not declare one."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.chunk_mb <= 0:
-            raise ConfigError(f"chunk_mb: expected a size in MB > 0, got {self.chunk_mb}")
 
     @property
     def chunk_bytes(self) -> int:

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from emomoe.config import ranged
 from emomoe.data.holdout import hash_below, text_hash
 from emomoe.data.readers import Document, ReadConfig, reiterable
-from emomoe.errors import ConfigError, DataError, warn
+from emomoe.errors import DataError, warn
 from emomoe.io import atomic_path
 
 if TYPE_CHECKING:
@@ -44,17 +45,10 @@ _MB = 1 << 20
 class TokenizerTrainConfig(ReadConfig):
     vocab_size: int = VOCAB_SIZE
     """Vocabulary size, EOS included (at least 257: the 256 bytes and EOS)."""
-    min_frequency: int = MIN_FREQUENCY
+    min_frequency: int = ranged(MIN_FREQUENCY, ge=0)
     """Least count of a pair of tokens for a merge."""
-    sample_mb: float = 64.0
+    sample_mb: float = ranged(64.0, ge=0)
     """Train on about this many MB of text, a deterministic sample spread over the input; 0 means all."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.sample_mb < 0:
-            raise ConfigError(f"sample_mb: expected >= 0 (0: all), got {self.sample_mb}")
-        if self.min_frequency < 0:
-            raise ConfigError(f"min_frequency: expected a count >= 0, got {self.min_frequency}")
 
     @property
     def sample_bytes(self) -> int | None:

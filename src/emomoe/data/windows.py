@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from emomoe.config import Config
-from emomoe.errors import ConfigError
+from emomoe.config import Config, ranged
 
 BATCH_SIZE = 8
 """Rows per forward pass wherever a verb batches (windows, documents, prompts, lm-eval requests).
@@ -27,27 +26,16 @@ class TokenizerCheckConfig(Config):
 
 @dataclasses.dataclass
 class WindowConfig(TokenizerCheckConfig):
-    seq_len: int | None = None
+    seq_len: int | None = ranged(None, ge=1)
     """Tokens per window; None means the model's max_seq_len (with several models, the smallest)."""
-    batch_size: int = BATCH_SIZE
+    batch_size: int = ranged(BATCH_SIZE, ge=1)
     """Windows per forward pass."""
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("seq_len", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass
 class HeldOutConfig(WindowConfig):
-    num_eval_windows: int = NUM_EVAL_WINDOWS
+    num_eval_windows: int = ranged(NUM_EVAL_WINDOWS, ge=0)
     """Held-out windows per domain, evenly spaced; 0 means all of them."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.num_eval_windows < 0:
-            raise ConfigError(f"num_eval_windows: expected >= 0 (0: all), got {self.num_eval_windows}")
 
     @property
     def max_eval_windows(self) -> int | None:

@@ -8,9 +8,8 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from emomoe.config import Config
+from emomoe.config import Config, ranged
 from emomoe.data.store import TokenStore
-from emomoe.errors import ConfigError
 from emomoe.evaluate.continuation import CONTEXT_TOKENS, CONTINUATION_TOKENS, GROUP, NUM_ITEMS, write_continuation_tasks
 from emomoe.evaluate.domain_task import DOMAIN_TASK, write_domain_task
 
@@ -20,18 +19,12 @@ SHIPPED_TASKS = (GROUP, DOMAIN_TASK)
 
 @dataclasses.dataclass
 class ShippedTaskConfig(Config):
-    num_items: int = NUM_ITEMS
+    num_items: int = ranged(NUM_ITEMS, ge=1)
     """Items per domain of the shipped tasks (emomoe_continuation, emomoe_domain), in each split."""
-    context_tokens: int = CONTEXT_TOKENS
+    context_tokens: int = ranged(CONTEXT_TOKENS, ge=1)
     """Passage length of the shipped tasks, in tokens."""
-    continuation_tokens: int = CONTINUATION_TOKENS
+    continuation_tokens: int = ranged(CONTINUATION_TOKENS, ge=1)
     """Continuation-task choice length, in tokens."""
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("num_items", "context_tokens", "continuation_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
 
 def shipped(tasks: Sequence[str]) -> list[str]:

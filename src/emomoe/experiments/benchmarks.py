@@ -15,6 +15,7 @@ from typing import Any
 
 from emomoe.checkpoint import load_config
 from emomoe.checkpoint.selection import SelectionConfig
+from emomoe.config import ranged
 from emomoe.data.store import TokenStore
 from emomoe.data.tasks import TaskConfig
 from emomoe.data.windows import BATCH_SIZE, TokenizerCheckConfig
@@ -115,15 +116,13 @@ class LmEvalConfig(SelectionConfig, TaskConfig, ShippedTaskConfig, TokenizerChec
     """lm-eval task or group names; the default is the shipped offline continuation task."""
     limit: float | None = None
     """At most this many items per task (a fraction of them if below 1); None means all."""
-    batch_size: int = BATCH_SIZE
+    batch_size: int = ranged(BATCH_SIZE, ge=1)
     """Requests per forward pass."""
     seed: int = 0
     """Seed of lm-eval's few-shot sampling and of the shipped tasks' items."""
 
     def validate(self) -> None:
         super().validate()
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size}")
         if not self.tasks:
             raise ConfigError("tasks: expected at least one task")
         check_limit(self.limit)

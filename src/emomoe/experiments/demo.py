@@ -3,7 +3,8 @@
 Steps, each cached in the output directory so that a second run reuses what is done:
 1. data:  train an 8k byte-level BPE on the embedded corpus and write its token store;
 2. train: configs/demo-emo.yaml and configs/demo-std.yaml on that store (same data order, seed
-          and budget; they differ only in the router's pool); an interrupted run resumes;
+          and budget; they differ only in the router's pool), at once in a process each where the
+          cores allow (`trains_side_by_side`); an interrupted run resumes;
 3. eval:  per-domain validation loss of both final models over the whole validation split,
           written to OUT/val_loss.md (+ .json);
 4. sweep: for every domain and keep fraction (1, 1/2, 1/4, 1/8 of the routed experts), select
@@ -28,8 +29,10 @@ EMO-anneal); steps 3 and 4 cover it beside the other two.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import statistics
 import time
 from pathlib import Path
@@ -43,7 +46,7 @@ from emomoe.data.corpus import embedded_corpus
 from emomoe.data.store import METADATA_FILE, TokenStore
 from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import load_tokenizer, train_tokenizer
-from emomoe.errors import ConfigError, require
+from emomoe.errors import ConfigError, EmomoeError, require
 from emomoe.evaluate.continuation import (
     CONTEXT_TOKENS,
     CONTINUATION_TOKENS,
@@ -54,6 +57,7 @@ from emomoe.evaluate.continuation import (
 from emomoe.evaluate.continuation import task_name as continuation_task
 from emomoe.evaluate.loss import evaluate_checkpoint
 from emomoe.experiments.benchmarks import go_offline, run_tasks, task_scores
+from emomoe.experiments.eta import Eta, Stage
 from emomoe.experiments.sweep import SELECTIONS_DIR, SweepConfig, keep_label, run_sweep, write_sweep
 from emomoe.io import OUTPUT_MARKER, atomic_write_text, check_output_dir, mark_output, refuse_existing
 from emomoe.select.methods import SelectMethod
@@ -63,7 +67,8 @@ from emomoe.tables import markdown_table
 from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
 from emomoe.train.metrics import METRICS_FILE, read_metrics
 from emomoe.train.rundir import CONFIG_FILE, first_difference, holds_run, remove_run
-from emomoe.train.trainer import fit_to_store, train
+from emomoe.train.runtime import available_cores, setup_runtime
+from emomoe.train.trainer import TrainResult, fit_to_store, train
 
 ANALYSIS_DIR = "analysis"
 TASKS_DIR = "lm_eval_tasks"
@@ -111,35 +116,56 @@ def run_demo(
     """Run the main job into `out`; `overrides` (dotted key=value) apply to every model config."""
     out = Path(out)
     check_demo(out, overrides or [], anneal=anneal)
+    # What a training run sets up for its process, for the steps after it (when the models train in
+    # processes of their own, this one trains nothing).
+    threads = demo_threads(overrides or [])
+    setup_runtime(threads, retain_memory=True)
+    side_by_side = trains_side_by_side(threads)
+    eta = Eta(demo_stages(overrides or [], anneal=anneal, side_by_side=side_by_side))
     say = print if progress else (lambda *_: None)
-    say(f"[1/6] data: tokenizer and token store of the embedded corpus in {out}")
+    say(f"[1/6] data: tokenizer and token store of the embedded corpus in {out} ({eta.start('data')})")
+    reused = (out / "store" / METADATA_FILE).is_file()
     store = prepare_demo_data(out, progress=progress)
+    eta.finish(done=0.0 if reused else 1.0)
     final_dirs, training = {}, {}
-    for name in DEMO_MODELS:
-        say(f"[2/6] train: {DEMO_MODELS[name]} -> {out / name}")
-        started = time.perf_counter()
-        final_dirs[name] = train_demo_model(name, store, out, overrides or [], force=force, progress=progress)
-        training[name] = training_facts(final_dirs[name], time.perf_counter() - started)
+    if side_by_side:
+        configs = " and ".join(f"{config} -> {out / name}" for name, config in DEMO_MODELS.items())
+        say(f"[2/6] train: {configs}, at once, a process each ({eta.start(SIDE_BY_SIDE)})")
+        runs = train_side_by_side(store, out, overrides or [], force=force)
+        eta.finish(done=_trained_share(*(run for run, _ in runs.values())))
+        for name, (run, wall_s) in runs.items():
+            say(f"      {name}: step {run.step} in {wall_s:.0f} s")
+            final_dirs[name] = run.final_dir
+            training[name] = training_facts(run.final_dir, wall_s)
+    else:
+        for name in DEMO_MODELS:
+            say(f"[2/6] train: {DEMO_MODELS[name]} -> {out / name} ({eta.start(name)})")
+            started = time.perf_counter()
+            run = train_demo_model(name, store, out, overrides or [], force=force, progress=progress)
+            eta.finish(done=_trained_share(run))
+            final_dirs[name] = run.final_dir
+            training[name] = training_facts(final_dirs[name], time.perf_counter() - started)
     if anneal:
-        say(f"[2/6] train: {ANNEAL_CONFIG} from {final_dirs['std']} -> {out / ANNEAL}")
+        say(f"[2/6] train: {ANNEAL_CONFIG} from {final_dirs['std']} -> {out / ANNEAL} ({eta.start(ANNEAL)})")
         started = time.perf_counter()
-        annealed = train_anneal_model(final_dirs["std"], store, out, overrides or [], force=force, progress=progress)
-        training[ANNEAL] = training_facts(annealed, time.perf_counter() - started)
+        run = train_anneal_model(final_dirs["std"], store, out, overrides or [], force=force, progress=progress)
+        eta.finish(done=_trained_share(run))
+        training[ANNEAL] = training_facts(run.final_dir, time.perf_counter() - started)
         # The standard MoE last: the sweep's tables compare every model with the last one.
-        final_dirs = {"emo": final_dirs["emo"], ANNEAL: annealed, "std": final_dirs["std"]}
-    say("[3/6] eval: per-domain validation loss of the full models")
+        final_dirs = {"emo": final_dirs["emo"], ANNEAL: run.final_dir, "std": final_dirs["std"]}
+    say(f"[3/6] eval: per-domain validation loss of the full models ({eta.start('eval')})")
     val_loss = {name: validation_losses(final, store, progress=progress) for name, final in final_dirs.items()}
     table = model_loss_table(val_loss)
     atomic_write_text(out / "val_loss.md", table + "\n")
     atomic_write_text(out / "val_loss.json", json.dumps(val_loss, indent=2) + "\n")
-    say("[4/6] sweep: select, slice and evaluate expert subsets per domain and keep fraction")
+    say(f"[4/6] sweep: select, slice and evaluate expert subsets per domain and keep fraction ({eta.start('sweep')})")
     trained = RunConfig.from_yaml(out / "emo" / CONFIG_FILE)
     sweep_cfg = SweepConfig(
         seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size, methods=SWEEP_METHODS,
         compare_keep=[BENCHMARK_KEEP], equal_bytes=[BENCHMARK_KEEP],
     )
     sweep = run_sweep(final_dirs, store, sweep_cfg, progress=progress)
-    say(f"[5/6] lm-eval: the continuation task, full models and {BENCHMARK_KEEP:g} subsets")
+    say(f"[5/6] lm-eval: the continuation task, full models and {BENCHMARK_KEEP:g} subsets ({eta.start('lm-eval')})")
     # The lm-eval and analysis steps stay with the two models the demo is about; the anneal is swept.
     pair = {name: final_dirs[name] for name in DEMO_MODELS}
     accuracy = benchmark_accuracy(pair, store, sweep, out)
@@ -149,9 +175,90 @@ def run_demo(
     command = f"emomoe demo --out {out}" + (" --anneal" if anneal else "")
     report = write_sweep(out, sweep, force=True, training=training, command=command)
     atomic_write_text(report, report.read_text() + "\n" + benchmark_section(benchmark))
+    say(f"[6/6] analysis: which experts serve which domains -> {out / ANALYSIS_DIR} ({eta.start('analysis')})")
     modularity = analyze_demo_models(out, pair, store, report, progress=progress)
-    say(f"[6/6] report: {report}")
+    say(f"done: {report}")
     return DemoResult(out, final_dirs, val_loss, table, sweep, benchmark, report, modularity)
+
+
+REFERENCE_TOKENS_PER_S = 9500.0
+"""Training speed of the demo's models on the reference machine (the 2-core Xeon the README's times
+were measured on; 9,704 and 9,765 tokens/s with 2 threads, load about 2)."""
+REFERENCE_SIDE_BY_SIDE_TOKENS_PER_S = 10400.0
+"""The same, both models at once, a process and a core each: the tokens of both per second (11,265
+and 9,583 in the runs beside those)."""
+REFERENCE_S = {"data": 30.0, "eval": 8.0, "sweep": 45.0, "lm-eval": 10.0, "analysis": 10.0}
+"""Seconds of each other stage on the reference machine: the tokenizer and store once; the others per model."""
+SIDE_BY_SIDE = "emo+std"
+"""The training stage of both demo models at once."""
+METRICS_ONLY = ("train.peak_flops",)
+"""Config fields that change what a run logs, not what it trains: a finished run is reused whatever they say."""
+
+
+def demo_stages(overrides: list[str], *, anneal: bool, side_by_side: bool = False) -> list[Stage]:
+    """The demo's stages in order, each with its time on the reference machine: what the ETA starts from."""
+    models = [*DEMO_MODELS, *([ANNEAL] if anneal else [])]
+    tokens = {}
+    for name in models:
+        cfg = RunConfig.from_yaml(SHIPPED_CONFIGS / {**DEMO_MODELS, ANNEAL: ANNEAL_CONFIG}[name], overrides)
+        tokens[name] = cfg.train.max_steps * cfg.train.num_micro_batches * cfg.data.batch_size * cfg.data.seq_len
+    trainings = [Stage(name, tokens[name] / REFERENCE_TOKENS_PER_S) for name in models]
+    if side_by_side:
+        together = sum(tokens[name] for name in DEMO_MODELS) / REFERENCE_SIDE_BY_SIDE_TOKENS_PER_S
+        trainings = [Stage(SIDE_BY_SIDE, together), *trainings[len(DEMO_MODELS):]]
+    per_model = {"eval": len(models), "sweep": len(models), "lm-eval": len(DEMO_MODELS), "analysis": len(DEMO_MODELS)}
+    return [
+        Stage("data", REFERENCE_S["data"]), *trainings,
+        *(Stage(stage, REFERENCE_S[stage] * count) for stage, count in per_model.items()),
+    ]
+
+
+def _trained_share(*runs: TrainResult) -> float:
+    """The share of the runs' steps this invocation trained (0 for runs finished earlier)."""
+    return sum(run.step - run.first_step for run in runs) / max(sum(run.step for run in runs), 1)
+
+
+def demo_threads(overrides: list[str]) -> int:
+    """The demo models' train.num_threads (the larger, should they differ; 0: the adaptive default)."""
+    return max(
+        RunConfig.from_yaml(SHIPPED_CONFIGS / config, overrides).train.num_threads for config in DEMO_MODELS.values()
+    )
+
+
+def trains_side_by_side(threads: int) -> bool:
+    """Whether the two demo models train at once, a process each: where the cores give each process
+    its own (with a fixed train.num_threads, that many each). Two processes of one thread made 1.16
+    and 0.98 times the tokens per second of one two-threaded process after the other (two
+    measurements on 2 shared cores): no barrier waits between threads."""
+    return available_cores() >= len(DEMO_MODELS) * max(threads, 1)
+
+
+def train_side_by_side(
+    store: TokenStore, out: Path, overrides: list[str], *, force: bool
+) -> dict[str, tuple[TrainResult, float]]:
+    """Step 2 with the cores for it: both demo models at once, each in a process of its own (spawned:
+    a torch of its own), without progress bars (two would garble each other's lines). Model name ->
+    its run and the seconds it took."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(len(DEMO_MODELS), mp_context=context) as pool:
+        futures = {
+            name: pool.submit(_train_in_process, name, store.path, out, overrides, force) for name in DEMO_MODELS
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _train_in_process(
+    name: str, store_path: Path, out: Path, overrides: list[str], force: bool
+) -> tuple[TrainResult, float]:
+    started = time.perf_counter()
+    # Both processes would measure the matmul peak at once, each slowed by the other: no MFU metric.
+    overrides = [*overrides, "train.peak_flops=null"]
+    try:
+        run = train_demo_model(name, TokenStore.open(store_path), out, overrides, force=force, progress=False)
+    except EmomoeError as e:
+        # Back in the demo's process as the same one line (kinds with arguments of their own do not pickle).
+        raise EmomoeError(str(e)) from None
+    return run, time.perf_counter() - started
 
 
 def check_demo(out: Path, overrides: list[str], *, anneal: bool) -> None:
@@ -226,7 +333,7 @@ def demo_config(name: str, store: TokenStore, overrides: list[str]) -> RunConfig
 
 def train_demo_model(
     name: str, store: TokenStore, out: Path, overrides: list[str], *, force: bool, progress: bool
-) -> Path:
+) -> TrainResult:
     """Step 2: train one model into OUT/<name>, resuming (or just reusing) an earlier run of the same config."""
     run_dir = out / name
     cfg = demo_config(name, store, overrides)
@@ -235,19 +342,18 @@ def train_demo_model(
             remove_run(run_dir)
         else:
             stored = RunConfig.from_yaml(run_dir / CONFIG_FILE)
-            difference = first_difference(stored.to_dict(), fit_to_store(cfg, store).to_dict())
+            difference = first_difference(stored.to_dict(), fit_to_store(cfg, store).to_dict(), skip=METRICS_ONLY)
             if difference:
                 raise ConfigError(
                     f"{run_dir} holds a run with a different config (at '{difference}'); "
                     "pass --force to train it again"
                 )
-    result = train(cfg, run_dir, resume=holds_run(run_dir), progress=progress)
-    return result.final_dir
+    return train(cfg, run_dir, resume=holds_run(run_dir), progress=progress)
 
 
 def train_anneal_model(
     std_final: Path, store: TokenStore, out: Path, overrides: list[str], *, force: bool, progress: bool
-) -> Path:
+) -> TrainResult:
     """Step 2, optional: EMO-anneal the standard model into OUT/anneal (configs/demo-anneal.yaml
     starting from `std_final`)."""
     return train_demo_model(ANNEAL, store, out, [*overrides, f"train.init_from={std_final}"], force=force, progress=progress)

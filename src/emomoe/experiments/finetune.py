@@ -30,6 +30,7 @@ import json
 import math
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 
 from emomoe.checkpoint import check_fits, load_config, load_model, save_model
 from emomoe.checkpoint.selection import SELECTION_FILE, read_selection
-from emomoe.config import Config
+from emomoe.config import Config, ranged
 from emomoe.data.loader import DataConfig, TrainLoader, eval_batches
 from emomoe.data.pairs import Batch, Example, PairLoader, read_pairs
 from emomoe.data.store import Split, TokenStore
@@ -55,6 +56,7 @@ from emomoe.train.config import LRSchedule, TrainConfig
 from emomoe.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from emomoe.train.optim import build_optimizer
 from emomoe.train.rng import capture_rng_state, restore_rng_state
+from emomoe.train.runtime import setup_runtime, thread_governor
 from emomoe.train.schedule import build_scheduler
 from emomoe.train.step import TrainingDiverged, check_finite_weights, train_step
 from emomoe.train.stop_request import StopRequest
@@ -67,17 +69,12 @@ HF_ROUTING = ["moe.router.pool=off", "moe.router.eval_pool=off", "moe.router.lb_
 
 @dataclasses.dataclass
 class FinetuneLoss(Config):
-    lb_weight: float = 0.01
+    lb_weight: float = ranged(0.01, ge=0)
     """Switch load balancing, averaged over MoE layers (HF `router_aux_loss_coef`)."""
-    router_z_weight: float = 0.0
+    router_z_weight: float = ranged(0.0, ge=0)
     """Router z-loss, averaged over MoE layers; off in the HF recipe."""
-    logit_z_weight: float = 0.0
+    logit_z_weight: float = ranged(0.0, ge=0)
     """Output-logit z-loss; off in the HF recipe."""
-
-    def validate(self) -> None:
-        for name, value in dataclasses.asdict(self).items():
-            if value < 0:
-                raise ConfigError(f"{name}: expected a weight >= 0, got {value}")
 
 
 def finetune_loss(out: ModelOutput, labels_BS: torch.Tensor, weights: FinetuneLoss) -> dict[str, torch.Tensor]:
@@ -120,16 +117,16 @@ GLOBAL_BATCH_SIZE = 32
 class FinetuneRecipe(Config):
     """How a model is fine-tuned: the paper's recipe by default (module docstring)."""
 
-    lr: float = 5e-5
+    lr: float = ranged(5e-5, gt=0)
     """Peak learning rate of AdamW (HF Trainer's: betas 0.9 and 0.999, eps 1e-8, no weight decay),
     reached after a linear warmup from 0 and decaying linearly to 0."""
-    num_epochs: float = 1.0
+    num_epochs: float = ranged(1.0, gt=0)
     """Passes over the training data."""
-    max_steps: int = 0
+    max_steps: int = ranged(0, ge=0)
     """Stop after this many optimizer steps; 0 means no limit."""
-    warmup_fraction: float = 0.1
+    warmup_fraction: float = ranged(0.1, ge=0, lt=1)
     """Share of the steps the learning rate warms up over."""
-    global_batch_size: int = GLOBAL_BATCH_SIZE
+    global_batch_size: int = ranged(GLOBAL_BATCH_SIZE, ge=1)
     """Examples per optimizer step: forwards of at most batch_size rows whose gradients accumulate
     (windows of a token store: rounded up to whole forwards of batch_size)."""
     answer_only: bool = True
@@ -138,17 +135,6 @@ class FinetuneRecipe(Config):
     """The terms of the loss besides the cross-entropy, and their weights."""
     seed: int = 0
     """Seed of the order the training windows (or pairs) are visited in."""
-
-    def validate(self) -> None:
-        super().validate()
-        if not (self.num_epochs > 0 and self.max_steps >= 0 and 0.0 <= self.warmup_fraction < 1.0
-                and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(
-                f"lr > 0, num_epochs > 0, max_steps >= 0 and warmup_fraction in [0, 1) expected, "
-                f"got {self.lr}, {self.num_epochs}, {self.max_steps}, {self.warmup_fraction}"
-            )
-        if self.global_batch_size < 1:
-            raise ConfigError(f"global_batch_size: expected a positive integer, got {self.global_batch_size}")
 
     def train_config(self, num_steps: int) -> TrainConfig:
         """The optimizer and schedule of a run of `num_steps` steps, as HF Trainer sets them up."""
@@ -164,13 +150,12 @@ class FinetuneConfig(FinetuneRecipe, HeldOutConfig):
     domains: list[str] | None = None
     """Domains of the store to train on; None means those the subset was selected on. With
     prompt/answer pairs, the domains whose held-out loss is measured before and after."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = ranged(0, ge=0)
     """Steps between checkpoints that a resumed run continues from; 0 means only on Ctrl-C / SIGTERM."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every: expected >= 0, got {self.checkpoint_every}")
+    num_threads: int = ranged(0, ge=0)
+    """CPU threads, as in training: 0 runs one per core that other processes leave free, re-decided
+    every second as their load changes; a number fixes them (results differ in their last bits
+    between thread counts)."""
 
 
 def recipe_config(recipe: FinetuneRecipe, **fields: Any) -> FinetuneConfig:
@@ -206,6 +191,7 @@ def finetune_subset(
     model, its selection.json (with this fine-tuning recorded) and metrics.jsonl.
     """
     config = (config or FinetuneConfig()).replace(**fields)
+    setup_runtime(config.num_threads, retain_memory=True)
     # The training below reads these as plain names.
     batch_size, global_batch_size, loss = config.batch_size, config.global_batch_size, config.loss
     num_eval_windows, checkpoint_every = config.num_eval_windows, config.checkpoint_every
@@ -310,19 +296,28 @@ def finetune_subset(
         return checkpoints.save(step, model, cfg, state)
 
     loss_fn = functools.partial(finetune_loss, weights=loss)
+    threads = thread_governor(config.num_threads)
     model.train()
     bar = tqdm(total=num_steps, initial=step, desc="finetune", unit="step", disable=not progress)
     with StopRequest() as stop, bar:
         while step < num_steps:
+            if threads is not None:
+                threads.update()
+            started = time.perf_counter()
             lr_now = scheduler.get_last_lr()[0]
+            batches = micro_batches(step)
             try:
                 terms = train_step(
-                    model, optimizer, micro_batches(step), loss_fn, scheduler=scheduler, grad_clip=recipe.grad_clip
+                    model, optimizer, batches, loss_fn, scheduler=scheduler, grad_clip=recipe.grad_clip
                 ).losses
             except TrainingDiverged as e:
                 raise diverged(e, step + 1) from None
             step += 1
-            metrics.write({"step": step, **{k: terms[k] for k in ("ce", "lb", "total")}, "lr": lr_now})
+            tokens_per_s = sum(b["input_ids_BS"].numel() for b in batches) / (time.perf_counter() - started)
+            metrics.write({
+                "step": step, **{k: terms[k] for k in ("ce", "lb", "total")}, "lr": lr_now, "tokens_per_s": tokens_per_s,
+                "threads": torch.get_num_threads(),
+            })
             bar.update()
             if (checkpoint_every and step % checkpoint_every == 0) or (stop.requested and step < num_steps):
                 try:

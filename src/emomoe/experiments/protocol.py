@@ -35,6 +35,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from emomoe.checkpoint import CheckpointReader, load_config, load_for_inference
+from emomoe.config import ranged
 from emomoe.data.tasks import TaskDataConfig
 from emomoe.data.tokenizer import TextTokenizer
 from emomoe.data.windows import BATCH_SIZE
@@ -82,10 +83,10 @@ class ProtocolConfig(TaskDataConfig, ShippedTaskConfig):
     """Routed experts kept per MoE layer, each spelled as in select: a fraction (0.25) or a count (8)."""
     methods: list[SelectMethod] = dataclasses.field(default_factory=lambda: [SelectMethod.LAYERWISE])
     """Selection methods, side by side (layerwise, global, easy-ep, reap, random)."""
-    num_calib: list[int] = dataclasses.field(default_factory=lambda: [0])
+    num_calib: list[int] = ranged(default_factory=lambda: [0], ge=0)
     """Calibration sizes: examples of the task's pool to select on (0: all of them); random
     selection ignores them."""
-    calib_num_fewshot: int | None = None
+    calib_num_fewshot: int | None = ranged(None, ge=0)
     """Examples in each calibration (selection) prompt, where num_fewshot sets those of the
     evaluation and fine-tuning prompts (the official scripts' separate selection and evaluation
     shot counts); None means num_fewshot's."""
@@ -96,10 +97,10 @@ class ProtocolConfig(TaskDataConfig, ShippedTaskConfig):
     """How --finetune trains: the paper's recipe by default."""
     limit: float | None = None
     """At most this many held-out items per task (a fraction of them if below 1); None means all."""
-    seq_len: int | None = None
+    seq_len: int | None = ranged(None, ge=1)
     """Tokens of a calibration or fine-tuning row at most (a longer example loses its end); None
     means each model's max_seq_len."""
-    batch_size: int = BATCH_SIZE
+    batch_size: int = ranged(BATCH_SIZE, ge=1)
     """Rows per forward pass: calibration examples, lm-eval requests, fine-tuning examples."""
     seed: int = 0
     """Seed of the calibration draw, the few-shot demonstrations, the random method and the shipped tasks' items."""
@@ -116,12 +117,6 @@ class ProtocolConfig(TaskDataConfig, ShippedTaskConfig):
                 raise ConfigError(f"{name}: expected distinct values, at least one, got {values}")
         for keep in self.keep:
             KeepSpec.parse(keep)
-        if self.calib_num_fewshot is not None and self.calib_num_fewshot < 0:
-            raise ConfigError(f"calib_num_fewshot: expected an integer >= 0, got {self.calib_num_fewshot}")
-        if any(n < 0 for n in self.num_calib):
-            raise ConfigError(f"num_calib: expected integers >= 0 (0: all), got {self.num_calib}")
-        if self.batch_size < 1 or (self.seq_len is not None and self.seq_len < 1):
-            raise ConfigError(f"batch_size, seq_len: expected positive integers, got {self.batch_size}, {self.seq_len}")
         check_limit(self.limit)
 
     def fixed_settings(self) -> dict[str, Any]:

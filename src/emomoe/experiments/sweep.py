@@ -7,7 +7,7 @@ as one ranking of every layer's experts spreads them (`select --budget-gb`).
 Work is shared where the method allows: calibration and held-out windows are read once per domain
 for all models, the full model is evaluated once per (model, domain) for all methods, and scores
 that do not depend on the number kept (global, easy-ep, reap, random) are computed once per
-(model, domain) for all fractions. Fraction 1 is always included: it is the full model, the
+(model, domain) for all fractions; global, easy-ep and reap from one pass of the unpruned model. Fraction 1 is always included: it is the full model, the
 baseline of every loss increase. Every domain's calibration profile (the full model's router mass
 on its calibration windows) is computed once per model, from whichever method's pass gives it for
 free, and written with the subsets' selection files (`selections/MODEL/METHOD/KEEP/DOMAIN.json`),
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from emomoe.analyze.collect import held_out_documents
 from emomoe.analyze.sweep_results import FULL, RESULTS_FILE
 from emomoe.checkpoint import CheckpointReader, check_fits, load_config, load_for_inference
+from emomoe.config import ranged
 from emomoe.data.loader import Batch, eval_batches
 from emomoe.data.store import Split, TokenStore
 from emomoe.data.windows import HeldOutConfig
@@ -39,7 +40,7 @@ from emomoe.model import ModelConfig
 from emomoe.select.budget import Budget, BudgetUnit, SubsetSize, check_budget, fit_counts
 from emomoe.select.calibration import NUM_CALIB_WINDOWS, store_calibration
 from emomoe.select.keep import KeepSpec
-from emomoe.select.methods import ExpertSelector, SelectMethod
+from emomoe.select.methods import ExpertSelector, SelectMethod, score_together
 from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import subset_config, subset_model
 from emomoe.select.subset import selection_record, subset_size
@@ -66,17 +67,17 @@ class SweepConfig(HeldOutConfig):
     """Keep fractions (spelled as keep) at which the first method's subset, the same count in every layer,
     is compared with one of the same bytes whose per-layer counts come from one ranking of every layer's
     experts, as `select --budget-gb` makes them; None: no comparison."""
-    num_calib_windows: int = NUM_CALIB_WINDOWS
+    num_calib_windows: int = ranged(NUM_CALIB_WINDOWS, ge=1)
     """Training windows per domain that the selection is computed on."""
     seed: int = 0
     """Seed of the random method (the others are deterministic)."""
     domains: list[str] | None = None
     """Domains to sweep; None means every domain of the store."""
-    auto_eval_tokens: list[int] = dataclasses.field(default_factory=lambda: [16, 32, 64])
+    auto_eval_tokens: list[int] = ranged(default_factory=lambda: [16, 32, 64], ge=1)
     """The prompt lengths (`--auto-tokens` of generate, eval, lm-eval) at which `--selection auto` is
     scored: how often the first tokens of a held-out document choose its own domain's calibration
     profile (with two domains or more); empty skips it."""
-    auto_eval_docs: int = AUTO_EVAL_DOCS
+    auto_eval_docs: int = ranged(AUTO_EVAL_DOCS, ge=1)
     """Held-out documents per domain that the auto choice is scored on."""
 
     def __post_init__(self) -> None:
@@ -90,8 +91,6 @@ class SweepConfig(HeldOutConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.num_calib_windows < 1:
-            raise ConfigError(f"num_calib_windows: expected a positive integer, got {self.num_calib_windows}")
         spellings = (("keep", self.keep), ("compare-keep", self.compare_keep), ("equal-bytes", self.equal_bytes))
         for name, spelled in spellings:
             if spelled is not None and any(KeepSpec.parse(k).fraction is None for k in spelled.split(",")):
@@ -107,11 +106,6 @@ class SweepConfig(HeldOutConfig):
             )
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods: expected distinct selection methods, got {[str(m) for m in self.methods]}")
-        if any(n < 1 for n in self.auto_eval_tokens) or self.auto_eval_docs < 1:
-            raise ConfigError(
-                f"auto_eval_tokens, auto_eval_docs: expected positive integers, got {self.auto_eval_tokens} "
-                f"and {self.auto_eval_docs}"
-            )
 
     @property
     def fractions(self) -> list[float]:
@@ -143,7 +137,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Losses of every (method, model, keep fraction, domain), the sizes of the subsets, the
     calibration profiles and the auto choice's accuracy (see `emomoe.analyze.sweep_results`)."""
-    cfg.validate()
+    cfg.check()
     store = store if isinstance(store, TokenStore) else TokenStore.open(store)
     domains = cfg.domains or store.domains
     store.domain_ids(domains)
@@ -207,6 +201,7 @@ def run_sweep(
                 for m in cfg.methods
             }
             if batches:
+                score_together(list(selectors.values()))
                 profile = _profiler(selectors, source, batches).profile()
                 profiles[domain] = [mass_E.tolist() for mass_E in profile]
                 for selector in selectors.values():

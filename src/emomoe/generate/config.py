@@ -7,20 +7,19 @@ from __future__ import annotations
 import dataclasses
 
 from emomoe.checkpoint.selection import SelectionConfig
-from emomoe.config import Config
+from emomoe.config import Config, ranged
 from emomoe.data.windows import BATCH_SIZE, TokenizerCheckConfig
-from emomoe.errors import ConfigError
 
 
 @dataclasses.dataclass
 class GenerationConfig(Config):
-    max_new_tokens: int = 64
+    max_new_tokens: int = ranged(64, ge=0)
     """Stop a row after this many new tokens if it has not produced EOS (or a stop) before."""
     greedy: bool = False
     """Always take the most likely token (temperature and top_p are then ignored)."""
-    temperature: float = 1.0
+    temperature: float = ranged(1.0, ge=0)
     """Logits are divided by it before the softmax; 0 means greedy."""
-    top_p: float = 1.0
+    top_p: float = ranged(1.0, gt=0, le=1)
     """Sample only from the smallest set of most likely tokens whose probability reaches top_p."""
     seed: int = 0
     """Seed of the draws: the same prompts, model and config give the same tokens."""
@@ -28,15 +27,6 @@ class GenerationConfig(Config):
     @property
     def is_greedy(self) -> bool:
         return self.greedy or self.temperature == 0
-
-    def validate(self) -> None:
-        super().validate()
-        if self.max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens: {self.max_new_tokens} must be >= 0")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature: {self.temperature} must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p: {self.top_p} must be in (0, 1]")
 
 
 @dataclasses.dataclass
@@ -46,10 +36,6 @@ class GenerateConfig(GenerationConfig, SelectionConfig, TokenizerCheckConfig):
 
     stop: list[str] = dataclasses.field(default_factory=list)
     """End a completion before any of these strings (they are not part of it)."""
-    batch_size: int = BATCH_SIZE
+    batch_size: int = ranged(BATCH_SIZE, ge=1)
     """Prompts decoded together, from a file of prompts."""
 
-    def validate(self) -> None:
-        super().validate()
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size}")

@@ -53,7 +53,7 @@ def stream(
     The model must be an `EmoTransformer` in eval mode with pool-free routing (see
     `emomoe.checkpoint.load_for_inference`).
     """
-    cfg.validate()
+    cfg.check()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (start an empty prompt with EOS)")
     completions = [Completion() for _ in prompts]

@@ -101,7 +101,7 @@ def model_config(data: dict[str, Any], path: Path) -> ModelConfig:
         init_std=float(f.get("initializer_range", (int, float), 0.02)), moe=moe,
     )
     try:
-        cfg.validate()
+        cfg.check()
     except ConfigError as e:
         raise DataError(f"{path}: does not describe a model emomoe can build ({e})") from None
     return cfg

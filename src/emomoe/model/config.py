@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from emomoe.config import Config
+from emomoe.config import Config, ranged
 from emomoe.errors import ConfigError, DataError
 
 
@@ -48,17 +48,17 @@ class RouterConfig(Config):
     drawn uniformly per (document, layer); sizes >= the routed expert count mean no restriction."""
     eval_pool: str = "off"
     """Pool used in eval mode: "off" (the HF inference behaviour) or a fixed size."""
-    num_shared_experts: int = 1
+    num_shared_experts: int = ranged(1, ge=0)
     """Always-on experts with weight 1.0; they are the LAST indices of every layer's experts."""
     renormalize: bool = False
     """Rescale the routed top-k weights to sum to 1 (the paper does not)."""
     lb_scope: LBScope = LBScope.GLOBAL
-    lb_window: int = 1
+    lb_window: int = ranged(1, ge=1)
     """Training forwards whose expert counts the LB loss sums: 1 is the paper's (this batch only);
     more judges balance over more documents than one batch holds, with the mean probabilities
     (the gradient) still from this batch. Counts of earlier forwards are taken after the
     `lb_scope` reduction."""
-    bias_update_rate: float = 0.0
+    bias_update_rate: float = ranged(0.0, ge=0)
     """DeepSeek-V3-style balancing: per-expert selection bias moved by this much per update
     (`EmoTransformer.update_router_biases`); 0 turns it off."""
 
@@ -66,22 +66,16 @@ class RouterConfig(Config):
         parse_pool(self.pool, "pool")
         if (eval_pool := parse_pool(self.eval_pool, "eval_pool")) and eval_pool[0] != eval_pool[1]:
             raise ConfigError(f"eval_pool: '{self.eval_pool}' must be 'off' or a fixed size, not a range")
-        if self.num_shared_experts < 0:
-            raise ConfigError(f"num_shared_experts: {self.num_shared_experts} must be >= 0")
-        if self.lb_window < 1:
-            raise ConfigError(f"lb_window: {self.lb_window} must be >= 1")
-        if self.bias_update_rate < 0:
-            raise ConfigError(f"bias_update_rate: {self.bias_update_rate} must be >= 0")
 
 
 @dataclass
 class MoEConfig(Config):
-    num_experts: int = 128
+    num_experts: int = ranged(128, ge=1)
     """Experts per layer INCLUDING the shared ones (HF `num_experts`)."""
-    top_k: int = 7
+    top_k: int = ranged(7, ge=0)
     """Routed experts per token (shared experts come on top). Clamped per layer to the routed
     experts present, so sliced subsets with few experts keep working."""
-    expert_hidden_size: int = 1024
+    expert_hidden_size: int = ranged(1024, ge=1)
     num_experts_per_layer: list[int] | None = None
     """Per-layer totals (shared included) for sliced subset models; overrides num_experts."""
     router: RouterConfig = field(default_factory=RouterConfig)
@@ -97,16 +91,12 @@ class MoEConfig(Config):
 
     def validate(self) -> None:
         shared = self.router.num_shared_experts
-        if self.num_experts < 1:
-            raise ConfigError(f"num_experts: {self.num_experts} must be >= 1")
-        if self.expert_hidden_size < 1:
-            raise ConfigError(f"expert_hidden_size: {self.expert_hidden_size} must be >= 1")
         if shared > self.num_experts:
             raise ConfigError(
                 f"router.num_shared_experts: {shared} is more than the {self.num_experts} experts (num_experts)"
             )
         routed = self.num_experts - shared
-        if self.top_k > routed or self.top_k < 0:
+        if self.top_k > routed:
             raise ConfigError(
                 f"top_k: {self.top_k} must be between 0 and the {routed} routed experts "
                 f"(num_experts {self.num_experts} - router.num_shared_experts {shared})"
@@ -139,16 +129,16 @@ class LossConfig(Config):
 
 @dataclass
 class ModelConfig(Config):
-    vocab_size: int = 100352
-    d_model: int = 2048
-    num_layers: int = 16
-    num_heads: int = 16
-    num_kv_heads: int | None = None
+    vocab_size: int = ranged(100352, ge=1)
+    d_model: int = ranged(2048, ge=1)
+    num_layers: int = ranged(16, ge=1)
+    num_heads: int = ranged(16, ge=1)
+    num_kv_heads: int | None = ranged(None, ge=1)
     """Key/value heads for grouped-query attention; None means num_heads (plain MHA)."""
     qk_norm: bool = False
     rope_theta: float = 500000.0
     norm_eps: float = 1e-6
-    max_seq_len: int = 4096
+    max_seq_len: int = ranged(4096, ge=1)
     doc_attention_mask: bool = True
     """Tokens attend only within their own document (same doc id) as well as causally."""
     eos_id: int | None = 100257
@@ -170,17 +160,9 @@ class ModelConfig(Config):
         return self.num_kv_heads or self.num_heads
 
     def validate(self) -> None:
-        for name in ("moe", "loss"):
-            try:
-                getattr(self, name).validate()
-            except ConfigError as e:
-                raise ConfigError(f"{name}.{e}") from None
-        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: {getattr(self, name)} must be >= 1")
         if self.d_model % self.num_heads or self.head_dim % 2:
             raise ConfigError(f"num_heads: d_model {self.d_model} / {self.num_heads} heads must be an even integer")
-        if self.num_kv_heads is not None and (self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads):
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_kv_heads: {self.num_kv_heads} must divide num_heads {self.num_heads}")
         if self.eos_id is not None and not 0 <= self.eos_id < self.vocab_size:
             raise ConfigError(f"eos_id: {self.eos_id} is outside the vocabulary (vocab_size {self.vocab_size})")
@@ -242,7 +224,7 @@ class ModelConfig(Config):
         if name not in _PRESETS:
             raise ConfigError(f"unknown model preset '{name}' (choose from {', '.join(_PRESETS)})")
         cfg = _PRESETS[name]()
-        cfg.validate()
+        cfg.check()
         return cfg
 
 

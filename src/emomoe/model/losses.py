@@ -127,11 +127,10 @@ class _FusedLMHeadLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden_TD, weight_VD, labels_T, z_weight: float):
+    def forward(ctx, hidden_TD, weight_VD, labels_T, z_weight: float, want_grad: bool):
         valid_T = labels_T != IGNORE_INDEX
         targets_T1 = labels_T.clamp(min=0)[:, None]
         scale_T = valid_T.to(hidden_TD.dtype) / valid_T.sum().clamp(min=1)
-        want_grad = any(ctx.needs_input_grad[:2])  # False under no_grad
         num_tokens, vocab = len(labels_T), weight_VD.shape[0]
         nll_T, lse_T = hidden_TD.new_empty(num_tokens), hidden_TD.new_empty(num_tokens)
         grad_hidden_TD = torch.empty_like(hidden_TD) if want_grad else None
@@ -167,14 +166,17 @@ class _FusedLMHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_ce, _grad_logit_z):
         grad_hidden_TD, grad_weight_VD = ctx.saved_tensors
-        return grad_hidden_TD * grad_total, grad_weight_VD * grad_total, None, None
+        return grad_hidden_TD * grad_total, grad_weight_VD * grad_total, None, None, None
 
 
 def lm_head_loss(hidden_BSD: torch.Tensor, weight_VD: torch.Tensor, labels_BS: torch.Tensor, logit_z_weight: float) -> LMHeadLoss:
     """CE and logit z-loss of the logits `hidden @ weight.T` without materialising them; the same
-    values as `cross_entropy_and_logit_z`, and gradients (through `total` only) for both inputs."""
+    values as `cross_entropy_and_logit_z`, and gradients (through `total` only) for both inputs.
+    Under no_grad or inference_mode it computes no gradient (a Function's `needs_input_grad` still
+    says True there for a weight that requires one): evaluation pays for the loss only."""
+    want_grad = torch.is_grad_enabled() and (hidden_BSD.requires_grad or weight_VD.requires_grad)
     total, ce, logit_z = _FusedLMHeadLoss.apply(
-        hidden_BSD.reshape(-1, hidden_BSD.shape[-1]), weight_VD, labels_BS.reshape(-1), logit_z_weight
+        hidden_BSD.reshape(-1, hidden_BSD.shape[-1]), weight_VD, labels_BS.reshape(-1), logit_z_weight, want_grad
     )
     return LMHeadLoss(total, ce.detach(), logit_z.detach(), logit_z_weight)
 

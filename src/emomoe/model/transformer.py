@@ -274,5 +274,5 @@ class EmoTransformer(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> EmoTransformer:
-    cfg.validate()
+    cfg.check()
     return EmoTransformer(cfg)

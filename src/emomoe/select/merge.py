@@ -15,8 +15,8 @@ import torch
 
 from emomoe.checkpoint import checkpoint_hash, load_model, save_model
 from emomoe.checkpoint.selection import read_selection
-from emomoe.config import Config
-from emomoe.errors import ConfigError, DataError
+from emomoe.config import Config, ranged
+from emomoe.errors import DataError
 from emomoe.io import refuse_existing
 from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.slicing import kept_rows
@@ -24,7 +24,7 @@ from emomoe.select.slicing import kept_rows
 
 @dataclasses.dataclass
 class MergeConfig(Config):
-    alpha: float = 1.0
+    alpha: float = ranged(1.0, ge=0, le=1)
     """Each merged tensor becomes (1 - alpha) * full + alpha * subset; 1 copies the subset's."""
     router: bool = False
     """Also merge the kept experts' router rows."""
@@ -34,10 +34,6 @@ class MergeConfig(Config):
     """Also merge attention, norms and embeddings."""
     any_source: bool = False
     """Merge even if the full model is not the exact checkpoint the subset was selected from."""
-
-    def validate(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"alpha: expected a number in [0, 1], got {self.alpha}")
 
 
 def merge_subset(

@@ -11,7 +11,8 @@ sorted ascending (shared experts are kept separately, always). The methods diffe
 - random: a seeded permutation, no calibration data.
 
 (`emomoe.select.saliency` has the exact definitions.) Scores that do not depend on `n` are computed
-once and reused for every `n` (a sweep over keep fractions costs one calibration pass); layerwise
+once and reused for every `n` (a sweep over keep fractions costs one calibration pass, and global,
+easy-ep and reap selectors of one calibration set can share it: `score_together`); layerwise
 selection has to redo its pass for each `n`. The unpruned model's router mass on the calibration
 tokens (`profile`, what `--selection auto` compares prompts with) comes free with the global,
 easy-ep and reap scores; layerwise selection pays one more pass for it.
@@ -27,12 +28,13 @@ Legend: E routed experts of a layer.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from emomoe.select.routing import moe_layers
+from emomoe.select.routing import MoELayer, moe_layers
 from emomoe.select.saliency import layer_scores
 from emomoe.select.slicing import AddTensor, block_subset, extract_subset, read_blocks, subset_config
 from emomoe.select.stream import LayerStream, relative
@@ -61,8 +63,25 @@ class SelectMethod(enum.StrEnum):
         return self is not SelectMethod.RANDOM
 
 
+UNPRUNED_PASS = (SelectMethod.GLOBAL, SelectMethod.EASY_EP, SelectMethod.REAP)
+"""The methods that score every layer from one pass of the unpruned model."""
+
+
 def top_n(scores_E: torch.Tensor, n: int) -> list[int]:
     return sorted(scores_E.topk(n).indices.tolist())
+
+
+def score_together(selectors: Sequence[ExpertSelector]) -> None:
+    """Score the selectors of one source and one calibration set that rank on the unpruned model
+    (global, easy-ep, reap) from one pass, when that pass is the one easy-ep and reap take anyway:
+    it measures all three scores, and the router mass is every one's profile. (Global alone keeps
+    its own pass, which stops at the last layer's gate.)"""
+    unpruned = [s for s in selectors if s.method in UNPRUNED_PASS and s._static_scores is None]
+    if not any(s.method is not SelectMethod.GLOBAL for s in unpruned):
+        return
+    saliency = unpruned[0]._saliency_pass()
+    for selector in unpruned:
+        selector._static_scores, selector._profile = saliency[selector.method], saliency[SelectMethod.GLOBAL]
 
 
 class ExpertSelector:
@@ -164,23 +183,36 @@ class ExpertSelector:
     def _unpruned_pass(self, method: SelectMethod) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One pass through the unpruned model, scoring each MoE layer on the way: the scores of
         `method` (global, easy-ep or reap) and the router mass, per layer."""
+        if method is SelectMethod.GLOBAL:
+            masses = self._pass(method, lambda stream, layer, last: stream.router_mass(
+                layer, stream.unpruned_block(layer.index), advance=not last  # the last layer's experts change no score
+            ))
+            return masses, masses
+        saliency = self._saliency_pass()
+        return saliency[method], saliency[SelectMethod.GLOBAL]
+
+    def _saliency_pass(self) -> dict[SelectMethod, list[torch.Tensor]]:
+        """Per layer, the router mass (global's score) and the easy-ep and reap scores, from one pass."""
+        scores = self._pass(SelectMethod.EASY_EP, lambda stream, layer, last: layer_scores(stream, layer))
+        return {
+            SelectMethod.GLOBAL: [s.mass_E for s in scores], SelectMethod.EASY_EP: [s.easy_ep_E for s in scores],
+            SelectMethod.REAP: [s.reap_E for s in scores],
+        }
+
+    def _pass(self, method: SelectMethod, score: Callable[[LayerStream, MoELayer, bool], Any]) -> list[Any]:
+        """`score(stream, layer, is_last)` of every MoE layer, in one pass through the unpruned model
+        (`score` moves the hidden states on through the layer, unless it is the last)."""
         stream = LayerStream(self.source, self.batches)
         by_index = {layer.index: layer for layer in self.layers}
-        scores, masses = [], []
+        scores = []
         for index in self._bar(range(self.layers[-1].index + 1), desc=str(method)):
             layer = by_index.get(index)
             if layer is None:
                 stream.advance(stream.unpruned_block(index))
-            elif method is SelectMethod.GLOBAL:  # the last layer's experts change no score: stop at its gate
-                last = index == self.layers[-1].index
-                masses.append(stream.router_mass(layer, stream.unpruned_block(index), advance=not last))
-                scores.append(masses[-1])
             else:
-                saliency = layer_scores(stream, layer)
-                masses.append(saliency.mass_E)
-                scores.append(saliency.easy_ep_E if method is SelectMethod.EASY_EP else saliency.reap_E)
+                scores.append(score(stream, layer, index == self.layers[-1].index))
             self.source.close()
-        return scores, masses
+        return scores
 
     def _layerwise(self, num_keep_per_layer: list[int]) -> Iterator[tuple[list[int] | None, dict[str, torch.Tensor]]]:
         """Per block in order: the kept routed ids (None for a dense block) and its subset tensors."""

@@ -31,6 +31,7 @@ from torch import nn
 
 from emomoe.checkpoint import CONFIG_FILE, CheckpointReader, ShardedWriter, check_fits, save_model
 from emomoe.checkpoint.selection import SELECTION_FILE, check_selection, read_selection, selection_path
+from emomoe.config import ranged
 from emomoe.data.tasks import TaskDataConfig
 from emomoe.data.windows import WindowConfig
 from emomoe.errors import ConfigError, DataError
@@ -57,17 +58,17 @@ class SelectConfig(WindowConfig, TaskDataConfig):
     """Routed experts kept per MoE layer: a count (8), a fraction of the routed experts (0.25), or one
     count per MoE layer (8,8,4,4); one of keep, budget_gb and keep_params is needed unless an earlier
     selection is reused."""
-    budget_gb: float | None = None
+    budget_gb: float | None = ranged(None, gt=0)
     """Instead of keep: the most the subset's weights may take, in GB (1e9 bytes, in their stored dtype,
     as written). Every layer keeps its top-k routed experts, then the rest of all layers enter in one
     ranking (each expert's share of its layer's score) until the next would not fit."""
-    keep_params: int | None = None
+    keep_params: int | None = ranged(None, gt=0)
     """Instead of keep: the most parameters the subset may have, counts per layer as for budget_gb."""
     method: SelectMethod = SelectMethod.LAYERWISE
     """How experts are ranked: layerwise (the paper's greedy), global, easy-ep, reap or random."""
-    num_calib_windows: int = NUM_CALIB_WINDOWS
+    num_calib_windows: int = ranged(NUM_CALIB_WINDOWS, ge=1)
     """Calibration windows of seq_len tokens; at least 64 tokens in all (fewer than 512 get a warning)."""
-    num_calib: int = 0
+    num_calib: int = ranged(0, ge=0)
     """With --task: calibration examples drawn from its pool (see splits), each a row of its own; 0 means all."""
     seed: int = 0
     """Seed of the random method, and with --task of the examples drawn and their few-shot demonstrations."""
@@ -83,19 +84,11 @@ class SelectConfig(WindowConfig, TaskDataConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.num_calib_windows < 1:
-            raise ConfigError(f"num_calib_windows: expected a positive integer, got {self.num_calib_windows}")
-        if self.num_calib < 0:
-            raise ConfigError(f"num_calib: expected an integer >= 0 (0: all), got {self.num_calib}")
         if self.keep is not None:
             KeepSpec.parse(self.keep)
         given = [name for name in ("keep", "budget_gb", "keep_params") if getattr(self, name) is not None]
         if len(given) > 1:
             raise ConfigError(f"{' and '.join(given)}: give one of them")
-        for name in ("budget_gb", "keep_params"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name}: expected a positive number, got {value}")
 
 
 def select_subset(

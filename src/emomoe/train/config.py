@@ -15,7 +15,7 @@ import enum
 from pathlib import Path
 from typing import Any
 
-from emomoe.config import Config, deep_merge
+from emomoe.config import Config, deep_merge, ranged
 from emomoe.data.loader import DataConfig
 from emomoe.data.windows import BATCH_SIZE, NUM_EVAL_WINDOWS
 from emomoe.errors import ConfigError
@@ -63,26 +63,26 @@ class Parallelism(enum.StrEnum):
 
 @dataclasses.dataclass
 class TrainConfig(Config):
-    max_steps: int = 1000
+    max_steps: int = ranged(1000, ge=1)
     """Optimizer steps in the run."""
-    lr: float = 4e-3
-    warmup_steps: int = 100
+    lr: float = ranged(4e-3, gt=0)
+    warmup_steps: int = ranged(100, ge=0)
     warmup_from_zero: bool = False
     """Make the first update of the warmup at lr 0, as Hugging Face Trainer's schedules do (the
     paper's fine-tuning recipe); otherwise it is at lr / warmup_steps, so that no step is wasted."""
     schedule: LRSchedule = LRSchedule.COSINE
     decay_steps: int | None = None
     """Step at which the decay reaches its floor; None means `max_steps` (the paper's t_max)."""
-    final_lr_ratio: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+    final_lr_ratio: float = ranged(0.1, ge=0, le=1)
+    beta1: float = ranged(0.9, ge=0, lt=1)
+    beta2: float = ranged(0.95, ge=0, lt=1)
+    eps: float = ranged(1e-8, gt=0)
+    weight_decay: float = ranged(0.1, ge=0)
     no_decay: NoDecay = NoDecay.EMBEDDINGS
     """Parameters exempt from weight decay; the default is the paper's (only the embedding)."""
-    grad_clip: float = 1.0
+    grad_clip: float = ranged(1.0, ge=0)
     """Max global gradient norm; 0 disables clipping (the norm is still logged)."""
-    num_micro_batches: int = 1
+    num_micro_batches: int = ranged(1, ge=1)
     """Gradient accumulation: micro-batches of `data.batch_size` sequences per optimizer step per rank."""
     precision: Precision = Precision.FP32
     compile: bool = False
@@ -98,31 +98,31 @@ class TrainConfig(Config):
     this run, with a fresh optimizer, schedule and data order: warm starts and the EMO anneal of a
     standard MoE. Its architecture must match `model`; routing (pool), loss weights and the
     attention mask may differ. `--resume` continues from the run's own checkpoint instead."""
-    pool_start: float = 0.0
+    pool_start: float = ranged(0.0, ge=0, le=1)
     """Fraction of `max_steps` trained without the EMO document pool before it turns on: a
     standard-MoE phase at the start of the run. 0: the pool from the first step (the paper)."""
-    pool_end: float = 1.0
+    pool_end: float = ranged(1.0, ge=0, le=1)
     """Fraction of `max_steps` after which training routes without the pool again. 1: to the end
     (the paper). Either bound only matters when `model.moe.router.pool` is set."""
     seed: int = 12536
     """Seed for weight initialisation and the model's pool sampler (the data order has its own seed)."""
-    num_threads: int = 0
+    num_threads: int = ranged(0, ge=0)
     """CPU threads per process. 0: in a single CPU process, one thread per core that other
     processes leave free, re-decided every second as their load changes (with torchrun, the cores
     divided by the local process count). Results depend on the thread count in their last bits,
     so a run that must reproduce bit for bit on a machine shared with other jobs sets a number."""
-    log_every: int = 10
+    log_every: int = ranged(10, ge=1)
     """Steps between routing-health measurements (every step gets the other metrics)."""
-    eval_every: int = 0
+    eval_every: int = ranged(0, ge=0)
     """Steps between per-domain validation passes; 0 means only at the end of the run."""
-    eval_batch_size: int = BATCH_SIZE
+    eval_batch_size: int = ranged(BATCH_SIZE, ge=1)
     """Held-out windows per forward pass of a validation pass."""
-    num_eval_windows: int = NUM_EVAL_WINDOWS
+    num_eval_windows: int = ranged(NUM_EVAL_WINDOWS, ge=0)
     """Held-out windows per domain in each validation pass, evenly spaced; 0 means all of them."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = ranged(0, ge=0)
     """Steps between checkpoints; 0 means only at the end (and on Ctrl-C)."""
-    num_checkpoints_kept: int = 2
-    peak_flops: float | None = 0.0
+    num_checkpoints_kept: int = ranged(2, ge=1)
+    peak_flops: float | None = ranged(0.0, ge=0)
     """Matmul FLOP/s one process can reach, the denominator of the `mfu` metric. 0 measures it once
     at the start of the run (half a second of large matmuls in the training precision, all ranks
     at once); a number skips the measurement (e.g. your accelerator's dense peak); null leaves
@@ -132,34 +132,9 @@ class TrainConfig(Config):
     it the run warns once and writes metrics.jsonl only)."""
 
     def validate(self) -> None:
-        problems = [
-            f"{name}: expected a positive integer, got {getattr(self, name)}"
-            for name in ("max_steps", "num_micro_batches", "log_every", "eval_batch_size", "num_checkpoints_kept")
-            if getattr(self, name) < 1
-        ]
-        problems += [
-            f"{name}: expected an integer >= 0, got {getattr(self, name)}"
-            for name in ("warmup_steps", "eval_every", "num_eval_windows", "checkpoint_every", "num_threads")
-            if getattr(self, name) < 0
-        ]
-        if not self.lr > 0:
-            problems.append(f"lr: expected a positive number, got {self.lr}")
-        if not 0.0 <= self.final_lr_ratio <= 1.0:
-            problems.append(f"final_lr_ratio: expected a number in [0, 1], got {self.final_lr_ratio}")
-        problems += [
-            f"{name}: expected a number in [0, 1), got {getattr(self, name)}"
-            for name in ("beta1", "beta2") if not 0.0 <= getattr(self, name) < 1.0
-        ]
-        problems += [f"{name}: expected >= 0, got {getattr(self, name)}"
-                     for name in ("weight_decay", "grad_clip") if not getattr(self, name) >= 0]
-        problems += [f"{name}: expected > 0, got {getattr(self, name)}"
-                     for name in ("eps",) if not getattr(self, name) > 0]
-        if self.peak_flops is not None and not self.peak_flops >= 0:
-            problems.append(f"peak_flops: expected >= 0 (0 measures it) or null, got {self.peak_flops}")
-        if not 0.0 <= self.pool_start < self.pool_end <= 1.0:
-            problems.append(
-                f"pool_start, pool_end: expected 0 <= pool_start < pool_end <= 1, got {self.pool_start}, {self.pool_end}"
-            )
+        problems = []
+        if not self.pool_start < self.pool_end:
+            problems.append(f"pool_start, pool_end: expected pool_start < pool_end, got {self.pool_start}, {self.pool_end}")
         if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
             problems.append(f"decay_steps: expected more than warmup_steps ({self.warmup_steps}), got {self.decay_steps}")
         if problems:

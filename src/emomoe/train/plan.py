@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from emomoe.checkpoint.writer import parse_size
-from emomoe.config import Config
-from emomoe.errors import ConfigError, EmomoeError
+from emomoe.config import Config, ranged
+from emomoe.errors import EmomoeError
 from emomoe.model import build_model
 from emomoe.train.activations import Activations, MicroBatch, activation_memory
 from emomoe.train.config import Precision, RunConfig
@@ -49,24 +49,18 @@ class DoesNotFit(EmomoeError):
 class PlanConfig(Config):
     """The settings of `plan`: the GPUs a run config is planned for."""
 
-    gpus: int = 8
+    gpus: int = ranged(8, ge=1)
     """GPUs, one process each (torchrun's world size: nodes x processes per node)."""
     gpu_memory: str = "80GB"
     """Memory of one GPU: a size like 80GB, 40GB or 24GiB."""
-    mfu: float = 0.4
+    mfu: float = ranged(0.4, gt=0, le=1)
     """Model FLOP utilisation assumed for the time per step (fraction of the GPUs' peak)."""
-    gpu_flops: float | None = None
+    gpu_flops: float | None = ranged(None, gt=0)
     """Dense peak FLOP/s of one GPU in the run's precision (989e12: an H100's bf16); none: the
     config's train.peak_flops."""
 
     def validate(self) -> None:
-        if self.gpus < 1:
-            raise ConfigError(f"gpus: expected a positive integer, got {self.gpus}")
         parse_size(self.gpu_memory, "gpu_memory")
-        if not 0 < self.mfu <= 1:
-            raise ConfigError(f"mfu: expected a fraction in (0, 1], got {self.mfu}")
-        if self.gpu_flops is not None and not self.gpu_flops > 0:
-            raise ConfigError(f"gpu_flops: expected a positive number of FLOP/s, got {self.gpu_flops}")
 
     @property
     def gpu_memory_bytes(self) -> int:

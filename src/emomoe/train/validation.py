@@ -50,12 +50,21 @@ def loss_by_domain(
     sums_Y = torch.zeros(len(domain_names), dtype=torch.float64)
     counts_Y = torch.zeros(len(domain_names), dtype=torch.float64)
     for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False, unit="batch"):
-        out = model(batch["input_ids_BS"], doc_ids_BS=batch.get("doc_ids_BS"))
-        logits_TV = out.logits.reshape(-1, out.logits.shape[-1]).float()
         labels_T = batch["labels_BS"].reshape(-1)
-        ce_T = F.cross_entropy(logits_TV, labels_T, ignore_index=IGNORE_INDEX, reduction="none")
         valid_T = labels_T != IGNORE_INDEX
         domains_T = batch["domain_ids_BS"].reshape(-1)[valid_T]
+        domains_U = domains_T.unique()
+        # A batch of one domain (the usual case: windows come domain by domain) needs only the mean
+        # CE, which the model's fused LM head gives without the [T, V] logits: on a CPU, making them
+        # and taking their cross-entropy cost more than the rest of a small model's forward.
+        labels = batch["labels_BS"] if len(domains_U) == 1 else None
+        out = model(batch["input_ids_BS"], doc_ids_BS=batch.get("doc_ids_BS"), labels_BS=labels)
+        if out.lm_loss is not None:
+            sums_Y[domains_U] += float(out.lm_loss.ce) * len(domains_T)
+            counts_Y[domains_U] += len(domains_T)
+            continue
+        logits_TV = out.logits.reshape(-1, out.logits.shape[-1]).float()
+        ce_T = F.cross_entropy(logits_TV, labels_T, ignore_index=IGNORE_INDEX, reduction="none")
         sums_Y.index_add_(0, domains_T, ce_T[valid_T].double())
         counts_Y.index_add_(0, domains_T, torch.ones_like(domains_T, dtype=torch.float64))
     model.train(was_training)
