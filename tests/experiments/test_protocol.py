@@ -149,4 +149,4 @@ def test_calibration_prompts_can_have_their_own_shot_count(tmp_path, models, sto
     assert scores["full"] == scores_1shot["full"]
     assert "1-shot, calibration 0-shot" in (tmp_path / "num_fewshot1-calib_num_fewshot0" / REPORT_FILE).read_text()
     with pytest.raises(ConfigError, match="calib_num_fewshot: expected an integer >= 0, got -1"):
-        ProtocolConfig(calib_num_fewshot=-1).validate()
+        ProtocolConfig(calib_num_fewshot=-1).check()
