@@ -28,6 +28,7 @@ from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, warn
 from emomoe.model import build_model
 from emomoe.model.config import ModelConfig, parse_pool
+from emomoe.model.docs import Segments
 from emomoe.model.losses import compute_loss
 from emomoe.train import parallel
 from emomoe.train.checkpointing import CheckpointManager, Restored, step_dir_name
@@ -239,7 +240,10 @@ class Trainer:
             self._diverged(e)
         health: dict[str, float] = {}
         if result.routing is not None:
-            health = routing_health(result.routing, micro_batches[0]["doc_ids_BS"].to(self.device))
+            first = micro_batches[0]
+            health = routing_health(
+                result.routing, Segments.for_pool(first["doc_ids_BS"], first["input_ids_BS"], self.cfg.model.eos_id)
+            )
 
         self.step += 1
         step_tokens = sum(b["input_ids_BS"].numel() for b in micro_batches) * self.world_size
