@@ -31,5 +31,11 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
     return cfg.final_lr_ratio + (1.0 - cfg.final_lr_ratio) * shape
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, start_step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """`cfg`'s schedule on `optimizer`, from `start_step` (a continued run's step): its next update
+    gets `cfg.lr * lr_multiplier(start_step, cfg)`, whatever LR the optimizer's state held."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.lr
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg), last_epoch=start_step - 1)
