@@ -105,7 +105,8 @@ class TrainConfig(Config):
     router; the architecture must match, as for `init_from`). The step count goes on from the
     checkpoint's to `max_steps` in all, and the LR falls linearly from the checkpoint's LR to 0 on
     the last update (WSD's decay), so `lr`, `warmup_steps`, `schedule`, `decay_steps` and
-    `final_lr_ratio` do not apply; the data config must be the checkpoint run's (its order goes on)."""
+    `final_lr_ratio` do not apply, and AdamW's betas, eps and weight decay come with its state; the
+    data config must be the checkpoint run's (its order goes on)."""
     pool_start: float = 0.0
     """Fraction of `max_steps` trained without the EMO document pool before it turns on: a
     standard-MoE phase at the start of the run. 0: the pool from the first step (the paper)."""
