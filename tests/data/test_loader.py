@@ -49,7 +49,8 @@ def test_batches_line_up_with_the_store(store: TokenStore, store_path: Path) -> 
     for _ in range(20):
         batch = next(loader)
         assert {k: (v.dtype, tuple(v.shape)) for k, v in batch.items()} == {
-            k: (torch.int64, (3, SEQ)) for k in ("input_ids_BS", "labels_BS", "doc_ids_BS", "domain_ids_BS")}
+            k: (torch.int64, (3, SEQ)) for k in ("input_ids_BS", "labels_BS", "doc_ids_BS", "domain_ids_BS")
+        } | {"filtered_B": (torch.bool, (3,))}
         assert torch.equal(batch["labels_BS"][:, :-1], batch["input_ids_BS"][:, 1:])
         assert torch.equal(batch["doc_ids_BS"], doc_ids_from_eos(batch["input_ids_BS"], store.eos_id))
         for row in range(3):
@@ -211,7 +212,9 @@ def test_repetition_filter_drops_whole_windows_from_the_loss(tmp_path: Path) -> 
         a, b = next(plain), next(filtered)
         assert torch.equal(a["input_ids_BS"], b["input_ids_BS"]) and (a["labels_BS"] != IGNORE_INDEX).all()
         rows = torch.cat([a["input_ids_BS"], a["labels_BS"][:, -1:]], 1).numpy()
-        for row, labels in zip(rows, b["labels_BS"]):
+        assert not a["filtered_B"].any()
+        for row, labels, flagged in zip(rows, b["labels_BS"], b["filtered_B"]):
+            assert bool(flagged) is has_repetition(row)
             if has_repetition(row):
                 assert (labels == IGNORE_INDEX).all()
                 dropped += 1

@@ -20,6 +20,7 @@ from emomoe.experiments.demo import (
 )
 from emomoe.experiments.sweep_tables import summary_table
 from emomoe.io import OUTPUT_MARKER
+from emomoe.train.metrics import read_metrics
 from tests.cli.test_train_cli import SMALL_DEMO, TOPICS, small_demo_inputs
 
 
@@ -29,10 +30,12 @@ def test_anneal_starts_from_the_standard_model_and_joins_the_comparison(tmp_path
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--no-progress", "--anneal", *SMALL_DEMO]) == 0
     anneal_cfg = yaml.safe_load((out / "anneal" / "config.yaml").read_text())
-    assert anneal_cfg["train"]["init_from"] == str(out / "std" / "final")
+    # The standard run's trainer state goes on for a fifth of its 2 steps more (at least one).
+    assert anneal_cfg["train"]["anneal_from"] == str(out / "std") and anneal_cfg["train"]["max_steps"] == 3
     emo_cfg = yaml.safe_load((out / "emo" / "config.yaml").read_text())
     assert anneal_cfg["model"]["moe"]["router"]["pool"] == emo_cfg["model"]["moe"]["router"]["pool"] != "off"
-    assert anneal_cfg["train"]["schedule"] == "linear" and anneal_cfg["train"]["final_lr_ratio"] == 0.0
+    (record,) = read_metrics(out / "anneal" / "metrics.jsonl")
+    assert record["step"] == 3 and record["lr"] == 0.0  # one update, the last of the decay
     std_cfg = yaml.safe_load((out / "std" / "config.yaml").read_text())
     assert {k: v for k, v in anneal_cfg["model"].items() if k != "moe"} == {
         k: v for k, v in std_cfg["model"].items() if k != "moe"

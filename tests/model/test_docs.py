@@ -43,6 +43,38 @@ def test_segments_are_runs_of_equal_doc_ids_numbered_in_row_major_order(ids):
     assert segments.num_segments == next_id + 1
 
 
+def _official_cuts(row, eos):
+    """The official router's segment of each position: cut at every EOS but one at position 0."""
+    out, seg = [], 0
+    for s, token in enumerate(row):
+        seg += s > 0 and token == eos
+        out.append(seg)
+    return out
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows)
+def test_pool_segments_start_at_every_eos_but_the_first_position(ids):
+    ids = torch.tensor(ids)
+    segments = Segments.for_pool(doc_ids_from_eos(ids, eos_id=0), ids, eos_id=0)
+    expected = Segments.from_doc_ids(torch.tensor([_official_cuts(r, 0) for r in ids.tolist()]))
+    assert segments.seg_T.tolist() == expected.seg_T.tolist()
+    assert segments.num_segments == expected.num_segments
+
+
+def test_pool_segments_give_the_eos_to_the_next_document():
+    ids = torch.tensor([[0, 5, 6, 0, 7, 0, 0, 8]])
+    pool = Segments.for_pool(doc_ids_from_eos(ids, 0), ids, 0).seg_T.tolist()
+    assert pool == [0, 0, 0, 1, 1, 2, 3, 3]
+
+
+def test_pool_segments_also_start_where_given_doc_ids_start_without_an_eos():
+    ids = torch.tensor([[5, 6, 7, 0, 8, 9]])
+    pool = Segments.for_pool(torch.tensor([[0, 0, 1, 1, 1, 1]]), ids, 0).seg_T.tolist()
+    assert pool == [0, 0, 1, 2, 2, 2]
+    assert Segments.for_pool(torch.zeros_like(ids), ids, None).seg_T.tolist() == [0] * 6
+
+
 def test_same_doc_mask_never_joins_rows_or_documents():
     doc_ids = torch.tensor([[0, 0, 1], [0, 0, 0]])
     same = Segments.from_doc_ids(doc_ids).same_doc_BSS(2)

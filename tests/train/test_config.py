@@ -5,7 +5,10 @@ from emomoe.errors import ConfigError
 from emomoe.model import ModelConfig
 from emomoe.train.config import RunConfig, TrainConfig
 
-CONFIGS = ["demo-emo.yaml", "demo-std.yaml", "emo-1b14b.yaml", "std-1b14b.yaml", "std-1b4b.yaml"]
+CONFIGS = [
+    "demo-emo.yaml", "demo-std.yaml", "demo-anneal.yaml", "emo-1b14b.yaml", "emo-1b14b-anneal.yaml", "std-1b14b.yaml",
+    "std-1b4b.yaml",
+]
 
 
 def test_preset_with_nested_overrides():
@@ -78,6 +81,31 @@ def test_paper_recipe_matches_the_spec(request):
     assert (emo.model.moe.router.pool, emo.model.moe.router.eval_pool) == ("8..128", "32")
     assert std.model.moe.router.pool == "off"
     assert std.train == emo.train and std.data == emo.data
+
+
+def test_the_released_models_anneal_continues_the_1t_run_for_50b_tokens(request):
+    # olmoe-1B-7B_fsl_anneal.py: --anneal-tokens 50e9 over 1024 x 4096-token batches, to step
+    # checkpoint + anneal steps, on the pretraining's model and data.
+    configs = request.config.rootpath / "configs"
+    emo = RunConfig.from_yaml(configs / "emo-1b14b.yaml")
+    anneal = RunConfig.from_yaml(configs / "emo-1b14b-anneal.yaml")
+    assert anneal.model == emo.model and anneal.data == emo.data
+    assert anneal.train.anneal_from and anneal.train.init_from is None
+    assert anneal.train.max_steps == 238419 + 50_000_000_000 // (1024 * 4096) == 250339
+    tokens_per_step = anneal.data.seq_len * anneal.data.batch_size * anneal.train.num_micro_batches * 128
+    assert tokens_per_step == 1024 * 4096
+    same = ["num_micro_batches", "precision", "parallelism", "activation_checkpointing", "grad_clip", "seed"]
+    assert all(getattr(anneal.train, f) == getattr(emo.train, f) for f in same)
+
+
+def test_the_demos_anneal_continues_the_standard_run_with_emo_routing(request):
+    configs = request.config.rootpath / "configs"
+    std = RunConfig.from_yaml(configs / "demo-std.yaml")
+    emo = RunConfig.from_yaml(configs / "demo-emo.yaml")
+    anneal = RunConfig.from_yaml(configs / "demo-anneal.yaml")
+    assert anneal.train.anneal_from == "runs/demo/std" and anneal.data == std.data  # the data order goes on
+    assert anneal.model == emo.model
+    assert anneal.train.max_steps == std.train.max_steps * 6 // 5
 
 
 def test_reg_moe_at_32_is_the_standard_recipe_with_32_experts_for_130b_tokens(request):

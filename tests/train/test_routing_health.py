@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emomoe.model import LayerRouting
+from emomoe.model.docs import Segments
 from emomoe.train.routing_health import routing_health
 
 
@@ -52,7 +53,7 @@ def test_matches_reference(batch, seq, experts, top_k, seed):
     experts_TK = logits_TE.topk(top_k, dim=-1).indices
     is_eos_BS = torch.rand(batch, seq, generator=gen) < 0.3
     doc_ids_BS = is_eos_BS.long().cumsum(1) - is_eos_BS.long()
-    got = routing_health([LayerRouting(logits_TE, experts_TK, torch.ones_like(experts_TK, dtype=torch.float))], doc_ids_BS)
+    got = routing_health([LayerRouting(logits_TE, experts_TK, torch.ones_like(experts_TK, dtype=torch.float))], Segments.from_doc_ids(doc_ids_BS))
     want = reference(logits_TE, experts_TK, doc_ids_BS)
     for name, value in want.items():
         assert got[f"routing/layer0/{name}"] == pytest.approx(value, rel=1e-5, abs=1e-6), name
@@ -63,7 +64,7 @@ def test_masked_logits_and_dense_layers():
     experts_TK = torch.tensor([[2], [0]])
     dense = LayerRouting(torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0))
     routed = LayerRouting(logits_TE, experts_TK, torch.ones(2, 1))
-    got = routing_health([dense, routed], torch.zeros(1, 2, dtype=torch.long))
+    got = routing_health([dense, routed], Segments.from_doc_ids(torch.zeros(1, 2, dtype=torch.long)))
     assert not any(k.startswith("routing/layer0/") for k in got)
     assert got["routing/layer1/dead_experts"] == 1
     assert all(math.isfinite(v) for v in got.values())

@@ -10,17 +10,30 @@ from emomoe.train.schedule import build_scheduler, lr_multiplier
 
 
 def reference_multiplier(step: int, warmup: int, decay: int, floor: float, schedule: str) -> float:
-    """The schedule written out case by case."""
-    if step < warmup:
-        return (step + 1) / warmup
+    """OLMo-core's CosWithWarmup / LinearWithWarmup, written out case by case: the update that makes
+    step `step + 1` is its number `step + 1` (OLMo-core counts its global step from 1)."""
+    update = step + 1
+    if update < warmup:
+        return update / warmup
     if schedule == "constant":
         return 1.0
-    if step >= decay:
+    if update >= decay:
         return floor
-    progress = (step - warmup) / (decay - warmup)
+    progress = (update - warmup) / (decay - warmup)
     if schedule == "cosine":
         return floor + (1 - floor) * (1 + math.cos(math.pi * progress)) / 2
     return floor + (1 - floor) * (1 - progress)
+
+
+def test_olmo_core_cosine_by_hand():
+    # warmup 4, 10 updates, floor 0.1: updates 1..4 rise by quarters, then the cosine starts from
+    # the peak at update 4 and reaches the floor on the last update, 10.
+    cfg = TrainConfig(warmup_steps=4, max_steps=10, final_lr_ratio=0.1)
+    got = [lr_multiplier(s, cfg) for s in range(10)]
+    assert got[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert got[4] == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi / 6)) / 2)  # update 5: 1/6 of the way
+    assert got[6] == pytest.approx(0.55)  # update 7: half way
+    assert got[9] == pytest.approx(0.1)
 
 
 @given(
@@ -67,10 +80,10 @@ def test_scheduler_drives_the_optimizer_lr():
     assert seen == pytest.approx([cfg.lr * lr_multiplier(s, cfg) for s in range(8)])
 
 
-def test_linear_without_warmup_to_zero_is_the_anneal():
-    # The paper's anneal: from the start LR straight down to 0 at the end of the run.
+def test_linear_without_warmup_to_zero_is_the_decay_of_wsd():
+    # OLMo-core's WSD decay: from the start LR at update 0 down to 0 on the run's last update.
     cfg = TrainConfig.from_dict({"lr": 4e-4, "max_steps": 4, "warmup_steps": 0, "schedule": "linear", "final_lr_ratio": 0})
-    assert [lr_multiplier(s, cfg) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert [lr_multiplier(s, cfg) for s in range(5)] == [0.75, 0.5, 0.25, 0.0, 0.0]
 
 
 @pytest.mark.parametrize(("warmup", "total"), [(1, 5), (3, 30), (10, 11)])

@@ -28,8 +28,9 @@ from emomoe.checkpoint import WEIGHTS_FILE
 from emomoe.io import OUTPUT_MARKER
 from emomoe.model import ModelConfig, build_model
 from emomoe.train import shard_files
-from emomoe.train.checkpointing import CheckpointManager, read_checkpoint
+from emomoe.train.checkpointing import CheckpointManager, load_trainer_state, read_checkpoint
 from emomoe.train.config import RunConfig, TrainConfig
+from emomoe.train.metrics import read_metrics
 from emomoe.train.optim import build_optimizer
 from emomoe.train.shard_files import INDEX_FILE, read_index, shard_file
 from emomoe.train.sharded import load_shards, save_shards
@@ -116,6 +117,21 @@ def test_saved_at_4_resumes_in_one_process(run_at_4, tiny_store, tmp_path):
     train(fsdp_config(tiny_store, 1), run, resume=True, progress=False)
     assert_same_losses(run_at_4, run, [3, 4], RESHARD_REL)
     assert (run / "checkpoints" / STEP_4 / WEIGHTS_FILE).is_file()  # one process writes the model format
+
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_anneals_in_one_process(run_at_4, tiny_store, tmp_path):
+    # The anneal's first step sees the checkpoint's weights and data, so its CE is the original
+    # run's at step 3; its LR is on the line from the checkpoint's LR (step 2) to 0 at step 4.
+    source = run_at_4 / "checkpoints" / STEP_2
+    cfg = fsdp_config(tiny_store, 1).with_overrides([f"train.anneal_from={source}"])
+    train(cfg, tmp_path / "anneal", progress=False)
+    records = read_metrics(tmp_path / "anneal" / "metrics.jsonl")
+    original = {r["step"]: r for r in read_metrics(run_at_4 / "metrics.jsonl")}
+    assert [r["step"] for r in records] == [3, 4]
+    assert records[0]["ce"] == pytest.approx(original[3]["ce"], rel=RESHARD_REL)
+    start_lr = load_trainer_state(source)["optimizer"]["param_groups"][0]["lr"]
+    assert [r["lr"] for r in records] == pytest.approx([start_lr / 2, 0.0])
 
 
 @pytest.mark.slow

@@ -82,6 +82,25 @@ def test_micro_batches_accumulate_to_the_gradient_of_the_whole_batch():
     assert all(p.grad is None for p in model.parameters())  # cleared for the next step
 
 
+def test_windows_the_repetition_filter_dropped_count_as_zero_loss_tokens():
+    # OLMo-core adds a filtered instance's tokens to the loss denominator: a step whose micro-batch
+    # holds one filtered window among 4 has 3/4 of the CE and gradients of the 3 kept windows alone.
+    cfg = tiny(*ADDITIVE)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    kept = micro_batch(cfg, 3, seed=1)
+    dropped = micro_batch(cfg, 1, seed=2)
+    dropped["labels_BS"][:] = IGNORE_INDEX
+    batch = {k: torch.cat([kept[k], dropped[k]]) for k in kept} | {"filtered_B": torch.tensor([False] * 3 + [True])}
+    ce, ref_grads = reference(model, [kept], logit_z_weight=0.01)
+
+    optimizer = KeepGradients(model)
+    result = train_step(model, optimizer, [batch], functools.partial(compute_loss, loss_cfg=cfg.loss))
+    assert result.losses["ce"] == pytest.approx(ce * 3 / 4, rel=1e-5)
+    for (name, _), got, want in zip(model.named_parameters(), optimizer.grads, ref_grads):
+        torch.testing.assert_close(got, want * 3 / 4, rtol=1e-4, atol=1e-7, msg=name)
+
+
 def test_clipping_scales_the_gradient_down_to_the_cap():
     cfg = tiny(*ADDITIVE)
     torch.manual_seed(0)

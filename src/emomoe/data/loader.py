@@ -20,7 +20,8 @@ domain_ids_BS[b, s] is the domain of the document token s belongs to.
 
 With `repetition_filter` on, a training window holding a run of some n-gram (n = 1..13) repeated
 at least 32 times in a row gets no labels at all: the OLMo-core instance filter of the paper's
-runs, which keeps degenerate repeats (tables of zeros, ASCII art) out of the loss.
+runs, which keeps degenerate repeats (tables of zeros, ASCII art) out of the loss. Training batches
+mark those windows in `filtered_B`: the loss still counts their tokens (`train.step.loss_denominator`).
 """
 
 from __future__ import annotations
@@ -159,10 +160,9 @@ class TrainLoader:
         self.position += self.cfg.batch_size * self.world_size
         tokens_BS1 = np.stack([t for t, _ in rows])
         domains_BS1 = np.stack([d for _, d in rows])
-        num_labels_B = np.full(len(rows), self.cfg.seq_len)
-        if self.cfg.repetition_filter:
-            num_labels_B[[has_repetition(row) for row in tokens_BS1]] = 0
-        return _batch(tokens_BS1, domains_BS1, self.store.eos_id, num_labels_B)
+        filtered_B = np.array([self.cfg.repetition_filter and has_repetition(row) for row in tokens_BS1], dtype=bool)
+        batch = _batch(tokens_BS1, domains_BS1, self.store.eos_id, np.where(filtered_B, 0, self.cfg.seq_len))
+        return {**batch, "filtered_B": torch.from_numpy(filtered_B)}
 
     def _window(self, position: int) -> int:
         epoch, i = divmod(position, self.num_windows)

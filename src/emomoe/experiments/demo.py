@@ -22,9 +22,11 @@ Steps, each cached in the output directory so that a second run reuses what is d
           headline numbers and figures of the modularity analysis of both models (`emomoe analyze`
           on the held-out documents and the sweep's subsets), written in full to OUT/analysis.
 
-With `anneal`, step 2 also trains configs/demo-anneal.yaml into OUT/anneal: the standard
-model's weights, trained on briefly with EMO routing while the LR falls to 0 (the paper's
-EMO-anneal); steps 3 and 4 cover it beside the other two.
+With `anneal`, step 2 also trains configs/demo-anneal.yaml into OUT/anneal: the standard run
+continued from its last checkpoint with its whole trainer state (AdamW moments, step, data
+position) under EMO routing, for a fifth of its steps more, while the LR falls from the
+checkpoint's to 0 (the paper's EMO-anneal, as OLMo-core ran it: `train.anneal_from`); steps 3
+and 4 cover it beside the other two.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ def run_demo(
     if anneal:
         say(f"[2/6] train: {ANNEAL_CONFIG} from {final_dirs['std']} -> {out / ANNEAL} ({eta.start(ANNEAL)})")
         started = time.perf_counter()
-        run = train_anneal_model(final_dirs["std"], store, out, overrides or [], force=force, progress=progress)
+        run = train_anneal_model(final_dirs["std"].parent, store, out, overrides or [], force=force, progress=progress)
         eta.finish(done=_trained_share(run))
         training[ANNEAL] = training_facts(run.final_dir, time.perf_counter() - started)
         # The standard MoE last: the sweep's tables compare every model with the last one.
@@ -301,9 +303,10 @@ def training_facts(final_dir: Path, wall_s: float) -> dict[str, Any]:
     the thread counts it ran with (the adaptive default follows the machine's load; results
     differ in their last bits between thread counts, so a bit-exact rerun needs the same ones)."""
     cfg = RunConfig.from_yaml(final_dir.parent / CONFIG_FILE)
-    steps = cfg.train.max_steps
+    records = read_metrics(final_dir.parent / METRICS_FILE)
+    steps = records[-1]["step"] - records[0]["step"] + 1  # an anneal's own, after its checkpoint's
     tokens = steps * cfg.train.num_micro_batches * cfg.data.batch_size * cfg.data.seq_len
-    threads = [r["threads"] for r in read_metrics(final_dir.parent / METRICS_FILE) if "threads" in r]
+    threads = [r["threads"] for r in records if "threads" in r]
     low, high = (min(threads), max(threads)) if threads else ("n/a", "n/a")
     return {
         "steps": steps, "tokens": tokens, "wall s (this run)": round(wall_s, 1),
@@ -351,12 +354,21 @@ def train_demo_model(
     return train(cfg, run_dir, resume=holds_run(run_dir), progress=progress)
 
 
+ANNEAL_SHARE = 0.2
+"""The anneal's steps over the standard run's (demo-anneal.yaml: 100 after 500; the paper: 50B
+tokens after 1T, 5%)."""
+
+
 def train_anneal_model(
-    std_final: Path, store: TokenStore, out: Path, overrides: list[str], *, force: bool, progress: bool
+    std_run: Path, store: TokenStore, out: Path, overrides: list[str], *, force: bool, progress: bool
 ) -> TrainResult:
-    """Step 2, optional: EMO-anneal the standard model into OUT/anneal (configs/demo-anneal.yaml
-    starting from `std_final`)."""
-    return train_demo_model(ANNEAL, store, out, [*overrides, f"train.init_from={std_final}"], force=force, progress=progress)
+    """Step 2, optional: EMO-anneal the standard run `std_run` into OUT/anneal (configs/demo-anneal.yaml
+    from its last checkpoint), for `ANNEAL_SHARE` of its steps more, whatever `overrides` made them."""
+    std_steps = RunConfig.from_yaml(std_run / CONFIG_FILE).train.max_steps
+    length = [f"train.max_steps={std_steps + max(1, round(ANNEAL_SHARE * std_steps))}"]
+    return train_demo_model(
+        ANNEAL, store, out, [*overrides, f"train.anneal_from={std_run}", *length], force=force, progress=progress
+    )
 
 
 def validation_losses(final_dir: Path, store: TokenStore, *, progress: bool) -> dict[str, float]:

@@ -1,5 +1,11 @@
 """Document boundaries inside packed rows: doc ids from EOS, and flat segment ids for the router.
 
+Two conventions place the EOS between documents A and B, both OLMo-core's. The data pipeline's doc
+ids, and the attention mask built from them, close A with its EOS (OLMo-core's document lengths
+do). The EMO router cuts a row at EOS positions instead, so that EOS opens B's segment and is
+routed in B's pool, and an EOS at position 0 joins the document after it (the official router
+drops position 0 from its cut points): `Segments.for_pool`.
+
 Legend: B batch rows, S sequence length, T = B*S flattened tokens.
 """
 
@@ -36,6 +42,23 @@ class Segments:
     def from_doc_ids(cls, doc_ids_BS: torch.Tensor) -> Segments:
         starts_BS = torch.ones_like(doc_ids_BS, dtype=torch.bool)
         starts_BS[:, 1:] = doc_ids_BS[:, 1:] != doc_ids_BS[:, :-1]
+        return cls.from_starts(starts_BS)
+
+    @classmethod
+    def for_pool(cls, doc_ids_BS: torch.Tensor, input_ids_BS: torch.Tensor, eos_id: int | None) -> Segments:
+        """The EMO pool's documents: every EOS after position 0 starts a segment, and so does every
+        document start of `doc_ids_BS` that does not follow an EOS (ids that come from elsewhere
+        than EOS tokens, e.g. one document per row). With no EOS id, the documents of `doc_ids_BS`."""
+        if eos_id is None:
+            return cls.from_doc_ids(doc_ids_BS)
+        is_eos_BS = input_ids_BS == eos_id
+        starts_BS = torch.ones_like(doc_ids_BS, dtype=torch.bool)
+        starts_BS[:, 1:] = is_eos_BS[:, 1:] | ((doc_ids_BS[:, 1:] != doc_ids_BS[:, :-1]) & ~is_eos_BS[:, :-1])
+        return cls.from_starts(starts_BS)
+
+    @classmethod
+    def from_starts(cls, starts_BS: torch.Tensor) -> Segments:
+        """Segments from a boolean [B, S] that is True where a segment starts (always at position 0)."""
         seg_T = starts_BS.flatten().cumsum(0) - 1
         # On an accelerator, reading the count back would stall the device, so the token count
         # (a sync-free upper bound) sizes the per-segment tensors. On the CPU there is no device to

@@ -70,17 +70,21 @@ class ModelOutput:
 def document_inputs(
     cfg: ModelConfig, input_ids_BS: torch.Tensor, doc_ids_BS: torch.Tensor | None
 ) -> tuple[Segments, torch.Tensor | None]:
-    """Segments for the router pool and, with document masking on, the attention mask [B,1,S,S]."""
+    """Segments for the router pool and, with document masking on, the attention mask [B,1,S,S].
+
+    Each follows its own OLMo-core convention for the EOS between two documents (see `docs`): the
+    pool's segments start at the EOS, the attention's documents end with it.
+    """
     B, S = input_ids_BS.shape
     if doc_ids_BS is None and cfg.eos_id is not None:
         doc_ids_BS = doc_ids_from_eos(input_ids_BS, cfg.eos_id)
     elif doc_ids_BS is None:
         doc_ids_BS = torch.zeros_like(input_ids_BS)
-    segments = Segments.from_doc_ids(doc_ids_BS)
+    pool_segments = Segments.for_pool(doc_ids_BS, input_ids_BS, cfg.eos_id)
     if not cfg.doc_attention_mask:
-        return segments, None
+        return pool_segments, None
     causal_SS = torch.ones(S, S, dtype=torch.bool, device=input_ids_BS.device).tril()
-    return segments, (segments.same_doc_BSS(B) & causal_SS)[:, None]
+    return pool_segments, (Segments.from_doc_ids(doc_ids_BS).same_doc_BSS(B) & causal_SS)[:, None]
 
 
 class Block(nn.Module):

@@ -95,9 +95,18 @@ class TrainConfig(Config):
     """How to split work when launched with torchrun on several processes."""
     init_from: str | None = None
     """A model checkpoint (any format `emomoe.checkpoint.load_model` reads) whose weights start
-    this run, with a fresh optimizer, schedule and data order: warm starts and the EMO anneal of a
-    standard MoE. Its architecture must match `model`; routing (pool), loss weights and the
-    attention mask may differ. `--resume` continues from the run's own checkpoint instead."""
+    this run, with a fresh optimizer, schedule and data order: warm starts. Its architecture must
+    match `model`; routing (pool), loss weights and the attention mask may differ. `anneal_from`
+    continues another run's trainer state as well; `--resume` continues the run's own checkpoint."""
+    anneal_from: str | None = None
+    """OLMo-core's anneal (the paper's EMO-anneal): a run directory (its newest intact checkpoint) or
+    one of its checkpoints (RUN_DIR/checkpoints/step-N), continued with its full trainer state
+    (weights, AdamW moments, step, data position, RNG) under this config's model (e.g. the EMO
+    router; the architecture must match, as for `init_from`). The step count goes on from the
+    checkpoint's to `max_steps` in all, and the LR falls linearly from the checkpoint's LR to 0 on
+    the last update (WSD's decay), so `lr`, `warmup_steps`, `schedule`, `decay_steps` and
+    `final_lr_ratio` do not apply, and AdamW's betas, eps and weight decay come with its state; the
+    data config must be the checkpoint run's (its order goes on)."""
     pool_start: float = ranged(0.0, ge=0, le=1)
     """Fraction of `max_steps` trained without the EMO document pool before it turns on: a
     standard-MoE phase at the start of the run. 0: the pool from the first step (the paper)."""
@@ -135,6 +144,8 @@ class TrainConfig(Config):
         problems = []
         if not self.pool_start < self.pool_end:
             problems.append(f"pool_start, pool_end: expected pool_start < pool_end, got {self.pool_start}, {self.pool_end}")
+        if self.init_from and self.anneal_from:
+            problems.append("init_from, anneal_from: expected at most one (weights only, or a run's whole state), got both")
         if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
             problems.append(f"decay_steps: expected more than warmup_steps ({self.warmup_steps}), got {self.decay_steps}")
         if problems:

@@ -38,13 +38,14 @@ def architecture(cfg: ModelConfig) -> dict[str, Any]:
     return tree
 
 
-def check_architecture(cfg: ModelConfig, checkpoint: str | Path) -> None:
-    """Raise ConfigError (DataError if unreadable) unless `checkpoint` holds a model of `cfg`'s architecture."""
+def check_architecture(cfg: ModelConfig, checkpoint: str | Path, field: str = "train.init_from") -> None:
+    """Raise ConfigError (DataError if unreadable) unless `checkpoint` holds a model of `cfg`'s
+    architecture; `field` names the setting that gave it."""
     source_cfg = load_config(checkpoint)
     difference = first_difference(architecture(source_cfg), architecture(cfg))
     if difference:
         raise ConfigError(
-            f"train.init_from: {checkpoint} holds a different architecture: model.{difference} is "
+            f"{field}: {checkpoint} holds a different architecture: model.{difference} is "
             f"{_lookup(source_cfg.to_dict(), difference)!r} there, {_lookup(cfg.to_dict(), difference)!r} here"
         )
 
@@ -53,11 +54,16 @@ def load_initial_weights(model: nn.Module, cfg: ModelConfig, checkpoint: str | P
     """Copy `checkpoint`'s weights into `model` (built from `cfg`); ConfigError if they do not fit."""
     check_architecture(cfg, checkpoint)
     with CheckpointReader(checkpoint) as reader:
-        state = reader.state_dict()
+        load_weights(model, reader.state_dict(), f"train.init_from: {checkpoint}")
+
+
+def load_weights(model: nn.Module, state: dict[str, Any], source: str) -> None:
+    """Load `state` into `model`, tolerating absent or extra `OPTIONAL_BUFFERS`; ConfigError naming
+    `source` if another parameter is missing or extra."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     stray = [k for k in [*missing, *unexpected] if not k.endswith(OPTIONAL_BUFFERS)]
     if stray:
-        raise ConfigError(f"train.init_from: {checkpoint} does not fit the model: parameter {stray[0]} is missing or extra")
+        raise ConfigError(f"{source} does not fit the model: parameter {stray[0]} is missing or extra")
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:

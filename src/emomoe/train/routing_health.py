@@ -34,8 +34,9 @@ def layer_health(
     }
 
 
-def routing_health(routing: Sequence, doc_ids_BS: torch.Tensor) -> dict[str, float]:
-    """Flat metrics `routing/layer{i}/{name}` for every MoE layer's `LayerRouting`.
+def routing_health(routing: Sequence, segments: Segments) -> dict[str, float]:
+    """Flat metrics `routing/layer{i}/{name}` for every MoE layer's `LayerRouting`, whose documents
+    are `segments` (the trainer passes the pool's, `Segments.for_pool`: those the router used).
 
     token_entropy: mean entropy (nats) of each token's router distribution.
     doc_entropy: mean over documents of the entropy of the document's averaged distribution;
@@ -44,13 +45,12 @@ def routing_health(routing: Sequence, doc_ids_BS: torch.Tensor) -> dict[str, flo
     load_max_over_mean: the busiest expert's share of routed slots over the average share (1 = balanced).
     dead_experts: experts that received no token in this batch.
     """
-    segments = Segments.from_doc_ids(doc_ids_BS.cpu())
     metrics = {}
     for i, layer in enumerate(routing):
         if layer.router_logits_TE.shape[-1] == 0:  # a dense layer routes nothing
             continue
         stats = layer_health(
-            layer.router_logits_TE.detach().cpu(), layer.experts_TK.cpu(), segments.seg_T, segments.num_segments
+            layer.router_logits_TE.detach().cpu(), layer.experts_TK.cpu(), segments.seg_T.cpu(), segments.num_segments
         )
         metrics.update({f"routing/layer{i}/{name}": value for name, value in stats.items()})
     return metrics

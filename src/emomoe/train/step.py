@@ -78,7 +78,7 @@ def train_step(
     device = next(model.parameters()).device
     # CPU counts: the loader's tensors, before they move to the device.
     label_counts = [int((b["labels_BS"] != IGNORE_INDEX).sum()) for b in micro_batches]
-    total_labels = max(1, sum(label_counts))
+    total_labels = max(1, loss_denominator(micro_batches))
     sums, keys, routing = None, None, None
     for i, batch in enumerate(micro_batches):
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -109,6 +109,16 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     parallel.unwrap(model).update_router_biases()
     return StepResult(values, grad_norm, routing)
+
+
+def loss_denominator(micro_batches: Sequence[dict[str, torch.Tensor]]) -> int:
+    """The tokens a step's loss is averaged over on this rank: its label tokens, plus every token of
+    the windows the repetition filter took out of the loss (`filtered_B`), as OLMo-core's trainer
+    counts them: as tokens of zero loss, so that a rank holding filtered windows weighs as much in
+    the average over ranks as any other (its loss comes out lower, by the filtered share)."""
+    labels = sum(int((b["labels_BS"] != IGNORE_INDEX).sum()) for b in micro_batches)
+    filtered = sum(int(b["filtered_B"].sum()) * b["labels_BS"].shape[1] for b in micro_batches if "filtered_B" in b)
+    return labels + filtered
 
 
 def check_finite_weights(model: nn.Module) -> None:

@@ -28,12 +28,15 @@ from emomoe.data.store import TokenStore
 from emomoe.errors import ConfigError, warn
 from emomoe.model import build_model
 from emomoe.model.config import ModelConfig, parse_pool
+from emomoe.model.docs import Segments
 from emomoe.model.losses import compute_loss
 from emomoe.train import parallel
+from emomoe.train.anneal import STATE_KEY as ANNEAL_STATE_KEY
+from emomoe.train.anneal import AnnealStart, anneal_schedule, check_anneal_length, read_anneal_source
 from emomoe.train.checkpointing import CheckpointManager, Restored, step_dir_name
 from emomoe.train.config import Precision, RunConfig
 from emomoe.train.flops import measure_peak_flops, mfu, train_flops_per_token
-from emomoe.train.init_from import check_architecture, load_initial_weights
+from emomoe.train.init_from import check_architecture, load_initial_weights, load_weights
 from emomoe.train.metrics import MetricsWriter
 from emomoe.train.optim import build_optimizer
 from emomoe.train.rng import capture_rng_state, restore_rng_state, seed_everything
@@ -77,6 +80,11 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
         check_architecture(cfg.model, cfg.train.init_from)
     checkpoints = CheckpointManager(run_dir, cfg.train.num_checkpoints_kept)
     restored = checkpoints.restore_newest() if resuming else None
+    annealing = restored is None and bool(cfg.train.anneal_from)
+    if annealing:
+        restored = read_anneal_source(cfg.train.anneal_from)
+        check_architecture(cfg.model, restored.path, "train.anneal_from")
+        check_anneal_length(cfg.train, AnnealStart.of_checkpoint(restored.state))
     if restored is not None:
         # Before config.yaml takes the new settings: a refused resume changes nothing.
         check_global_batch(restored.state["ranks"][0]["loader"], cfg.data, distributed.get_world_size())
@@ -87,8 +95,9 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, force: b
     if distributed.is_main_process():
         checkpoints.remove_temporaries()
         if restored is not None:
-            tqdm.write(f"resuming from {restored.path} (step {restored.state['step']})", file=sys.stderr)
-    trainer = Trainer(cfg, run_dir, store, device, resume_from=restored)
+            verb = "annealing" if annealing else "resuming"
+            tqdm.write(f"{verb} from {restored.path} (step {restored.state['step']})", file=sys.stderr)
+    trainer = Trainer(cfg, run_dir, store, device, resume_from=restored, anneal=annealing)
     return trainer.run(progress=progress)
 
 
@@ -139,8 +148,11 @@ def fit_to_store(cfg: RunConfig, store: TokenStore) -> RunConfig:
 
 class Trainer:
     def __init__(
-        self, cfg: RunConfig, run_dir: Path, store: TokenStore, device: torch.device, resume_from: Restored | None = None
+        self, cfg: RunConfig, run_dir: Path, store: TokenStore, device: torch.device, resume_from: Restored | None = None,
+        anneal: bool = False,
     ):
+        """`resume_from`: a checkpoint to continue, the run's own or (with `anneal`) another run's to
+        anneal from (`train.anneal`)."""
         tc = cfg.train
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
@@ -153,7 +165,7 @@ class Trainer:
             if tc.init_from:
                 load_initial_weights(model, cfg.model, tc.init_from)
         elif resume_from.weights is not None:  # a sharded checkpoint loads once the model is wrapped
-            model.load_state_dict(resume_from.weights)
+            load_weights(model, resume_from.weights, str(resume_from.path))
         self.plain_model = model.to(device)
         if tc.activation_checkpointing:
             parallel.checkpoint_activations(self.plain_model)
@@ -174,8 +186,9 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.checkpointed_step = -1
         self.val_loss: dict[str, float] = {}
+        self.anneal: AnnealStart | None = None
         if resume_from is not None:
-            self._load_state(resume_from)
+            self._load_state(resume_from, anneal)
             self.last_checkpoint, self.checkpointed_step = resume_from.path, self.step
         self.metrics = MetricsWriter(run_dir, tc.tensorboard) if self.is_main else None
         if self.metrics is not None:
@@ -239,7 +252,10 @@ class Trainer:
             self._diverged(e)
         health: dict[str, float] = {}
         if result.routing is not None:
-            health = routing_health(result.routing, micro_batches[0]["doc_ids_BS"].to(self.device))
+            first = micro_batches[0]
+            health = routing_health(
+                result.routing, Segments.for_pool(first["doc_ids_BS"], first["input_ids_BS"], self.cfg.model.eos_id)
+            )
 
         self.step += 1
         step_tokens = sum(b["input_ids_BS"].numel() for b in micro_batches) * self.world_size
@@ -331,6 +347,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "ranks": rank_states,
         }
+        if self.anneal is not None:
+            trainer_state[ANNEAL_STATE_KEY] = self.anneal.to_state()
         if parallel.is_sharded(self.model):
             path = self.checkpoints.save_sharded(self.step, self.model, self.optimizer, self.cfg.model, trainer_state)
         else:
@@ -343,7 +361,9 @@ class Trainer:
         self.last_checkpoint, self.checkpointed_step = path, self.step
         return path
 
-    def _load_state(self, restored: Restored) -> None:
+    def _load_state(self, restored: Restored, anneal: bool) -> None:
+        """Continue `restored`: the run's own checkpoint, or with `anneal` the one it anneals from,
+        whose schedule gives way to the anneal's (a resumed anneal keeps its start in its state)."""
         state = restored.state
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
@@ -351,7 +371,15 @@ class Trainer:
             load_shards(restored.path, self.model, self.optimizer, state["optimizer"]["param_groups"])
         else:
             parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if anneal:
+            self.anneal = AnnealStart.of_checkpoint(state)
+        elif ANNEAL_STATE_KEY in state:
+            self.anneal = AnnealStart(**state[ANNEAL_STATE_KEY])
+        if self.anneal is None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            schedule = anneal_schedule(self.cfg.train, self.anneal)
+            self.scheduler = build_scheduler(self.optimizer, schedule, start_step=self.step)
         # On another number of processes, rank r continues saved rank r mod the old count. What must
         # carry over is the same on every rank (the global data position, the pool sampler's count
         # of forwards, the global LB window); the per-rank seeds only keep draws apart.
