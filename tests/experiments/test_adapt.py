@@ -20,7 +20,7 @@ ADAPT = ["--adapt", "--held-out", HELD_OUT, "--num-docs", *map(str, KS), "--num-
 
 
 @pytest.mark.slow
-def test_adaptation_keeps_the_domain_out_of_pretraining_and_fills_every_cell(tmp_path, monkeypatch):
+def test_adaptation_keeps_the_domain_out_of_pretraining_and_fills_every_cell(tmp_path, monkeypatch, capsys):
     small_demo_inputs(monkeypatch)
     read: list[tuple[str, np.ndarray]] = []  # (store, domain ids) of every batch a TrainLoader hands out
     next_batch = TrainLoader.__next__
@@ -88,13 +88,22 @@ def test_adaptation_keeps_the_domain_out_of_pretraining_and_fills_every_cell(tmp
     again = json.loads((out / "results.json").read_text())
     assert set(again["cells"]) == expected and again["cells"]["emo/full/k8"] == results["cells"]["emo/full/k8"]
     assert {path for path, _ in read} == {str(out / "docs" / "k8")} and len(read) == 2 * 2
+    # Other settings do not mix with the cells of these.
+    capsys.readouterr()
+    assert main(["demo", "--out", str(out), *ADAPT, "--num-steps", "3", *SMALL_DEMO]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"emomoe demo: error: {out / 'results.json'}: results of another setting (num_steps); pass --force to "
+        "start over"
+    )
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--num-docs", "0"], r"num_docs: expected distinct positive document counts, got \[0\]"),
-        (["--keep", "1.5"], r"keep: expected a fraction of the routed experts in \(0, 1\), got 1.5"),
+        pytest.param(["--num-docs", "0"], r"num_docs: expected distinct positive document counts, got \[0\]",
+                     id="zero-docs"),
+        pytest.param(["--keep", "1.5"], r"keep: expected a fraction of the routed experts in \(0, 1\), got 1.5",
+                     id="keep-all"),
     ],
 )
 def test_bad_settings_stop_before_any_work(tmp_path, capsys, argv, message):
@@ -106,3 +115,21 @@ def test_bad_settings_stop_before_any_work(tmp_path, capsys, argv, message):
 def test_a_setting_of_the_study_without_adapt_is_refused(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--num-steps", "3"]) == 2
     assert capsys.readouterr().err == "emomoe demo: error: --num-steps: a setting of the adaptation study; add --adapt\n"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        pytest.param(["--held-out", "cooking"], r".*/store: no domain 'cooking' \(domains: kitchen, weather\)",
+                     id="unknown-domain"),
+        pytest.param(["--num-docs", "8", "500"],
+                     r"num_docs: 500 documents asked for, .*/store has 26 training documents of 'kitchen'",
+                     id="too-many-docs"),
+    ],
+)
+def test_what_the_store_lacks_stops_the_study_before_training(tmp_path, monkeypatch, capsys, argv, message):
+    small_demo_inputs(monkeypatch)
+    out = tmp_path / "adapt"
+    assert main(["demo", "--out", str(out), "--adapt", "--held-out", HELD_OUT, *argv, "--no-progress"]) == 2
+    assert re.fullmatch(rf"emomoe demo: error: {message}", capsys.readouterr().err.splitlines()[-1])  # after warnings
+    assert sorted(p.name for p in out.iterdir()) == ["store", "tokenizer"]  # no model trained

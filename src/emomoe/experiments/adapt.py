@@ -100,6 +100,10 @@ def run_adapt(
     store = prepare_demo_data(out, held_out=cfg.held_out, progress=progress)
     store.domain_ids([cfg.held_out])  # a DataError naming the store's domains
     seen = [d for d in store.domains if d != cfg.held_out]
+    order = np.random.default_rng(cfg.seed).permutation(len(document_tokens(store, Split.TRAIN, cfg.held_out)))
+    if max(cfg.num_docs) > len(order):
+        raise ConfigError(f"num_docs: {max(cfg.num_docs)} documents asked for, {store.path} has {len(order)} "
+                          f"training documents of {cfg.held_out!r}")
     final_dirs, training = {}, {}
     for name in DEMO_MODELS:
         say(f"[2/4] train: {DEMO_MODELS[name]} on {', '.join(seen)} -> {out / name}")
@@ -129,11 +133,6 @@ def run_adapt(
     for name, final in final_dirs.items():
         if cell_name(name, FULL, 0) not in results["cells"]:
             finished(cell_name(name, FULL, 0), {"after": evaluate(final), "params": _params(final)})
-    order = np.random.default_rng(cfg.seed).permutation(len(document_tokens(store, Split.TRAIN, cfg.held_out)))
-    largest = max(cfg.num_docs)
-    if largest > len(order):
-        raise ConfigError(f"num_docs: {largest} documents asked for, {store.path} has {len(order)} training "
-                          f"documents of {cfg.held_out!r}")
     for k in sorted(cfg.num_docs):
         say(f"[4/4] adapt: k = {k} documents of {cfg.held_out}")
         docs = write_documents_store(store, Split.TRAIN, cfg.held_out, order[:k].tolist(), out / "docs" / f"k{k}",

@@ -79,12 +79,12 @@ def adapt_report(results: dict[str, Any], command: str) -> str:
     return "\n".join([
         f"# Adaptation to a held-out domain: {held_out}",
         "",
-        f"Both demo models were pretrained on {', '.join(seen)} only ({training}). For each k, k training "
+        (f"Both demo models were pretrained on {', '.join(seen)} only ({training}). For each k, k training "
         f"documents of {held_out} ({documents}) select each model's {settings['keep']:g} subset (layerwise) and "
         f"fine-tune it, and the full models, with the paper's recipe (AdamW, lr {recipe['lr']:g}, warmup over "
         f"{recipe['warmup_fraction']:.0%} then linear decay, global batch 32 windows of {settings['seq_len']} tokens) "
         f"for {settings['num_steps']} steps in every cell. Losses are nats per token on the validation documents "
-        f"(which the k never come from). Seed {settings['seed']}, one run.",
+        f"(which the k never come from). Seed {settings['seed']}, one run."),
         "",
         f"Reproduce: `{command}`",
         "",
