@@ -35,12 +35,19 @@ from emomoe.checkpoint import load_config, load_for_inference
 from emomoe.config import Config
 from emomoe.data.documents import document_tokens, write_documents_store
 from emomoe.data.loader import eval_batches
-from emomoe.data.store import Split
+from emomoe.data.store import Split, TokenStore
+from emomoe.data.windows import WindowConfig
 from emomoe.errors import ConfigError
 from emomoe.experiments.adapt_report import write_adapt_report
 from emomoe.experiments.demo import DEMO_MODELS, prepare_demo_data, train_demo_model, training_facts
-from emomoe.experiments.finetune import GLOBAL_BATCH_SIZE, FinetuneRecipe, finetune_subset, recipe_config
-from emomoe.io import atomic_write_text, check_output_dir
+from emomoe.experiments.finetune import (
+    GLOBAL_BATCH_SIZE,
+    FinetuneConfig,
+    FinetuneRecipe,
+    finetune_subset,
+    recipe_config,
+)
+from emomoe.io import atomic_write_text, check_output_dir, read_json
 from emomoe.select.calibration import store_calibration
 from emomoe.select.subset import select_subset
 from emomoe.train.config import SHIPPED_CONFIGS, RunConfig
@@ -112,18 +119,12 @@ def run_adapt(
         final_dirs[name] = train_demo_model(name, store, out, pretrain, force=force, progress=progress)
         training[name] = training_facts(final_dirs[name], time.perf_counter() - started)
     trained = RunConfig.from_yaml(out / "emo" / CONFIG_FILE)
-    seq_len, batch_size = trained.data.seq_len, trained.train.eval_batch_size
-    settings = {**cfg.to_dict(), "seen": seen, "seq_len": seq_len, "recipe": FinetuneRecipe().to_dict(),
+    windows = WindowConfig(seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size)
+    settings = {**cfg.to_dict(), "seen": seen, "seq_len": windows.seq_len, "recipe": FinetuneRecipe().to_dict(),
                 "checkpoints": {name: str(path) for name, path in final_dirs.items()}}
     results = _resumed(out, settings, force=force)
     results["training"] = training
-    held_out = list(eval_batches(store, Split.VAL, seq_len=seq_len, batch_size=batch_size,
-                                 max_windows_per_domain=cfg.num_eval_windows or None))
-
-    def evaluate(checkpoint: Path) -> dict[str, Any]:
-        model, _ = load_for_inference(checkpoint)
-        losses = {d: v.loss for d, v in loss_by_domain(model, held_out, store.domains).items()}
-        return {"held_out": losses[cfg.held_out], "seen": statistics.fmean(losses[d] for d in seen), "domains": losses}
+    measure = _HeldOut(store, cfg, windows)
 
     def finished(name: str, cell: dict[str, Any]) -> None:
         results["cells"][name] = cell
@@ -132,46 +133,74 @@ def run_adapt(
     say("[3/4] eval: the full models before fine-tuning (k = 0)")
     for name, final in final_dirs.items():
         if cell_name(name, FULL, 0) not in results["cells"]:
-            finished(cell_name(name, FULL, 0), {"after": evaluate(final), "params": _params(final)})
+            finished(cell_name(name, FULL, 0), {"after": measure(final), "params": _params(final)})
     for k in sorted(cfg.num_docs):
         say(f"[4/4] adapt: k = {k} documents of {cfg.held_out}")
         docs = write_documents_store(store, Split.TRAIN, cfg.held_out, order[:k].tolist(), out / "docs" / f"k{k}",
                                      force=True)
-        num_tokens = docs.num_tokens(Split.TRAIN)
-        results["documents"][str(k)] = {"numbers": order[:k].tolist(), "num_tokens": num_tokens}
-        # The epochs over the loader's (whole) windows that make num_steps steps of the recipe's
-        # global batch (whole forwards of batch_size windows).
-        per_step = math.ceil(GLOBAL_BATCH_SIZE / batch_size) * batch_size
-        num_epochs = cfg.num_steps * per_step / max((num_tokens - 1) // seq_len, 1)
-        recipe = recipe_config(
-            FinetuneRecipe(max_steps=cfg.num_steps, num_epochs=num_epochs, seed=cfg.seed), domains=[cfg.held_out],
-            seq_len=seq_len, batch_size=batch_size,
-        )
+        results["documents"][str(k)] = {"numbers": order[:k].tolist(), "num_tokens": docs.num_tokens(Split.TRAIN)}
+        recipe = _recipe(cfg, docs, windows)
         for name, final in final_dirs.items():
             for variant in (SUBSET, FULL):
-                if cell_name(name, variant, k) in results["cells"]:
-                    continue
-                cell: dict[str, Any] = {}
-                source = final
-                if variant == SUBSET:
-                    started = time.perf_counter()
-                    # Every window of the k documents, the last one padded: all of their tokens.
-                    calibration = store_calibration(docs, [cfg.held_out], num_windows=math.ceil(num_tokens / seq_len),
-                                                    seq_len=seq_len, batch_size=batch_size)
-                    source = out / "subsets" / f"{name}-k{k}"
-                    select_subset(final, source, calibration=calibration, keep=str(cfg.keep), force=True)
-                    cell["selection"] = {"seconds": round(time.perf_counter() - started, 1),
-                                         "tokens": calibration.info["num_tokens"]}
-                    cell["before"] = evaluate(source)
-                tuned = out / "finetuned" / f"{name}-{variant}-k{k}"
-                started = time.perf_counter()
-                done = finetune_subset(source, docs, tuned, recipe, force=True)
-                cell["finetune"] = {"seconds": round(time.perf_counter() - started, 1), "steps": done["num_steps"],
-                                    "tokens": done["num_tokens"], "epochs": round(done["num_tokens"] / num_tokens, 2)}
-                cell["after"], cell["params"] = evaluate(tuned), _params(tuned)
-                finished(cell_name(name, variant, k), cell)
+                if cell_name(name, variant, k) not in results["cells"]:
+                    say(f"      {name} {variant}")
+                    dirs = (out / "subsets" / f"{name}-k{k}", out / "finetuned" / f"{name}-{variant}-k{k}")
+                    cell = _adapted(final, variant == SUBSET, docs, dirs, recipe, measure, cfg.keep)
+                    finished(cell_name(name, variant, k), cell)
     write_adapt_report(out / REPORT_FILE, results, command=f"emomoe demo --adapt --out {out}")
     return results
+
+
+class _HeldOut:
+    """Loss of a checkpoint on the validation windows of every domain: the held-out domain's, the mean
+    over the seen ones, and each domain's (the windows are read once)."""
+
+    def __init__(self, store: TokenStore, cfg: AdaptConfig, windows: WindowConfig) -> None:
+        self.store, self.held_out = store, cfg.held_out
+        self.seen = [d for d in store.domains if d != cfg.held_out]
+        self.batches = list(eval_batches(store, Split.VAL, seq_len=windows.seq_len, batch_size=windows.batch_size,
+                                         max_windows_per_domain=cfg.num_eval_windows or None))
+
+    def __call__(self, checkpoint: Path) -> dict[str, Any]:
+        model, _ = load_for_inference(checkpoint)
+        losses = {d: v.loss for d, v in loss_by_domain(model, self.batches, self.store.domains).items()}
+        seen = statistics.fmean(losses[d] for d in self.seen)
+        return {"held_out": losses[self.held_out], "seen": seen, "domains": losses}
+
+
+def _recipe(cfg: AdaptConfig, docs: TokenStore, windows: WindowConfig) -> FinetuneConfig:
+    """The paper's recipe on `docs` for exactly `cfg.num_steps` steps: as many epochs over the loader's
+    (whole) windows as make that many global batches (whole forwards of batch_size windows)."""
+    per_step = math.ceil(GLOBAL_BATCH_SIZE / windows.batch_size) * windows.batch_size
+    num_windows = max((docs.num_tokens(Split.TRAIN) - 1) // windows.seq_len, 1)
+    recipe = FinetuneRecipe(max_steps=cfg.num_steps, num_epochs=cfg.num_steps * per_step / num_windows, seed=cfg.seed)
+    return recipe_config(recipe, domains=[cfg.held_out], seq_len=windows.seq_len, batch_size=windows.batch_size)
+
+
+def _adapted(
+    final: Path, subset: bool, docs: TokenStore, dirs: tuple[Path, Path], recipe: FinetuneConfig, measure: _HeldOut,
+    keep: float,
+) -> dict[str, Any]:
+    """One cell: the full model `final`, or (`subset`) its `keep` subset selected on every token of
+    `docs` into dirs[0], fine-tuned on `docs` into dirs[1]; its losses and costs."""
+    cell: dict[str, Any] = {}
+    source, tuned = final, dirs[1]
+    num_tokens = docs.num_tokens(Split.TRAIN)
+    if subset:
+        started = time.perf_counter()
+        # Every window of the documents, the last one padded: all of their tokens.
+        calibration = store_calibration(docs, recipe.domains, num_windows=math.ceil(num_tokens / recipe.seq_len),
+                                        seq_len=recipe.seq_len, batch_size=recipe.batch_size)
+        source = dirs[0]
+        select_subset(final, source, calibration=calibration, keep=str(keep), force=True)
+        cell["selection"] = {"seconds": round(time.perf_counter() - started, 1), "tokens": calibration.info["num_tokens"]}
+        cell["before"] = measure(source)
+    started = time.perf_counter()
+    done = finetune_subset(source, docs, tuned, recipe, force=True)
+    cell["finetune"] = {"seconds": round(time.perf_counter() - started, 1), "steps": done["num_steps"],
+                        "tokens": done["num_tokens"], "epochs": round(done["num_tokens"] / num_tokens, 2)}
+    cell["after"], cell["params"] = measure(tuned), _params(tuned)
+    return cell
 
 
 def _params(checkpoint: Path) -> int:
@@ -185,7 +214,7 @@ def _resumed(out: Path, settings: dict[str, Any], *, force: bool) -> dict[str, A
     fresh = {"settings": settings, "documents": {}, "cells": {}}
     if force or not path.is_file():
         return fresh
-    earlier = json.loads(path.read_text())
+    earlier = read_json(path)
     if earlier.get("settings") != settings:
         changed = sorted(k for k in settings if earlier.get("settings", {}).get(k) != settings[k])
         raise ConfigError(f"{path}: results of another setting ({', '.join(changed)}); pass --force to start over")
