@@ -40,14 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also EMO-anneal the standard model (configs/demo-anneal.yaml) and sweep it beside the other two",
     )
     parser.add_argument(
-        "--force", action="store_true", help="train the models again (the tokenizer and token store are kept)"
+        "--force", action="store_true",
+        help="train the models again (the tokenizer and token store are kept); with --adapt, redo every cell too",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or step banners")
     adapt = parser.add_argument_group(
         "adaptation study", "--adapt runs it instead of the main job: both models pretrained without one domain, "
         "then its subsets\nand full models fine-tuned on k of its documents (OUT/report.md). Its settings:",
     )
-    adapt.add_argument("--adapt", action="store_true", help="run the adaptation study (issue 22, section 5)")
+    adapt.add_argument("--adapt", action="store_true", help="run the adaptation study (README: the adaptation question)")
     add_field_flags(adapt, AdaptConfig)
     parser.set_defaults(func=run)
 
