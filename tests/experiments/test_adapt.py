@@ -104,6 +104,8 @@ def test_adaptation_keeps_the_domain_out_of_pretraining_and_fills_every_cell(tmp
                      id="zero-docs"),
         pytest.param(["--keep", "1.5"], r"keep: expected a fraction of the routed experts in \(0, 1\), got 1.5",
                      id="keep-all"),
+        pytest.param(["--lr", "0"], r"num_steps >= 1, lr > 0, seed >= 0 and num_eval_windows >= 0 expected, got 24, "
+                     r"0.0, 0 and 0", id="zero-lr"),
     ],
 )
 def test_bad_settings_stop_before_any_work(tmp_path, capsys, argv, message):
