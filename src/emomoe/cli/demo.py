@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="examples:\n  emomoe demo --out runs/demo\n"
         "  emomoe demo --out runs/demo-short --set train.max_steps=50   # a quick look (both models)\n"
         "  emomoe demo --out runs/demo --anneal   # adds the EMO-anneal of the standard model\n"
-        "  emomoe demo --adapt --out runs/adapt   # the adaptation study instead (about 40 minutes)\n",
+        "  emomoe demo --adapt --out runs/adapt   # the adaptation study instead (about 21 minutes)\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", help="output directory (default: runs/demo, with --adapt runs/adapt)")
