@@ -35,6 +35,7 @@ def test_finetune_trains_the_subset_on_its_own_domain(tmp_path, legal_subset, st
     done = finetune_subset(legal_subset, store_dir, tmp_path / "ft", lr=1e-3, max_steps=3, seq_len=32, batch_size=4,
                            global_batch_size=4)
     assert done["domains"] == ["legal"] and done["num_steps"] == 3
+    assert done["num_tokens"] == 3 * 4 * 32  # 3 steps of 4 windows of 32 tokens
     before, cfg = load_model(legal_subset)
     after, after_cfg = load_model(tmp_path / "ft")
     assert after_cfg == cfg

@@ -314,15 +314,16 @@ def training_facts(final_dir: Path, wall_s: float) -> dict[str, Any]:
     }
 
 
-def prepare_demo_data(out: Path, *, progress: bool = True) -> TokenStore:
-    """Step 1: the tokenizer (OUT/tokenizer) and token store (OUT/store), built once and reused."""
+def prepare_demo_data(out: Path, *, held_out: str | None = None, progress: bool = True) -> TokenStore:
+    """Step 1: the tokenizer (OUT/tokenizer) and token store (OUT/store), built once and reused; a
+    `held_out` domain is in the store but not in the text the tokenizer is trained on."""
     store_dir, tokenizer_dir = out / "store", out / "tokenizer"
     if (store_dir / METADATA_FILE).is_file():
         return TokenStore.open(store_dir)
     if tokenizer_dir.is_dir():
         tokenizer = load_tokenizer(tokenizer_dir)
     else:
-        texts = (d["text"] for d in embedded_corpus())
+        texts = (d["text"] for d in embedded_corpus() if d["domain"] != held_out)
         tokenizer = train_tokenizer(texts, TOKENIZER_VOCAB, show_progress=progress)
         tokenizer.save(tokenizer_dir)
     return tokenize_corpus(embedded_corpus, tokenizer, store_dir, progress=progress)

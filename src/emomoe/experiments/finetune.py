@@ -342,7 +342,7 @@ def finetune_subset(
     records = read_metrics(metrics.path)
     done = {
         **run, "store": None if store is None else str(store.path), "first_ce": records[0]["ce"], "last_ce": records[-2]["ce"],
-        "val_before": val_before, "val_after": val_after,
+        "val_before": val_before, "val_after": val_after, "num_tokens": step * per_step * seq_len,
     }
     model.eval()
     if (Path(subset_dir) / SELECTION_FILE).is_file():
