@@ -24,14 +24,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from timing import TOKENS_PER_S, ratio  # bench/ is the script's folder, so it is on sys.path
+
 from emomoe.data.tokenize import tokenize_corpus
 from emomoe.data.tokenizer import train_tokenizer
 from emomoe.train.config import RunConfig
 from emomoe.train.metrics import read_metrics
 from emomoe.train.runtime import available_cores
 from emomoe.train.trainer import train
-
-from timing import TOKENS_PER_S, ratio  # bench/ is the script's folder, so it is on sys.path
 
 WARMUP_STEPS = 3
 

@@ -19,14 +19,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from timing import TOKENS_PER_S, interleaved_best, ratio  # bench/ is the script's folder, so it is on sys.path
 
 from emomoe.checkpoint import load_for_inference, save_model
 from emomoe.data.tokenizer import train_tokenizer
-from emomoe.train.provenance import find_tokenizer
 from emomoe.generate import GenerationConfig, generate
 from emomoe.hf.convert import export_hf
 from emomoe.model import ModelConfig, build_model
-from timing import TOKENS_PER_S, interleaved_best, ratio  # bench/ is the script's folder, so it is on sys.path
+from emomoe.train.provenance import find_tokenizer
 
 TOKENIZER_TEXTS = ["the router sends each token to a few experts", "def f(x): return x + 1"] * 8
 

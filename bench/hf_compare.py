@@ -48,6 +48,7 @@ import time
 import torch
 import torch.nn.functional as F
 import transformers
+from timing import TOKENS_PER_S, interleaved_best, kernels_off, ratio
 
 from emomoe.generate import GenerationConfig, generate
 from emomoe.model import ModelConfig, build_model
@@ -56,14 +57,16 @@ from emomoe.model.experts import expert_matmul
 from emomoe.model.losses import compute_loss
 from emomoe.train.config import TrainConfig
 from emomoe.train.flops import (
-    gemm_flops, matmul_flops_per_s, measure_peak_flops, model_gemm_shapes, train_flops_per_token,
+    gemm_flops,
+    matmul_flops_per_s,
+    measure_peak_flops,
+    model_gemm_shapes,
+    train_flops_per_token,
 )
 from emomoe.train.optim import build_optimizer
 from emomoe.train.parallel import compile_blocks
 from emomoe.train.runtime import retain_freed_memory
 from emomoe.train.step import train_step
-
-from timing import TOKENS_PER_S, interleaved_best, kernels_off, ratio
 
 D_MODEL, NUM_LAYERS, NUM_HEADS, VOCAB, SEQ_LEN, BATCH = 256, 4, 4, 8192, 512, 8
 SHAPES = {"coarse": (8, 2, 512), "fine": (64, 8, 128)}  # experts, top-k, expert hidden

@@ -27,6 +27,7 @@ import functools
 import json
 
 import torch
+from timing import TOKENS_PER_S, interleaved_best, kernels_off, ratio
 
 from emomoe import ModelConfig, build_model
 from emomoe.model.docs import Segments
@@ -37,8 +38,6 @@ from emomoe.train.config import TrainConfig
 from emomoe.train.optim import build_optimizer
 from emomoe.train.runtime import retain_freed_memory
 from emomoe.train.step import train_step
-
-from timing import TOKENS_PER_S, interleaved_best, kernels_off, ratio
 
 NUM_ROUTED = 127
 TOP_K = 7

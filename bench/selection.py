@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import SECONDS, ratio  # bench/ is the script's folder, so it is on sys.path
 
 from emomoe.checkpoint import WEIGHTS_FILE, load_config, load_model, save_model
 from emomoe.model import ModelConfig, build_model
@@ -25,8 +26,6 @@ from emomoe.select.calibration import Calibration
 from emomoe.select.keep import KeepSpec
 from emomoe.select.methods import SelectMethod
 from emomoe.select.subset import select_subset
-
-from timing import SECONDS, ratio  # bench/ is the script's folder, so it is on sys.path
 
 
 def _calibration(vocab_size: int, num_windows: int, seq_len: int, batch_size: int) -> Calibration:

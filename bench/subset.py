@@ -20,6 +20,7 @@ import argparse
 import json
 
 import torch
+from timing import TOKENS_PER_S, interleaved_best, ratio
 
 from emomoe.checkpoint import load_for_inference
 from emomoe.generate import GenerationConfig, generate
@@ -27,8 +28,6 @@ from emomoe.model import ModelConfig, build_model
 from emomoe.select.routing import moe_layers
 from emomoe.select.slicing import slice_model
 from emomoe.train.runtime import retain_freed_memory
-
-from timing import TOKENS_PER_S, interleaved_best, ratio
 
 KEEP_FRACTION = 0.25
 

@@ -18,6 +18,7 @@ import json
 import time
 
 import torch
+from timing import TOKENS_PER_S, ratio  # bench/ is the script's folder, so it is on sys.path
 
 from emomoe import kernels
 from emomoe.model import build_model
@@ -29,8 +30,6 @@ from emomoe.train.flops import matmul_flops_per_s, mfu, train_flops_per_token
 from emomoe.train.optim import build_optimizer
 from emomoe.train.runtime import setup_runtime
 from emomoe.train.step import train_step
-
-from timing import TOKENS_PER_S, ratio  # bench/ is the script's folder, so it is on sys.path
 
 PEAK_SHAPE = (2048, 2048, 2048)
 

@@ -6,8 +6,8 @@ import pytest
 from emomoe.cli import main
 from emomoe.data.store import TokenStore
 from emomoe.data.tokenizer import load_tokenizer
-from emomoe.train.provenance import load_with_tokenizer
 from emomoe.generate import GenerationConfig, generate_text
+from emomoe.train.provenance import load_with_tokenizer
 from tests.fixtures import build_store, save_tiny_checkpoint, word_documents
 
 

@@ -25,6 +25,7 @@ from build_corpus import build, clean, sword  # noqa: E402
 from build_corpus.html_text import html_to_text  # noqa: E402
 from build_corpus.pins import PACKAGES  # noqa: E402
 from build_corpus.sources import SOURCES, TOOL_PACKAGES  # noqa: E402
+
 from emomoe.data import corpus  # noqa: E402
 
 _TEXT = st.text(st.characters(codec="utf-8"), max_size=300)

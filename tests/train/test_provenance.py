@@ -5,9 +5,9 @@ import pytest
 
 from emomoe.data.store import TokenStore
 from emomoe.errors import DataError
-from emomoe.train.provenance import checkpoint_tokenizer, find_tokenizer, load_with_tokenizer, run_store
 from emomoe.model import ModelConfig
 from emomoe.train.config import RunConfig
+from emomoe.train.provenance import checkpoint_tokenizer, find_tokenizer, load_with_tokenizer, run_store
 from tests.fixtures import build_store, save_tiny_checkpoint, word_documents
 
 
