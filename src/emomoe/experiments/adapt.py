@@ -111,7 +111,7 @@ def run_adapt(
         say(f"[2/4] train: {DEMO_MODELS[name]} on {', '.join(seen)} -> {out / name}")
         started = time.perf_counter()
         pretrain = [*(overrides or []), f"data.domains=[{','.join(seen)}]"]
-        final_dirs[name] = train_demo_model(name, store, out, pretrain, force=force, progress=progress)
+        final_dirs[name] = train_demo_model(name, store, out, pretrain, force=force, progress=progress).final_dir
         training[name] = training_facts(final_dirs[name], time.perf_counter() - started)
     trained = RunConfig.from_yaml(out / "emo" / CONFIG_FILE)
     windows = WindowConfig(seq_len=trained.data.seq_len, batch_size=trained.train.eval_batch_size)

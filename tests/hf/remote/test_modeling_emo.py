@@ -270,7 +270,9 @@ def test_a_checkpoint_without_an_lm_head_whose_config_ties_it_uses_the_embedding
 
 
 def test_a_checkpoint_without_an_lm_head_whose_config_does_not_tie_it_is_refused(tmp_path):
-    from transformers import AutoModelForCausalLM
+    import transformers  # noqa: F401  (before our model file: see auto.py)
+
+    from emomoe.hf.remote.modeling_emo import EmoForCausalLM
 
     config = emo_config()
     state = emo_state(config)
@@ -278,4 +280,4 @@ def test_a_checkpoint_without_an_lm_head_whose_config_does_not_tie_it_is_refused
     directory = _write_hf_dir(tmp_path / "untied", config, state, None)
     with pytest.raises(ValueError, match=r"^EmoForCausalLM: the weights have no 'lm_head.weight', and config.json does not "
                                          r"tie it to the embedding \(tie_word_embeddings: false\); the head would be random$"):
-        AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True, dtype=torch.float32)
+        EmoForCausalLM.from_pretrained(directory, dtype=torch.float32)
